@@ -1,0 +1,1 @@
+//! Palisade: a tenant isolation control plane for Kubernetes.
