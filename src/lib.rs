@@ -1,1 +1,3 @@
 //! Palisade: a tenant isolation control plane for Kubernetes.
+pub mod backup;
+pub mod crd;

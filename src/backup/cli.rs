@@ -1,0 +1,1012 @@
+//! `palisade backup run|restore|verify|list|prune`: flags, the config file (shape of
+//! `BackupSchedule.spec`), secrets from files or the environment, and text / JSON output.
+//!
+//! Secrets never come from argv: the PostgreSQL password from `--password-file` or
+//! `PGPASSWORD`, the encryption key from `--key-file` or `PALISADE_BACKUP_KEY`, S3
+//! credentials from the AWS chain (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, web
+//! identity, instance profile) or `--s3-credentials-file`.
+//!
+//! Exit codes: 0 success, 1 failure (including a failed restore test), 2 bad
+//! configuration.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::catalog;
+use super::engine::{self, EngineError, Progress, RestoreOptions, RunOptions};
+use super::format::{self, EncryptionKey};
+use super::pg::{self, PgConn};
+use super::retention::{self, Policy};
+use super::storage::{S3Settings, Storage};
+use super::verify::{self, VerifyOptions};
+use crate::crd::backup_schedule::{
+    BackupScheduleSpec, CheckResult, Destination, PostgresSource, Retention, S3Destination,
+    ServerSideEncryption, SqlCheck, SslMode,
+};
+
+/// Largest `--output json` result (it becomes a Kubernetes termination message).
+pub const MAX_JSON_RESULT: usize = 4000;
+
+/// `palisade backup …`
+#[derive(clap::Args, Debug)]
+pub struct BackupArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: BackupCommand,
+    /// Options shared by every subcommand.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Output format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Human-readable lines.
+    Text,
+    /// One compact JSON object on stdout (< 4 KiB).
+    Json,
+}
+
+/// `sslmode` on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum SslArg {
+    /// disable
+    Disable,
+    /// allow
+    Allow,
+    /// prefer
+    Prefer,
+    /// require
+    Require,
+    /// verify-ca
+    VerifyCa,
+    /// verify-full
+    VerifyFull,
+}
+
+impl From<SslArg> for SslMode {
+    fn from(a: SslArg) -> Self {
+        match a {
+            SslArg::Disable => SslMode::Disable,
+            SslArg::Allow => SslMode::Allow,
+            SslArg::Prefer => SslMode::Prefer,
+            SslArg::Require => SslMode::Require,
+            SslArg::VerifyCa => SslMode::VerifyCa,
+            SslArg::VerifyFull => SslMode::VerifyFull,
+        }
+    }
+}
+
+/// S3 server-side encryption on the command line.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum SseArg {
+    /// SSE-S3.
+    #[value(name = "AES256")]
+    Aes256,
+    /// SSE-KMS.
+    #[value(name = "aws:kms")]
+    AwsKms,
+}
+
+/// Options shared by every subcommand (flags override the config file).
+#[derive(clap::Args, Debug)]
+pub struct CommonArgs {
+    /// Config file (YAML or JSON) shaped like `BackupSchedule.spec`.
+    #[arg(long, global = true, env = "PALISADE_BACKUP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    /// Store snapshots in this directory.
+    #[arg(long, global = true, conflicts_with = "s3_bucket")]
+    pub dir: Option<PathBuf>,
+    /// Store snapshots in this S3 bucket.
+    #[arg(long, global = true)]
+    pub s3_bucket: Option<String>,
+    /// S3 key prefix.
+    #[arg(long, global = true)]
+    pub s3_prefix: Option<String>,
+    /// S3 region.
+    #[arg(long, global = true)]
+    pub s3_region: Option<String>,
+    /// S3 endpoint URL (S3-compatible services).
+    #[arg(long, global = true)]
+    pub s3_endpoint: Option<String>,
+    /// Path-style S3 addressing.
+    #[arg(long, global = true)]
+    pub s3_force_path_style: bool,
+    /// S3 server-side encryption.
+    #[arg(long, global = true, value_enum)]
+    pub s3_sse: Option<SseArg>,
+    /// KMS key for `--s3-sse aws:kms`.
+    #[arg(long, global = true)]
+    pub s3_kms_key_id: Option<String>,
+    /// File with two lines: access key id, secret access key (and optionally a session
+    /// token). Default: the AWS credential chain.
+    #[arg(long, global = true)]
+    pub s3_credentials_file: Option<PathBuf>,
+    /// Multipart part size in MiB (≥ 5).
+    #[arg(long, global = true)]
+    pub part_size_mib: Option<u32>,
+    /// Parallel part uploads.
+    #[arg(long, global = true)]
+    pub upload_concurrency: Option<u32>,
+    /// Attempts per S3 call (retries with exponential backoff).
+    #[arg(long, global = true, default_value_t = 5)]
+    pub s3_max_attempts: u32,
+    /// PostgreSQL host.
+    #[arg(long, global = true)]
+    pub host: Option<String>,
+    /// PostgreSQL port.
+    #[arg(long, global = true)]
+    pub port: Option<u16>,
+    /// Database.
+    #[arg(long, global = true)]
+    pub database: Option<String>,
+    /// Role.
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+    /// File holding the password (default: `PGPASSWORD`).
+    #[arg(long, global = true)]
+    pub password_file: Option<PathBuf>,
+    /// libpq sslmode.
+    #[arg(long, global = true, value_enum)]
+    pub sslmode: Option<SslArg>,
+    /// Encryption key file (repeatable for restores after rotation; `ID=PATH` names the
+    /// key id). The first one encrypts. Default: `PALISADE_BACKUP_KEY`.
+    #[arg(long, global = true)]
+    pub key_file: Vec<String>,
+    /// Key id of the (first) key. Default: a fingerprint of the key.
+    #[arg(long, global = true)]
+    pub key_id: Option<String>,
+    /// Directory of pg_dump / pg_restore (default: `PATH`).
+    #[arg(long, global = true, env = "PALISADE_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+    /// Never print progress.
+    #[arg(long, global = true)]
+    pub quiet: bool,
+}
+
+/// The subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Take a snapshot.
+    Run {
+        /// zstd level (1–19).
+        #[arg(long)]
+        compression_level: Option<i32>,
+        /// Snapshot id (default: `YYYYMMDDTHHMMSSZ-xxxx`). A run with the id of an
+        /// existing snapshot reports it and does nothing.
+        #[arg(long)]
+        id: Option<String>,
+        /// Store unencrypted even if a key is configured.
+        #[arg(long)]
+        no_encryption: bool,
+    },
+    /// Restore a snapshot into a database.
+    Restore {
+        /// Snapshot id (default: newest).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Target database (default: `--database`).
+        #[arg(long)]
+        target_database: Option<String>,
+        /// Target host (default: `--host`).
+        #[arg(long)]
+        target_host: Option<String>,
+        /// Target port (default: `--port`).
+        #[arg(long)]
+        target_port: Option<u16>,
+        /// Target role (default: `--user`).
+        #[arg(long)]
+        target_user: Option<String>,
+        /// Target password file (default: the source password).
+        #[arg(long)]
+        target_password_file: Option<PathBuf>,
+        /// Restore over a non-empty database (drops the objects the snapshot contains).
+        #[arg(long)]
+        force: bool,
+        /// Create the target database when it does not exist.
+        #[arg(long)]
+        create: bool,
+        /// Skip ownership and privileges.
+        #[arg(long)]
+        no_owner: bool,
+    },
+    /// Restore test into a scratch database.
+    Verify {
+        /// Snapshot id (default: newest).
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// Scratch database (default from config, else `palisade_restore_test`).
+        #[arg(long)]
+        scratch_database: Option<String>,
+        /// Extra check `NAME=SQL` (repeatable); SQL must return true.
+        #[arg(long)]
+        check: Vec<String>,
+        /// Skip the row-count comparison.
+        #[arg(long)]
+        no_row_counts: bool,
+        /// Time limit, e.g. `30m` (default from config, else `1h`).
+        #[arg(long)]
+        timeout: Option<String>,
+    },
+    /// List snapshots and their verification state.
+    List,
+    /// Delete snapshots by retention.
+    Prune {
+        /// Keep the newest N.
+        #[arg(long)]
+        keep_last: Option<u32>,
+        /// Keep one per day for N days.
+        #[arg(long)]
+        keep_daily: Option<u32>,
+        /// Keep one per ISO week for N weeks.
+        #[arg(long)]
+        keep_weekly: Option<u32>,
+        /// Keep one per month for N months.
+        #[arg(long)]
+        keep_monthly: Option<u32>,
+        /// Delete older than this (e.g. `90d`).
+        #[arg(long)]
+        max_age: Option<String>,
+        /// Only show what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+impl BackupCommand {
+    fn op(&self) -> &'static str {
+        match self {
+            BackupCommand::Run { .. } => "run",
+            BackupCommand::Restore { .. } => "restore",
+            BackupCommand::Verify { .. } => "verify",
+            BackupCommand::List => "list",
+            BackupCommand::Prune { .. } => "prune",
+        }
+    }
+}
+
+/// Configuration problems.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Bad or missing configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl CliError {
+    /// Short bounded reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CliError::Config(_) => "InvalidConfig",
+            CliError::Engine(e) => e.reason(),
+        }
+    }
+}
+
+impl From<super::storage::StorageError> for CliError {
+    fn from(e: super::storage::StorageError) -> Self {
+        CliError::Engine(e.into())
+    }
+}
+
+fn cfg(msg: impl Into<String>) -> CliError {
+    CliError::Config(msg.into())
+}
+
+/// Reads a secret file; one trailing newline (`\n` or `\r\n`) is removed.
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, CliError> {
+    let mut b = std::fs::read(path)
+        .map_err(|e| cfg(format!("cannot read secret file {}: {e}", path.display())))?;
+    if b.last() == Some(&b'\n') {
+        b.pop();
+        if b.last() == Some(&b'\r') {
+            b.pop();
+        }
+    }
+    Ok(b)
+}
+
+fn secret_string(b: Vec<u8>, what: &str) -> Result<String, CliError> {
+    String::from_utf8(b).map_err(|_| cfg(format!("{what} is not UTF-8")))
+}
+
+fn load_spec(path: &Path) -> Result<BackupScheduleSpec, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| cfg(format!("cannot read {}: {e}", path.display())))?;
+    // YAML is a superset of JSON.
+    serde_yaml::from_str(&text).map_err(|e| cfg(format!("invalid config {}: {e}", path.display())))
+}
+
+struct Resolved {
+    spec: Option<BackupScheduleSpec>,
+    storage: Storage,
+    keys: Vec<EncryptionKey>,
+}
+
+fn pg_conn(common: &CommonArgs, spec: Option<&BackupScheduleSpec>) -> Result<PgConn, CliError> {
+    let src: Option<&PostgresSource> = spec.map(|s| &s.postgres);
+    let host = common
+        .host
+        .clone()
+        .or_else(|| src.map(|s| s.host.clone()))
+        .ok_or_else(|| cfg("no PostgreSQL host: give --host or a config file"))?;
+    let database = common
+        .database
+        .clone()
+        .or_else(|| src.map(|s| s.database.clone()))
+        .ok_or_else(|| cfg("no database: give --database or a config file"))?;
+    let user = common
+        .user
+        .clone()
+        .or_else(|| src.map(|s| s.user.clone()))
+        .or_else(|| std::env::var("PGUSER").ok())
+        .ok_or_else(|| cfg("no role: give --user or a config file"))?;
+    let password = match &common.password_file {
+        Some(p) => Some(secret_string(read_secret_file(p)?, "password")?),
+        None => std::env::var("PGPASSWORD").ok(),
+    };
+    Ok(PgConn {
+        host,
+        port: common.port.or(src.map(|s| s.port)).unwrap_or(5432),
+        database,
+        user,
+        password,
+        ssl_mode: common
+            .sslmode
+            .map(SslMode::from)
+            .or(src.map(|s| s.ssl_mode))
+            .unwrap_or_default(),
+    })
+}
+
+fn parse_key_arg(arg: &str) -> (Option<String>, PathBuf) {
+    match arg.split_once('=') {
+        Some((id, path)) if !id.is_empty() && !id.contains('/') => {
+            (Some(id.to_string()), PathBuf::from(path))
+        }
+        _ => (None, PathBuf::from(arg)),
+    }
+}
+
+fn keys(
+    common: &CommonArgs,
+    spec: Option<&BackupScheduleSpec>,
+) -> Result<Vec<EncryptionKey>, CliError> {
+    let default_id = common.key_id.clone().or_else(|| {
+        spec.and_then(|s| s.encryption.as_ref())
+            .and_then(|e| e.key_id.clone())
+    });
+    let mut out = Vec::new();
+    for (i, arg) in common.key_file.iter().enumerate() {
+        let (id, path) = parse_key_arg(arg);
+        let id = id.or(if i == 0 { default_id.clone() } else { None });
+        let material = read_secret_file(&path)?;
+        out.push(EncryptionKey::new(material, id).map_err(|e| cfg(e.to_string()))?);
+    }
+    if out.is_empty()
+        && let Ok(k) = std::env::var("PALISADE_BACKUP_KEY")
+    {
+        out.push(EncryptionKey::new(k.into_bytes(), default_id).map_err(|e| cfg(e.to_string()))?);
+    }
+    if out.is_empty() && spec.is_some_and(|s| s.encryption.is_some()) {
+        return Err(cfg(
+            "the config asks for encryption: give the key with --key-file or PALISADE_BACKUP_KEY",
+        ));
+    }
+    Ok(out)
+}
+
+async fn storage(
+    common: &CommonArgs,
+    spec: Option<&BackupScheduleSpec>,
+) -> Result<Storage, CliError> {
+    if let Some(dir) = &common.dir {
+        return Ok(Storage::filesystem(dir.clone()).await?);
+    }
+    let dest: Option<&Destination> = spec.map(|s| &s.destination);
+    let s3: Option<S3Destination> = match (&common.s3_bucket, dest.and_then(|d| d.s3.clone())) {
+        (Some(bucket), base) => {
+            let mut d = base.unwrap_or(S3Destination {
+                bucket: bucket.clone(),
+                prefix: String::new(),
+                region: None,
+                endpoint: None,
+                force_path_style: false,
+                credentials_secret_ref: None,
+                server_side_encryption: None,
+                kms_key_id: None,
+                part_size_mib: 8,
+                concurrency: 4,
+            });
+            d.bucket = bucket.clone();
+            Some(d)
+        }
+        (None, base) => base,
+    };
+    let Some(mut d) = s3 else {
+        if let Some(path) = dest.and_then(|d| d.path.clone()) {
+            return Ok(Storage::filesystem(path).await?);
+        }
+        if dest.is_some_and(|d| d.persistent_volume_claim.is_some()) {
+            return Err(cfg(
+                "persistentVolumeClaim destinations are mounted by the Job; outside Kubernetes use --dir",
+            ));
+        }
+        return Err(cfg(
+            "no destination: give --dir, --s3-bucket or a config file",
+        ));
+    };
+    if let Some(p) = &common.s3_prefix {
+        d.prefix = p.clone();
+    }
+    d.region = common.s3_region.clone().or(d.region);
+    d.endpoint = common.s3_endpoint.clone().or(d.endpoint);
+    d.force_path_style |= common.s3_force_path_style;
+    if let Some(sse) = common.s3_sse {
+        d.server_side_encryption = Some(match sse {
+            SseArg::Aes256 => ServerSideEncryption::Aes256,
+            SseArg::AwsKms => ServerSideEncryption::AwsKms,
+        });
+    }
+    d.kms_key_id = common.s3_kms_key_id.clone().or(d.kms_key_id);
+    if d.kms_key_id.is_some() && d.server_side_encryption != Some(ServerSideEncryption::AwsKms) {
+        return Err(cfg("a KMS key id needs server-side encryption aws:kms"));
+    }
+    let credentials = match &common.s3_credentials_file {
+        Some(p) => {
+            let text = secret_string(read_secret_file(p)?, "credentials file")?;
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            match (lines.next(), lines.next()) {
+                (Some(id), Some(secret)) => Some((
+                    id.to_string(),
+                    secret.to_string(),
+                    lines.next().map(str::to_string),
+                )),
+                _ => {
+                    return Err(cfg(
+                        "credentials file needs an access key id and a secret key line",
+                    ));
+                }
+            }
+        }
+        None => None,
+    };
+    let part_mib = common.part_size_mib.unwrap_or(d.part_size_mib).max(5);
+    Ok(Storage::s3(S3Settings {
+        bucket: d.bucket,
+        prefix: d.prefix,
+        region: d.region,
+        endpoint: d.endpoint,
+        force_path_style: d.force_path_style,
+        credentials,
+        sse: d.server_side_encryption,
+        kms_key_id: d.kms_key_id,
+        part_size: part_mib as usize * 1024 * 1024,
+        concurrency: common.upload_concurrency.unwrap_or(d.concurrency).max(1) as usize,
+        max_attempts: common.s3_max_attempts,
+    })
+    .await?)
+}
+
+async fn resolve(common: &CommonArgs) -> Result<Resolved, CliError> {
+    let spec = match &common.config {
+        Some(p) => Some(load_spec(p)?),
+        None => None,
+    };
+    let storage = storage(common, spec.as_ref()).await?;
+    let keys = keys(common, spec.as_ref())?;
+    Ok(Resolved {
+        spec,
+        storage,
+        keys,
+    })
+}
+
+fn policy(
+    spec: Option<&Retention>,
+    flags: [Option<u32>; 4],
+    max_age: Option<&str>,
+) -> Result<Policy, CliError> {
+    let base = spec.cloned().unwrap_or_default();
+    let max_age = max_age.map(str::to_string).or(base.max_age);
+    Ok(Policy {
+        keep_last: flags[0].or(base.keep_last),
+        keep_daily: flags[1].or(base.keep_daily),
+        keep_weekly: flags[2].or(base.keep_weekly),
+        keep_monthly: flags[3].or(base.keep_monthly),
+        max_age: match max_age {
+            Some(s) => Some(
+                retention::parse_duration(&s)
+                    .ok_or_else(|| cfg(format!("invalid maxAge {s:?}")))?,
+            ),
+            None => None,
+        },
+    })
+}
+
+fn spawn_progress(progress: Arc<Progress>, enabled: bool) -> Option<tokio::task::JoinHandle<()>> {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let t0 = std::time::Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let secs = t0.elapsed().as_secs_f64().max(0.001);
+            let raw = progress.raw.load(Ordering::Relaxed);
+            let stored = progress.stored.load(Ordering::Relaxed);
+            let total = progress.total.load(Ordering::Relaxed);
+            let rate = stored as f64 / secs;
+            let eta = if total > 0 && rate > 0.0 {
+                format!(
+                    " {:.0}% ETA {:.0}s",
+                    100.0 * stored as f64 / total as f64,
+                    (total.saturating_sub(stored)) as f64 / rate
+                )
+            } else {
+                String::new()
+            };
+            eprint!(
+                "\r  {} raw, {} stored, {}/s{eta}   ",
+                mib(raw),
+                mib(stored),
+                mib(rate as u64)
+            );
+        }
+    }))
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / 1048576.0)
+}
+
+fn check_json(c: &CheckResult) -> Value {
+    let mut v = json!({"name": pg::bounded(&c.name, 64), "passed": c.passed});
+    if let Some(m) = &c.message {
+        v["message"] = json!(pg::bounded(m, 200));
+    }
+    v
+}
+
+/// Serializes compactly and enforces [`MAX_JSON_RESULT`] by shedding list items.
+pub fn compact_json(mut v: Value) -> String {
+    for _ in 0..100_000 {
+        let s = v.to_string();
+        if s.len() <= MAX_JSON_RESULT {
+            return s;
+        }
+        // Drop passed checks first, then anything from the longest list.
+        let mut shed = false;
+        for field in ["checks", "deleted", "snapshots"] {
+            if let Some(list) = v.get_mut(field).and_then(Value::as_array_mut)
+                && !list.is_empty()
+            {
+                let idx = list
+                    .iter()
+                    .position(|c| c.get("passed") == Some(&Value::Bool(true)))
+                    .unwrap_or(list.len() - 1);
+                list.remove(idx);
+                let key = format!("{field}Omitted");
+                let n = v.get(&key).and_then(Value::as_u64).unwrap_or(0) + 1;
+                v[key] = json!(n);
+                shed = true;
+                break;
+            }
+        }
+        if !shed {
+            if let Some(e) = v.get("error").and_then(Value::as_str) {
+                v["error"] = json!(pg::bounded(e, 500));
+            }
+            return v.to_string();
+        }
+    }
+    v.to_string()
+}
+
+fn emit(output: OutputFormat, json_value: Value, text: impl FnOnce() -> String) {
+    match output {
+        OutputFormat::Json => println!("{}", compact_json(json_value)),
+        OutputFormat::Text => println!("{}", text()),
+    }
+}
+
+/// Entry point of `palisade backup …`.
+pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
+    let op = args.command.op();
+    let output = args.common.output;
+    match execute(args).await {
+        Ok(code) => Ok(code),
+        Err(e) => {
+            let code = match e {
+                CliError::Config(_) => 2,
+                CliError::Engine(_) => 1,
+            };
+            match output {
+                OutputFormat::Json => println!(
+                    "{}",
+                    compact_json(json!({
+                        "op": op, "ok": false, "reason": e.reason(),
+                        "error": pg::bounded(&e.to_string(), 1500),
+                    }))
+                ),
+                OutputFormat::Text => eprintln!("backup {op} failed ({}): {e}", e.reason()),
+            }
+            Ok(ExitCode::from(code))
+        }
+    }
+}
+
+async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
+    let common = &args.common;
+    let r = resolve(common).await?;
+    let spec = r.spec.as_ref();
+    let show_progress = common.output == OutputFormat::Text && !common.quiet;
+    match args.command {
+        BackupCommand::Run {
+            compression_level,
+            id,
+            no_encryption,
+        } => {
+            let level = compression_level
+                .or(spec.map(|s| s.compression.level))
+                .unwrap_or(3);
+            if !(1..=19).contains(&level) {
+                return Err(cfg("compression level must be 1-19"));
+            }
+            let opts = RunOptions {
+                pg: pg_conn(common, spec)?,
+                pg_bin: common.pg_bin.clone(),
+                compression_level: level,
+                key: if no_encryption {
+                    None
+                } else {
+                    r.keys.first().cloned()
+                },
+                chunk_size: format::DEFAULT_CHUNK_SIZE,
+                id,
+            };
+            let progress = Arc::new(Progress::default());
+            let ticker = spawn_progress(progress.clone(), show_progress);
+            let result = engine::run(&r.storage, &opts, progress).await;
+            if let Some(t) = ticker {
+                t.abort();
+                eprintln!();
+            }
+            let rep = result?;
+            let m = &rep.manifest;
+            let rows: i64 = m.row_counts.values().sum();
+            emit(
+                common.output,
+                json!({
+                    "op": "run", "ok": true, "id": m.id, "key": pg::bounded(&rep.key, 512),
+                    "time": m.finished_at, "bytes": m.stored_bytes, "rawBytes": m.raw_bytes,
+                    "sha256": m.sha256, "durationSeconds": round2(rep.duration.as_secs_f64()),
+                    "encrypted": m.encryption.is_encrypted(), "keyId": m.encryption.key_id,
+                    "tables": m.row_counts.len(), "rows": rows,
+                    "alreadyExisted": rep.already_existed,
+                }),
+                || {
+                    format!(
+                        "snapshot {} stored at {} ({} raw → {} stored, {} tables, {} rows, {}) in {:.1}s{}",
+                        m.id,
+                        rep.key,
+                        mib(m.raw_bytes),
+                        mib(m.stored_bytes),
+                        m.row_counts.len(),
+                        rows,
+                        m.encryption
+                            .key_id
+                            .as_deref()
+                            .map_or("unencrypted".to_string(), |k| format!(
+                                "encrypted with key {k}"
+                            )),
+                        rep.duration.as_secs_f64(),
+                        if rep.already_existed {
+                            " (already existed)"
+                        } else {
+                            ""
+                        }
+                    )
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Restore {
+            snapshot,
+            target_database,
+            target_host,
+            target_port,
+            target_user,
+            target_password_file,
+            force,
+            create,
+            no_owner,
+        } => {
+            let mut target = pg_conn(common, spec)?;
+            if let Some(d) = target_database {
+                target.database = d;
+            }
+            if let Some(h) = target_host {
+                target.host = h;
+            }
+            if let Some(p) = target_port {
+                target.port = p;
+            }
+            if let Some(u) = target_user {
+                target.user = u;
+            }
+            if let Some(p) = target_password_file {
+                target.password = Some(secret_string(read_secret_file(&p)?, "password")?);
+            }
+            let opts = RestoreOptions {
+                target,
+                pg_bin: common.pg_bin.clone(),
+                keys: r.keys.clone(),
+                snapshot,
+                force,
+                create,
+                no_owner,
+            };
+            let progress = Arc::new(Progress::default());
+            let ticker = spawn_progress(progress.clone(), show_progress);
+            let result = engine::restore(&r.storage, &opts, progress).await;
+            if let Some(t) = ticker {
+                t.abort();
+                eprintln!();
+            }
+            let rep = result?;
+            emit(
+                common.output,
+                json!({
+                    "op": "restore", "ok": true, "snapshot": rep.manifest.id,
+                    "database": opts.target.database, "bytes": rep.manifest.stored_bytes,
+                    "durationSeconds": round2(rep.duration.as_secs_f64()),
+                }),
+                || {
+                    format!(
+                        "restored snapshot {} into {} in {:.1}s",
+                        rep.manifest.id,
+                        opts.target.target(),
+                        rep.duration.as_secs_f64()
+                    )
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Verify {
+            snapshot,
+            scratch_database,
+            check,
+            no_row_counts,
+            timeout,
+        } => {
+            let rt = spec.and_then(|s| s.restore_test.as_ref());
+            let mut server = pg_conn(common, spec)?;
+            if let Some(t) = rt.and_then(|t| t.target.as_ref()) {
+                server.host = t.host.clone();
+                server.port = t.port;
+                server.user = t.user.clone();
+                server.ssl_mode = t.ssl_mode;
+            }
+            server.database = "postgres".into();
+            let mut checks: Vec<SqlCheck> = rt.map(|t| t.checks.clone()).unwrap_or_default();
+            for c in check {
+                let (name, sql) = c
+                    .split_once('=')
+                    .ok_or_else(|| cfg(format!("--check needs NAME=SQL, got {c:?}")))?;
+                checks.push(SqlCheck {
+                    name: name.trim().to_string(),
+                    sql: sql.to_string(),
+                });
+            }
+            let timeout_s = timeout
+                .or(rt.map(|t| t.timeout.clone()))
+                .unwrap_or_else(|| "1h".into());
+            let opts = VerifyOptions {
+                server,
+                scratch_database: scratch_database
+                    .or(rt.map(|t| t.scratch_database.clone()))
+                    .unwrap_or_else(|| "palisade_restore_test".into()),
+                checks,
+                compare_row_counts: !no_row_counts && rt.is_none_or(|t| t.compare_row_counts),
+                timeout: retention::parse_duration(&timeout_s)
+                    .ok_or_else(|| cfg(format!("invalid timeout {timeout_s:?}")))?,
+                keys: r.keys.clone(),
+                pg_bin: common.pg_bin.clone(),
+                snapshot,
+            };
+            let rep = verify::verify(&r.storage, &opts).await?;
+            let rec = &rep.record;
+            emit(
+                common.output,
+                json!({
+                    "op": "verify", "ok": rec.passed, "snapshot": rec.snapshot, "time": rec.time,
+                    "result": if rec.passed { "Passed" } else { "Failed" },
+                    "durationSeconds": round2(rec.duration_seconds),
+                    "checks": rec.checks.iter().map(check_json).collect::<Vec<_>>(),
+                }),
+                || {
+                    let mut s = format!(
+                        "restore test of {}: {} in {:.1}s (record: {})",
+                        rec.snapshot,
+                        if rec.passed { "PASSED" } else { "FAILED" },
+                        rec.duration_seconds,
+                        rep.location
+                    );
+                    for c in &rec.checks {
+                        s.push_str(&format!(
+                            "\n  {} {}{}",
+                            if c.passed { "ok  " } else { "FAIL" },
+                            c.name,
+                            c.message
+                                .as_deref()
+                                .map(|m| format!(": {m}"))
+                                .unwrap_or_default()
+                        ));
+                    }
+                    s
+                },
+            );
+            Ok(if rec.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        BackupCommand::List => {
+            let entries = catalog::list(&r.storage).await?;
+            let rows: Vec<Value> = entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "id": e.manifest.id, "time": e.manifest.started_at,
+                        "bytes": e.manifest.stored_bytes,
+                        "encrypted": e.manifest.encryption.is_encrypted(),
+                        "verified": verified_state(e),
+                    })
+                })
+                .collect();
+            emit(
+                common.output,
+                json!({"op": "list", "ok": true, "snapshots": rows}),
+                || {
+                    let mut s = format!(
+                        "{:<28} {:<25} {:>12} {:<10} VERIFIED",
+                        "ID", "TIME", "BYTES", "ENCRYPTED"
+                    );
+                    for e in &entries {
+                        s.push_str(&format!(
+                            "\n{:<28} {:<25} {:>12} {:<10} {}",
+                            e.manifest.id,
+                            e.manifest.started_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                            e.manifest.stored_bytes,
+                            if e.manifest.encryption.is_encrypted() {
+                                "yes"
+                            } else {
+                                "no"
+                            },
+                            verified_state(e)
+                        ));
+                    }
+                    s
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        BackupCommand::Prune {
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            max_age,
+            dry_run,
+        } => {
+            let policy = policy(
+                spec.map(|s| &s.retention),
+                [keep_last, keep_daily, keep_weekly, keep_monthly],
+                max_age.as_deref(),
+            )?;
+            let rep = catalog::prune(&r.storage, &policy, chrono::Utc::now(), dry_run).await?;
+            let deleted: Vec<&str> = rep
+                .decisions
+                .iter()
+                .filter(|d| !d.keep)
+                .map(|d| d.id.as_str())
+                .collect();
+            emit(
+                common.output,
+                json!({
+                    "op": "prune", "ok": true, "dryRun": rep.dry_run,
+                    "kept": rep.decisions.len() - deleted.len(),
+                    "deletedCount": deleted.len(), "deleted": deleted,
+                }),
+                || {
+                    let mut s = String::new();
+                    for d in &rep.decisions {
+                        s.push_str(&format!(
+                            "{} {} ({})\n",
+                            if d.keep {
+                                "keep  "
+                            } else if rep.dry_run {
+                                "would delete"
+                            } else {
+                                "delete"
+                            },
+                            d.id,
+                            d.reasons.join(", ")
+                        ));
+                    }
+                    s.push_str(&format!(
+                        "{} kept, {} {}",
+                        rep.decisions.len() - deleted.len(),
+                        deleted.len(),
+                        if rep.dry_run {
+                            "would be deleted (dry run)"
+                        } else {
+                            "deleted"
+                        }
+                    ));
+                    s
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn verified_state(e: &catalog::Entry) -> &'static str {
+    match &e.verification {
+        Some(v) if v.passed => "passed",
+        Some(_) => "failed",
+        None => "never",
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_results_stay_small() {
+        let checks: Vec<Value> = (0..200)
+            .map(|i| json!({"name": format!("check-{i}"), "passed": i % 3 != 0, "message": "x".repeat(150)}))
+            .collect();
+        let s = compact_json(json!({"op": "verify", "ok": false, "checks": checks}));
+        assert!(s.len() <= MAX_JSON_RESULT, "{}", s.len());
+        let v: Value = serde_json::from_str(&s).expect("valid json");
+        assert!(v["checksOmitted"].as_u64().expect("omitted") > 0);
+        // Failed checks are kept in preference to passed ones.
+        assert!(
+            v["checks"]
+                .as_array()
+                .expect("checks")
+                .iter()
+                .all(|c| c["passed"] == false)
+        );
+    }
+
+    #[test]
+    fn key_args() {
+        assert_eq!(
+            parse_key_arg("v2=/keys/k"),
+            (Some("v2".into()), PathBuf::from("/keys/k"))
+        );
+        assert_eq!(parse_key_arg("/a=b/k"), (None, PathBuf::from("/a=b/k")));
+    }
+}

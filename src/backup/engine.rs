@@ -1,0 +1,820 @@
+//! The streaming pipelines.
+//!
+//! `run`:     pg_dump stdout ─▶ [compress thread: zstd] ─chunks▶ [seal thread: AES-GCM +
+//!            SHA-256, assembles parts] ─parts▶ [async: multipart upload / file]
+//! `restore`: [async: object reader] ─bytes▶ [decode thread: SHA-256, open, unzstd]
+//!            ─▶ pg_restore stdin
+//!
+//! Every hop is a bounded channel, so memory is about
+//! `chunk × 6 + part × (concurrency + 2)` whatever the database size.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use ring::digest::{Context, SHA256};
+use tokio::sync::mpsc;
+
+use super::format::{self, EncryptionKey, FormatError, Sealer};
+use super::manifest::{self, CompressionInfo, EncryptionInfo, MANIFEST_VERSION, Manifest, Source};
+use super::pg::{self, PgConn, PgError, StderrTail};
+use super::storage::{Storage, StorageError};
+
+/// Errors of the engine (run, restore, verify, list, prune).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// PostgreSQL side.
+    #[error(transparent)]
+    Pg(#[from] PgError),
+    /// Storage backend.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Snapshot format / decryption.
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// Compression or decompression.
+    #[error("zstd: {0}")]
+    Zstd(io::Error),
+    /// A pipe between stages broke.
+    #[error("pipeline: {0}")]
+    Pipe(String),
+    /// The stored object's checksum differs from the manifest.
+    #[error("checksum mismatch: manifest says {expected}, object has {actual}")]
+    Checksum {
+        /// From the manifest.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// The stored object's size differs from the manifest.
+    #[error("size mismatch: manifest says {expected} bytes, object has {actual}")]
+    Size {
+        /// From the manifest.
+        expected: u64,
+        /// Read.
+        actual: u64,
+    },
+    /// No snapshot (or not the requested one).
+    #[error("no snapshot {0}")]
+    NoSnapshot(String),
+    /// A manifest could not be parsed.
+    #[error("manifest {0} is invalid: {1}")]
+    BadManifest(String, String),
+    /// Encrypted snapshot but no key given.
+    #[error("snapshot is encrypted with key {0}; give its key with --key-file")]
+    MissingKey(String),
+    /// Invalid input.
+    #[error("{0}")]
+    Invalid(String),
+    /// Timed out.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl EngineError {
+    /// Short bounded reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EngineError::Pg(e) => e.reason(),
+            EngineError::Storage(e) => e.reason(),
+            EngineError::Format(e) => e.reason(),
+            EngineError::Zstd(_) => "CompressionError",
+            EngineError::Pipe(_) => "PipelineError",
+            EngineError::Checksum { .. } => "ChecksumMismatch",
+            EngineError::Size { .. } => "SizeMismatch",
+            EngineError::NoSnapshot(_) => "NoSnapshot",
+            EngineError::BadManifest(..) => "BadManifest",
+            EngineError::MissingKey(_) => "MissingKey",
+            EngineError::Invalid(_) => "InvalidArgument",
+            EngineError::Timeout(_) => "Timeout",
+        }
+    }
+}
+
+/// Live counters for progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Bytes read from pg_dump / written to pg_restore.
+    pub raw: AtomicU64,
+    /// Bytes written to / read from storage.
+    pub stored: AtomicU64,
+    /// Total stored bytes when known (restore).
+    pub total: AtomicU64,
+}
+
+/// Options of `backup run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Source database.
+    pub pg: PgConn,
+    /// Directory of pg_dump/pg_restore; `PATH` when `None`.
+    pub pg_bin: Option<PathBuf>,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Encryption key; unencrypted when `None`.
+    pub key: Option<EncryptionKey>,
+    /// Plaintext bytes per encrypted chunk.
+    pub chunk_size: usize,
+    /// Snapshot id; generated when `None`.
+    pub id: Option<String>,
+}
+
+/// Result of `backup run`.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The manifest written.
+    pub manifest: Manifest,
+    /// Object key or path of the data.
+    pub key: String,
+    /// Wall-clock duration.
+    pub duration: Duration,
+    /// The snapshot already existed (a retried run with the same id).
+    pub already_existed: bool,
+}
+
+/// Checks a snapshot id: 1–128 of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn validate_id(id: &str) -> Result<(), EngineError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(
+            "snapshot id must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'".into(),
+        ))
+    }
+}
+
+/// A new id: `YYYYMMDDTHHMMSSZ-xxxx`.
+pub fn new_id(now: chrono::DateTime<Utc>) -> String {
+    use ring::rand::SecureRandom;
+    let mut r = [0u8; 2];
+    let _ = ring::rand::SystemRandom::new().fill(&mut r);
+    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), format::hex(&r))
+}
+
+/// Kills the child when dropped (cancellation, timeouts, early errors).
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    fn child(&mut self) -> Option<&mut Child> {
+        self.0.as_mut()
+    }
+
+    fn kill(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+        }
+    }
+
+    async fn wait(&mut self) -> Result<std::process::ExitStatus, EngineError> {
+        let mut child = self
+            .0
+            .take()
+            .ok_or_else(|| EngineError::Pipe("child already waited for".into()))?;
+        let (status, child) = tokio::task::spawn_blocking(move || (child.wait(), child))
+            .await
+            .map_err(|e| EngineError::Pipe(e.to_string()))?;
+        self.0 = Some(child);
+        let status = status.map_err(|e| EngineError::Pipe(e.to_string()))?;
+        self.0 = None;
+        Ok(status)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "downstream stage stopped")
+}
+
+/// Collects compressed output into fixed-size chunks for the seal thread.
+struct ChunkSink {
+    tx: SyncSender<(Vec<u8>, bool)>,
+    buf: Vec<u8>,
+    chunk: usize,
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = self.chunk - self.buf.len();
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == self.chunk {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
+            self.tx.send((full, false)).map_err(|_| closed())?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn compress_stage(
+    mut src: ChildStdout,
+    level: i32,
+    chunk: usize,
+    tx: SyncSender<(Vec<u8>, bool)>,
+    progress: Arc<Progress>,
+) -> Result<u64, EngineError> {
+    let sink = ChunkSink {
+        tx,
+        buf: Vec::with_capacity(chunk),
+        chunk,
+    };
+    let mut enc = zstd::stream::write::Encoder::new(sink, level).map_err(EngineError::Zstd)?;
+    enc.include_checksum(true).map_err(EngineError::Zstd)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut raw = 0u64;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(EngineError::Pipe(format!("reading pg_dump output: {e}"))),
+        };
+        raw += n as u64;
+        progress.raw.fetch_add(n as u64, Ordering::Relaxed);
+        enc.write_all(&buf[..n]).map_err(EngineError::Zstd)?;
+    }
+    let sink = enc.finish().map_err(EngineError::Zstd)?;
+    sink.tx
+        .send((sink.buf, true))
+        .map_err(|_| EngineError::Pipe("seal stage stopped".into()))?;
+    Ok(raw)
+}
+
+struct SealStats {
+    compressed: u64,
+    stored: u64,
+    sha256: String,
+}
+
+fn seal_stage(
+    rx: Receiver<(Vec<u8>, bool)>,
+    mut sealer: Option<Sealer>,
+    part_size: usize,
+    tx: mpsc::Sender<Bytes>,
+    progress: Arc<Progress>,
+) -> Result<SealStats, EngineError> {
+    let mut hasher = Context::new(&SHA256);
+    let cap = part_size + format::MAX_CHUNK_SIZE.min(4 << 20) + 64;
+    let mut part: Vec<u8> = Vec::with_capacity(cap);
+    if let Some(s) = &sealer {
+        part.extend_from_slice(s.header());
+    }
+    let (mut compressed, mut stored, mut saw_last) = (0u64, 0u64, false);
+    let mut ship = |part: &mut Vec<u8>, stored: &mut u64| -> Result<(), EngineError> {
+        hasher.update(part);
+        *stored += part.len() as u64;
+        progress
+            .stored
+            .fetch_add(part.len() as u64, Ordering::Relaxed);
+        let full = std::mem::replace(part, Vec::with_capacity(cap));
+        tx.blocking_send(Bytes::from(full))
+            .map_err(|_| EngineError::Pipe("upload stage stopped".into()))
+    };
+    for (chunk, last) in rx {
+        compressed += chunk.len() as u64;
+        match sealer.as_mut() {
+            Some(s) => s.seal_into(&chunk, last, &mut part),
+            None => part.extend_from_slice(&chunk),
+        }
+        if part.len() >= part_size {
+            ship(&mut part, &mut stored)?;
+        }
+        if last {
+            saw_last = true;
+            break;
+        }
+    }
+    if !saw_last {
+        return Err(EngineError::Pipe("compression stage stopped early".into()));
+    }
+    if !part.is_empty() || stored == 0 {
+        ship(&mut part, &mut stored)?;
+    }
+    Ok(SealStats {
+        compressed,
+        stored,
+        sha256: format::hex(hasher.finish().as_ref()),
+    })
+}
+
+fn join_err(e: tokio::task::JoinError) -> EngineError {
+    EngineError::Pipe(format!("stage panicked or was cancelled: {e}"))
+}
+
+/// Reads a snapshot's manifest.
+pub async fn load_manifest(storage: &Storage, id: &str) -> Result<Manifest, EngineError> {
+    let name = manifest::manifest_name(id);
+    let body = storage
+        .get_small(&name)
+        .await?
+        .ok_or_else(|| EngineError::NoSnapshot(id.to_string()))?;
+    serde_json::from_slice(&body).map_err(|e| EngineError::BadManifest(name, e.to_string()))
+}
+
+/// `backup run`: dump, compress, encrypt, store, then write the manifest.
+pub async fn run(
+    storage: &Storage,
+    opts: &RunOptions,
+    progress: Arc<Progress>,
+) -> Result<RunReport, EngineError> {
+    let t0 = Instant::now();
+    let started_at = Utc::now();
+    let id = match &opts.id {
+        Some(id) => id.clone(),
+        None => new_id(started_at),
+    };
+    validate_id(&id)?;
+    if let Ok(existing) = load_manifest(storage, &id).await {
+        return Ok(RunReport {
+            key: storage.key(&existing.object),
+            manifest: existing,
+            duration: t0.elapsed(),
+            already_existed: true,
+        });
+    }
+    let pg_dump = pg::program(opts.pg_bin.as_deref(), "pg_dump");
+    let pg_dump_version = pg::tool_version(&pg_dump)?;
+    let exported = pg::export_snapshot(&opts.pg).await?;
+
+    let mut child = ChildGuard(Some(pg::spawn_pg_dump(&pg_dump, &opts.pg, &exported.name)?));
+    let (stdout, stderr) = match child.child() {
+        Some(c) => (c.stdout.take(), c.stderr.take()),
+        None => (None, None),
+    };
+    let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
+        return Err(EngineError::Pipe("pg_dump pipes missing".into()));
+    };
+    let stderr = StderrTail::spawn(stderr);
+
+    // Row counts in the exported snapshot, concurrently with the dump. The transaction
+    // stays open until pg_dump is done (it imports the snapshot when it starts).
+    let server_version = exported.server_version.clone();
+    let mut counting = AbortOnDrop(tokio::spawn(async move {
+        let counts = pg::row_counts(&exported.client).await;
+        (counts, exported)
+    }));
+
+    let data_name = manifest::data_name(&id);
+    let mut upload = storage.begin_upload(&data_name).await?;
+
+    let chunk = opts.chunk_size.clamp(4096, format::MAX_CHUNK_SIZE);
+    let sealer = match &opts.key {
+        Some(k) => Some(Sealer::new(k, chunk)?),
+        None => None,
+    };
+    let part_size = storage.part_size();
+    let (chunk_tx, chunk_rx) = sync_channel::<(Vec<u8>, bool)>(4);
+    let (part_tx, mut part_rx) = mpsc::channel::<Bytes>(1);
+    let level = opts.compression_level;
+    let p1 = progress.clone();
+    let compress =
+        tokio::task::spawn_blocking(move || compress_stage(stdout, level, chunk, chunk_tx, p1));
+    let p2 = progress.clone();
+    let seal =
+        tokio::task::spawn_blocking(move || seal_stage(chunk_rx, sealer, part_size, part_tx, p2));
+
+    let mut upload_result = Ok(());
+    while let Some(part) = part_rx.recv().await {
+        if let Err(e) = upload.write_part(part).await {
+            upload_result = Err(EngineError::from(e));
+            break;
+        }
+    }
+    drop(part_rx);
+    let mut killed = false;
+    if upload_result.is_err() {
+        child.kill();
+        killed = true;
+    }
+    let compress_result = compress.await.map_err(join_err)?;
+    if compress_result.is_err() {
+        child.kill();
+        killed = true;
+    }
+    let seal_result = seal.await.map_err(join_err)?;
+    let status = child.wait().await?;
+    let stderr_text = stderr.finish(opts.pg.password.as_deref());
+
+    // Precedence: the upload's error, then pg_dump's own failure, then the stages'.
+    let outcome: Result<(u64, SealStats), EngineError> = match upload_result {
+        Err(e) => Err(e),
+        Ok(()) if !status.success() && !killed => Err(PgError::ChildFailed {
+            program: "pg_dump",
+            status: status.to_string(),
+            stderr: stderr_text,
+        }
+        .into()),
+        Ok(()) => compress_result.and_then(|raw| seal_result.map(|s| (raw, s))),
+    };
+    let (raw, seal) = match outcome {
+        Ok(v) => v,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e);
+        }
+    };
+    let (counts, exported) = match (&mut counting.0).await {
+        Ok(v) => v,
+        Err(e) => {
+            upload.abort().await;
+            return Err(join_err(e));
+        }
+    };
+    let _ = exported.client.batch_execute("COMMIT").await;
+    drop(exported);
+    let row_counts = match counts {
+        Ok(c) => c,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e.into());
+        }
+    };
+    upload.finish().await?;
+
+    let manifest = Manifest {
+        format_version: MANIFEST_VERSION,
+        id: id.clone(),
+        object: data_name.clone(),
+        source: Source {
+            host: opts.pg.host.clone(),
+            port: opts.pg.port,
+            database: opts.pg.database.clone(),
+            user: opts.pg.user.clone(),
+        },
+        server_version,
+        pg_dump_version,
+        started_at,
+        finished_at: Utc::now(),
+        raw_bytes: raw,
+        compressed_bytes: seal.compressed,
+        stored_bytes: seal.stored,
+        sha256: seal.sha256,
+        compression: CompressionInfo {
+            algorithm: "zstd".into(),
+            level,
+        },
+        encryption: match &opts.key {
+            Some(k) => EncryptionInfo {
+                algorithm: "aes-256-gcm-chunked-v1".into(),
+                key_id: Some(k.id().to_string()),
+                chunk_size: Some(chunk as u32),
+            },
+            None => EncryptionInfo {
+                algorithm: "none".into(),
+                key_id: None,
+                chunk_size: None,
+            },
+        },
+        row_counts,
+    };
+    let body = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| EngineError::BadManifest(id.clone(), e.to_string()))?;
+    if let Err(e) = storage.put_small(&manifest::manifest_name(&id), body).await {
+        // Without a manifest the data is not a snapshot: remove it.
+        let _ = storage.delete(&data_name).await;
+        return Err(e.into());
+    }
+    Ok(RunReport {
+        key: storage.key(&data_name),
+        manifest,
+        duration: t0.elapsed(),
+        already_existed: false,
+    })
+}
+
+/// Options of `backup restore`.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    /// Target database.
+    pub target: PgConn,
+    /// Directory of pg_restore.
+    pub pg_bin: Option<PathBuf>,
+    /// Keys to decrypt with (picked by key id).
+    pub keys: Vec<EncryptionKey>,
+    /// Snapshot id; newest when `None`.
+    pub snapshot: Option<String>,
+    /// Restore over a non-empty database (`--clean --if-exists`).
+    pub force: bool,
+    /// Create the target database when missing.
+    pub create: bool,
+    /// Skip ownership and privileges (`--no-owner --no-privileges`).
+    pub no_owner: bool,
+}
+
+/// Result of `backup restore`.
+#[derive(Clone, Debug)]
+pub struct RestoreReport {
+    /// The manifest of the restored snapshot.
+    pub manifest: Manifest,
+    /// Wall-clock duration.
+    pub duration: Duration,
+}
+
+/// Resolves `snapshot` (or the newest valid one) to its manifest.
+pub async fn resolve(storage: &Storage, snapshot: Option<&str>) -> Result<Manifest, EngineError> {
+    match snapshot {
+        Some(id) => {
+            validate_id(id)?;
+            load_manifest(storage, id).await
+        }
+        None => super::catalog::list(storage)
+            .await?
+            .into_iter()
+            .next()
+            .map(|e| e.manifest)
+            .ok_or_else(|| EngineError::NoSnapshot("(none stored)".into())),
+    }
+}
+
+/// `backup restore`.
+pub async fn restore(
+    storage: &Storage,
+    opts: &RestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<RestoreReport, EngineError> {
+    let t0 = Instant::now();
+    let manifest = resolve(storage, opts.snapshot.as_deref()).await?;
+    check_keys(&manifest, &opts.keys)?;
+
+    let exists = {
+        let admin = opts.target.with_database("postgres").connect().await?;
+        pg::database_exists(&admin, &opts.target.database).await?
+    };
+    let mut clean = false;
+    if !exists {
+        if !opts.create {
+            return Err(EngineError::Invalid(format!(
+                "target database {} does not exist (use --create)",
+                opts.target.database
+            )));
+        }
+        let admin = opts.target.with_database("postgres").connect().await?;
+        pg::create_database(&admin, &opts.target.database).await?;
+    } else {
+        let client = opts.target.connect().await?;
+        if !pg::is_empty(&client).await? {
+            if !opts.force {
+                return Err(PgError::NotEmpty(opts.target.database.clone()).into());
+            }
+            clean = true;
+        }
+    }
+    restore_into(storage, &manifest, opts, clean, progress).await?;
+    Ok(RestoreReport {
+        manifest,
+        duration: t0.elapsed(),
+    })
+}
+
+/// Fails early when the snapshot's key is not among `keys`.
+pub fn check_keys(manifest: &Manifest, keys: &[EncryptionKey]) -> Result<(), EngineError> {
+    if let Some(kid) = &manifest.encryption.key_id {
+        if keys.is_empty() {
+            return Err(EngineError::MissingKey(kid.clone()));
+        }
+        if !keys.iter().any(|k| k.id() == kid) {
+            return Err(FormatError::UnknownKey(kid.clone()).into());
+        }
+    }
+    Ok(())
+}
+
+/// Reads bytes from the async reader task, hashing and counting them.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes, StorageError>>,
+    cur: Bytes,
+    hasher: Context,
+    total: u64,
+    progress: Arc<Progress>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(b)) => {
+                    self.hasher.update(&b);
+                    self.total += b.len() as u64;
+                    self.progress
+                        .stored
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
+                    self.cur = b;
+                }
+                Some(Err(e)) => return Err(io::Error::other(e)),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+/// Counts bytes going to pg_restore.
+struct CountingWriter<W> {
+    inner: W,
+    progress: Arc<Progress>,
+}
+
+impl<W: Write> Write for CountingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.progress.raw.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn map_decode_error(e: io::Error) -> EngineError {
+    if let Some(inner) = e.get_ref() {
+        if let Some(f) = inner.downcast_ref::<FormatError>() {
+            return EngineError::Format(match f {
+                FormatError::Authentication(i) => FormatError::Authentication(*i),
+                FormatError::Truncated => FormatError::Truncated,
+                FormatError::TrailingData => FormatError::TrailingData,
+                FormatError::BadFrame(i) => FormatError::BadFrame(*i),
+                _ => FormatError::BadHeader("invalid stream"),
+            });
+        }
+        if let Some(s) = inner.downcast_ref::<StorageError>() {
+            return EngineError::Pipe(s.to_string());
+        }
+    }
+    EngineError::Zstd(e)
+}
+
+fn decode_stage(
+    mut reader: ChannelReader,
+    keys: Vec<EncryptionKey>,
+    encrypted: bool,
+    stdin: ChildStdin,
+    manifest: &Manifest,
+    progress: Arc<Progress>,
+) -> (Result<(), EngineError>, Option<CountingWriter<ChildStdin>>) {
+    let mut out = CountingWriter {
+        inner: stdin,
+        progress,
+    };
+    let result = (|| -> Result<(), EngineError> {
+        {
+            let plain: Box<dyn Read + '_> = if encrypted {
+                Box::new(format::OpenReader::new(&mut reader, &keys)?)
+            } else {
+                Box::new(&mut reader)
+            };
+            let mut dec = zstd::stream::read::Decoder::new(plain).map_err(EngineError::Zstd)?;
+            match io::copy(&mut dec, &mut out) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    return Err(EngineError::Pipe("pg_restore stopped reading".into()));
+                }
+                Err(e) => return Err(map_decode_error(e)),
+            }
+        }
+        // Drain anything left (there should be nothing) so the hash covers the object.
+        io::copy(&mut reader, &mut io::sink()).map_err(map_decode_error)?;
+        if reader.total != manifest.stored_bytes {
+            return Err(EngineError::Size {
+                expected: manifest.stored_bytes,
+                actual: reader.total,
+            });
+        }
+        let actual = format::hex(reader.hasher.clone().finish().as_ref());
+        if actual != manifest.sha256 {
+            return Err(EngineError::Checksum {
+                expected: manifest.sha256.clone(),
+                actual,
+            });
+        }
+        out.flush().map_err(|e| EngineError::Pipe(e.to_string()))?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {
+            drop(out);
+            (Ok(()), None)
+        }
+        Err(e) => (Err(e), Some(out)),
+    }
+}
+
+/// Streams the snapshot into `pg_restore` for `opts.target`.
+pub(crate) async fn restore_into(
+    storage: &Storage,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+    clean: bool,
+    progress: Arc<Progress>,
+) -> Result<(), EngineError> {
+    progress
+        .total
+        .store(manifest.stored_bytes, Ordering::Relaxed);
+    let pg_restore = pg::program(opts.pg_bin.as_deref(), "pg_restore");
+    let mut object = storage.open(&manifest.object).await?;
+    let mut child = ChildGuard(Some(pg::spawn_pg_restore(
+        &pg_restore,
+        &opts.target,
+        clean,
+        opts.no_owner,
+    )?));
+    let (stdin, stderr) = match child.child() {
+        Some(c) => (c.stdin.take(), c.stderr.take()),
+        None => (None, None),
+    };
+    let (Some(stdin), Some(stderr)) = (stdin, stderr) else {
+        return Err(EngineError::Pipe("pg_restore pipes missing".into()));
+    };
+    let stderr = StderrTail::spawn(stderr);
+
+    let (tx, rx) = mpsc::channel::<Result<Bytes, StorageError>>(8);
+    let _reader = AbortOnDrop(tokio::spawn(async move {
+        loop {
+            match object.next_chunk().await {
+                Ok(Some(b)) => {
+                    if tx.send(Ok(b)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    }));
+    let reader = ChannelReader {
+        rx,
+        cur: Bytes::new(),
+        hasher: Context::new(&SHA256),
+        total: 0,
+        progress: progress.clone(),
+    };
+    let keys = opts.keys.clone();
+    let encrypted = manifest.encryption.is_encrypted();
+    let m = manifest.clone();
+    let (decoded, stdin_left) = tokio::task::spawn_blocking(move || {
+        decode_stage(reader, keys, encrypted, stdin, &m, progress)
+    })
+    .await
+    .map_err(join_err)?;
+    if decoded.is_err() {
+        // Kill pg_restore before its stdin closes so a bad stream is never committed.
+        child.kill();
+    }
+    drop(stdin_left);
+    let status = child.wait().await?;
+    let stderr_text = stderr.finish(opts.target.password.as_deref());
+    match decoded {
+        Err(EngineError::Pipe(_)) if !status.success() => Err(PgError::ChildFailed {
+            program: "pg_restore",
+            status: status.to_string(),
+            stderr: stderr_text,
+        }
+        .into()),
+        Err(e) => Err(e),
+        Ok(()) if !status.success() => Err(PgError::ChildFailed {
+            program: "pg_restore",
+            status: status.to_string(),
+            stderr: stderr_text,
+        }
+        .into()),
+        Ok(()) => Ok(()),
+    }
+}

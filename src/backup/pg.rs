@@ -1,0 +1,480 @@
+//! PostgreSQL side of the engine: connections (tokio-postgres), the exported snapshot
+//! and row counts, SQL checks, and the `pg_dump` / `pg_restore` child processes.
+//!
+//! Connection details reach the child processes only through `PG*` environment
+//! variables, never argv, and no connection string carrying a password is ever built.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use tokio_postgres::{Client, NoTls};
+
+use crate::crd::backup_schedule::SslMode;
+
+/// Errors of the PostgreSQL side.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    /// Could not connect.
+    #[error("cannot connect to {target}: {message}")]
+    Connect {
+        /// host:port/database.
+        target: String,
+        /// Driver error (never contains the password).
+        message: String,
+    },
+    /// A query failed.
+    #[error("{what}: {message}")]
+    Query {
+        /// What was being done.
+        what: &'static str,
+        /// Server message.
+        message: String,
+    },
+    /// A client program could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// Program path.
+        program: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// A client program failed.
+    #[error("{program} failed ({status}): {stderr}")]
+    ChildFailed {
+        /// Program name.
+        program: &'static str,
+        /// Exit status.
+        status: String,
+        /// Its stderr, redacted and bounded.
+        stderr: String,
+    },
+    /// The requested TLS mode needs TLS, which the row-count connection cannot do.
+    #[error("sslmode {0} is not supported by the engine's own connection yet")]
+    TlsUnsupported(&'static str),
+    /// Target database is not empty.
+    #[error("database {0} is not empty (use --force to restore over it)")]
+    NotEmpty(String),
+}
+
+impl PgError {
+    /// Short bounded reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PgError::Connect { .. } => "ConnectFailed",
+            PgError::Query { .. } => "QueryFailed",
+            PgError::Spawn { .. } => "ToolMissing",
+            PgError::ChildFailed { program, .. } => match *program {
+                "pg_dump" => "PgDumpFailed",
+                "pg_restore" => "PgRestoreFailed",
+                _ => "ToolFailed",
+            },
+            PgError::TlsUnsupported(_) => "TlsUnsupported",
+            PgError::NotEmpty(_) => "TargetNotEmpty",
+        }
+    }
+}
+
+/// Connection parameters. `Debug` redacts the password.
+#[derive(Clone)]
+pub struct PgConn {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Database.
+    pub database: String,
+    /// Role.
+    pub user: String,
+    /// Password, if any.
+    pub password: Option<String>,
+    /// libpq sslmode.
+    pub ssl_mode: SslMode,
+}
+
+impl std::fmt::Debug for PgConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConn")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ssl_mode", &self.ssl_mode)
+            .finish()
+    }
+}
+
+impl PgConn {
+    /// The same server, another database.
+    pub fn with_database(&self, database: &str) -> PgConn {
+        PgConn {
+            database: database.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// `host:port/database` for messages.
+    pub fn target(&self) -> String {
+        format!("{}:{}/{}", self.host, self.port, self.database)
+    }
+
+    /// Connects; the connection task runs on the current runtime.
+    pub async fn connect(&self) -> Result<Client, PgError> {
+        let mode = match self.ssl_mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            other => return Err(PgError::TlsUnsupported(other.as_libpq())),
+        };
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host(&self.host)
+            .port(self.port)
+            .dbname(&self.database)
+            .user(&self.user)
+            .ssl_mode(mode)
+            .application_name("palisade-backup")
+            .connect_timeout(std::time::Duration::from_secs(30));
+        if let Some(p) = &self.password {
+            cfg.password(p);
+        }
+        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| PgError::Connect {
+            target: self.target(),
+            message: redact(&e.to_string(), self.password.as_deref()),
+        })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "postgres connection closed");
+            }
+        });
+        Ok(client)
+    }
+
+    /// `PG*` variables for a child process.
+    pub fn apply_env(&self, cmd: &mut Command) {
+        for var in ["PGSERVICE", "PGOPTIONS", "PGCONNECT_TIMEOUT"] {
+            cmd.env_remove(var);
+        }
+        cmd.env("PGHOST", &self.host)
+            .env("PGPORT", self.port.to_string())
+            .env("PGDATABASE", &self.database)
+            .env("PGUSER", &self.user)
+            .env("PGSSLMODE", self.ssl_mode.as_libpq())
+            .env("PGAPPNAME", "palisade-backup");
+        match &self.password {
+            Some(p) => cmd.env("PGPASSWORD", p),
+            None => cmd.env_remove("PGPASSWORD"),
+        };
+    }
+}
+
+fn query_err(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
+    move |e| PgError::Query {
+        what,
+        message: e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string()),
+    }
+}
+
+/// Replaces the password (if it occurs) and bounds the length.
+pub fn redact(text: &str, password: Option<&str>) -> String {
+    let mut s = match password {
+        Some(p) if !p.is_empty() => text.replace(p, "<redacted>"),
+        _ => text.to_string(),
+    };
+    const MAX: usize = 2048;
+    if s.len() > MAX {
+        let mut cut = s.len() - MAX;
+        while !s.is_char_boundary(cut) {
+            cut += 1;
+        }
+        s = format!("…{}", &s[cut..]);
+    }
+    s.trim().to_string()
+}
+
+/// Quotes a libpq conninfo value (`'…'` with `\\` and `\'` escapes).
+pub fn conninfo_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+const TABLES_SQL: &str = "SELECT n.nspname, c.relname FROM pg_class c \
+     JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relkind = 'r' \
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+       AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                       AND d.objid = c.oid AND d.deptype = 'e') \
+     ORDER BY 1, 2";
+
+/// Exact row count of every ordinary user table, keyed `schema.table`.
+pub async fn row_counts(client: &Client) -> Result<BTreeMap<String, i64>, PgError> {
+    let tables = client
+        .query(TABLES_SQL, &[])
+        .await
+        .map_err(query_err("list tables"))?;
+    let mut counts = BTreeMap::new();
+    for row in tables {
+        let schema: String = row.get(0);
+        let table: String = row.get(1);
+        let sql = format!(
+            "SELECT count(*) FROM {}.{}",
+            quote_ident(&schema),
+            quote_ident(&table)
+        );
+        let n: i64 = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(query_err("count rows"))?
+            .get(0);
+        counts.insert(format!("{schema}.{table}"), n);
+    }
+    Ok(counts)
+}
+
+/// A read-only repeatable-read transaction that exported its snapshot. Keep it alive
+/// until pg_dump has finished.
+pub struct ExportedSnapshot {
+    /// The connection holding the transaction open.
+    pub client: Client,
+    /// Snapshot name for `pg_dump --snapshot`.
+    pub name: String,
+    /// `SHOW server_version`.
+    pub server_version: String,
+}
+
+/// Opens the transaction and exports its snapshot.
+pub async fn export_snapshot(conn: &PgConn) -> Result<ExportedSnapshot, PgError> {
+    let client = conn.connect().await?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(query_err("begin transaction"))?;
+    let name: String = client
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .map_err(query_err("export snapshot"))?
+        .get(0);
+    let server_version: String = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .map_err(query_err("server version"))?
+        .get(0);
+    Ok(ExportedSnapshot {
+        client,
+        name,
+        server_version,
+    })
+}
+
+/// Whether the database has any user relation.
+pub async fn is_empty(client: &Client) -> Result<bool, PgError> {
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r','p','v','m','S','f') \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'",
+            &[],
+        )
+        .await
+        .map_err(query_err("inspect target"))?
+        .get(0);
+    Ok(n == 0)
+}
+
+/// Whether a database exists.
+pub async fn database_exists(client: &Client, name: &str) -> Result<bool, PgError> {
+    let n: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .map_err(query_err("look up database"))?
+        .get(0);
+    Ok(n > 0)
+}
+
+/// `CREATE DATABASE`.
+pub async fn create_database(client: &Client, name: &str) -> Result<(), PgError> {
+    client
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+        .await
+        .map_err(query_err("create database"))
+}
+
+/// `DROP DATABASE IF EXISTS … WITH (FORCE)`.
+pub async fn drop_database(client: &Client, name: &str) -> Result<(), PgError> {
+    client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(name)
+        ))
+        .await
+        .map_err(query_err("drop database"))
+}
+
+/// Runs a check: passes when the query returns a single `true`.
+pub async fn run_check(client: &Client, sql: &str) -> Result<bool, String> {
+    let rows = client.simple_query(sql).await.map_err(|e| {
+        let m = e
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_else(|| e.to_string());
+        bounded(&m, 200)
+    })?;
+    let values: Vec<Option<String>> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .collect();
+    match values.as_slice() {
+        [Some(v)] if v == "t" || v == "true" => Ok(true),
+        [_] => Ok(false),
+        other => Err(format!("expected one row, got {}", other.len())),
+    }
+}
+
+/// Truncates to at most `max` bytes on a char boundary.
+pub fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Locates a PostgreSQL client program: in `bin_dir` when given, else on `PATH`.
+pub fn program(bin_dir: Option<&Path>, name: &str) -> PathBuf {
+    match bin_dir {
+        Some(d) => d.join(name),
+        None => PathBuf::from(name),
+    }
+}
+
+/// `pg_dump --version` (or `pg_restore --version`).
+pub fn tool_version(program: &Path) -> Result<String, PgError> {
+    let out = Command::new(program)
+        .arg("--version")
+        .output()
+        .map_err(|source| PgError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Collects the tail of a child's stderr on a thread.
+pub struct StderrTail(std::thread::JoinHandle<String>);
+
+impl StderrTail {
+    /// Starts draining `stderr`.
+    pub fn spawn(mut stderr: impl Read + Send + 'static) -> Self {
+        StderrTail(std::thread::spawn(move || {
+            let mut keep: Vec<u8> = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match stderr.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        keep.extend_from_slice(&buf[..n]);
+                        if keep.len() > 16 * 1024 {
+                            keep.drain(..keep.len() - 8 * 1024);
+                        }
+                    }
+                }
+            }
+            String::from_utf8_lossy(&keep).into_owned()
+        }))
+    }
+
+    /// The collected text, redacted.
+    pub fn finish(self, password: Option<&str>) -> String {
+        redact(&self.0.join().unwrap_or_default(), password)
+    }
+}
+
+/// Spawns `pg_dump -Fc -Z0` of the exported snapshot, stdout piped.
+pub fn spawn_pg_dump(
+    bin: &Path,
+    conn: &PgConn,
+    snapshot: &str,
+) -> Result<std::process::Child, PgError> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--format=custom", "--compress=0", "--no-password"])
+        .arg(format!("--snapshot={snapshot}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    conn.apply_env(&mut cmd);
+    cmd.spawn().map_err(|source| PgError::Spawn {
+        program: bin.display().to_string(),
+        source,
+    })
+}
+
+/// Spawns `pg_restore` reading an archive from stdin into `conn.database`.
+pub fn spawn_pg_restore(
+    bin: &Path,
+    conn: &PgConn,
+    clean: bool,
+    no_owner: bool,
+) -> Result<std::process::Child, PgError> {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--no-password", "--single-transaction", "--exit-on-error"])
+        .arg(format!(
+            "--dbname=dbname={}",
+            conninfo_quote(&conn.database)
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if clean {
+        cmd.args(["--clean", "--if-exists"]);
+    }
+    if no_owner {
+        cmd.args(["--no-owner", "--no-privileges"]);
+    }
+    conn.apply_env(&mut cmd);
+    cmd.spawn().map_err(|source| PgError::Spawn {
+        program: bin.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_and_quoting() {
+        assert_eq!(
+            redact("auth failed for s3cret!", Some("s3cret")),
+            "auth failed for <redacted>!"
+        );
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        let c = PgConn {
+            host: "h".into(),
+            port: 1,
+            database: "d".into(),
+            user: "u".into(),
+            password: Some("hunter2".into()),
+            ssl_mode: SslMode::Prefer,
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(bounded("héllo", 2), "h…");
+    }
+}

@@ -1,0 +1,234 @@
+//! `backup verify`, the restore test: restore into a scratch database, run the checks,
+//! compare every table's row count with the manifest, always drop the scratch database,
+//! and store a verification record beside the snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+
+use super::engine::{self, EngineError, Progress, RestoreOptions};
+use super::format::EncryptionKey;
+use super::manifest::{self, Manifest, VerificationRecord};
+use super::pg::{self, PgConn};
+use super::storage::Storage;
+use crate::crd::backup_schedule::{CheckResult, SqlCheck};
+
+const SCRATCH_COMMENT: &str = "palisade restore-test scratch database";
+
+/// Options of `backup verify`.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// Server to restore into; `database` is the maintenance database (e.g. `postgres`).
+    pub server: PgConn,
+    /// Scratch database name.
+    pub scratch_database: String,
+    /// SQL checks.
+    pub checks: Vec<SqlCheck>,
+    /// Compare row counts with the manifest.
+    pub compare_row_counts: bool,
+    /// Upper bound for restore + checks.
+    pub timeout: Duration,
+    /// Decryption keys.
+    pub keys: Vec<EncryptionKey>,
+    /// Directory of pg_restore.
+    pub pg_bin: Option<std::path::PathBuf>,
+    /// Snapshot id; newest when `None`.
+    pub snapshot: Option<String>,
+}
+
+/// Result of `backup verify`.
+#[derive(Clone, Debug)]
+pub struct VerifyReport {
+    /// The record stored beside the snapshot.
+    pub record: VerificationRecord,
+    /// Where it was stored.
+    pub location: String,
+}
+
+fn failed(name: &str, message: impl Into<String>) -> CheckResult {
+    CheckResult {
+        name: name.to_string(),
+        passed: false,
+        message: Some(pg::bounded(&message.into(), 300)),
+    }
+}
+
+fn passed(name: &str) -> CheckResult {
+    CheckResult {
+        name: name.to_string(),
+        passed: true,
+        message: None,
+    }
+}
+
+/// Compares counts; returns mismatches `table → (expected, actual)`, `-1` for missing.
+pub fn compare_counts(
+    expected: &BTreeMap<String, i64>,
+    actual: &BTreeMap<String, i64>,
+) -> BTreeMap<String, (i64, i64)> {
+    let mut out = BTreeMap::new();
+    for (t, e) in expected {
+        let a = actual.get(t).copied().unwrap_or(-1);
+        if a != *e {
+            out.insert(t.clone(), (*e, a));
+        }
+    }
+    for (t, a) in actual {
+        if !expected.contains_key(t) {
+            out.insert(t.clone(), (-1, *a));
+        }
+    }
+    out
+}
+
+async fn test_in_scratch(
+    storage: &Storage,
+    manifest: &Manifest,
+    opts: &VerifyOptions,
+    results: &mut Vec<CheckResult>,
+    mismatches: &mut BTreeMap<String, (i64, i64)>,
+) -> Result<(), EngineError> {
+    let scratch = opts.server.with_database(&opts.scratch_database);
+    let ropts = RestoreOptions {
+        target: scratch.clone(),
+        pg_bin: opts.pg_bin.clone(),
+        keys: opts.keys.clone(),
+        snapshot: Some(manifest.id.clone()),
+        force: false,
+        create: false,
+        no_owner: true,
+    };
+    if let Err(e) = engine::restore_into(
+        storage,
+        manifest,
+        &ropts,
+        false,
+        Arc::new(Progress::default()),
+    )
+    .await
+    {
+        results.push(failed("restore", format!("{}: {e}", e.reason())));
+        return Ok(());
+    }
+    results.push(passed("restore"));
+    let client = scratch.connect().await?;
+    for check in &opts.checks {
+        results.push(match pg::run_check(&client, &check.sql).await {
+            Ok(true) => passed(&check.name),
+            Ok(false) => failed(&check.name, "returned false"),
+            Err(m) => failed(&check.name, m),
+        });
+    }
+    if opts.compare_row_counts {
+        let actual = pg::row_counts(&client).await?;
+        *mismatches = compare_counts(&manifest.row_counts, &actual);
+        results.push(if mismatches.is_empty() {
+            passed("rowCounts")
+        } else {
+            let list: Vec<String> = mismatches
+                .iter()
+                .take(5)
+                .map(|(t, (e, a))| format!("{t}: expected {e}, found {a}"))
+                .collect();
+            failed(
+                "rowCounts",
+                format!("{} table(s) differ: {}", mismatches.len(), list.join("; ")),
+            )
+        });
+    }
+    Ok(())
+}
+
+/// Runs the restore test. `Err` only when the test could not be carried out at all
+/// (e.g. no snapshot, server unreachable); a failed restore or check is `Ok` with
+/// `record.passed == false`.
+pub async fn verify(storage: &Storage, opts: &VerifyOptions) -> Result<VerifyReport, EngineError> {
+    let t0 = Instant::now();
+    let manifest = engine::resolve(storage, opts.snapshot.as_deref()).await?;
+    engine::check_keys(&manifest, &opts.keys)?;
+    let admin = opts.server.connect().await?;
+    if opts.scratch_database == opts.server.database {
+        return Err(EngineError::Invalid(
+            "the scratch database must differ from the maintenance database".into(),
+        ));
+    }
+    if pg::database_exists(&admin, &opts.scratch_database).await? {
+        let comment: Option<String> = admin
+            .query_one(
+                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+                &[&opts.scratch_database],
+            )
+            .await
+            .ok()
+            .and_then(|r| r.get(0));
+        if comment.as_deref() != Some(SCRATCH_COMMENT) {
+            return Err(EngineError::Invalid(format!(
+                "scratch database {} already exists and was not created by palisade",
+                opts.scratch_database
+            )));
+        }
+        pg::drop_database(&admin, &opts.scratch_database).await?;
+    }
+    pg::create_database(&admin, &opts.scratch_database).await?;
+    admin
+        .batch_execute(&format!(
+            "COMMENT ON DATABASE {} IS '{SCRATCH_COMMENT}'",
+            pg::quote_ident(&opts.scratch_database)
+        ))
+        .await
+        .map_err(|e| EngineError::Pipe(format!("comment on scratch database: {e}")))?;
+
+    let mut results = Vec::new();
+    let mut mismatches = BTreeMap::new();
+    let outcome = tokio::time::timeout(
+        opts.timeout,
+        test_in_scratch(storage, &manifest, opts, &mut results, &mut mismatches),
+    )
+    .await;
+    // Whatever happened: drop the scratch database.
+    let dropped = pg::drop_database(&admin, &opts.scratch_database).await;
+    match outcome {
+        Err(_) => results.push(failed("timeout", format!("exceeded {:?}", opts.timeout))),
+        Ok(Err(e)) => results.push(failed("restoreTest", format!("{}: {e}", e.reason()))),
+        Ok(Ok(())) => {}
+    }
+    if let Err(e) = dropped {
+        results.push(failed("dropScratch", e.to_string()));
+    }
+    let record = VerificationRecord {
+        snapshot: manifest.id.clone(),
+        time: Utc::now(),
+        passed: !results.is_empty() && results.iter().all(|r| r.passed),
+        duration_seconds: t0.elapsed().as_secs_f64(),
+        checks: results,
+        row_count_mismatches: mismatches,
+    };
+    let name = manifest::verification_name(&manifest.id);
+    let body = serde_json::to_vec_pretty(&record)
+        .map_err(|e| EngineError::BadManifest(name.clone(), e.to_string()))?;
+    storage.put_small(&name, body).await?;
+    Ok(VerifyReport {
+        location: storage.location(&name),
+        record,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_comparison() {
+        let e: BTreeMap<String, i64> =
+            [("public.a".to_string(), 3), ("public.b".to_string(), 1)].into();
+        let a: BTreeMap<String, i64> =
+            [("public.a".to_string(), 2), ("public.c".to_string(), 0)].into();
+        let m = compare_counts(&e, &a);
+        assert_eq!(m.get("public.a"), Some(&(3, 2)));
+        assert_eq!(m.get("public.b"), Some(&(1, -1)));
+        assert_eq!(m.get("public.c"), Some(&(-1, 0)));
+        assert!(compare_counts(&e, &e).is_empty());
+    }
+}

@@ -1,0 +1,344 @@
+//! Snapshot engine against a real PostgreSQL 15 and an in-process S3 server: encrypted
+//! round trip, restore tests that pass and fail, wrong keys, refusal to overwrite, and
+//! a failing pg_dump that must leave nothing behind.
+
+#[path = "support/backup/mod.rs"]
+mod backup_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backup_support::{PgServer, S3Server, checksum, seed};
+use palisade::backup::catalog;
+use palisade::backup::engine::{self, Progress, RestoreOptions, RunOptions};
+use palisade::backup::format::{DEFAULT_CHUNK_SIZE, EncryptionKey};
+use palisade::backup::manifest::{self, Manifest};
+use palisade::backup::storage::Storage;
+use palisade::backup::verify::{self, VerifyOptions};
+use palisade::crd::backup_schedule::SqlCheck;
+
+fn key(material: &str, id: &str) -> EncryptionKey {
+    EncryptionKey::new(material.as_bytes().to_vec(), Some(id.into())).expect("key")
+}
+
+fn progress() -> Arc<Progress> {
+    Arc::new(Progress::default())
+}
+
+fn verify_opts(pg: &PgServer, keys: Vec<EncryptionKey>, checks: Vec<SqlCheck>) -> VerifyOptions {
+    VerifyOptions {
+        server: pg.conn("postgres"),
+        scratch_database: "palisade_restore_test".into(),
+        checks,
+        compare_row_counts: true,
+        timeout: Duration::from_secs(120),
+        keys,
+        pg_bin: Some(pg.bin.clone()),
+        snapshot: None,
+    }
+}
+
+fn check(name: &str, sql: &str) -> SqlCheck {
+    SqlCheck {
+        name: name.into(),
+        sql: sql.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_encrypted_round_trip_verify_and_failures() {
+    let Some(pg) = PgServer::start() else { return };
+    let s3 = S3Server::start().await;
+    s3.create_bucket("snapshots");
+    let storage = Storage::s3(s3.settings("snapshots", "prod/app"))
+        .await
+        .expect("s3 storage");
+
+    pg.create_db("app").await;
+    let app = pg.client("app").await;
+    seed(&app, 200_000).await;
+    let expected = checksum(&app).await;
+
+    let k1 = key("correct horse battery staple 0123456789", "v1");
+    let run = engine::run(
+        &storage,
+        &RunOptions {
+            pg: pg.conn("app"),
+            pg_bin: Some(pg.bin.clone()),
+            compression_level: 3,
+            key: Some(k1.clone()),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            id: None,
+        },
+        progress(),
+    )
+    .await
+    .expect("backup run");
+    let m = &run.manifest;
+    assert_eq!(m.encryption.key_id.as_deref(), Some("v1"));
+    assert_eq!(m.row_counts.get("shop.orders"), Some(&200_000));
+    assert_eq!(m.row_counts.get("public.Weird Name"), Some(&3));
+    assert_eq!(m.row_counts.get("public.empty"), Some(&0));
+    assert!(
+        m.stored_bytes > 5 << 20,
+        "want a multi-part upload, got {}",
+        m.stored_bytes
+    );
+    assert!(m.server_version.starts_with("15"));
+    assert!(run.key.starts_with("prod/app/"));
+    assert!(s3.open_upload_parts().is_empty());
+
+    // Round trip: restore into a new database, identical content.
+    let restore_opts = |db: &str, keys: Vec<EncryptionKey>, force: bool| RestoreOptions {
+        target: pg.conn(db),
+        pg_bin: Some(pg.bin.clone()),
+        keys,
+        snapshot: None,
+        force,
+        create: true,
+        no_owner: false,
+    };
+    engine::restore(
+        &storage,
+        &restore_opts("restored", vec![k1.clone()], false),
+        progress(),
+    )
+    .await
+    .expect("restore");
+    assert_eq!(checksum(&pg.client("restored").await).await, expected);
+
+    // Refuses to restore over a non-empty database unless forced.
+    let err = engine::restore(
+        &storage,
+        &restore_opts("restored", vec![k1.clone()], false),
+        progress(),
+    )
+    .await
+    .expect_err("non-empty target");
+    assert_eq!(err.reason(), "TargetNotEmpty");
+    engine::restore(
+        &storage,
+        &restore_opts("restored", vec![k1.clone()], true),
+        progress(),
+    )
+    .await
+    .expect("forced restore");
+    assert_eq!(checksum(&pg.client("restored").await).await, expected);
+
+    // Wrong key material under the right id, a missing key, an unknown key id.
+    let wrong = key("not the right key material at all!!", "v1");
+    let err = engine::restore(
+        &storage,
+        &restore_opts("wrongkey", vec![wrong], false),
+        progress(),
+    )
+    .await
+    .expect_err("wrong key");
+    assert_eq!(err.reason(), "DecryptionFailed", "{err}");
+    let wrong_db = pg.client("wrongkey").await;
+    assert!(
+        palisade::backup::pg::is_empty(&wrong_db)
+            .await
+            .expect("inspect"),
+        "nothing committed"
+    );
+    let err = engine::restore(
+        &storage,
+        &restore_opts("wrongkey", vec![], false),
+        progress(),
+    )
+    .await
+    .expect_err("no key");
+    assert_eq!(err.reason(), "MissingKey");
+    let err = engine::restore(
+        &storage,
+        &restore_opts("wrongkey", vec![key("another key, 16+ bytes", "v2")], false),
+        progress(),
+    )
+    .await
+    .expect_err("unknown key");
+    assert_eq!(err.reason(), "UnknownKey");
+
+    // Restore test passes with true checks and exact row counts.
+    let good_checks = vec![
+        check(
+            "has customers",
+            "SELECT count(*) = 1000 FROM shop.customers",
+        ),
+        check(
+            "fk intact",
+            "SELECT NOT EXISTS (SELECT 1 FROM shop.orders o LEFT JOIN shop.customers c ON c.id = o.customer WHERE c.id IS NULL)",
+        ),
+    ];
+    let rep = verify::verify(
+        &storage,
+        &verify_opts(&pg, vec![k1.clone()], good_checks.clone()),
+    )
+    .await
+    .expect("verify runs");
+    assert!(rep.record.passed, "{:?}", rep.record.checks);
+    assert_eq!(rep.record.checks.len(), 4, "restore + 2 checks + rowCounts");
+    let scratch_gone = !palisade::backup::pg::database_exists(
+        &pg.client("postgres").await,
+        "palisade_restore_test",
+    )
+    .await
+    .expect("lookup");
+    assert!(scratch_gone, "scratch database dropped");
+    let listed = catalog::list(&storage).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].verification.as_ref().is_some_and(|v| v.passed));
+
+    // A wrong check fails the test.
+    let rep = verify::verify(
+        &storage,
+        &verify_opts(
+            &pg,
+            vec![k1.clone()],
+            vec![check(
+                "impossible",
+                "SELECT count(*) = 7 FROM shop.customers",
+            )],
+        ),
+    )
+    .await
+    .expect("verify runs");
+    assert!(!rep.record.passed);
+    assert!(
+        rep.record
+            .checks
+            .iter()
+            .any(|c| c.name == "impossible" && !c.passed)
+    );
+
+    // A missing row (the manifest expects one more order than the snapshot holds).
+    let mname = manifest::manifest_name(&m.id);
+    let original = storage
+        .get_small(&mname)
+        .await
+        .expect("get")
+        .expect("manifest");
+    let mut doctored: Manifest = serde_json::from_slice(&original).expect("parse");
+    *doctored.row_counts.get_mut("shop.orders").expect("orders") += 1;
+    storage
+        .put_small(&mname, serde_json::to_vec(&doctored).expect("json"))
+        .await
+        .expect("put");
+    let rep = verify::verify(&storage, &verify_opts(&pg, vec![k1.clone()], vec![]))
+        .await
+        .expect("verify runs");
+    assert!(!rep.record.passed);
+    assert_eq!(
+        rep.record.row_count_mismatches.get("shop.orders"),
+        Some(&(200_001, 200_000))
+    );
+    storage
+        .put_small(&mname, original)
+        .await
+        .expect("restore manifest");
+
+    // Tampered object: one flipped byte in the middle.
+    let object_path = s3.root.path().join("snapshots").join(&run.key);
+    let pristine = std::fs::read(&object_path).expect("object file");
+    let mut tampered = pristine.clone();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x40;
+    std::fs::write(&object_path, &tampered).expect("tamper");
+    let rep = verify::verify(&storage, &verify_opts(&pg, vec![k1.clone()], vec![]))
+        .await
+        .expect("verify runs");
+    assert!(!rep.record.passed);
+    let restore_check = rep
+        .record
+        .checks
+        .iter()
+        .find(|c| c.name == "restore")
+        .expect("restore check");
+    assert!(!restore_check.passed);
+    assert!(
+        restore_check
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("DecryptionFailed"),
+        "{restore_check:?}"
+    );
+
+    // Truncated object: the final chunk is gone.
+    std::fs::write(&object_path, &pristine[..pristine.len() - 1000]).expect("truncate");
+    let rep = verify::verify(&storage, &verify_opts(&pg, vec![k1.clone()], vec![]))
+        .await
+        .expect("verify runs");
+    assert!(!rep.record.passed);
+    let msg = rep
+        .record
+        .checks
+        .iter()
+        .find(|c| c.name == "restore")
+        .and_then(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("Truncated") || msg.contains("SizeMismatch"),
+        "{msg}"
+    );
+
+    // Back to pristine: passes again.
+    std::fs::write(&object_path, &pristine).expect("untamper");
+    let rep = verify::verify(&storage, &verify_opts(&pg, vec![k1.clone()], good_checks))
+        .await
+        .expect("verify runs");
+    assert!(rep.record.passed, "{:?}", rep.record.checks);
+
+    // A pg_dump that fails mid-stream: run fails, its stderr redacted, nothing listed,
+    // no multipart upload left open.
+    let fake = tempfile::tempdir().expect("tempdir");
+    let script = fake.path().join("pg_dump");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 15.99'; exit 0; fi\n\
+         head -c 7000000 /dev/urandom\necho \"pg_dump: error: password $PGPASSWORD rejected\" >&2\nexit 1\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let err = engine::run(
+        &storage,
+        &RunOptions {
+            pg: pg.conn("app"),
+            pg_bin: Some(fake.path().to_path_buf()),
+            compression_level: 1,
+            key: Some(k1.clone()),
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            id: Some("doomed".into()),
+        },
+        progress(),
+    )
+    .await
+    .expect_err("pg_dump fails");
+    assert_eq!(err.reason(), "PgDumpFailed");
+    let text = err.to_string();
+    assert!(
+        text.contains("<redacted>") && !text.contains(backup_support::PG_PASSWORD),
+        "{text}"
+    );
+    assert!(
+        s3.open_upload_parts().is_empty(),
+        "{:?}",
+        s3.open_upload_parts()
+    );
+    assert!(
+        storage
+            .get_small(&manifest::manifest_name("doomed"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        storage
+            .get_small(&manifest::data_name("doomed"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert_eq!(catalog::list(&storage).await.expect("list").len(), 1);
+}
