@@ -327,8 +327,8 @@ pub enum CompressionAlgorithm {
     Zstd,
 }
 
-/// Retention policy. A snapshot is kept when any rule keeps it; with no rule set,
-/// everything is kept.
+/// Retention policy. A snapshot is kept when any count rule selects it (with no count
+/// rule, every snapshot is), unless it is older than `maxAge`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Retention {
@@ -348,8 +348,9 @@ pub struct Retention {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub keep_monthly: Option<u32>,
-    /// Delete snapshots older than this (e.g. `90d`, `12h`, `2w`; units s, m, h, d, w)
-    /// unless another rule keeps them.
+    /// Delete snapshots older than this (e.g. `90d`, `12h`, `2w`; units s, m, h, d, w),
+    /// even when a count rule would keep them. The newest snapshot and the newest
+    /// snapshot that passed a restore test are always kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age: Option<String>,
 }
