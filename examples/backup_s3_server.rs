@@ -14,7 +14,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = args.next().map(|p| p.parse()).transpose()?.unwrap_or(0);
     let ak = std::env::var("S3_ACCESS_KEY").unwrap_or_else(|_| "bench".into());
     let sk = std::env::var("S3_SECRET_KEY").unwrap_or_else(|_| "bench-secret".into());
-    let mut b = S3ServiceBuilder::new(s3s_fs::FileSystem::new(&root)?);
+    let mut b = S3ServiceBuilder::new(
+        s3s_fs::FileSystem::new(&root).map_err(|e| format!("s3s-fs: {e:?}"))?,
+    );
     b.set_auth(SimpleAuth::from_single(ak, sk));
     let service = b.build();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
@@ -22,7 +24,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let http = ConnBuilder::new(TokioExecutor::new());
     loop {
         let (socket, _) = listener.accept().await?;
-        let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+        let conn = http
+            .serve_connection(TokioIo::new(socket), service.clone())
+            .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;
         });

@@ -17,7 +17,14 @@ fn palisade(pg: &PgServer, dir: &Path, args: &[&str]) -> (Output, Value) {
         .args(args)
         .args(["--output", "json", "--dir"])
         .arg(dir)
-        .args(["--host", "127.0.0.1", "--user", "postgres", "--sslmode", "disable"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--user",
+            "postgres",
+            "--sslmode",
+            "disable",
+        ])
         .args(["--port", &pg.port.to_string()])
         .arg("--pg-bin")
         .arg(&pg.bin)
@@ -26,11 +33,18 @@ fn palisade(pg: &PgServer, dir: &Path, args: &[&str]) -> (Output, Value) {
         .output()
         .expect("run palisade");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(!stdout.contains(PG_PASSWORD) && !String::from_utf8_lossy(&out.stderr).contains(PG_PASSWORD));
+    assert!(
+        !stdout.contains(PG_PASSWORD)
+            && !String::from_utf8_lossy(&out.stderr).contains(PG_PASSWORD)
+    );
     let line = stdout.lines().last().unwrap_or("").to_string();
     assert!(line.len() < 4096, "JSON result too large: {}", line.len());
-    let v: Value = serde_json::from_str(&line)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {stdout} / {}", String::from_utf8_lossy(&out.stderr)));
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (out, v)
 }
 
@@ -49,7 +63,19 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
     let key_arg = format!("v7={}", key_file.display());
 
     // Encrypted run.
-    let (out, run) = palisade(&pg, &dir, &["run", "--database", "app", "--key-file", &key_arg, "--compression-level", "1"]);
+    let (out, run) = palisade(
+        &pg,
+        &dir,
+        &[
+            "run",
+            "--database",
+            "app",
+            "--key-file",
+            &key_arg,
+            "--compression-level",
+            "1",
+        ],
+    );
     assert!(out.status.success(), "{run}");
     assert_eq!(run["ok"], true);
     assert_eq!(run["encrypted"], true);
@@ -57,27 +83,81 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
     assert_eq!(run["tables"], 4);
     assert_eq!(run["rows"], 20_000 + 1000 + 3);
     let id = run["id"].as_str().expect("id").to_string();
-    assert!(dir.join(format!("{id}.snap")).exists() && dir.join(format!("{id}.manifest.json")).exists());
+    assert!(
+        dir.join(format!("{id}.snap")).exists() && dir.join(format!("{id}.manifest.json")).exists()
+    );
 
     // Restore into a new database, identical content.
-    let (out, res) = palisade(&pg, &dir, &["restore", "--database", "app", "--target-database", "copy", "--create", "--key-file", &key_arg]);
+    let (out, res) = palisade(
+        &pg,
+        &dir,
+        &[
+            "restore",
+            "--database",
+            "app",
+            "--target-database",
+            "copy",
+            "--create",
+            "--key-file",
+            &key_arg,
+        ],
+    );
     assert!(out.status.success(), "{res}");
     assert_eq!(checksum(&pg.client("copy").await).await, expected);
 
     // Without the key: fails with a reason, exit code 1.
-    let (out, res) = palisade(&pg, &dir, &["restore", "--database", "app", "--target-database", "copy2", "--create"]);
+    let (out, res) = palisade(
+        &pg,
+        &dir,
+        &[
+            "restore",
+            "--database",
+            "app",
+            "--target-database",
+            "copy2",
+            "--create",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(res["reason"], "MissingKey");
 
     // Verify: passes; a false check fails with exit code 1.
-    let (out, ver) = palisade(&pg, &dir, &["verify", "--database", "app", "--key-file", &key_arg, "--check", "orders=SELECT count(*) > 0 FROM shop.orders"]);
+    let (out, ver) = palisade(
+        &pg,
+        &dir,
+        &[
+            "verify",
+            "--database",
+            "app",
+            "--key-file",
+            &key_arg,
+            "--check",
+            "orders=SELECT count(*) > 0 FROM shop.orders",
+        ],
+    );
     assert!(out.status.success(), "{ver}");
     assert_eq!(ver["result"], "Passed");
-    let (out, ver) = palisade(&pg, &dir, &["verify", "--database", "app", "--key-file", &key_arg, "--check", "nope=SELECT false"]);
+    let (out, ver) = palisade(
+        &pg,
+        &dir,
+        &[
+            "verify",
+            "--database",
+            "app",
+            "--key-file",
+            &key_arg,
+            "--check",
+            "nope=SELECT false",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1), "{ver}");
     assert_eq!(ver["result"], "Failed");
     // Passing again so it is the newest verified snapshot.
-    let (out, _) = palisade(&pg, &dir, &["verify", "--database", "app", "--key-file", &key_arg]);
+    let (out, _) = palisade(
+        &pg,
+        &dir,
+        &["verify", "--database", "app", "--key-file", &key_arg],
+    );
     assert!(out.status.success());
 
     // An unencrypted snapshot, round trip, then tamper with it.
@@ -85,7 +165,20 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
     let (out, plain) = palisade(&pg, &dir, &["run", "--database", "app", "--id", "plain-1"]);
     assert!(out.status.success(), "{plain}");
     assert_eq!(plain["encrypted"], false);
-    let (out, res) = palisade(&pg, &dir, &["restore", "--database", "app", "--snapshot", "plain-1", "--target-database", "copy3", "--create"]);
+    let (out, res) = palisade(
+        &pg,
+        &dir,
+        &[
+            "restore",
+            "--database",
+            "app",
+            "--snapshot",
+            "plain-1",
+            "--target-database",
+            "copy3",
+            "--create",
+        ],
+    );
     assert!(out.status.success(), "{res}");
     assert_eq!(checksum(&pg.client("copy3").await).await, expected);
     // Same id again: idempotent.
@@ -97,7 +190,11 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&obj, &bytes).expect("tamper");
-    let (out, ver) = palisade(&pg, &dir, &["verify", "--database", "app", "--snapshot", "plain-1"]);
+    let (out, ver) = palisade(
+        &pg,
+        &dir,
+        &["verify", "--database", "app", "--snapshot", "plain-1"],
+    );
     assert_eq!(out.status.code(), Some(1), "{ver}");
 
     // List: newest first, verification state.
@@ -110,12 +207,38 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
     assert_eq!(snaps[1]["verified"], "passed");
 
     // Prune keepLast 1: the newest verified snapshot survives anyway.
-    let (out, dry) = palisade(&pg, &dir, &["prune", "--database", "app", "--keep-last", "1", "--dry-run"]);
+    let (out, dry) = palisade(
+        &pg,
+        &dir,
+        &[
+            "prune",
+            "--database",
+            "app",
+            "--keep-last",
+            "1",
+            "--dry-run",
+        ],
+    );
     assert!(out.status.success());
     assert_eq!(dry["deletedCount"], 0, "{dry}");
-    let (out, pruned) = palisade(&pg, &dir, &["prune", "--database", "app", "--keep-last", "0", "--max-age", "1s"]);
+    let (out, pruned) = palisade(
+        &pg,
+        &dir,
+        &[
+            "prune",
+            "--database",
+            "app",
+            "--keep-last",
+            "0",
+            "--max-age",
+            "1s",
+        ],
+    );
     assert!(out.status.success(), "{pruned}");
-    assert_eq!(pruned["deletedCount"], 0, "newest and newest verified are both kept: {pruned}");
+    assert_eq!(
+        pruned["deletedCount"], 0,
+        "newest and newest verified are both kept: {pruned}"
+    );
 
     // Once plain-1 is gone by hand-deleting its manifest, it is no longer listed.
     std::fs::remove_file(dir.join("plain-1.manifest.json")).expect("rm");
@@ -142,6 +265,15 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
         .env("PGPASSWORD", PG_PASSWORD)
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    assert!(std::fs::read_dir(tmp.path().join("from-config")).expect("dir").count() >= 2);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        std::fs::read_dir(tmp.path().join("from-config"))
+            .expect("dir")
+            .count()
+            >= 2
+    );
 }
