@@ -1,1 +1,8 @@
 //! Palisade: a tenant isolation control plane for Kubernetes.
+//!
+//! Layout: [`crd`] holds the three kinds; [`resources`] the pure builders that turn
+//! a spec into desired Kubernetes objects; [`controller`] the reconcilers (the only
+//! API callers besides [`apply`], the one writer of children).
+
+pub mod crd;
+pub mod crdgen;

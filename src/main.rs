@@ -1,1 +1,5 @@
-fn main() {}
+fn main() {
+    for c in palisade::crdgen::generate().expect("generate") {
+        print!("{}", c.yaml);
+    }
+}
