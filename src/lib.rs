@@ -4,5 +4,10 @@
 //! a spec into desired Kubernetes objects; [`controller`] the reconcilers (the only
 //! API callers besides [`apply`], the one writer of children).
 
+pub mod apply;
 pub mod crd;
 pub mod crdgen;
+pub mod duration;
+pub mod quantity;
+pub mod render;
+pub mod resources;
