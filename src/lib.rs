@@ -5,6 +5,8 @@
 //! API callers besides [`apply`], the one writer of children).
 
 pub mod apply;
+pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod duration;

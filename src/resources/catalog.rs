@@ -338,6 +338,47 @@ pub fn normalize(rules: Vec<PolicyRule>) -> Vec<PolicyRule> {
     out
 }
 
+/// The catalog as text, for `palisade permissions`.
+pub fn describe() -> String {
+    use std::fmt::Write;
+    let mut out = format!("# Palisade permission catalog {CATALOG_VERSION}\n\n## Permissions\n");
+    for p in PERMISSIONS {
+        let _ = writeln!(out, "\n{}: {}", p.name, p.description);
+        for r in permission_rules(p) {
+            let groups: Vec<String> = r
+                .api_groups
+                .unwrap_or_default()
+                .iter()
+                .map(|g| {
+                    if g.is_empty() {
+                        "core".to_string()
+                    } else {
+                        g.clone()
+                    }
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  - [{}] {} : {}",
+                groups.join(","),
+                r.resources.unwrap_or_default().join(","),
+                r.verbs.join(",")
+            );
+        }
+    }
+    out.push_str("\n## Built-in roles\n");
+    for r in BUILTIN_ROLES {
+        let _ = writeln!(
+            out,
+            "\n{} ({}): {}",
+            r.name,
+            r.description,
+            r.permissions.join(", ")
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
