@@ -48,6 +48,10 @@ pub struct ControllerArgs {
     /// Longest retry delay after failed reconciles.
     #[arg(long, env = "PALISADE_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
     pub backoff_max: Duration,
+    /// Reconcile every object this often as a safety net (0 = never; watches
+    /// heal drift within seconds either way).
+    #[arg(long, env = "PALISADE_RESYNC_INTERVAL", default_value = "10h", value_parser = parse_duration)]
+    pub resync_interval: Duration,
     /// Log format: json or text.
     #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "json")]
     pub log_format: String,

@@ -52,6 +52,23 @@ fn init_tracing(format: &str) {
     }
 }
 
+/// A tick every `interval` (never when zero): a safety net that re-checks every
+/// object; watches already heal drift within seconds.
+fn resync_ticks(interval: std::time::Duration) -> futures::stream::BoxStream<'static, ()> {
+    use futures::StreamExt;
+    if interval.is_zero() {
+        return futures::stream::pending().boxed();
+    }
+    futures::stream::unfold(
+        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
+        |mut t| async move {
+            t.tick().await;
+            Some(((), t))
+        },
+    )
+    .boxed()
+}
+
 async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     init_tracing(&args.log_format);
     let client = kube::Client::try_default()
@@ -68,7 +85,8 @@ async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     };
     tracing::info!("palisade controller starting");
-    tenant::run(ctx, streams, shutdown).await;
+    let resync = resync_ticks(args.resync_interval);
+    tenant::run(ctx, streams, shutdown, resync).await;
     tracing::info!("palisade controller stopped");
     Ok(())
 }

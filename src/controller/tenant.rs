@@ -633,13 +633,16 @@ pub fn controller(
     c
 }
 
-/// Runs the Tenant controller until `shutdown` resolves.
+/// Runs the Tenant controller until `shutdown` resolves. Every item of
+/// `resync` reconciles every Tenant (a converged tenant costs no write).
 pub async fn run(
     ctx: Arc<Context>,
     child_streams: Vec<(ApiResource, ChildStream)>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    resync: impl futures::Stream<Item = ()> + Send + 'static,
 ) {
     controller(ctx.client.clone(), child_streams, ctx.settings.concurrency)
+        .reconcile_all_on(resync)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
