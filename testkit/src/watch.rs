@@ -139,6 +139,10 @@ pub(crate) fn stream(spec: WatchSpec) -> impl futures::Stream<Item = Bytes> + Se
                 st.deadline
             };
             tokio::select! {
+                // Closing wins over pending events so tests can make a watcher
+                // miss changes deterministically (see `close_watches`).
+                biased;
+                _ = st.spec.close_rx.changed() => st.done = true,
                 r = st.spec.rx.recv() => match r {
                     Ok(ev) => {
                         st.seen_rv = st.seen_rv.max(ev.rv);
@@ -154,7 +158,6 @@ pub(crate) fn stream(spec: WatchSpec) -> impl futures::Stream<Item = Bytes> + Se
                     }
                     Err(broadcast::error::RecvError::Closed) => st.done = true,
                 },
-                _ = st.spec.close_rx.changed() => st.done = true,
                 _ = tokio::time::sleep_until(wake) => {
                     if Instant::now() >= st.deadline {
                         st.done = true;
