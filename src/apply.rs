@@ -31,7 +31,7 @@ pub enum ApplyError {
         kind: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     #[error("{kind} {name}: desired object is not a JSON object with metadata.name")]
     Malformed { kind: String, name: String },
@@ -41,7 +41,7 @@ impl ApplyError {
     /// Bounded reason for conditions, Events and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
-            ApplyError::Api { source, .. } => match source {
+            ApplyError::Api { source, .. } => match source.as_ref() {
                 kube::Error::Api(s) if s.code == 403 => "Forbidden",
                 kube::Error::Api(s) if s.code == 409 => "Conflict",
                 kube::Error::Api(s) if s.code == 422 || s.code == 400 => "Rejected",
@@ -55,10 +55,10 @@ impl ApplyError {
     /// The HTTP status code, when the API server answered.
     pub fn code(&self) -> Option<u16> {
         match self {
-            ApplyError::Api {
-                source: kube::Error::Api(s),
-                ..
-            } => Some(s.code),
+            ApplyError::Api { source, .. } => match source.as_ref() {
+                kube::Error::Api(s) => Some(s.code),
+                _ => None,
+            },
             _ => None,
         }
     }
@@ -268,7 +268,7 @@ impl Applier {
                 verb: "apply",
                 kind: ar.kind.clone(),
                 name: name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         self.remember(ar, &written, hash);
         Ok(if actual.is_some() {
@@ -304,7 +304,7 @@ impl Applier {
                 verb: "create",
                 kind: ar.kind.clone(),
                 name,
-                source,
+                source: Box::new(source),
             })?;
         self.remember(ar, &created, hash);
         Ok(created)
@@ -326,7 +326,7 @@ impl Applier {
                 verb: "patch",
                 kind: ar.kind.clone(),
                 name: name.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -356,7 +356,7 @@ impl Applier {
                 verb: "delete",
                 kind: ar.kind.clone(),
                 name,
-                source,
+                source: Box::new(source),
             }),
         }
     }

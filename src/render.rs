@@ -23,15 +23,8 @@ pub enum RenderError {
         doc: usize,
         source: serde_yaml::Error,
     },
-    #[error("{path}: document {doc}: {kind} {name}: field {field}: {message}")]
-    Field {
-        path: PathBuf,
-        doc: usize,
-        kind: String,
-        name: String,
-        field: String,
-        message: String,
-    },
+    #[error("{0}")]
+    Field(Box<FieldError>),
     #[error(
         "{path}: document {doc}: unsupported kind '{kind}' (apiVersion '{api_version}'); palisade render takes Tenant, RolePolicy and BackupSchedule of palisade.dev/v1alpha1"
     )]
@@ -53,12 +46,24 @@ impl RenderError {
         match self {
             RenderError::Read { .. } => "ReadFailed",
             RenderError::Yaml { .. } => "MalformedYaml",
-            RenderError::Field { .. } => "InvalidField",
+            RenderError::Field(_) => "InvalidField",
             RenderError::UnknownKind { .. } => "UnknownKind",
             RenderError::Empty { .. } => "NoInput",
             RenderError::Output(_) => "OutputFailed",
         }
     }
+}
+
+/// A field of one document that is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: document {doc}: {kind} {name}: field {field}: {message}")]
+pub struct FieldError {
+    pub path: PathBuf,
+    pub doc: usize,
+    pub kind: String,
+    pub name: String,
+    pub field: String,
+    pub message: String,
 }
 
 /// A parsed input resource.
@@ -123,13 +128,15 @@ fn typed<T: serde::de::DeserializeOwned>(
         .and_then(|n| n.as_str())
         .unwrap_or("<unnamed>")
         .to_string();
-    serde_path_to_error::deserialize(value).map_err(|e| RenderError::Field {
-        path: path.to_path_buf(),
-        doc,
-        kind: kind.to_string(),
-        name,
-        field: e.path().to_string(),
-        message: e.into_inner().to_string(),
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        RenderError::Field(Box::new(FieldError {
+            path: path.to_path_buf(),
+            doc,
+            kind: kind.to_string(),
+            name,
+            field: e.path().to_string(),
+            message: e.into_inner().to_string(),
+        }))
     })
 }
 
@@ -200,13 +207,15 @@ pub fn render_input(
 ) -> Result<Vec<serde_json::Value>, RenderError> {
     match input {
         Input::Tenant(t) => {
-            let objects = tenant::build(t, &Usage::new()).map_err(|e| RenderError::Field {
-                path: path.to_path_buf(),
-                doc,
-                kind: "Tenant".into(),
-                name: t.metadata.name.clone().unwrap_or_default(),
-                field: e.field.clone(),
-                message: format!("{} ({})", e.message, e.reason),
+            let objects = tenant::build(t, &Usage::new()).map_err(|e| {
+                RenderError::Field(Box::new(FieldError {
+                    path: path.to_path_buf(),
+                    doc,
+                    kind: "Tenant".into(),
+                    name: t.metadata.name.clone().unwrap_or_default(),
+                    field: e.field.clone(),
+                    message: format!("{} ({})", e.message, e.reason),
+                }))
             })?;
             objects
                 .to_values()

@@ -39,11 +39,14 @@ use crate::resources::tenant::{self as builder, InvalidTenant};
 pub enum Error {
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// Validated before building, so only reachable if the two disagree.
+    #[error(transparent)]
+    Invalid(#[from] InvalidTenant),
     #[error("{action}: {source}")]
     Kube {
         action: &'static str,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -52,13 +55,17 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Apply(e) => e.reason(),
+            Error::Invalid(e) => e.reason,
             Error::Kube { .. } => "ApiError",
         }
     }
 }
 
 fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
-    move |source| Error::Kube { action, source }
+    move |source| Error::Kube {
+        action,
+        source: Box::new(source),
+    }
 }
 
 fn ns_ar() -> ApiResource {
@@ -204,7 +211,7 @@ async fn ensure_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
     };
     let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Kube {
         action: "build finalizer patch",
-        source: kube::Error::SerdeError(e),
+        source: Box::new(kube::Error::SerdeError(e)),
     })?;
     api.patch(
         &tenant.name_any(),
@@ -231,7 +238,7 @@ async fn remove_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
     ]);
     let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Kube {
         action: "build finalizer patch",
-        source: kube::Error::SerdeError(e),
+        source: Box::new(kube::Error::SerdeError(e)),
     })?;
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     match api
@@ -373,10 +380,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
 
     // Desired state.
     let usage = quota_usage(ctx, &usable);
-    let desired = builder::build(tenant, &usage).map_err(|e| Error::Kube {
-        action: "build",
-        source: kube::Error::Service(e.to_string().into()),
-    })?;
+    let desired = builder::build(tenant, &usage)?;
 
     // Apply: namespaces first (created, never taken over), then their contents.
     let ns_ar = ns_ar();
@@ -386,7 +390,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         let ns_name = ns.metadata.name.clone().unwrap_or_default();
         let value = serde_json::to_value(ns).map_err(|e| Error::Kube {
             action: "serialize namespace",
-            source: kube::Error::SerdeError(e),
+            source: Box::new(kube::Error::SerdeError(e)),
         })?;
         let (phase, message) = match &states[&ns_name] {
             NsState::Absent => match ctx.applier.create(&ns_ar, value).await {
@@ -430,7 +434,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     }
     let values = desired.to_values().map_err(|e| Error::Kube {
         action: "serialize",
-        source: kube::Error::SerdeError(e),
+        source: Box::new(kube::Error::SerdeError(e)),
     })?;
     let mut terminating = false;
     for value in values.into_iter().filter(|v| v["kind"] != "Namespace") {
@@ -625,7 +629,7 @@ pub fn controller(
         c = c.watches_stream_with(
             stream,
             |obj: DynamicObject| {
-                labels::tenant_of(obj.metadata.labels.as_ref()).map(|t| ObjectRef::<Tenant>::new(t))
+                labels::tenant_of(obj.metadata.labels.as_ref()).map(ObjectRef::<Tenant>::new)
             },
             ar,
         );

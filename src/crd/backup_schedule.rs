@@ -15,7 +15,8 @@ use super::Condition;
     namespaced,
     shortname = "bs",
     category = "palisade",
-    status = "BackupScheduleStatus"
+    status = "BackupScheduleStatus",
+    printcolumn(name = "Schedule", type_ = "string", json_path = ".spec.schedule")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupScheduleSpec {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::Condition;
 use super::tenant::SubjectKind;
 
+#[allow(clippy::duplicated_attributes)] // printcolumn(type_ = ...) repeats by design
 /// A RolePolicy: roles built from Palisade's permission catalog (and raw rules),
 /// bound to subjects in every namespace of the selected tenants.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
