@@ -587,8 +587,23 @@ where
         return server.finish(rec, Err(ApiError::injected(code)));
     }
     let is_get = parts.method == http::Method::GET;
+    // Aggregated discovery is asked for first in the Accept list; plain JSON is the fallback.
+    let aggregated = parts
+        .headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("as=APIGroupDiscoveryList"));
     let result = routed.and_then(|route| match route {
         Route::Version if is_get => Ok(Reply::Json(200, version_doc())),
+        Route::CoreVersions if is_get && aggregated => Ok(Reply::Json(
+            200,
+            server.with_store(|s| s.registry.aggregated(true)),
+        )),
+        Route::GroupList if is_get && aggregated => Ok(Reply::Json(
+            200,
+            server.with_store(|s| s.registry.aggregated(false)),
+        )),
         Route::CoreVersions if is_get => Ok(Reply::Json(
             200,
             server.with_store(|s| s.registry.core_versions()),

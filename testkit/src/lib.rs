@@ -341,10 +341,20 @@ impl FakeApiServer {
         })
     }
 
-    /// Drops the watch event history: watches resuming from an earlier
-    /// resourceVersion get a 410 Gone ERROR event (and kube's watcher re-lists).
+    /// Drops the watch event history and expires every resourceVersion handed
+    /// out so far (like an etcd compaction): watches resuming from one of them get
+    /// a 410 Gone ERROR event, and kube's watcher re-lists. Open watches are not
+    /// affected until they reconnect; see [`FakeApiServer::expire_watches`].
     pub fn compact_history(&self) {
         self.with_store_mut(Store::compact);
+    }
+
+    /// [`compact_history`](FakeApiServer::compact_history) then
+    /// [`close_watches`](FakeApiServer::close_watches): every watcher
+    /// reconnects, gets 410 Gone and re-lists.
+    pub fn expire_watches(&self) {
+        self.compact_history();
+        self.close_watches();
     }
 
     /// Ends every open watch stream (clients reconnect from their last

@@ -305,6 +305,53 @@ impl Registry {
         }
     }
 
+    /// Aggregated discovery (`apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`)
+    /// for the core group (`core == true`, served at `/api`) or all named groups
+    /// (served at `/apis`).
+    pub(crate) fn aggregated(&self, core: bool) -> Value {
+        let mut groups: Vec<&str> = Vec::new();
+        for t in &self.types {
+            if t.group.is_empty() == core && !groups.contains(&t.group.as_str()) {
+                groups.push(&t.group);
+            }
+        }
+        let items: Vec<Value> = groups
+            .into_iter()
+            .map(|g| {
+                let versions: Vec<Value> = self
+                    .group_versions(g)
+                    .into_iter()
+                    .map(|v| {
+                        let resources: Vec<Value> = self
+                            .types
+                            .iter()
+                            .filter(|t| t.group == g && t.version == v)
+                            .map(|t| {
+                                let gvk = json!({"group": t.group, "version": t.version, "kind": t.kind});
+                                let subresources: Vec<Value> = if t.status_subresource {
+                                    vec![json!({"subresource": "status", "responseKind": gvk, "verbs": ["get", "patch", "update"]})]
+                                } else {
+                                    vec![]
+                                };
+                                json!({
+                                    "resource": t.plural,
+                                    "responseKind": gvk,
+                                    "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+                                    "singularResource": t.singular,
+                                    "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+                                    "subresources": subresources,
+                                })
+                            })
+                            .collect();
+                        json!({"version": v, "resources": resources, "freshness": "Current"})
+                    })
+                    .collect();
+                json!({"metadata": {"name": g}, "versions": versions})
+            })
+            .collect();
+        json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+    }
+
     /// `/api/v1` or `/apis/{group}/{version}` document, `None` if unknown.
     pub(crate) fn resource_list(&self, group: &str, version: &str) -> Option<Value> {
         let resources: Vec<Value> = self

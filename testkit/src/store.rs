@@ -374,11 +374,15 @@ impl Store {
         ))
     }
 
-    /// Drops the whole event history: watches resuming from an older
-    /// resourceVersion get 410 Gone.
+    /// Drops the whole event history and expires every resourceVersion handed
+    /// out so far: watches resuming from any of them get 410 Gone. The counter
+    /// is bumped (without an event) so that a re-list returns a resourceVersion
+    /// that can be watched from.
     pub fn compact(&mut self) {
         self.history.clear();
+        self.rv += 1;
         self.compacted = self.rv;
+        self.rv_tx.send_replace(self.rv);
     }
 
     // ---- low-level commits ------------------------------------------------------

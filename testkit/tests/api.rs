@@ -693,6 +693,31 @@ async fn discovery_and_crd_registration() {
     assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
     assert!(discovery.has_group("rbac.authorization.k8s.io"));
 
+    // aggregated discovery (apidiscovery.k8s.io/v2) sees the same resources
+    let aggregated = kube::Discovery::new(client.clone())
+        .run_aggregated()
+        .await
+        .unwrap();
+    let (ar2, caps2) = aggregated
+        .groups()
+        .flat_map(|g| g.recommended_resources())
+        .find(|(ar, _)| ar.plural == "backupschedules")
+        .expect("CRD resource in aggregated discovery");
+    assert_eq!(ar2, ar);
+    assert_eq!(caps2.scope, kube::discovery::Scope::Namespaced);
+    assert!(
+        caps2
+            .subresources
+            .iter()
+            .any(|(sr, _)| sr.plural == "backupschedules/status" || sr.plural == "status")
+    );
+    let core = aggregated.get("").expect("core group");
+    assert!(
+        core.recommended_resources()
+            .iter()
+            .any(|(ar, _)| ar.plural == "configmaps")
+    );
+
     let api: Api<kube::api::DynamicObject> = Api::namespaced_with(client, "default", &ar);
     let obj: kube::api::DynamicObject = serde_json::from_value(json!({
         "apiVersion": "palisade.dev/v1alpha1", "kind": "BackupSchedule",

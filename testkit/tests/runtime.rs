@@ -123,6 +123,28 @@ async fn watcher_sees_changes_and_relists_after_410() {
 }
 
 #[tokio::test]
+async fn expire_watches_forces_relist_of_up_to_date_watchers() {
+    let server = FakeApiServer::new();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    cms.create(&PostParams::default(), &cm("x", "0"))
+        .await
+        .unwrap();
+    let mut w = watcher::watcher(cms.clone(), watcher::Config::default()).boxed();
+    for want in ["init", "initapply:x", "initdone"] {
+        assert_eq!(describe(&next(&mut w).await), want);
+    }
+    server.expire_watches();
+    for want in ["init", "initapply:x", "initdone"] {
+        assert_eq!(describe(&next(&mut w).await), want);
+    }
+    // after the re-list the watch resumes normally (no 410 loop)
+    cms.create(&PostParams::default(), &cm("y", "0"))
+        .await
+        .unwrap();
+    assert_eq!(describe(&next(&mut w).await), "apply:y");
+}
+
+#[tokio::test]
 async fn label_filtered_watch_turns_label_changes_into_add_delete() {
     let server = FakeApiServer::new();
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
