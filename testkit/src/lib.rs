@@ -25,6 +25,53 @@
 //! assert_eq!(server.writes(), 1);
 //! # Ok(()) }
 //! ```
+//!
+//! # What is emulated
+//!
+//! * Paths `/api/v1/...` and `/apis/{group}/{version}/...`, namespaced,
+//!   cluster-scoped and all-namespaces collections, the `/status`
+//!   subresource; `/api/v1/namespaces/{name}` is the Namespace itself.
+//!   Discovery (`/api`, `/apis`, `/apis/{g}`, `/apis/{g}/{v}`, legacy and
+//!   aggregated `apidiscovery.k8s.io/v2`) and `/version` come from the
+//!   [`Registry`]; creating a `CustomResourceDefinition` registers its
+//!   resource (and reports it `Established`).
+//! * One global resourceVersion counter. list returns it in
+//!   `metadata.resourceVersion` (with `limit`/`continue` paging); watch replays
+//!   history after a resourceVersion, sends synthetic ADDED events for
+//!   `resourceVersion=0`/absent, supports `sendInitialEvents` (streaming
+//!   lists), BOOKMARKs (initially and every [`FakeApiServer::set_bookmark_interval`]),
+//!   `timeoutSeconds`, selectors (an object leaving/entering the selector is
+//!   DELETED/ADDED), and a 410 ERROR event for an expired resourceVersion.
+//!   Metadata-only requests (`Accept: ...;as=PartialObjectMetadata[List]...`)
+//!   get `PartialObjectMetadata[List]`.
+//! * create (409 AlreadyExists, `generateName`, namespace must exist and not be
+//!   terminating), get (404), replace (409 on a stale resourceVersion), delete
+//!   (preconditions, propagation policies), deletecollection, and patches:
+//!   merge, JSON patch (a `test` for `null` passes on an absent field, as
+//!   kube's finalizer helper needs), strategic (as merge) and server-side
+//!   apply (`fieldManager` required; create-or-merge).
+//! * Server-owned metadata (`uid`, `creationTimestamp`, `generation` bumped
+//!   only when something outside `metadata`/`status` changes), the status
+//!   subresource split, writes that change nothing keep the resourceVersion
+//!   and emit no event, finalizers and `deletionTimestamp` (no new finalizers
+//!   while deleting), ownerReference garbage collection (background,
+//!   foreground with `blockOwnerDeletion`, orphan), namespace cascade.
+//! * Fault injection ([`FakeApiServer::fail_next`], [`FakeApiServer::fail_when`])
+//!   and a request log ([`FakeApiServer::log`], [`FakeApiServer::writes_since`]).
+//!
+//! # Known gaps versus a real apiserver
+//!
+//! No schema validation, defaulting, admission, RBAC or conversion between
+//! versions (objects are stored once per group/plural; `apiVersion` is
+//! rewritten to the requested version). Server-side apply does not track
+//! field ownership (fields dropped from an applied config are not removed, no
+//! apply conflicts); strategic merge patches are plain merge patches (lists are
+//! replaced, `$patch` directives ignored). List `resourceVersion`/
+//! `resourceVersionMatch` always serve the latest state. Garbage collection and
+//! the namespace cascade happen synchronously inside the DELETE (there is no
+//! observable Terminating delay unless finalizers hold it). Field selectors
+//! accept any dotted path. `dryRun` is rejected with 400. No pods/log, exec,
+//! scale or other subresources besides `status`. `managedFields` are dropped.
 
 mod error;
 mod faults;

@@ -765,3 +765,56 @@ async fn typed_store_helpers_and_wait() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn foreground_deletion_waits_for_blocking_dependents() {
+    let server = FakeApiServer::new();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let owner = cms
+        .create(&PostParams::default(), &cm("fg", &[]))
+        .await
+        .unwrap();
+    let mut s = Secret::default();
+    s.metadata.name = Some("blocker".into());
+    let mut r = owner_ref(&owner);
+    r.block_owner_deletion = Some(true);
+    s.metadata.owner_references = Some(vec![r]);
+    s.metadata.finalizers = Some(vec!["hold".into()]);
+    secrets.create(&PostParams::default(), &s).await.unwrap();
+
+    let res = cms.delete("fg", &DeleteParams::foreground()).await.unwrap();
+    let marked = res.left().expect("owner waits for its dependents");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(marked.finalizers(), ["foregroundDeletion"]);
+    assert!(
+        secrets
+            .get("blocker")
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_some()
+    );
+
+    server
+        .clear_finalizers("secrets", Some("default"), "blocker")
+        .unwrap();
+    assert!(secrets.get_opt("blocker").await.unwrap().is_none());
+    assert!(
+        cms.get_opt("fg").await.unwrap().is_none(),
+        "owner removed once unblocked"
+    );
+
+    // without dependents, foreground deletion is immediate
+    cms.create(&PostParams::default(), &cm("lonely", &[]))
+        .await
+        .unwrap();
+    assert!(
+        cms.delete("lonely", &DeleteParams::foreground())
+            .await
+            .unwrap()
+            .is_right()
+    );
+}

@@ -14,6 +14,11 @@ use crate::error::ApiError;
 use crate::registry::{Registry, ResourceType};
 use crate::selectors::Selector;
 
+mod gc;
+
+/// Finalizer the apiserver puts on an owner deleted with `propagationPolicy: Foreground`.
+const FOREGROUND: &str = "foregroundDeletion";
+
 /// Identity of a stored object, independent of API version.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
@@ -84,7 +89,9 @@ pub(crate) struct StoredEvent {
 pub enum Propagation {
     /// Dependents are deleted after the owner (the default).
     Background,
-    /// Dependents are deleted before the owner (emulated as [`Propagation::Background`]).
+    /// Dependents are deleted before the owner: the owner keeps a
+    /// `deletionTimestamp` and the `foregroundDeletion` finalizer until no
+    /// dependent with `blockOwnerDeletion: true` is left.
     Foreground,
     /// Dependents keep living; their owner references are removed.
     Orphan,
@@ -443,50 +450,14 @@ impl Store {
             let orphan = self.orphan_on_removal.remove(&uid);
             self.collect_dependents(&uid, orphan);
         }
+        let owners: Vec<String> = owner_uids(&obj).map(str::to_string).collect();
+        for owner in owners {
+            self.try_finish_foreground(&owner);
+        }
         if let Some(ns) = &key.namespace {
             self.try_finish_namespace(ns);
         }
         obj
-    }
-
-    /// Garbage collection of objects owned by `uid`.
-    fn collect_dependents(&mut self, uid: &str, orphan: bool) {
-        let dependents: Vec<ObjectKey> = self
-            .objects
-            .iter()
-            .filter(|(_, v)| owner_uids(v).any(|u| u == uid))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for dep in dependents {
-            if orphan {
-                if let Some(mut obj) = self.objects.get(&dep).cloned() {
-                    if let Some(refs) = obj["metadata"]["ownerReferences"].as_array_mut() {
-                        refs.retain(|r| r["uid"].as_str() != Some(uid));
-                    }
-                    normalize(&mut obj);
-                    self.commit(dep, obj);
-                }
-            } else {
-                self.delete_internal(&dep, Propagation::Background);
-            }
-        }
-    }
-
-    /// Removes a terminating namespace once it is empty and has no finalizers.
-    fn try_finish_namespace(&mut self, ns: &str) -> Option<Value> {
-        let key = ObjectKey::namespace_key(ns);
-        let obj = self.objects.get(&key)?;
-        if !is_deleting(obj)
-            || !finalizers(obj).is_empty()
-            || self
-                .objects
-                .keys()
-                .any(|k| k.namespace.as_deref() == Some(ns))
-        {
-            return None;
-        }
-        let obj = obj.clone();
-        Some(self.remove(&key, obj))
     }
 
     // ---- writes -------------------------------------------------------------------
@@ -745,64 +716,6 @@ impl Store {
             ));
         }
         Ok(self.delete_internal(key, opts.propagation.unwrap_or(Propagation::Background)))
-    }
-
-    /// Deletion without preconditions (also used by garbage collection).
-    pub fn delete_internal(&mut self, key: &ObjectKey, propagation: Propagation) -> Deleted {
-        let Some(obj) = self.objects.get(key).cloned() else {
-            return Deleted::Removed(Value::Null);
-        };
-        if key.is_namespace() {
-            return self.delete_namespace(key, obj);
-        }
-        if is_deleting(&obj) {
-            return Deleted::Marked(obj);
-        }
-        let uid = meta_str(&obj, "uid").unwrap_or("").to_string();
-        if propagation == Propagation::Orphan {
-            self.orphan_on_removal.insert(uid);
-        } else {
-            self.orphan_on_removal.remove(&uid);
-        }
-        if finalizers(&obj).is_empty() {
-            Deleted::Removed(self.remove(key, obj))
-        } else {
-            let mut marked = obj;
-            set_meta(&mut marked, "deletionTimestamp", now_rfc3339().into());
-            set_meta(&mut marked, "deletionGracePeriodSeconds", 0.into());
-            Deleted::Marked(self.commit(key.clone(), marked))
-        }
-    }
-
-    /// Namespace deletion: mark Terminating, delete the content (respecting its
-    /// finalizers), and remove the namespace once it is empty.
-    fn delete_namespace(&mut self, key: &ObjectKey, obj: Value) -> Deleted {
-        if !is_deleting(&obj) {
-            let mut marked = obj;
-            set_meta(&mut marked, "deletionTimestamp", now_rfc3339().into());
-            set_meta(&mut marked, "deletionGracePeriodSeconds", 0.into());
-            marked["status"]["phase"] = "Terminating".into();
-            self.commit(key.clone(), marked);
-        }
-        let content: Vec<ObjectKey> = self
-            .objects
-            .keys()
-            .filter(|k| k.namespace.as_deref() == Some(key.name.as_str()))
-            .cloned()
-            .collect();
-        for k in content {
-            if self.objects.contains_key(&k) {
-                self.delete_internal(&k, Propagation::Background);
-            }
-        }
-        if let Some(removed) = self.try_finish_namespace(&key.name) {
-            return Deleted::Removed(removed);
-        }
-        match self.objects.get(key) {
-            Some(o) => Deleted::Marked(o.clone()),
-            // Removed by the cascade itself (the last content object finished it).
-            None => Deleted::Removed(json!({"metadata": {"name": key.name}})),
-        }
     }
 
     /// Test helper: inserts or overwrites an object as another client would
