@@ -310,6 +310,49 @@ impl Applier {
         Ok(created)
     }
 
+    /// Replaces a whole object, guarded by the resourceVersion of `current` (a
+    /// 409 means someone wrote in between: the caller retries from fresh state).
+    /// Used where a write must be atomic and must drop fields other clients set
+    /// (a secret rotation clears the rotate-now annotation in the same write).
+    pub async fn replace(
+        &self,
+        ar: &ApiResource,
+        desired: Value,
+        current: &DynamicObject,
+    ) -> Result<DynamicObject, ApplyError> {
+        let (mut desired, hash, name, ns) = Self::prepare(ar, desired)?;
+        if let Some(meta) = desired
+            .pointer_mut("/metadata")
+            .and_then(Value::as_object_mut)
+        {
+            meta.insert(
+                "resourceVersion".into(),
+                current.resource_version().unwrap_or_default().into(),
+            );
+        }
+        let obj: DynamicObject =
+            serde_json::from_value(desired).map_err(|_| ApplyError::Malformed {
+                kind: ar.kind.clone(),
+                name: name.clone(),
+            })?;
+        let pp = PostParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        let written = self
+            .api(ar, ns.as_deref())
+            .replace(&name, &pp, &obj)
+            .await
+            .map_err(|source| ApplyError::Api {
+                verb: "replace",
+                kind: ar.kind.clone(),
+                name,
+                source: Box::new(source),
+            })?;
+        self.remember(ar, &written, hash);
+        Ok(written)
+    }
+
     /// Merge-patches an object (used to release namespaces: drop Palisade's
     /// ownership label, mark them released).
     pub async fn merge_patch(

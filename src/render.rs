@@ -217,9 +217,11 @@ pub fn render_input(
                     message: format!("{} ({})", e.message, e.reason),
                 }))
             })?;
-            objects
+            let mut values = objects
                 .to_values()
-                .map_err(|e| RenderError::Output(e.to_string()))
+                .map_err(|e| RenderError::Output(e.to_string()))?;
+            values.extend(tenant::secret_previews(t));
+            Ok(values)
         }
         // Their controllers render their own children once they land.
         Input::RolePolicy(_) | Input::BackupSchedule(_) => Ok(Vec::new()),

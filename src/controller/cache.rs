@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DynamicObject};
@@ -45,6 +45,8 @@ pub fn tenant_child_kinds() -> Vec<ApiResource> {
         ar::<LimitRange>(),
         ar::<Role>(),
         ar::<RoleBinding>(),
+        ar::<Secret>(),
+        ar::<ConfigMap>(),
     ]
 }
 

@@ -1,6 +1,7 @@
 //! The controllers: the only code (besides [`crate::apply`]) that calls the API.
 
 pub mod cache;
+pub mod secrets;
 pub mod tenant;
 
 use std::collections::HashMap;

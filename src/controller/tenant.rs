@@ -466,6 +466,18 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         }
     }
 
+    // Rotated secrets and their JWKS.
+    let secrets = super::secrets::reconcile(ctx, tenant, &ready_ns).await?;
+    wanted.extend(secrets.wanted.iter().cloned());
+    for note in &secrets.rotations {
+        publish(
+            ctx,
+            tenant,
+            event(EventType::Normal, "SecretRotated", "Rotate", note.clone()),
+        )
+        .await;
+    }
+
     // Prune what this tenant no longer wants.
     for (ar, obj) in ctx.cache.owned_by(&name) {
         let key = (
@@ -570,8 +582,14 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             "quota is incomplete until every namespace is ready",
         ),
     });
+    let secrets_ok = secrets.observed.status == crate::crd::ConditionStatus::True;
     let (ready_reason, ready_msg) = if !conflicts.is_empty() {
         ("NamespaceConflict", conflicts.join("; "))
+    } else if all_ready && !secrets_ok {
+        (
+            secrets.observed.reason.as_str(),
+            secrets.observed.message.clone(),
+        )
     } else if !all_ready {
         (
             "NamespaceTerminating",
@@ -580,7 +598,13 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     } else {
         ("Reconciled", "all tenant objects are in place".to_string())
     };
-    observed.push(Observed::new("Ready", all_ready, ready_reason, ready_msg));
+    observed.push(Observed::new(
+        "Ready",
+        all_ready && secrets_ok,
+        ready_reason.to_string(),
+        ready_msg,
+    ));
+    observed.push(secrets.observed.clone());
 
     let quota_status = tenant
         .spec
@@ -598,6 +622,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         namespace_count: ready_ns.len() as u32,
         namespaces: ns_status,
         quota: quota_status,
+        secrets: secrets.statuses,
         ..tenant.status.clone().unwrap_or_default()
     };
     update_status(ctx, tenant, status, observed).await?;
@@ -606,7 +631,22 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         // only when the object is gone; poll gently meanwhile.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    Ok(Action::await_change())
+    Ok(requeue_at(ctx, secrets.next_deadline))
+}
+
+/// Requeue exactly at the next deadline (a rotation), or wait for a change.
+fn requeue_at(ctx: &Context, deadline: Option<k8s_openapi::jiff::Timestamp>) -> Action {
+    match deadline {
+        Some(at) => {
+            let wait = at.duration_since(ctx.clock.now());
+            // A deadline already past means "now"; never requeue with zero, which spins.
+            let wait = Duration::try_from(wait)
+                .unwrap_or_default()
+                .max(Duration::from_millis(100));
+            Action::requeue(wait)
+        }
+        None => Action::await_change(),
+    }
 }
 
 /// Retry with per-object exponential backoff and jitter.

@@ -2,10 +2,12 @@
 //! clock reads; the controller and `palisade render` share every one of them.
 
 pub mod catalog;
+pub mod keys;
 pub mod labels;
 pub mod network;
 pub mod quota;
 pub mod rbac;
+pub mod secrets;
 pub mod tenant;
 
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};

@@ -284,3 +284,60 @@ pub fn build(tenant: &Tenant, usage: &Usage) -> Result<TenantObjects, InvalidTen
     }
     Ok(out)
 }
+
+/// The Secrets and JWKS ConfigMaps of `spec.secrets[]` as `palisade render`
+/// shows them: same builders as the controller, material redacted (it only
+/// exists once the controller generates it) and empty key sets.
+pub fn secret_previews(tenant: &Tenant) -> Vec<serde_json::Value> {
+    use super::secrets;
+    let name = tenant.metadata.name.as_deref().unwrap_or_default();
+    let all = namespace_names(&tenant.spec);
+    let mut out = Vec::new();
+    for spec in &tenant.spec.secrets {
+        let every = duration::parse_positive(&spec.rotate_every).unwrap_or_default();
+        let namespaces = if spec.namespaces.is_empty() {
+            &all
+        } else {
+            &spec.namespaces
+        };
+        for ns in namespaces {
+            let mut secret = with_type(
+                serde_json::to_value(secrets::secret_object(name, ns, spec, None, every)),
+                "v1",
+                "Secret",
+            );
+            // Show the placeholder as text, not base64.
+            if let Some(map) = secret.as_mut().and_then(|v| v.as_object_mut())
+                && let Some(serde_json::Value::Object(data)) = map.remove("data")
+            {
+                let text: serde_json::Map<String, serde_json::Value> = data
+                    .keys()
+                    .map(|k| (k.clone(), secrets::REDACTED.into()))
+                    .collect();
+                map.insert("stringData".into(), text.into());
+            }
+            let mut objects = vec![secret];
+            if spec.type_ == SecretType::JwtSigningKey {
+                objects.push(with_type(
+                    serde_json::to_value(secrets::jwks_configmap(name, ns, spec, Vec::new())),
+                    "v1",
+                    "ConfigMap",
+                ));
+            }
+            out.extend(objects.into_iter().flatten());
+        }
+    }
+    out
+}
+
+fn with_type(
+    v: Result<serde_json::Value, serde_json::Error>,
+    api_version: &str,
+    kind: &str,
+) -> Option<serde_json::Value> {
+    let mut v = v.ok()?;
+    let map = v.as_object_mut()?;
+    map.insert("apiVersion".into(), api_version.into());
+    map.insert("kind".into(), kind.into());
+    Some(v)
+}
