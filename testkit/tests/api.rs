@@ -818,3 +818,28 @@ async fn foreground_deletion_waits_for_blocking_dependents() {
             .is_right()
     );
 }
+
+#[tokio::test]
+async fn secret_string_data_and_uid_precondition_on_update() {
+    let server = FakeApiServer::new();
+    let secrets: Api<Secret> = Api::namespaced(server.client(), "default");
+    let mut s = Secret::default();
+    s.metadata.name = Some("s".into());
+    s.string_data = Some(BTreeMap::from([("password".into(), "hunter2".into())]));
+    let created = secrets.create(&PostParams::default(), &s).await.unwrap();
+    assert!(created.string_data.is_none());
+    assert_eq!(created.data.as_ref().unwrap()["password"].0, b"hunter2");
+
+    // an update carrying another object's uid is refused
+    let mut other = created.clone();
+    other.metadata.uid = Some("00000000-0000-4000-8000-000000000000".into());
+    assert_eq!(
+        code(
+            secrets
+                .replace("s", &PostParams::default(), &other)
+                .await
+                .unwrap_err()
+        ),
+        409
+    );
+}

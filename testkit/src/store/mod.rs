@@ -222,6 +222,35 @@ fn normalize(obj: &mut Value) {
     }
 }
 
+/// Conversions the apiserver applies to built-in kinds on every write:
+/// a Secret's `stringData` is merged into `data` (base64) and dropped.
+fn builtin_conversions(group: &str, plural: &str, obj: &mut Value) {
+    if !(group.is_empty() && plural == "secrets") {
+        return;
+    }
+    let Some(map) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(string_data)) = map.remove("stringData") else {
+        return;
+    };
+    let data = map.entry("data").or_insert_with(|| json!({}));
+    if !data.is_object() {
+        *data = json!({});
+    }
+    if let Some(data) = data.as_object_mut() {
+        for (k, v) in string_data {
+            let raw = match v {
+                Value::String(s) => s.into_bytes(),
+                other => other.to_string().into_bytes(),
+            };
+            if let Ok(encoded) = serde_json::to_value(k8s_openapi::ByteString(raw)) {
+                data.insert(k, encoded);
+            }
+        }
+    }
+}
+
 fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
     obj["metadata"]["ownerReferences"]
         .as_array()
@@ -481,6 +510,7 @@ impl Store {
             map.remove("status");
         }
         normalize(&mut obj);
+        builtin_conversions(&rt.group, &rt.plural, &mut obj);
         let name = match (meta_str(&obj, "name"), meta_str(&obj, "generateName")) {
             (Some(n), _) => n.to_string(),
             (None, Some(prefix)) => {
@@ -592,6 +622,19 @@ impl Store {
                 "the namespace of the provided object does not match the namespace sent on the request",
             ));
         }
+        if let Some(uid) = meta_str(&candidate, "uid")
+            && Some(uid) != meta_str(&old, "uid")
+        {
+            return Err(ApiError::conflict(
+                &rt.group,
+                &rt.plural,
+                &key.name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&old, "uid").unwrap_or("")
+                ),
+            ));
+        }
         let old_rv = meta_str(&old, "resourceVersion").unwrap_or("").to_string();
         if let Some(rv) = meta_str(&candidate, "resourceVersion")
             && !rv.is_empty()
@@ -650,6 +693,7 @@ impl Store {
             }
         };
         normalize(&mut new);
+        builtin_conversions(&rt.group, &rt.plural, &mut new);
         set_meta(&mut new, "resourceVersion", old_rv.into());
 
         if is_deleting(&old) {
