@@ -843,3 +843,134 @@ async fn secret_string_data_and_uid_precondition_on_update() {
         409
     );
 }
+
+#[tokio::test]
+async fn malformed_requests_get_status_errors() {
+    let server = FakeApiServer::new();
+    let client = server.client();
+    let req = |method: &str, uri: &str, ct: &str, body: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", ct)
+            .body(body.as_bytes().to_vec())
+            .unwrap()
+    };
+    let status = |r: http::Request<Vec<u8>>| {
+        let client = client.clone();
+        async move { code(client.request::<serde_json::Value>(r).await.unwrap_err()) }
+    };
+    let cms = "/api/v1/namespaces/default/configmaps";
+    assert_eq!(
+        status(req("POST", cms, "application/json", "{not json")).await,
+        400
+    );
+    assert_eq!(
+        status(req("POST", cms, "application/json", "[1]")).await,
+        400
+    );
+    assert_eq!(
+        status(req("POST", cms, "application/json", "{}")).await,
+        422
+    );
+    assert_eq!(
+        status(req("GET", "/api/v1/namespaces/default/widgets", "", "")).await,
+        404
+    );
+    assert_eq!(
+        status(req("GET", "/apis/nope.dev/v1/things", "", "")).await,
+        404
+    );
+    assert_eq!(
+        status(req("GET", "/api/v1/configmaps/x", "", "")).await,
+        404
+    );
+    assert_eq!(
+        status(req("GET", "/api/v1/namespaces/default/namespaces", "", "")).await,
+        404
+    );
+    assert_eq!(status(req("PUT", cms, "application/json", "{}")).await, 405);
+    assert_eq!(
+        status(req(
+            "GET",
+            &format!("{cms}?labelSelector=a%20in%20b"),
+            "",
+            ""
+        ))
+        .await,
+        400
+    );
+    assert_eq!(
+        status(req(
+            "GET",
+            &format!("{cms}?watch=1&resourceVersion=abc"),
+            "",
+            ""
+        ))
+        .await,
+        400
+    );
+    let ok = r#"{"metadata":{"name":"x"}}"#;
+    client
+        .request::<serde_json::Value>(req("POST", cms, "application/json", ok))
+        .await
+        .unwrap();
+    let x = format!("{cms}/x");
+    assert_eq!(status(req("PATCH", &x, "text/plain", "{}")).await, 415);
+    assert_eq!(
+        status(req(
+            "PATCH",
+            &x,
+            "application/json-patch+json",
+            r#"{"op":"x"}"#
+        ))
+        .await,
+        400
+    );
+    assert_eq!(
+        status(req(
+            "PATCH",
+            &x,
+            "application/json-patch+json",
+            r#"[{"op":"remove","path":"/nope"}]"#
+        ))
+        .await,
+        422
+    );
+    assert_eq!(
+        status(req(
+            "PUT",
+            &x,
+            "application/json",
+            r#"{"metadata":{"name":"y"}}"#
+        ))
+        .await,
+        400
+    );
+    assert_eq!(
+        status(req(
+            "DELETE",
+            &x,
+            "application/json",
+            r#"{"propagationPolicy":"Sideways"}"#
+        ))
+        .await,
+        400
+    );
+    assert_eq!(
+        status(req("GET", &format!("{x}/status"), "", "")).await,
+        404
+    );
+    assert_eq!(
+        status(req(
+            "POST",
+            &format!("{cms}?dryRun=All"),
+            "application/json",
+            ok
+        ))
+        .await,
+        400
+    );
+    // every request was logged with its response code
+    assert!(server.log().iter().all(|r| r.code != 0));
+}
