@@ -436,26 +436,17 @@ fn patch(ctx: &Ctx) -> Result<Reply, ApiError> {
         }
     }
     let mode = ctx.mode();
-    let (code, obj) = ctx.server.with_store_mut(|s| match s.get(&key).cloned() {
-        Some(existing) => {
-            let patched = patch::apply_patch(pt, &existing, &body)?;
-            s.update(rt, &key, patched, mode).map(|o| (200, o))
+    let (code, obj) = ctx.server.with_store_mut(|s| {
+        if pt == PatchType::Apply {
+            let manager = ctx.query.get("fieldManager").map_or("", String::as_str);
+            return s.apply(rt, &key, &body, manager, mode);
         }
-        None if pt == PatchType::Apply && mode == WriteMode::Main => {
-            let mut body = body.clone();
-            if meta_str(&body, "name").is_none() {
-                body["metadata"]["name"] = key.name.clone().into();
-            }
-            if meta_str(&body, "name") != Some(key.name.as_str()) {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object does not match the name on the URL ({})",
-                    key.name
-                )));
-            }
-            s.create(rt, key.namespace.as_deref(), body, WriteMode::Main)
-                .map(|o| (201, o))
-        }
-        None => Err(ApiError::not_found(&rt.group, &rt.plural, &key.name)),
+        let existing = s
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, &key.name))?;
+        let patched = patch::apply_patch(pt, &existing, &body)?;
+        s.update(rt, &key, patched, mode).map(|o| (200, o))
     })?;
     Ok(Reply::Json(code, (ctx.render())(&obj)))
 }

@@ -49,7 +49,9 @@
 //!   (preconditions, propagation policies), deletecollection, and patches:
 //!   merge, JSON patch (a `test` for `null` passes on an absent field, as
 //!   kube's finalizer helper needs), strategic (as merge) and server-side
-//!   apply (`fieldManager` required; create-or-merge).
+//!   apply (`fieldManager` required; create-or-merge; fields a manager applied
+//!   before and no longer applies are removed unless another apply manager
+//!   still applies them).
 //! * Server-owned metadata (`uid`, `creationTimestamp`, `generation` bumped
 //!   only when something outside `metadata`/`status` changes), the status
 //!   subresource split, writes that change nothing keep the resourceVersion
@@ -63,9 +65,10 @@
 //!
 //! No schema validation, defaulting, admission, RBAC or conversion between
 //! versions (objects are stored once per group/plural; `apiVersion` is
-//! rewritten to the requested version). Server-side apply does not track
-//! field ownership (fields dropped from an applied config are not removed, no
-//! apply conflicts); strategic merge patches are plain merge patches (lists are
+//! rewritten to the requested version). Server-side apply ownership is
+//! simplified: only apply managers own fields (plain updates don't take
+//! ownership), lists are atomic, there are no apply conflicts (always `force`)
+//! and `managedFields` is not exposed; strategic merge patches are plain merge patches (lists are
 //! replaced, `$patch` directives ignored). List `resourceVersion`/
 //! `resourceVersionMatch` always serve the latest state. Garbage collection and
 //! the namespace cascade happen synchronously inside the DELETE (there is no

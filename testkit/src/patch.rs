@@ -89,8 +89,71 @@ pub(crate) fn apply_patch(pt: PatchType, doc: &Value, patch: &Value) -> Result<V
     Ok(out)
 }
 
+/// A JSON path: object keys from the root.
+pub(crate) type FieldPath = Vec<String>;
+
+/// The leaf fields set by an apply configuration: scalars, lists (atomic) and
+/// empty maps. `null`s (deletions) are not owned.
+pub(crate) fn leaf_paths(v: &Value) -> std::collections::BTreeSet<FieldPath> {
+    fn walk(v: &Value, path: &mut FieldPath, out: &mut std::collections::BTreeSet<FieldPath>) {
+        match v {
+            Value::Null => {}
+            Value::Object(m) if !m.is_empty() => {
+                for (k, child) in m {
+                    path.push(k.clone());
+                    walk(child, path, out);
+                    path.pop();
+                }
+            }
+            _ => {
+                out.insert(path.clone());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(v, &mut Vec::new(), &mut out);
+    out
+}
+
+/// Removes the field at `path` (if present), then any maps left empty by it.
+pub(crate) fn remove_path(v: &mut Value, path: &[String]) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let Some(map) = v.as_object_mut() else { return };
+    if rest.is_empty() {
+        map.remove(first);
+        return;
+    }
+    if let Some(child) = map.get_mut(first) {
+        remove_path(child, rest);
+        if child.as_object().is_some_and(serde_json::Map::is_empty) {
+            map.remove(first);
+        }
+    }
+}
+
+/// Whether `path` is `field` itself or lies below it.
+pub(crate) fn within(path: &[String], field: &[String]) -> bool {
+    path.starts_with(field)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn leaf_paths_and_removal() {
+        let v = json!({"a": {"b": 1, "c": [1], "d": {}}, "e": null});
+        let paths: Vec<FieldPath> = leaf_paths(&v).into_iter().collect();
+        let p = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<FieldPath>();
+        assert_eq!(paths, [p(&["a", "b"]), p(&["a", "c"]), p(&["a", "d"])]);
+        let mut w = json!({"a": {"b": 1}, "x": 2});
+        remove_path(&mut w, &p(&["a", "b"]));
+        assert_eq!(w, json!({"x": 2}));
+        assert!(within(&p(&["a", "b"]), &p(&["a"])));
+        assert!(!within(&p(&["a"]), &p(&["a", "b"])));
+        assert!(!within(&p(&["a", "c"]), &p(&["a", "b"])));
+    }
+
     use super::*;
     use serde_json::json;
 

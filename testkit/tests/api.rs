@@ -542,11 +542,14 @@ async fn server_side_apply() {
     let pp = PatchParams::apply("palisade").force();
     let created = cms.patch("ssa", &pp, &Patch::Apply(&obj)).await.unwrap();
     assert_eq!(created.data.unwrap()["a"], "1");
+    // another manager's apply merges into the object
+    let other = PatchParams::apply("other");
+    let cfg = |data: serde_json::Value, labels: serde_json::Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa", "labels": labels}, "data": data});
     let merged = cms
         .patch(
             "ssa",
-            &pp,
-            &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa", "labels": {"l": "v"}}, "data": {"b": "2"}})),
+            &other,
+            &Patch::Apply(cfg(json!({"b": "2"}), json!({"l": "v"}))),
         )
         .await
         .unwrap();
@@ -562,6 +565,38 @@ async fn server_side_apply() {
     assert_eq!(last.verb, Verb::Patch);
     assert_eq!(last.patch_type, Some(PatchType::Apply));
     assert_eq!(last.field_manager.as_deref(), Some("palisade"));
+
+    // a field a manager stops applying is removed; fields applied by another
+    // manager, or written by plain updates, stay
+    cms.patch(
+        "ssa",
+        &pp,
+        &Patch::Apply(cfg(json!({"a": "1", "p": "1"}), json!({}))),
+    )
+    .await
+    .unwrap();
+    cms.patch(
+        "ssa",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"m": "1"}})),
+    )
+    .await
+    .unwrap();
+    let pruned = cms
+        .patch("ssa", &pp, &Patch::Apply(cfg(json!({"a": "1"}), json!({}))))
+        .await
+        .unwrap();
+    assert_eq!(
+        pruned.data.unwrap().keys().collect::<Vec<_>>(),
+        ["a", "b", "m"]
+    );
+    assert_eq!(pruned.metadata.labels.unwrap()["l"], "v");
+    let pruned = cms
+        .patch("ssa", &other, &Patch::Apply(cfg(json!({}), json!({}))))
+        .await
+        .unwrap();
+    assert_eq!(pruned.data.unwrap().keys().collect::<Vec<_>>(), ["a", "m"]);
+    assert!(pruned.metadata.labels.is_none());
 
     // strategic merge patch is accepted (as a merge patch)
     let deps: Api<Deployment> = Api::namespaced(server.client(), "default");

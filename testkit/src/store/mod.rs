@@ -3,7 +3,7 @@
 //! the write semantics the apiserver enforces (uid, generation, status
 //! subresource, no-op writes, finalizers, deletion).
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use crate::error::ApiError;
 use crate::registry::{Registry, ResourceType};
 use crate::selectors::Selector;
 
+mod apply;
 mod gc;
 
 /// Finalizer the apiserver puts on an owner deleted with `propagationPolicy: Foreground`.
@@ -141,6 +142,8 @@ pub(crate) struct Store {
     uid_seed: u64,
     uid_seq: u64,
     orphan_on_removal: HashSet<String>,
+    /// Server-side apply ownership: uid -> manager (and scope) -> applied fields.
+    apply_owners: HashMap<String, BTreeMap<String, BTreeSet<crate::patch::FieldPath>>>,
     pub require_namespaces: bool,
 }
 
@@ -279,6 +282,7 @@ impl Store {
             uid_seed,
             uid_seq: 0,
             orphan_on_removal: HashSet::new(),
+            apply_owners: HashMap::new(),
             require_namespaces: true,
         };
         if let Some(rt) = s.registry.find("", "v1", "namespaces").cloned() {
@@ -476,6 +480,7 @@ impl Store {
         );
         self.emit(key.clone(), EventType::Deleted, obj.clone(), None);
         if let Some(uid) = meta_str(&obj, "uid").map(str::to_string) {
+            self.apply_owners.remove(&uid);
             let orphan = self.orphan_on_removal.remove(&uid);
             self.collect_dependents(&uid, orphan);
         }
