@@ -7,6 +7,7 @@ pub mod labels;
 pub mod network;
 pub mod quota;
 pub mod rbac;
+pub mod rolepolicy;
 pub mod secrets;
 pub mod tenant;
 
