@@ -1,8 +1,54 @@
-.PHONY: bench bench-backup
+# Palisade developer entry points. `make test` is what CI runs (after `make lint`).
+CARGO ?= cargo
+PG_BIN ?= $(shell ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 
-# Snapshot engine benchmark (docs/BACKUP.md). SIZE_GB=1 is the stated target size.
+.PHONY: all build fmt lint test unit generate check-generated e2e bench bench-backup render image clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Everything that runs on this machine: unit, CRD sync, CLI, controller tests
+## on the in-process API server, snapshot engine tests on real PostgreSQL + S3,
+## chart/manifest tests. e2e tests compile and skip without PALISADE_E2E=1.
+test:
+	PATH="$(PG_BIN):$$PATH" $(CARGO) test --workspace --all-targets
+	@if [ -x scripts/test-manifests.sh ]; then scripts/test-manifests.sh; fi
+
+## Regenerate crds/ (and the chart's copy) from the Rust types.
+generate:
+	$(CARGO) run --quiet -- crds --dir crds
+	@if [ -d charts/palisade/crds ]; then cp crds/*.yaml charts/palisade/crds/; fi
+
+check-generated:
+	$(CARGO) test --test cli checked_in_crds_match_the_code
+
+## Against the cluster of $KUBECONFIG: PALISADE_E2E=1 make e2e
+e2e:
+	PALISADE_E2E=$${PALISADE_E2E:-1} $(CARGO) test --test e2e -- --test-threads=1 --nocapture
+
+## Benchmarks (release builds; not part of CI). SIZE_GB sizes the snapshot databases.
 SIZE_GB ?= 1
 bench: bench-backup
+
+## Snapshot engine vs pg_dump baselines (docs/BACKUP.md).
 bench-backup:
-	cargo build --release --bin palisade --example backup_s3_server
+	$(CARGO) build --release --bin palisade --example backup_s3_server
 	python3 benches/backup_bench.py --size-gb $(SIZE_GB)
+
+render:
+	$(CARGO) run --quiet -- render -f config/samples/
+
+image:
+	docker build -t palisade:dev .
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,427 @@
+//! End-to-end tests against a real cluster through `KUBECONFIG`.
+//!
+//! Run with `PALISADE_E2E=1 make e2e`. Without `PALISADE_E2E=1` every test
+//! returns early with a note (skipped, not failed). Each test installs the CRDs
+//! (server-side apply), runs the controller in-process, uses unique names,
+//! waits on conditions (never a fixed sleep) and cleans up after itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, Resource, ResourceExt};
+use palisade::controller::{Context, Settings, SystemClock, tenant};
+use palisade::crd::Tenant;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn enabled() -> bool {
+    if std::env::var("PALISADE_E2E").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!("skipping: set PALISADE_E2E=1 (and KUBECONFIG) to run against a real cluster");
+    false
+}
+
+fn unique(prefix: &str) -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{prefix}-{:x}", n % 0xffff_ffff)
+}
+
+async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in palisade::crd::all() {
+        let name = crd.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply("palisade-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("apply CRD");
+        wait(await_condition(
+            api.clone(),
+            &name,
+            conditions::is_crd_established(),
+        ))
+        .await;
+    }
+}
+
+async fn wait<T, E: std::fmt::Debug>(fut: impl std::future::Future<Output = Result<T, E>>) -> T {
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .expect("timed out waiting on a condition")
+        .expect("watch failed")
+}
+
+/// The controller, running in this process until dropped.
+struct Controller {
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn setup() -> (Client, Controller) {
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG points at a cluster");
+    install_crds(&client).await;
+    let (cache, streams) = tenant::child_cache(&client);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        cache,
+        Arc::new(SystemClock),
+        Settings::default(),
+    ));
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(tenant::run(
+        ctx,
+        streams,
+        async move {
+            let _ = rx.await;
+        },
+        futures::stream::pending(),
+    ));
+    (client, Controller { stop: Some(tx) })
+}
+
+fn tenant_ready(generation_of: Option<i64>) -> impl Fn(Option<&Tenant>) -> bool {
+    move |t: Option<&Tenant>| {
+        t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
+            palisade::crd::condition::is_true(&s.conditions, "Ready")
+                && generation_of.is_none_or(|g| s.observed_generation >= Some(g))
+        })
+    }
+}
+
+fn tenant_reason(reason: &'static str) -> impl Fn(Option<&Tenant>) -> bool {
+    move |t: Option<&Tenant>| {
+        t.and_then(|t| t.status.as_ref())
+            .and_then(|s| palisade::crd::condition::find(&s.conditions, "Ready"))
+            .is_some_and(|c| c.status == "False" && c.reason == reason)
+    }
+}
+
+fn sample(name: &str, policy: &str) -> Tenant {
+    serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name},
+        "spec": {
+            "forceTenantPrefix": true,
+            "namespaces": [{"name": format!("{name}-a")}, {"name": format!("{name}-b")}],
+            "quota": {"hard": {"pods": "10", "requests.cpu": "2"}},
+            "limits": {"default": {"cpu": "200m", "memory": "128Mi"}},
+            "owners": [{"kind": "User", "name": "e2e-owner@example.com"}],
+            "deletionPolicy": policy,
+        }
+    }))
+    .expect("tenant")
+}
+
+async fn delete_tenant(client: &Client, name: &str) {
+    let api: Api<Tenant> = Api::all(client.clone());
+    let uid = api.get(name).await.ok().and_then(|t| t.uid());
+    let _ = api.delete(name, &DeleteParams::default()).await;
+    if let Some(uid) = uid {
+        wait(await_condition(api, name, conditions::is_deleted(&uid))).await;
+    }
+}
+
+#[tokio::test]
+async fn tenant_converges_heals_and_deletes() {
+    if !enabled() {
+        return;
+    }
+    let (client, _controller) = setup().await;
+    let name = unique("e2e");
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &sample(&name, "Delete"))
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+
+    let ns_a = format!("{name}-a");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = namespaces.get(&ns_a).await.expect("namespace");
+    assert_eq!(ns.labels().get("palisade.dev/tenant"), Some(&name));
+    assert_eq!(
+        ns.labels()
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str),
+        Some("restricted")
+    );
+    let rb: Api<RoleBinding> = Api::namespaced(client.clone(), &ns_a);
+    assert!(rb.get("palisade:admin").await.is_ok());
+
+    // Drift: a policy deleted by hand comes back.
+    let np: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns_a);
+    let old_uid = np
+        .get("palisade-default-deny")
+        .await
+        .expect("default deny")
+        .uid();
+    np.delete("palisade-default-deny", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait(await_condition(
+        np.clone(),
+        "palisade-default-deny",
+        move |p: Option<&NetworkPolicy>| p.is_some_and(|p| p.uid() != old_uid),
+    ))
+    .await;
+
+    // Drift: a quota loosened by hand is restored.
+    let rq: Api<ResourceQuota> = Api::namespaced(client.clone(), &ns_a);
+    rq.patch(
+        "palisade-quota",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"hard": {"pods": "999"}}})),
+    )
+    .await
+    .expect("edit quota");
+    wait(await_condition(
+        rq.clone(),
+        "palisade-quota",
+        |q: Option<&ResourceQuota>| {
+            q.and_then(|q| q.spec.as_ref()?.hard.as_ref()?.get("pods").cloned())
+                .is_some_and(|p| p.0 == "10")
+        },
+    ))
+    .await;
+
+    // Spec edit: a namespace removed from the spec is deleted (Delete policy).
+    let t = tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"namespaces": [{"name": ns_a}]}})),
+        )
+        .await
+        .expect("edit");
+    wait(await_condition(
+        tenants.clone(),
+        &name,
+        tenant_ready(t.meta().generation),
+    ))
+    .await;
+    let ns_b = format!("{name}-b");
+    let gone = namespaces.get_opt(&ns_b).await.expect("get");
+    assert!(
+        gone.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        "removed namespace is being deleted"
+    );
+
+    delete_tenant(&client, &name).await;
+    let a = namespaces.get_opt(&ns_a).await.expect("get");
+    assert!(
+        a.is_none_or(|n| n.metadata.deletion_timestamp.is_some()),
+        "Delete policy deletes the namespaces"
+    );
+}
+
+#[tokio::test]
+async fn retain_policy_keeps_namespaces() {
+    if !enabled() {
+        return;
+    }
+    let (client, _controller) = setup().await;
+    let name = unique("e2r");
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &sample(&name, "Retain"))
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    delete_tenant(&client, &name).await;
+
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    for ns in [format!("{name}-a"), format!("{name}-b")] {
+        let n = namespaces.get(&ns).await.expect("retained");
+        assert_eq!(
+            n.labels().get("palisade.dev/released").map(String::as_str),
+            Some("true")
+        );
+        let np: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+        assert!(
+            np.get_opt("palisade-default-deny")
+                .await
+                .expect("get")
+                .is_none(),
+            "policy objects removed"
+        );
+        let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_tenants_report_reasons() {
+    if !enabled() {
+        return;
+    }
+    let (client, _controller) = setup().await;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let name = unique("e2i");
+    let mut bad = sample(&name, "Delete");
+    bad.spec.network.allow_egress_cidrs = vec![palisade::crd::tenant::EgressCidr {
+        cidr: "10.0.0.0/33".into(),
+        ..Default::default()
+    }];
+    tenants
+        .create(&PostParams::default(), &bad)
+        .await
+        .expect("create");
+    wait(await_condition(
+        tenants.clone(),
+        &name,
+        tenant_reason("InvalidCidr"),
+    ))
+    .await;
+    delete_tenant(&client, &name).await;
+
+    // A namespace that exists and belongs to nobody is never taken over.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let squatted = unique("e2s");
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": squatted}})).expect("ns");
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    let name = unique("e2c");
+    let conflict: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {"namespaces": [{"name": squatted}], "deletionPolicy": "Delete"}
+    }))
+    .expect("tenant");
+    tenants
+        .create(&PostParams::default(), &conflict)
+        .await
+        .expect("create");
+    wait(await_condition(
+        tenants.clone(),
+        &name,
+        tenant_reason("NamespaceConflict"),
+    ))
+    .await;
+    delete_tenant(&client, &name).await;
+    let still = namespaces
+        .get(&squatted)
+        .await
+        .expect("untouched namespace survives");
+    assert!(still.labels().get("palisade.dev/tenant").is_none());
+    let _ = namespaces.delete(&squatted, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+async fn secrets_are_created_rotated_on_demand_and_published_as_jwks() {
+    if !enabled() {
+        return;
+    }
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let (client, _controller) = setup().await;
+    let name = unique("e2k");
+    let ns = format!("{name}-a");
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {
+            "namespaces": [{"name": ns}],
+            "deletionPolicy": "Delete",
+            "secrets": [
+                {"name": "api-key", "type": "Random", "rotateEvery": "720h"},
+                {"name": "signing", "type": "JwtSigningKey", "algorithm": "EdDSA", "rotateEvery": "720h", "keepPrevious": 1}
+            ]
+        }
+    }))
+    .expect("tenant");
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &tenant)
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let version = |s: &Secret| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get("version"))
+            .map(|v| v.0.clone())
+    };
+    let first = secrets.get("api-key").await.expect("secret");
+    assert_eq!(version(&first).as_deref(), Some(&b"v1"[..]));
+    let signing = secrets.get("signing").await.expect("signing key");
+    let kid1 =
+        String::from_utf8(signing.data.as_ref().expect("data")["kid"].0.clone()).expect("kid");
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let jwks = cms.get("signing-jwks").await.expect("jwks");
+    let doc: serde_json::Value =
+        serde_json::from_str(&jwks.data.expect("data")["jwks.json"]).expect("json");
+    assert_eq!(doc["keys"][0]["kid"], kid1.as_str());
+    assert_eq!(doc["keys"][0]["alg"], "EdDSA");
+    assert_eq!(doc["keys"][0]["use"], "sig");
+
+    // Forced rotation of the signing key: the JWKS keeps the previous key.
+    secrets
+        .patch(
+            "signing",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"palisade.dev/rotate-now": "true"}}}),
+            ),
+        )
+        .await
+        .expect("annotate");
+    let kid_before = kid1.clone();
+    wait(await_condition(
+        secrets.clone(),
+        "signing",
+        move |s: Option<&Secret>| {
+            s.and_then(|s| {
+                s.data
+                    .as_ref()?
+                    .get("kid")
+                    .map(|k| k.0 != kid_before.as_bytes())
+            })
+            .unwrap_or(false)
+        },
+    ))
+    .await;
+    let kid1_for_wait = kid1.clone();
+    wait(await_condition(
+        cms.clone(),
+        "signing-jwks",
+        move |c: Option<&ConfigMap>| {
+            c.and_then(|c| c.data.as_ref()?.get("jwks.json").cloned())
+                .is_some_and(|j| j.matches("\"kid\"").count() == 2 && j.contains(&kid1_for_wait))
+        },
+    ))
+    .await;
+    let rotated = secrets.get("signing").await.expect("secret");
+    assert!(
+        !rotated
+            .annotations()
+            .contains_key("palisade.dev/rotate-now"),
+        "annotation cleared"
+    );
+    delete_tenant(&client, &name).await;
+}

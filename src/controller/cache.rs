@@ -1,0 +1,145 @@
+//! Caches of the children Palisade manages: one metadata-stripped reflector per
+//! kind, filtered to objects labelled `app.kubernetes.io/managed-by=palisade`.
+
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DynamicObject};
+use kube::core::ApiResource;
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::resources::labels;
+
+/// One cached kind.
+#[derive(Clone)]
+pub struct CachedKind {
+    pub ar: ApiResource,
+    pub store: Store<DynamicObject>,
+}
+
+/// The caches of every child kind.
+#[derive(Clone)]
+pub struct ChildCache {
+    pub kinds: Vec<CachedKind>,
+}
+
+/// A watch stream of one child kind that keeps its cache up to date.
+pub type ChildStream =
+    std::pin::Pin<Box<dyn Stream<Item = Result<DynamicObject, watcher::Error>> + Send>>;
+
+fn ar<K: Resource<DynamicType = ()>>() -> ApiResource {
+    ApiResource::erase::<K>(&())
+}
+
+/// The kinds the Tenant controller manages.
+pub fn tenant_child_kinds() -> Vec<ApiResource> {
+    vec![
+        ar::<Namespace>(),
+        ar::<NetworkPolicy>(),
+        ar::<ResourceQuota>(),
+        ar::<LimitRange>(),
+        ar::<Role>(),
+        ar::<RoleBinding>(),
+        ar::<Secret>(),
+        ar::<ConfigMap>(),
+    ]
+}
+
+impl ChildCache {
+    /// Creates the caches and the watch streams that fill them. The streams must
+    /// be polled (the controller does) for the caches to fill.
+    pub fn new(
+        client: &Client,
+        kinds: Vec<ApiResource>,
+    ) -> (Self, Vec<(ApiResource, ChildStream)>) {
+        let mut cached = Vec::new();
+        let mut streams = Vec::new();
+        for ar in kinds {
+            let writer: Writer<DynamicObject> = Writer::new(ar.clone());
+            let store = writer.as_reader();
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            let cfg = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+            let stream = reflector::reflector(
+                writer,
+                watcher(api, cfg)
+                    .default_backoff()
+                    .modify(|o: &mut DynamicObject| {
+                        o.managed_fields_mut().clear();
+                    }),
+            )
+            .touched_objects()
+            .boxed();
+            cached.push(CachedKind {
+                ar: ar.clone(),
+                store,
+            });
+            streams.push((ar, stream as ChildStream));
+        }
+        (Self { kinds: cached }, streams)
+    }
+
+    /// The cache of one kind.
+    pub fn kind(&self, ar: &ApiResource) -> Option<&CachedKind> {
+        self.kinds
+            .iter()
+            .find(|k| k.ar.kind == ar.kind && k.ar.group == ar.group)
+    }
+
+    /// A cached object by kind, namespace and name.
+    pub fn get(
+        &self,
+        ar: &ApiResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<Arc<DynamicObject>> {
+        let kind = self.kind(ar)?;
+        let mut r = ObjectRef::new_with(name, ar.clone());
+        if let Some(ns) = namespace {
+            r = r.within(ns);
+        }
+        kind.store.get(&r)
+    }
+
+    /// Every cached object of every kind managed for `tenant`.
+    pub fn owned_by(&self, tenant: &str) -> Vec<(ApiResource, Arc<DynamicObject>)> {
+        let mut out = Vec::new();
+        for k in &self.kinds {
+            for obj in k.store.state() {
+                if labels::tenant_of(obj.metadata.labels.as_ref()) == Some(tenant) {
+                    out.push((k.ar.clone(), obj));
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until every cache has received its first full listing.
+    pub async fn wait_ready(&self) {
+        for k in &self.kinds {
+            // Only fails when the writer is dropped, i.e. at shutdown.
+            let _ = k.store.wait_until_ready().await;
+        }
+    }
+
+    /// Number of cached objects (for memory reporting).
+    pub fn len(&self) -> usize {
+        self.kinds.iter().map(|k| k.store.state().len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A cached object's name in `namespace/name` form (for messages).
+    pub fn describe(obj: &DynamicObject) -> String {
+        match obj.namespace() {
+            Some(ns) => format!("{ns}/{}", obj.name_any()),
+            None => obj.name_any(),
+        }
+    }
+}

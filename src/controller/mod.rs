@@ -1,0 +1,164 @@
+//! The controllers: the only code (besides [`crate::apply`]) that calls the API.
+
+pub mod cache;
+pub mod secrets;
+pub mod tenant;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::apply::Applier;
+pub use cache::ChildCache;
+
+/// Where "now" comes from; tests inject a manual clock.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// Per-object exponential backoff with jitter for failed reconciles.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `failures` (1-based), with ±20% jitter.
+    pub fn delay(&self, failures: u32, jitter: f64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(20)));
+        let capped = exp.min(self.max);
+        capped.mul_f64(1.0 + 0.2 * (jitter.clamp(0.0, 1.0) * 2.0 - 1.0))
+    }
+}
+
+/// Settings every controller shares.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Maximum reconciles running at once per controller.
+    pub concurrency: u16,
+    pub backoff: Backoff,
+    /// Reporting controller name for Events.
+    pub reporter: String,
+    /// Instance (pod) name for Events.
+    pub instance: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            backoff: Backoff::default(),
+            reporter: "palisade".to_string(),
+            instance: None,
+        }
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub applier: Applier,
+    pub cache: ChildCache,
+    pub recorder: Recorder,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Settings,
+    failures: Mutex<HashMap<String, u32>>,
+    reconciles: std::sync::atomic::AtomicU64,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        cache: ChildCache,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: settings.reporter.clone(),
+            instance: settings.instance.clone(),
+        };
+        Self {
+            applier: Applier::new(client.clone()),
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            cache,
+            clock,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+            reconciles: Default::default(),
+        }
+    }
+
+    /// Records a failure of `key` and returns how long to wait before retrying.
+    pub fn backoff_for(&self, key: &str) -> Duration {
+        let n = match self.failures.lock() {
+            Ok(mut m) => {
+                let n = m.entry(key.to_string()).or_insert(0);
+                *n += 1;
+                *n
+            }
+            Err(_) => 1,
+        };
+        self.settings.backoff.delay(n, rand::random::<f64>())
+    }
+
+    /// Forgets past failures of `key` after a successful reconcile.
+    pub fn reset_backoff(&self, key: &str) {
+        if let Ok(mut m) = self.failures.lock() {
+            m.remove(key);
+        }
+    }
+
+    /// Reconciles started by this context (for tests and benchmarks).
+    pub fn reconciles(&self) -> u64 {
+        self.reconciles.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_reconcile(&self) {
+        self.reconciles
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_and_caps() {
+        let b = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        assert_eq!(b.delay(1, 0.5), Duration::from_secs(1));
+        assert_eq!(b.delay(3, 0.5), Duration::from_secs(4));
+        assert_eq!(b.delay(30, 0.5), Duration::from_secs(60));
+        assert!(b.delay(3, 0.0) < Duration::from_secs(4));
+        assert!(b.delay(3, 1.0) > Duration::from_secs(4));
+    }
+}

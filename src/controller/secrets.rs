@@ -1,0 +1,355 @@
+//! Secret rotation for the Tenant controller: creates and rotates the Secrets of
+//! `spec.secrets[]`, publishes JWKS for JWT keys, restarts consumers, and
+//! reports per-secret status. The state machine and layout are pure
+//! ([`crate::resources::secrets`]); this module only observes and writes.
+//!
+//! Nothing here formats secret material: Events, status and errors carry names,
+//! versions (`v<N>` or a key's public thumbprint) and timestamps only.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::core::ApiResource;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use tracing::info;
+
+use super::Context;
+use super::tenant::Error;
+use crate::crd::condition::Observed;
+use crate::crd::tenant::{ManagedSecret, SecretStatus, SecretType, Tenant};
+use crate::duration;
+use crate::resources::secrets::{self as model, Decision, Reason};
+
+/// What secret reconciliation concluded.
+pub struct Outcome {
+    pub observed: Observed,
+    pub statuses: Vec<SecretStatus>,
+    /// The earliest rotation deadline: the controller requeues exactly then.
+    pub next_deadline: Option<Timestamp>,
+    /// (kind, namespace, name) of every object this module wants kept.
+    pub wanted: BTreeSet<(String, String, String)>,
+    /// Human-readable rotations, for Events.
+    pub rotations: Vec<String>,
+}
+
+fn ar<K: Resource<DynamicType = ()>>() -> ApiResource {
+    ApiResource::erase::<K>(&())
+}
+
+/// Does an object exist that Palisade does not manage? (The caches only hold
+/// managed objects, so this is asked only when the cache has nothing.)
+async fn foreign_exists(
+    ctx: &Context,
+    ar: &ApiResource,
+    ns: &str,
+    name: &str,
+) -> Result<bool, Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, ar);
+    let found = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(|source| Error::Kube {
+            action: "get",
+            source: Box::new(source),
+        })?;
+    Ok(found.is_some())
+}
+
+fn to_value<T: serde::Serialize>(obj: &T) -> Result<Value, Error> {
+    serde_json::to_value(obj).map_err(|e| Error::Kube {
+        action: "serialize",
+        source: Box::new(kube::Error::SerdeError(e)),
+    })
+}
+
+/// Problems that stop one secret in one namespace (reported, not retried).
+enum Blocked {
+    Conflict(String),
+    Corrupt(String),
+    KeyGeneration(String),
+}
+
+/// Reconciles every managed secret of `tenant` in its ready namespaces.
+pub async fn reconcile(
+    ctx: &Context,
+    tenant: &Tenant,
+    ready_ns: &BTreeSet<String>,
+) -> Result<Outcome, Error> {
+    let name = tenant.name_any();
+    let now = ctx.clock.now();
+    let mut out = Outcome {
+        observed: Observed::new("SecretsRotated", true, "NoSecrets", "spec.secrets is empty"),
+        statuses: Vec::new(),
+        next_deadline: None,
+        wanted: BTreeSet::new(),
+        rotations: Vec::new(),
+    };
+    if tenant.spec.secrets.is_empty() {
+        return Ok(out);
+    }
+    let mut blocked = Vec::new();
+    let mut restarts: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for spec in &tenant.spec.secrets {
+        // Validated before: a positive duration.
+        let every =
+            duration::parse_positive(&spec.rotate_every).unwrap_or(Duration::from_secs(86_400));
+        let namespaces: Vec<&String> = if spec.namespaces.is_empty() {
+            ready_ns.iter().collect()
+        } else {
+            spec.namespaces
+                .iter()
+                .filter(|n| ready_ns.contains(*n))
+                .collect()
+        };
+        for ns in namespaces {
+            match one(ctx, tenant, spec, ns, every, now, &mut out).await? {
+                Ok(Some(version)) if spec.restart_workloads => {
+                    restarts
+                        .entry(ns.clone())
+                        .or_default()
+                        .push((spec.name.clone(), version));
+                }
+                Ok(_) => {}
+                Err(b) => blocked.push(b),
+            }
+        }
+    }
+    for (ns, rotated) in &restarts {
+        restart_consumers(ctx, ns, rotated).await?;
+    }
+    out.observed = match blocked.first() {
+        Some(Blocked::Conflict(m)) => {
+            Observed::new("SecretsRotated", false, "SecretConflict", m.clone())
+        }
+        Some(Blocked::Corrupt(m)) => {
+            Observed::new("SecretsRotated", false, "SecretCorrupt", m.clone())
+        }
+        Some(Blocked::KeyGeneration(m)) => {
+            Observed::new("SecretsRotated", false, "KeyGenerationFailed", m.clone())
+        }
+        None if tenant.spec.cordoned => Observed::new(
+            "SecretsRotated",
+            true,
+            "RotationPaused",
+            "tenant is cordoned: secrets are not rotated",
+        ),
+        None => Observed::new(
+            "SecretsRotated",
+            true,
+            "SecretsCurrent",
+            format!("{} secret(s) current", out.statuses.len()),
+        ),
+    };
+    info!(tenant = %name, secrets = out.statuses.len(), rotations = out.rotations.len(), "secrets reconciled");
+    Ok(out)
+}
+
+/// One secret in one namespace. `Ok(Ok(Some(version)))` when it was rotated.
+async fn one(
+    ctx: &Context,
+    tenant: &Tenant,
+    spec: &ManagedSecret,
+    ns: &str,
+    every: Duration,
+    now: Timestamp,
+    out: &mut Outcome,
+) -> Result<Result<Option<String>, Blocked>, Error> {
+    let tenant_name = tenant.name_any();
+    let secret_ar = ar::<Secret>();
+    // Wanted even when blocked below: a managed Secret is never pruned because
+    // it could not be read.
+    out.wanted
+        .insert(("Secret".into(), ns.to_string(), spec.name.clone()));
+    if spec.type_ == SecretType::JwtSigningKey {
+        out.wanted.insert((
+            "ConfigMap".into(),
+            ns.to_string(),
+            model::jwks_name(&spec.name),
+        ));
+        let cm_ar = ar::<ConfigMap>();
+        let jwks = model::jwks_name(&spec.name);
+        if ctx.cache.get(&cm_ar, Some(ns), &jwks).is_none()
+            && foreign_exists(ctx, &cm_ar, ns, &jwks).await?
+        {
+            return Ok(Err(Blocked::Conflict(format!(
+                "ConfigMap {ns}/{jwks} exists and is not managed by Palisade; it was not overwritten: rename spec.secrets entry '{}' or delete that ConfigMap",
+                spec.name
+            ))));
+        }
+    }
+    let cached = ctx.cache.get(&secret_ar, Some(ns), &spec.name);
+    let (state, force) = match &cached {
+        Some(obj) => {
+            let secret: Secret = match serde_json::from_value(to_value(obj.as_ref())?) {
+                Ok(s) => s,
+                Err(_) => {
+                    return Ok(Err(Blocked::Corrupt(format!(
+                        "Secret {ns}/{} cannot be read",
+                        spec.name
+                    ))));
+                }
+            };
+            match model::parse_state(spec, &secret) {
+                Ok(state) => (
+                    Some(state),
+                    obj.annotations().contains_key(model::ROTATE_NOW),
+                ),
+                Err(e) => {
+                    return Ok(Err(Blocked::Corrupt(format!(
+                        "Secret {ns}/{}: {e}; it is left untouched so no version is lost: restore it or delete it to start over",
+                        spec.name
+                    ))));
+                }
+            }
+        }
+        None => {
+            if foreign_exists(ctx, &secret_ar, ns, &spec.name).await? {
+                return Ok(Err(Blocked::Conflict(format!(
+                    "Secret {ns}/{} exists and is not managed by Palisade; it was not overwritten: rename spec.secrets entry '{}' or delete that Secret",
+                    spec.name, spec.name
+                ))));
+            }
+            (None, false)
+        }
+    };
+    let decision = model::decide(state.as_ref(), every, now, force, tenant.spec.cordoned);
+    let (state, rotated) = match decision {
+        Decision::Keep => (state.unwrap_or_default(), None),
+        Decision::Create | Decision::Rotate(_) => {
+            let version = match model::new_version(spec, state.as_ref(), now) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Ok(Err(Blocked::KeyGeneration(format!(
+                        "Secret {ns}/{}: {e}",
+                        spec.name
+                    ))));
+                }
+            };
+            let id = version.meta.id.clone();
+            let new_state = model::rotated(state, version, spec.keep_previous);
+            let object = to_value(&model::secret_object(
+                &tenant_name,
+                ns,
+                spec,
+                Some(&new_state),
+                every,
+            ))?;
+            match (&cached, decision) {
+                (Some(current), _) => {
+                    ctx.applier.replace(&secret_ar, object, current).await?;
+                }
+                (None, _) => {
+                    ctx.applier.create(&secret_ar, object).await?;
+                }
+            }
+            let why = match decision {
+                Decision::Rotate(Reason::Forced) => "forced by palisade.dev/rotate-now",
+                Decision::Rotate(Reason::Due) => "rotateEvery elapsed",
+                _ => "created",
+            };
+            out.rotations.push(format!(
+                "Secret {ns}/{} is now at version {id} ({why})",
+                spec.name
+            ));
+            (new_state, Some(id))
+        }
+    };
+    if spec.type_ == SecretType::JwtSigningKey {
+        let keys = match model::public_keys(spec, &state) {
+            Ok(k) => k,
+            Err(e) => {
+                return Ok(Err(Blocked::Corrupt(format!(
+                    "Secret {ns}/{}: {e}",
+                    spec.name
+                ))));
+            }
+        };
+        publish_jwks(ctx, &tenant_name, spec, ns, keys).await?;
+    }
+    let next = if tenant.spec.cordoned {
+        None
+    } else {
+        model::next_rotation(&state, every)
+    };
+    if let Some(n) = next {
+        out.next_deadline = Some(out.next_deadline.map_or(n, |d| d.min(n)));
+    }
+    if let Some(current) = state.current() {
+        out.statuses.push(SecretStatus {
+            name: spec.name.clone(),
+            namespace: ns.to_string(),
+            version: current.meta.id.clone(),
+            rotated_at: Some(Time(current.meta.created_at)),
+            next_rotation: next.map(Time),
+        });
+    }
+    Ok(Ok(rotated.filter(|_| decision != Decision::Create)))
+}
+
+/// Applies the JWKS ConfigMap (same reconcile as the Secret write).
+async fn publish_jwks(
+    ctx: &Context,
+    tenant: &str,
+    spec: &ManagedSecret,
+    ns: &str,
+    keys: Vec<Value>,
+) -> Result<(), Error> {
+    let cm_ar = ar::<ConfigMap>();
+    let cached = ctx
+        .cache
+        .get(&cm_ar, Some(ns), &model::jwks_name(&spec.name));
+    let cm = to_value(&model::jwks_configmap(tenant, ns, spec, keys))?;
+    ctx.applier.apply(&cm_ar, cm, cached.as_deref()).await?;
+    Ok(())
+}
+
+/// Rolls every Deployment, StatefulSet and DaemonSet in `ns` that uses one of
+/// the rotated secrets, with one patch per workload whatever the number of
+/// rotations (the pod-template annotation lists every secret version).
+async fn restart_consumers(
+    ctx: &Context,
+    ns: &str,
+    rotated: &[(String, String)],
+) -> Result<usize, Error> {
+    let mut restarted = 0;
+    for kind in [ar::<Deployment>(), ar::<StatefulSet>(), ar::<DaemonSet>()] {
+        let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &kind);
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| Error::Kube {
+                action: "list workloads",
+                source: Box::new(source),
+            })?;
+        for w in list.items {
+            let pod_spec = &w.data["spec"]["template"]["spec"];
+            let used: Vec<(String, String)> = rotated
+                .iter()
+                .filter(|(secret, _)| model::pod_spec_uses_secret(pod_spec, secret))
+                .cloned()
+                .collect();
+            if used.is_empty() {
+                continue;
+            }
+            let current = w.data["spec"]["template"]["metadata"]["annotations"]
+                [model::RESTARTED_FOR]
+                .as_str();
+            let Some(value) = model::restarted_for(current, &used) else {
+                continue;
+            };
+            let patch = json!({"spec": {"template": {"metadata": {"annotations": {model::RESTARTED_FOR: value}}}}});
+            ctx.applier
+                .merge_patch(&kind, Some(ns), &w.name_any(), patch)
+                .await?;
+            info!(kind = %kind.kind, namespace = %ns, name = %w.name_any(), "restarted secret consumer");
+            restarted += 1;
+        }
+    }
+    Ok(restarted)
+}

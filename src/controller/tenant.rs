@@ -1,0 +1,703 @@
+//! The Tenant controller: namespaces, isolation, quotas and owner RBAC per
+//! Tenant; drift healed through watches on every child kind; cleanup through a
+//! finalizer according to `deletionPolicy`.
+//!
+//! Reconcile = observe (caches) → validate → desired (pure builders) → apply
+//! (only what differs) → prune orphans → status (written only when it changed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::Context;
+use super::cache::{ChildCache, ChildStream};
+use crate::apply::{ApplyError, Outcome};
+use crate::crd::condition::{Observed, merge_conditions};
+use crate::crd::tenant::{
+    DeletionPolicy, NamespaceStatus, QuotaScope, QuotaStatus, Tenant, TenantStatus,
+};
+use crate::quantity::Milli;
+use crate::resources::labels;
+use crate::resources::quota::{self, Usage};
+use crate::resources::tenant::{self as builder, InvalidTenant};
+
+/// A reconcile that failed and will be retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// Validated before building, so only reachable if the two disagree.
+    #[error(transparent)]
+    Invalid(#[from] InvalidTenant),
+    #[error("{action}: {source}")]
+    Kube {
+        action: &'static str,
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+impl Error {
+    /// Bounded reason for conditions, Events and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Apply(e) => e.reason(),
+            Error::Invalid(e) => e.reason,
+            Error::Kube { .. } => "ApiError",
+        }
+    }
+}
+
+fn kube_err(action: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Kube {
+        action,
+        source: Box::new(source),
+    }
+}
+
+fn ns_ar() -> ApiResource {
+    ApiResource::erase::<Namespace>(&())
+}
+
+/// How a namespace the spec lists relates to this tenant.
+#[derive(Debug, Clone, PartialEq)]
+enum NsState {
+    /// Does not exist: create it.
+    Absent,
+    /// Ours (or released by this same tenant earlier): apply.
+    Owned,
+    /// Being deleted.
+    Terminating,
+    /// Exists and belongs to someone else.
+    Conflict(String),
+}
+
+async fn classify_namespace(ctx: &Context, tenant: &str, name: &str) -> Result<NsState, Error> {
+    let ar = ns_ar();
+    let observed: Option<DynamicObject> = match ctx.cache.get(&ar, None, name) {
+        Some(o) => Some((*o).clone()),
+        None => {
+            // Not in the managed cache: it may exist unmanaged (or released).
+            let api: Api<Namespace> = Api::all(ctx.client.clone());
+            match api
+                .get_metadata_opt(name)
+                .await
+                .map_err(kube_err("get namespace"))?
+            {
+                Some(meta) => Some(DynamicObject {
+                    types: None,
+                    metadata: meta.metadata,
+                    data: Value::Null,
+                }),
+                None => None,
+            }
+        }
+    };
+    let Some(obj) = observed else {
+        return Ok(NsState::Absent);
+    };
+    let lbls = obj.metadata.labels.clone().unwrap_or_default();
+    let owner = lbls.get(labels::TENANT).cloned();
+    let managed =
+        lbls.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE);
+    let state = match owner.as_deref() {
+        Some(t) if t == tenant => {
+            if obj.metadata.deletion_timestamp.is_some() {
+                NsState::Terminating
+            } else {
+                NsState::Owned
+            }
+        }
+        Some(other) if managed => NsState::Conflict(format!(
+            "namespace {name} belongs to tenant {other}; remove it from this tenant's spec.namespaces or from tenant {other}"
+        )),
+        _ => NsState::Conflict(format!(
+            "namespace {name} already exists and is not managed by Palisade; Palisade never takes over an existing namespace: pick another name, or delete the namespace if it is unused"
+        )),
+    };
+    Ok(state)
+}
+
+fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: action.to_string(),
+        secondary: None,
+    }
+}
+
+async fn publish(ctx: &Context, tenant: &Tenant, ev: Event) {
+    if let Err(e) = ctx.recorder.publish(&ev, &tenant.object_ref(&())).await {
+        warn!(error = %e, reason = %ev.reason, "could not publish event");
+    }
+}
+
+/// Writes the status if it differs from the current one; Events for every
+/// condition that changed.
+async fn update_status(
+    ctx: &Context,
+    tenant: &Tenant,
+    mut status: TenantStatus,
+    observed: Vec<Observed>,
+) -> Result<(), Error> {
+    let previous = tenant.status.clone().unwrap_or_default();
+    let now = ctx.clock.now();
+    status.conditions = merge_conditions(
+        &previous.conditions,
+        &observed,
+        tenant.metadata.generation,
+        now,
+    );
+    status.observed_generation = tenant.metadata.generation;
+    if status == previous {
+        return Ok(());
+    }
+    for c in &status.conditions {
+        let before = previous.conditions.iter().find(|p| p.type_ == c.type_);
+        let changed = before.is_none_or(|p| p.status != c.status || p.reason != c.reason);
+        if changed {
+            let type_ = if c.status == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            let note = if c.message.is_empty() {
+                format!("{} is {}", c.type_, c.status)
+            } else {
+                format!("{} is {}: {}", c.type_, c.status, c.message)
+            };
+            publish(ctx, tenant, event(type_, &c.reason, &c.type_, note)).await;
+        }
+    }
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    api.patch_status(
+        &tenant.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await
+    .map_err(kube_err("update tenant status"))?;
+    Ok(())
+}
+
+async fn ensure_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
+    if tenant
+        .finalizers()
+        .iter()
+        .any(|f| f == labels::TENANT_FINALIZER)
+    {
+        return Ok(());
+    }
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let patch = if tenant.meta().finalizers.is_none() {
+        json!([{ "op": "add", "path": "/metadata/finalizers", "value": [labels::TENANT_FINALIZER] }])
+    } else {
+        json!([{ "op": "add", "path": "/metadata/finalizers/-", "value": labels::TENANT_FINALIZER }])
+    };
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Kube {
+        action: "build finalizer patch",
+        source: Box::new(kube::Error::SerdeError(e)),
+    })?;
+    api.patch(
+        &tenant.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .map_err(kube_err("add finalizer"))?;
+    Ok(())
+}
+
+async fn remove_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
+    let current: Vec<String> = tenant.finalizers().to_vec();
+    if !current.iter().any(|f| f == labels::TENANT_FINALIZER) {
+        return Ok(());
+    }
+    let remaining: Vec<&String> = current
+        .iter()
+        .filter(|f| *f != labels::TENANT_FINALIZER)
+        .collect();
+    let patch = json!([
+        { "op": "test", "path": "/metadata/finalizers", "value": current },
+        { "op": "replace", "path": "/metadata/finalizers", "value": remaining },
+    ]);
+    let patch: json_patch::Patch = serde_json::from_value(patch).map_err(|e| Error::Kube {
+        action: "build finalizer patch",
+        source: Box::new(kube::Error::SerdeError(e)),
+    })?;
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    match api
+        .patch(
+            &tenant.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(kube_err("remove finalizer")(e)),
+    }
+}
+
+/// Marks a namespace as released: no longer managed (so never pruned), still
+/// labelled with its tenant (so the same tenant may adopt it again).
+async fn release_namespace(ctx: &Context, ns: &DynamicObject) -> Result<(), Error> {
+    let patch = json!({ "metadata": { "labels": {
+        labels::MANAGED_BY: null,
+        labels::RELEASED: "true",
+    }}});
+    ctx.applier
+        .merge_patch(&ns_ar(), None, &ns.name_any(), patch)
+        .await?;
+    Ok(())
+}
+
+/// Removes what Palisade manages for a tenant, per `deletionPolicy`: all
+/// namespaces (Delete), or only the policy objects, releasing the namespaces
+/// (Retain). Idempotent; tolerates apply never having run.
+async fn cleanup(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
+    let name = tenant.name_any();
+    let policy = tenant.spec.deletion_policy;
+    for (ar, obj) in ctx.cache.owned_by(&name) {
+        let is_ns = ar.kind == "Namespace";
+        match (is_ns, policy) {
+            (true, DeletionPolicy::Delete) => ctx.applier.delete(&ar, &obj).await?,
+            (true, DeletionPolicy::Retain) => release_namespace(ctx, &obj).await?,
+            (false, _) => ctx.applier.delete(&ar, &obj).await?,
+        }
+    }
+    info!(tenant = %name, ?policy, "tenant cleaned up");
+    remove_finalizer(ctx, tenant).await
+}
+
+fn quota_usage(ctx: &Context, namespaces: &[String]) -> Usage {
+    let ar = ApiResource::erase::<ResourceQuota>(&());
+    let mut usage = Usage::new();
+    for ns in namespaces {
+        let Some(obj) = ctx.cache.get(&ar, Some(ns), quota::QUOTA_NAME) else {
+            continue;
+        };
+        let used: Option<BTreeMap<String, Quantity>> = obj
+            .data
+            .pointer("/status/used")
+            .and_then(|v| serde_json::from_value(v.clone()).ok());
+        if let Some(used) = used {
+            usage.insert(ns.clone(), used);
+        }
+    }
+    usage
+}
+
+fn sum_usage(usage: &Usage, hard: &BTreeMap<String, Quantity>) -> BTreeMap<String, Quantity> {
+    hard.keys()
+        .map(|k| {
+            let total: i128 = usage
+                .values()
+                .filter_map(|u| u.get(k))
+                .filter_map(|q| Milli::parse(&q.0).ok())
+                .map(|m| m.0)
+                .sum();
+            (k.clone(), Quantity(Milli(total).to_string()))
+        })
+        .collect()
+}
+
+async fn reconcile_invalid(
+    ctx: &Context,
+    tenant: &Tenant,
+    invalid: InvalidTenant,
+) -> Result<Action, Error> {
+    warn!(tenant = %tenant.name_any(), reason = invalid.reason, field = %invalid.field, "invalid tenant spec");
+    let message = format!("{}: {}", invalid.field, invalid.message);
+    let status = TenantStatus {
+        namespace_count: tenant
+            .status
+            .as_ref()
+            .map(|s| s.namespace_count)
+            .unwrap_or(0),
+        namespaces: tenant
+            .status
+            .as_ref()
+            .map(|s| s.namespaces.clone())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let observed = vec![Observed::new("Ready", false, invalid.reason, message)];
+    update_status(ctx, tenant, status, observed).await?;
+    Ok(Action::await_change())
+}
+
+/// One reconcile of one Tenant.
+pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.count_reconcile();
+    let name = tenant.name_any();
+    let span = info_span!("reconcile", kind = "Tenant", name = %name);
+    let result = reconcile_inner(&tenant, &ctx).instrument(span).await;
+    if result.is_ok() {
+        ctx.reset_backoff(&name);
+    }
+    result
+}
+
+async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
+    let name = tenant.name_any();
+    if tenant.metadata.deletion_timestamp.is_some() {
+        cleanup(ctx, tenant).await?;
+        return Ok(Action::await_change());
+    }
+    ensure_finalizer(ctx, tenant).await?;
+    if let Err(invalid) = builder::validate(&name, &tenant.spec) {
+        return reconcile_invalid(ctx, tenant, invalid).await;
+    }
+
+    // Observe namespaces.
+    let names = builder::namespace_names(&tenant.spec);
+    let mut states = BTreeMap::new();
+    for ns in &names {
+        states.insert(ns.clone(), classify_namespace(ctx, &name, ns).await?);
+    }
+    let usable: Vec<String> = names
+        .iter()
+        .filter(|n| matches!(states[*n], NsState::Owned | NsState::Absent))
+        .cloned()
+        .collect();
+
+    // Desired state.
+    let usage = quota_usage(ctx, &usable);
+    let desired = builder::build(tenant, &usage)?;
+
+    // Apply: namespaces first (created, never taken over), then their contents.
+    let ns_ar = ns_ar();
+    let mut ns_status = Vec::new();
+    let mut conflicts = Vec::new();
+    for ns in &desired.namespaces {
+        let ns_name = ns.metadata.name.clone().unwrap_or_default();
+        let value = serde_json::to_value(ns).map_err(|e| Error::Kube {
+            action: "serialize namespace",
+            source: Box::new(kube::Error::SerdeError(e)),
+        })?;
+        let (phase, message) = match &states[&ns_name] {
+            NsState::Absent => match ctx.applier.create(&ns_ar, value).await {
+                Ok(_) => ("Ready", String::new()),
+                Err(e) if e.code() == Some(409) => {
+                    // Created by someone else since we looked: decide on the next pass.
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                }
+                Err(e) => return Err(e.into()),
+            },
+            NsState::Owned => {
+                let cached = ctx.cache.get(&ns_ar, None, &ns_name);
+                ctx.applier.apply(&ns_ar, value, cached.as_deref()).await?;
+                ("Ready", String::new())
+            }
+            NsState::Terminating => (
+                "Terminating",
+                format!("namespace {ns_name} is being deleted; it is recreated once it is gone"),
+            ),
+            NsState::Conflict(msg) => {
+                conflicts.push(msg.clone());
+                ("Conflict", msg.clone())
+            }
+        };
+        ns_status.push(NamespaceStatus {
+            name: ns_name,
+            phase: phase.to_string(),
+            message,
+        });
+    }
+    let ready_ns: BTreeSet<String> = ns_status
+        .iter()
+        .filter(|s| s.phase == "Ready")
+        .map(|s| s.name.clone())
+        .collect();
+
+    // Everything inside the tenant's ready namespaces.
+    let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new();
+    for ns in &ready_ns {
+        wanted.insert((ns_ar.kind.clone(), String::new(), ns.clone()));
+    }
+    let values = desired.to_values().map_err(|e| Error::Kube {
+        action: "serialize",
+        source: Box::new(kube::Error::SerdeError(e)),
+    })?;
+    let mut terminating = false;
+    for value in values.into_iter().filter(|v| v["kind"] != "Namespace") {
+        let ns = value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if !ready_ns.contains(&ns) {
+            terminating |= states.get(&ns) == Some(&NsState::Terminating);
+            continue;
+        }
+        let Some(kind) = ctx.cache.kinds.iter().find(|k| k.ar.kind == value["kind"]) else {
+            continue;
+        };
+        let obj_name = value
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        wanted.insert((kind.ar.kind.clone(), ns.clone(), obj_name.clone()));
+        let cached = ctx.cache.get(&kind.ar, Some(&ns), &obj_name);
+        let outcome = ctx
+            .applier
+            .apply(&kind.ar, value, cached.as_deref())
+            .await?;
+        if outcome == Outcome::Updated {
+            info!(kind = %kind.ar.kind, namespace = %ns, name = %obj_name, "restored drifted object");
+        }
+    }
+
+    // Rotated secrets and their JWKS.
+    let secrets = super::secrets::reconcile(ctx, tenant, &ready_ns).await?;
+    wanted.extend(secrets.wanted.iter().cloned());
+    for note in &secrets.rotations {
+        publish(
+            ctx,
+            tenant,
+            event(EventType::Normal, "SecretRotated", "Rotate", note.clone()),
+        )
+        .await;
+    }
+
+    // Prune what this tenant no longer wants.
+    for (ar, obj) in ctx.cache.owned_by(&name) {
+        let key = (
+            ar.kind.clone(),
+            obj.namespace().unwrap_or_default(),
+            obj.name_any(),
+        );
+        let ns_pending = ar.kind == "Namespace" && names.contains(&key.2);
+        if wanted.contains(&key) || ns_pending || obj.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        if ar.kind == "Namespace" {
+            match tenant.spec.deletion_policy {
+                DeletionPolicy::Delete => ctx.applier.delete(&ar, &obj).await?,
+                DeletionPolicy::Retain => release_namespace(ctx, &obj).await?,
+            }
+            publish(
+                ctx,
+                tenant,
+                event(
+                    EventType::Normal,
+                    "NamespaceRemoved",
+                    "Prune",
+                    format!(
+                        "namespace {} left the tenant ({:?})",
+                        obj.name_any(),
+                        tenant.spec.deletion_policy
+                    ),
+                ),
+            )
+            .await;
+        } else {
+            ctx.applier.delete(&ar, &obj).await?;
+        }
+    }
+
+    // Status.
+    let all_ready = conflicts.is_empty() && ready_ns.len() == names.len();
+    let mut observed = Vec::new();
+    observed.push(if !conflicts.is_empty() {
+        Observed::new(
+            "NamespacesReady",
+            false,
+            "NamespaceConflict",
+            conflicts.join("; "),
+        )
+    } else if !all_ready {
+        Observed::new(
+            "NamespacesReady",
+            false,
+            "NamespaceTerminating",
+            "a namespace is still being deleted; it is recreated once it is gone",
+        )
+    } else {
+        Observed::new(
+            "NamespacesReady",
+            true,
+            "NamespacesReady",
+            format!("{} namespace(s) ready", names.len()),
+        )
+    });
+    observed.push(Observed::new(
+        "NetworkIsolated",
+        all_ready,
+        if all_ready {
+            "DefaultDenyApplied"
+        } else {
+            "NamespacesNotReady"
+        },
+        if all_ready {
+            "default-deny and allow policies are in place in every namespace".to_string()
+        } else {
+            "isolation is incomplete until every namespace is ready".to_string()
+        },
+    ));
+    let has_quota = tenant.spec.quota.is_some() || tenant.spec.cordoned;
+    observed.push(match (has_quota, all_ready) {
+        (false, _) => Observed::new(
+            "QuotaEnforced",
+            true,
+            "NoQuotaRequested",
+            "spec.quota is not set",
+        ),
+        (true, true) => Observed::new(
+            "QuotaEnforced",
+            true,
+            if tenant.spec.cordoned {
+                "Cordoned"
+            } else {
+                "QuotaApplied"
+            },
+            if tenant.spec.cordoned {
+                "tenant is cordoned: no new pods"
+            } else {
+                "ResourceQuota applied in every namespace"
+            },
+        ),
+        (true, false) => Observed::new(
+            "QuotaEnforced",
+            false,
+            "NamespacesNotReady",
+            "quota is incomplete until every namespace is ready",
+        ),
+    });
+    let secrets_ok = secrets.observed.status == crate::crd::ConditionStatus::True;
+    let (ready_reason, ready_msg) = if !conflicts.is_empty() {
+        ("NamespaceConflict", conflicts.join("; "))
+    } else if all_ready && !secrets_ok {
+        (
+            secrets.observed.reason.as_str(),
+            secrets.observed.message.clone(),
+        )
+    } else if !all_ready {
+        (
+            "NamespaceTerminating",
+            "waiting for a namespace to finish deleting".to_string(),
+        )
+    } else {
+        ("Reconciled", "all tenant objects are in place".to_string())
+    };
+    observed.push(Observed::new(
+        "Ready",
+        all_ready && secrets_ok,
+        ready_reason.to_string(),
+        ready_msg,
+    ));
+    observed.push(secrets.observed.clone());
+
+    let quota_status = tenant
+        .spec
+        .quota
+        .as_ref()
+        .filter(|q| q.scope == QuotaScope::Tenant)
+        .map(|q| {
+            let hard = quota::tenant_hard(q);
+            QuotaStatus {
+                used: sum_usage(&usage, &hard),
+                hard,
+            }
+        });
+    let status = TenantStatus {
+        namespace_count: ready_ns.len() as u32,
+        namespaces: ns_status,
+        quota: quota_status,
+        secrets: secrets.statuses,
+        ..tenant.status.clone().unwrap_or_default()
+    };
+    update_status(ctx, tenant, status, observed).await?;
+    if terminating {
+        // Namespace deletion completes without an event for our label selector
+        // only when the object is gone; poll gently meanwhile.
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    Ok(requeue_at(ctx, secrets.next_deadline))
+}
+
+/// Requeue exactly at the next deadline (a rotation), or wait for a change.
+fn requeue_at(ctx: &Context, deadline: Option<k8s_openapi::jiff::Timestamp>) -> Action {
+    match deadline {
+        Some(at) => {
+            let wait = at.duration_since(ctx.clock.now());
+            // A deadline already past means "now"; never requeue with zero, which spins.
+            let wait = Duration::try_from(wait)
+                .unwrap_or_default()
+                .max(Duration::from_millis(100));
+            Action::requeue(wait)
+        }
+        None => Action::await_change(),
+    }
+}
+
+/// Retry with per-object exponential backoff and jitter.
+pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff_for(&tenant.name_any());
+    warn!(tenant = %tenant.name_any(), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Builds the Tenant controller over `child_streams` (from [`ChildCache::new`]).
+pub fn controller(
+    client: kube::Client,
+    child_streams: Vec<(ApiResource, ChildStream)>,
+    concurrency: u16,
+) -> Controller<Tenant> {
+    let tenants: Api<Tenant> = Api::all(client);
+    let mut c = Controller::new(tenants, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    for (ar, stream) in child_streams {
+        c = c.watches_stream_with(
+            stream,
+            |obj: DynamicObject| {
+                labels::tenant_of(obj.metadata.labels.as_ref()).map(ObjectRef::<Tenant>::new)
+            },
+            ar,
+        );
+    }
+    c
+}
+
+/// Runs the Tenant controller until `shutdown` resolves. Every item of
+/// `resync` reconciles every Tenant (a converged tenant costs no write).
+pub async fn run(
+    ctx: Arc<Context>,
+    child_streams: Vec<(ApiResource, ChildStream)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    resync: impl futures::Stream<Item = ()> + Send + 'static,
+) {
+    controller(ctx.client.clone(), child_streams, ctx.settings.concurrency)
+        .reconcile_all_on(resync)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "tenant controller event");
+            }
+        })
+        .await;
+}
+
+/// The child caches of the Tenant controller plus the streams that fill them.
+pub fn child_cache(client: &kube::Client) -> (ChildCache, Vec<(ApiResource, ChildStream)>) {
+    ChildCache::new(client, super::cache::tenant_child_kinds())
+}

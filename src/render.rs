@@ -1,0 +1,239 @@
+//! `palisade render`: every object Palisade would create for the resources in some
+//! files, computed offline with the same builders the controllers use.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::crd::Tenant;
+use crate::resources::quota::Usage;
+use crate::resources::tenant;
+
+/// Why a file could not be rendered. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: document {doc}: malformed YAML: {source}")]
+    Yaml {
+        path: PathBuf,
+        doc: usize,
+        source: serde_yaml::Error,
+    },
+    #[error("{0}")]
+    Field(Box<FieldError>),
+    #[error(
+        "{path}: document {doc}: unsupported kind '{kind}' (apiVersion '{api_version}'); palisade render takes Tenant, RolePolicy and BackupSchedule of palisade.dev/v1alpha1"
+    )]
+    UnknownKind {
+        path: PathBuf,
+        doc: usize,
+        api_version: String,
+        kind: String,
+    },
+    #[error("{path}: no YAML files found")]
+    Empty { path: PathBuf },
+    #[error("serializing output: {0}")]
+    Output(String),
+}
+
+impl RenderError {
+    /// Bounded reason, for logs and exit messages.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RenderError::Read { .. } => "ReadFailed",
+            RenderError::Yaml { .. } => "MalformedYaml",
+            RenderError::Field(_) => "InvalidField",
+            RenderError::UnknownKind { .. } => "UnknownKind",
+            RenderError::Empty { .. } => "NoInput",
+            RenderError::Output(_) => "OutputFailed",
+        }
+    }
+}
+
+/// A field of one document that is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: document {doc}: {kind} {name}: field {field}: {message}")]
+pub struct FieldError {
+    pub path: PathBuf,
+    pub doc: usize,
+    pub kind: String,
+    pub name: String,
+    pub field: String,
+    pub message: String,
+}
+
+/// A parsed input resource.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Tenant(Box<Tenant>),
+    RolePolicy(Box<crate::crd::RolePolicy>),
+    BackupSchedule(Box<crate::crd::BackupSchedule>),
+}
+
+/// Files under `path` (a file, or a directory read recursively), sorted.
+pub fn collect_files(path: &Path) -> Result<Vec<PathBuf>, RenderError> {
+    let read_err = |source| RenderError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.metadata().map_err(read_err)?.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|source| RenderError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries {
+            let p = entry
+                .map_err(|source| RenderError::Read {
+                    path: dir.clone(),
+                    source,
+                })?
+                .path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p
+                .extension()
+                .is_some_and(|e| e == "yaml" || e == "yml" || e == "json")
+            {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        return Err(RenderError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(out)
+}
+
+fn typed<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    doc: usize,
+    kind: &str,
+    value: serde_yaml::Value,
+) -> Result<T, RenderError> {
+    let name = value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("<unnamed>")
+        .to_string();
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        RenderError::Field(Box::new(FieldError {
+            path: path.to_path_buf(),
+            doc,
+            kind: kind.to_string(),
+            name,
+            field: e.path().to_string(),
+            message: e.into_inner().to_string(),
+        }))
+    })
+}
+
+/// Parses every YAML document of a file into Palisade resources.
+pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(usize, Input)>, RenderError> {
+    let mut out = Vec::new();
+    for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let doc = i + 1;
+        let value = serde_yaml::Value::deserialize(de).map_err(|source| RenderError::Yaml {
+            path: path.to_path_buf(),
+            doc,
+            source,
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        let field = |k: &str| {
+            value
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (api_version, kind) = (field("apiVersion"), field("kind"));
+        let expected = format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION);
+        let input = match (api_version == expected, kind.as_str()) {
+            (true, "Tenant") => Input::Tenant(Box::new(typed(path, doc, &kind, value)?)),
+            (true, "RolePolicy") => Input::RolePolicy(Box::new(typed(path, doc, &kind, value)?)),
+            (true, "BackupSchedule") => {
+                Input::BackupSchedule(Box::new(typed(path, doc, &kind, value)?))
+            }
+            _ => {
+                return Err(RenderError::UnknownKind {
+                    path: path.to_path_buf(),
+                    doc,
+                    api_version,
+                    kind,
+                });
+            }
+        };
+        out.push((doc, input));
+    }
+    Ok(out)
+}
+
+/// Renders everything under `paths` into one multi-document YAML stream.
+pub fn render_paths(paths: &[PathBuf]) -> Result<String, RenderError> {
+    let mut values = Vec::new();
+    for root in paths {
+        for file in collect_files(root)? {
+            let text = std::fs::read_to_string(&file).map_err(|source| RenderError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            for (doc, input) in parse_file(&file, &text)? {
+                values.extend(render_input(&file, doc, &input)?);
+            }
+        }
+    }
+    to_yaml_stream(&values)
+}
+
+/// The objects one input becomes.
+pub fn render_input(
+    path: &Path,
+    doc: usize,
+    input: &Input,
+) -> Result<Vec<serde_json::Value>, RenderError> {
+    match input {
+        Input::Tenant(t) => {
+            let objects = tenant::build(t, &Usage::new()).map_err(|e| {
+                RenderError::Field(Box::new(FieldError {
+                    path: path.to_path_buf(),
+                    doc,
+                    kind: "Tenant".into(),
+                    name: t.metadata.name.clone().unwrap_or_default(),
+                    field: e.field.clone(),
+                    message: format!("{} ({})", e.message, e.reason),
+                }))
+            })?;
+            let mut values = objects
+                .to_values()
+                .map_err(|e| RenderError::Output(e.to_string()))?;
+            values.extend(tenant::secret_previews(t));
+            Ok(values)
+        }
+        // Their controllers render their own children once they land.
+        Input::RolePolicy(_) | Input::BackupSchedule(_) => Ok(Vec::new()),
+    }
+}
+
+/// Values as a YAML stream, each document starting with `---`.
+pub fn to_yaml_stream(values: &[serde_json::Value]) -> Result<String, RenderError> {
+    let mut out = String::new();
+    for v in values {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(v).map_err(|e| RenderError::Output(e.to_string()))?);
+    }
+    Ok(out)
+}

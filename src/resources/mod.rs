@@ -1,0 +1,70 @@
+//! Pure builders: a spec in, the desired Kubernetes objects out. No client, no
+//! clock reads; the controller and `palisade render` share every one of them.
+
+pub mod catalog;
+pub mod keys;
+pub mod labels;
+pub mod network;
+pub mod quota;
+pub mod rbac;
+pub mod rolepolicy;
+pub mod secrets;
+pub mod tenant;
+
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+
+/// Everything Palisade manages for one Tenant, by kind, in a stable order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TenantObjects {
+    pub namespaces: Vec<Namespace>,
+    pub network_policies: Vec<NetworkPolicy>,
+    pub resource_quotas: Vec<ResourceQuota>,
+    pub limit_ranges: Vec<LimitRange>,
+    pub roles: Vec<Role>,
+    pub role_bindings: Vec<RoleBinding>,
+}
+
+impl TenantObjects {
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.namespaces.len()
+            + self.network_policies.len()
+            + self.resource_quotas.len()
+            + self.limit_ranges.len()
+            + self.roles.len()
+            + self.role_bindings.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every object as JSON with apiVersion and kind, namespaces first (the order
+    /// in which they can be applied).
+    pub fn to_values(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
+        fn push<K: kube::Resource<DynamicType = ()> + serde::Serialize>(
+            out: &mut Vec<serde_json::Value>,
+            items: &[K],
+        ) -> Result<(), serde_json::Error> {
+            for item in items {
+                let mut v = serde_json::to_value(item)?;
+                if let Some(map) = v.as_object_mut() {
+                    map.insert("apiVersion".into(), K::api_version(&()).into());
+                    map.insert("kind".into(), K::kind(&()).into());
+                }
+                out.push(v);
+            }
+            Ok(())
+        }
+        let mut out = Vec::with_capacity(self.len());
+        push(&mut out, &self.namespaces)?;
+        push(&mut out, &self.resource_quotas)?;
+        push(&mut out, &self.limit_ranges)?;
+        push(&mut out, &self.network_policies)?;
+        push(&mut out, &self.roles)?;
+        push(&mut out, &self.role_bindings)?;
+        Ok(out)
+    }
+}

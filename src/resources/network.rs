@@ -1,0 +1,200 @@
+//! NetworkPolicies by intent: default-deny plus one allow policy per intent.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::labels;
+use crate::crd::tenant::NetworkSpec;
+
+pub const DEFAULT_DENY: &str = "palisade-default-deny";
+pub const ALLOW_INTRA_TENANT: &str = "palisade-allow-intra-tenant";
+pub const ALLOW_DNS: &str = "palisade-allow-dns";
+pub const ALLOW_FROM_NAMESPACES: &str = "palisade-allow-from-namespaces";
+pub const ALLOW_EGRESS_CIDRS: &str = "palisade-allow-egress-cidrs";
+pub const ALLOW_INTERNET_EGRESS: &str = "palisade-allow-internet-egress";
+
+/// Private and link-local ranges kept closed by `allowInternetEgress`.
+const PRIVATE_V4: &[&str] = &[
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+];
+const PRIVATE_V6: &[&str] = &["fc00::/7", "fe80::/10"];
+
+fn policy(
+    tenant: &str,
+    namespace: &str,
+    name: &str,
+    ingress: Option<Vec<NetworkPolicyIngressRule>>,
+    egress: Option<Vec<NetworkPolicyEgressRule>>,
+) -> NetworkPolicy {
+    let mut types = Vec::new();
+    if ingress.is_some() {
+        types.push("Ingress".to_string());
+    }
+    if egress.is_some() {
+        types.push("Egress".to_string());
+    }
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels::managed(tenant)),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector::default()),
+            policy_types: Some(types),
+            ingress,
+            egress,
+        }),
+    }
+}
+
+fn tenant_namespaces(tenant: &str) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                labels::TENANT.to_string(),
+                tenant.to_string(),
+            )])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn port(protocol: &str, number: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        protocol: Some(protocol.to_string()),
+        port: Some(IntOrString::Int(number)),
+        end_port: None,
+    }
+}
+
+fn ip_block(cidr: &str, except: &[String]) -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        ip_block: Some(IPBlock {
+            cidr: cidr.to_string(),
+            except: (!except.is_empty()).then(|| except.to_vec()),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The NetworkPolicies for one tenant namespace, in a stable order.
+pub fn policies(tenant: &str, namespace: &str, spec: &NetworkSpec) -> Vec<NetworkPolicy> {
+    let mut out = vec![policy(
+        tenant,
+        namespace,
+        DEFAULT_DENY,
+        Some(vec![]),
+        Some(vec![]),
+    )];
+    if spec.allow_intra_tenant {
+        out.push(policy(
+            tenant,
+            namespace,
+            ALLOW_INTRA_TENANT,
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![tenant_namespaces(tenant)]),
+                ports: None,
+            }]),
+            Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![tenant_namespaces(tenant)]),
+                ports: None,
+            }]),
+        ));
+    }
+    if spec.allow_dns {
+        let kube_dns = NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    "kube-system".to_string(),
+                )])),
+                ..Default::default()
+            }),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "k8s-app".to_string(),
+                    "kube-dns".to_string(),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        out.push(policy(
+            tenant,
+            namespace,
+            ALLOW_DNS,
+            None,
+            Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![kube_dns]),
+                ports: Some(vec![port("UDP", 53), port("TCP", 53)]),
+            }]),
+        ));
+    }
+    if !spec.allow_from_namespaces.is_empty() {
+        let from = spec
+            .allow_from_namespaces
+            .iter()
+            .map(|selector| NetworkPolicyPeer {
+                namespace_selector: Some(selector.clone()),
+                ..Default::default()
+            })
+            .collect();
+        out.push(policy(
+            tenant,
+            namespace,
+            ALLOW_FROM_NAMESPACES,
+            Some(vec![NetworkPolicyIngressRule {
+                from: Some(from),
+                ports: None,
+            }]),
+            None,
+        ));
+    }
+    if !spec.allow_egress_cidrs.is_empty() {
+        let rules = spec
+            .allow_egress_cidrs
+            .iter()
+            .map(|c| NetworkPolicyEgressRule {
+                to: Some(vec![ip_block(&c.cidr, &c.except)]),
+                ports: (!c.ports.is_empty())
+                    .then(|| c.ports.iter().map(|p| port("TCP", i32::from(*p))).collect()),
+            })
+            .collect();
+        out.push(policy(
+            tenant,
+            namespace,
+            ALLOW_EGRESS_CIDRS,
+            None,
+            Some(rules),
+        ));
+    }
+    if spec.allow_internet_egress {
+        let private = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        out.push(policy(
+            tenant,
+            namespace,
+            ALLOW_INTERNET_EGRESS,
+            None,
+            Some(vec![NetworkPolicyEgressRule {
+                to: Some(vec![
+                    ip_block("0.0.0.0/0", &private(PRIVATE_V4)),
+                    ip_block("::/0", &private(PRIVATE_V6)),
+                ]),
+                ports: None,
+            }]),
+        ));
+    }
+    out
+}

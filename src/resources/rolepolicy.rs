@@ -1,0 +1,672 @@
+//! RolePolicy compilation (pure): least-privilege validation, tenant selection,
+//! and the deterministic merge of every policy selecting a tenant with the
+//! built-in roles into one RBAC plan.
+//!
+//! ## Merge rule
+//! Policies are applied in order of `(creationTimestamp, name)`. A role named
+//! like a built-in (`admin`, `editor`, `viewer`, `auditor`, `backup-operator`)
+//! *extends* it: the union of rules. A custom role name may be defined by one
+//! policy only; a later policy defining it again differently is in conflict and
+//! contributes nothing (its `Valid` condition says which policy owns the role).
+//! Bindings of the same role are merged into one RoleBinding `palisade:<role>`
+//! (owners of the tenant are always in `palisade:admin`). An invalid policy
+//! contributes its last valid spec (kept in its status), or nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::rbac::v1::PolicyRule as K8sPolicyRule;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::catalog;
+use crate::crd::role_policy::{PolicyRule, RolePolicySpec, Subject};
+use crate::crd::tenant::Owner;
+use crate::duration;
+
+/// The maximum and default lifetime of application tokens.
+pub const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// A policy that must not be applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidPolicy {
+    /// Condition/Event reason: UnknownPermission, WildcardVerb, WildcardResource,
+    /// EscalationVerb, ClusterScopedResource, PalisadeWrite, UnknownRole,
+    /// InvalidToken, RoleConflict.
+    pub reason: &'static str,
+    /// JSON path of the offending rule or field.
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(
+    reason: &'static str,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> InvalidPolicy {
+    InvalidPolicy {
+        reason,
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Resources that are cluster-scoped: a namespaced Role cannot grant them, and
+/// asking is a sign of a policy written for the wrong tool.
+const CLUSTER_SCOPED: &[&str] = &[
+    "namespaces",
+    "nodes",
+    "persistentvolumes",
+    "clusterroles",
+    "clusterrolebindings",
+    "customresourcedefinitions",
+    "storageclasses",
+    "priorityclasses",
+    "runtimeclasses",
+    "mutatingwebhookconfigurations",
+    "validatingwebhookconfigurations",
+    "validatingadmissionpolicies",
+    "certificatesigningrequests",
+    "apiservices",
+    "tokenreviews",
+    "subjectaccessreviews",
+    "selfsubjectaccessreviews",
+    "selfsubjectrulesreviews",
+    "volumeattachments",
+    "csidrivers",
+    "csinodes",
+    "ingressclasses",
+    "tenants",
+    "rolepolicies",
+];
+const ESCALATING_VERBS: &[&str] = &["escalate", "bind", "impersonate"];
+const WRITE_VERBS: &[&str] = &[
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "*",
+];
+
+/// Checks one raw rule; `field` is its JSON path.
+pub fn check_rule(rule: &PolicyRule, field: &str) -> Result<(), InvalidPolicy> {
+    let verbs: Vec<&str> = rule.verbs.iter().map(String::as_str).collect();
+    if verbs.contains(&"*") {
+        return Err(invalid(
+            "WildcardVerb",
+            field,
+            "verbs: '*' grants every verb, including escalate and bind; list the verbs",
+        ));
+    }
+    if let Some(v) = verbs.iter().find(|v| ESCALATING_VERBS.contains(v)) {
+        return Err(invalid(
+            "EscalationVerb",
+            field,
+            format!("verb '{v}' lets the holder gain privileges it was not given"),
+        ));
+    }
+    if rule
+        .resources
+        .iter()
+        .any(|r| r == "*" || r.starts_with("*/"))
+        || rule.api_groups.iter().any(|g| g == "*")
+    {
+        return Err(invalid(
+            "WildcardResource",
+            field,
+            "'*' in resources or apiGroups grants everything, including what does not exist yet; list them",
+        ));
+    }
+    if let Some(r) = rule
+        .resources
+        .iter()
+        .find(|r| CLUSTER_SCOPED.contains(&r.split('/').next().unwrap_or_default()))
+    {
+        return Err(invalid(
+            "ClusterScopedResource",
+            field,
+            format!("'{r}' is cluster-scoped; tenant roles are namespaced"),
+        ));
+    }
+    if rule.api_groups.iter().any(|g| g == crate::crd::GROUP)
+        && verbs.iter().any(|v| WRITE_VERBS.contains(v))
+    {
+        return Err(invalid(
+            "PalisadeWrite",
+            field,
+            "writes to palisade.dev resources would let tenants change their own isolation; use the backups:run permission for BackupSchedules",
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a policy; `defined_elsewhere` are role names other policies define
+/// (bindings may refer to them).
+pub fn validate(spec: &RolePolicySpec) -> Result<(), InvalidPolicy> {
+    let mut names = BTreeSet::new();
+    for (i, role) in spec.roles.iter().enumerate() {
+        if !names.insert(role.name.as_str()) {
+            return Err(invalid(
+                "DuplicateRole",
+                format!("spec.roles[{i}].name"),
+                format!("role '{}' is defined twice", role.name),
+            ));
+        }
+        for (j, p) in role.permissions.iter().enumerate() {
+            if catalog::permission(p).is_none() {
+                return Err(invalid(
+                    "UnknownPermission",
+                    format!("spec.roles[{i}].permissions[{j}]"),
+                    format!("'{p}' is not in the permission catalog (see `palisade permissions`)"),
+                ));
+            }
+        }
+        if !spec.allow_privileged {
+            for (j, rule) in role.rules.iter().enumerate() {
+                check_rule(rule, &format!("spec.roles[{i}].rules[{j}]"))?;
+            }
+        }
+    }
+    for (i, b) in spec.bindings.iter().enumerate() {
+        if catalog::builtin_role(&b.role).is_none() && !names.contains(b.role.as_str()) {
+            return Err(invalid(
+                "UnknownRole",
+                format!("spec.bindings[{i}].role"),
+                format!(
+                    "role '{}' is neither built in nor defined in spec.roles",
+                    b.role
+                ),
+            ));
+        }
+        if let Some(t) = &b.token {
+            let ttl = match &t.ttl {
+                Some(s) => duration::parse_positive(s).map_err(|e| {
+                    invalid(
+                        "InvalidToken",
+                        format!("spec.bindings[{i}].token.ttl"),
+                        e.to_string(),
+                    )
+                })?,
+                None => DEFAULT_TOKEN_TTL,
+            };
+            if ttl > MAX_TOKEN_TTL {
+                return Err(invalid(
+                    "InvalidToken",
+                    format!("spec.bindings[{i}].token.ttl"),
+                    "token lifetime is at most 24h",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Label selector matching (matchLabels and matchExpressions In, NotIn,
+/// Exists, DoesNotExist).
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.clone().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// Whether a policy selects a tenant.
+pub fn selects(spec: &RolePolicySpec, tenant: &str, labels: &BTreeMap<String, String>) -> bool {
+    if !spec.tenants.is_empty() {
+        return spec.tenants.iter().any(|t| t == tenant);
+    }
+    spec.tenant_selector
+        .as_ref()
+        .is_some_and(|s| selector_matches(s, labels))
+}
+
+/// One policy as the compiler sees it: its name and the spec to apply (the
+/// current one if valid, else the last valid one).
+#[derive(Debug, Clone)]
+pub struct PolicyInput<'a> {
+    pub name: &'a str,
+    pub spec: &'a RolePolicySpec,
+}
+
+/// A token a binding asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRequest {
+    pub policy: String,
+    pub role: String,
+    pub service_account: String,
+    pub sa_namespace: Option<String>,
+    pub ttl: std::time::Duration,
+    pub audience: Option<String>,
+    pub signing_key: Option<String>,
+}
+
+/// The RBAC of one tenant: roles (name → rules), bindings (role → subjects),
+/// scopes per role, tokens, and per-policy problems.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RbacPlan {
+    pub roles: BTreeMap<String, Vec<K8sPolicyRule>>,
+    pub bindings: BTreeMap<String, Vec<(String, String, Option<String>)>>,
+    pub scopes: BTreeMap<String, BTreeSet<String>>,
+    pub tokens: Vec<TokenRequest>,
+    /// policy name → why it contributed nothing to this tenant.
+    pub conflicts: BTreeMap<String, InvalidPolicy>,
+    /// policy name → (roles, bindings) it contributed.
+    pub contributions: BTreeMap<String, (u32, u32)>,
+}
+
+fn to_k8s(rule: &PolicyRule) -> K8sPolicyRule {
+    K8sPolicyRule {
+        api_groups: Some(rule.api_groups.clone()),
+        resources: Some(rule.resources.clone()),
+        resource_names: (!rule.resource_names.is_empty()).then(|| rule.resource_names.clone()),
+        verbs: rule.verbs.clone(),
+        non_resource_urls: None,
+    }
+}
+
+/// Compiles built-ins, owners and the given policies (already sorted by
+/// `(creationTimestamp, name)`, already validated) into the RBAC plan of one
+/// tenant.
+pub fn compile(owners: &[Owner], policies: &[PolicyInput<'_>]) -> RbacPlan {
+    let mut plan = RbacPlan::default();
+    let mut rules: BTreeMap<String, Vec<K8sPolicyRule>> = BTreeMap::new();
+    for r in catalog::BUILTIN_ROLES {
+        rules.insert(
+            r.name.to_string(),
+            catalog::rules_for(r.permissions.iter().copied()).unwrap_or_default(),
+        );
+    }
+    let mut custom_owner: BTreeMap<String, (String, Vec<K8sPolicyRule>, BTreeSet<String>)> =
+        BTreeMap::new();
+    let mut bindings: BTreeMap<String, BTreeSet<(String, String, Option<String>)>> =
+        BTreeMap::new();
+    for o in owners {
+        bindings.entry("admin".into()).or_default().insert((
+            o.kind.as_str().to_string(),
+            o.name.clone(),
+            o.namespace.clone(),
+        ));
+    }
+    for p in policies {
+        // Conflicts first: a policy contributes all or nothing.
+        let mut role_rules = Vec::new();
+        let mut conflict = None;
+        for (i, role) in p.spec.roles.iter().enumerate() {
+            let mut r: Vec<K8sPolicyRule> =
+                catalog::rules_for(role.permissions.iter().map(String::as_str)).unwrap_or_default();
+            r.extend(role.rules.iter().map(to_k8s));
+            let r = catalog::normalize(r);
+            let scopes: BTreeSet<String> = role.scopes.iter().cloned().collect();
+            if catalog::builtin_role(&role.name).is_none()
+                && let Some((owner, existing, existing_scopes)) = custom_owner.get(&role.name)
+                && owner != p.name
+                && (existing != &r || existing_scopes != &scopes)
+            {
+                conflict = Some(invalid(
+                    "RoleConflict",
+                    format!("spec.roles[{i}].name"),
+                    format!(
+                        "role '{}' is already defined differently by RolePolicy {owner}, which came first",
+                        role.name
+                    ),
+                ));
+                break;
+            }
+            role_rules.push((role.name.clone(), r, scopes));
+        }
+        if let Some(c) = conflict {
+            plan.conflicts.insert(p.name.to_string(), c);
+            continue;
+        }
+        let mut nroles = 0;
+        for (name, r, scopes) in role_rules {
+            if catalog::builtin_role(&name).is_none() {
+                custom_owner
+                    .entry(name.clone())
+                    .or_insert_with(|| (p.name.to_string(), r.clone(), scopes.clone()));
+            }
+            let entry = rules.entry(name.clone()).or_default();
+            entry.extend(r);
+            *entry = catalog::normalize(std::mem::take(entry));
+            plan.scopes.entry(name).or_default().extend(scopes);
+            nroles += 1;
+        }
+        let mut nbindings = 0;
+        for b in &p.spec.bindings {
+            let set = bindings.entry(b.role.clone()).or_default();
+            for s in &b.subjects {
+                set.insert(subject_tuple(s));
+                if let (Some(t), crate::crd::tenant::SubjectKind::ServiceAccount) =
+                    (&b.token, s.kind)
+                {
+                    plan.tokens.push(TokenRequest {
+                        policy: p.name.to_string(),
+                        role: b.role.clone(),
+                        service_account: s.name.clone(),
+                        sa_namespace: s.namespace.clone(),
+                        ttl: t
+                            .ttl
+                            .as_deref()
+                            .and_then(|d| duration::parse_positive(d).ok())
+                            .unwrap_or(DEFAULT_TOKEN_TTL),
+                        audience: t.audience.clone(),
+                        signing_key: t.signing_key.clone(),
+                    });
+                }
+            }
+            nbindings += 1;
+        }
+        plan.contributions
+            .insert(p.name.to_string(), (nroles, nbindings));
+    }
+    plan.roles = rules;
+    plan.bindings = bindings
+        .into_iter()
+        .map(|(k, v)| (k, v.into_iter().collect()))
+        .collect();
+    plan
+}
+
+fn subject_tuple(s: &Subject) -> (String, String, Option<String>) {
+    (
+        s.kind.as_str().to_string(),
+        s.name.clone(),
+        s.namespace.clone(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::role_policy::{RoleBindingSpec, RoleDefinition, TokenSpec};
+    use crate::crd::tenant::SubjectKind;
+
+    fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+        PolicyRule {
+            api_groups: groups.iter().map(|s| s.to_string()).collect(),
+            resources: resources.iter().map(|s| s.to_string()).collect(),
+            resource_names: vec![],
+            verbs: verbs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn policy_with_rule(r: PolicyRule) -> RolePolicySpec {
+        RolePolicySpec {
+            roles: vec![RoleDefinition {
+                name: "custom".into(),
+                rules: vec![r],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_escalation_pattern_is_rejected_naming_the_rule() {
+        let table = [
+            (rule(&[""], &["pods"], &["*"]), "WildcardVerb"),
+            (rule(&[""], &["*"], &["get"]), "WildcardResource"),
+            (rule(&["*"], &["pods"], &["get"]), "WildcardResource"),
+            (
+                rule(&["rbac.authorization.k8s.io"], &["roles"], &["escalate"]),
+                "EscalationVerb",
+            ),
+            (
+                rule(&["rbac.authorization.k8s.io"], &["rolebindings"], &["bind"]),
+                "EscalationVerb",
+            ),
+            (
+                rule(&[""], &["serviceaccounts"], &["impersonate"]),
+                "EscalationVerb",
+            ),
+            (rule(&[""], &["nodes"], &["get"]), "ClusterScopedResource"),
+            (
+                rule(&[""], &["namespaces"], &["list"]),
+                "ClusterScopedResource",
+            ),
+            (
+                rule(
+                    &["rbac.authorization.k8s.io"],
+                    &["clusterrolebindings"],
+                    &["create"],
+                ),
+                "ClusterScopedResource",
+            ),
+            (
+                rule(&["palisade.dev"], &["backupschedules"], &["update"]),
+                "PalisadeWrite",
+            ),
+            (
+                rule(&["palisade.dev"], &["tenants"], &["get"]),
+                "ClusterScopedResource",
+            ),
+            (rule(&[""], &["secrets"], &["*"]), "WildcardVerb"),
+        ];
+        for (r, reason) in table {
+            let err = validate(&policy_with_rule(r.clone())).expect_err(reason);
+            assert_eq!(err.reason, reason, "{r:?}");
+            assert_eq!(err.field, "spec.roles[0].rules[0]");
+            let mut privileged = policy_with_rule(r);
+            privileged.allow_privileged = true;
+            assert!(
+                validate(&privileged).is_ok(),
+                "allowPrivileged accepts {reason}"
+            );
+        }
+        assert!(
+            validate(&policy_with_rule(rule(
+                &["palisade.dev"],
+                &["backupschedules"],
+                &["get", "list"]
+            )))
+            .is_ok()
+        );
+        assert!(
+            validate(&policy_with_rule(rule(
+                &["apps"],
+                &["deployments/scale"],
+                &["patch"]
+            )))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn unknown_permissions_roles_and_long_tokens_are_rejected() {
+        let spec = RolePolicySpec {
+            roles: vec![RoleDefinition {
+                name: "x".into(),
+                permissions: vec!["pods:everything".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            validate(&spec).expect_err("unknown").reason,
+            "UnknownPermission"
+        );
+        let spec = RolePolicySpec {
+            bindings: vec![RoleBindingSpec {
+                role: "ghost".into(),
+                subjects: vec![],
+                token: None,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            validate(&spec).expect_err("unknown role").reason,
+            "UnknownRole"
+        );
+        let spec = RolePolicySpec {
+            bindings: vec![RoleBindingSpec {
+                role: "viewer".into(),
+                subjects: vec![],
+                token: Some(TokenSpec {
+                    ttl: Some("25h".into()),
+                    ..Default::default()
+                }),
+            }],
+            ..Default::default()
+        };
+        assert_eq!(validate(&spec).expect_err("ttl").reason, "InvalidToken");
+    }
+
+    fn sa(name: &str) -> Subject {
+        Subject {
+            kind: SubjectKind::ServiceAccount,
+            name: name.into(),
+            namespace: None,
+        }
+    }
+
+    #[test]
+    fn merge_is_deterministic_extends_builtins_and_rejects_later_conflicts() {
+        let first = RolePolicySpec {
+            roles: vec![
+                RoleDefinition {
+                    name: "deployer".into(),
+                    permissions: vec!["workloads:write".into()],
+                    scopes: vec!["deploy:run".into()],
+                    ..Default::default()
+                },
+                RoleDefinition {
+                    name: "viewer".into(),
+                    permissions: vec!["secrets:read".into()],
+                    ..Default::default()
+                },
+            ],
+            bindings: vec![RoleBindingSpec {
+                role: "deployer".into(),
+                subjects: vec![sa("ci")],
+                token: Some(TokenSpec::default()),
+            }],
+            ..Default::default()
+        };
+        let second = RolePolicySpec {
+            roles: vec![RoleDefinition {
+                name: "deployer".into(),
+                permissions: vec!["config:write".into()],
+                ..Default::default()
+            }],
+            bindings: vec![RoleBindingSpec {
+                role: "viewer".into(),
+                subjects: vec![sa("reader")],
+                token: None,
+            }],
+            ..Default::default()
+        };
+        let owners = vec![Owner {
+            kind: SubjectKind::User,
+            name: "alice".into(),
+            namespace: None,
+        }];
+        let plan = compile(
+            &owners,
+            &[
+                PolicyInput {
+                    name: "a",
+                    spec: &first,
+                },
+                PolicyInput {
+                    name: "b",
+                    spec: &second,
+                },
+            ],
+        );
+        assert_eq!(plan.conflicts["b"].reason, "RoleConflict");
+        assert!(
+            !plan.contributions.contains_key("b"),
+            "a conflicting policy contributes nothing"
+        );
+        assert!(
+            !plan.bindings.contains_key("viewer"),
+            "not even its bindings"
+        );
+        assert!(
+            plan.roles["viewer"].iter().any(|r| r
+                .resources
+                .iter()
+                .flatten()
+                .any(|x| x == "secrets")),
+            "built-in extended"
+        );
+        assert!(plan.roles.contains_key("deployer"));
+        assert_eq!(
+            plan.bindings["admin"],
+            vec![("User".into(), "alice".into(), None)]
+        );
+        assert_eq!(plan.tokens.len(), 1);
+        assert_eq!(plan.tokens[0].ttl, DEFAULT_TOKEN_TTL);
+        assert_eq!(
+            plan.scopes["deployer"],
+            BTreeSet::from(["deploy:run".to_string()])
+        );
+        // Same inputs, same plan.
+        let again = compile(
+            &owners,
+            &[
+                PolicyInput {
+                    name: "a",
+                    spec: &first,
+                },
+                PolicyInput {
+                    name: "b",
+                    spec: &second,
+                },
+            ],
+        );
+        assert_eq!(plan, again);
+        // In the other order, the other one wins.
+        let swapped = compile(
+            &owners,
+            &[
+                PolicyInput {
+                    name: "b",
+                    spec: &second,
+                },
+                PolicyInput {
+                    name: "a",
+                    spec: &first,
+                },
+            ],
+        );
+        assert_eq!(swapped.conflicts["a"].reason, "RoleConflict");
+    }
+
+    #[test]
+    fn selection_by_name_or_labels() {
+        let labels = BTreeMap::from([("tier".to_string(), "gold".to_string())]);
+        let by_name = RolePolicySpec {
+            tenants: vec!["acme".into()],
+            ..Default::default()
+        };
+        assert!(selects(&by_name, "acme", &labels));
+        assert!(!selects(&by_name, "other", &labels));
+        let by_label = RolePolicySpec {
+            tenant_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([("tier".into(), "gold".into())])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(selects(&by_label, "anything", &labels));
+        assert!(!selects(&by_label, "anything", &BTreeMap::new()));
+        assert!(
+            !selects(&RolePolicySpec::default(), "acme", &labels),
+            "no selector selects nothing"
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! Validation of a Tenant spec and the objects it becomes.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::quota::{self, Usage};
+use super::{TenantObjects, labels, network, rbac};
+use crate::crd::tenant::{SecretType, SubjectKind, Tenant, TenantSpec};
+use crate::{duration, quantity::Milli};
+
+/// A Tenant spec that cannot be reconciled, with the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidTenant {
+    /// CamelCase reason for the condition, Event and metric label.
+    pub reason: &'static str,
+    /// JSON path of the offending field (e.g. `spec.network.allowEgressCidrs[1].cidr`).
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+fn invalid(
+    reason: &'static str,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> InvalidTenant {
+    InvalidTenant {
+        reason,
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_quantities<'a>(
+    field: &str,
+    items: impl IntoIterator<Item = (&'a String, &'a Quantity)>,
+) -> Result<(), InvalidTenant> {
+    for (key, q) in items {
+        let path = format!("{field}[{key}]");
+        let value =
+            Milli::parse(&q.0).map_err(|e| invalid("InvalidQuantity", &path, e.to_string()))?;
+        if value.is_negative() {
+            return Err(invalid(
+                "NegativeQuantity",
+                path,
+                format!(
+                    "'{}' is negative; quotas and limits must be zero or more",
+                    q.0
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_cidr(field: &str, cidr: &str) -> Result<ipnet::IpNet, InvalidTenant> {
+    cidr.parse::<ipnet::IpNet>().map_err(|_| {
+        invalid(
+            "InvalidCidr",
+            field,
+            format!("'{cidr}' is not a CIDR (expected e.g. 10.20.0.0/16 or 2001:db8::/32)"),
+        )
+    })
+}
+
+/// Checks everything the schema cannot; the first problem wins.
+pub fn validate(name: &str, spec: &TenantSpec) -> Result<(), InvalidTenant> {
+    let mut seen = BTreeSet::new();
+    for (i, ns) in spec.namespaces.iter().enumerate() {
+        let field = format!("spec.namespaces[{i}].name");
+        if !is_dns_label(&ns.name) {
+            return Err(invalid(
+                "InvalidNamespaceName",
+                field,
+                format!(
+                    "'{}' is not a valid namespace name (lowercase letters, digits and '-', at most 63)",
+                    ns.name
+                ),
+            ));
+        }
+        if spec.force_tenant_prefix && !ns.name.starts_with(&format!("{name}-")) {
+            return Err(invalid(
+                "PrefixViolation",
+                field,
+                format!(
+                    "'{}' must start with '{name}-' because forceTenantPrefix is set",
+                    ns.name
+                ),
+            ));
+        }
+        if !seen.insert(ns.name.as_str()) {
+            return Err(invalid(
+                "DuplicateNamespace",
+                field,
+                format!("'{}' is listed twice", ns.name),
+            ));
+        }
+        for key in ns.labels.keys() {
+            if labels::RESERVED_LABEL_PREFIXES
+                .iter()
+                .any(|p| key.starts_with(p))
+                || key == labels::MANAGED_BY
+            {
+                return Err(invalid(
+                    "ReservedLabel",
+                    format!("spec.namespaces[{i}].labels[{key}]"),
+                    format!("label '{key}' is managed by Palisade; remove it from the spec"),
+                ));
+            }
+        }
+    }
+    for (i, c) in spec.network.allow_egress_cidrs.iter().enumerate() {
+        let field = format!("spec.network.allowEgressCidrs[{i}]");
+        let net = check_cidr(&format!("{field}.cidr"), &c.cidr)?;
+        for (j, e) in c.except.iter().enumerate() {
+            let inner = check_cidr(&format!("{field}.except[{j}]"), e)?;
+            if !net.contains(&inner) {
+                return Err(invalid(
+                    "InvalidCidr",
+                    format!("{field}.except[{j}]"),
+                    format!("'{e}' is not inside '{}'", c.cidr),
+                ));
+            }
+        }
+    }
+    if let Some(q) = &spec.quota {
+        check_quantities("spec.quota.hard", &q.hard)?;
+        for (i, sc) in q.storage_classes.iter().enumerate() {
+            let field = format!("spec.quota.storageClasses[{i}]");
+            let items = [
+                ("requestsStorage", &sc.requests_storage),
+                ("persistentvolumeclaims", &sc.persistentvolumeclaims),
+            ];
+            for (key, value) in items {
+                if let Some(v) = value {
+                    let k = key.to_string();
+                    check_quantities(&field, [(&k, v)])?;
+                }
+            }
+        }
+    }
+    if let Some(l) = &spec.limits {
+        check_quantities("spec.limits.default", &l.default)?;
+        check_quantities("spec.limits.defaultRequest", &l.default_request)?;
+        check_quantities("spec.limits.max", &l.max)?;
+        check_quantities("spec.limits.min", &l.min)?;
+    }
+    for (i, o) in spec.owners.iter().enumerate() {
+        if (o.kind == SubjectKind::ServiceAccount) != o.namespace.is_some() {
+            return Err(invalid(
+                "InvalidOwner",
+                format!("spec.owners[{i}]"),
+                "namespace is required for ServiceAccount owners and not allowed for users and groups",
+            ));
+        }
+    }
+    for (i, s) in spec.secrets.iter().enumerate() {
+        let field = format!("spec.secrets[{i}]");
+        duration::parse_positive(&s.rotate_every).map_err(|e| {
+            invalid(
+                "InvalidRotation",
+                format!("{field}.rotateEvery"),
+                e.to_string(),
+            )
+        })?;
+        if s.keep_previous > 10 {
+            return Err(invalid(
+                "InvalidRotation",
+                format!("{field}.keepPrevious"),
+                format!("{} is out of range (0-10)", s.keep_previous),
+            ));
+        }
+        if s.type_ == SecretType::JwtSigningKey && s.algorithm.is_none() {
+            return Err(invalid(
+                "UnknownAlgorithm",
+                format!("{field}.algorithm"),
+                "JwtSigningKey needs an algorithm: ES256, EdDSA or RS256",
+            ));
+        }
+        for ns in &s.namespaces {
+            if !seen.contains(ns.as_str()) {
+                return Err(invalid(
+                    "UnknownNamespace",
+                    format!("{field}.namespaces"),
+                    format!("'{ns}' is not one of the tenant's namespaces"),
+                ));
+            }
+        }
+    }
+    if let Some(gc) = &spec.garbage_collection {
+        for (i, r) in gc.rules.iter().enumerate() {
+            if let Some(age) = &r.max_age {
+                duration::parse(age).map_err(|e| {
+                    invalid(
+                        "InvalidDuration",
+                        format!("spec.garbageCollection.rules[{i}].maxAge"),
+                        e.to_string(),
+                    )
+                })?;
+            }
+            if r.max_age.is_none() && r.keep_last.is_none() {
+                return Err(invalid(
+                    "InvalidGcRule",
+                    format!("spec.garbageCollection.rules[{i}]"),
+                    "a rule needs maxAge, keepLast or both",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Namespace names of the tenant, in spec order.
+pub fn namespace_names(spec: &TenantSpec) -> Vec<String> {
+    spec.namespaces.iter().map(|n| n.name.clone()).collect()
+}
+
+fn namespace(name: &str, spec: &TenantSpec, ns: &crate::crd::tenant::TenantNamespace) -> Namespace {
+    let mut l: BTreeMap<String, String> = ns.labels.clone();
+    l.extend(labels::managed(name));
+    let level = spec.pod_security.as_str().to_string();
+    for mode in ["enforce", "warn", "audit"] {
+        l.insert(format!("pod-security.kubernetes.io/{mode}"), level.clone());
+        l.insert(
+            format!("pod-security.kubernetes.io/{mode}-version"),
+            "latest".to_string(),
+        );
+    }
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.name.clone()),
+            labels: Some(l),
+            annotations: (!ns.annotations.is_empty()).then(|| ns.annotations.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The objects a valid Tenant becomes. `usage` is each namespace's current quota
+/// usage (only read for `scope: Tenant`; empty offline).
+pub fn build(tenant: &Tenant, usage: &Usage) -> Result<TenantObjects, InvalidTenant> {
+    let name = tenant.metadata.name.as_deref().unwrap_or_default();
+    let spec = &tenant.spec;
+    validate(name, spec)?;
+    let names = namespace_names(spec);
+    let hard = spec
+        .quota
+        .as_ref()
+        .map(|q| quota::namespace_hard(q, &names, usage));
+    let mut out = TenantObjects::default();
+    for ns in &spec.namespaces {
+        out.namespaces.push(namespace(name, spec, ns));
+        out.network_policies
+            .extend(network::policies(name, &ns.name, &spec.network));
+        let ns_hard = hard.as_ref().and_then(|h| h.get(&ns.name).cloned());
+        if ns_hard.is_some() || spec.cordoned {
+            out.resource_quotas.push(quota::resource_quota(
+                name,
+                &ns.name,
+                ns_hard.unwrap_or_default(),
+                spec.cordoned,
+            ));
+        }
+        if let Some(l) = &spec.limits {
+            out.limit_ranges.push(quota::limit_range(name, &ns.name, l));
+        }
+        out.roles.extend(rbac::builtin_roles(name, &ns.name));
+        out.role_bindings
+            .extend(rbac::owner_binding(name, &ns.name, &spec.owners));
+    }
+    Ok(out)
+}
+
+/// The Secrets and JWKS ConfigMaps of `spec.secrets[]` as `palisade render`
+/// shows them: same builders as the controller, material redacted (it only
+/// exists once the controller generates it) and empty key sets.
+pub fn secret_previews(tenant: &Tenant) -> Vec<serde_json::Value> {
+    use super::secrets;
+    let name = tenant.metadata.name.as_deref().unwrap_or_default();
+    let all = namespace_names(&tenant.spec);
+    let mut out = Vec::new();
+    for spec in &tenant.spec.secrets {
+        let every = duration::parse_positive(&spec.rotate_every).unwrap_or_default();
+        let namespaces = if spec.namespaces.is_empty() {
+            &all
+        } else {
+            &spec.namespaces
+        };
+        for ns in namespaces {
+            let mut secret = with_type(
+                serde_json::to_value(secrets::secret_object(name, ns, spec, None, every)),
+                "v1",
+                "Secret",
+            );
+            // Show the placeholder as text, not base64.
+            if let Some(map) = secret.as_mut().and_then(|v| v.as_object_mut())
+                && let Some(serde_json::Value::Object(data)) = map.remove("data")
+            {
+                let text: serde_json::Map<String, serde_json::Value> = data
+                    .keys()
+                    .map(|k| (k.clone(), secrets::REDACTED.into()))
+                    .collect();
+                map.insert("stringData".into(), text.into());
+            }
+            let mut objects = vec![secret];
+            if spec.type_ == SecretType::JwtSigningKey {
+                objects.push(with_type(
+                    serde_json::to_value(secrets::jwks_configmap(name, ns, spec, Vec::new())),
+                    "v1",
+                    "ConfigMap",
+                ));
+            }
+            out.extend(objects.into_iter().flatten());
+        }
+    }
+    out
+}
+
+fn with_type(
+    v: Result<serde_json::Value, serde_json::Error>,
+    api_version: &str,
+    kind: &str,
+) -> Option<serde_json::Value> {
+    let mut v = v.ok()?;
+    let map = v.as_object_mut()?;
+    map.insert("apiVersion".into(), api_version.into());
+    map.insert("kind".into(), kind.into());
+    Some(v)
+}

@@ -1,0 +1,152 @@
+//! The command line: generated CRDs stay in sync with `crds/`, and `render`
+//! works offline with clear errors.
+
+use std::path::Path;
+use std::process::Command;
+
+fn palisade(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run palisade")
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn checked_in_crds_match_the_code() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let generated = palisade::crdgen::generate().expect("generate");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("crds/ exists")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    names.sort();
+    let mut expected: Vec<_> = generated.iter().map(|c| c.file_name.clone()).collect();
+    expected.sort();
+    assert_eq!(
+        names, expected,
+        "crds/ holds exactly one file per CRD; run `make generate`"
+    );
+    for c in &generated {
+        let on_disk = std::fs::read_to_string(dir.join(&c.file_name)).expect("read");
+        assert!(
+            on_disk == c.yaml,
+            "crds/{} is stale: run `make generate`",
+            c.file_name
+        );
+    }
+}
+
+#[test]
+fn crds_command_prints_every_crd() {
+    let out = palisade(&["crds"]);
+    assert!(out.status.success());
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&text(&out.stdout))
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .collect();
+    let names: Vec<_> = docs
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "tenants.palisade.dev",
+            "rolepolicies.palisade.dev",
+            "backupschedules.palisade.dev"
+        ]
+    );
+    for d in &docs {
+        let version = &d["spec"]["versions"][0];
+        assert_eq!(
+            version["subresources"]["status"],
+            serde_yaml::Value::Mapping(Default::default())
+        );
+        assert!(
+            version["additionalPrinterColumns"]
+                .as_sequence()
+                .is_some_and(|c| !c.is_empty())
+        );
+    }
+}
+
+#[test]
+fn render_samples_prints_every_kind_for_the_sample_tenant() {
+    let out = palisade(&["render", "-f", "config/samples/"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&stdout)
+        .map(|d| {
+            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).expect("yaml");
+            v["kind"].as_str().expect("kind").to_string()
+        })
+        .collect();
+    for kind in [
+        "Namespace",
+        "NetworkPolicy",
+        "ResourceQuota",
+        "LimitRange",
+        "Role",
+        "RoleBinding",
+    ] {
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "render prints a {kind}: {kinds:?}"
+        );
+    }
+    assert!(stdout.contains("name: acme-prod") && stdout.contains("palisade-default-deny"));
+}
+
+fn render_error(content: &str) -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, content).expect("write");
+    let out = palisade(&["render", "-f", file.to_str().expect("utf-8")]);
+    assert!(!out.status.success(), "render must fail on: {content}");
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.yaml"), "error names the file: {err}");
+    err
+}
+
+#[test]
+fn render_errors_name_the_file_and_field() {
+    let err = render_error("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
+    assert!(err.contains("unsupported kind 'ConfigMap'"), "{err}");
+
+    let err = render_error(
+        "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\nspec:\n  podSecurity: strict\n",
+    );
+    assert!(err.contains("spec.podSecurity"), "{err}");
+
+    let err = render_error("apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t\n");
+    assert!(err.contains("malformed YAML"), "{err}");
+
+    let err = render_error(
+        "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\nspec:\n  namespaces: [{name: t-a}]\n  network: {allowEgressCidrs: [{cidr: 300.1.1.1/8}]}\n",
+    );
+    assert!(
+        err.contains("spec.network.allowEgressCidrs[0].cidr") && err.contains("InvalidCidr"),
+        "{err}"
+    );
+}
+
+#[test]
+fn permissions_lists_catalog_and_builtin_roles() {
+    let out = palisade(&["permissions"]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    for name in [
+        "workloads:read",
+        "secrets:write",
+        "backups:restore",
+        "admin (",
+        "backup-operator (",
+    ] {
+        assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
+    }
+}

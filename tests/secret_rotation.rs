@@ -1,0 +1,374 @@
+//! Secret rotation through the real Tenant controller, with an injected clock.
+
+mod support;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use kube::Api;
+use kube::api::PostParams;
+use kube::runtime::controller::Action;
+use palisade::crd::Tenant;
+use palisade_testkit::FakeApiServer;
+use serde_json::{Value, json};
+use support::*;
+
+const TENANT: &str = r#"
+apiVersion: palisade.dev/v1alpha1
+kind: Tenant
+metadata: {name: keys}
+spec:
+  namespaces: [{name: keys-a}, {name: keys-b}]
+  secrets:
+    - {name: api-key, type: Random, length: 40, rotateEvery: 1h, keepPrevious: 1, restartWorkloads: true}
+    - {name: signing, type: JwtSigningKey, algorithm: ES256, rotateEvery: 1h, keepPrevious: 1, namespaces: [keys-a], restartWorkloads: true}
+"#;
+
+async fn create(server: &FakeApiServer, yaml: &str) {
+    let api: Api<Tenant> = Api::all(server.client());
+    api.create(&PostParams::default(), &tenant_from_yaml(yaml))
+        .await
+        .expect("create tenant");
+}
+
+fn data(secret: &Value, key: &str) -> String {
+    let b = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("data.{key} missing"));
+    String::from_utf8(STANDARD.decode(b).expect("base64")).expect("utf-8")
+}
+
+fn secret(server: &FakeApiServer, ns: &str, name: &str) -> Value {
+    server
+        .get_json("secrets", Some(ns), name)
+        .unwrap_or_else(|| panic!("secret {ns}/{name}"))
+}
+
+async fn wait_version(server: &FakeApiServer, ns: &str, name: &str, version: &str) -> Value {
+    let v = server
+        .wait_for_json("secrets", Some(ns), name, WAIT, |s| {
+            s["data"]["version"]
+                .as_str()
+                .and_then(|b| STANDARD.decode(b).ok())
+                .as_deref()
+                == Some(version.as_bytes())
+        })
+        .await;
+    v.unwrap_or_else(|_| {
+        panic!(
+            "{ns}/{name} never reached version {version}: {:?}",
+            server.get_json("secrets", Some(ns), name)
+        )
+    })
+}
+
+fn jwks(server: &FakeApiServer) -> JwkSet {
+    let cm = server
+        .get_json("configmaps", Some("keys-a"), "signing-jwks")
+        .expect("jwks configmap");
+    serde_json::from_str(cm["data"]["jwks.json"].as_str().expect("jwks.json")).expect("JWK set")
+}
+
+fn sign(private_pem: &str, kid: &str) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.to_string());
+    let claims = json!({"sub": "svc", "aud": "keys", "exp": 4_000_000_000u64});
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_ec_pem(private_pem.as_bytes()).expect("key"),
+    )
+    .expect("sign")
+}
+
+/// Verifies a token against a JWKS the way a service would: by `kid`.
+fn verifies(token: &str, set: &JwkSet) -> bool {
+    let Ok(header) = jsonwebtoken::decode_header(token) else {
+        return false;
+    };
+    let Some(jwk) = header.kid.as_deref().and_then(|k| set.find(k)) else {
+        return false;
+    };
+    let Ok(key) = DecodingKey::from_jwk(jwk) else {
+        return false;
+    };
+    let mut v = Validation::new(Algorithm::ES256);
+    v.set_audience(&["keys"]);
+    jsonwebtoken::decode::<Value>(token, &key, &v).is_ok()
+}
+
+#[tokio::test]
+async fn creation_rotation_at_deadline_overlap_and_restart_safety() {
+    let server = server();
+    let clock = clock();
+    let running = start(&server, clock.clone());
+    create(&server, TENANT).await;
+    wait_ready(&server, "keys").await;
+
+    // First creation: a Secret per namespace, JWKS only where the key lives.
+    let a1 = secret(&server, "keys-a", "api-key");
+    let b1 = secret(&server, "keys-b", "api-key");
+    assert_eq!(data(&a1, "version"), "v1");
+    assert_eq!(data(&a1, "value").len(), 40);
+    assert_ne!(
+        data(&a1, "value"),
+        data(&b1, "value"),
+        "every namespace gets its own value"
+    );
+    assert!(
+        server
+            .get_json("secrets", Some("keys-b"), "signing")
+            .is_none()
+    );
+    let s1 = secret(&server, "keys-a", "signing");
+    let kid1 = data(&s1, "kid");
+    assert_eq!(jwks(&server).keys.len(), 1);
+    let t = server
+        .get_json("tenants.palisade.dev", None, "keys")
+        .expect("tenant");
+    assert_eq!(t["status"]["secrets"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        condition(&server, "keys", "SecretsRotated").expect("condition")["status"],
+        "True"
+    );
+
+    // The controller asks to be woken exactly at the deadline.
+    let tenant: Tenant = server.get(None, "keys").expect("tenant");
+    let action =
+        palisade::controller::tenant::reconcile(std::sync::Arc::new(tenant), running.ctx.clone())
+            .await
+            .expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
+
+    // One second before the deadline nothing rotates.
+    clock.advance(Duration::from_secs(3599));
+    let mark = server.mark();
+    running.resync();
+    server
+        .wait_until(WAIT, |_| running.ctx.reconciles() >= 3)
+        .await
+        .expect("resync");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(data(&secret(&server, "keys-a", "api-key"), "version"), "v1");
+    assert_eq!(server.writes_since(mark), 0, "no write before the deadline");
+
+    // A token signed with the first key.
+    let token1 = sign(&data(&s1, "private.pem"), &kid1);
+    assert!(verifies(&token1, &jwks(&server)));
+
+    // At the deadline: rotation, previous version kept, JWKS has both keys.
+    clock.advance(Duration::from_secs(1));
+    running.resync();
+    let a2 = wait_version(&server, "keys-a", "api-key", "v2").await;
+    assert_eq!(
+        data(&a2, "value.v1"),
+        data(&a1, "value"),
+        "previous value kept for clients in flight"
+    );
+    let s2 = server
+        .wait_for_json("secrets", Some("keys-a"), "signing", WAIT, |s| {
+            s["data"]["kid"] != s1["data"]["kid"]
+        })
+        .await
+        .expect("signing key rotated");
+    let kid2 = data(&s2, "kid");
+    let set = jwks(&server);
+    assert_eq!(set.keys.len(), 2);
+    assert!(set.find(&kid1).is_some() && set.find(&kid2).is_some());
+    assert!(
+        verifies(&token1, &set),
+        "token signed with the previous key still verifies"
+    );
+    assert!(verifies(&sign(&data(&s2, "private.pem"), &kid2), &set));
+
+    // A restarted controller neither rotates early nor loses a version.
+    running.stop().await;
+    let mark = server.mark();
+    let restarted = start(&server, clock.clone());
+    server
+        .wait_until(WAIT, |_| restarted.ctx.reconciles() >= 1)
+        .await
+        .expect("reconciled");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.writes_since(mark), 0, "restart: no write");
+    let after = secret(&server, "keys-a", "api-key");
+    assert_eq!(data(&after, "value"), data(&a2, "value"));
+    assert_eq!(data(&after, "value.v1"), data(&a1, "value"));
+
+    // Another rotation drops the first key (keepPrevious: 1): its tokens stop verifying.
+    clock.advance(Duration::from_secs(3600));
+    restarted.resync();
+    server
+        .wait_until(WAIT, |s| {
+            s.get_json("configmaps", Some("keys-a"), "signing-jwks")
+                .is_some_and(|cm| {
+                    !cm["data"]["jwks.json"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains(&kid1)
+                })
+        })
+        .await
+        .expect("first key dropped from JWKS");
+    let set = jwks(&server);
+    assert_eq!(set.keys.len(), 2);
+    assert!(
+        !verifies(&token1, &set),
+        "a token signed with a dropped key is rejected"
+    );
+    let a3 = wait_version(&server, "keys-a", "api-key", "v3").await;
+    assert!(
+        a3["data"].get("value.v1").is_none(),
+        "only keepPrevious versions are kept"
+    );
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn forced_rotation_and_debounced_restarts_touch_only_consumers() {
+    let server = server();
+    let clock = clock();
+    let running = start(&server, clock.clone());
+    create(&server, TENANT).await;
+    wait_ready(&server, "keys").await;
+
+    let consumer = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "keys-a"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {
+                "containers": [{"name": "web", "image": "web", "env": [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "api-key", "key": "value"}}}]}],
+                "volumes": [{"name": "jwt", "secret": {"secretName": "signing"}}]
+            }}}
+    });
+    let bystander = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": "keys-a"},
+        "spec": {"selector": {"matchLabels": {"app": "db"}}, "serviceName": "db", "template": {
+            "metadata": {"labels": {"app": "db"}},
+            "spec": {"containers": [{"name": "db", "image": "db", "envFrom": [{"secretRef": {"name": "unrelated"}}]}]}}}
+    });
+    server
+        .put_json("deployments.apps", consumer)
+        .expect("deployment");
+    server
+        .put_json("statefulsets.apps", bystander)
+        .expect("statefulset");
+    let bystander_rv = server
+        .get_json("statefulsets.apps", Some("keys-a"), "db")
+        .expect("sts")["metadata"]["resourceVersion"]
+        .clone();
+
+    // Both secrets fall due at once: the consumer restarts once, for both.
+    clock.advance(Duration::from_secs(3600));
+    let mark = server.mark();
+    running.resync();
+    let web = server
+        .wait_for_json("deployments.apps", Some("keys-a"), "web", WAIT, |d| {
+            d["spec"]["template"]["metadata"]["annotations"]["palisade.dev/restarted-for"]
+                .as_str()
+                .is_some_and(|v| v.contains("api-key=v2") && v.contains("signing="))
+        })
+        .await
+        .expect("consumer restarted");
+    let patches = server
+        .log_since(mark)
+        .into_iter()
+        .filter(|r| r.resource == "deployments" && r.verb.is_write())
+        .count();
+    assert_eq!(patches, 1, "one restart for two rotations");
+    let sts = server
+        .get_json("statefulsets.apps", Some("keys-a"), "db")
+        .expect("sts");
+    assert_eq!(
+        sts["metadata"]["resourceVersion"], bystander_rv,
+        "non-consumers untouched"
+    );
+
+    // Forced rotation for incident response; the annotation is cleared by the rotation.
+    let mut s = secret(&server, "keys-b", "api-key");
+    s["metadata"]["annotations"]["palisade.dev/rotate-now"] = json!("true");
+    server.put_json("secrets", s).expect("annotate");
+    let rotated = wait_version(&server, "keys-b", "api-key", "v3").await;
+    assert!(
+        rotated["metadata"]["annotations"]
+            .get("palisade.dev/rotate-now")
+            .is_none(),
+        "rotate-now cleared"
+    );
+    assert!(!web.is_null());
+    assert!(
+        !events_with_reason(&server, "SecretRotated").is_empty(),
+        "an Event per rotation"
+    );
+}
+
+#[tokio::test]
+async fn bad_secret_input_is_reported_and_foreign_secrets_never_overwritten() {
+    let server = server();
+    let _running = start(&server, clock());
+
+    create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: zero}\nspec:\n  namespaces: [{name: zero-a}]\n  secrets: [{name: s, type: Random, rotateEvery: 0s}]").await;
+    wait_condition(&server, "zero", "Ready", "False", Some("InvalidRotation")).await;
+
+    create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: many}\nspec:\n  namespaces: [{name: many-a}]\n  secrets: [{name: s, type: Random, rotateEvery: 1h, keepPrevious: 11}]").await;
+    wait_condition(&server, "many", "Ready", "False", Some("InvalidRotation")).await;
+
+    // A Secret Palisade does not own, with the same name as an entry.
+    server.put_json("namespaces", json!({"metadata": {"name": "foreign-a", "labels": {"app.kubernetes.io/managed-by": "palisade", "palisade.dev/tenant": "foreign"}}})).expect("ns");
+    server
+        .put_json("secrets", json!({"metadata": {"name": "db-password", "namespace": "foreign-a"}, "data": {"value": STANDARD.encode("mine")}}))
+        .expect("foreign secret");
+    create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: foreign}\nspec:\n  namespaces: [{name: foreign-a}]\n  secrets: [{name: db-password, type: Random, rotateEvery: 1h}]").await;
+    wait_condition(
+        &server,
+        "foreign",
+        "SecretsRotated",
+        "False",
+        Some("SecretConflict"),
+    )
+    .await;
+    wait_condition(&server, "foreign", "Ready", "False", Some("SecretConflict")).await;
+    let s = secret(&server, "foreign-a", "db-password");
+    assert_eq!(data(&s, "value"), "mine", "never overwritten");
+    assert!(
+        s["metadata"]
+            .get("labels")
+            .is_none_or(|l| l.get("palisade.dev/tenant").is_none())
+    );
+}
+
+#[tokio::test]
+async fn cordoned_tenants_do_not_rotate() {
+    let server = server();
+    let clock = clock();
+    let running = start(&server, clock.clone());
+    create(
+        &server,
+        &TENANT.replace("spec:\n", "spec:\n  cordoned: true\n"),
+    )
+    .await;
+    wait_ready(&server, "keys").await;
+    wait_condition(
+        &server,
+        "keys",
+        "SecretsRotated",
+        "True",
+        Some("RotationPaused"),
+    )
+    .await;
+    clock.advance(Duration::from_secs(7200));
+    let mark = server.mark();
+    running.resync();
+    server
+        .wait_until(WAIT, |_| running.ctx.reconciles() >= 3)
+        .await
+        .expect("resync");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.writes_since(mark), 0);
+    assert_eq!(data(&secret(&server, "keys-a", "api-key"), "version"), "v1");
+}

@@ -1,0 +1,181 @@
+//! Shared harness for controller tests: the real controllers running against the
+//! in-process API server from `palisade-testkit`.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade::controller::{Clock, Context, Settings, tenant};
+use palisade::crd::{BackupSchedule, RolePolicy, Tenant};
+use palisade_testkit::{FakeApiServer, ResourceType};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A fake API server with Palisade's kinds registered.
+pub fn server() -> FakeApiServer {
+    let s = FakeApiServer::new();
+    s.register(ResourceType::of::<Tenant>().with_status(true));
+    s.register(ResourceType::of::<RolePolicy>().with_status(true));
+    s.register(ResourceType::of::<BackupSchedule>().with_status(true));
+    s.set_require_namespaces(true);
+    s
+}
+
+/// A running Tenant controller.
+pub struct Running {
+    pub ctx: Arc<Context>,
+    resync: tokio::sync::mpsc::UnboundedSender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Asks the controller to reconcile every Tenant.
+    pub fn resync(&self) {
+        let _ = self.resync.send(());
+    }
+
+    /// Stops the controller and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = tokio::time::timeout(WAIT, h).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            h.abort();
+        }
+    }
+}
+
+pub fn fast_settings() -> Settings {
+    Settings {
+        backoff: palisade::controller::Backoff {
+            base: Duration::from_millis(50),
+            max: Duration::from_millis(400),
+        },
+        ..Settings::default()
+    }
+}
+
+/// Starts the Tenant controller against `server`.
+pub fn start(server: &FakeApiServer, clock: Arc<dyn Clock>) -> Running {
+    let client = server.client();
+    let (cache, streams) = tenant::child_cache(&client);
+    let ctx = Arc::new(Context::new(client, cache, clock, fast_settings()));
+    let (tx, rx) = oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = rx.await;
+    };
+    let (resync, resync_rx) = tokio::sync::mpsc::unbounded_channel();
+    let resync_stream = futures::stream::unfold(resync_rx, |mut rx| async move {
+        rx.recv().await.map(|()| ((), rx))
+    });
+    let handle = tokio::spawn(tenant::run(ctx.clone(), streams, shutdown, resync_stream));
+    Running {
+        ctx,
+        resync,
+        stop: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+/// The status condition `type_` of a tenant, as JSON.
+pub fn condition(server: &FakeApiServer, tenant: &str, type_: &str) -> Option<Value> {
+    let t = server.get_json("tenants.palisade.dev", None, tenant)?;
+    t.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Waits until the tenant's condition has the given status (and reason, if given).
+pub async fn wait_condition(
+    server: &FakeApiServer,
+    tenant: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Value {
+    let ok = server
+        .wait_until(WAIT, |s| {
+            condition(s, tenant, type_)
+                .is_some_and(|c| c["status"] == status && reason.is_none_or(|r| c["reason"] == r))
+        })
+        .await;
+    let last = condition(server, tenant, type_);
+    assert!(
+        ok.is_ok(),
+        "tenant {tenant}: condition {type_} never became {status} {reason:?}; last: {last:?}"
+    );
+    last.unwrap_or(Value::Null)
+}
+
+/// Waits until the tenant is Ready and its status describes its current generation.
+pub async fn wait_ready(server: &FakeApiServer, tenant: &str) {
+    let ok = server
+        .wait_until(WAIT, |s| {
+            let Some(t) = s.get_json("tenants.palisade.dev", None, tenant) else {
+                return false;
+            };
+            let generation = t.pointer("/metadata/generation").cloned();
+            let observed = t.pointer("/status/observedGeneration").cloned();
+            generation == observed
+                && condition(s, tenant, "Ready").is_some_and(|c| c["status"] == "True")
+        })
+        .await;
+    assert!(
+        ok.is_ok(),
+        "tenant {tenant} never became Ready: {:?}",
+        server.get_json("tenants.palisade.dev", None, tenant)
+    );
+}
+
+/// Events (events.k8s.io/v1) whose reason is `reason`.
+pub fn events_with_reason(server: &FakeApiServer, reason: &str) -> Vec<Value> {
+    server
+        .list_json("events.events.k8s.io")
+        .into_iter()
+        .filter(|e| e["reason"] == reason)
+        .collect()
+}
+
+/// Parses a YAML Tenant.
+pub fn tenant_from_yaml(yaml: &str) -> Tenant {
+    serde_yaml::from_str(yaml).expect("test tenant YAML")
+}
+
+/// A manual clock for tests.
+pub struct ManualClock(pub std::sync::Mutex<k8s_openapi::jiff::Timestamp>);
+
+impl ManualClock {
+    pub fn new(at: k8s_openapi::jiff::Timestamp) -> Arc<Self> {
+        Arc::new(Self(std::sync::Mutex::new(at)))
+    }
+    pub fn advance(&self, by: Duration) {
+        let mut t = self.0.lock().expect("clock");
+        *t = t
+            .checked_add(k8s_openapi::jiff::SignedDuration::try_from(by).expect("duration"))
+            .expect("time");
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> k8s_openapi::jiff::Timestamp {
+        *self.0.lock().expect("clock")
+    }
+}
+
+pub fn clock() -> Arc<ManualClock> {
+    ManualClock::new(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("time"))
+}

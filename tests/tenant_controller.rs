@@ -1,0 +1,496 @@
+//! The real Tenant controller against the in-process API server.
+
+mod support;
+
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use palisade::crd::Tenant;
+use palisade::resources::quota::Usage;
+use palisade_testkit::{FakeApiServer, Verb};
+use serde_json::{Value, json};
+use support::*;
+
+const ACME: &str = r#"
+apiVersion: palisade.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: acme
+spec:
+  forceTenantPrefix: true
+  namespaces: [{name: acme-prod}, {name: acme-dev}]
+  network:
+    allowEgressCidrs: [{cidr: 10.20.0.0/16, ports: [5432]}]
+  quota:
+    hard: {requests.cpu: "8", pods: "50", requests.storage: 100Gi}
+  limits:
+    default: {cpu: 500m, memory: 512Mi}
+  owners: [{kind: User, name: alice}]
+"#;
+
+async fn create(server: &FakeApiServer, yaml: &str) -> Tenant {
+    let api: Api<Tenant> = Api::all(server.client());
+    api.create(&PostParams::default(), &tenant_from_yaml(yaml))
+        .await
+        .expect("create tenant")
+}
+
+/// Every object `palisade render` produces for the tenant exists on the server
+/// and contains what render says.
+fn assert_matches_render(server: &FakeApiServer, tenant: &Tenant) {
+    let objects = palisade::resources::tenant::build(tenant, &Usage::new()).expect("valid");
+    for desired in objects.to_values().expect("json") {
+        let kind = desired["kind"].as_str().expect("kind");
+        let plural = match kind {
+            "Namespace" => "namespaces",
+            "NetworkPolicy" => "networkpolicies.networking.k8s.io",
+            "ResourceQuota" => "resourcequotas",
+            "LimitRange" => "limitranges",
+            "Role" => "roles.rbac.authorization.k8s.io",
+            "RoleBinding" => "rolebindings.rbac.authorization.k8s.io",
+            other => panic!("unexpected kind {other}"),
+        };
+        let ns = desired
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str);
+        let name = desired
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .expect("name");
+        let actual = server
+            .get_json(plural, ns, name)
+            .unwrap_or_else(|| panic!("{kind} {ns:?}/{name} missing"));
+        assert!(
+            palisade::apply::contains(&actual, &desired),
+            "{kind} {name} differs:\nwant {desired:#}\ngot {actual:#}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn creates_converges_and_resyncs_without_writes() {
+    let server = server();
+    let running = start(&server, clock());
+    let tenant = create(&server, ACME).await;
+    wait_ready(&server, "acme").await;
+    assert_matches_render(&server, &tenant);
+
+    let t = server
+        .get_json("tenants.palisade.dev", None, "acme")
+        .expect("tenant");
+    assert_eq!(
+        t["metadata"]["finalizers"],
+        json!(["palisade.dev/tenant-cleanup"])
+    );
+    assert_eq!(t["status"]["namespaceCount"], 2);
+    for c in [
+        "NamespacesReady",
+        "NetworkIsolated",
+        "QuotaEnforced",
+        "Ready",
+    ] {
+        assert_eq!(
+            condition(&server, "acme", c).expect(c)["status"],
+            "True",
+            "{c}"
+        );
+    }
+    // Quiet once converged: give the watches time to deliver our own writes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A forced resync of every tenant, and a re-list of every watch.
+    let before = running.ctx.reconciles();
+    let mark = server.mark();
+    running.resync();
+    server.compact_history();
+    server.close_watches();
+    server
+        .wait_until(WAIT, |_| running.ctx.reconciles() > before)
+        .await
+        .expect("resync reconciled the tenant");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes: Vec<_> = server
+        .log_since(mark)
+        .into_iter()
+        .filter(|r| r.is_write())
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "a resync of a converged tenant must not write: {writes:#?}"
+    );
+    running.stop().await;
+
+    // A restarted controller makes no write either.
+    let mark = server.mark();
+    let restarted = start(&server, clock());
+    server
+        .wait_until(WAIT, |_| restarted.ctx.reconciles() >= 1)
+        .await
+        .expect("reconciled after restart");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes: Vec<_> = server
+        .log_since(mark)
+        .into_iter()
+        .filter(|r| r.is_write())
+        .collect();
+    assert!(writes.is_empty(), "a restart must not write: {writes:#?}");
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn heals_children_deleted_or_edited_by_hand() {
+    let server = server();
+    let _running = start(&server, clock());
+    create(&server, ACME).await;
+    wait_ready(&server, "acme").await;
+
+    server
+        .delete_direct(
+            "networkpolicies.networking.k8s.io",
+            Some("acme-prod"),
+            "palisade-default-deny",
+        )
+        .expect("delete");
+    server
+        .wait_for_json(
+            "networkpolicies.networking.k8s.io",
+            Some("acme-prod"),
+            "palisade-default-deny",
+            WAIT,
+            |_| true,
+        )
+        .await
+        .expect("default-deny restored");
+
+    // Someone loosens the quota by hand.
+    let mut rq = server
+        .get_json("resourcequotas", Some("acme-dev"), "palisade-quota")
+        .expect("quota");
+    rq["spec"]["hard"]["pods"] = json!("5000");
+    server.put_json("resourcequotas", rq).expect("edit");
+    server
+        .wait_for_json(
+            "resourcequotas",
+            Some("acme-dev"),
+            "palisade-quota",
+            WAIT,
+            |q| q["spec"]["hard"]["pods"] == "50",
+        )
+        .await
+        .expect("quota restored");
+
+    // Someone removes the owner binding's subject.
+    let mut rb = server
+        .get_json(
+            "rolebindings.rbac.authorization.k8s.io",
+            Some("acme-prod"),
+            "palisade:admin",
+        )
+        .expect("binding");
+    rb["subjects"] = json!([]);
+    server
+        .put_json("rolebindings.rbac.authorization.k8s.io", rb)
+        .expect("edit");
+    server
+        .wait_for_json(
+            "rolebindings.rbac.authorization.k8s.io",
+            Some("acme-prod"),
+            "palisade:admin",
+            WAIT,
+            |b| b["subjects"][0]["name"] == "alice",
+        )
+        .await
+        .expect("binding restored");
+}
+
+#[tokio::test]
+async fn spec_edits_reconverge_and_prune() {
+    let server = server();
+    let _running = start(&server, clock());
+    create(&server, ACME).await;
+    wait_ready(&server, "acme").await;
+
+    let api: Api<Tenant> = Api::all(server.client());
+    let patch = json!({"spec": {
+        "namespaces": [{"name": "acme-prod"}, {"name": "acme-stage"}],
+        "network": {"allowEgressCidrs": [], "allowInternetEgress": true},
+        "quota": {"hard": {"pods": "20"}},
+        "deletionPolicy": "Delete",
+    }});
+    api.patch("acme", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("edit");
+    wait_ready(&server, "acme").await;
+
+    assert!(
+        server.get_json("namespaces", None, "acme-stage").is_some(),
+        "new namespace created"
+    );
+    server
+        .wait_for_absent("namespaces", None, "acme-dev", WAIT)
+        .await
+        .expect("removed namespace deleted (Delete policy)");
+    let np = "networkpolicies.networking.k8s.io";
+    assert!(
+        server
+            .get_json(np, Some("acme-prod"), "palisade-allow-egress-cidrs")
+            .is_none(),
+        "egress CIDR policy pruned"
+    );
+    assert!(
+        server
+            .get_json(np, Some("acme-stage"), "palisade-allow-internet-egress")
+            .is_some()
+    );
+    let rq = server
+        .get_json("resourcequotas", Some("acme-prod"), "palisade-quota")
+        .expect("quota");
+    assert_eq!(rq["spec"]["hard"]["pods"], "20");
+}
+
+#[tokio::test]
+async fn delete_policy_removes_namespaces_and_finalizer() {
+    let server = server();
+    let _running = start(&server, clock());
+    create(
+        &server,
+        &ACME.replace("owners:", "deletionPolicy: Delete\n  owners:"),
+    )
+    .await;
+    wait_ready(&server, "acme").await;
+    server
+        .put_json(
+            "configmaps",
+            json!({"metadata": {"name": "app", "namespace": "acme-prod"}, "data": {"k": "v"}}),
+        )
+        .expect("user data");
+
+    let api: Api<Tenant> = Api::all(server.client());
+    api.delete("acme", &DeleteParams::default())
+        .await
+        .expect("delete");
+    server
+        .wait_for_absent("tenants.palisade.dev", None, "acme", WAIT)
+        .await
+        .expect("finalizer removed, tenant gone");
+    for ns in ["acme-prod", "acme-dev"] {
+        server
+            .wait_for_absent("namespaces", None, ns, WAIT)
+            .await
+            .expect("namespace deleted");
+    }
+    assert!(
+        server
+            .get_json("configmaps", Some("acme-prod"), "app")
+            .is_none(),
+        "namespace contents go with it"
+    );
+}
+
+#[tokio::test]
+async fn retain_policy_keeps_namespaces_and_removes_policy_objects() {
+    let server = server();
+    let _running = start(&server, clock());
+    create(&server, ACME).await; // Retain is the default
+    wait_ready(&server, "acme").await;
+    server
+        .put_json(
+            "configmaps",
+            json!({"metadata": {"name": "app", "namespace": "acme-prod"}}),
+        )
+        .expect("user data");
+
+    let api: Api<Tenant> = Api::all(server.client());
+    api.delete("acme", &DeleteParams::default())
+        .await
+        .expect("delete");
+    server
+        .wait_for_absent("tenants.palisade.dev", None, "acme", WAIT)
+        .await
+        .expect("tenant gone");
+    let ns = server
+        .get_json("namespaces", None, "acme-prod")
+        .expect("namespace retained");
+    assert_eq!(ns["metadata"]["labels"]["palisade.dev/released"], "true");
+    assert_eq!(ns["metadata"]["labels"]["palisade.dev/tenant"], "acme");
+    assert!(
+        ns["metadata"]["labels"]
+            .get("app.kubernetes.io/managed-by")
+            .is_none()
+    );
+    assert!(
+        server
+            .get_json("configmaps", Some("acme-prod"), "app")
+            .is_some(),
+        "user data kept"
+    );
+    for (res, name) in [
+        ("networkpolicies.networking.k8s.io", "palisade-default-deny"),
+        ("resourcequotas", "palisade-quota"),
+        ("limitranges", "palisade-limits"),
+        ("roles.rbac.authorization.k8s.io", "palisade:admin"),
+        ("rolebindings.rbac.authorization.k8s.io", "palisade:admin"),
+    ] {
+        assert!(
+            server.get_json(res, Some("acme-prod"), name).is_none(),
+            "{res}/{name} should be removed"
+        );
+    }
+
+    // The same tenant may adopt its released namespace again.
+    create(&server, ACME).await;
+    wait_ready(&server, "acme").await;
+}
+
+#[tokio::test]
+async fn api_errors_are_retried_with_backoff_not_hot_looped() {
+    let server = server();
+    let _running = start(&server, clock());
+    // Every namespace write fails for a while.
+    let fault = server.fail_when(500, None, |r| {
+        r.resource == "namespaces" && r.verb.is_write()
+    });
+    create(&server, ACME).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let attempts = server
+        .log()
+        .iter()
+        .filter(|r| r.resource == "namespaces" && r.verb == Verb::Create)
+        .count();
+    // Backoff 50ms doubling to 400ms: about 6 attempts in 1.5 s, never hundreds.
+    assert!(attempts >= 2, "retried: {attempts}");
+    assert!(
+        attempts <= 12,
+        "backoff, not a hot loop: {attempts} attempts in 1.5s"
+    );
+    server.clear_fault(fault);
+    wait_ready(&server, "acme").await;
+}
+
+async fn assert_invalid(server: &FakeApiServer, name: &str, reason: &str) {
+    let c = wait_condition(server, name, "Ready", "False", Some(reason)).await;
+    assert!(
+        !c["message"].as_str().unwrap_or_default().is_empty(),
+        "message says what to fix"
+    );
+    server
+        .wait_until(WAIT, |s| !events_with_reason(s, reason).is_empty())
+        .await
+        .unwrap_or_else(|_| panic!("an Event with reason {reason}"));
+}
+
+#[tokio::test]
+async fn invalid_tenants_report_a_specific_reason_and_event() {
+    let server = server();
+    let running = start(&server, clock());
+
+    create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: badcidr}\nspec:\n  namespaces: [{name: badcidr-a}]\n  network: {allowEgressCidrs: [{cidr: 10.0.0.0/33}]}").await;
+    assert_invalid(&server, "badcidr", "InvalidCidr").await;
+
+    create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: negquota}\nspec:\n  namespaces: [{name: negquota-a}]\n  quota: {hard: {pods: \"-1\"}}").await;
+    assert_invalid(&server, "negquota", "NegativeQuantity").await;
+
+    create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: prefix}\nspec:\n  forceTenantPrefix: true\n  namespaces: [{name: other-a}]").await;
+    assert_invalid(&server, "prefix", "PrefixViolation").await;
+
+    // A namespace owned by another tenant, and one owned by nobody.
+    create(&server, ACME).await;
+    wait_ready(&server, "acme").await;
+    create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: thief}\nspec:\n  namespaces: [{name: acme-prod}]").await;
+    assert_invalid(&server, "thief", "NamespaceConflict").await;
+    server
+        .put_json("namespaces", json!({"metadata": {"name": "legacy"}}))
+        .expect("unmanaged namespace");
+    create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: squatter}\nspec:\n  namespaces: [{name: legacy}]").await;
+    assert_invalid(&server, "squatter", "NamespaceConflict").await;
+
+    let acme_prod = server
+        .get_json("namespaces", None, "acme-prod")
+        .expect("ns");
+    assert_eq!(
+        acme_prod["metadata"]["labels"]["palisade.dev/tenant"], "acme",
+        "never taken over"
+    );
+    let legacy = server.get_json("namespaces", None, "legacy").expect("ns");
+    assert!(
+        legacy["metadata"]["labels"]
+            .get("palisade.dev/tenant")
+            .is_none(),
+        "never taken over"
+    );
+
+    // Fixing the spec recovers without a restart.
+    let api: Api<Tenant> = Api::all(server.client());
+    api.patch(
+        "badcidr",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"network": {"allowEgressCidrs": [{"cidr": "10.0.0.0/16"}]}}}),
+        ),
+    )
+    .await
+    .expect("fix");
+    wait_ready(&server, "badcidr").await;
+    drop(running);
+}
+
+#[tokio::test]
+async fn cordon_blocks_new_pods_and_tenant_scope_spreads_the_budget() {
+    let server = server();
+    let _running = start(&server, clock());
+    create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: shared}\nspec:\n  namespaces: [{name: shared-a}, {name: shared-b}]\n  quota: {scope: Tenant, hard: {pods: \"10\", requests.cpu: \"4\"}}").await;
+    wait_ready(&server, "shared").await;
+    let a = server
+        .get_json("resourcequotas", Some("shared-a"), "palisade-quota")
+        .expect("quota");
+    assert_eq!(a["spec"]["hard"]["pods"], "5");
+    assert_eq!(a["spec"]["hard"]["requests.cpu"], "2");
+
+    // Usage appears in shared-a (as the quota controller would report it).
+    let mut a = a;
+    a["status"] =
+        json!({"hard": a["spec"]["hard"].clone(), "used": {"pods": "4", "requests.cpu": "1"}});
+    server.put_json("resourcequotas", a).expect("usage");
+    server
+        .wait_for_json(
+            "resourcequotas",
+            Some("shared-b"),
+            "palisade-quota",
+            WAIT,
+            |q| q["spec"]["hard"]["pods"] == "3",
+        )
+        .await
+        .expect("headroom re-spread");
+    let a = server
+        .get_json("resourcequotas", Some("shared-a"), "palisade-quota")
+        .expect("quota");
+    assert_eq!(a["spec"]["hard"]["pods"], "7", "used 4 + share 3");
+    let t = server
+        .wait_for_json("tenants.palisade.dev", None, "shared", WAIT, |t| {
+            t["status"]["quota"]["used"]["pods"] == "4"
+        })
+        .await
+        .expect("aggregate usage in status");
+    assert_eq!(t["status"]["quota"]["hard"]["pods"], "10");
+
+    let api: Api<Tenant> = Api::all(server.client());
+    api.patch(
+        "shared",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"cordoned": true}})),
+    )
+    .await
+    .expect("cordon");
+    server
+        .wait_for_json(
+            "resourcequotas",
+            Some("shared-b"),
+            "palisade-quota",
+            WAIT,
+            |q| q["spec"]["hard"]["pods"] == "0",
+        )
+        .await
+        .expect("cordoned: pods 0");
+    wait_condition(&server, "shared", "QuotaEnforced", "True", Some("Cordoned")).await;
+}
