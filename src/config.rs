@@ -31,7 +31,7 @@ pub enum Command {
         files: Vec<PathBuf>,
     },
     /// PostgreSQL snapshots: run, restore, verify, list, prune (works without Kubernetes).
-    Backup(crate::backup::cli::BackupArgs),
+    Backup(Box<crate::backup::cli::BackupArgs>),
     /// Print the permission catalog and the built-in roles.
     Permissions,
     /// Print the version.

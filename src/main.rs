@@ -39,7 +39,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
                 .with_writer(std::io::stderr)
                 .init();
-            return palisade::backup::cli::run(args).await;
+            return palisade::backup::cli::run(*args).await;
         }
     }
     Ok(ExitCode::SUCCESS)
