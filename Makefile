@@ -23,10 +23,13 @@ test:
 	PATH="$(PG_BIN):$$PATH" $(CARGO) test --workspace --all-targets
 	@if [ -x scripts/test-manifests.sh ]; then scripts/test-manifests.sh; fi
 
-## Regenerate crds/ (and the chart's copy) from the Rust types.
+## Regenerate crds/ (and the chart's copy) from the Rust types, and the
+## operator's RBAC (chart and kustomize base) from src/operator_rbac.rs.
 generate:
 	$(CARGO) run --quiet -- crds --dir crds
-	@if [ -d charts/palisade/crds ]; then cp crds/*.yaml charts/palisade/crds/; fi
+	@if [ -d charts/palisade/crds ]; then rm -f charts/palisade/crds/*.yaml; cp crds/*.yaml charts/palisade/crds/; fi
+	$(CARGO) run --quiet -- rbac > charts/palisade/files/rbac.json
+	$(CARGO) run --quiet -- rbac --yaml > config/default/rbac.yaml
 
 check-generated:
 	$(CARGO) test --test cli checked_in_crds_match_the_code
