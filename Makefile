@@ -27,7 +27,8 @@ test:
 ## operator's RBAC (chart and kustomize base) from src/operator_rbac.rs.
 generate:
 	$(CARGO) run --quiet -- crds --dir crds
-	@if [ -d charts/palisade/crds ]; then rm -f charts/palisade/crds/*.yaml; cp crds/*.yaml charts/palisade/crds/; fi
+	@for d in charts/palisade/crds config/default/crds; do \
+	  if [ -d $$d ]; then rm -f $$d/*.yaml; cp crds/*.yaml $$d/; fi; done
 	$(CARGO) run --quiet -- rbac > charts/palisade/files/rbac.json
 	$(CARGO) run --quiet -- rbac --yaml > config/default/rbac.yaml
 
