@@ -29,8 +29,10 @@ generate:
 	$(CARGO) run --quiet -- crds --dir crds
 	@for d in charts/palisade/crds config/default/crds; do \
 	  if [ -d $$d ]; then rm -f $$d/*.yaml; cp crds/*.yaml $$d/; fi; done
-	$(CARGO) run --quiet -- rbac > charts/palisade/files/rbac.json
-	$(CARGO) run --quiet -- rbac --yaml > config/default/rbac.yaml
+	$(CARGO) run --quiet -- rbac > charts/palisade/files/rbac.json.tmp
+	mv charts/palisade/files/rbac.json.tmp charts/palisade/files/rbac.json
+	$(CARGO) run --quiet -- rbac --yaml > config/default/rbac.yaml.tmp
+	mv config/default/rbac.yaml.tmp config/default/rbac.yaml
 
 check-generated:
 	$(CARGO) test --test cli checked_in_crds_match_the_code

@@ -231,3 +231,35 @@ def test_values_yaml_is_fully_described_by_the_schema():
                 walk(v, node["properties"][k], f"{path}.{k}")
 
     walk(chart_values, schema, "")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"rbac": {"create": False}},
+        {"serviceAccount": {"create": False, "name": "existing-sa"}},
+        {"networkPolicy": {"enabled": False}},
+        {"networkPolicy": {"apiServer": {"cidrs": ["10.0.0.1/32"], "ports": [6443]}}},
+        {"podAntiAffinity": "hard", "topologySpreadConstraints": []},
+        {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}]}]}}}},
+        {"image": {"digest": "sha256:" + "a" * 64}},
+        {"podDisruptionBudget": {"maxUnavailable": 1}},
+        {"controller": {"extraEnv": [{"name": "RUST_BACKTRACE", "value": "1"}], "extraArgs": ["--concurrency=4"]}},
+        {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}, "fullnameOverride": "pal"},
+        {"imagePullSecrets": [{"name": "regcred"}], "tolerations": [{"key": "x", "operator": "Exists"}]},
+    ],
+    ids=lambda v: ",".join(v),
+)
+def test_toggles_render_valid_objects(values):
+    objs = rendered_with(values)
+    for o in objs:
+        validate(o)
+    dep = one(objs, "Deployment")
+    if values.get("serviceAccount", {}).get("create") is False:
+        assert not by_kind(objs, "ServiceAccount")
+        assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "existing-sa"
+    if values.get("rbac", {}).get("create") is False:
+        assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "Role")
+    if "digest" in values.get("image", {}):
+        assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@sha256:" + "a" * 64)
