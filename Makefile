@@ -23,10 +23,16 @@ test:
 	PATH="$(PG_BIN):$$PATH" $(CARGO) test --workspace --all-targets
 	@if [ -x scripts/test-manifests.sh ]; then scripts/test-manifests.sh; fi
 
-## Regenerate crds/ (and the chart's copy) from the Rust types.
+## Regenerate crds/ (and the chart's copy) from the Rust types, and the
+## operator's RBAC (chart and kustomize base) from src/operator_rbac.rs.
 generate:
 	$(CARGO) run --quiet -- crds --dir crds
-	@if [ -d charts/palisade/crds ]; then cp crds/*.yaml charts/palisade/crds/; fi
+	@for d in charts/palisade/crds config/default/crds; do \
+	  if [ -d $$d ]; then rm -f $$d/*.yaml; cp crds/*.yaml $$d/; fi; done
+	$(CARGO) run --quiet -- rbac > charts/palisade/files/rbac.json.tmp
+	mv charts/palisade/files/rbac.json.tmp charts/palisade/files/rbac.json
+	$(CARGO) run --quiet -- rbac --yaml > config/default/rbac.yaml.tmp
+	mv config/default/rbac.yaml.tmp config/default/rbac.yaml
 
 check-generated:
 	$(CARGO) test --test cli checked_in_crds_match_the_code

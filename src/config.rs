@@ -34,6 +34,12 @@ pub enum Command {
     Backup(Box<crate::backup::cli::BackupArgs>),
     /// Print the permission catalog and the built-in roles.
     Permissions,
+    /// Print the operator's own RBAC rules as JSON (or the kustomize RBAC with --yaml).
+    Rbac {
+        /// Print the kustomize base's ClusterRole, Role and bindings as YAML.
+        #[arg(long)]
+        yaml: bool,
+    },
     /// Print the version.
     Version,
 }

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod duration;
+pub mod operator_rbac;
 pub mod quantity;
 pub mod render;
 pub mod resources;

@@ -31,6 +31,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Render { files } => print!("{}", palisade::render::render_paths(&files)?),
         Command::Permissions => print!("{}", catalog::describe()),
+        Command::Rbac { yaml } => print!(
+            "{}",
+            if yaml {
+                palisade::operator_rbac::to_kustomize_yaml()
+            } else {
+                palisade::operator_rbac::to_json()
+            }
+        ),
         Command::Version => println!("palisade {}", env!("CARGO_PKG_VERSION")),
         Command::Controller(args) => controller(args).await?,
         Command::Backup(args) => {

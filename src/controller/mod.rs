@@ -1,6 +1,7 @@
 //! The controllers: the only code (besides [`crate::apply`]) that calls the API.
 
 pub mod cache;
+pub mod gc;
 pub mod secrets;
 pub mod tenant;
 
@@ -87,6 +88,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub clock: Arc<dyn Clock>,
     pub settings: Settings,
+    /// Shared garbage collection watches (started per kind on first use).
+    pub gc: gc::GcWatches,
     failures: Mutex<HashMap<String, u32>>,
     reconciles: std::sync::atomic::AtomicU64,
 }
@@ -104,6 +107,14 @@ impl Context {
         };
         Self {
             applier: Applier::new(client.clone()),
+            gc: gc::GcWatches::new(
+                client.clone(),
+                cache
+                    .kind(&kube::core::ApiResource::erase::<
+                        k8s_openapi::api::core::v1::Namespace,
+                    >(&()))
+                    .map(|k| k.store.clone()),
+            ),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             cache,

@@ -478,6 +478,9 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         .await;
     }
 
+    // TTL garbage collection of objects in the tenant's namespaces.
+    let gc = super::gc::reconcile(ctx, tenant, &ready_ns).await?;
+
     // Prune what this tenant no longer wants.
     for (ar, obj) in ctx.cache.owned_by(&name) {
         let key = (
@@ -590,6 +593,8 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             secrets.observed.reason.as_str(),
             secrets.observed.message.clone(),
         )
+    } else if all_ready && !gc.healthy {
+        (gc.observed.reason.as_str(), gc.observed.message.clone())
     } else if !all_ready {
         (
             "NamespaceTerminating",
@@ -600,11 +605,12 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     };
     observed.push(Observed::new(
         "Ready",
-        all_ready && secrets_ok,
+        all_ready && secrets_ok && gc.healthy,
         ready_reason.to_string(),
         ready_msg,
     ));
     observed.push(secrets.observed.clone());
+    observed.push(gc.observed.clone());
 
     let quota_status = tenant
         .spec
@@ -623,6 +629,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         namespaces: ns_status,
         quota: quota_status,
         secrets: secrets.statuses,
+        garbage_collection: gc.status,
         ..tenant.status.clone().unwrap_or_default()
     };
     update_status(ctx, tenant, status, observed).await?;
@@ -631,7 +638,8 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         // only when the object is gone; poll gently meanwhile.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    Ok(requeue_at(ctx, secrets.next_deadline))
+    let deadline = secrets.next_deadline.into_iter().chain(gc.next_deadline).min();
+    Ok(requeue_at(ctx, deadline))
 }
 
 /// Requeue exactly at the next deadline (a rotation), or wait for a change.
@@ -687,6 +695,7 @@ pub async fn run(
 ) {
     controller(ctx.client.clone(), child_streams, ctx.settings.concurrency)
         .reconcile_all_on(resync)
+        .reconcile_on(ctx.gc.triggers())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

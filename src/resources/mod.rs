@@ -2,6 +2,7 @@
 //! clock reads; the controller and `palisade render` share every one of them.
 
 pub mod catalog;
+pub mod gc;
 pub mod keys;
 pub mod labels;
 pub mod network;

@@ -538,3 +538,35 @@ async fn concurrent_optimistic_updates_never_lose_writes() {
     let c = cms.get("counter").await.unwrap();
     assert_eq!(c.data.unwrap()["v"], "80");
 }
+
+#[tokio::test]
+async fn event_recorder_creates_and_aggregates_events() {
+    use kube::runtime::events::{Event as KEvent, EventType, Recorder, Reporter};
+    let server = FakeApiServer::new();
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let c = cms
+        .create(&PostParams::default(), &cm("evt", "1"))
+        .await
+        .unwrap();
+    let recorder = Recorder::new(client, Reporter::from("palisade"));
+    let ev = KEvent {
+        type_: EventType::Normal,
+        reason: "Reconciled".into(),
+        note: Some("all good".into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let reference = c.object_ref(&());
+    recorder.publish(&ev, &reference).await.unwrap();
+    recorder.publish(&ev, &reference).await.unwrap();
+    let events = server.list_json("events.events.k8s.io");
+    assert_eq!(
+        events.len(),
+        1,
+        "the repeat is aggregated into a series: {events:#?}"
+    );
+    assert_eq!(events[0]["reason"], "Reconciled");
+    assert_eq!(events[0]["regarding"]["name"], "evt");
+    assert_eq!(events[0]["series"]["count"], 2);
+}
