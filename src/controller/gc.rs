@@ -424,13 +424,20 @@ pub struct Outcome {
     pub healthy: bool,
 }
 
-fn ev(type_: EventType, reason: &str, note: String) -> Event {
+/// An Event; `about` (the object concerned) makes Events about different
+/// objects distinct (the recorder folds Events with the same key into a series).
+fn ev(
+    type_: EventType,
+    reason: &str,
+    note: String,
+    about: Option<k8s_openapi::api::core::v1::ObjectReference>,
+) -> Event {
     Event {
         type_,
         reason: reason.to_string(),
         note: Some(note.chars().take(1000).collect()),
         action: "GarbageCollect".to_string(),
-        secondary: None,
+        secondary: about,
     }
 }
 
@@ -601,6 +608,7 @@ pub async fn reconcile(
                             "{}: {}; ignored, and the object is not garbage collected until it is fixed",
                             inv.annotation, inv.message
                         ),
+                        None,
                     ),
                     false,
                 ));
@@ -625,6 +633,7 @@ pub async fn reconcile(
                                 "dry run: would delete {} {}/{} ({})",
                                 objects[d.index].0.kind, c.namespace, c.name, d.why
                             ),
+                            Some(objects[d.index].1.object_ref(&objects[d.index].0)),
                         ),
                         true,
                     ));
@@ -671,6 +680,7 @@ pub async fn reconcile(
                         EventType::Normal,
                         "ObjectDeleted",
                         format!("deleted {what} ({})", d.why),
+                        Some(obj.object_ref(ar)),
                     ),
                 )
                 .await;

@@ -513,7 +513,8 @@ pub struct GcStatus {
     /// Objects due (or, in dryRun, that would be deleted) and not yet deleted.
     #[serde(default)]
     pub pending: u64,
-    /// When the next object expires.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the next object expires (null when nothing is scheduled; written as
+    /// null so a merge patch clears an expiry that no longer exists).
+    #[serde(default)]
     pub next_expiry: Option<Time>,
 }
