@@ -184,7 +184,7 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(usize, Input)>, Render
 
 /// Renders everything under `paths` into one multi-document YAML stream.
 pub fn render_paths(paths: &[PathBuf]) -> Result<String, RenderError> {
-    let mut values = Vec::new();
+    let mut inputs = Vec::new();
     for root in paths {
         for file in collect_files(root)? {
             let text = std::fs::read_to_string(&file).map_err(|source| RenderError::Read {
@@ -192,9 +192,21 @@ pub fn render_paths(paths: &[PathBuf]) -> Result<String, RenderError> {
                 source,
             })?;
             for (doc, input) in parse_file(&file, &text)? {
-                values.extend(render_input(&file, doc, &input)?);
+                inputs.push((file.clone(), doc, input));
             }
         }
+    }
+    // RolePolicies shape every tenant's roles, wherever they appear in the input.
+    let policies: Vec<crate::crd::RolePolicy> = inputs
+        .iter()
+        .filter_map(|(_, _, i)| match i {
+            Input::RolePolicy(p) => Some(p.as_ref().clone()),
+            _ => None,
+        })
+        .collect();
+    let mut values = Vec::new();
+    for (file, doc, input) in &inputs {
+        values.extend(render_input(file, *doc, input, &policies)?);
     }
     to_yaml_stream(&values)
 }
@@ -204,10 +216,12 @@ pub fn render_input(
     path: &Path,
     doc: usize,
     input: &Input,
+    policies: &[crate::crd::RolePolicy],
 ) -> Result<Vec<serde_json::Value>, RenderError> {
     match input {
         Input::Tenant(t) => {
-            let objects = tenant::build(t, &Usage::new()).map_err(|e| {
+            let plan = crate::resources::rolepolicy::plan_for(t, policies);
+            let objects = tenant::build(t, &Usage::new(), &plan).map_err(|e| {
                 RenderError::Field(Box::new(FieldError {
                     path: path.to_path_buf(),
                     doc,
@@ -223,8 +237,21 @@ pub fn render_input(
             values.extend(tenant::secret_previews(t));
             Ok(values)
         }
-        // Their controllers render their own children once they land.
-        Input::RolePolicy(_) | Input::BackupSchedule(_) => Ok(Vec::new()),
+        // A RolePolicy's objects are the selected tenants' Roles and RoleBindings
+        // (rendered with each Tenant); an invalid one is an error here.
+        Input::RolePolicy(p) => match crate::resources::rolepolicy::validate(&p.spec) {
+            Ok(()) => Ok(Vec::new()),
+            Err(e) => Err(RenderError::Field(Box::new(FieldError {
+                path: path.to_path_buf(),
+                doc,
+                kind: "RolePolicy".into(),
+                name: p.metadata.name.clone().unwrap_or_default(),
+                field: e.field.clone(),
+                message: format!("{} ({})", e.message, e.reason),
+            }))),
+        },
+        // Its Jobs exist only at run time.
+        Input::BackupSchedule(_) => Ok(Vec::new()),
     }
 }
 

@@ -39,7 +39,8 @@ async fn create(server: &FakeApiServer, yaml: &str) -> Tenant {
 /// Every object `palisade render` produces for the tenant exists on the server
 /// and contains what render says.
 fn assert_matches_render(server: &FakeApiServer, tenant: &Tenant) {
-    let objects = palisade::resources::tenant::build(tenant, &Usage::new()).expect("valid");
+    let plan = palisade::resources::rolepolicy::plan_for(tenant, &[]);
+    let objects = palisade::resources::tenant::build(tenant, &Usage::new(), &plan).expect("valid");
     for desired in objects.to_values().expect("json") {
         let kind = desired["kind"].as_str().expect("kind");
         let plural = match kind {

@@ -50,7 +50,25 @@ pub fn tenant_child_kinds() -> Vec<ApiResource> {
     ]
 }
 
+/// RolePolicies, cached beside the children: every Tenant's roles depend on them.
+pub fn policy_kind() -> ApiResource {
+    ar::<crate::crd::RolePolicy>()
+}
+
 impl ChildCache {
+    /// Every cached RolePolicy (empty when the cache does not hold them).
+    pub fn policies(&self) -> Vec<crate::crd::RolePolicy> {
+        let Some(kind) = self.kind(&policy_kind()) else {
+            return Vec::new();
+        };
+        kind.store
+            .state()
+            .iter()
+            .filter_map(|o| serde_json::to_value(o.as_ref()).ok())
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect()
+    }
+
     /// Creates the caches and the watch streams that fill them. The streams must
     /// be polled (the controller does) for the caches to fill.
     pub fn new(
@@ -63,7 +81,12 @@ impl ChildCache {
             let writer: Writer<DynamicObject> = Writer::new(ar.clone());
             let store = writer.as_reader();
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            let cfg = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+            // Palisade's own policies are inputs, not children: watch them all.
+            let cfg = if ar.kind == policy_kind().kind {
+                watcher::Config::default()
+            } else {
+                watcher::Config::default().labels(labels::MANAGED_SELECTOR)
+            };
             let stream = reflector::reflector(
                 writer,
                 watcher(api, cfg)

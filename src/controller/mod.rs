@@ -2,8 +2,10 @@
 
 pub mod cache;
 pub mod gc;
+pub mod rolepolicy;
 pub mod secrets;
 pub mod tenant;
+pub mod tokens;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -380,7 +380,8 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
 
     // Desired state.
     let usage = quota_usage(ctx, &usable);
-    let desired = builder::build(tenant, &usage)?;
+    let plan = rbac_plan(ctx, tenant);
+    let desired = builder::build(tenant, &usage, &plan)?;
 
     // Apply: namespaces first (created, never taken over), then their contents.
     let ns_ar = ns_ar();
@@ -480,6 +481,14 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
 
     // TTL garbage collection of objects in the tenant's namespaces.
     let gc = super::gc::reconcile(ctx, tenant, &ready_ns).await?;
+
+    // Application tokens for RolePolicy bindings that ask for them.
+    let tokens = super::tokens::reconcile(ctx, tenant, &ready_ns, &plan).await?;
+    wanted.extend(tokens.wanted.iter().cloned());
+    let tokens_ok = tokens
+        .observed
+        .as_ref()
+        .is_none_or(|o| o.status == crate::crd::ConditionStatus::True);
 
     // Prune what this tenant no longer wants.
     for (ar, obj) in ctx.cache.owned_by(&name) {
@@ -595,6 +604,8 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         )
     } else if all_ready && !gc.healthy {
         (gc.observed.reason.as_str(), gc.observed.message.clone())
+    } else if let (true, false, Some(t)) = (all_ready, tokens_ok, &tokens.observed) {
+        (t.reason.as_str(), t.message.clone())
     } else if !all_ready {
         (
             "NamespaceTerminating",
@@ -605,12 +616,13 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     };
     observed.push(Observed::new(
         "Ready",
-        all_ready && secrets_ok && gc.healthy,
+        all_ready && secrets_ok && gc.healthy && tokens_ok,
         ready_reason.to_string(),
         ready_msg,
     ));
     observed.push(secrets.observed.clone());
     observed.push(gc.observed.clone());
+    observed.extend(tokens.observed.clone());
 
     let quota_status = tenant
         .spec
@@ -638,7 +650,12 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         // only when the object is gone; poll gently meanwhile.
         return Ok(Action::requeue(Duration::from_secs(5)));
     }
-    let deadline = secrets.next_deadline.into_iter().chain(gc.next_deadline).min();
+    let deadline = secrets
+        .next_deadline
+        .into_iter()
+        .chain(gc.next_deadline)
+        .chain(tokens.next_deadline)
+        .min();
     Ok(requeue_at(ctx, deadline))
 }
 
@@ -673,7 +690,25 @@ pub fn controller(
     let tenants: Api<Tenant> = Api::all(client);
     let mut c = Controller::new(tenants, watcher::Config::default().any_semantic())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let tenant_store = c.store();
     for (ar, stream) in child_streams {
+        if ar.kind == super::cache::policy_kind().kind {
+            // A policy can select any tenant (and stop selecting one): every
+            // tenant re-derives its roles; a converged tenant writes nothing.
+            let store = tenant_store.clone();
+            c = c.watches_stream_with(
+                stream,
+                move |_: DynamicObject| {
+                    store
+                        .state()
+                        .iter()
+                        .map(|t| ObjectRef::from_obj(t.as_ref()))
+                        .collect::<Vec<_>>()
+                },
+                ar,
+            );
+            continue;
+        }
         c = c.watches_stream_with(
             stream,
             |obj: DynamicObject| {
@@ -708,5 +743,12 @@ pub async fn run(
 
 /// The child caches of the Tenant controller plus the streams that fill them.
 pub fn child_cache(client: &kube::Client) -> (ChildCache, Vec<(ApiResource, ChildStream)>) {
-    ChildCache::new(client, super::cache::tenant_child_kinds())
+    let mut kinds = super::cache::tenant_child_kinds();
+    kinds.push(super::cache::policy_kind());
+    ChildCache::new(client, kinds)
+}
+
+/// The RBAC plan of a tenant from the cached RolePolicies.
+fn rbac_plan(ctx: &Context, tenant: &Tenant) -> crate::resources::rolepolicy::RbacPlan {
+    crate::resources::rolepolicy::plan_for(tenant, &ctx.cache.policies())
 }

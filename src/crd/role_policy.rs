@@ -174,6 +174,10 @@ pub struct RolePolicyStatus {
     /// Number of tenants selected (printer column).
     #[serde(default)]
     pub tenant_count: u32,
+    /// The last spec that passed validation, as JSON. While the current spec is
+    /// invalid, this is what stays applied (nothing from an invalid spec is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_valid_spec: Option<String>,
     /// Roles and bindings applied, per tenant.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["tenant".into()]))]

@@ -11,6 +11,7 @@ pub mod rbac;
 pub mod rolepolicy;
 pub mod secrets;
 pub mod tenant;
+pub mod tokens;
 
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;

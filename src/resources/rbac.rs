@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::catalog;
 use super::labels;
-use crate::crd::tenant::Owner;
 
 /// `palisade:<role>`: the name of a Role (and its RoleBinding) in a tenant namespace.
 pub fn role_name(role: &str) -> String {
@@ -66,34 +64,30 @@ pub fn subject(kind: &str, name: &str, sa_namespace: Option<&str>, namespace: &s
     }
 }
 
-/// The five built-in roles in one tenant namespace.
-pub fn builtin_roles(tenant: &str, namespace: &str) -> Vec<Role> {
-    catalog::BUILTIN_ROLES
+/// Every role of a tenant's RBAC plan in one namespace.
+pub fn plan_roles(tenant: &str, namespace: &str, plan: &super::rolepolicy::RbacPlan) -> Vec<Role> {
+    plan.roles
         .iter()
-        .map(|r| {
-            // The catalog's own test proves every built-in composes from known permissions.
-            let rules = catalog::rules_for(r.permissions.iter().copied()).unwrap_or_default();
-            role(labels::managed(tenant), namespace, r.name, rules)
-        })
+        .map(|(name, rules)| role(labels::managed(tenant), namespace, name, rules.clone()))
         .collect()
 }
 
-/// Owners bound to the built-in admin role, or nothing when there are no owners.
-pub fn owner_binding(tenant: &str, namespace: &str, owners: &[Owner]) -> Option<RoleBinding> {
-    if owners.is_empty() {
-        return None;
-    }
-    let mut owners = owners.to_vec();
-    owners.sort();
-    owners.dedup();
-    let subjects = owners
+/// One RoleBinding per role with subjects, in one namespace. A ServiceAccount
+/// subject without a namespace means the one in this namespace.
+pub fn plan_bindings(
+    tenant: &str,
+    namespace: &str,
+    plan: &super::rolepolicy::RbacPlan,
+) -> Vec<RoleBinding> {
+    plan.bindings
         .iter()
-        .map(|o| subject(o.kind.as_str(), &o.name, o.namespace.as_deref(), namespace))
-        .collect();
-    Some(role_binding(
-        labels::managed(tenant),
-        namespace,
-        "admin",
-        subjects,
-    ))
+        .filter(|(_, subjects)| !subjects.is_empty())
+        .map(|(role_name, subjects)| {
+            let subjects = subjects
+                .iter()
+                .map(|(kind, name, ns)| subject(kind, name, ns.as_deref(), namespace))
+                .collect();
+            role_binding(labels::managed(tenant), namespace, role_name, subjects)
+        })
+        .collect()
 }

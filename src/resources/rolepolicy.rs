@@ -380,6 +380,46 @@ pub fn compile(owners: &[Owner], policies: &[PolicyInput<'_>]) -> RbacPlan {
     plan
 }
 
+/// The spec a policy contributes: the current one when valid, else the last
+/// valid one recorded in its status, else nothing.
+pub fn effective_spec(policy: &crate::crd::RolePolicy) -> Option<RolePolicySpec> {
+    if validate(&policy.spec).is_ok() {
+        return Some(policy.spec.clone());
+    }
+    let last = policy.status.as_ref()?.last_valid_spec.as_deref()?;
+    serde_json::from_str(last).ok()
+}
+
+/// The RBAC plan of `tenant` under `policies` (any order; sorted here by
+/// `(creationTimestamp, name)`).
+pub fn plan_for(tenant: &crate::crd::Tenant, policies: &[crate::crd::RolePolicy]) -> RbacPlan {
+    let name = tenant.metadata.name.as_deref().unwrap_or_default();
+    let labels = tenant.metadata.labels.clone().unwrap_or_default();
+    let mut selected: Vec<(&crate::crd::RolePolicy, RolePolicySpec)> = policies
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| effective_spec(p).map(|s| (p, s)))
+        .filter(|(_, s)| selects(s, name, &labels))
+        .collect();
+    selected.sort_by(|(a, _), (b, _)| {
+        let key = |p: &crate::crd::RolePolicy| {
+            (
+                p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                p.metadata.name.clone().unwrap_or_default(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let inputs: Vec<PolicyInput<'_>> = selected
+        .iter()
+        .map(|(p, s)| PolicyInput {
+            name: p.metadata.name.as_deref().unwrap_or_default(),
+            spec: s,
+        })
+        .collect();
+    compile(&tenant.spec.owners, &inputs)
+}
+
 fn subject_tuple(s: &Subject) -> (String, String, Option<String>) {
     (
         s.kind.as_str().to_string(),

@@ -252,7 +252,11 @@ fn namespace(name: &str, spec: &TenantSpec, ns: &crate::crd::tenant::TenantNames
 
 /// The objects a valid Tenant becomes. `usage` is each namespace's current quota
 /// usage (only read for `scope: Tenant`; empty offline).
-pub fn build(tenant: &Tenant, usage: &Usage) -> Result<TenantObjects, InvalidTenant> {
+pub fn build(
+    tenant: &Tenant,
+    usage: &Usage,
+    plan: &super::rolepolicy::RbacPlan,
+) -> Result<TenantObjects, InvalidTenant> {
     let name = tenant.metadata.name.as_deref().unwrap_or_default();
     let spec = &tenant.spec;
     validate(name, spec)?;
@@ -278,9 +282,9 @@ pub fn build(tenant: &Tenant, usage: &Usage) -> Result<TenantObjects, InvalidTen
         if let Some(l) = &spec.limits {
             out.limit_ranges.push(quota::limit_range(name, &ns.name, l));
         }
-        out.roles.extend(rbac::builtin_roles(name, &ns.name));
+        out.roles.extend(rbac::plan_roles(name, &ns.name, plan));
         out.role_bindings
-            .extend(rbac::owner_binding(name, &ns.name, &spec.owners));
+            .extend(rbac::plan_bindings(name, &ns.name, plan));
     }
     Ok(out)
 }

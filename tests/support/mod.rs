@@ -89,6 +89,35 @@ pub fn start(server: &FakeApiServer, clock: Arc<dyn Clock>) -> Running {
     }
 }
 
+/// Starts the RolePolicy controller against `server`; stops when dropped.
+pub fn start_policies(server: &FakeApiServer, clock: Arc<dyn Clock>) -> oneshot::Sender<()> {
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(palisade::controller::rolepolicy::run(
+        server.client(),
+        clock,
+        fast_settings(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    tx
+}
+
+/// A condition of any cluster-scoped Palisade object, as JSON.
+pub fn condition_of(
+    server: &FakeApiServer,
+    resource: &str,
+    name: &str,
+    type_: &str,
+) -> Option<Value> {
+    let o = server.get_json(resource, None, name)?;
+    o.pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
 /// The status condition `type_` of a tenant, as JSON.
 pub fn condition(server: &FakeApiServer, tenant: &str, type_: &str) -> Option<Value> {
     let t = server.get_json("tenants.palisade.dev", None, tenant)?;

@@ -1,0 +1,185 @@
+//! Application tokens for the Tenant controller: for every RolePolicy binding
+//! that asks for `token`, a JWT for each ServiceAccount subject in each tenant
+//! namespace, signed with the tenant's current JwtSigningKey, kept in the Secret
+//! `<serviceaccount>-palisade-token`, re-issued at 2/3 of its lifetime and right
+//! after the signing key rotates. The token itself is never logged or shown.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::core::ApiResource;
+
+use super::Context;
+use super::tenant::Error;
+use crate::crd::condition::Observed;
+use crate::crd::tenant::{SecretType, Tenant};
+use crate::resources::rolepolicy::RbacPlan;
+use crate::resources::secrets as secret_model;
+use crate::resources::tokens::{self as model, Issued, Wanted};
+
+/// What token reconciliation concluded.
+pub struct Outcome {
+    /// `TokensIssued`, or `None` when no binding asks for tokens.
+    pub observed: Option<Observed>,
+    pub next_deadline: Option<Timestamp>,
+    pub wanted: BTreeSet<(String, String, String)>,
+    pub issued: Vec<String>,
+}
+
+fn secret_ar() -> ApiResource {
+    ApiResource::erase::<Secret>(&())
+}
+
+fn to_secret(obj: &kube::api::DynamicObject) -> Option<Secret> {
+    serde_json::from_value(serde_json::to_value(obj).ok()?).ok()
+}
+
+/// Issues and refreshes the tokens `plan` asks for.
+pub async fn reconcile(
+    ctx: &Context,
+    tenant: &Tenant,
+    ready_ns: &BTreeSet<String>,
+    plan: &RbacPlan,
+) -> Result<Outcome, Error> {
+    let mut out = Outcome {
+        observed: None,
+        next_deadline: None,
+        wanted: BTreeSet::new(),
+        issued: Vec::new(),
+    };
+    if plan.tokens.is_empty() {
+        return Ok(out);
+    }
+    let tenant_name = tenant.name_any();
+    let now = ctx.clock.now();
+    let mut problems = Vec::new();
+    let mut pending = false;
+    for req in &plan.tokens {
+        let keys: Vec<_> = tenant
+            .spec
+            .secrets
+            .iter()
+            .filter(|s| s.type_ == SecretType::JwtSigningKey)
+            .collect();
+        let key_spec = match &req.signing_key {
+            Some(name) => keys.iter().find(|k| &k.name == name).copied(),
+            None if keys.len() == 1 => Some(keys[0]),
+            None => None,
+        };
+        let Some(key_spec) = key_spec else {
+            problems.push(format!(
+                "RolePolicy {} asks for tokens for {} but the tenant has {} JwtSigningKey secret(s); add one to spec.secrets or name it in token.signingKey",
+                req.policy,
+                req.service_account,
+                keys.len()
+            ));
+            continue;
+        };
+        let alg = key_spec
+            .algorithm
+            .unwrap_or(crate::crd::tenant::JwtAlgorithm::ES256);
+        let namespaces: Vec<&String> = ready_ns
+            .iter()
+            .filter(|ns| req.sa_namespace.as_ref().is_none_or(|n| n == *ns))
+            .collect();
+        for ns in namespaces {
+            let Some(key_state) = ctx
+                .cache
+                .get(&secret_ar(), Some(ns), &key_spec.name)
+                .and_then(|o| to_secret(&o))
+                .and_then(|s| secret_model::parse_state(key_spec, &s).ok())
+            else {
+                if key_spec.namespaces.is_empty() || key_spec.namespaces.contains(ns) {
+                    // Created in this very reconcile: its watch event brings us back.
+                    pending = true;
+                } else {
+                    problems.push(format!(
+                        "signing key {} is not published in namespace {ns} (spec.secrets[].namespaces); tokens for {} cannot be signed there",
+                        key_spec.name, req.service_account
+                    ));
+                }
+                continue;
+            };
+            let Some(current) = key_state.current() else {
+                continue;
+            };
+            let name = model::secret_name(&req.service_account);
+            out.wanted
+                .insert(("Secret".into(), ns.clone(), name.clone()));
+            let wanted = Wanted {
+                sub: format!("system:serviceaccount:{ns}:{}", req.service_account),
+                aud: req.audience.clone().unwrap_or_else(|| tenant_name.clone()),
+                tenant: tenant_name.clone(),
+                scope: plan
+                    .scopes
+                    .get(&req.role)
+                    .map(|s| s.iter().cloned().collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default(),
+                ttl: req.ttl,
+            };
+            let cached = ctx.cache.get(&secret_ar(), Some(ns), &name);
+            let issued = cached
+                .as_ref()
+                .and_then(|o| Issued::from_annotations(o.annotations()));
+            let issued = if model::needs_issue(issued.as_ref(), &wanted, &current.meta.id, now) {
+                let (token, issued) =
+                    match model::issue(&wanted, alg, &current.meta.id, &current.material, now) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            problems.push(format!("token for {ns}/{}: {e}", req.service_account));
+                            continue;
+                        }
+                    };
+                let object = serde_json::to_value(model::token_secret(
+                    &tenant_name,
+                    ns,
+                    &req.service_account,
+                    &token,
+                    &issued,
+                ))
+                .map_err(|e| Error::Kube {
+                    action: "serialize token secret",
+                    source: Box::new(kube::Error::SerdeError(e)),
+                })?;
+                match &cached {
+                    Some(c) => {
+                        ctx.applier.replace(&secret_ar(), object, c).await?;
+                    }
+                    None => {
+                        ctx.applier.create(&secret_ar(), object).await?;
+                    }
+                }
+                out.issued.push(format!(
+                    "token for {ns}/{} issued (kid {}, expires {})",
+                    req.service_account, issued.kid, issued.expires_at
+                ));
+                issued
+            } else {
+                match issued {
+                    Some(i) => i,
+                    None => continue,
+                }
+            };
+            let refresh = issued.refresh_at();
+            out.next_deadline = Some(out.next_deadline.map_or(refresh, |d| d.min(refresh)));
+        }
+    }
+    if pending {
+        let soon = now
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(1))
+            .unwrap_or(now);
+        out.next_deadline = Some(out.next_deadline.map_or(soon, |d| d.min(soon)));
+    }
+    out.observed = Some(match problems.first() {
+        Some(p) => Observed::new("TokensIssued", false, "TokenBlocked", p.clone()),
+        None => Observed::new(
+            "TokensIssued",
+            true,
+            "TokensCurrent",
+            format!("{} token secret(s) current", out.wanted.len()),
+        ),
+    });
+    Ok(out)
+}
