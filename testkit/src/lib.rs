@@ -83,6 +83,7 @@ mod log;
 mod patch;
 mod registry;
 mod selectors;
+mod serve;
 mod store;
 mod watch;
 
