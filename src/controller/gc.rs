@@ -221,6 +221,15 @@ impl GcWatches {
             .sum()
     }
 
+    /// Serialized size of every object the GC caches hold (for memory reporting).
+    pub fn cached_bytes(&self) -> usize {
+        lock(&self.watches)
+            .values()
+            .flat_map(|w| w.store.state())
+            .map(|o| serde_json::to_vec(o.as_ref()).map(|v| v.len()).unwrap_or(0))
+            .sum()
+    }
+
     fn forget(&self, tenant: &str) {
         lock(&self.tenants).remove(tenant);
     }
