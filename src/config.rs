@@ -63,6 +63,9 @@ pub struct ControllerArgs {
     /// Log format: json or text.
     #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
+    /// Image of the BackupSchedule run Jobs (default: the Palisade image of this version).
+    #[arg(long, env = "PALISADE_JOB_IMAGE", default_value = concat!("ghcr.io/palisade-dev/palisade:", env!("CARGO_PKG_VERSION")))]
+    pub job_image: String,
     /// Pod name, for Events and leader election identity.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -82,6 +85,7 @@ impl ControllerArgs {
             },
             reporter: "palisade".to_string(),
             instance: self.pod_name.clone(),
+            job_image: self.job_image.clone(),
         }
     }
 }

@@ -127,6 +127,10 @@ pub struct CommonArgs {
     /// KMS key for `--s3-sse aws:kms`.
     #[arg(long, global = true)]
     pub s3_kms_key_id: Option<String>,
+    /// Directory with the files `access-key-id`, `secret-access-key` and optionally
+    /// `session-token` (a mounted Secret). Default: the AWS credential chain.
+    #[arg(long, global = true, conflicts_with = "s3_credentials_file")]
+    pub s3_credentials_dir: Option<PathBuf>,
     /// File with two lines: access key id, secret access key (and optionally a session
     /// token). Default: the AWS credential chain.
     #[arg(long, global = true)]
@@ -171,6 +175,10 @@ pub struct CommonArgs {
     /// Never print progress.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Also write the one-line JSON result to this file (in a Kubernetes Job:
+    /// `/dev/termination-log`, so the controller reads it as the termination message).
+    #[arg(long, global = true)]
+    pub termination_log: Option<PathBuf>,
 }
 
 /// The subcommands.
@@ -188,6 +196,10 @@ pub enum BackupCommand {
         /// Store unencrypted even if a key is configured.
         #[arg(long)]
         no_encryption: bool,
+        /// After a successful snapshot, delete snapshots by the config's retention
+        /// (like `backup prune`; never the newest verified snapshot) and report it.
+        #[arg(long)]
+        prune: bool,
     },
     /// Restore a snapshot into a database.
     Restore {
@@ -481,7 +493,24 @@ async fn storage(
                 }
             }
         }
-        None => None,
+        None => match &common.s3_credentials_dir {
+            Some(dir) => {
+                let read = |f: &str| -> Result<String, CliError> {
+                    secret_string(read_secret_file(&dir.join(f))?, f)
+                };
+                let token = dir.join("session-token");
+                Some((
+                    read("access-key-id")?,
+                    read("secret-access-key")?,
+                    if token.exists() {
+                        Some(read("session-token")?)
+                    } else {
+                        None
+                    },
+                ))
+            }
+            None => None,
+        },
     };
     let part_mib = common.part_size_mib.unwrap_or(d.part_size_mib).max(5);
     Ok(Storage::s3(S3Settings {
@@ -615,10 +644,21 @@ pub fn compact_json(mut v: Value) -> String {
     v.to_string()
 }
 
-fn emit(output: OutputFormat, json_value: Value, text: impl FnOnce() -> String) {
-    match output {
-        OutputFormat::Json => println!("{}", compact_json(json_value)),
+fn emit(common: &CommonArgs, json_value: Value, text: impl FnOnce() -> String) {
+    let line = compact_json(json_value);
+    write_termination_log(common.termination_log.as_deref(), &line);
+    match common.output {
+        OutputFormat::Json => println!("{line}"),
         OutputFormat::Text => println!("{}", text()),
+    }
+}
+
+/// Best effort: a missing termination log must not fail the run itself.
+fn write_termination_log(path: Option<&Path>, line: &str) {
+    if let Some(p) = path
+        && let Err(e) = std::fs::write(p, line)
+    {
+        eprintln!("cannot write termination log {}: {e}", p.display());
     }
 }
 
@@ -626,6 +666,7 @@ fn emit(output: OutputFormat, json_value: Value, text: impl FnOnce() -> String) 
 pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let op = args.command.op();
     let output = args.common.output;
+    let termination_log = args.common.termination_log.clone();
     match execute(args).await {
         Ok(code) => Ok(code),
         Err(e) => {
@@ -633,14 +674,13 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
                 CliError::Config(_) => 2,
                 CliError::Engine(_) => 1,
             };
+            let line = compact_json(json!({
+                "op": op, "ok": false, "reason": e.reason(),
+                "error": pg::bounded(&e.to_string(), 1500),
+            }));
+            write_termination_log(termination_log.as_deref(), &line);
             match output {
-                OutputFormat::Json => println!(
-                    "{}",
-                    compact_json(json!({
-                        "op": op, "ok": false, "reason": e.reason(),
-                        "error": pg::bounded(&e.to_string(), 1500),
-                    }))
-                ),
+                OutputFormat::Json => println!("{line}"),
                 OutputFormat::Text => eprintln!("backup {op} failed ({}): {e}", e.reason()),
             }
             Ok(ExitCode::from(code))
@@ -658,6 +698,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             compression_level,
             id,
             no_encryption,
+            prune,
         } => {
             let level = compression_level
                 .or(spec.map(|s| s.compression.level))
@@ -687,40 +728,40 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             let rep = result?;
             let m = &rep.manifest;
             let rows: i64 = m.row_counts.values().sum();
-            emit(
-                common.output,
-                json!({
-                    "op": "run", "ok": true, "id": m.id, "key": pg::bounded(&rep.key, 512),
-                    "time": m.finished_at, "bytes": m.stored_bytes, "rawBytes": m.raw_bytes,
-                    "sha256": m.sha256, "durationSeconds": round2(rep.duration.as_secs_f64()),
-                    "encrypted": m.encryption.is_encrypted(), "keyId": m.encryption.key_id,
-                    "tables": m.row_counts.len(), "rows": rows,
-                    "alreadyExisted": rep.already_existed,
-                }),
-                || {
-                    format!(
-                        "snapshot {} stored at {} ({} raw → {} stored, {} tables, {} rows, {}) in {:.1}s{}",
-                        m.id,
-                        rep.key,
-                        mib(m.raw_bytes),
-                        mib(m.stored_bytes),
-                        m.row_counts.len(),
-                        rows,
-                        m.encryption
-                            .key_id
-                            .as_deref()
-                            .map_or("unencrypted".to_string(), |k| format!(
-                                "encrypted with key {k}"
-                            )),
-                        rep.duration.as_secs_f64(),
-                        if rep.already_existed {
-                            " (already existed)"
-                        } else {
-                            ""
-                        }
-                    )
-                },
-            );
+            let mut out = json!({
+                "op": "run", "ok": true, "id": m.id, "key": pg::bounded(&rep.key, 512),
+                "time": m.finished_at, "bytes": m.stored_bytes, "rawBytes": m.raw_bytes,
+                "sha256": m.sha256, "durationSeconds": round2(rep.duration.as_secs_f64()),
+                "encrypted": m.encryption.is_encrypted(), "keyId": m.encryption.key_id,
+                "tables": m.row_counts.len(), "rows": rows,
+                "alreadyExisted": rep.already_existed,
+            });
+            if prune {
+                prune_after_run(&r.storage, spec, &mut out).await;
+            }
+            emit(common, out, || {
+                format!(
+                    "snapshot {} stored at {} ({} raw → {} stored, {} tables, {} rows, {}) in {:.1}s{}",
+                    m.id,
+                    rep.key,
+                    mib(m.raw_bytes),
+                    mib(m.stored_bytes),
+                    m.row_counts.len(),
+                    rows,
+                    m.encryption
+                        .key_id
+                        .as_deref()
+                        .map_or("unencrypted".to_string(), |k| format!(
+                            "encrypted with key {k}"
+                        )),
+                    rep.duration.as_secs_f64(),
+                    if rep.already_existed {
+                        " (already existed)"
+                    } else {
+                        ""
+                    }
+                )
+            });
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Restore {
@@ -768,7 +809,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             }
             let rep = result?;
             emit(
-                common.output,
+                common,
                 json!({
                     "op": "restore", "ok": true, "snapshot": rep.manifest.id,
                     "database": opts.target.database, "bytes": rep.manifest.stored_bytes,
@@ -830,7 +871,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             let rep = verify::verify(&r.storage, &opts).await?;
             let rec = &rep.record;
             emit(
-                common.output,
+                common,
                 json!({
                     "op": "verify", "ok": rec.passed, "snapshot": rec.snapshot, "time": rec.time,
                     "result": if rec.passed { "Passed" } else { "Failed" },
@@ -879,7 +920,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                 })
                 .collect();
             emit(
-                common.output,
+                common,
                 json!({"op": "list", "ok": true, "snapshots": rows}),
                 || {
                     let mut s = format!(
@@ -926,7 +967,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                 .map(|d| d.id.as_str())
                 .collect();
             emit(
-                common.output,
+                common,
                 json!({
                     "op": "prune", "ok": true, "dryRun": rep.dry_run,
                     "kept": rep.decisions.len() - deleted.len(),
@@ -963,6 +1004,26 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             );
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `backup run --prune`: retention after a successful snapshot. A failed prune is
+/// reported in the result (`pruned.error`) but does not fail the snapshot.
+async fn prune_after_run(storage: &Storage, spec: Option<&BackupScheduleSpec>, out: &mut Value) {
+    let pruned = match policy(spec.map(|s| &s.retention), [None; 4], None) {
+        Err(e) => json!({"error": pg::bounded(&e.to_string(), 300)}),
+        Ok(policy) => match catalog::prune(storage, &policy, chrono::Utc::now(), false).await {
+            Ok(rep) => {
+                let deleted = rep.decisions.iter().filter(|d| !d.keep).count();
+                json!({"kept": rep.decisions.len() - deleted, "deletedCount": deleted})
+            }
+            Err(e) => json!({"error": pg::bounded(&e.to_string(), 300)}),
+        },
+    };
+    out["pruned"] = pruned;
+    if let Ok(entries) = catalog::list(storage).await {
+        out["snapshotCount"] = json!(entries.len());
+        out["totalBytes"] = json!(entries.iter().map(|e| e.manifest.stored_bytes).sum::<u64>());
     }
 }
 

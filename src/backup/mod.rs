@@ -13,6 +13,8 @@ pub mod engine;
 pub mod format;
 pub mod manifest;
 pub mod pg;
+pub mod result;
 pub mod retention;
+pub mod schedule;
 pub mod storage;
 pub mod verify;

@@ -1,5 +1,6 @@
 //! The controllers: the only code (besides [`crate::apply`]) that calls the API.
 
+pub mod backup_schedule;
 pub mod cache;
 pub mod gc;
 pub mod rolepolicy;
@@ -69,6 +70,8 @@ pub struct Settings {
     pub reporter: String,
     /// Instance (pod) name for Events.
     pub instance: Option<String>,
+    /// Image of the BackupSchedule run Jobs (unless a schedule's `jobTemplate` names one).
+    pub job_image: String,
 }
 
 impl Default for Settings {
@@ -78,6 +81,10 @@ impl Default for Settings {
             backoff: Backoff::default(),
             reporter: "palisade".to_string(),
             instance: None,
+            job_image: format!(
+                "ghcr.io/palisade-dev/palisade:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
         }
     }
 }

@@ -69,6 +69,52 @@ pub struct BackupScheduleSpec {
     /// When absent, no restore tests run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_test: Option<RestoreTest>,
+    /// How many finished successful run Jobs (per kind: backup, restore test) to keep.
+    /// Default: 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub successful_jobs_history_limit: Option<u32>,
+    /// How many finished failed run Jobs (per kind: backup, restore test) to keep.
+    /// Default: 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub failed_jobs_history_limit: Option<u32>,
+    /// Settings of the Jobs that run backups and restore tests. Ignored by the
+    /// standalone CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_template: Option<BackupJobTemplate>,
+}
+
+/// Settings of the run Jobs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupJobTemplate {
+    /// Container image. Default: the controller's `--job-image` (the Palisade image of
+    /// the running version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// ServiceAccount the Job's pod runs as (e.g. for IRSA / workload identity).
+    /// Default: the namespace's `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Resource requests and limits of the run container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    /// Node selector of the run pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Tolerations of the run pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
+    /// Retries of a failed run pod. Default: 0 (a failed run is reported, the next
+    /// scheduled run tries again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub backoff_limit: Option<i32>,
+    /// Upper bound in seconds for a whole run. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
 }
 
 fn default_schedule() -> String {
@@ -462,6 +508,20 @@ pub struct BackupScheduleStatus {
     /// Backup runs that failed in a row since the last success.
     #[serde(default)]
     pub consecutive_failures: u32,
+    /// Scheduled time of the newest restore-test run that was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore_test_schedule_time: Option<DateTime<Utc>>,
+    /// Scheduled time of the newest run that was skipped because it could not start
+    /// within `startingDeadlineSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_missed_schedule_time: Option<DateTime<Utc>>,
+    /// Name of the newest finished backup Job whose result is folded into this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_job: Option<String>,
+    /// Name of the newest finished restore-test Job whose result is folded into this
+    /// status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore_test_job: Option<String>,
 }
 
 /// A completed snapshot.

@@ -1,6 +1,7 @@
 //! Pure builders: a spec in, the desired Kubernetes objects out. No client, no
 //! clock reads; the controller and `palisade render` share every one of them.
 
+pub mod backup_jobs;
 pub mod catalog;
 pub mod gc;
 pub mod keys;

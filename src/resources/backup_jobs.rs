@@ -1,0 +1,525 @@
+//! Pure builders for the objects a `BackupSchedule` runs as: the configuration
+//! ConfigMap `<schedule>-config` and one Job per run (`<schedule>-<unix-minute>` for
+//! a backup, `<schedule>-verify-<unix-minute>` for a restore test).
+//!
+//! The Job runs the Palisade image with
+//! `palisade backup run --config /etc/palisade/backup.yaml --output json
+//! --termination-log /dev/termination-log --prune` (or `backup verify …`). The
+//! configuration is the schedule's spec, mounted from the ConfigMap; secrets are
+//! mounted read-only from the referenced Secrets as files and passed by path, never
+//! by value. After a successful snapshot, `--prune` applies `spec.retention` through
+//! the engine (which never deletes the newest verified snapshot). The one-line JSON
+//! result becomes the container's termination message, which the controller parses
+//! with [`crate::backup::result::parse`].
+
+use std::collections::BTreeMap;
+
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use super::labels::{MANAGED_BY, MANAGED_BY_VALUE};
+use crate::crd::backup_schedule::{BackupSchedule, BackupScheduleSpec};
+
+/// Label: the schedule a Job, Pod or ConfigMap belongs to.
+pub const SCHEDULE_LABEL: &str = "palisade.dev/backup-schedule";
+/// Label: `backup` or `verify`.
+pub const RUN_KIND_LABEL: &str = "palisade.dev/run-kind";
+/// Label on the run pod: its Job's name (the pod's results are found by it).
+pub const RUN_LABEL: &str = "palisade.dev/run";
+/// Annotation on a Job: the scheduled time it runs for (RFC 3339).
+pub const SCHEDULED_TIME_ANNOTATION: &str = "palisade.dev/scheduled-time";
+/// Annotation on a Job: `schedule` or `manual`.
+pub const TRIGGER_ANNOTATION: &str = "palisade.dev/run-trigger";
+/// Annotation on a BackupSchedule: start one backup now (cleared by the controller).
+pub const RUN_NOW_ANNOTATION: &str = "palisade.dev/run-now";
+/// Annotation on a BackupSchedule: start one restore test now (cleared).
+pub const VERIFY_NOW_ANNOTATION: &str = "palisade.dev/verify-now";
+
+/// Where the configuration file is mounted.
+pub const CONFIG_PATH: &str = "/etc/palisade/backup.yaml";
+/// Key of the configuration file in the ConfigMap.
+pub const CONFIG_KEY: &str = "backup.yaml";
+/// Where a `persistentVolumeClaim` destination is mounted.
+pub const PVC_MOUNT: &str = "/var/lib/palisade/backups";
+const SECRETS_DIR: &str = "/etc/palisade/secrets";
+const TERMINATION_LOG: &str = "/dev/termination-log";
+/// UID/GID the run container runs as (distroless `nonroot`).
+const RUN_AS: i64 = 65532;
+
+/// What a run does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunKind {
+    /// `palisade backup run` (+ retention).
+    Backup,
+    /// `palisade backup verify` (restore test).
+    Verify,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Backup => "backup",
+            RunKind::Verify => "verify",
+        }
+    }
+
+    pub fn from_label(s: &str) -> Option<Self> {
+        match s {
+            "backup" => Some(RunKind::Backup),
+            "verify" => Some(RunKind::Verify),
+            _ => None,
+        }
+    }
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Manual,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Manual => "manual",
+        }
+    }
+}
+
+fn fnv8(s: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{:08x}", h & 0xffff_ffff)
+}
+
+/// The deterministic run name: `<schedule>-<unix-minute>` or
+/// `<schedule>-verify-<unix-minute>`. Names over 63 characters (the limit of the
+/// `job-name` label the Job controller puts on pods) keep a prefix of the schedule
+/// name plus a hash of all of it, so they stay unique and stable.
+pub fn job_name(schedule: &str, kind: RunKind, unix_minute: i64) -> String {
+    let suffix = match kind {
+        RunKind::Backup => format!("-{unix_minute}"),
+        RunKind::Verify => format!("-verify-{unix_minute}"),
+    };
+    let full = format!("{schedule}{suffix}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = fnv8(schedule);
+    let room = 63 - suffix.len() - hash.len() - 1;
+    let prefix: String = schedule.chars().take(room).collect();
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    format!("{prefix}-{hash}{suffix}")
+}
+
+/// Name of the configuration ConfigMap.
+pub fn config_map_name(schedule: &str) -> String {
+    format!("{schedule}-config")
+}
+
+fn labels(schedule: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
+        (SCHEDULE_LABEL.to_string(), schedule.to_string()),
+    ])
+}
+
+fn owner_refs(bs: &BackupSchedule) -> Value {
+    match bs.controller_owner_ref(&()) {
+        Some(o) => json!([o]),
+        None => json!([]),
+    }
+}
+
+/// The configuration file the Job reads: the schedule's spec, with a
+/// `persistentVolumeClaim` destination turned into the path it is mounted at.
+pub fn job_config(spec: &BackupScheduleSpec) -> BackupScheduleSpec {
+    let mut c = spec.clone();
+    if let Some(pvc) = c.destination.persistent_volume_claim.take() {
+        let path = match pvc.sub_path.as_deref().map(|p| p.trim_matches('/')) {
+            Some(sub) if !sub.is_empty() => format!("{PVC_MOUNT}/{sub}"),
+            _ => PVC_MOUNT.to_string(),
+        };
+        c.destination.path = Some(path);
+    }
+    // Fields only the controller uses.
+    c.job_template = None;
+    c
+}
+
+/// The ConfigMap `<schedule>-config` holding the configuration file.
+pub fn config_map(bs: &BackupSchedule) -> Result<Value, serde_yaml::Error> {
+    let name = bs.name_any();
+    let text = serde_yaml::to_string(&job_config(&bs.spec))?;
+    Ok(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(&name),
+            "namespace": bs.namespace(),
+            "labels": labels(&name),
+            "ownerReferences": owner_refs(bs),
+        },
+        "data": { CONFIG_KEY: text },
+    }))
+}
+
+/// One Secret-backed file: volume, mount and the CLI flag that takes its path.
+struct SecretFile {
+    volume: &'static str,
+    secret: String,
+    items: Vec<(String, &'static str)>,
+    flag: Option<(&'static str, &'static str)>,
+}
+
+fn secret_files(spec: &BackupScheduleSpec) -> Vec<SecretFile> {
+    let mut out = Vec::new();
+    if let Some(r) = &spec.postgres.password_secret_ref {
+        out.push(SecretFile {
+            volume: "postgres-password",
+            secret: r.name.clone(),
+            items: vec![(r.key.clone(), "password")],
+            flag: Some(("--password-file", "password")),
+        });
+    }
+    if let Some(e) = &spec.encryption {
+        out.push(SecretFile {
+            volume: "encryption-key",
+            secret: e.key_secret_ref.name.clone(),
+            items: vec![(e.key_secret_ref.key.clone(), "key")],
+            flag: Some(("--key-file", "key")),
+        });
+    }
+    if let Some(c) = spec
+        .destination
+        .s3
+        .as_ref()
+        .and_then(|s| s.credentials_secret_ref.as_ref())
+    {
+        let mut items = vec![
+            (c.access_key_id_key.clone(), "access-key-id"),
+            (c.secret_access_key_key.clone(), "secret-access-key"),
+        ];
+        if let Some(t) = &c.session_token_key {
+            items.push((t.clone(), "session-token"));
+        }
+        out.push(SecretFile {
+            volume: "s3-credentials",
+            secret: c.name.clone(),
+            items,
+            flag: None,
+        });
+    }
+    out
+}
+
+/// Every `(Secret, key)` the Jobs mount (checked by the controller before it
+/// schedules anything).
+pub fn referenced_secret_keys(spec: &BackupScheduleSpec) -> Vec<(String, String)> {
+    secret_files(spec)
+        .into_iter()
+        .flat_map(|f| {
+            let secret = f.secret;
+            f.items.into_iter().map(move |(k, _)| (secret.clone(), k))
+        })
+        .collect()
+}
+
+/// The container's command line (after the `palisade` binary).
+pub fn job_args(spec: &BackupScheduleSpec, kind: RunKind) -> Vec<String> {
+    let mut args: Vec<String> = match kind {
+        RunKind::Backup => vec!["backup".into(), "run".into()],
+        RunKind::Verify => vec!["backup".into(), "verify".into()],
+    };
+    for a in [
+        "--config",
+        CONFIG_PATH,
+        "--output",
+        "json",
+        "--termination-log",
+        TERMINATION_LOG,
+    ] {
+        args.push(a.into());
+    }
+    if kind == RunKind::Backup {
+        args.push("--prune".into());
+    }
+    for f in secret_files(spec) {
+        match f.flag {
+            Some((flag, file)) => {
+                args.push(flag.into());
+                args.push(format!("{SECRETS_DIR}/{}/{file}", f.volume));
+            }
+            None => {
+                args.push("--s3-credentials-dir".into());
+                args.push(format!("{SECRETS_DIR}/{}", f.volume));
+            }
+        }
+    }
+    args
+}
+
+/// A run Job.
+pub fn job(
+    bs: &BackupSchedule,
+    kind: RunKind,
+    scheduled: k8s_openapi::jiff::Timestamp,
+    trigger: Trigger,
+    default_image: &str,
+) -> Value {
+    let name = bs.name_any();
+    let job_name = job_name(&name, kind, scheduled.as_second().div_euclid(60));
+    let tpl = bs.spec.job_template.clone().unwrap_or_default();
+    let mut labels = labels(&name);
+    labels.insert(RUN_KIND_LABEL.into(), kind.as_str().into());
+    let mut pod_labels = labels.clone();
+    pod_labels.insert(RUN_LABEL.into(), job_name.clone());
+
+    let mut volumes = vec![json!({
+        "name": "config",
+        "configMap": {
+            "name": config_map_name(&name),
+            "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
+        },
+    })];
+    let mut mounts = vec![json!({
+        "name": "config", "mountPath": CONFIG_PATH, "subPath": CONFIG_KEY, "readOnly": true,
+    })];
+    for f in secret_files(&bs.spec) {
+        volumes.push(json!({
+            "name": f.volume,
+            "secret": {
+                "secretName": f.secret,
+                "defaultMode": 0o400,
+                "items": f.items.iter().map(|(k, p)| json!({"key": k, "path": p})).collect::<Vec<_>>(),
+            },
+        }));
+        mounts.push(json!({
+            "name": f.volume, "mountPath": format!("{SECRETS_DIR}/{}", f.volume), "readOnly": true,
+        }));
+    }
+    if let Some(pvc) = &bs.spec.destination.persistent_volume_claim {
+        volumes.push(json!({
+            "name": "backups", "persistentVolumeClaim": {"claimName": pvc.claim_name},
+        }));
+        mounts.push(json!({"name": "backups", "mountPath": PVC_MOUNT}));
+    }
+    volumes.push(json!({"name": "tmp", "emptyDir": {}}));
+    mounts.push(json!({"name": "tmp", "mountPath": "/tmp"}));
+
+    let mut container = json!({
+        "name": kind.as_str(),
+        "image": tpl.image.clone().unwrap_or_else(|| default_image.to_string()),
+        "command": ["palisade"],
+        "args": job_args(&bs.spec, kind),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    });
+    if let Some(r) = &tpl.resources {
+        container["resources"] = json!(r);
+    }
+    let mut pod_spec = json!({
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {"fsGroup": RUN_AS},
+    });
+    if let Some(sa) = &tpl.service_account_name {
+        pod_spec["serviceAccountName"] = json!(sa);
+    }
+    if let Some(ns) = &tpl.node_selector {
+        pod_spec["nodeSelector"] = json!(ns);
+    }
+    if let Some(t) = &tpl.tolerations {
+        pod_spec["tolerations"] = json!(t);
+    }
+    let mut job_spec = json!({
+        "backoffLimit": tpl.backoff_limit.unwrap_or(0),
+        "template": {
+            "metadata": {"labels": pod_labels},
+            "spec": pod_spec,
+        },
+    });
+    if let Some(d) = tpl.active_deadline_seconds {
+        job_spec["activeDeadlineSeconds"] = json!(d);
+    }
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name,
+            "namespace": bs.namespace(),
+            "labels": labels,
+            "annotations": {
+                SCHEDULED_TIME_ANNOTATION: scheduled.to_string(),
+                TRIGGER_ANNOTATION: trigger.as_str(),
+            },
+            "ownerReferences": owner_refs(bs),
+        },
+        "spec": job_spec,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEDULE: &str = r#"
+apiVersion: palisade.dev/v1alpha1
+kind: BackupSchedule
+metadata: {name: orders, namespace: team-a, uid: 0000-1111}
+spec:
+  schedule: "0 2 * * *"
+  timeZone: Europe/Berlin
+  postgres:
+    host: db
+    database: orders
+    user: backup
+    passwordSecretRef: {name: db-backup, key: password}
+  destination:
+    s3:
+      bucket: backups
+      prefix: orders/
+      credentialsSecretRef: {name: s3-creds}
+  encryption:
+    keySecretRef: {name: backup-key, key: key}
+  retention: {keepLast: 7}
+  restoreTest:
+    checks: [{name: has-orders, sql: "select count(*) > 0 from orders"}]
+  jobTemplate:
+    serviceAccountName: backup
+    backoffLimit: 1
+    activeDeadlineSeconds: 3600
+    nodeSelector: {pool: batch}
+    tolerations: [{key: batch, operator: Exists, effect: NoSchedule}]
+    resources:
+      requests: {cpu: 100m, memory: 256Mi}
+      limits: {memory: 1Gi}
+"#;
+
+    fn schedule() -> BackupSchedule {
+        serde_yaml::from_str(SCHEDULE).expect("schedule yaml")
+    }
+
+    fn at() -> k8s_openapi::jiff::Timestamp {
+        "2026-03-01T01:00:00Z".parse().expect("time")
+    }
+
+    fn check_snapshot(file: &str, value: &Value) {
+        let path = format!(
+            "{}/src/resources/snapshots/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let yaml = serde_yaml::to_string(value).expect("yaml");
+        if std::env::var_os("PALISADE_UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(&path, &yaml).expect("write snapshot");
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            yaml, want,
+            "{file} changed; rerun with PALISADE_UPDATE_SNAPSHOTS=1 and review the diff"
+        );
+    }
+
+    #[test]
+    fn backup_job_snapshot() {
+        let job = job(
+            &schedule(),
+            RunKind::Backup,
+            at(),
+            Trigger::Schedule,
+            "ghcr.io/palisade-dev/palisade:test",
+        );
+        check_snapshot("backup_job.yaml", &job);
+    }
+
+    #[test]
+    fn verify_job_and_config_map_snapshot() {
+        let bs = schedule();
+        let job = job(
+            &bs,
+            RunKind::Verify,
+            at(),
+            Trigger::Manual,
+            "ghcr.io/palisade-dev/palisade:test",
+        );
+        check_snapshot("verify_job.yaml", &job);
+        check_snapshot("backup_config_map.yaml", &config_map(&bs).expect("cm"));
+    }
+
+    #[test]
+    fn secrets_are_files_never_values() {
+        let job = job(&schedule(), RunKind::Backup, at(), Trigger::Schedule, "img");
+        let text = job.to_string();
+        assert!(!text.contains("secretKeyRef"));
+        let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert_eq!(env, &json!([{"name": "HOME", "value": "/tmp"}]));
+        let keys = referenced_secret_keys(&schedule().spec);
+        assert_eq!(
+            keys,
+            vec![
+                ("db-backup".to_string(), "password".to_string()),
+                ("backup-key".to_string(), "key".to_string()),
+                ("s3-creds".to_string(), "AWS_ACCESS_KEY_ID".to_string()),
+                ("s3-creds".to_string(), "AWS_SECRET_ACCESS_KEY".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn names_are_deterministic_and_bounded() {
+        assert_eq!(
+            job_name("orders", RunKind::Backup, 29_000_000),
+            "orders-29000000"
+        );
+        assert_eq!(
+            job_name("orders", RunKind::Verify, 29_000_000),
+            "orders-verify-29000000"
+        );
+        let long = "a".repeat(80);
+        for kind in [RunKind::Backup, RunKind::Verify] {
+            let n = job_name(&long, kind, 29_000_000);
+            assert!(n.len() <= 63, "{n}");
+            assert_eq!(n, job_name(&long, kind, 29_000_000));
+            assert_ne!(n, job_name(&format!("{long}b"), kind, 29_000_000));
+        }
+    }
+
+    #[test]
+    fn pvc_destination_becomes_a_mounted_path() {
+        let mut bs = schedule();
+        bs.spec.destination.s3 = None;
+        bs.spec.destination.persistent_volume_claim =
+            Some(crate::crd::backup_schedule::PvcDestination {
+                claim_name: "backups".into(),
+                sub_path: Some("orders".into()),
+            });
+        let c = job_config(&bs.spec);
+        assert_eq!(
+            c.destination.path.as_deref(),
+            Some("/var/lib/palisade/backups/orders")
+        );
+        assert!(c.destination.persistent_volume_claim.is_none());
+        let job = job(&bs, RunKind::Backup, at(), Trigger::Schedule, "img");
+        assert_eq!(
+            job["spec"]["template"]["spec"]["volumes"][3]["persistentVolumeClaim"]["claimName"],
+            "backups"
+        );
+    }
+}
