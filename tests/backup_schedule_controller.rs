@@ -1,0 +1,591 @@
+//! BackupSchedule controller against the in-process API server with an injected
+//! clock. The test plays the Job controller and the kubelet: it writes Job status
+//! and a Pod whose container terminated with the `palisade backup` JSON result.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use palisade::backup::schedule::Schedule;
+use palisade::controller::Clock;
+use palisade_testkit::FakeApiServer;
+use serde_json::{Value, json};
+use support::{ManualClock, WAIT, events_with_reason, fast_settings, server};
+use tokio::sync::{mpsc, oneshot};
+
+const NS: &str = "team-a";
+const BS: &str = "backupschedules.palisade.dev";
+const JOBS: &str = "jobs.batch";
+
+struct Controller {
+    resync: mpsc::UnboundedSender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Controller {
+    fn start(server: &FakeApiServer, clock: Arc<dyn Clock>) -> Self {
+        let (tx, rx) = oneshot::channel::<()>();
+        let (resync, resync_rx) = mpsc::unbounded_channel();
+        let stream = futures::stream::unfold(resync_rx, |mut rx| async move {
+            rx.recv().await.map(|()| ((), rx))
+        });
+        let handle = tokio::spawn(palisade::controller::backup_schedule::run_with_resync(
+            server.client(),
+            clock,
+            fast_settings(),
+            stream,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            resync,
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    fn resync(&self) {
+        let _ = self.resync.send(());
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = tokio::time::timeout(WAIT, &mut self.handle).await;
+        self.handle.abort();
+    }
+}
+
+/// A clock at the real time (the fake server stamps `creationTimestamp` with it).
+fn clock_now() -> Arc<ManualClock> {
+    ManualClock::new(Timestamp::from_second(Timestamp::now().as_second()).expect("time"))
+}
+
+fn setup() -> FakeApiServer {
+    let s = server();
+    s.put_json("namespaces", json!({"metadata": {"name": NS}}))
+        .expect("namespace");
+    s.put_json(
+        "secrets",
+        json!({"metadata": {"name": "db", "namespace": NS}, "data": {"password": "c2VjcmV0"}}),
+    )
+    .expect("secret");
+    s
+}
+
+fn schedule_json(name: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "schedule": "0 3 * * *",
+        "postgres": {"host": "db", "database": "app", "user": "backup",
+                     "passwordSecretRef": {"name": "db", "key": "password"}},
+        "destination": {"path": format!("/backups/{name}")},
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({
+        "apiVersion": "palisade.dev/v1alpha1",
+        "kind": "BackupSchedule",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    })
+}
+
+fn create_schedule(s: &FakeApiServer, name: &str, extra: Value) {
+    s.put_json(BS, schedule_json(name, extra))
+        .expect("schedule");
+}
+
+fn next_due(clock: &ManualClock, expr: &str) -> Timestamp {
+    Schedule::parse(expr, None)
+        .expect("schedule")
+        .next_after(clock.now())
+        .expect("next")
+}
+
+fn set_clock(clock: &ManualClock, at: Timestamp) {
+    *clock.0.lock().expect("clock") = at;
+}
+
+fn jobs_of(s: &FakeApiServer, name: &str) -> Vec<Value> {
+    let mut v: Vec<Value> = s
+        .list_json_in(JOBS, Some(NS))
+        .into_iter()
+        .filter(|j| j["metadata"]["labels"]["palisade.dev/backup-schedule"] == name)
+        .collect();
+    v.sort_by_key(|j| {
+        j["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    });
+    v
+}
+
+fn status(s: &FakeApiServer, name: &str) -> Value {
+    s.get_json(BS, Some(NS), name)
+        .and_then(|b| b.get("status").cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn cond(s: &FakeApiServer, name: &str, type_: &str) -> Value {
+    status(s, name)["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null)
+}
+
+async fn wait(s: &FakeApiServer, what: &str, f: impl FnMut(&FakeApiServer) -> bool) {
+    s.wait_until(WAIT, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// Plays the Job controller and kubelet: the run's Pod terminated with `message`,
+/// and the Job finished (`Complete` or `Failed`).
+fn finish(s: &FakeApiServer, job: &str, succeeded: bool, message: &str, at: Timestamp) {
+    s.put_json(
+        "pods",
+        json!({
+            "metadata": {"name": format!("{job}-abcde"), "namespace": NS, "labels": {
+                "palisade.dev/backup-schedule": job_schedule(s, job),
+                "palisade.dev/run": job, "job-name": job}},
+            "spec": {"containers": [{"name": "backup", "image": "x"}]},
+            "status": {"phase": if succeeded {"Succeeded"} else {"Failed"}, "containerStatuses": [{
+                "name": "backup", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"terminated": {"exitCode": if succeeded {0} else {1},
+                    "finishedAt": at.to_string(), "message": message}}}]},
+        }),
+    )
+    .expect("pod");
+    let mut j = s.get_json(JOBS, Some(NS), job).expect("job");
+    j["status"] = if succeeded {
+        json!({"succeeded": 1, "completionTime": at.to_string(), "conditions": [
+            {"type": "Complete", "status": "True"}]})
+    } else {
+        json!({"failed": 1, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+             "message": "Job has reached the specified backoff limit"}]})
+    };
+    s.put_json(JOBS, j).expect("job status");
+}
+
+fn job_schedule(s: &FakeApiServer, job: &str) -> String {
+    s.get_json(JOBS, Some(NS), job)
+        .and_then(|j| {
+            j["metadata"]["labels"]["palisade.dev/backup-schedule"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
+fn run_result(id: &str) -> String {
+    format!(
+        r#"{{"op":"run","ok":true,"id":"{id}","key":"/backups/{id}.pgsnap","time":"2026-03-01T03:00:05Z","bytes":4096,"rawBytes":9000,"sha256":"ab12","durationSeconds":5.0,"encrypted":false,"tables":2,"rows":10,"alreadyExisted":false,"pruned":{{"kept":1,"deletedCount":0}},"snapshotCount":1,"totalBytes":4096}}"#
+    )
+}
+
+#[tokio::test]
+async fn run_is_created_at_the_scheduled_minute_and_only_once() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, "nightly", json!({}));
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "Ready", |s| {
+        cond(s, "nightly", "Ready")["status"] == "True"
+    })
+    .await;
+    assert!(jobs_of(&s, "nightly").is_empty());
+    let due = next_due(&clock, "0 3 * * *");
+    assert_eq!(
+        status(&s, "nightly")["nextScheduleTime"],
+        json!(due.to_string())
+    );
+    // The configuration is there before any run.
+    let cm = s
+        .get_json("configmaps", Some(NS), "nightly-config")
+        .expect("config map");
+    assert!(
+        cm["data"]["backup.yaml"]
+            .as_str()
+            .expect("yaml")
+            .contains("/backups/nightly")
+    );
+
+    // A minute early: nothing.
+    set_clock(
+        &clock,
+        Timestamp::from_second(due.as_second() - 60).expect("t"),
+    );
+    c.resync();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(jobs_of(&s, "nightly").is_empty());
+
+    // At the minute: exactly one run, named after it.
+    set_clock(
+        &clock,
+        Timestamp::from_second(due.as_second() + 5).expect("t"),
+    );
+    c.resync();
+    let name = format!("nightly-{}", due.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
+        .await
+        .expect("job created");
+    wait(&s, "lastScheduleTime", |s| {
+        status(s, "nightly")["lastScheduleTime"] == json!(due.to_string())
+    })
+    .await;
+    let job = s.get_json(JOBS, Some(NS), &name).expect("job");
+    assert_eq!(
+        job["metadata"]["ownerReferences"][0]["kind"],
+        "BackupSchedule"
+    );
+    assert_eq!(job["metadata"]["labels"]["palisade.dev/run-kind"], "backup");
+    let container = &job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["args"][0], "backup");
+    assert_eq!(container["args"][1], "run");
+    assert_eq!(
+        container["terminationMessagePolicy"],
+        "FallbackToLogsOnError"
+    );
+
+    // A resync and a restart in the same minute do not start it again.
+    c.resync();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.stop().await;
+    let c = Controller::start(&s, clock.clone());
+    c.resync();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(jobs_of(&s, "nightly").len(), 1);
+    assert_eq!(events_with_reason(&s, "BackupStarted").len(), 1);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn completed_job_result_updates_status() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, "orders", json!({}));
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "Ready", |s| {
+        cond(s, "orders", "Ready")["status"] == "True"
+    })
+    .await;
+    assert_eq!(
+        cond(&s, "orders", "LastBackupSucceeded")["reason"],
+        "NoRunYet"
+    );
+    let due = next_due(&clock, "0 3 * * *");
+    set_clock(&clock, due);
+    c.resync();
+    let name = format!("orders-{}", due.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
+        .await
+        .expect("job");
+
+    finish(&s, &name, true, &run_result("snap-1"), due);
+    wait(&s, "lastSuccessfulBackup", |s| {
+        status(s, "orders")["lastSuccessfulBackup"]["id"] == "snap-1"
+    })
+    .await;
+    let st = status(&s, "orders");
+    assert_eq!(st["lastSuccessfulBackup"]["bytes"], 4096);
+    assert_eq!(st["lastSuccessfulBackup"]["sha256"], "ab12");
+    assert_eq!(st["snapshotCount"], 1);
+    assert_eq!(st["consecutiveFailures"], 0);
+    assert_eq!(cond(&s, "orders", "LastBackupSucceeded")["status"], "True");
+    assert!(
+        cond(&s, "orders", "LastBackupSucceeded")["message"]
+            .as_str()
+            .expect("message")
+            .contains("snap-1")
+    );
+    wait(&s, "event", |s| {
+        events_with_reason(s, "BackupSucceeded").len() == 1
+    })
+    .await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn failed_job_sets_the_failure_condition() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, "flaky", json!({}));
+    let c = Controller::start(&s, clock.clone());
+    let due = next_due(&clock, "0 3 * * *");
+    set_clock(&clock, due);
+    c.resync();
+    let name = format!("flaky-{}", due.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
+        .await
+        .expect("job");
+    finish(
+        &s,
+        &name,
+        false,
+        r#"{"op":"run","ok":false,"reason":"DumpFailed","error":"pg_dump: connection refused"}"#,
+        due,
+    );
+    wait(&s, "failure condition", |s| {
+        cond(s, "flaky", "LastBackupSucceeded")["status"] == "False"
+    })
+    .await;
+    let c_ = cond(&s, "flaky", "LastBackupSucceeded");
+    assert_eq!(c_["reason"], "BackupFailed");
+    let msg = c_["message"].as_str().expect("message");
+    assert!(
+        msg.contains("DumpFailed") && msg.contains("connection refused"),
+        "{msg}"
+    );
+    assert!(msg.contains("kubectl logs"), "{msg}");
+    assert_eq!(status(&s, "flaky")["consecutiveFailures"], 1);
+    assert_eq!(cond(&s, "flaky", "Ready")["reason"], "BackupFailing");
+    wait(&s, "event", |s| {
+        !events_with_reason(s, "BackupFailed").is_empty()
+    })
+    .await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn forbid_skips_while_a_run_is_active() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, "busy", json!({"schedule": "*/5 * * * *"}));
+    let c = Controller::start(&s, clock.clone());
+    let first = next_due(&clock, "*/5 * * * *");
+    set_clock(&clock, first);
+    c.resync();
+    let first_name = format!("busy-{}", first.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &first_name, WAIT, |_| true)
+        .await
+        .expect("first job");
+
+    // Next slot while the first still runs: skipped, and said so.
+    let second = Timestamp::from_second(first.as_second() + 300).expect("t");
+    set_clock(&clock, second);
+    c.resync();
+    wait(&s, "Ready note", |s| {
+        cond(s, "busy", "Ready")["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("still running"))
+    })
+    .await;
+    assert_eq!(jobs_of(&s, "busy").len(), 1);
+
+    // When it finishes, the waiting run starts (no startingDeadlineSeconds).
+    finish(&s, &first_name, true, &run_result("snap-a"), second);
+    let second_name = format!("busy-{}", second.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &second_name, WAIT, |_| true)
+        .await
+        .expect("second job");
+    assert_eq!(jobs_of(&s, "busy").len(), 2);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn manual_annotations_trigger_one_run_and_are_cleared() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(
+        &s,
+        "manual",
+        json!({"restoreTest": {"schedule": "0 4 * * 0"}}),
+    );
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "Ready", |s| {
+        cond(s, "manual", "Ready")["status"] == "True"
+    })
+    .await;
+    let mut bs = s.get_json(BS, Some(NS), "manual").expect("bs");
+    bs["metadata"]["annotations"] =
+        json!({"palisade.dev/run-now": "true", "palisade.dev/verify-now": "true"});
+    s.put_json(BS, bs).expect("annotate");
+    wait(&s, "two manual runs", |s| jobs_of(s, "manual").len() == 2).await;
+    wait(&s, "annotations cleared", |s| {
+        s.get_json(BS, Some(NS), "manual").is_some_and(|b| {
+            b["metadata"]["annotations"].as_object().is_none_or(|a| {
+                !a.contains_key("palisade.dev/run-now")
+                    && !a.contains_key("palisade.dev/verify-now")
+            })
+        })
+    })
+    .await;
+    let jobs = jobs_of(&s, "manual");
+    let kinds: Vec<&str> = jobs
+        .iter()
+        .map(|j| {
+            j["metadata"]["labels"]["palisade.dev/run-kind"]
+                .as_str()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        kinds.contains(&"backup") && kinds.contains(&"verify"),
+        "{kinds:?}"
+    );
+    for j in &jobs {
+        assert_eq!(
+            j["metadata"]["annotations"]["palisade.dev/run-trigger"],
+            "manual"
+        );
+    }
+    let verify = jobs
+        .iter()
+        .find(|j| j["metadata"]["labels"]["palisade.dev/run-kind"] == "verify")
+        .expect("verify job");
+    assert!(
+        verify["metadata"]["name"]
+            .as_str()
+            .expect("name")
+            .starts_with("manual-verify-")
+    );
+    assert_eq!(
+        verify["spec"]["template"]["spec"]["containers"][0]["args"][1],
+        "verify"
+    );
+    // Another reconcile does not start more.
+    c.resync();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(jobs_of(&s, "manual").len(), 2);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn history_limits_delete_old_finished_jobs() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(
+        &s,
+        "hist",
+        json!({"successfulJobsHistoryLimit": 1, "failedJobsHistoryLimit": 1}),
+    );
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "Ready", |s| {
+        cond(s, "hist", "Ready")["status"] == "True"
+    })
+    .await;
+    let mut names = Vec::new();
+    for i in 0..3 {
+        clock.advance(Duration::from_secs(120));
+        let mut bs = s.get_json(BS, Some(NS), "hist").expect("bs");
+        bs["metadata"]["annotations"] = json!({"palisade.dev/run-now": "x"});
+        s.put_json(BS, bs).expect("annotate");
+        let name = format!("hist-{}", clock.now().as_second() / 60);
+        s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
+            .await
+            .expect("manual run");
+        // Wait for the annotation to be cleared before the next one.
+        wait(&s, "cleared", |s| {
+            s.get_json(BS, Some(NS), "hist").is_some_and(|b| {
+                b["metadata"]["annotations"]
+                    .get("palisade.dev/run-now")
+                    .is_none()
+            })
+        })
+        .await;
+        let ok = i != 1;
+        let msg = if ok {
+            run_result(&format!("snap-{i}"))
+        } else {
+            r#"{"op":"run","ok":false,"reason":"UploadFailed","error":"disk full"}"#.to_string()
+        };
+        finish(&s, &name, ok, &msg, clock.now());
+        let n = name.clone();
+        wait(&s, "folded", |s| {
+            status(s, "hist")["lastBackupJob"] == json!(n)
+        })
+        .await;
+        names.push(name);
+    }
+    // Kept: the newest success (2) and the newest failure (1); gone: 0.
+    wait(&s, "history pruned", |s| {
+        s.get_json(JOBS, Some(NS), &names[0]).is_none()
+    })
+    .await;
+    assert!(s.get_json(JOBS, Some(NS), &names[1]).is_some());
+    assert!(s.get_json(JOBS, Some(NS), &names[2]).is_some());
+    assert_eq!(status(&s, "hist")["lastSuccessfulBackup"]["id"], "snap-2");
+    assert_eq!(status(&s, "hist")["consecutiveFailures"], 0);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_has_specific_reasons_and_keeps_state() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, "badcron", json!({"schedule": "every night"}));
+    create_schedule(&s, "badtz", json!({"timeZone": "Mars/Olympus"}));
+    create_schedule(
+        &s,
+        "nosecret",
+        json!({"postgres": {"host": "db", "database": "app", "user": "u",
+                            "passwordSecretRef": {"name": "missing", "key": "password"}}}),
+    );
+    create_schedule(
+        &s,
+        "nokey",
+        json!({"postgres": {"host": "db", "database": "app", "user": "u",
+                            "passwordSecretRef": {"name": "db", "key": "pw"}}}),
+    );
+    create_schedule(
+        &s,
+        "first",
+        json!({"destination": {"path": "/backups/shared"}}),
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    create_schedule(
+        &s,
+        "second",
+        json!({"destination": {"path": "/backups/shared/"}}),
+    );
+    let c = Controller::start(&s, clock.clone());
+    for (name, reason) in [
+        ("badcron", "InvalidSchedule"),
+        ("badtz", "InvalidTimeZone"),
+        ("nosecret", "SecretNotFound"),
+        ("nokey", "SecretKeyMissing"),
+        ("second", "DestinationConflict"),
+    ] {
+        wait(&s, reason, |s| cond(s, name, "Ready")["reason"] == reason).await;
+        assert_eq!(cond(&s, name, "Ready")["status"], "False");
+    }
+    assert_eq!(cond(&s, "first", "Ready")["status"], "True");
+    assert!(
+        cond(&s, "second", "Ready")["message"]
+            .as_str()
+            .expect("message")
+            .contains("team-a/first")
+    );
+    let msg = cond(&s, "nokey", "Ready")["message"].to_string();
+    assert!(
+        !msg.contains("c2VjcmV0") && !msg.contains("secret\""),
+        "{msg}"
+    );
+
+    // No runs start for invalid schedules, even when due.
+    set_clock(&clock, next_due(&clock, "0 3 * * *"));
+    c.resync();
+    s.wait_for_json(
+        JOBS,
+        Some(NS),
+        &format!("first-{}", clock.now().as_second() / 60),
+        WAIT,
+        |_| true,
+    )
+    .await
+    .expect("valid schedule runs");
+    for name in ["badcron", "badtz", "nosecret", "nokey", "second"] {
+        assert!(jobs_of(&s, name).is_empty(), "{name}");
+    }
+    c.stop().await;
+}
