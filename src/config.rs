@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controllers against the cluster of the current kubeconfig (or in-cluster config).
-    Controller(ControllerArgs),
+    Controller(Box<ControllerArgs>),
     /// Print the CustomResourceDefinitions (or write one file each with --dir).
     Crds {
         /// Write one YAML file per CRD into this directory instead of printing.
@@ -62,13 +62,50 @@ pub struct ControllerArgs {
     pub resync_interval: Duration,
     /// Log format: json or text.
     #[arg(long, env = "PALISADE_LOG_FORMAT", default_value = "json")]
-    pub log_format: String,
+    pub log_format: crate::runtime::telemetry::LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax, e.g. `info,palisade=debug`).
+    #[arg(long, env = "PALISADE_LOG", default_value = "info")]
+    pub log_level: String,
     /// Image of the BackupSchedule run Jobs (default: the Palisade image of this version).
     #[arg(long, env = "PALISADE_JOB_IMAGE", default_value = concat!("ghcr.io/palisade-dev/palisade:", env!("CARGO_PKG_VERSION")))]
     pub job_image: String,
     /// Pod name, for Events and leader election identity.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Namespace of the leader Lease (default: the client's namespace, i.e. the
+    /// pod's own namespace in-cluster).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Elect a leader through a Lease so that only one replica runs the controllers.
+    #[arg(long, env = "PALISADE_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the leader election Lease.
+    #[arg(long, env = "PALISADE_LEASE_NAME", default_value = "palisade-leader")]
+    pub lease_name: String,
+    /// How long the leader Lease is valid after its last renewal; a standby takes
+    /// over after this once the leader stops renewing.
+    #[arg(long, env = "PALISADE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// How long the leader keeps leading without a successful renewal before it
+    /// stops its controllers and exits (must be shorter than --lease-duration).
+    #[arg(long, env = "PALISADE_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    pub renew_deadline: Duration,
+    /// How often a standby tries to acquire the Lease (and the leader retries a
+    /// failed renewal).
+    #[arg(long, env = "PALISADE_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    pub retry_period: Duration,
+    /// Address of the admin server (/livez, /readyz, /metrics).
+    #[arg(long, env = "PALISADE_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    pub admin_addr: std::net::SocketAddr,
+    /// Sustained Kubernetes API requests per second (0 = unlimited).
+    #[arg(long, env = "PALISADE_KUBE_QPS", default_value_t = 50.0)]
+    pub kube_qps: f64,
+    /// Kubernetes API requests allowed in a burst above --kube-qps.
+    #[arg(long, env = "PALISADE_KUBE_BURST", default_value_t = 100)]
+    pub kube_burst: u32,
+    /// How long a graceful shutdown waits for in-flight reconciles.
+    #[arg(long, env = "PALISADE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -87,5 +124,37 @@ impl ControllerArgs {
             instance: self.pod_name.clone(),
             job_image: self.job_image.clone(),
         }
+    }
+
+    /// Runtime settings; `default_namespace` is the client's namespace, used
+    /// for the Lease when --pod-namespace is not set.
+    pub fn runtime_settings(&self, default_namespace: &str) -> crate::runtime::RuntimeSettings {
+        let leader = self
+            .leader_election
+            .then(|| crate::runtime::leader::LeaseSettings {
+                name: self.lease_name.clone(),
+                namespace: self
+                    .pod_namespace
+                    .clone()
+                    .unwrap_or_else(|| default_namespace.to_string()),
+                identity: self.identity(),
+                lease_duration: self.lease_duration,
+                renew_deadline: self.renew_deadline,
+                retry_period: self.retry_period,
+            });
+        crate::runtime::RuntimeSettings {
+            controller: self.settings(),
+            resync_interval: self.resync_interval,
+            leader,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
+
+    /// Leader election identity: the pod name, or a random one outside a pod.
+    fn identity(&self) -> String {
+        self.pod_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("palisade-{:08x}", rand::random::<u32>()))
     }
 }

@@ -15,3 +15,4 @@ pub mod operator_rbac;
 pub mod quantity;
 pub mod render;
 pub mod resources;
+pub mod runtime;

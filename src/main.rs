@@ -4,8 +4,15 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use palisade::config::{Cli, Command, ControllerArgs};
-use palisade::controller::{Context, SystemClock, tenant};
+use palisade::controller::SystemClock;
 use palisade::resources::catalog;
+use palisade::runtime::{
+    self,
+    admin::{AdminServer, Health},
+    metrics::Metrics,
+    telemetry,
+};
+use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -40,7 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         ),
         Command::Version => println!("palisade {}", env!("CARGO_PKG_VERSION")),
-        Command::Controller(args) => controller(args).await?,
+        Command::Controller(args) => return controller(*args).await,
         Command::Backup(args) => {
             // Logs go to stderr: stdout carries the JSON result (`--output json`).
             tracing_subscriber::fmt()
@@ -53,56 +60,68 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
-        .unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "text" {
-        builder.init();
-    } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .init();
-    }
-}
-
-/// A tick every `interval` (never when zero): a safety net that re-checks every
-/// object; watches already heal drift within seconds.
-fn resync_ticks(interval: std::time::Duration) -> futures::stream::BoxStream<'static, ()> {
-    use futures::StreamExt;
-    if interval.is_zero() {
-        return futures::stream::pending().boxed();
-    }
-    futures::stream::unfold(
-        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
-        |mut t| async move {
-            t.tick().await;
-            Some(((), t))
-        },
-    )
-    .boxed()
-}
-
-async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
-    init_tracing(&args.log_format);
-    let client = kube::Client::try_default()
+async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init(args.log_format, &args.log_level)?;
+    let metrics = Arc::new(Metrics::new());
+    let config = kube::Config::infer()
         .await
-        .context("connecting to the cluster (kubeconfig or in-cluster config)")?;
-    let (cache, streams) = tenant::child_cache(&client);
-    let ctx = Arc::new(Context::new(
+        .context("loading the cluster config (kubeconfig or in-cluster)")?;
+    let settings = args.runtime_settings(&config.default_namespace);
+    if let Some(lease) = &settings.leader {
+        lease.validate().map_err(anyhow::Error::msg)?;
+    }
+    let client =
+        runtime::client::from_config(config, metrics.clone(), args.kube_qps, args.kube_burst)
+            .context("building the Kubernetes client")?;
+    let health = Health::default();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    let admin = AdminServer::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin server to {}", args.admin_addr))?;
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn(admin.serve(health.clone(), metrics.clone(), admin_stop.clone()));
+    tracing::info!(admin = %args.admin_addr, "palisade controller starting");
+    let result = runtime::run(
         client,
-        cache,
+        metrics,
+        health,
         Arc::new(SystemClock),
-        args.settings(),
-    ));
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        settings,
+        shutdown,
+    )
+    .await;
+    admin_stop.cancel();
+    let _ = admin.await;
+    match result {
+        Ok(()) => {
+            tracing::info!("palisade controller stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "palisade controller stopped");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
     };
-    tracing::info!("palisade controller starting");
-    let resync = resync_ticks(args.resync_interval);
-    tenant::run(ctx, streams, shutdown, resync).await;
-    tracing::info!("palisade controller stopped");
-    Ok(())
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
 }

@@ -99,6 +99,8 @@ pub struct Context {
     pub settings: Settings,
     /// Shared garbage collection watches (started per kind on first use).
     pub gc: gc::GcWatches,
+    /// Prometheus metrics (a private set unless [`Context::with_metrics`] shares one).
+    pub metrics: Arc<crate::runtime::metrics::Metrics>,
     failures: Mutex<HashMap<String, u32>>,
     reconciles: std::sync::atomic::AtomicU64,
 }
@@ -129,9 +131,16 @@ impl Context {
             cache,
             clock,
             settings,
+            metrics: Default::default(),
             failures: Mutex::new(HashMap::new()),
             reconciles: Default::default(),
         }
+    }
+
+    /// Records this context's reconciles in `metrics` (the process-wide set).
+    pub fn with_metrics(mut self, metrics: Arc<crate::runtime::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Records a failure of `key` and returns how long to wait before retrying.

@@ -346,6 +346,10 @@ async fn reconcile_invalid(
 /// One reconcile of one Tenant.
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.count_reconcile();
+    let writes = ctx.clone();
+    let _timer = ctx
+        .metrics
+        .reconcile("tenant", move || writes.applier.writes());
     let name = tenant.name_any();
     let span = info_span!("reconcile", kind = "Tenant", name = %name);
     let result = reconcile_inner(&tenant, &ctx).instrument(span).await;
@@ -677,6 +681,7 @@ fn requeue_at(ctx: &Context, deadline: Option<k8s_openapi::jiff::Timestamp>) -> 
 /// Retry with per-object exponential backoff and jitter.
 pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.backoff_for(&tenant.name_any());
+    ctx.metrics.reconcile_failure("tenant", error.reason());
     warn!(tenant = %tenant.name_any(), reason = error.reason(), error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -728,8 +733,21 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     resync: impl futures::Stream<Item = ()> + Send + 'static,
 ) {
-    controller(ctx.client.clone(), child_streams, ctx.settings.concurrency)
-        .reconcile_all_on(resync)
+    run_observed(ctx, child_streams, shutdown, resync, |_| {}).await;
+}
+
+/// Like [`run`]; `on_start` first gets the Tenant store (for readiness and the
+/// Tenant gauges).
+pub async fn run_observed(
+    ctx: Arc<Context>,
+    child_streams: Vec<(ApiResource, ChildStream)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    resync: impl futures::Stream<Item = ()> + Send + 'static,
+    on_start: impl FnOnce(kube::runtime::reflector::Store<Tenant>),
+) {
+    let c = controller(ctx.client.clone(), child_streams, ctx.settings.concurrency);
+    on_start(c.store());
+    c.reconcile_all_on(resync)
         .reconcile_on(ctx.gc.triggers())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

@@ -1,0 +1,341 @@
+//! Tower layers on the Kubernetes client: request metrics by verb and result,
+//! and a token-bucket rate limit (client-go's QPS/burst).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response};
+use kube::client::ClientBuilder;
+use tower::{Layer, Service};
+
+use super::metrics::Metrics;
+
+/// Builds the client Palisade uses: `service` (the default kube stack in
+/// production, the in-process API server in tests) behind the rate limit and
+/// the request metrics.
+pub fn layered<S>(
+    builder: ClientBuilder<S>,
+    metrics: Arc<Metrics>,
+    qps: f64,
+    burst: u32,
+) -> ClientBuilder<ApiMetrics<RateLimit<S>>> {
+    builder
+        .with_layer(&RateLimitLayer::new(qps, burst))
+        .with_layer(&ApiMetricsLayer::new(metrics))
+}
+
+/// Builds a client from a kube config with Palisade's layers.
+pub fn from_config(
+    config: kube::Config,
+    metrics: Arc<Metrics>,
+    qps: f64,
+    burst: u32,
+) -> Result<kube::Client, kube::Error> {
+    Ok(layered(ClientBuilder::try_from(config)?, metrics, qps, burst).build())
+}
+
+// ---- request metrics ----------------------------------------------------------------
+
+/// Counts every API request in `palisade_api_requests_total{verb,result}`.
+#[derive(Clone)]
+pub struct ApiMetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ApiMetricsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ApiMetricsLayer {
+    type Service = ApiMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ApiMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RB> Service<Request<B>> for ApiMetrics<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let verb = verb_of(req.method(), req.uri());
+        let metrics = self.metrics.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            let result = match &res {
+                Ok(r) => match r.status().as_u16() {
+                    200..=299 => "2xx",
+                    300..=399 => "3xx",
+                    400..=499 => "4xx",
+                    _ => "5xx",
+                },
+                Err(_) => "error",
+            };
+            metrics.api_request(verb, result);
+            res
+        })
+    }
+}
+
+/// The Kubernetes verb of a request (bounded: get, list, watch, create,
+/// update, patch, delete, deletecollection, other).
+pub fn verb_of(method: &Method, uri: &http::Uri) -> &'static str {
+    let watch = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let collection = is_collection(uri.path());
+    match *method {
+        Method::GET if watch => "watch",
+        Method::GET if collection => "list",
+        Method::GET => "get",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if collection => "deletecollection",
+        Method::DELETE => "delete",
+        _ => "other",
+    }
+}
+
+/// Whether a resource path names a collection (`.../configmaps`) rather than
+/// one object (`.../configmaps/name[/status]`).
+fn is_collection(path: &str) -> bool {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let rest = match segs.first() {
+        Some(&"api") => segs.get(2..),
+        Some(&"apis") => segs.get(3..),
+        _ => None,
+    };
+    let Some(rest) = rest else {
+        return false;
+    };
+    match rest {
+        ["namespaces", _, _plural] => true,
+        ["namespaces", _, _plural, ..] => false,
+        [_plural] => true,
+        _ => false,
+    }
+}
+
+// ---- rate limit --------------------------------------------------------------------
+
+/// A token bucket: `qps` tokens per second, at most `burst` saved up. Callers
+/// reserve a token and wait until it is theirs (so waiting is fair, FIFO).
+#[derive(Debug)]
+pub struct TokenBucket {
+    qps: f64,
+    burst: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    /// `qps <= 0` disables the limit.
+    pub fn new(qps: f64, burst: u32) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            qps,
+            burst,
+            state: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    /// Takes one token; returns how long to wait before using it.
+    pub fn reserve(&self) -> Duration {
+        self.reserve_at(Instant::now())
+    }
+
+    fn reserve_at(&self, now: Instant) -> Duration {
+        if self.qps <= 0.0 {
+            return Duration::ZERO;
+        }
+        let Ok(mut state) = self.state.lock() else {
+            return Duration::ZERO;
+        };
+        let (tokens, last) = *state;
+        let elapsed = now.saturating_duration_since(last).as_secs_f64();
+        let tokens = (tokens + elapsed * self.qps).min(self.burst) - 1.0;
+        *state = (tokens, now.max(last));
+        if tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-tokens / self.qps)
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RateLimitLayer {
+    bucket: Arc<TokenBucket>,
+}
+
+impl RateLimitLayer {
+    pub fn new(qps: f64, burst: u32) -> Self {
+        Self {
+            bucket: Arc::new(TokenBucket::new(qps, burst)),
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            bucket: self.bucket.clone(),
+            reserved: false,
+            sleep: None,
+        }
+    }
+}
+
+/// Waits for a token in `poll_ready` (kube's client puts a buffer in front, so
+/// requests queue there), then calls the inner service.
+pub struct RateLimit<S> {
+    inner: S,
+    bucket: Arc<TokenBucket>,
+    reserved: bool,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            bucket: self.bucket.clone(),
+            reserved: false,
+            sleep: None,
+        }
+    }
+}
+
+impl<S, Req> Service<Req> for RateLimit<S>
+where
+    S: Service<Req>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        if !self.reserved {
+            self.reserved = true;
+            let wait = self.bucket.reserve();
+            if !wait.is_zero() {
+                self.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+            }
+        }
+        if let Some(sleep) = self.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.reserved = false;
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs() {
+        let v = |m: Method, u: &str| verb_of(&m, &u.parse().expect("uri"));
+        assert_eq!(v(Method::GET, "/api/v1/namespaces"), "list");
+        assert_eq!(v(Method::GET, "/api/v1/namespaces/a"), "get");
+        assert_eq!(v(Method::GET, "/api/v1/namespaces/a/configmaps"), "list");
+        assert_eq!(v(Method::GET, "/api/v1/namespaces/a/configmaps/b"), "get");
+        assert_eq!(
+            v(
+                Method::GET,
+                "/apis/palisade.dev/v1alpha1/tenants?watch=true&resourceVersion=1"
+            ),
+            "watch"
+        );
+        assert_eq!(
+            v(Method::GET, "/apis/palisade.dev/v1alpha1/tenants/a"),
+            "get"
+        );
+        assert_eq!(
+            v(
+                Method::PATCH,
+                "/apis/palisade.dev/v1alpha1/tenants/a/status"
+            ),
+            "patch"
+        );
+        assert_eq!(
+            v(
+                Method::PUT,
+                "/apis/coordination.k8s.io/v1/namespaces/a/leases/l"
+            ),
+            "update"
+        );
+        assert_eq!(
+            v(Method::DELETE, "/api/v1/namespaces/a/secrets"),
+            "deletecollection"
+        );
+        assert_eq!(
+            v(Method::DELETE, "/api/v1/namespaces/a/secrets/s"),
+            "delete"
+        );
+        assert_eq!(v(Method::POST, "/api/v1/namespaces"), "create");
+        assert_eq!(v(Method::GET, "/version"), "get");
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_paces() {
+        let b = TokenBucket::new(10.0, 3);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(b.reserve_at(t0), Duration::ZERO);
+        }
+        let wait = b.reserve_at(t0);
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        let wait = b.reserve_at(t0);
+        assert!((wait.as_secs_f64() - 0.2).abs() < 1e-6, "{wait:?}");
+        // A second later the debt is paid and 8 tokens saved (capped at burst 3).
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(b.reserve_at(later), Duration::ZERO);
+    }
+
+    #[test]
+    fn zero_qps_is_unlimited() {
+        let b = TokenBucket::new(0.0, 1);
+        for _ in 0..100 {
+            assert_eq!(b.reserve(), Duration::ZERO);
+        }
+    }
+}

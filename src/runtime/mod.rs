@@ -1,0 +1,180 @@
+//! The production runtime around the controllers: leader election, the admin
+//! server (health and metrics), client layers (QPS/burst, request metrics),
+//! telemetry with redaction, and graceful shutdown.
+//!
+//! [`run`] is what `palisade controller` does after parsing its flags and
+//! building the client; tests run it twice against one in-process API server.
+
+pub mod admin;
+pub mod client;
+pub mod leader;
+pub mod metrics;
+pub mod redact;
+pub mod telemetry;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::controller::{Clock, Context, Settings, tenant};
+use admin::Health;
+use leader::{LeaderElector, LeaseSettings, LostLeadership};
+use metrics::Metrics;
+
+/// How the runtime runs the controllers.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings {
+    pub controller: Settings,
+    /// Reconcile every object this often (zero: never).
+    pub resync_interval: Duration,
+    /// `None` runs the controllers at once (a single replica).
+    pub leader: Option<LeaseSettings>,
+    /// How long a graceful shutdown waits for in-flight reconciles.
+    pub shutdown_timeout: Duration,
+}
+
+/// Why the runtime stopped other than by a requested shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The controllers were stopped; the process should exit non-zero and be
+    /// restarted as a standby.
+    #[error(transparent)]
+    LostLeadership(#[from] LostLeadership),
+}
+
+/// A tick every `interval` (never when zero): a safety net that re-checks every
+/// object; watches already heal drift within seconds.
+pub fn resync_ticks(interval: Duration) -> BoxStream<'static, ()> {
+    if interval.is_zero() {
+        return futures::stream::pending().boxed();
+    }
+    futures::stream::unfold(
+        tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
+        |mut t| async move {
+            t.tick().await;
+            Some(((), t))
+        },
+    )
+    .boxed()
+}
+
+/// Standby until this replica leads (if leader election is on), then runs the
+/// controllers until `shutdown` fires (then drains in-flight reconciles,
+/// releases the Lease and returns `Ok`) or leadership is lost (then stops the
+/// controllers at once and returns the error).
+pub async fn run(
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    health: Health,
+    clock: Arc<dyn Clock>,
+    settings: RuntimeSettings,
+    shutdown: CancellationToken,
+) -> Result<(), RuntimeError> {
+    metrics.set_leader(false);
+    let elector = settings
+        .leader
+        .clone()
+        .map(|l| LeaderElector::new(client.clone(), l, clock.clone()));
+    if let Some(elector) = &elector {
+        let h = health.clone();
+        let acquired = elector
+            .acquire(&shutdown, |attempt| h.set_ready(attempt.is_ok()))
+            .await;
+        if !acquired {
+            health.set_ready(false);
+            return Ok(());
+        }
+        // Not ready again until the caches have synced.
+        health.set_ready(false);
+    }
+    metrics.set_leader(true);
+    info!("leading: starting the controllers");
+
+    let (cache, streams) = tenant::child_cache(&client);
+    let ctx = Arc::new(
+        Context::new(client, cache.clone(), clock, settings.controller.clone())
+            .with_metrics(metrics.clone()),
+    );
+    let stop = shutdown.child_token();
+    let stop_signal = stop.clone();
+    let readiness: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let readiness_slot = readiness.clone();
+    let (h, m) = (health.clone(), metrics.clone());
+    let controllers = tenant::run_observed(
+        ctx,
+        streams,
+        async move { stop_signal.cancelled().await },
+        resync_ticks(settings.resync_interval),
+        move |store| {
+            let counted = store.clone();
+            m.set_tenant_counter(Box::new(move || {
+                let tenants = counted.state();
+                let ready = tenants
+                    .iter()
+                    .filter(|t| {
+                        t.status
+                            .as_ref()
+                            .is_some_and(|s| crate::crd::condition::is_true(&s.conditions, "Ready"))
+                    })
+                    .count();
+                let ready = i64::try_from(ready).unwrap_or(i64::MAX);
+                let all = i64::try_from(tenants.len()).unwrap_or(i64::MAX);
+                (ready, all - ready)
+            }));
+            let task = tokio::spawn(async move {
+                if store.wait_until_ready().await.is_ok() {
+                    cache.wait_ready().await;
+                    info!("caches synced; ready");
+                    h.set_ready(true);
+                }
+            });
+            if let Ok(mut slot) = readiness_slot.lock() {
+                *slot = Some(task);
+            }
+        },
+    );
+    let timeout = settings.shutdown_timeout;
+    let drained = async {
+        tokio::select! {
+            () = controllers => {}
+            () = async { shutdown.cancelled().await; tokio::time::sleep(timeout).await } => {
+                warn!(?timeout, "shutdown: gave up waiting for in-flight reconciles");
+            }
+        }
+    };
+    let lost = match &elector {
+        Some(elector) => tokio::select! {
+            () = drained => None,
+            lost = elector.hold() => Some(lost),
+        },
+        None => {
+            drained.await;
+            None
+        }
+    };
+    // The controllers have finished (or their future was dropped above).
+    stop.cancel();
+    if let Ok(mut slot) = readiness.lock()
+        && let Some(task) = slot.take()
+    {
+        task.abort();
+    }
+    health.set_ready(false);
+    metrics.set_leader(false);
+    if let Some(lost) = lost {
+        error!(error = %lost, "lost leadership: controllers stopped");
+        health.set_live(false);
+        return Err(lost.into());
+    }
+    if let Some(elector) = &elector
+        && let Err(e) = elector.release().await
+    {
+        warn!(error = %e, "could not release the leader lease; a standby takes over when it expires");
+    }
+    info!("controllers stopped");
+    Ok(())
+}

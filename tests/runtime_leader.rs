@@ -1,0 +1,317 @@
+//! Leader election: electors and whole controller instances against one
+//! in-process API server, with sub-second lease timings.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::PostParams;
+use palisade::controller::SystemClock;
+use palisade::crd::Tenant;
+use palisade::runtime::admin::Health;
+use palisade::runtime::leader::{Attempt, LeaderElector, LeaseSettings, LostLeadership};
+use palisade::runtime::metrics::Metrics;
+use palisade::runtime::{self, RuntimeError, RuntimeSettings};
+use palisade_testkit::FakeApiServer;
+use serde_json::json;
+use support::*;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const LEASE: Duration = Duration::from_millis(300);
+const RENEW_DEADLINE: Duration = Duration::from_millis(200);
+const RETRY: Duration = Duration::from_millis(50);
+
+fn lease(identity: &str) -> LeaseSettings {
+    LeaseSettings {
+        name: "palisade-leader".into(),
+        namespace: "default".into(),
+        identity: identity.into(),
+        lease_duration: LEASE,
+        renew_deadline: RENEW_DEADLINE,
+        retry_period: RETRY,
+    }
+}
+
+fn elector(server: &FakeApiServer, identity: &str) -> Arc<LeaderElector> {
+    Arc::new(LeaderElector::new(
+        server.client(),
+        lease(identity),
+        Arc::new(SystemClock),
+    ))
+}
+
+fn holder(server: &FakeApiServer) -> Option<String> {
+    server
+        .get_json(
+            "leases.coordination.k8s.io",
+            Some("default"),
+            "palisade-leader",
+        )
+        .and_then(|l| {
+            l.pointer("/spec/holderIdentity")?
+                .as_str()
+                .map(String::from)
+        })
+}
+
+/// Polls `cond` until it holds (true) or `within` passes (false).
+async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Spawns an elector that acquires, then holds until told to stop.
+fn spawn_leader(e: Arc<LeaderElector>) -> (JoinHandle<Option<LostLeadership>>, CancellationToken) {
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    let h = tokio::spawn(async move {
+        if !e.acquire(&s, |_| {}).await {
+            return None;
+        }
+        tokio::select! {
+            lost = e.hold() => Some(lost),
+            () = s.cancelled() => None,
+        }
+    });
+    (h, stop)
+}
+
+#[tokio::test]
+async fn one_leads_release_hands_over_at_once_and_expiry_hands_over_later() {
+    let server = server();
+    let (a, b, c) = (
+        elector(&server, "a"),
+        elector(&server, "b"),
+        elector(&server, "c"),
+    );
+
+    assert_eq!(a.try_acquire_or_renew().await.expect("a"), Attempt::Leading);
+    assert_eq!(
+        b.try_acquire_or_renew().await.expect("b"),
+        Attempt::Standby { holder: "a".into() }
+    );
+
+    // a holds (renewing); b keeps trying and must not take over, even after
+    // several lease durations.
+    let (a_task, a_stop) = spawn_leader(a.clone());
+    let (b_task, _b_stop) = spawn_leader(b.clone());
+    let changed = eventually(LEASE * 3, || holder(&server).as_deref() != Some("a")).await;
+    assert!(!changed, "b took over from a live leader");
+    assert!(!b_task.is_finished());
+
+    // a steps down cleanly: b leads within about a retry period, well before expiry.
+    a_stop.cancel();
+    assert_eq!(a_task.await.expect("a task"), None);
+    let released = Instant::now();
+    a.release().await.expect("release");
+    assert!(
+        eventually(LEASE * 10, || holder(&server).as_deref() == Some("b")).await,
+        "b never took over after release"
+    );
+    let handover = released.elapsed();
+    assert!(
+        handover < LEASE,
+        "release handover took {handover:?}, as long as an expiry"
+    );
+
+    // b dies without releasing: c takes over only once the lease has expired.
+    let (c_task, c_stop) = spawn_leader(c.clone());
+    b_task.abort();
+    let killed = Instant::now();
+    assert!(
+        eventually(LEASE * 10, || holder(&server).as_deref() == Some("c")).await,
+        "c never took over after b died"
+    );
+    let takeover = killed.elapsed();
+    assert!(
+        takeover >= LEASE - RETRY * 2,
+        "c took over after {takeover:?}, before b's lease expired"
+    );
+    let lease = server
+        .get_json(
+            "leases.coordination.k8s.io",
+            Some("default"),
+            "palisade-leader",
+        )
+        .expect("lease");
+    assert_eq!(lease["spec"]["leaseTransitions"], json!(2), "{lease:#}");
+    c_stop.cancel();
+    let _ = c_task.await;
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_the_lease_says_so() {
+    let server = server();
+    let a = elector(&server, "a");
+    assert_eq!(a.try_acquire_or_renew().await.expect("a"), Attempt::Leading);
+    // Someone else writes the lease (e.g. a replica with a skewed clock).
+    let mut l = server
+        .get_json(
+            "leases.coordination.k8s.io",
+            Some("default"),
+            "palisade-leader",
+        )
+        .expect("lease");
+    l["spec"]["holderIdentity"] = json!("intruder");
+    l["spec"]["renewTime"] = json!("2999-01-01T00:00:00.000000Z");
+    server
+        .put_json("leases.coordination.k8s.io", l)
+        .expect("overwrite lease");
+    let lost = tokio::time::timeout(WAIT, a.hold())
+        .await
+        .expect("leader noticed");
+    assert_eq!(
+        lost,
+        LostLeadership::TakenOver {
+            holder: "intruder".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
+    let server = server();
+    let a = elector(&server, "a");
+    let (task, _stop) = spawn_leader(a.clone());
+    assert!(eventually(WAIT, || holder(&server).as_deref() == Some("a")).await);
+    server.fail_when(500, None, |r| r.resource == "leases");
+    let started = Instant::now();
+    let lost = tokio::time::timeout(WAIT, task)
+        .await
+        .expect("leader gave up")
+        .expect("task");
+    assert_eq!(lost, Some(LostLeadership::RenewDeadline(RENEW_DEADLINE)));
+    assert!(
+        started.elapsed() < LEASE,
+        "stepped down after {:?}: later than the lease expiry",
+        started.elapsed()
+    );
+}
+
+/// One `palisade controller` process: the runtime with its own metrics and health.
+struct Instance {
+    metrics: Arc<Metrics>,
+    health: Health,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), RuntimeError>>,
+}
+
+fn start_instance(server: &FakeApiServer, identity: &str) -> Instance {
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::default();
+    let shutdown = CancellationToken::new();
+    let settings = RuntimeSettings {
+        controller: fast_settings(),
+        resync_interval: Duration::ZERO,
+        leader: Some(lease(identity)),
+        shutdown_timeout: Duration::from_secs(5),
+    };
+    let task = tokio::spawn(runtime::run(
+        server.client(),
+        metrics.clone(),
+        health.clone(),
+        Arc::new(SystemClock),
+        settings,
+        shutdown.clone(),
+    ));
+    Instance {
+        metrics,
+        health,
+        shutdown,
+        task,
+    }
+}
+
+async fn create_tenant(server: &FakeApiServer, name: &str) {
+    let yaml = format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata:\n  name: {name}\nspec:\n  namespaces: [{{name: {name}-app}}]\n"
+    );
+    let api: Api<Tenant> = Api::all(server.client());
+    api.create(&PostParams::default(), &tenant_from_yaml(&yaml))
+        .await
+        .expect("create tenant");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controller_instances_one_active_standby_takes_over() {
+    let server = server();
+    let a = start_instance(&server, "a");
+    assert!(eventually(WAIT, || a.metrics.leader()).await, "a never led");
+    let b = start_instance(&server, "b");
+
+    // b is a ready standby: it reaches the API server but runs no controller.
+    assert!(
+        eventually(WAIT, || b.health.ready()).await,
+        "standby b never ready"
+    );
+    assert!(!b.metrics.leader());
+    create_tenant(&server, "first").await;
+    wait_ready(&server, "first").await;
+    assert!(
+        eventually(WAIT, || a.health.ready()).await,
+        "leader a never ready"
+    );
+    let b_text = b.metrics.encode().expect("metrics");
+    assert!(b_text.contains("palisade_leader 0"), "{b_text}");
+    assert!(
+        !b_text.contains("palisade_reconciles_total{"),
+        "standby reconciled:\n{b_text}"
+    );
+
+    // SIGTERM to a: it drains, releases the lease and exits cleanly; b leads.
+    a.shutdown.cancel();
+    let exited = tokio::time::timeout(WAIT, a.task)
+        .await
+        .expect("a stopped")
+        .expect("a task");
+    assert!(exited.is_ok(), "{exited:?}");
+    assert!(!a.metrics.leader());
+    assert!(
+        eventually(WAIT, || b.metrics.leader()).await,
+        "b never took over"
+    );
+    create_tenant(&server, "second").await;
+    wait_ready(&server, "second").await;
+
+    // b crashes (no release): a new replica c takes over after the lease expires.
+    let c = start_instance(&server, "c");
+    b.task.abort();
+    assert!(
+        eventually(WAIT, || c.metrics.leader()).await,
+        "c never took over"
+    );
+    create_tenant(&server, "third").await;
+    wait_ready(&server, "third").await;
+    c.shutdown.cancel();
+    let _ = tokio::time::timeout(WAIT, c.task).await;
+    assert_eq!(holder(&server), None, "c did not release the lease");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_loses_leadership_stops_and_fails() {
+    let server = server();
+    let a = start_instance(&server, "a");
+    assert!(eventually(WAIT, || a.metrics.leader()).await);
+    server.fail_when(500, None, |r| r.resource == "leases");
+    let result = tokio::time::timeout(WAIT, a.task)
+        .await
+        .expect("a stopped")
+        .expect("a task");
+    assert!(
+        matches!(result, Err(RuntimeError::LostLeadership(_))),
+        "{result:?}"
+    );
+    assert!(!a.metrics.leader());
+    assert!(!a.health.live());
+}
