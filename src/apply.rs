@@ -232,6 +232,22 @@ impl Applier {
         }
     }
 
+    /// True when `obj` (from a watch event) is exactly the version this process
+    /// last wrote: the echo of our own write, which needs no reconcile.
+    pub fn is_own_write(&self, ar: &ApiResource, obj: &DynamicObject) -> bool {
+        let rv = rv_of(obj);
+        rv != 0
+            && self
+                .recent
+                .lock()
+                .ok()
+                .and_then(|m| {
+                    m.get(&key(ar, obj.namespace().as_deref(), &obj.name_any()))
+                        .copied()
+                })
+                .is_some_and(|(written, _)| written == rv)
+    }
+
     fn remember(&self, ar: &ApiResource, obj: &DynamicObject, hash: u64) {
         self.writes.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.recent.lock() {

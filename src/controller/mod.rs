@@ -102,6 +102,9 @@ pub struct Context {
     /// Prometheus metrics (a private set unless [`Context::with_metrics`] shares one).
     pub metrics: Arc<crate::runtime::metrics::Metrics>,
     failures: Mutex<HashMap<String, u32>>,
+    /// resourceVersion of this process's last write to each Tenant (status,
+    /// finalizer): their watch echoes need no reconcile.
+    own_tenant_writes: Mutex<HashMap<String, u64>>,
     reconciles: std::sync::atomic::AtomicU64,
 }
 
@@ -133,6 +136,7 @@ impl Context {
             settings,
             metrics: Default::default(),
             failures: Mutex::new(HashMap::new()),
+            own_tenant_writes: Mutex::new(HashMap::new()),
             reconciles: Default::default(),
         }
     }
@@ -154,6 +158,28 @@ impl Context {
             Err(_) => 1,
         };
         self.settings.backoff.delay(n, rand::random::<f64>())
+    }
+
+    /// Records the resourceVersion of our own write to a Tenant.
+    pub fn note_tenant_write(&self, name: &str, resource_version: Option<&str>) {
+        if let (Ok(mut m), Some(rv)) = (
+            self.own_tenant_writes.lock(),
+            resource_version.and_then(|v| v.parse().ok()),
+        ) {
+            m.insert(name.to_string(), rv);
+        }
+    }
+
+    /// True when a Tenant watch event is the echo of our own last write.
+    pub fn is_tenant_echo(&self, name: &str, resource_version: Option<&str>) -> bool {
+        let rv: Option<u64> = resource_version.and_then(|v| v.parse().ok());
+        rv.is_some()
+            && self
+                .own_tenant_writes
+                .lock()
+                .ok()
+                .and_then(|m| m.get(name).copied())
+                == rv
     }
 
     /// Forgets past failures of `key` after a successful reconcile.

@@ -17,7 +17,7 @@ use kube::core::ApiResource;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
@@ -185,13 +185,15 @@ async fn update_status(
         }
     }
     let api: Api<Tenant> = Api::all(ctx.client.clone());
-    api.patch_status(
-        &tenant.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await
-    .map_err(kube_err("update tenant status"))?;
+    let written = api
+        .patch_status(
+            &tenant.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .map_err(kube_err("update tenant status"))?;
+    ctx.note_tenant_write(&written.name_any(), written.resource_version().as_deref());
     Ok(())
 }
 
@@ -213,13 +215,15 @@ async fn ensure_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
         action: "build finalizer patch",
         source: Box::new(kube::Error::SerdeError(e)),
     })?;
-    api.patch(
-        &tenant.name_any(),
-        &PatchParams::default(),
-        &Patch::<()>::Json(patch),
-    )
-    .await
-    .map_err(kube_err("add finalizer"))?;
+    let written = api
+        .patch(
+            &tenant.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+        .map_err(kube_err("add finalizer"))?;
+    ctx.note_tenant_write(&written.name_any(), written.resource_version().as_deref());
     Ok(())
 }
 
@@ -687,14 +691,29 @@ pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<Context>) -> Ac
 }
 
 /// Builds the Tenant controller over `child_streams` (from [`ChildCache::new`]).
+///
+/// Watch events that are only the echo of this process's own writes (a
+/// child it just applied, the Tenant status it just wrote) trigger nothing:
+/// the reconcile that wrote them already saw that state.
 pub fn controller(
-    client: kube::Client,
+    ctx: Arc<Context>,
     child_streams: Vec<(ApiResource, ChildStream)>,
-    concurrency: u16,
 ) -> Controller<Tenant> {
-    let tenants: Api<Tenant> = Api::all(client);
-    let mut c = Controller::new(tenants, watcher::Config::default().any_semantic())
-        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
+    let tenants: Api<Tenant> = Api::all(ctx.client.clone());
+    let (reader, writer) = kube::runtime::reflector::store::<Tenant>();
+    let echo_ctx = ctx.clone();
+    let tenant_stream = kube::runtime::reflector::reflector(
+        writer,
+        watcher(tenants, watcher::Config::default().any_semantic()).default_backoff(),
+    )
+    .touched_objects()
+    .filter(move |res| {
+        let echo = matches!(res, Ok(t) if echo_ctx.is_tenant_echo(&t.name_any(), t.resource_version().as_deref()));
+        futures::future::ready(!echo)
+    });
+    let mut c = Controller::for_stream(tenant_stream, reader).with_config(
+        kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
+    );
     let tenant_store = c.store();
     for (ar, stream) in child_streams {
         if ar.kind == super::cache::policy_kind().kind {
@@ -714,9 +733,14 @@ pub fn controller(
             );
             continue;
         }
+        let echo_ctx = ctx.clone();
+        let kind = ar.clone();
         c = c.watches_stream_with(
             stream,
-            |obj: DynamicObject| {
+            move |obj: DynamicObject| {
+                if echo_ctx.applier.is_own_write(&kind, &obj) {
+                    return None;
+                }
                 labels::tenant_of(obj.metadata.labels.as_ref()).map(ObjectRef::<Tenant>::new)
             },
             ar,
@@ -745,7 +769,7 @@ pub async fn run_observed(
     resync: impl futures::Stream<Item = ()> + Send + 'static,
     on_start: impl FnOnce(kube::runtime::reflector::Store<Tenant>),
 ) {
-    let c = controller(ctx.client.clone(), child_streams, ctx.settings.concurrency);
+    let c = controller(ctx.clone(), child_streams);
     on_start(c.store());
     c.reconcile_all_on(resync)
         .reconcile_on(ctx.gc.triggers())
