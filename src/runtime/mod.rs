@@ -96,11 +96,29 @@ pub async fn run(
 
     let (cache, streams) = tenant::child_cache(&client);
     let ctx = Arc::new(
-        Context::new(client, cache.clone(), clock, settings.controller.clone())
-            .with_metrics(metrics.clone()),
+        Context::new(
+            client.clone(),
+            cache.clone(),
+            clock.clone(),
+            settings.controller.clone(),
+        )
+        .with_metrics(metrics.clone()),
     );
     let stop = shutdown.child_token();
     let stop_signal = stop.clone();
+    let (policy_stop, backup_stop) = (stop.clone(), stop.clone());
+    let policies = crate::controller::rolepolicy::run(
+        client.clone(),
+        clock.clone(),
+        settings.controller.clone(),
+        async move { policy_stop.cancelled().await },
+    );
+    let backups = crate::controller::backup_schedule::run(
+        client,
+        clock,
+        settings.controller.clone(),
+        async move { backup_stop.cancelled().await },
+    );
     let readiness: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
     let readiness_slot = readiness.clone();
     let (h, m) = (health.clone(), metrics.clone());
@@ -137,6 +155,10 @@ pub async fn run(
             }
         },
     );
+    // The three controllers share the stop signal; all run while leading.
+    let controllers = async move {
+        futures::future::join3(controllers, policies, backups).await;
+    };
     let timeout = settings.shutdown_timeout;
     let drained = async {
         tokio::select! {
