@@ -548,3 +548,184 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
     .await;
     delete_tenant(&client, &name).await;
 }
+
+/// BackupSchedule: a due schedule becomes a Job with the right spec; a simulated
+/// completion (Job status as the Job controller writes it, a Pod whose container
+/// terminated with the JSON result as the kubelet reports it) updates status. The
+/// run pod is pinned to a node that does not exist, so nothing really runs.
+#[tokio::test]
+async fn backup_schedule_job_spec_and_simulated_completion() {
+    if !enabled() {
+        return;
+    }
+    use futures::TryStreamExt;
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::runtime::{WatchStreamExt, watcher};
+    use palisade::crd::BackupSchedule;
+
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG points at a cluster");
+    install_crds(&client).await;
+    let (tx, rx) = oneshot::channel::<()>();
+    let _controller = Controller { stop: Some(tx) };
+    tokio::spawn(palisade::controller::backup_schedule::run(
+        client.clone(),
+        Arc::new(SystemClock),
+        Settings::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+
+    let ns = unique("e2b");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("create namespace");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "db"}, "stringData": {"password": "e2e-password"}
+            }))
+            .expect("secret"),
+        )
+        .await
+        .expect("create secret");
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &ns);
+    let bs: BackupSchedule = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "BackupSchedule",
+        "metadata": {"name": "nightly"},
+        "spec": {
+            "schedule": "* * * * *",
+            "postgres": {"host": "db", "database": "app", "user": "backup",
+                         "passwordSecretRef": {"name": "db", "key": "password"}},
+            "destination": {"path": "/backups"},
+            "jobTemplate": {"nodeSelector": {"palisade.dev/e2e": "no-such-node"},
+                            "activeDeadlineSeconds": 600},
+        }
+    }))
+    .expect("schedule");
+    schedules
+        .create(&PostParams::default(), &bs)
+        .await
+        .expect("create schedule");
+
+    // Schedule → Job (within a minute).
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
+    let job = wait(async {
+        let mut stream = std::pin::pin!(
+            watcher(
+                jobs.clone(),
+                watcher::Config::default().labels("palisade.dev/backup-schedule=nightly"),
+            )
+            .applied_objects()
+        );
+        stream.try_next().await.map(|j| j.expect("a job"))
+    })
+    .await;
+    let job_name = job.name_any();
+    assert!(job_name.starts_with("nightly-"), "{job_name}");
+    assert_eq!(
+        job.owner_references()[0].kind,
+        "BackupSchedule",
+        "owned by the schedule"
+    );
+    let spec = job.spec.clone().expect("spec");
+    assert_eq!(spec.backoff_limit, Some(0));
+    assert_eq!(spec.active_deadline_seconds, Some(600));
+    let pod_spec = spec.template.spec.expect("pod spec");
+    let c = &pod_spec.containers[0];
+    let args = c.args.clone().unwrap_or_default().join(" ");
+    assert!(
+        args.starts_with("backup run --config /etc/palisade/backup.yaml --output json"),
+        "{args}"
+    );
+    assert!(!args.contains("e2e-password"));
+    assert_eq!(
+        c.termination_message_policy.as_deref(),
+        Some("FallbackToLogsOnError")
+    );
+    assert!(
+        pod_spec.volumes.unwrap_or_default().iter().any(|v| v
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            == Some("db"))
+    );
+
+    // Simulated completion: the kubelet's pod status and the Job controller's status.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let pod_name = format!("{job_name}-sim");
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": pod_name, "labels": {
+                "palisade.dev/backup-schedule": "nightly", "palisade.dev/run": job_name}},
+            "spec": {"restartPolicy": "Never", "nodeSelector": {"palisade.dev/e2e": "no-such-node"},
+                     "containers": [{"name": "backup", "image": "busybox:1.36"}]}
+        }))
+        .expect("pod"),
+    )
+    .await
+    .expect("create pod");
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let message = format!(
+        r#"{{"op":"run","ok":true,"id":"e2e-snap","key":"/backups/e2e-snap.pgsnap","time":"{now}","bytes":2048,"sha256":"00ff","durationSeconds":1.5}}"#
+    );
+    pods.patch_status(
+        &pod_name,
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"status": {"phase": "Succeeded", "containerStatuses": [{
+            "name": "backup", "image": "busybox:1.36", "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+            "finishedAt": now, "message": message}}}]}}),
+        ),
+    )
+    .await
+    .expect("pod status");
+    jobs.patch_status(
+        &job_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "startTime": now, "completionTime": now, "succeeded": 1, "active": 0,
+            "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True", "lastProbeTime": now, "lastTransitionTime": now},
+                {"type": "Complete", "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
+            ]}})),
+    )
+    .await
+    .expect("job status");
+
+    wait(await_condition(
+        schedules.clone(),
+        "nightly",
+        |b: Option<&BackupSchedule>| {
+            b.and_then(|b| b.status.as_ref())
+                .and_then(|s| s.last_successful_backup.as_ref())
+                .is_some_and(|r| r.id == "e2e-snap" && r.bytes == 2048)
+        },
+    ))
+    .await;
+    let st = schedules
+        .get("nightly")
+        .await
+        .expect("schedule")
+        .status
+        .expect("status");
+    assert!(
+        st.conditions
+            .iter()
+            .any(|c| c.type_ == "LastBackupSucceeded" && c.status == "True")
+    );
+    assert!(st.last_schedule_time.is_some() && st.next_schedule_time.is_some());
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+}
