@@ -729,3 +729,119 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     assert!(st.last_schedule_time.is_some() && st.next_schedule_time.is_some());
     let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
 }
+
+/// A RolePolicy produces working RBAC: a SubjectAccessReview for a bound user
+/// says yes to the granted verbs and no to everything else.
+#[tokio::test]
+async fn rolepolicy_grants_exactly_what_it_says() {
+    if !enabled() {
+        return;
+    }
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    use palisade::crd::RolePolicy;
+    let (client, _controller) = setup().await;
+    let stop = {
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(palisade::controller::rolepolicy::run(
+            client.clone(),
+            Arc::new(SystemClock),
+            Settings::default(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        tx
+    };
+    let name = unique("e2p");
+    let ns = format!("{name}-a");
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &sample(&name, "Delete"))
+        .await
+        .expect("tenant");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    let user = format!("{name}-deployer@example.com");
+    let policy: RolePolicy = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "RolePolicy", "metadata": {"name": name},
+        "spec": {
+            "tenants": [name],
+            "roles": [{"name": "deployer", "permissions": ["workloads:write", "config:read"]}],
+            "bindings": [{"role": "deployer", "subjects": [{"kind": "User", "name": user}]}]
+        }
+    }))
+    .expect("policy");
+    let policies: Api<RolePolicy> = Api::all(client.clone());
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("policy");
+    let rb: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    wait(await_condition(
+        rb,
+        "palisade:deployer",
+        |b: Option<&RoleBinding>| b.is_some(),
+    ))
+    .await;
+
+    let sar: Api<SubjectAccessReview> = Api::all(client.clone());
+    let can = |verb: &str, group: &str, resource: &str| {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(ns.clone()),
+                    verb: Some(verb.to_string()),
+                    group: Some(group.to_string()),
+                    resource: Some(resource.to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let sar = sar.clone();
+        async move {
+            sar.create(&PostParams::default(), &review)
+                .await
+                .expect("SubjectAccessReview")
+                .status
+                .is_some_and(|s| s.allowed)
+        }
+    };
+    assert!(
+        can("create", "apps", "deployments").await,
+        "granted: workloads:write"
+    );
+    assert!(can("get", "", "configmaps").await, "granted: config:read");
+    assert!(!can("get", "", "secrets").await, "not granted: secrets");
+    assert!(
+        !can("create", "rbac.authorization.k8s.io", "rolebindings").await,
+        "not granted: RBAC"
+    );
+    assert!(!can("delete", "", "configmaps").await, "read-only config");
+
+    // An escalating edit is refused and the RBAC stays as it was.
+    policies
+        .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"roles": [{"name": "deployer", "permissions": ["workloads:write"], "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]}]}]}})))
+        .await
+        .expect("edit");
+    wait(await_condition(
+        policies.clone(),
+        &name,
+        |p: Option<&RolePolicy>| {
+            p.and_then(|p| p.status.as_ref())
+                .and_then(|s| palisade::crd::condition::find(&s.conditions, "Valid"))
+                .is_some_and(|c| c.status == "False" && c.reason == "WildcardVerb")
+        },
+    ))
+    .await;
+    assert!(
+        !can("get", "", "secrets").await,
+        "an invalid policy grants nothing new"
+    );
+    let _ = policies.delete(&name, &DeleteParams::default()).await;
+    delete_tenant(&client, &name).await;
+    let _ = stop.send(());
+}

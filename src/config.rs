@@ -40,8 +40,29 @@ pub enum Command {
         #[arg(long)]
         yaml: bool,
     },
+    /// Application tokens issued by Palisade.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print the version.
     Version,
+}
+
+/// `palisade token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Verify a token against a JWKS (e.g. the tenant's `<key>-jwks` ConfigMap's
+    /// jwks.json) and print its claims; exits non-zero when it is not valid.
+    Verify {
+        /// JWKS file (RFC 7517 JSON).
+        #[arg(long)]
+        jwks: PathBuf,
+        /// Expected audience (the `aud` claim); not checked when omitted.
+        #[arg(long)]
+        audience: Option<String>,
+        /// The token, or `-` to read it from standard input (keeps it out of
+        /// shell history and process listings).
+        token: String,
+    },
 }
 
 /// Flags of `palisade controller`.

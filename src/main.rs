@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use palisade::config::{Cli, Command, ControllerArgs};
+use palisade::config::{Cli, Command, ControllerArgs, TokenCommand};
 use palisade::controller::SystemClock;
 use palisade::resources::catalog;
 use palisade::runtime::{
@@ -46,6 +46,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 palisade::operator_rbac::to_json()
             }
         ),
+        Command::Token(TokenCommand::Verify {
+            jwks,
+            audience,
+            token,
+        }) => return verify_token(&jwks, audience.as_deref(), &token),
         Command::Version => println!("palisade {}", env!("CARGO_PKG_VERSION")),
         Command::Controller(args) => return controller(*args).await,
         Command::Backup(args) => {
@@ -58,6 +63,34 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `palisade token verify`: prints the claims of a valid token as JSON.
+fn verify_token(
+    jwks: &std::path::Path,
+    audience: Option<&str>,
+    token: &str,
+) -> anyhow::Result<ExitCode> {
+    let jwks =
+        std::fs::read_to_string(jwks).with_context(|| format!("reading {}", jwks.display()))?;
+    let token = if token == "-" {
+        let mut buf = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf)
+            .context("reading the token from stdin")?;
+        buf.trim().to_string()
+    } else {
+        token.to_string()
+    };
+    match palisade::resources::tokens::verify(&token, &jwks, audience) {
+        Ok(claims) => {
+            println!("{}", serde_json::to_string_pretty(&claims)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("invalid token: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {

@@ -150,3 +150,85 @@ fn permissions_lists_catalog_and_builtin_roles() {
         assert!(stdout.contains(name), "{name} missing from:\n{stdout}");
     }
 }
+
+#[test]
+fn token_verify_accepts_valid_tokens_and_rejects_others() {
+    use palisade::crd::tenant::JwtAlgorithm;
+    use palisade::resources::{keys, tokens};
+    let key = keys::generate(JwtAlgorithm::EdDSA).expect("key");
+    let wanted = tokens::Wanted {
+        sub: "system:serviceaccount:acme-prod:api".into(),
+        aud: "acme".into(),
+        tenant: "acme".into(),
+        scope: "vault:read".into(),
+        ttl: std::time::Duration::from_secs(900),
+    };
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let (token, _) = tokens::issue(
+        &wanted,
+        JwtAlgorithm::EdDSA,
+        &key.kid,
+        &key.private_pem,
+        now,
+    )
+    .expect("issue");
+    let dir = tempfile::tempdir().expect("tmp");
+    let jwks = dir.path().join("jwks.json");
+    let jwk = keys::public_jwk(JwtAlgorithm::EdDSA, &key.private_pem).expect("jwk");
+    std::fs::write(&jwks, serde_json::json!({"keys": [jwk]}).to_string()).expect("write");
+    let jwks = jwks.to_str().expect("utf-8");
+
+    let out = palisade(&[
+        "token",
+        "verify",
+        "--jwks",
+        jwks,
+        "--audience",
+        "acme",
+        token.expose(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).expect("claims JSON");
+    assert_eq!(claims["scope"], "vault:read");
+
+    let out = palisade(&[
+        "token",
+        "verify",
+        "--jwks",
+        jwks,
+        "--audience",
+        "other",
+        token.expose(),
+    ]);
+    assert!(!out.status.success(), "wrong audience is rejected");
+
+    let mut tampered = token.expose().to_string();
+    tampered.pop();
+    tampered.push(if token.expose().ends_with('A') {
+        'B'
+    } else {
+        'A'
+    });
+    let out = palisade(&["token", "verify", "--jwks", jwks, &tampered]);
+    assert!(!out.status.success(), "tampered signature is rejected");
+    assert!(
+        !text(&out.stderr).contains(&tampered),
+        "the token is never echoed"
+    );
+
+    // From stdin.
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["token", "verify", "--jwks", jwks, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(token.expose().as_bytes())
+        .expect("write");
+    assert!(child.wait_with_output().expect("wait").status.success());
+}
