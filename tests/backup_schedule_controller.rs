@@ -589,3 +589,61 @@ async fn bad_input_has_specific_reasons_and_keeps_state() {
     }
     c.stop().await;
 }
+
+#[tokio::test]
+async fn missed_deadline_is_skipped_and_reported_and_suspend_clears_next_time() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(
+        &s,
+        "late",
+        json!({"schedule": "*/10 * * * *", "startingDeadlineSeconds": 60}),
+    );
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "Ready", |s| {
+        cond(s, "late", "Ready")["status"] == "True"
+    })
+    .await;
+    // Downtime: three slots pass, the newest is 5 minutes old (> 60 s).
+    let first = next_due(&clock, "*/10 * * * *");
+    set_clock(
+        &clock,
+        Timestamp::from_second(first.as_second() + 1500).expect("t"),
+    );
+    c.resync();
+    wait(&s, "missed", |s| {
+        !status(s, "late")["lastMissedScheduleTime"].is_null()
+    })
+    .await;
+    assert!(jobs_of(&s, "late").is_empty());
+    let missed = events_with_reason(&s, "MissedSchedule");
+    assert_eq!(missed.len(), 1);
+    let note = missed[0]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("2 older missed run(s)"), "{note}");
+    // Resyncs do not report it again; the next slot runs on time.
+    c.resync();
+    let next = Timestamp::from_second(first.as_second() + 1800).expect("t");
+    set_clock(&clock, next);
+    c.resync();
+    s.wait_for_json(
+        JOBS,
+        Some(NS),
+        &format!("late-{}", next.as_second() / 60),
+        WAIT,
+        |_| true,
+    )
+    .await
+    .expect("next run");
+    assert_eq!(events_with_reason(&s, "MissedSchedule").len(), 1);
+
+    // Suspend: Ready says so and nextScheduleTime is removed.
+    let mut bs = s.get_json(BS, Some(NS), "late").expect("bs");
+    bs["spec"]["suspend"] = json!(true);
+    s.put_json(BS, bs).expect("suspend");
+    wait(&s, "suspended", |s| {
+        cond(s, "late", "Ready")["reason"] == "Suspended"
+            && status(s, "late")["nextScheduleTime"].is_null()
+    })
+    .await;
+    c.stop().await;
+}

@@ -128,9 +128,13 @@ fn run_of(job: Arc<Job>) -> Option<Run> {
     let ann = job.metadata.annotations.clone().unwrap_or_default();
     let status = job.status.clone().unwrap_or_default();
     let mut finished = None;
+    let mut transition = None;
     for c in status.conditions.unwrap_or_default() {
         if c.status != "True" {
             continue;
+        }
+        if matches!(c.type_.as_str(), "Complete" | "Failed") {
+            transition = c.last_transition_time.map(|t| t.0);
         }
         match c.type_.as_str() {
             "Complete" => finished = Some(Finished::Succeeded),
@@ -155,10 +159,7 @@ fn run_of(job: Arc<Job>) -> Option<Run> {
         scheduled: ann
             .get(SCHEDULED_TIME_ANNOTATION)
             .and_then(|s| s.parse().ok()),
-        finished_at: status
-            .completion_time
-            .map(|t| t.0)
-            .or_else(|| finished.as_ref().map(|_| Timestamp::UNIX_EPOCH)),
+        finished_at: status.completion_time.map(|t| t.0).or(transition),
         finished,
         job,
     })
@@ -248,6 +249,27 @@ fn destination_owner(bs: &BackupSchedule, all: &[Arc<BackupSchedule>]) -> Option
 struct Invalid {
     reason: &'static str,
     message: String,
+}
+
+/// How often a schedule blocked by something the controller does not watch (a
+/// Secret, another schedule's destination) is checked again.
+const RECHECK: Duration = Duration::from_secs(30);
+
+/// The status as a merge patch: fields that became empty are removed explicitly
+/// (they are skipped when serialized, and a merge patch keeps what it omits).
+fn status_patch(
+    status: &BackupScheduleStatus,
+    previous: &BackupScheduleStatus,
+) -> serde_json::Value {
+    let mut new = serde_json::to_value(status).unwrap_or_default();
+    if let (Some(new), Ok(serde_json::Value::Object(old))) =
+        (new.as_object_mut(), serde_json::to_value(previous))
+    {
+        for k in old.keys() {
+            new.entry(k.clone()).or_insert(serde_json::Value::Null);
+        }
+    }
+    json!({ "status": new })
 }
 
 async fn check_secrets(ctx: &BackupContext, bs: &BackupSchedule) -> Result<(), Invalid> {
@@ -940,7 +962,7 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
             api.patch_status(
                 &name,
                 &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
+                &Patch::Merge(status_patch(&status, &previous)),
             )
             .await
             .map_err(|e| Error::Kube("updating BackupSchedule status", Box::new(e)))?;
@@ -960,6 +982,12 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
         prune_history(&ctx, &bs, &runs, &status).await?;
 
         let mut wake = next.into_iter().min();
+        if invalid
+            .as_ref()
+            .is_some_and(|i| !matches!(i.reason, "InvalidSchedule" | "InvalidTimeZone"))
+        {
+            wake = Timestamp::from_second(now.as_second() + RECHECK.as_secs() as i64).ok();
+        }
         if waiting_for_results {
             let soon = Timestamp::from_second(now.as_second() + RESULT_POLL.as_secs() as i64).ok();
             wake = match (wake, soon) {
