@@ -647,3 +647,90 @@ async fn missed_deadline_is_skipped_and_reported_and_suspend_clears_next_time() 
     .await;
     c.stop().await;
 }
+
+#[tokio::test]
+async fn replace_stops_the_active_run() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(
+        &s,
+        "repl",
+        json!({"schedule": "*/5 * * * *", "concurrencyPolicy": "Replace"}),
+    );
+    let c = Controller::start(&s, clock.clone());
+    let first = next_due(&clock, "*/5 * * * *");
+    set_clock(&clock, first);
+    c.resync();
+    let first_name = format!("repl-{}", first.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &first_name, WAIT, |_| true)
+        .await
+        .expect("first job");
+    let second = Timestamp::from_second(first.as_second() + 300).expect("t");
+    set_clock(&clock, second);
+    c.resync();
+    let second_name = format!("repl-{}", second.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &second_name, WAIT, |_| true)
+        .await
+        .expect("second job");
+    s.wait_for_absent(JOBS, Some(NS), &first_name, WAIT)
+        .await
+        .expect("first job deleted");
+    assert_eq!(events_with_reason(&s, "RunReplaced").len(), 1);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn restore_test_results_update_status() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(
+        &s,
+        "rt",
+        json!({"restoreTest": {"schedule": "0 4 * * 0", "checks": [{"name": "orders", "sql": "select true"}]}}),
+    );
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "Ready", |s| cond(s, "rt", "Ready")["status"] == "True").await;
+    assert_eq!(
+        cond(&s, "rt", "LastRestoreTestSucceeded")["reason"],
+        "NoRunYet"
+    );
+    let due = next_due(&clock, "0 4 * * 0");
+    set_clock(&clock, due);
+    c.resync();
+    let name = format!("rt-verify-{}", due.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
+        .await
+        .expect("verify job");
+    assert_eq!(
+        status(&s, "rt")["lastRestoreTestScheduleTime"],
+        json!(due.to_string())
+    );
+    finish(
+        &s,
+        &name,
+        false,
+        r#"{"op":"verify","ok":false,"snapshot":"snap-9","time":"2026-03-01T04:00:09Z","result":"Failed","durationSeconds":9.0,"checks":[{"name":"orders","passed":true},{"name":"rowCounts","passed":false,"message":"shop.orders: 10 rows, expected 11"}]}"#,
+        due,
+    );
+    wait(&s, "restore test failure", |s| {
+        cond(s, "rt", "LastRestoreTestSucceeded")["status"] == "False"
+    })
+    .await;
+    let st = status(&s, "rt");
+    assert_eq!(st["lastRestoreTest"]["result"], "Failed");
+    assert_eq!(st["lastRestoreTest"]["snapshot"], "snap-9");
+    assert_eq!(st["lastRestoreTest"]["checks"][1]["name"], "rowCounts");
+    let msg = cond(&s, "rt", "LastRestoreTestSucceeded")["message"].to_string();
+    assert!(
+        msg.contains("rowCounts") && msg.contains("expected 11"),
+        "{msg}"
+    );
+    assert_eq!(cond(&s, "rt", "Ready")["reason"], "RestoreTestFailing");
+    // A failed restore test is not a failed backup.
+    assert_eq!(st["consecutiveFailures"], 0);
+    wait(&s, "event", |s| {
+        !events_with_reason(s, "RestoreTestFailed").is_empty()
+    })
+    .await;
+    c.stop().await;
+}

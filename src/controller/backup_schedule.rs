@@ -399,7 +399,13 @@ fn fold_results(
         let ok = run.finished == Some(Finished::Succeeded) && res.as_ref().is_none_or(|r| r.ok);
         let failure = || match (&run.finished, &res) {
             (_, Some(r)) if !r.ok => (
-                r.reason.clone().unwrap_or_else(|| "RunFailed".into()),
+                r.reason.clone().unwrap_or_else(|| {
+                    if r.op == "verify" {
+                        "ChecksFailed".into()
+                    } else {
+                        "RunFailed".into()
+                    }
+                }),
                 r.failure_summary(),
             ),
             (Some(Finished::Failed { reason, message }), _) => (
