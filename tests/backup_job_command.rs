@@ -51,6 +51,8 @@ fn schedule(pg: &PgServer, destination: Value) -> BackupSchedule {
             "compression": {"level": 1},
             "retention": {"keepLast": 1},
             "restoreTest": {"scratchDatabase": "scratch",
+                            "target": {"host": "127.0.0.1", "port": pg.port, "user": "postgres", "sslMode": "disable",
+                                       "passwordSecretRef": {"name": "db", "key": "password"}},
                             "checks": [{"name": "has-orders", "sql": "select count(*) > 0 from shop.orders"}]},
         },
     }))

@@ -248,6 +248,9 @@ pub enum BackupCommand {
         /// Time limit, e.g. `30m` (default from config, else `1h`).
         #[arg(long)]
         timeout: Option<String>,
+        /// Password file for `restoreTest.target` (default: the source password).
+        #[arg(long)]
+        target_password_file: Option<PathBuf>,
     },
     /// List snapshots and their verification state.
     List,
@@ -832,6 +835,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             check,
             no_row_counts,
             timeout,
+            target_password_file,
         } => {
             let rt = spec.and_then(|s| s.restore_test.as_ref());
             let mut server = pg_conn(common, spec)?;
@@ -840,6 +844,9 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                 server.port = t.port;
                 server.user = t.user.clone();
                 server.ssl_mode = t.ssl_mode;
+            }
+            if let Some(p) = &target_password_file {
+                server.password = Some(secret_string(read_secret_file(p)?, "password")?);
             }
             server.database = "postgres".into();
             let mut checks: Vec<SqlCheck> = rt.map(|t| t.checks.clone()).unwrap_or_default();

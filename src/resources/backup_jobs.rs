@@ -175,6 +175,8 @@ struct SecretFile {
     secret: String,
     items: Vec<(String, &'static str)>,
     flag: Option<(&'static str, &'static str)>,
+    /// Only the restore test needs it.
+    verify_only: bool,
 }
 
 fn secret_files(spec: &BackupScheduleSpec) -> Vec<SecretFile> {
@@ -185,6 +187,7 @@ fn secret_files(spec: &BackupScheduleSpec) -> Vec<SecretFile> {
             secret: r.name.clone(),
             items: vec![(r.key.clone(), "password")],
             flag: Some(("--password-file", "password")),
+            verify_only: false,
         });
     }
     if let Some(e) = &spec.encryption {
@@ -193,6 +196,7 @@ fn secret_files(spec: &BackupScheduleSpec) -> Vec<SecretFile> {
             secret: e.key_secret_ref.name.clone(),
             items: vec![(e.key_secret_ref.key.clone(), "key")],
             flag: Some(("--key-file", "key")),
+            verify_only: false,
         });
     }
     if let Some(c) = spec
@@ -213,9 +217,31 @@ fn secret_files(spec: &BackupScheduleSpec) -> Vec<SecretFile> {
             secret: c.name.clone(),
             items,
             flag: None,
+            verify_only: false,
+        });
+    }
+    if let Some(r) = spec
+        .restore_test
+        .as_ref()
+        .and_then(|t| t.target.as_ref())
+        .and_then(|t| t.password_secret_ref.as_ref())
+    {
+        out.push(SecretFile {
+            volume: "restore-target-password",
+            secret: r.name.clone(),
+            items: vec![(r.key.clone(), "password")],
+            flag: Some(("--target-password-file", "password")),
+            verify_only: true,
         });
     }
     out
+}
+
+fn secret_files_for(spec: &BackupScheduleSpec, kind: RunKind) -> Vec<SecretFile> {
+    secret_files(spec)
+        .into_iter()
+        .filter(|f| kind == RunKind::Verify || !f.verify_only)
+        .collect()
 }
 
 /// Every `(Secret, key)` the Jobs mount (checked by the controller before it
@@ -249,7 +275,7 @@ pub fn job_args(spec: &BackupScheduleSpec, kind: RunKind) -> Vec<String> {
     if kind == RunKind::Backup {
         args.push("--prune".into());
     }
-    for f in secret_files(spec) {
+    for f in secret_files_for(spec, kind) {
         match f.flag {
             Some((flag, file)) => {
                 args.push(flag.into());
@@ -290,7 +316,7 @@ pub fn job(
     let mut mounts = vec![json!({
         "name": "config", "mountPath": CONFIG_PATH, "subPath": CONFIG_KEY, "readOnly": true,
     })];
-    for f in secret_files(&bs.spec) {
+    for f in secret_files_for(&bs.spec, kind) {
         volumes.push(json!({
             "name": f.volume,
             "secret": {
@@ -401,6 +427,7 @@ spec:
     keySecretRef: {name: backup-key, key: key}
   retention: {keepLast: 7}
   restoreTest:
+    target: {host: scratch-db, user: restorer, passwordSecretRef: {name: scratch-db, key: password}}
     checks: [{name: has-orders, sql: "select count(*) > 0 from orders"}]
   jobTemplate:
     serviceAccountName: backup
@@ -478,6 +505,7 @@ spec:
                 ("backup-key".to_string(), "key".to_string()),
                 ("s3-creds".to_string(), "AWS_ACCESS_KEY_ID".to_string()),
                 ("s3-creds".to_string(), "AWS_SECRET_ACCESS_KEY".to_string()),
+                ("scratch-db".to_string(), "password".to_string()),
             ]
         );
     }
