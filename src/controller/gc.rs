@@ -451,9 +451,7 @@ fn ev(
 }
 
 async fn publish(ctx: &Context, on: &k8s_openapi::api::core::v1::ObjectReference, e: Event) {
-    if let Err(err) = ctx.recorder.publish(&e, on).await {
-        warn!(error = %err, reason = %e.reason, "could not publish event");
-    }
+    super::events::publish(&ctx.recorder, on, e).await;
 }
 
 fn plus(t: Timestamp, d: Duration) -> Timestamp {

@@ -2,6 +2,7 @@
 
 pub mod backup_schedule;
 pub mod cache;
+pub mod events;
 pub mod gc;
 pub mod rolepolicy;
 pub mod secrets;
@@ -74,6 +75,19 @@ pub struct Settings {
     pub job_image: String,
 }
 
+impl Settings {
+    /// The Event recorder every controller of this process uses.
+    pub fn recorder(&self, client: Client) -> Recorder {
+        Recorder::new(
+            client,
+            Reporter {
+                controller: self.reporter.clone(),
+                instance: self.instance.clone(),
+            },
+        )
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -115,10 +129,6 @@ impl Context {
         clock: Arc<dyn Clock>,
         settings: Settings,
     ) -> Self {
-        let reporter = Reporter {
-            controller: settings.reporter.clone(),
-            instance: settings.instance.clone(),
-        };
         Self {
             applier: Applier::new(client.clone()),
             gc: gc::GcWatches::new(
@@ -129,7 +139,7 @@ impl Context {
                     >(&()))
                     .map(|k| k.store.clone()),
             ),
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: settings.recorder(client.clone()),
             client,
             cache,
             clock,

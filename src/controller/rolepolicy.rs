@@ -9,7 +9,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -150,30 +150,13 @@ async fn reconcile(policy: Arc<RolePolicy>, ctx: Arc<PolicyContext>) -> Result<A
         if status == previous {
             return Ok(Action::await_change());
         }
-        for c in &status.conditions {
-            let before = previous.conditions.iter().find(|p| p.type_ == c.type_);
-            if before.is_none_or(|p| p.status != c.status || p.reason != c.reason) {
-                let ev = Event {
-                    type_: if c.status == "True" {
-                        EventType::Normal
-                    } else {
-                        EventType::Warning
-                    },
-                    reason: c.reason.clone(),
-                    note: Some(
-                        format!("{} is {}: {}", c.type_, c.status, c.message)
-                            .chars()
-                            .take(1000)
-                            .collect(),
-                    ),
-                    action: c.type_.clone(),
-                    secondary: None,
-                };
-                if let Err(e) = ctx.recorder.publish(&ev, &policy.object_ref(&())).await {
-                    warn!(error = %e, "could not publish event");
-                }
-            }
-        }
+        super::events::publish_transitions(
+            &ctx.recorder,
+            &policy.object_ref(&()),
+            &previous.conditions,
+            &status.conditions,
+        )
+        .await;
         let api: Api<RolePolicy> = Api::all(ctx.client.clone());
         api.patch_status(
             &name,
@@ -217,13 +200,7 @@ pub async fn run(
     let policies = controller.store();
     let all_policies = policies.clone();
     let ctx = Arc::new(PolicyContext {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: settings.reporter.clone(),
-                instance: settings.instance.clone(),
-            },
-        ),
+        recorder: settings.recorder(client.clone()),
         client,
         clock,
         tenants,

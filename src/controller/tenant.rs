@@ -9,13 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::events::event;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -131,20 +132,8 @@ async fn classify_namespace(ctx: &Context, tenant: &str, name: &str) -> Result<N
     Ok(state)
 }
 
-fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
-    Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
-        action: action.to_string(),
-        secondary: None,
-    }
-}
-
-async fn publish(ctx: &Context, tenant: &Tenant, ev: Event) {
-    if let Err(e) = ctx.recorder.publish(&ev, &tenant.object_ref(&())).await {
-        warn!(error = %e, reason = %ev.reason, "could not publish event");
-    }
+async fn publish(ctx: &Context, tenant: &Tenant, ev: kube::runtime::events::Event) {
+    super::events::publish(&ctx.recorder, &tenant.object_ref(&()), ev).await;
 }
 
 /// Writes the status if it differs from the current one; Events for every
@@ -167,23 +156,13 @@ async fn update_status(
     if status == previous {
         return Ok(());
     }
-    for c in &status.conditions {
-        let before = previous.conditions.iter().find(|p| p.type_ == c.type_);
-        let changed = before.is_none_or(|p| p.status != c.status || p.reason != c.reason);
-        if changed {
-            let type_ = if c.status == "True" {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            let note = if c.message.is_empty() {
-                format!("{} is {}", c.type_, c.status)
-            } else {
-                format!("{} is {}: {}", c.type_, c.status, c.message)
-            };
-            publish(ctx, tenant, event(type_, &c.reason, &c.type_, note)).await;
-        }
-    }
+    super::events::publish_transitions(
+        &ctx.recorder,
+        &tenant.object_ref(&()),
+        &previous.conditions,
+        &status.conditions,
+    )
+    .await;
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     let written = api
         .patch_status(

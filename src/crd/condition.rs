@@ -97,6 +97,22 @@ pub fn merge_conditions(
     out
 }
 
+/// The conditions worth an Event: those whose status or reason changed, except
+/// a condition other than `Ready` appearing for the first time as True (a new
+/// object would otherwise announce every healthy aspect of itself; its `Ready`
+/// Event says it all).
+pub fn transitions<'a>(
+    previous: &'a [Condition],
+    current: &'a [Condition],
+) -> impl Iterator<Item = &'a Condition> {
+    current.iter().filter(
+        move |c| match previous.iter().find(|p| p.type_ == c.type_) {
+            Some(p) => p.status != c.status || p.reason != c.reason,
+            None => c.status != "True" || c.type_ == "Ready",
+        },
+    )
+}
+
 /// Finds a condition by type.
 pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
@@ -157,6 +173,33 @@ mod tests {
         let second = merge_conditions(&first, &obs, Some(3), t(100));
         assert_eq!(first, second);
         assert_eq!(first[0].type_, "NamespacesReady");
+    }
+
+    #[test]
+    fn transitions_skip_healthy_newcomers_but_not_ready() {
+        let first = merge_conditions(
+            &[],
+            &[
+                Observed::new("Ready", true, "A", ""),
+                Observed::new("QuotaEnforced", true, "B", ""),
+                Observed::new("SecretsRotated", false, "C", ""),
+            ],
+            None,
+            t(0),
+        );
+        let types: Vec<_> = transitions(&[], &first).map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["Ready", "SecretsRotated"]);
+        let second = merge_conditions(
+            &first,
+            &[Observed::new("QuotaEnforced", false, "B2", "")],
+            None,
+            t(1),
+        );
+        let types: Vec<_> = transitions(&first, &second)
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(types, ["QuotaEnforced"]);
+        assert_eq!(transitions(&second, &second).count(), 0);
     }
 
     #[test]
