@@ -21,7 +21,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -973,17 +973,14 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
             .await
             .map_err(|e| Error::Kube("updating BackupSchedule status", Box::new(e)))?;
         }
+        let on = bs.object_ref(&());
         for (type_, reason, note) in events.0 {
-            let ev = Event {
-                type_,
-                reason: reason.to_string(),
-                note: Some(note.chars().take(1000).collect()),
-                action: "Run".to_string(),
-                secondary: None,
-            };
-            if let Err(e) = ctx.recorder.publish(&ev, &bs.object_ref(&())).await {
-                warn!(error = %e, "could not publish event");
-            }
+            super::events::publish(
+                &ctx.recorder,
+                &on,
+                super::events::event(type_, reason, "Run", note),
+            )
+            .await;
         }
         prune_history(&ctx, &bs, &runs, &status).await?;
 
@@ -1077,13 +1074,7 @@ pub async fn run_with_resync(
     let schedules = controller.store();
     let ctx = Arc::new(BackupContext {
         applier: Applier::new(client.clone()),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: settings.reporter.clone(),
-                instance: settings.instance.clone(),
-            },
-        ),
+        recorder: settings.recorder(client.clone()),
         client,
         clock,
         schedules,
