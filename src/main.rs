@@ -54,11 +54,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Version => println!("palisade {}", env!("CARGO_PKG_VERSION")),
         Command::Controller(args) => return controller(*args).await,
         Command::Backup(args) => {
-            // Logs go to stderr: stdout carries the JSON result (`--output json`).
-            tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-                .with_writer(std::io::stderr)
-                .init();
+            // Logs go to stderr (stdout carries the JSON result of
+            // `--output json`), through the same redaction as the controller's.
+            let filter = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "warn".to_string());
+            let subscriber = palisade::runtime::telemetry::subscriber(
+                palisade::runtime::telemetry::LogFormat::Text,
+                &filter,
+                std::io::stderr,
+            )?;
+            tracing::subscriber::set_global_default(subscriber)
+                .map_err(|_| anyhow::anyhow!("a tracing subscriber is already installed"))?;
             return palisade::backup::cli::run(*args).await;
         }
     }
