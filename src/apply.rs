@@ -203,6 +203,13 @@ impl Applier {
         self.matches(ar, &desired, hash, &name, ns.as_deref(), actual)
     }
 
+    fn recent_write(&self, ar: &ApiResource, ns: Option<&str>, name: &str) -> Option<(u64, u64)> {
+        self.recent
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key(ar, ns, name)).copied())
+    }
+
     fn matches(
         &self,
         ar: &ApiResource,
@@ -215,12 +222,7 @@ impl Applier {
         if actual.metadata.deletion_timestamp.is_some() {
             return false;
         }
-        let recent = self
-            .recent
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key(ar, ns, name)).copied());
-        if let Some((rv, h)) = recent
+        if let Some((rv, h)) = self.recent_write(ar, ns, name)
             && rv > rv_of(actual)
         {
             // Our own write has not reached the cache yet.
@@ -269,11 +271,32 @@ impl Applier {
         desired: Value,
         actual: Option<&DynamicObject>,
     ) -> Result<Outcome, ApplyError> {
+        self.apply_seen(ar, desired, actual, u64::MAX).await
+    }
+
+    /// Like [`Applier::apply`], for a cache that has seen watch events up to
+    /// `cache_seen_rv`: an object absent from it that this process wrote, with
+    /// the same content, at a later resourceVersion is only not cached *yet*
+    /// (no second write); one the cache saw go away is written again.
+    pub async fn apply_seen(
+        &self,
+        ar: &ApiResource,
+        desired: Value,
+        actual: Option<&DynamicObject>,
+        cache_seen_rv: u64,
+    ) -> Result<Outcome, ApplyError> {
         let (desired, hash, name, ns) = Self::prepare(ar, desired)?;
-        if let Some(actual) = actual
-            && self.matches(ar, &desired, hash, &name, ns.as_deref(), actual)
-        {
-            return Ok(Outcome::Unchanged);
+        match actual {
+            Some(actual) if self.matches(ar, &desired, hash, &name, ns.as_deref(), actual) => {
+                return Ok(Outcome::Unchanged);
+            }
+            None if self
+                .recent_write(ar, ns.as_deref(), &name)
+                .is_some_and(|(rv, h)| rv > cache_seen_rv && h == hash) =>
+            {
+                return Ok(Outcome::Unchanged);
+            }
+            _ => {}
         }
         let pp = PatchParams::apply(FIELD_MANAGER).force();
         let written = self

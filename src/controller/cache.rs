@@ -20,12 +20,25 @@ use crate::resources::labels;
 pub struct CachedKind {
     pub ar: ApiResource,
     pub store: Store<DynamicObject>,
+    /// Highest resourceVersion this cache has applied from its watch.
+    pub seen_rv: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CachedKind {
+    pub fn seen_rv(&self) -> u64 {
+        self.seen_rv.load(std::sync::atomic::Ordering::Acquire)
+    }
 }
 
 /// The caches of every child kind.
 #[derive(Clone)]
 pub struct ChildCache {
     pub kinds: Vec<CachedKind>,
+    /// True once every store has its first full listing. One task waits on the
+    /// stores and everyone else waits here: kube's `Store::wait_until_ready`
+    /// keeps only the last poller's waker, so concurrent waiters on a store can
+    /// sleep forever.
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// A watch stream of one child kind that keeps its cache up to date.
@@ -79,6 +92,7 @@ impl ChildCache {
         let mut streams = Vec::new();
         for ar in kinds {
             let writer: Writer<DynamicObject> = Writer::new(ar.clone());
+            let seen_rv = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let store = writer.as_reader();
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             // Palisade's own policies are inputs, not children: watch them all.
@@ -96,14 +110,48 @@ impl ChildCache {
                     }),
             )
             .touched_objects()
+            .inspect({
+                let seen = seen_rv.clone();
+                move |o| {
+                    let rv = o
+                        .as_ref()
+                        .ok()
+                        .and_then(|o| o.resource_version())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if let Some(rv) = rv {
+                        seen.fetch_max(rv, std::sync::atomic::Ordering::AcqRel);
+                    }
+                }
+            })
             .boxed();
             cached.push(CachedKind {
                 ar: ar.clone(),
                 store,
+                seen_rv,
             });
             streams.push((ar, stream as ChildStream));
         }
-        (Self { kinds: cached }, streams)
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let stores: Vec<Store<DynamicObject>> = cached
+            .iter()
+            .map(|k: &CachedKind| k.store.clone())
+            .collect();
+        tokio::spawn(async move {
+            for store in stores {
+                // Only fails when the writer is dropped, i.e. at shutdown.
+                if store.wait_until_ready().await.is_err() {
+                    return;
+                }
+            }
+            let _ = ready_tx.send(true);
+        });
+        (
+            Self {
+                kinds: cached,
+                ready,
+            },
+            streams,
+        )
     }
 
     /// The cache of one kind.
@@ -141,12 +189,22 @@ impl ChildCache {
         out
     }
 
+    /// Highest resourceVersion the cache of `ar` has seen (0 when unknown).
+    pub fn seen_rv(&self, ar: &ApiResource) -> u64 {
+        self.kind(ar).map(CachedKind::seen_rv).unwrap_or(0)
+    }
+
     /// Waits until every cache has received its first full listing.
     pub async fn wait_ready(&self) {
-        for k in &self.kinds {
-            // Only fails when the writer is dropped, i.e. at shutdown.
-            let _ = k.store.wait_until_ready().await;
-        }
+        let mut ready = self.ready.clone();
+        // Err only when the waiting task ended without the caches syncing
+        // (shutdown): nothing to wait for any more.
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    /// True once every cache has received its first full listing.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
     }
 
     /// Number of cached objects (for memory reporting).

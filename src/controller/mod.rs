@@ -118,7 +118,7 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// resourceVersion of this process's last write to each Tenant (status,
     /// finalizer): their watch echoes need no reconcile.
-    own_tenant_writes: Mutex<HashMap<String, u64>>,
+    own_tenant_writes: Mutex<HashMap<String, Arc<crate::crd::Tenant>>>,
     reconciles: std::sync::atomic::AtomicU64,
 }
 
@@ -171,25 +171,37 @@ impl Context {
     }
 
     /// Records the resourceVersion of our own write to a Tenant.
-    pub fn note_tenant_write(&self, name: &str, resource_version: Option<&str>) {
-        if let (Ok(mut m), Some(rv)) = (
-            self.own_tenant_writes.lock(),
-            resource_version.and_then(|v| v.parse().ok()),
-        ) {
-            m.insert(name.to_string(), rv);
+    pub fn note_tenant_write(&self, written: crate::crd::Tenant) {
+        if let Ok(mut m) = self.own_tenant_writes.lock() {
+            m.insert(
+                written.metadata.name.clone().unwrap_or_default(),
+                Arc::new(written),
+            );
         }
+    }
+
+    fn own_tenant(&self, name: &str) -> Option<Arc<crate::crd::Tenant>> {
+        self.own_tenant_writes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(name).cloned())
     }
 
     /// True when a Tenant watch event is the echo of our own last write.
     pub fn is_tenant_echo(&self, name: &str, resource_version: Option<&str>) -> bool {
         let rv: Option<u64> = resource_version.and_then(|v| v.parse().ok());
-        rv.is_some()
-            && self
-                .own_tenant_writes
-                .lock()
-                .ok()
-                .and_then(|m| m.get(name).copied())
-                == rv
+        rv.is_some() && self.own_tenant(name).and_then(|t| rv_of(&t)) == rv
+    }
+
+    /// The newer of `tenant` (from the cache) and the Tenant this process last
+    /// wrote: a reconcile triggered before the cache caught up with our own
+    /// status write must not compare against (and re-announce) stale status.
+    pub fn freshest(&self, tenant: Arc<crate::crd::Tenant>) -> Arc<crate::crd::Tenant> {
+        let name = tenant.metadata.name.clone().unwrap_or_default();
+        match self.own_tenant(&name) {
+            Some(own) if rv_of(&own) > rv_of(&tenant) => own,
+            _ => tenant,
+        }
     }
 
     /// Forgets past failures of `key` after a successful reconcile.
@@ -208,6 +220,13 @@ impl Context {
         self.reconciles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+fn rv_of(t: &crate::crd::Tenant) -> Option<u64> {
+    t.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
 }
 
 #[cfg(test)]

@@ -305,7 +305,9 @@ async fn publish_jwks(
         .cache
         .get(&cm_ar, Some(ns), &model::jwks_name(&spec.name));
     let cm = to_value(&model::jwks_configmap(tenant, ns, spec, keys))?;
-    ctx.applier.apply(&cm_ar, cm, cached.as_deref()).await?;
+    ctx.applier
+        .apply_seen(&cm_ar, cm, cached.as_deref(), ctx.cache.seen_rv(&cm_ar))
+        .await?;
     Ok(())
 }
 

@@ -172,7 +172,7 @@ async fn update_status(
         )
         .await
         .map_err(kube_err("update tenant status"))?;
-    ctx.note_tenant_write(&written.name_any(), written.resource_version().as_deref());
+    ctx.note_tenant_write(written);
     Ok(())
 }
 
@@ -202,7 +202,7 @@ async fn ensure_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
         )
         .await
         .map_err(kube_err("add finalizer"))?;
-    ctx.note_tenant_write(&written.name_any(), written.resource_version().as_deref());
+    ctx.note_tenant_write(written);
     Ok(())
 }
 
@@ -333,6 +333,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
     let _timer = ctx
         .metrics
         .reconcile("tenant", move || writes.applier.writes());
+    let tenant = ctx.freshest(tenant);
     let name = tenant.name_any();
     let span = info_span!("reconcile", kind = "Tenant", name = %name);
     let result = reconcile_inner(&tenant, &ctx).instrument(span).await;
@@ -344,6 +345,9 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
 
 async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
     let name = tenant.name_any();
+    // Decisions are made from the caches: never from half-listed ones (a
+    // restarted controller would otherwise re-create what it cannot see yet).
+    ctx.cache.wait_ready().await;
     if tenant.metadata.deletion_timestamp.is_some() {
         cleanup(ctx, tenant).await?;
         return Ok(Action::await_change());
@@ -391,7 +395,9 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             },
             NsState::Owned => {
                 let cached = ctx.cache.get(&ns_ar, None, &ns_name);
-                ctx.applier.apply(&ns_ar, value, cached.as_deref()).await?;
+                ctx.applier
+                    .apply_seen(&ns_ar, value, cached.as_deref(), ctx.cache.seen_rv(&ns_ar))
+                    .await?;
                 ("Ready", String::new())
             }
             NsState::Terminating => (
@@ -447,7 +453,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         let cached = ctx.cache.get(&kind.ar, Some(&ns), &obj_name);
         let outcome = ctx
             .applier
-            .apply(&kind.ar, value, cached.as_deref())
+            .apply_seen(&kind.ar, value, cached.as_deref(), kind.seen_rv())
             .await?;
         if outcome == Outcome::Updated {
             info!(kind = %kind.ar.kind, namespace = %ns, name = %obj_name, "restored drifted object");

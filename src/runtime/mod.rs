@@ -144,11 +144,22 @@ pub async fn run(
                 (ready, all - ready)
             }));
             let task = tokio::spawn(async move {
-                if store.wait_until_ready().await.is_ok() {
-                    cache.wait_ready().await;
-                    info!("caches synced; ready");
-                    h.set_ready(true);
+                // The Controller waits on this store too, and kube's
+                // `wait_until_ready` wakes only its last poller: ask again
+                // every 200ms rather than sleep on a wake-up that may go to the
+                // Controller instead.
+                loop {
+                    match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready())
+                        .await
+                    {
+                        Ok(Ok(())) => break,
+                        Ok(Err(_)) => return,
+                        Err(_) => continue,
+                    }
                 }
+                cache.wait_ready().await;
+                info!("caches synced; ready");
+                h.set_ready(true);
             });
             if let Ok(mut slot) = readiness_slot.lock() {
                 *slot = Some(task);
