@@ -144,6 +144,7 @@ impl ControllerArgs {
             reporter: "palisade".to_string(),
             instance: self.pod_name.clone(),
             job_image: self.job_image.clone(),
+            metrics: None,
         }
     }
 

@@ -134,6 +134,18 @@ async fn creation_rotation_at_deadline_overlap_and_restart_safety() {
         condition(&server, "keys", "SecretsRotated").expect("condition")["status"],
         "True"
     );
+    // The next rotation is exported for the SecretRotationOverdue alert.
+    let metrics = running.ctx.metrics.encode().expect("metrics");
+    let due = format!(" {}", 1_800_000_000 + 3600);
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("palisade_secret_next_rotation_timestamp_seconds{")
+                && l.contains("secret=\"api-key\"")
+                && l.contains("namespace=\"keys-a\"")
+                && (l.ends_with(&due) || l.ends_with(&format!("{due}.0")))
+        ),
+        "no next-rotation gauge at the deadline in:\n{metrics}"
+    );
 
     // The controller asks to be woken exactly at the deadline.
     let tenant: Tenant = server.get(None, "keys").expect("tenant");

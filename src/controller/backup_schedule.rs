@@ -372,6 +372,7 @@ fn kept(conditions: &[Condition], type_: &'static str, default: Observed) -> Obs
 fn fold_results(
     ctx: &BackupContext,
     ns: &str,
+    schedule: &str,
     runs: &[Run],
     kind: RunKind,
     now: Timestamp,
@@ -445,6 +446,10 @@ fn fold_results(
                         "Succeeded",
                         msg.clone(),
                     ));
+                    if let Some(m) = &ctx.settings.metrics {
+                        let at = run.finished_at.unwrap_or(now);
+                        m.set_backup_last_success(ns, schedule, at.as_second() as f64);
+                    }
                     events.normal("BackupSucceeded", msg);
                 } else {
                     status.consecutive_failures = status.consecutive_failures.saturating_add(1);
@@ -460,6 +465,10 @@ fn fold_results(
                         "BackupFailed",
                         msg.clone(),
                     ));
+                    if let Some(m) = &ctx.settings.metrics {
+                        let at = run.finished_at.unwrap_or(now);
+                        m.set_backup_last_failure(ns, schedule, at.as_second() as f64);
+                    }
                     events.warning("BackupFailed", msg);
                 }
             }
@@ -487,6 +496,10 @@ fn fold_results(
                         "Passed",
                         msg.clone(),
                     ));
+                    if let Some(m) = &ctx.settings.metrics {
+                        let at = run.finished_at.unwrap_or(now);
+                        m.set_restore_test_result(ns, schedule, true, at.as_second() as f64);
+                    }
                     events.normal("RestoreTestPassed", msg);
                 } else {
                     let (reason, summary) = failure();
@@ -500,6 +513,10 @@ fn fold_results(
                         "RestoreTestFailed",
                         msg.clone(),
                     ));
+                    if let Some(m) = &ctx.settings.metrics {
+                        let at = run.finished_at.unwrap_or(now);
+                        m.set_restore_test_result(ns, schedule, false, at.as_second() as f64);
+                    }
                     events.warning("RestoreTestFailed", msg);
                 }
             }
@@ -781,6 +798,7 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
             waiting_for_results |= fold_results(
                 &ctx,
                 &ns,
+                &name,
                 &runs,
                 kind,
                 now,

@@ -73,6 +73,9 @@ pub struct Settings {
     pub instance: Option<String>,
     /// Image of the BackupSchedule run Jobs (unless a schedule's `jobTemplate` names one).
     pub job_image: String,
+    /// The process-wide metrics (backup and restore-test gauges); `None` in
+    /// tests that do not look at them.
+    pub metrics: Option<Arc<crate::runtime::metrics::Metrics>>,
 }
 
 impl Settings {
@@ -99,6 +102,7 @@ impl Default for Settings {
                 "ghcr.io/palisade-dev/palisade:{}",
                 env!("CARGO_PKG_VERSION")
             ),
+            metrics: None,
         }
     }
 }
@@ -118,7 +122,7 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// resourceVersion of this process's last write to each Tenant (status,
     /// finalizer): their watch echoes need no reconcile.
-    own_tenant_writes: Mutex<HashMap<String, Arc<crate::crd::Tenant>>>,
+    own_tenant_writes: Mutex<HashMap<String, OwnWrites>>,
     reconciles: std::sync::atomic::AtomicU64,
 }
 
@@ -173,10 +177,16 @@ impl Context {
     /// Records the resourceVersion of our own write to a Tenant.
     pub fn note_tenant_write(&self, written: crate::crd::Tenant) {
         if let Ok(mut m) = self.own_tenant_writes.lock() {
-            m.insert(
-                written.metadata.name.clone().unwrap_or_default(),
-                Arc::new(written),
-            );
+            let entry = m
+                .entry(written.metadata.name.clone().unwrap_or_default())
+                .or_default();
+            if let Some(rv) = rv_of(&written) {
+                // A reconcile writes the finalizer, then the status: both echo.
+                entry.rvs.push(rv);
+                let excess = entry.rvs.len().saturating_sub(4);
+                entry.rvs.drain(..excess);
+            }
+            entry.latest = Some(Arc::new(written));
         }
     }
 
@@ -184,13 +194,18 @@ impl Context {
         self.own_tenant_writes
             .lock()
             .ok()
-            .and_then(|m| m.get(name).cloned())
+            .and_then(|m| m.get(name)?.latest.clone())
     }
 
-    /// True when a Tenant watch event is the echo of our own last write.
+    /// True when a Tenant watch event is the echo of one of our own recent writes.
     pub fn is_tenant_echo(&self, name: &str, resource_version: Option<&str>) -> bool {
-        let rv: Option<u64> = resource_version.and_then(|v| v.parse().ok());
-        rv.is_some() && self.own_tenant(name).and_then(|t| rv_of(&t)) == rv
+        let Some(rv) = resource_version.and_then(|v| v.parse::<u64>().ok()) else {
+            return false;
+        };
+        self.own_tenant_writes
+            .lock()
+            .ok()
+            .is_some_and(|m| m.get(name).is_some_and(|w| w.rvs.contains(&rv)))
     }
 
     /// The newer of `tenant` (from the cache) and the Tenant this process last
@@ -220,6 +235,15 @@ impl Context {
         self.reconciles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// This process's recent writes to one Tenant.
+#[derive(Default)]
+struct OwnWrites {
+    /// resourceVersions of the last few writes (their watch echoes).
+    rvs: Vec<u64>,
+    /// The object as the last write returned it.
+    latest: Option<Arc<crate::crd::Tenant>>,
 }
 
 fn rv_of(t: &crate::crd::Tenant) -> Option<u64> {

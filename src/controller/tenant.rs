@@ -463,6 +463,16 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     // Rotated secrets and their JWKS.
     let secrets = super::secrets::reconcile(ctx, tenant, &ready_ns).await?;
     wanted.extend(secrets.wanted.iter().cloned());
+    for st in &secrets.statuses {
+        if let Some(next) = &st.next_rotation {
+            ctx.metrics.set_secret_next_rotation(
+                &name,
+                &st.namespace,
+                &st.name,
+                next.0.as_second() as f64,
+            );
+        }
+    }
     for note in &secrets.rotations {
         publish(
             ctx,
