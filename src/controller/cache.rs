@@ -39,6 +39,57 @@ pub struct ChildCache {
     /// keeps only the last poller's waker, so concurrent waiters on a store can
     /// sleep forever.
     ready: tokio::sync::watch::Receiver<bool>,
+    /// tenant → the (kind index, namespace, name) of every cached object
+    /// labelled for it, kept by the watch streams, so a reconcile finds its
+    /// own children without scanning every cache (which made convergence
+    /// quadratic in the number of tenants).
+    index: Arc<std::sync::Mutex<TenantIndex>>,
+}
+
+type ObjKey = (usize, Option<String>, String);
+
+/// Which cached objects belong to which tenant.
+#[derive(Default)]
+pub struct TenantIndex {
+    by_tenant: std::collections::HashMap<String, std::collections::HashSet<ObjKey>>,
+    tenant_of: std::collections::HashMap<ObjKey, String>,
+}
+
+impl TenantIndex {
+    fn remove(&mut self, key: &ObjKey) {
+        if let Some(t) = self.tenant_of.remove(key)
+            && let Some(set) = self.by_tenant.get_mut(&t)
+        {
+            set.remove(key);
+            if set.is_empty() {
+                self.by_tenant.remove(&t);
+            }
+        }
+    }
+
+    fn apply(&mut self, kind: usize, obj: &DynamicObject) {
+        let key = (kind, obj.namespace(), obj.name_any());
+        self.remove(&key);
+        if let Some(t) = labels::tenant_of(obj.metadata.labels.as_ref()) {
+            self.by_tenant
+                .entry(t.to_string())
+                .or_default()
+                .insert(key.clone());
+            self.tenant_of.insert(key, t.to_string());
+        }
+    }
+
+    fn clear_kind(&mut self, kind: usize) {
+        let keys: Vec<ObjKey> = self
+            .tenant_of
+            .keys()
+            .filter(|k| k.0 == kind)
+            .cloned()
+            .collect();
+        for k in keys {
+            self.remove(&k);
+        }
+    }
 }
 
 /// A watch stream of one child kind that keeps its cache up to date.
@@ -90,7 +141,8 @@ impl ChildCache {
     ) -> (Self, Vec<(ApiResource, ChildStream)>) {
         let mut cached = Vec::new();
         let mut streams = Vec::new();
-        for ar in kinds {
+        let index: Arc<std::sync::Mutex<TenantIndex>> = Arc::default();
+        for (kind_idx, ar) in kinds.into_iter().enumerate() {
             let writer: Writer<DynamicObject> = Writer::new(ar.clone());
             let seen_rv = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let store = writer.as_reader();
@@ -109,6 +161,23 @@ impl ChildCache {
                         o.managed_fields_mut().clear();
                     }),
             )
+            .inspect({
+                let index = index.clone();
+                move |ev| {
+                    let Ok(ev) = ev else { return };
+                    let Ok(mut idx) = index.lock() else { return };
+                    match ev {
+                        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                            idx.apply(kind_idx, o)
+                        }
+                        watcher::Event::Delete(o) => {
+                            idx.remove(&(kind_idx, o.namespace(), o.name_any()))
+                        }
+                        watcher::Event::Init => idx.clear_kind(kind_idx),
+                        watcher::Event::InitDone => {}
+                    }
+                }
+            })
             .touched_objects()
             .inspect({
                 let seen = seen_rv.clone();
@@ -149,6 +218,7 @@ impl ChildCache {
             Self {
                 kinds: cached,
                 ready,
+                index,
             },
             streams,
         )
@@ -178,14 +248,26 @@ impl ChildCache {
 
     /// Every cached object of every kind managed for `tenant`.
     pub fn owned_by(&self, tenant: &str) -> Vec<(ApiResource, Arc<DynamicObject>)> {
-        let mut out = Vec::new();
-        for k in &self.kinds {
-            for obj in k.store.state() {
-                if labels::tenant_of(obj.metadata.labels.as_ref()) == Some(tenant) {
-                    out.push((k.ar.clone(), obj));
-                }
-            }
-        }
+        let keys: Vec<ObjKey> = match self.index.lock() {
+            Ok(idx) => idx
+                .by_tenant
+                .get(tenant)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let mut out: Vec<(ApiResource, Arc<DynamicObject>)> = keys
+            .into_iter()
+            .filter_map(|(kind, ns, name)| {
+                let k = self.kinds.get(kind)?;
+                let obj = self.get(&k.ar, ns.as_deref(), &name)?;
+                // The store is the truth; the index only narrows the search.
+                (labels::tenant_of(obj.metadata.labels.as_ref()) == Some(tenant))
+                    .then(|| (k.ar.clone(), obj))
+            })
+            .collect();
+        // Namespaces last: their contents are pruned before them.
+        out.sort_by_key(|(ar, o)| (ar.kind == "Namespace", o.namespace(), o.name_any()));
         out
     }
 
