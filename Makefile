@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PG_BIN ?= $(shell ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 
-.PHONY: all build fmt lint test unit generate check-generated e2e bench bench-backup bench-gc render image clean
+.PHONY: all build fmt lint test unit generate check-generated e2e bench bench-backup bench-gc bench-convergence render image clean
 
 all: build
 
@@ -43,7 +43,15 @@ e2e:
 
 ## Benchmarks (release builds; not part of CI). SIZE_GB sizes the snapshot databases.
 SIZE_GB ?= 1
-bench: bench-backup bench-gc
+TENANTS ?= 100,1000
+bench: bench-convergence bench-backup bench-gc
+
+## Tenant convergence at scale: the release controller binary vs a bare client
+## applying the same rendered objects, resync/restart writes, edit latency,
+## RSS -> docs/PERFORMANCE.md.
+bench-convergence:
+	$(CARGO) build --release --bin palisade --example convergence_bench
+	target/release/examples/convergence_bench --tenants $(TENANTS) --binary target/release/palisade --out docs/PERFORMANCE.md
 
 ## TTL garbage collection: 10,000 objects on the in-process API server
 ## (requests per collected object, RSS, idle traffic) -> docs/PERFORMANCE-GC.md.
