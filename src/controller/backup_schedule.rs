@@ -366,6 +366,12 @@ fn kept(conditions: &[Condition], type_: &'static str, default: Observed) -> Obs
     }
 }
 
+/// Replaces the observation of one condition type.
+fn replace_observed(observed: &mut Vec<Observed>, o: Observed) {
+    observed.retain(|x| x.type_ != o.type_);
+    observed.push(o);
+}
+
 /// Folds the newly finished runs of `kind` into `status`. Returns true when a
 /// finished run's result has not arrived yet (look again shortly).
 #[allow(clippy::too_many_arguments)]
@@ -398,6 +404,8 @@ fn fold_results(
         }
         let logs = format!("kubectl logs -n {ns} job/{}", run.name);
         let ok = run.finished == Some(Finished::Succeeded) && res.as_ref().is_none_or(|r| r.ok);
+        let finished_at = run.finished_at.unwrap_or(now).as_second() as f64;
+        let metrics = ctx.settings.metrics.as_deref();
         let failure = || match (&run.finished, &res) {
             (_, Some(r)) if !r.ok => (
                 r.reason.clone().unwrap_or_else(|| {
@@ -439,16 +447,12 @@ fn fold_results(
                     if record.is_some() {
                         status.last_successful_backup = record;
                     }
-                    observed.retain(|o| o.type_ != LAST_BACKUP_SUCCEEDED);
-                    observed.push(Observed::new(
-                        LAST_BACKUP_SUCCEEDED,
-                        true,
-                        "Succeeded",
-                        msg.clone(),
-                    ));
-                    if let Some(m) = &ctx.settings.metrics {
-                        let at = run.finished_at.unwrap_or(now);
-                        m.set_backup_last_success(ns, schedule, at.as_second() as f64);
+                    replace_observed(
+                        observed,
+                        Observed::new(LAST_BACKUP_SUCCEEDED, true, "Succeeded", msg.clone()),
+                    );
+                    if let Some(m) = metrics {
+                        m.set_backup_last_success(ns, schedule, finished_at);
                     }
                     events.normal("BackupSucceeded", msg);
                 } else {
@@ -458,16 +462,12 @@ fn fold_results(
                         "backup Job {} failed ({reason}): {summary}; {} failure(s) in a row; see `{logs}`",
                         run.name, status.consecutive_failures
                     );
-                    observed.retain(|o| o.type_ != LAST_BACKUP_SUCCEEDED);
-                    observed.push(Observed::new(
-                        LAST_BACKUP_SUCCEEDED,
-                        false,
-                        "BackupFailed",
-                        msg.clone(),
-                    ));
-                    if let Some(m) = &ctx.settings.metrics {
-                        let at = run.finished_at.unwrap_or(now);
-                        m.set_backup_last_failure(ns, schedule, at.as_second() as f64);
+                    replace_observed(
+                        observed,
+                        Observed::new(LAST_BACKUP_SUCCEEDED, false, "BackupFailed", msg.clone()),
+                    );
+                    if let Some(m) = metrics {
+                        m.set_backup_last_failure(ns, schedule, finished_at);
                     }
                     events.warning("BackupFailed", msg);
                 }
@@ -478,7 +478,6 @@ fn fold_results(
                 if record.is_some() {
                     status.last_restore_test = record.clone();
                 }
-                observed.retain(|o| o.type_ != LAST_RESTORE_TEST_SUCCEEDED);
                 if ok {
                     let msg = match &record {
                         Some(t) => format!(
@@ -490,15 +489,12 @@ fn fold_results(
                         ),
                         None => format!("Job {} succeeded but reported no result", run.name),
                     };
-                    observed.push(Observed::new(
-                        LAST_RESTORE_TEST_SUCCEEDED,
-                        true,
-                        "Passed",
-                        msg.clone(),
-                    ));
-                    if let Some(m) = &ctx.settings.metrics {
-                        let at = run.finished_at.unwrap_or(now);
-                        m.set_restore_test_result(ns, schedule, true, at.as_second() as f64);
+                    replace_observed(
+                        observed,
+                        Observed::new(LAST_RESTORE_TEST_SUCCEEDED, true, "Passed", msg.clone()),
+                    );
+                    if let Some(m) = metrics {
+                        m.set_restore_test_result(ns, schedule, true, finished_at);
                     }
                     events.normal("RestoreTestPassed", msg);
                 } else {
@@ -507,15 +503,17 @@ fn fold_results(
                         "restore test Job {} failed ({reason}): {summary}; see `{logs}`",
                         run.name
                     );
-                    observed.push(Observed::new(
-                        LAST_RESTORE_TEST_SUCCEEDED,
-                        false,
-                        "RestoreTestFailed",
-                        msg.clone(),
-                    ));
-                    if let Some(m) = &ctx.settings.metrics {
-                        let at = run.finished_at.unwrap_or(now);
-                        m.set_restore_test_result(ns, schedule, false, at.as_second() as f64);
+                    replace_observed(
+                        observed,
+                        Observed::new(
+                            LAST_RESTORE_TEST_SUCCEEDED,
+                            false,
+                            "RestoreTestFailed",
+                            msg.clone(),
+                        ),
+                    );
+                    if let Some(m) = metrics {
+                        m.set_restore_test_result(ns, schedule, false, finished_at);
                     }
                     events.warning("RestoreTestFailed", msg);
                 }
@@ -820,8 +818,7 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
             ));
         }
         if bs.spec.restore_test.is_none() {
-            observed.retain(|o| o.type_ != LAST_RESTORE_TEST_SUCCEEDED);
-            observed.push(Observed::new(
+            replace_observed(&mut observed, Observed::new(
                 LAST_RESTORE_TEST_SUCCEEDED,
                 ConditionStatus::Unknown,
                 "NotConfigured",
