@@ -221,16 +221,8 @@ pub fn render_input(
     match input {
         Input::Tenant(t) => {
             let plan = crate::resources::rolepolicy::plan_for(t, policies);
-            let objects = tenant::build(t, &Usage::new(), &plan).map_err(|e| {
-                RenderError::Field(Box::new(FieldError {
-                    path: path.to_path_buf(),
-                    doc,
-                    kind: "Tenant".into(),
-                    name: t.metadata.name.clone().unwrap_or_default(),
-                    field: e.field.clone(),
-                    message: format!("{} ({})", e.message, e.reason),
-                }))
-            })?;
+            let objects = tenant::build(t, &Usage::new(), &plan)
+                .map_err(|e| invalid_field(path, doc, "Tenant", t.metadata.name.as_deref(), e))?;
             let mut values = objects
                 .to_values()
                 .map_err(|e| RenderError::Output(e.to_string()))?;
@@ -241,18 +233,34 @@ pub fn render_input(
         // (rendered with each Tenant); an invalid one is an error here.
         Input::RolePolicy(p) => match crate::resources::rolepolicy::validate(&p.spec) {
             Ok(()) => Ok(Vec::new()),
-            Err(e) => Err(RenderError::Field(Box::new(FieldError {
-                path: path.to_path_buf(),
+            Err(e) => Err(invalid_field(
+                path,
                 doc,
-                kind: "RolePolicy".into(),
-                name: p.metadata.name.clone().unwrap_or_default(),
-                field: e.field.clone(),
-                message: format!("{} ({})", e.message, e.reason),
-            }))),
+                "RolePolicy",
+                p.metadata.name.as_deref(),
+                e,
+            )),
         },
         // Its Jobs exist only at run time.
         Input::BackupSchedule(_) => Ok(Vec::new()),
     }
+}
+
+fn invalid_field(
+    path: &Path,
+    doc: usize,
+    kind: &str,
+    name: Option<&str>,
+    e: crate::resources::Invalid,
+) -> RenderError {
+    RenderError::Field(Box::new(FieldError {
+        path: path.to_path_buf(),
+        doc,
+        kind: kind.to_string(),
+        name: name.unwrap_or_default().to_string(),
+        field: e.field,
+        message: format!("{} ({})", e.message, e.reason),
+    }))
 }
 
 /// Values as a YAML stream, each document starting with `---`.

@@ -18,6 +18,31 @@ use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
+/// A spec that must not be applied, with the field at fault. One type for
+/// every kind's validation (a Tenant's, a RolePolicy's).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// CamelCase reason for the condition, Event and metric label.
+    pub reason: &'static str,
+    /// JSON path of the offending field or rule (e.g. `spec.roles[0].rules[1]`).
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+pub(crate) fn invalid(
+    reason: &'static str,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> Invalid {
+    Invalid {
+        reason,
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
 /// Everything Palisade manages for one Tenant, by kind, in a stable order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TenantObjects {

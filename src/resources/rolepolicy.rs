@@ -26,30 +26,11 @@ use crate::duration;
 pub const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
-/// A policy that must not be applied, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct InvalidPolicy {
-    /// Condition/Event reason: UnknownPermission, WildcardVerb, WildcardResource,
-    /// EscalationVerb, ClusterScopedResource, PalisadeWrite, UnknownRole,
-    /// InvalidToken, RoleConflict.
-    pub reason: &'static str,
-    /// JSON path of the offending rule or field.
-    pub field: String,
-    pub message: String,
-}
-
-fn invalid(
-    reason: &'static str,
-    field: impl Into<String>,
-    message: impl Into<String>,
-) -> InvalidPolicy {
-    InvalidPolicy {
-        reason,
-        field: field.into(),
-        message: message.into(),
-    }
-}
+/// A policy that must not be applied, and why. Reasons: UnknownPermission,
+/// WildcardVerb, WildcardResource, EscalationVerb, ClusterScopedResource,
+/// PalisadeWrite, UnknownRole, DuplicateRole, InvalidToken, RoleConflict.
+pub use super::Invalid as InvalidPolicy;
+use super::invalid;
 
 /// Resources that are cluster-scoped: a namespaced Role cannot grant them, and
 /// asking is a sign of a policy written for the wrong tool.

@@ -12,28 +12,8 @@ use crate::crd::tenant::{SecretType, SubjectKind, Tenant, TenantSpec};
 use crate::{duration, quantity::Milli};
 
 /// A Tenant spec that cannot be reconciled, with the field at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct InvalidTenant {
-    /// CamelCase reason for the condition, Event and metric label.
-    pub reason: &'static str,
-    /// JSON path of the offending field (e.g. `spec.network.allowEgressCidrs[1].cidr`).
-    pub field: String,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-fn invalid(
-    reason: &'static str,
-    field: impl Into<String>,
-    message: impl Into<String>,
-) -> InvalidTenant {
-    InvalidTenant {
-        reason,
-        field: field.into(),
-        message: message.into(),
-    }
-}
+pub use super::Invalid as InvalidTenant;
+use super::invalid;
 
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
