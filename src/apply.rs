@@ -325,28 +325,7 @@ impl Applier {
         ar: &ApiResource,
         desired: Value,
     ) -> Result<DynamicObject, ApplyError> {
-        let (desired, hash, name, ns) = Self::prepare(ar, desired)?;
-        let obj: DynamicObject =
-            serde_json::from_value(desired).map_err(|_| ApplyError::Malformed {
-                kind: ar.kind.clone(),
-                name: name.clone(),
-            })?;
-        let pp = PostParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..Default::default()
-        };
-        let created = self
-            .api(ar, ns.as_deref())
-            .create(&pp, &obj)
-            .await
-            .map_err(|source| ApplyError::Api {
-                verb: "create",
-                kind: ar.kind.clone(),
-                name,
-                source: Box::new(source),
-            })?;
-        self.remember(ar, &created, hash);
-        Ok(created)
+        self.post_or_put(ar, desired, None).await
     }
 
     /// Replaces a whole object, guarded by the resourceVersion of `current` (a
@@ -359,10 +338,21 @@ impl Applier {
         desired: Value,
         current: &DynamicObject,
     ) -> Result<DynamicObject, ApplyError> {
+        self.post_or_put(ar, desired, Some(current)).await
+    }
+
+    /// Create (no `current`) or resourceVersion-guarded replace of `current`.
+    async fn post_or_put(
+        &self,
+        ar: &ApiResource,
+        desired: Value,
+        current: Option<&DynamicObject>,
+    ) -> Result<DynamicObject, ApplyError> {
         let (mut desired, hash, name, ns) = Self::prepare(ar, desired)?;
-        if let Some(meta) = desired
-            .pointer_mut("/metadata")
-            .and_then(Value::as_object_mut)
+        if let Some(current) = current
+            && let Some(meta) = desired
+                .pointer_mut("/metadata")
+                .and_then(Value::as_object_mut)
         {
             meta.insert(
                 "resourceVersion".into(),
@@ -378,16 +368,17 @@ impl Applier {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
         };
-        let written = self
-            .api(ar, ns.as_deref())
-            .replace(&name, &pp, &obj)
-            .await
-            .map_err(|source| ApplyError::Api {
-                verb: "replace",
-                kind: ar.kind.clone(),
-                name,
-                source: Box::new(source),
-            })?;
+        let api = self.api(ar, ns.as_deref());
+        let (verb, result) = match current {
+            None => ("create", api.create(&pp, &obj).await),
+            Some(_) => ("replace", api.replace(&name, &pp, &obj).await),
+        };
+        let written = result.map_err(|source| ApplyError::Api {
+            verb,
+            kind: ar.kind.clone(),
+            name,
+            source: Box::new(source),
+        })?;
         self.remember(ar, &written, hash);
         Ok(written)
     }
