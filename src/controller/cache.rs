@@ -1,7 +1,18 @@
-//! Caches of the children Palisade manages: one metadata-stripped reflector per
-//! kind, filtered to objects labelled `app.kubernetes.io/managed-by=palisade`.
+//! Caches of the children Palisade manages, filtered to objects labelled
+//! `app.kubernetes.io/managed-by=palisade` (RolePolicies: all of them).
+//!
+//! Memory is the constraint at scale (a thousand tenants own ~25,000
+//! children), so this is not kube's reflector `Store<DynamicObject>`, whose
+//! entries hold a parsed JSON tree (several KiB per object) under a key that
+//! repeats the whole `ApiResource`. Each object is kept as its compact JSON
+//! text with managedFields and the last-applied annotation stripped, plus the
+//! two facts read on every event (resourceVersion, owning tenant); it is
+//! parsed only when a reconcile reads it. One lock guards the objects and the
+//! tenant index together, so the two can never disagree.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Secret};
@@ -9,24 +20,105 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Api, DynamicObject};
 use kube::core::ApiResource;
-use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::resources::labels;
 
+/// Written by `kubectl apply`; can be as large as the object and is never read.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// One cached object.
+struct Entry {
+    /// The object as compact JSON.
+    json: Box<str>,
+    /// `palisade.dev/tenant` when the object is managed by Palisade.
+    tenant: Option<Box<str>>,
+}
+
+impl Entry {
+    fn bytes(&self, key: &str) -> usize {
+        // Heap text plus the map slot, the Arc and the index entry.
+        self.json.len() + 2 * key.len() + self.tenant.as_ref().map_or(0, |t| t.len()) + 128
+    }
+}
+
+/// `namespace/name`, or `name` for cluster-scoped objects.
+fn key_of(namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{ns}/{name}"),
+        None => name.to_string(),
+    }
+}
+
+/// Every cached object, by kind, plus which belong to which tenant.
+#[derive(Default)]
+struct Inner {
+    kinds: Vec<HashMap<Box<str>, Arc<Entry>>>,
+    /// tenant → (kind index, key) of every object labelled for it, so a
+    /// reconcile finds its own children without scanning every cache.
+    by_tenant: HashMap<Box<str>, HashSet<(usize, Box<str>)>>,
+    bytes: usize,
+}
+
+impl Inner {
+    fn unindex(&mut self, kind: usize, key: &str, entry: &Entry) {
+        self.bytes = self.bytes.saturating_sub(entry.bytes(key));
+        if let Some(t) = &entry.tenant
+            && let Some(set) = self.by_tenant.get_mut(t)
+        {
+            set.remove(&(kind, Box::from(key)));
+            if set.is_empty() {
+                self.by_tenant.remove(t);
+            }
+        }
+    }
+
+    fn index(&mut self, kind: usize, key: &str, entry: &Entry) {
+        self.bytes += entry.bytes(key);
+        if let Some(t) = &entry.tenant {
+            self.by_tenant
+                .entry(t.clone())
+                .or_default()
+                .insert((kind, Box::from(key)));
+        }
+    }
+
+    fn insert(&mut self, kind: usize, key: Box<str>, entry: Arc<Entry>) {
+        self.remove(kind, &key);
+        self.index(kind, &key, &entry);
+        self.kinds[kind].insert(key, entry);
+    }
+
+    fn remove(&mut self, kind: usize, key: &str) {
+        if let Some(old) = self.kinds[kind].remove(key) {
+            self.unindex(kind, key, &old);
+        }
+    }
+
+    fn replace_kind(&mut self, kind: usize, objects: HashMap<Box<str>, Arc<Entry>>) {
+        let old = std::mem::take(&mut self.kinds[kind]);
+        for (key, entry) in &old {
+            self.unindex(kind, key, entry);
+        }
+        for (key, entry) in &objects {
+            self.index(kind, key, entry);
+        }
+        self.kinds[kind] = objects;
+    }
+}
+
 /// One cached kind.
 #[derive(Clone)]
 pub struct CachedKind {
     pub ar: ApiResource,
-    pub store: Store<DynamicObject>,
     /// Highest resourceVersion this cache has applied from its watch.
-    pub seen_rv: Arc<std::sync::atomic::AtomicU64>,
+    seen_rv: Arc<AtomicU64>,
 }
 
 impl CachedKind {
     pub fn seen_rv(&self) -> u64 {
-        self.seen_rv.load(std::sync::atomic::Ordering::Acquire)
+        self.seen_rv.load(Ordering::Acquire)
     }
 }
 
@@ -34,65 +126,13 @@ impl CachedKind {
 #[derive(Clone)]
 pub struct ChildCache {
     pub kinds: Vec<CachedKind>,
-    /// True once every store has its first full listing. One task waits on the
-    /// stores and everyone else waits here: kube's `Store::wait_until_ready`
-    /// keeps only the last poller's waker, so concurrent waiters on a store can
-    /// sleep forever.
-    ready: tokio::sync::watch::Receiver<bool>,
-    /// tenant → the (kind index, namespace, name) of every cached object
-    /// labelled for it, kept by the watch streams, so a reconcile finds its
-    /// own children without scanning every cache (which made convergence
-    /// quadratic in the number of tenants).
-    index: Arc<std::sync::Mutex<TenantIndex>>,
+    inner: Arc<RwLock<Inner>>,
+    /// Number of kinds that have received their first full listing.
+    synced: tokio::sync::watch::Receiver<usize>,
 }
 
-type ObjKey = (usize, Option<String>, String);
-
-/// Which cached objects belong to which tenant.
-#[derive(Default)]
-pub struct TenantIndex {
-    by_tenant: std::collections::HashMap<String, std::collections::HashSet<ObjKey>>,
-    tenant_of: std::collections::HashMap<ObjKey, String>,
-}
-
-impl TenantIndex {
-    fn remove(&mut self, key: &ObjKey) {
-        if let Some(t) = self.tenant_of.remove(key)
-            && let Some(set) = self.by_tenant.get_mut(&t)
-        {
-            set.remove(key);
-            if set.is_empty() {
-                self.by_tenant.remove(&t);
-            }
-        }
-    }
-
-    fn apply(&mut self, kind: usize, obj: &DynamicObject) {
-        let key = (kind, obj.namespace(), obj.name_any());
-        self.remove(&key);
-        if let Some(t) = labels::tenant_of(obj.metadata.labels.as_ref()) {
-            self.by_tenant
-                .entry(t.to_string())
-                .or_default()
-                .insert(key.clone());
-            self.tenant_of.insert(key, t.to_string());
-        }
-    }
-
-    fn clear_kind(&mut self, kind: usize) {
-        let keys: Vec<ObjKey> = self
-            .tenant_of
-            .keys()
-            .filter(|k| k.0 == kind)
-            .cloned()
-            .collect();
-        for k in keys {
-            self.remove(&k);
-        }
-    }
-}
-
-/// A watch stream of one child kind that keeps its cache up to date.
+/// A watch stream of one child kind that keeps its cache up to date and
+/// yields every object it touched (for the controller's triggers).
 pub type ChildStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<DynamicObject, watcher::Error>> + Send>>;
 
@@ -119,33 +159,112 @@ pub fn policy_kind() -> ApiResource {
     ar::<crate::crd::RolePolicy>()
 }
 
-impl ChildCache {
-    /// Every cached RolePolicy (empty when the cache does not hold them).
-    pub fn policies(&self) -> Vec<crate::crd::RolePolicy> {
-        let Some(kind) = self.kind(&policy_kind()) else {
-            return Vec::new();
-        };
-        kind.store
-            .state()
-            .iter()
-            .filter_map(|o| serde_json::to_value(o.as_ref()).ok())
-            .filter_map(|v| serde_json::from_value(v).ok())
-            .collect()
+/// Reduces a watched object to what is cached: no managedFields, no
+/// last-applied annotation.
+fn slim(mut obj: DynamicObject) -> DynamicObject {
+    obj.metadata.managed_fields = None;
+    if let Some(a) = obj.metadata.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+    obj
+}
+
+fn entry_of(obj: &DynamicObject) -> Option<(Box<str>, Arc<Entry>)> {
+    let json = serde_json::to_string(obj).ok()?;
+    let key = key_of(obj.metadata.namespace.as_deref(), obj.metadata.name.as_deref()?);
+    let tenant = labels::tenant_of(obj.metadata.labels.as_ref()).map(Box::from);
+    Some((
+        key.into_boxed_str(),
+        Arc::new(Entry {
+            json: json.into_boxed_str(),
+            tenant,
+        }),
+    ))
+}
+
+/// The state one kind's stream keeps between events.
+struct KindFeed {
+    kind: usize,
+    inner: Arc<RwLock<Inner>>,
+    seen_rv: Arc<AtomicU64>,
+    synced: Arc<tokio::sync::watch::Sender<usize>>,
+    /// Objects of a (re)listing in progress; swapped in at its end.
+    listing: Option<HashMap<Box<str>, Arc<Entry>>>,
+    first_sync_done: bool,
+}
+
+impl KindFeed {
+    fn note_rv(&self, obj: &DynamicObject) {
+        if let Some(rv) = obj.resource_version().and_then(|v| v.parse::<u64>().ok()) {
+            self.seen_rv.fetch_max(rv, Ordering::AcqRel);
+        }
     }
 
+    /// Applies one watch event to the cache; returns the object it touched.
+    fn apply(&mut self, ev: watcher::Event<DynamicObject>) -> Option<DynamicObject> {
+        match ev {
+            watcher::Event::Init => {
+                self.listing = Some(HashMap::new());
+                None
+            }
+            watcher::Event::InitApply(obj) => {
+                let obj = slim(obj);
+                self.note_rv(&obj);
+                if let Some((key, entry)) = entry_of(&obj) {
+                    self.listing.get_or_insert_default().insert(key, entry);
+                }
+                Some(obj)
+            }
+            watcher::Event::InitDone => {
+                let listed = self.listing.take().unwrap_or_default();
+                if let Ok(mut inner) = self.inner.write() {
+                    inner.replace_kind(self.kind, listed);
+                }
+                if !self.first_sync_done {
+                    self.first_sync_done = true;
+                    self.synced.send_modify(|n| *n += 1);
+                }
+                None
+            }
+            watcher::Event::Apply(obj) => {
+                let obj = slim(obj);
+                self.note_rv(&obj);
+                if let Some((key, entry)) = entry_of(&obj)
+                    && let Ok(mut inner) = self.inner.write()
+                {
+                    inner.insert(self.kind, key, entry);
+                }
+                Some(obj)
+            }
+            watcher::Event::Delete(obj) => {
+                self.note_rv(&obj);
+                let key = key_of(obj.metadata.namespace.as_deref(), &obj.name_any());
+                if let Ok(mut inner) = self.inner.write() {
+                    inner.remove(self.kind, &key);
+                }
+                Some(obj)
+            }
+        }
+    }
+}
+
+impl ChildCache {
     /// Creates the caches and the watch streams that fill them. The streams must
     /// be polled (the controller does) for the caches to fill.
     pub fn new(
         client: &Client,
         kinds: Vec<ApiResource>,
     ) -> (Self, Vec<(ApiResource, ChildStream)>) {
+        let inner = Arc::new(RwLock::new(Inner {
+            kinds: vec![HashMap::new(); kinds.len()],
+            ..Default::default()
+        }));
+        let (synced_tx, synced) = tokio::sync::watch::channel(0usize);
+        let synced_tx = Arc::new(synced_tx);
         let mut cached = Vec::new();
         let mut streams = Vec::new();
-        let index: Arc<std::sync::Mutex<TenantIndex>> = Arc::default();
-        for (kind_idx, ar) in kinds.into_iter().enumerate() {
-            let writer: Writer<DynamicObject> = Writer::new(ar.clone());
-            let seen_rv = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let store = writer.as_reader();
+        for (kind, ar) in kinds.into_iter().enumerate() {
+            let seen_rv = Arc::new(AtomicU64::new(0));
             let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
             // Palisade's own policies are inputs, not children: watch them all.
             let cfg = if ar.kind == policy_kind().kind {
@@ -153,82 +272,53 @@ impl ChildCache {
             } else {
                 watcher::Config::default().labels(labels::MANAGED_SELECTOR)
             };
-            let stream = reflector::reflector(
-                writer,
-                watcher(api, cfg)
-                    .default_backoff()
-                    .modify(|o: &mut DynamicObject| {
-                        o.managed_fields_mut().clear();
-                    }),
-            )
-            .inspect({
-                let index = index.clone();
-                move |ev| {
-                    let Ok(ev) = ev else { return };
-                    let Ok(mut idx) = index.lock() else { return };
-                    match ev {
-                        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
-                            idx.apply(kind_idx, o)
-                        }
-                        watcher::Event::Delete(o) => {
-                            idx.remove(&(kind_idx, o.namespace(), o.name_any()))
-                        }
-                        watcher::Event::Init => idx.clear_kind(kind_idx),
-                        watcher::Event::InitDone => {}
-                    }
-                }
-            })
-            .touched_objects()
-            .inspect({
-                let seen = seen_rv.clone();
-                move |o| {
-                    let rv = o
-                        .as_ref()
-                        .ok()
-                        .and_then(|o| o.resource_version())
-                        .and_then(|v| v.parse::<u64>().ok());
-                    if let Some(rv) = rv {
-                        seen.fetch_max(rv, std::sync::atomic::Ordering::AcqRel);
-                    }
-                }
-            })
-            .boxed();
+            let mut feed = KindFeed {
+                kind,
+                inner: inner.clone(),
+                seen_rv: seen_rv.clone(),
+                synced: synced_tx.clone(),
+                listing: None,
+                first_sync_done: false,
+            };
+            let stream = watcher(api, cfg)
+                .default_backoff()
+                .filter_map(move |ev| {
+                    let touched = match ev {
+                        Ok(ev) => feed.apply(ev).map(Ok),
+                        Err(e) => Some(Err(e)),
+                    };
+                    futures::future::ready(touched)
+                })
+                .boxed();
             cached.push(CachedKind {
                 ar: ar.clone(),
-                store,
                 seen_rv,
             });
             streams.push((ar, stream as ChildStream));
         }
-        let (ready_tx, ready) = tokio::sync::watch::channel(false);
-        let stores: Vec<Store<DynamicObject>> = cached
-            .iter()
-            .map(|k: &CachedKind| k.store.clone())
-            .collect();
-        tokio::spawn(async move {
-            for store in stores {
-                // Only fails when the writer is dropped, i.e. at shutdown.
-                if store.wait_until_ready().await.is_err() {
-                    return;
-                }
-            }
-            let _ = ready_tx.send(true);
-        });
         (
             Self {
                 kinds: cached,
-                ready,
-                index,
+                inner,
+                synced,
             },
             streams,
         )
     }
 
-    /// The cache of one kind.
-    pub fn kind(&self, ar: &ApiResource) -> Option<&CachedKind> {
+    fn kind_index(&self, ar: &ApiResource) -> Option<usize> {
         self.kinds
             .iter()
-            .find(|k| k.ar.kind == ar.kind && k.ar.group == ar.group)
+            .position(|k| k.ar.kind == ar.kind && k.ar.group == ar.group)
+    }
+
+    /// The cache of one kind.
+    pub fn kind(&self, ar: &ApiResource) -> Option<&CachedKind> {
+        self.kind_index(ar).map(|i| &self.kinds[i])
+    }
+
+    fn entry(&self, kind: usize, key: &str) -> Option<Arc<Entry>> {
+        self.inner.read().ok()?.kinds.get(kind)?.get(key).cloned()
     }
 
     /// A cached object by kind, namespace and name.
@@ -238,32 +328,48 @@ impl ChildCache {
         namespace: Option<&str>,
         name: &str,
     ) -> Option<Arc<DynamicObject>> {
-        let kind = self.kind(ar)?;
-        let mut r = ObjectRef::new_with(name, ar.clone());
-        if let Some(ns) = namespace {
-            r = r.within(ns);
-        }
-        kind.store.get(&r)
+        let entry = self.entry(self.kind_index(ar)?, &key_of(namespace, name))?;
+        serde_json::from_str(&entry.json).ok().map(Arc::new)
+    }
+
+    /// The tenant a cached object is managed for, without parsing it.
+    pub fn tenant_of(&self, ar: &ApiResource, namespace: Option<&str>, name: &str) -> Option<String> {
+        let entry = self.entry(self.kind_index(ar)?, &key_of(namespace, name))?;
+        entry.tenant.as_deref().map(str::to_string)
+    }
+
+    /// Every cached RolePolicy (empty when the cache does not hold them).
+    pub fn policies(&self) -> Vec<crate::crd::RolePolicy> {
+        let Some(kind) = self.kind_index(&policy_kind()) else {
+            return Vec::new();
+        };
+        let entries: Vec<Arc<Entry>> = match self.inner.read() {
+            Ok(inner) => inner.kinds[kind].values().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        entries
+            .iter()
+            .filter_map(|e| serde_json::from_str(&e.json).ok())
+            .collect()
     }
 
     /// Every cached object of every kind managed for `tenant`.
     pub fn owned_by(&self, tenant: &str) -> Vec<(ApiResource, Arc<DynamicObject>)> {
-        let keys: Vec<ObjKey> = match self.index.lock() {
-            Ok(idx) => idx
+        let entries: Vec<(usize, Arc<Entry>)> = match self.inner.read() {
+            Ok(inner) => inner
                 .by_tenant
                 .get(tenant)
-                .map(|s| s.iter().cloned().collect())
-                .unwrap_or_default(),
+                .into_iter()
+                .flatten()
+                .filter_map(|(kind, key)| Some((*kind, inner.kinds[*kind].get(key)?.clone())))
+                .collect(),
             Err(_) => Vec::new(),
         };
-        let mut out: Vec<(ApiResource, Arc<DynamicObject>)> = keys
+        let mut out: Vec<(ApiResource, Arc<DynamicObject>)> = entries
             .into_iter()
-            .filter_map(|(kind, ns, name)| {
-                let k = self.kinds.get(kind)?;
-                let obj = self.get(&k.ar, ns.as_deref(), &name)?;
-                // The store is the truth; the index only narrows the search.
-                (labels::tenant_of(obj.metadata.labels.as_ref()) == Some(tenant))
-                    .then(|| (k.ar.clone(), obj))
+            .filter_map(|(kind, e)| {
+                let obj: DynamicObject = serde_json::from_str(&e.json).ok()?;
+                Some((self.kinds[kind].ar.clone(), Arc::new(obj)))
             })
             .collect();
         // Namespaces last: their contents are pruned before them.
@@ -278,24 +384,32 @@ impl ChildCache {
 
     /// Waits until every cache has received its first full listing.
     pub async fn wait_ready(&self) {
-        let mut ready = self.ready.clone();
-        // Err only when the waiting task ended without the caches syncing
-        // (shutdown): nothing to wait for any more.
-        let _ = ready.wait_for(|r| *r).await;
+        let mut synced = self.synced.clone();
+        let total = self.kinds.len();
+        // Err only when every stream is gone (shutdown): nothing to wait for.
+        let _ = synced.wait_for(|n| *n >= total).await;
     }
 
     /// True once every cache has received its first full listing.
     pub fn is_ready(&self) -> bool {
-        *self.ready.borrow()
+        *self.synced.borrow() >= self.kinds.len()
     }
 
-    /// Number of cached objects (for memory reporting).
+    /// Number of cached objects.
     pub fn len(&self) -> usize {
-        self.kinds.iter().map(|k| k.store.state().len()).sum()
+        self.inner
+            .read()
+            .map(|i| i.kinds.iter().map(HashMap::len).sum())
+            .unwrap_or(0)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Approximate heap bytes the cached objects take (text, keys, index).
+    pub fn bytes(&self) -> usize {
+        self.inner.read().map(|i| i.bytes).unwrap_or(0)
     }
 
     /// A cached object's name in `namespace/name` form (for messages).
@@ -304,5 +418,118 @@ impl ChildCache {
             Some(ns) => format!("{ns}/{}", obj.name_any()),
             None => obj.name_any(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(ns: &str, name: &str, tenant: Option<&str>, rv: u64) -> DynamicObject {
+        let mut labels = serde_json::Map::new();
+        if let Some(t) = tenant {
+            labels.insert(labels::MANAGED_BY.into(), labels::MANAGED_BY_VALUE.into());
+            labels.insert(labels::TENANT.into(), t.into());
+        }
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": name, "namespace": ns, "resourceVersion": rv.to_string(),
+                "labels": labels,
+                "annotations": {LAST_APPLIED: "x".repeat(1000), "keep": "me"},
+                "managedFields": [{"manager": "m", "operation": "Apply"}],
+            },
+            "data": {"k": "v"},
+        }))
+        .expect("object")
+    }
+
+    fn feed() -> (KindFeed, ChildCache) {
+        let inner = Arc::new(RwLock::new(Inner {
+            kinds: vec![HashMap::new()],
+            ..Default::default()
+        }));
+        let (tx, synced) = tokio::sync::watch::channel(0usize);
+        let cache = ChildCache {
+            kinds: vec![CachedKind {
+                ar: ar::<ConfigMap>(),
+                seen_rv: Arc::default(),
+            }],
+            inner: inner.clone(),
+            synced,
+        };
+        let feed = KindFeed {
+            kind: 0,
+            inner,
+            seen_rv: cache.kinds[0].seen_rv.clone(),
+            synced: Arc::new(tx),
+            listing: None,
+            first_sync_done: false,
+        };
+        (feed, cache)
+    }
+
+    #[test]
+    fn listing_is_swapped_in_whole_and_marks_the_kind_synced() {
+        let (mut feed, cache) = feed();
+        feed.apply(watcher::Event::Init);
+        feed.apply(watcher::Event::InitApply(obj("a", "one", Some("t1"), 5)));
+        assert!(cache.is_empty(), "a listing is invisible until it is complete");
+        assert!(!cache.is_ready());
+        feed.apply(watcher::Event::InitDone);
+        assert!(cache.is_ready());
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.seen_rv(&ar::<ConfigMap>()), 5);
+
+        // A relist after a desync drops what is gone and re-indexes.
+        feed.apply(watcher::Event::Init);
+        feed.apply(watcher::Event::InitApply(obj("a", "two", Some("t2"), 7)));
+        feed.apply(watcher::Event::InitDone);
+        assert!(cache.get(&ar::<ConfigMap>(), Some("a"), "one").is_none());
+        assert!(cache.owned_by("t1").is_empty());
+        assert_eq!(cache.owned_by("t2").len(), 1);
+    }
+
+    #[test]
+    fn objects_are_stripped_and_read_back_whole() {
+        let (mut feed, cache) = feed();
+        feed.apply(watcher::Event::Apply(obj("a", "one", Some("t1"), 3)));
+        let got = cache
+            .get(&ar::<ConfigMap>(), Some("a"), "one")
+            .expect("cached");
+        assert!(got.metadata.managed_fields.is_none());
+        let annotations = got.metadata.annotations.clone().unwrap_or_default();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert_eq!(annotations.get("keep").map(String::as_str), Some("me"));
+        assert_eq!(got.data["data"]["k"], "v");
+        assert_eq!(
+            cache.tenant_of(&ar::<ConfigMap>(), Some("a"), "one").as_deref(),
+            Some("t1")
+        );
+        // The stripped annotation is not paid for.
+        assert!(cache.bytes() < 1000, "{} bytes", cache.bytes());
+    }
+
+    #[test]
+    fn tenant_index_follows_relabels_and_deletes() {
+        let (mut feed, cache) = feed();
+        feed.apply(watcher::Event::Apply(obj("a", "one", Some("t1"), 3)));
+        feed.apply(watcher::Event::Apply(obj("a", "two", Some("t1"), 4)));
+        assert_eq!(cache.owned_by("t1").len(), 2);
+        feed.apply(watcher::Event::Apply(obj("a", "one", Some("t2"), 5)));
+        assert_eq!(cache.owned_by("t1").len(), 1);
+        assert_eq!(cache.owned_by("t2").len(), 1);
+        feed.apply(watcher::Event::Apply(obj("a", "two", None, 6)));
+        assert!(cache.owned_by("t1").is_empty());
+        let before = cache.bytes();
+        feed.apply(watcher::Event::Delete(obj("a", "one", Some("t2"), 7)));
+        assert!(cache.owned_by("t2").is_empty());
+        assert_eq!(cache.len(), 1);
+        assert!(cache.bytes() < before);
+        // Re-applying the same object does not double its accounting.
+        let one = cache.bytes();
+        feed.apply(watcher::Event::Apply(obj("a", "two", None, 8)));
+        assert_eq!(cache.bytes(), one);
     }
 }

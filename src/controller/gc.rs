@@ -51,7 +51,6 @@ use super::tenant::Error;
 use crate::crd::condition::Observed;
 use crate::crd::tenant::{AgeFrom, GcStatus, Tenant};
 use crate::resources::gc::{self as model, Candidate, KindKey};
-use crate::resources::labels;
 
 /// The condition this module reports.
 pub const CONDITION: &str = "GarbageCollected";
@@ -108,7 +107,7 @@ struct DiscoveryCache {
 /// The shared GC watches of one controller process.
 pub struct GcWatches {
     client: Client,
-    namespaces: Option<Store<DynamicObject>>,
+    namespaces: Option<super::ChildCache>,
     discovery: tokio::sync::Mutex<DiscoveryCache>,
     watches: Mutex<HashMap<WatchKey, KindWatch>>,
     tenants: Mutex<HashMap<String, TenantState>>,
@@ -164,7 +163,7 @@ type SlimEvents = std::pin::Pin<
 impl GcWatches {
     /// GC watches for `client`; `namespaces` is the managed-namespace cache used
     /// to map an object's namespace to its tenant.
-    pub fn new(client: Client, namespaces: Option<Store<DynamicObject>>) -> Self {
+    pub fn new(client: Client, namespaces: Option<super::ChildCache>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
             client,
@@ -344,10 +343,8 @@ impl GcWatches {
     }
 }
 
-fn tenant_of_namespace(store: Option<&Store<DynamicObject>>, ns: &str) -> Option<String> {
-    let ar = ApiResource::erase::<Namespace>(&());
-    let obj = store?.get(&ObjectRef::new_with(ns, ar))?;
-    labels::tenant_of(obj.metadata.labels.as_ref()).map(str::to_string)
+fn tenant_of_namespace(cache: Option<&super::ChildCache>, ns: &str) -> Option<String> {
+    cache?.tenant_of(&ApiResource::erase::<Namespace>(&()), None, ns)
 }
 
 /// Resolves one kind name against a discovery snapshot.

@@ -135,14 +135,7 @@ impl Context {
     ) -> Self {
         Self {
             applier: Applier::new(client.clone()),
-            gc: gc::GcWatches::new(
-                client.clone(),
-                cache
-                    .kind(&kube::core::ApiResource::erase::<
-                        k8s_openapi::api::core::v1::Namespace,
-                    >(&()))
-                    .map(|k| k.store.clone()),
-            ),
+            gc: gc::GcWatches::new(client.clone(), Some(cache.clone())),
             recorder: settings.recorder(client.clone()),
             client,
             cache,
