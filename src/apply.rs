@@ -81,8 +81,37 @@ pub struct Applier {
     /// caches yet: (resourceVersion written, hash written). Prevents a second
     /// reconcile from re-applying an object the cache still shows as old.
     recent: Mutex<HashMap<Key, (u64, u64)>>,
+    /// Writes sent and not yet answered, per object: a watch event for such an
+    /// object may be the echo of the write, which is only known once it returns.
+    in_flight: Mutex<HashMap<Key, u32>>,
+    /// Bumped whenever a write is answered (see [`Applier::settled`]).
+    answered: tokio::sync::watch::Sender<u64>,
     writes: AtomicU64,
 }
+
+/// A write in flight; answered when dropped (after its result was recorded).
+pub struct InFlight<'a> {
+    applier: &'a Applier,
+    key: Key,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.applier.in_flight.lock()
+            && let Some(n) = m.get_mut(&self.key)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.key);
+            }
+        }
+        self.applier.answered.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// How long a watch event waits for this process's write of the same object
+/// to be answered before it is treated as someone else's change.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn key(ar: &ApiResource, ns: Option<&str>, name: &str) -> Key {
     (
@@ -139,8 +168,41 @@ impl Applier {
         Self {
             client,
             recent: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            answered: tokio::sync::watch::Sender::new(0),
             writes: AtomicU64::new(0),
         }
+    }
+
+    /// Marks a write of `name` as in flight until the returned guard is
+    /// dropped; drop it only after the write's result has been recorded.
+    pub fn in_flight(&self, ar: &ApiResource, ns: Option<&str>, name: &str) -> InFlight<'_> {
+        let key = key(ar, ns, name);
+        if let Ok(mut m) = self.in_flight.lock() {
+            *m.entry(key.clone()).or_insert(0) += 1;
+        }
+        InFlight { applier: self, key }
+    }
+
+    fn is_in_flight(&self, key: &Key) -> bool {
+        self.in_flight.lock().is_ok_and(|m| m.contains_key(key))
+    }
+
+    /// Waits (at most 2 s) until no write of this process to `obj` is in
+    /// flight. A watch event can overtake the response of the write that caused
+    /// it; waiting here lets [`Applier::is_own_write`] recognise the echo
+    /// instead of reconciling again for it.
+    pub async fn settled(&self, ar: &ApiResource, ns: Option<&str>, name: &str) {
+        let key = key(ar, ns, name);
+        let mut answered = self.answered.subscribe();
+        let wait = async {
+            while self.is_in_flight(&key) {
+                if answered.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(SETTLE_TIMEOUT, wait).await;
     }
 
     /// Writes made through this applier since it was created.
@@ -299,6 +361,7 @@ impl Applier {
             _ => {}
         }
         let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let _in_flight = self.in_flight(ar, ns.as_deref(), &name);
         let written = self
             .api(ar, ns.as_deref())
             .patch(&name, &pp, &Patch::Apply(&desired))
@@ -369,6 +432,7 @@ impl Applier {
             ..Default::default()
         };
         let api = self.api(ar, ns.as_deref());
+        let _in_flight = self.in_flight(ar, ns.as_deref(), &name);
         let (verb, result) = match current {
             None => ("create", api.create(&pp, &obj).await),
             Some(_) => ("replace", api.replace(&name, &pp, &obj).await),

@@ -73,10 +73,17 @@ fn ns_ar() -> ApiResource {
     ApiResource::erase::<Namespace>(&())
 }
 
+fn tenant_ar() -> ApiResource {
+    ApiResource::erase::<Tenant>(&())
+}
+
 /// How a namespace the spec lists relates to this tenant.
 #[derive(Debug, Clone, PartialEq)]
 enum NsState {
-    /// Does not exist: create it.
+    /// Not in the managed cache: create it (a 409 says it exists unmanaged,
+    /// released, or was created meanwhile; it is then looked up).
+    Unseen,
+    /// Does not exist (looked up after a 409: deleted again meanwhile).
     Absent,
     /// Ours (or released by this same tenant earlier): apply.
     Owned,
@@ -86,37 +93,43 @@ enum NsState {
     Conflict(String),
 }
 
-async fn classify_namespace(ctx: &Context, tenant: &str, name: &str) -> Result<NsState, Error> {
-    let ar = ns_ar();
-    let observed: Option<DynamicObject> = match ctx.cache.get(&ar, None, name) {
-        Some(o) => Some((*o).clone()),
-        None => {
-            // Not in the managed cache: it may exist unmanaged (or released).
-            let api: Api<Namespace> = Api::all(ctx.client.clone());
-            match api
-                .get_metadata_opt(name)
-                .await
-                .map_err(kube_err("get namespace"))?
-            {
-                Some(meta) => Some(DynamicObject {
-                    types: None,
-                    metadata: meta.metadata,
-                    data: Value::Null,
-                }),
-                None => None,
-            }
-        }
-    };
-    let Some(obj) = observed else {
-        return Ok(NsState::Absent);
-    };
-    let lbls = obj.metadata.labels.clone().unwrap_or_default();
+/// The state of a namespace from the managed cache; `Unseen` when not cached.
+/// New namespaces cost no read: the create that follows finds out whether
+/// an unmanaged one exists.
+fn cached_namespace(ctx: &Context, tenant: &str, name: &str) -> NsState {
+    match ctx.cache.get(&ns_ar(), None, name) {
+        Some(obj) => classify_namespace(tenant, name, &obj.metadata),
+        None => NsState::Unseen,
+    }
+}
+
+/// Reads a namespace that exists but is not in the managed cache.
+async fn lookup_namespace(ctx: &Context, tenant: &str, name: &str) -> Result<NsState, Error> {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    Ok(
+        match api
+            .get_metadata_opt(name)
+            .await
+            .map_err(kube_err("get namespace"))?
+        {
+            Some(meta) => classify_namespace(tenant, name, &meta.metadata),
+            None => NsState::Absent,
+        },
+    )
+}
+
+fn classify_namespace(
+    tenant: &str,
+    name: &str,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> NsState {
+    let lbls = meta.labels.clone().unwrap_or_default();
     let owner = lbls.get(labels::TENANT).cloned();
     let managed =
         lbls.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE);
-    let state = match owner.as_deref() {
+    match owner.as_deref() {
         Some(t) if t == tenant => {
-            if obj.metadata.deletion_timestamp.is_some() {
+            if meta.deletion_timestamp.is_some() {
                 NsState::Terminating
             } else {
                 NsState::Owned
@@ -128,8 +141,7 @@ async fn classify_namespace(ctx: &Context, tenant: &str, name: &str) -> Result<N
         _ => NsState::Conflict(format!(
             "namespace {name} already exists and is not managed by Palisade; Palisade never takes over an existing namespace: pick another name, or delete the namespace if it is unused"
         )),
-    };
-    Ok(state)
+    }
 }
 
 async fn publish(ctx: &Context, tenant: &Tenant, ev: kube::runtime::events::Event) {
@@ -164,6 +176,7 @@ async fn update_status(
     )
     .await;
     let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let _in_flight = ctx.applier.in_flight(&tenant_ar(), None, &tenant.name_any());
     let written = api
         .patch_status(
             &tenant.name_any(),
@@ -194,6 +207,7 @@ async fn ensure_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
         action: "build finalizer patch",
         source: Box::new(kube::Error::SerdeError(e)),
     })?;
+    let _in_flight = ctx.applier.in_flight(&tenant_ar(), None, &tenant.name_any());
     let written = api
         .patch(
             &tenant.name_any(),
@@ -361,11 +375,11 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     let names = builder::namespace_names(&tenant.spec);
     let mut states = BTreeMap::new();
     for ns in &names {
-        states.insert(ns.clone(), classify_namespace(ctx, &name, ns).await?);
+        states.insert(ns.clone(), cached_namespace(ctx, &name, ns));
     }
     let usable: Vec<String> = names
         .iter()
-        .filter(|n| matches!(states[*n], NsState::Owned | NsState::Absent))
+        .filter(|n| matches!(states[*n], NsState::Owned | NsState::Unseen))
         .cloned()
         .collect();
 
@@ -384,15 +398,28 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             action: "serialize namespace",
             source: Box::new(kube::Error::SerdeError(e)),
         })?;
-        let (phase, message) = match &states[&ns_name] {
-            NsState::Absent => match ctx.applier.create(&ns_ar, value).await {
-                Ok(_) => ("Ready", String::new()),
+        if states[&ns_name] == NsState::Unseen {
+            match ctx.applier.create(&ns_ar, value.clone()).await {
+                Ok(_) => {
+                    ns_status.push(NamespaceStatus {
+                        name: ns_name,
+                        phase: "Ready".to_string(),
+                        message: String::new(),
+                    });
+                    continue;
+                }
                 Err(e) if e.code() == Some(409) => {
-                    // Created by someone else since we looked: decide on the next pass.
-                    return Ok(Action::requeue(Duration::from_secs(1)));
+                    let found = lookup_namespace(ctx, &name, &ns_name).await?;
+                    states.insert(ns_name.clone(), found);
                 }
                 Err(e) => return Err(e.into()),
-            },
+            }
+        }
+        let (phase, message) = match &states[&ns_name] {
+            NsState::Unseen | NsState::Absent => {
+                // Existed a moment ago and is gone again: decide on the next pass.
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
             NsState::Owned => {
                 let cached = ctx.cache.get(&ns_ar, None, &ns_name);
                 ctx.applier
@@ -703,8 +730,13 @@ pub fn controller(
     )
     .touched_objects()
     .filter(move |res| {
-        let echo = matches!(res, Ok(t) if echo_ctx.is_tenant_echo(&t.name_any(), t.resource_version().as_deref()));
-        futures::future::ready(!echo)
+        let ctx = echo_ctx.clone();
+        let echo = res.as_ref().ok().map(|t| (t.name_any(), t.resource_version()));
+        async move {
+            let Some((name, rv)) = echo else { return true };
+            ctx.applier.settled(&tenant_ar(), None, &name).await;
+            !ctx.is_tenant_echo(&name, rv.as_deref())
+        }
     });
     let mut c = Controller::for_stream(tenant_stream, reader).with_config(
         kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
@@ -730,6 +762,22 @@ pub fn controller(
         }
         let echo_ctx = ctx.clone();
         let kind = ar.clone();
+        // Wait for our own write of the object to be answered (the event may
+        // overtake it) so its echo is recognised below.
+        let settle_ctx = ctx.clone();
+        let settle_kind = ar.clone();
+        let stream = stream.then(move |res| {
+            let ctx = settle_ctx.clone();
+            let kind = settle_kind.clone();
+            async move {
+                if let Ok(obj) = &res {
+                    ctx.applier
+                        .settled(&kind, obj.namespace().as_deref(), &obj.name_any())
+                        .await;
+                }
+                res
+            }
+        });
         c = c.watches_stream_with(
             stream,
             move |obj: DynamicObject| {
