@@ -97,10 +97,11 @@ pub fn merge_conditions(
     out
 }
 
-/// The conditions worth an Event: those whose status or reason changed, except
-/// a condition other than `Ready` appearing for the first time as True (a new
-/// object would otherwise announce every healthy aspect of itself; its `Ready`
-/// Event says it all).
+/// The conditions worth an Event: those whose status or reason changed, and
+/// those appearing for the first time as anything but True. A new object that
+/// is healthy from its first reconcile says so in its status alone: Events are
+/// for problems and changes, and an Event per healthy object would be a write
+/// per Tenant (a thousand at install) that tells nobody anything.
 pub fn transitions<'a>(
     previous: &'a [Condition],
     current: &'a [Condition],
@@ -108,7 +109,7 @@ pub fn transitions<'a>(
     current.iter().filter(
         move |c| match previous.iter().find(|p| p.type_ == c.type_) {
             Some(p) => p.status != c.status || p.reason != c.reason,
-            None => c.status != "True" || c.type_ == "Ready",
+            None => c.status != "True",
         },
     )
 }
@@ -176,7 +177,7 @@ mod tests {
     }
 
     #[test]
-    fn transitions_skip_healthy_newcomers_but_not_ready() {
+    fn transitions_skip_healthy_newcomers() {
         let first = merge_conditions(
             &[],
             &[
@@ -188,17 +189,20 @@ mod tests {
             t(0),
         );
         let types: Vec<_> = transitions(&[], &first).map(|c| c.type_.as_str()).collect();
-        assert_eq!(types, ["Ready", "SecretsRotated"]);
+        assert_eq!(types, ["SecretsRotated"]);
         let second = merge_conditions(
             &first,
-            &[Observed::new("QuotaEnforced", false, "B2", "")],
+            &[
+                Observed::new("QuotaEnforced", false, "B2", ""),
+                Observed::new("Ready", false, "A2", ""),
+            ],
             None,
             t(1),
         );
         let types: Vec<_> = transitions(&first, &second)
             .map(|c| c.type_.as_str())
             .collect();
-        assert_eq!(types, ["QuotaEnforced"]);
+        assert_eq!(types, ["QuotaEnforced", "Ready"]);
         assert_eq!(transitions(&second, &second).count(), 0);
     }
 
