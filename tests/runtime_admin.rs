@@ -216,9 +216,9 @@ async fn metrics_are_exposed_with_the_documented_names() {
         "palisade_reconcile_duration_seconds_bucket{le=\"+Inf\",controller=\"tenant\"}",
         "palisade_reconciles_in_flight{controller=\"tenant\"}",
         "palisade_writes_per_reconcile_count{controller=\"tenant\"}",
-        "palisade_api_requests_total{verb=\"watch\",result=\"2xx\"}",
-        "palisade_api_requests_total{verb=\"list\",result=\"2xx\"}",
-        "palisade_api_requests_total{verb=\"create\",result=\"2xx\"}",
+        "palisade_api_requests_total{verb=\"watch\",result=\"2xx\",resource=\"tenants\"}",
+        "palisade_api_requests_total{verb=\"list\",result=\"2xx\",resource=\"tenants\"}",
+        "palisade_api_requests_total{verb=\"create\",result=\"2xx\",resource=\"namespaces\"}",
         "palisade_leader 1",
         "# TYPE palisade_reconcile_errors counter",
         "# TYPE palisade_backup_last_success_timestamp_seconds gauge",
@@ -282,7 +282,7 @@ async fn the_client_rate_limit_paces_requests() {
     );
     let text = metrics.encode().expect("encode");
     assert!(
-        text.contains("palisade_api_requests_total{verb=\"list\",result=\"2xx\"} 20"),
+        text.contains("palisade_api_requests_total{verb=\"list\",result=\"2xx\",resource=\"configmaps\"} 20"),
         "{text}"
     );
 }

@@ -86,6 +86,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let verb = verb_of(req.method(), req.uri());
+        let resource = resource_of(req.uri().path());
         let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -99,7 +100,7 @@ where
                 },
                 Err(_) => "error",
             };
-            metrics.api_request(verb, result);
+            metrics.api_request(verb, &resource, result);
             res
         })
     }
@@ -122,6 +123,32 @@ pub fn verb_of(method: &Method, uri: &http::Uri) -> &'static str {
         Method::DELETE if collection => "deletecollection",
         Method::DELETE => "delete",
         _ => "other",
+    }
+}
+
+/// The resource a request addresses, with its subresource: `configmaps`,
+/// `tenants/status`, `namespaces`; `other` for discovery and non-resource
+/// paths. Bounded by the kinds Palisade touches.
+pub fn resource_of(path: &str) -> String {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let rest = match segs.first() {
+        Some(&"api") => segs.get(2..),
+        Some(&"apis") => segs.get(3..),
+        _ => None,
+    };
+    let rest = match rest {
+        // A namespace's own subresources, not a collection inside it.
+        Some(["namespaces", _, sub @ ("status" | "finalize")]) => {
+            return format!("namespaces/{sub}");
+        }
+        Some(["namespaces", _, rest @ ..]) if !rest.is_empty() => rest,
+        Some(rest) => rest,
+        None => return "other".to_string(),
+    };
+    match rest {
+        [plural] | [plural, _] => (*plural).to_string(),
+        [plural, _, sub] => format!("{plural}/{sub}"),
+        _ => "other".to_string(),
     }
 }
 
@@ -270,6 +297,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resources() {
+        for (path, want) in [
+            ("/api/v1/namespaces", "namespaces"),
+            ("/api/v1/namespaces/a", "namespaces"),
+            ("/api/v1/namespaces/a/status", "namespaces/status"),
+            ("/api/v1/namespaces/a/configmaps", "configmaps"),
+            ("/api/v1/namespaces/a/configmaps/b", "configmaps"),
+            ("/apis/palisade.dev/v1alpha1/tenants", "tenants"),
+            ("/apis/palisade.dev/v1alpha1/tenants/a/status", "tenants/status"),
+            (
+                "/apis/rbac.authorization.k8s.io/v1/namespaces/a/roles/admin",
+                "roles",
+            ),
+            ("/apis/events.k8s.io/v1/namespaces/a/events", "events"),
+            ("/apis", "other"),
+            ("/version", "other"),
+        ] {
+            assert_eq!(resource_of(path), want, "{path}");
+        }
+    }
 
     #[test]
     fn verbs() {

@@ -11,9 +11,11 @@
 //! | `palisade_reconcile_duration_seconds` | histogram | `controller` |
 //! | `palisade_reconciles_in_flight` | gauge | `controller` |
 //! | `palisade_writes_per_reconcile` | histogram | `controller` |
-//! | `palisade_api_requests_total` | counter | `verb`, `result` |
+//! | `palisade_api_requests_total` | counter | `verb`, `result`, `resource` |
 //! | `palisade_leader` | gauge | |
 //! | `palisade_tenants` | gauge | `ready` |
+//! | `palisade_cached_objects` | gauge | |
+//! | `palisade_cache_bytes` | gauge | |
 //! | `palisade_backup_last_success_timestamp_seconds` | gauge | `namespace`, `schedule` |
 //! | `palisade_backup_last_failure_timestamp_seconds` | gauge | `namespace`, `schedule` |
 //! | `palisade_restore_test_last_success_timestamp_seconds` | gauge | `namespace`, `schedule` |
@@ -42,6 +44,8 @@ pub const NAMES: &[&str] = &[
     "palisade_api_requests_total",
     "palisade_leader",
     "palisade_tenants",
+    "palisade_cached_objects",
+    "palisade_cache_bytes",
     "palisade_backup_last_success_timestamp_seconds",
     "palisade_backup_last_failure_timestamp_seconds",
     "palisade_restore_test_last_success_timestamp_seconds",
@@ -67,6 +71,7 @@ pub struct ErrorLabels {
 pub struct RequestLabels {
     pub verb: String,
     pub result: String,
+    pub resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -129,6 +134,18 @@ fn writes_histogram() -> Histogram {
 /// Tenant store exists).
 pub type TenantCounter = Box<dyn Fn() -> (i64, i64) + Send + Sync>;
 
+/// Reads (cached objects, their bytes) at scrape time.
+pub type CacheCounter = TenantCounter;
+
+/// Calls the scrape-time counter in `slot`, if one is installed.
+fn scrape(slot: &Mutex<Option<TenantCounter>>, set: impl FnOnce((i64, i64))) {
+    if let Ok(guard) = slot.lock()
+        && let Some(count) = guard.as_ref()
+    {
+        set(count());
+    }
+}
+
 /// All of Palisade's metrics and the registry that exports them.
 pub struct Metrics {
     registry: Registry,
@@ -146,6 +163,9 @@ pub struct Metrics {
     restore_test_last_result: Family<RestoreResultLabels, Gauge>,
     secret_next_rotation: Family<SecretLabels, TimestampGauge>,
     tenant_counter: Mutex<Option<TenantCounter>>,
+    cached_objects: Gauge,
+    cache_bytes: Gauge,
+    cache_counter: Mutex<Option<CacheCounter>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -178,6 +198,9 @@ impl Metrics {
             restore_test_last_result: Family::default(),
             secret_next_rotation: Family::default(),
             tenant_counter: Mutex::new(None),
+            cached_objects: Gauge::default(),
+            cache_bytes: Gauge::default(),
+            cache_counter: Mutex::new(None),
         };
         let r = &mut m.registry;
         // Counters get their `_total` suffix from the encoder.
@@ -208,7 +231,7 @@ impl Metrics {
         );
         r.register(
             "palisade_api_requests",
-            "Kubernetes API requests by verb and result (2xx, 4xx, 5xx, error)",
+            "Kubernetes API requests by verb, result (2xx, 4xx, 5xx, error) and resource",
             Declared(m.api_requests.clone()),
         );
         r.register(
@@ -220,6 +243,16 @@ impl Metrics {
             "palisade_tenants",
             "Tenants by Ready condition (true, false)",
             Declared(m.tenants.clone()),
+        );
+        r.register(
+            "palisade_cached_objects",
+            "Objects held in the Tenant controller's child caches",
+            Declared(m.cached_objects.clone()),
+        );
+        r.register(
+            "palisade_cache_bytes",
+            "Approximate heap bytes of the cached objects (compact JSON, keys, index)",
+            Declared(m.cache_bytes.clone()),
         );
         r.register(
             "palisade_backup_last_success_timestamp_seconds",
@@ -258,11 +291,7 @@ impl Metrics {
     }
 
     fn refresh_tenants(&self) {
-        let Ok(guard) = self.tenant_counter.lock() else {
-            return;
-        };
-        if let Some(count) = guard.as_ref() {
-            let (ready, not_ready) = count();
+        scrape(&self.tenant_counter, |(ready, not_ready)| {
             self.tenants
                 .get_or_create(&ReadyLabels {
                     ready: "true".into(),
@@ -273,6 +302,17 @@ impl Metrics {
                     ready: "false".into(),
                 })
                 .set(not_ready);
+        });
+        scrape(&self.cache_counter, |(objects, bytes)| {
+            self.cached_objects.set(objects);
+            self.cache_bytes.set(bytes);
+        });
+    }
+
+    /// Installs the function that reads (cached objects, bytes) at scrape time.
+    pub fn set_cache_counter(&self, count: CacheCounter) {
+        if let Ok(mut guard) = self.cache_counter.lock() {
+            *guard = Some(count);
         }
     }
 
@@ -316,11 +356,12 @@ impl Metrics {
     }
 
     /// Counts one API request (see [`super::layers::ApiMetricsLayer`]).
-    pub fn api_request(&self, verb: &str, result: &str) {
+    pub fn api_request(&self, verb: &str, resource: &str, result: &str) {
         self.api_requests
             .get_or_create(&RequestLabels {
                 verb: verb.to_string(),
                 result: result.to_string(),
+                resource: resource.to_string(),
             })
             .inc();
     }

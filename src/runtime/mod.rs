@@ -95,6 +95,12 @@ pub async fn run(
     info!("leading: starting the controllers");
 
     let (cache, streams) = tenant::child_cache(&client);
+    let counted = cache.clone();
+    metrics.set_cache_counter(Box::new(move || {
+        let objects = i64::try_from(counted.len()).unwrap_or(i64::MAX);
+        let bytes = i64::try_from(counted.bytes()).unwrap_or(i64::MAX);
+        (objects, bytes)
+    }));
     let ctx = Arc::new(
         Context::new(
             client.clone(),
