@@ -1,45 +1,64 @@
 //! `make bench` (convergence): N Tenants converged by the real `palisade
-//! controller` binary (a separate process, so its RSS is its own) against the
-//! in-process API server served over loopback HTTP, compared in the same run
-//! with the floor: the same objects (`palisade render`'s builders) applied by a
-//! bare kube client at the same concurrency. Then: a forced resync and a
-//! restart must make zero writes and change no resourceVersion; one Tenant edit
-//! → children updated, p50/p99 over 100 edits. Writes docs/PERFORMANCE.md.
+//! controller` binary (a separate process, so its RSS is its own), compared in
+//! the same run with the floor: the same objects (`palisade render`'s
+//! builders) applied by a bare kube client at the same concurrency. Then: a
+//! forced resync and a restart must make zero writes and change no
+//! resourceVersion; one Tenant edit → children updated, p50/p99 over 100
+//! edits. Writes docs/PERFORMANCE.md.
 //!
-//! Usage: convergence_bench [--tenants 100,1000] [--binary target/release/palisade] [--out docs/PERFORMANCE.md]
+//! Targets: the in-process API server (testkit) served over loopback HTTP,
+//! and with `--cluster` the cluster of `KUBECONFIG` (CRDs installed, no other
+//! Tenants, no Palisade running there: the benchmark runs its own controller).
+//! Request counts come from the fake's request log, or on a cluster from the
+//! controller's own `palisade_api_requests_total`.
+//!
+//! Usage: convergence_bench [--tenants 100,1000] [--binary target/release/palisade]
+//!                          [--out docs/PERFORMANCE.md] [--edits 100] [--cluster]
+//!        convergence_bench --serve-fake KUBECONFIG_OUT   (a fake cluster to try --cluster on)
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::{StreamExt, stream};
-use kube::Api;
-use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Api, ResourceExt};
 use palisade::crd::{BackupSchedule, RolePolicy, Tenant};
 use palisade_testkit::{FakeApiServer, ResourceType};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const CONCURRENCY: usize = 16;
+/// Label on every Tenant the benchmark creates.
+const BENCH_LABEL: &str = "palisade.dev/bench";
+/// Tenant name prefixes: the operator's tenants and the floor's objects.
+const OPERATOR_PREFIX: &str = "pbench";
+const FLOOR_PREFIX: &str = "pfloor";
+const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 
-fn tenant(i: usize) -> Tenant {
-    let name = format!("t{i:04}");
+fn tenant(prefix: &str, i: usize) -> Tenant {
+    let name = format!("{prefix}-{i:04}");
     serde_json::from_value(json!({
         "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "labels": {BENCH_LABEL: "convergence"}},
         "spec": {
             "namespaces": [{"name": format!("{name}-a")}, {"name": format!("{name}-b")}],
             "quota": {"hard": {"requests.cpu": "4", "requests.memory": "8Gi", "pods": "40"}},
             "limits": {"default": {"cpu": "500m", "memory": "256Mi"}},
-            "owners": [{"kind": "User", "name": format!("{name}-owner")}]
+            "owners": [{"kind": "User", "name": format!("{name}-owner")}],
+            "deletionPolicy": "Delete"
         }
     }))
     .expect("tenant")
 }
 
-fn server() -> FakeApiServer {
+fn fake_server() -> FakeApiServer {
     let s = FakeApiServer::new();
     s.register(ResourceType::of::<Tenant>().with_status(true));
     s.register(ResourceType::of::<RolePolicy>().with_status(true));
@@ -47,14 +66,102 @@ fn server() -> FakeApiServer {
     s
 }
 
-async fn http_client(
-    server: &FakeApiServer,
-) -> anyhow::Result<(kube::Client, String, tokio::task::JoinHandle<()>)> {
-    let (addr, task) = server.serve_http().await?;
-    let kubeconfig = FakeApiServer::kubeconfig(addr);
-    let kc = kube::config::Kubeconfig::from_yaml(&kubeconfig)?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
-    Ok((kube::Client::try_from(config)?, kubeconfig, task))
+/// Where the benchmark runs: a fresh in-process API server, or a cluster.
+struct Target {
+    label: String,
+    client: kube::Client,
+    /// Kubeconfig file for the controller process.
+    kubeconfig: PathBuf,
+    fake: Option<FakeApiServer>,
+    _serving: Option<(tokio::task::JoinHandle<()>, tempfile::TempDir)>,
+}
+
+impl Target {
+    async fn fake() -> anyhow::Result<Self> {
+        let server = fake_server();
+        let (addr, task) = server.serve_http().await?;
+        let text = FakeApiServer::kubeconfig(addr);
+        let dir = tempfile::tempdir()?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, &text)?;
+        let kc = kube::config::Kubeconfig::from_yaml(&text)?;
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(Self {
+            label: "in-process API server".into(),
+            client: kube::Client::try_from(config)?,
+            kubeconfig,
+            fake: Some(server),
+            _serving: Some((task, dir)),
+        })
+    }
+
+    async fn cluster() -> anyhow::Result<Self> {
+        let kubeconfig: PathBuf = std::env::var_os("KUBECONFIG")
+            .context("--cluster needs KUBECONFIG (one file)")?
+            .into();
+        let config = kube::Config::infer().await?;
+        let label = format!("cluster {}", config.cluster_url);
+        let client = kube::Client::try_from(config)?;
+        let tenants: Api<Tenant> = Api::all(client.clone());
+        let existing = tenants.list(&ListParams::default()).await.context(
+            "listing Tenants (install the CRDs first: `palisade crds | kubectl apply -f -`)",
+        )?;
+        let foreign: Vec<String> = existing
+            .iter()
+            .filter(|t| !t.labels().contains_key(BENCH_LABEL))
+            .map(|t| t.name_any())
+            .collect();
+        if !foreign.is_empty() {
+            bail!(
+                "the cluster has {} Tenant(s) not made by this benchmark (e.g. {}); its controller would reconcile them: use a dedicated cluster",
+                foreign.len(),
+                foreign[0]
+            );
+        }
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::all(client.clone());
+        if let Some(l) = leases
+            .list(&ListParams::default().fields("metadata.name=palisade-leader"))
+            .await?
+            .items
+            .first()
+            && l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()).is_some()
+        {
+            bail!(
+                "a Palisade controller holds the leader Lease in namespace {}: scale it to 0 first (two controllers would share the work and the numbers)",
+                l.namespace().unwrap_or_default()
+            );
+        }
+        Ok(Self {
+            label,
+            client,
+            kubeconfig,
+            fake: None,
+            _serving: None,
+        })
+    }
+
+    /// A target for the floor: a fresh fake (nothing else in it), or the same cluster.
+    async fn for_floor(&self) -> anyhow::Result<Self> {
+        match self.fake {
+            Some(_) => Self::fake().await,
+            None => Self::cluster().await,
+        }
+    }
+}
+
+fn ar_of(v: &Value) -> ApiResource {
+    let api_version = v["apiVersion"].as_str().unwrap_or("v1");
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let kind = v["kind"].as_str().unwrap_or_default();
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind))
+}
+
+fn api_for(client: &kube::Client, v: &Value) -> Api<DynamicObject> {
+    let ar = ar_of(v);
+    match v["metadata"]["namespace"].as_str() {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    }
 }
 
 fn rss_kib(pid: u32) -> (u64, u64) {
@@ -70,69 +177,167 @@ fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-fn writes_by(server: &FakeApiServer, mark: palisade_testkit::LogMark) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
+/// Requests by "verb resource" (writes) and by verb (reads), from the fake's log.
+fn traffic_from_log(
+    server: &FakeApiServer,
+    mark: palisade_testkit::LogMark,
+) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let (mut writes, mut reads) = (BTreeMap::new(), BTreeMap::new());
     for r in server.log_since(mark) {
+        if r.resource == "leases" {
+            continue;
+        }
         if r.is_write() {
             let sub = r.subresource.map(|s| format!("/{s}")).unwrap_or_default();
-            *m.entry(format!("{} {}{}", r.verb.as_str(), r.resource, sub))
+            let resource = r.resource.split('.').next().unwrap_or_default();
+            *writes
+                .entry(format!("{} {resource}{sub}", r.verb.as_str()))
                 .or_insert(0) += 1;
+        } else {
+            *reads.entry(r.verb.as_str().to_string()).or_insert(0) += 1;
         }
     }
-    m
+    (writes, reads)
 }
 
-fn reads_by(server: &FakeApiServer, mark: palisade_testkit::LogMark) -> BTreeMap<String, usize> {
-    let mut m = BTreeMap::new();
-    for r in server.log_since(mark) {
-        if !r.is_write() {
-            *m.entry(r.verb.as_str().to_string()).or_insert(0) += 1;
-        }
-    }
-    m
-}
-
-/// resourceVersions of every object Palisade manages.
-fn managed_rvs(server: &FakeApiServer) -> BTreeMap<String, String> {
+/// `palisade_api_requests_total` of one controller process, by (verb, resource).
+fn requests_from_metrics(text: &str) -> BTreeMap<(String, String), u64> {
     let mut out = BTreeMap::new();
-    for res in [
-        "namespaces",
-        "networkpolicies.networking.k8s.io",
-        "resourcequotas",
-        "limitranges",
-        "roles.rbac.authorization.k8s.io",
-        "rolebindings.rbac.authorization.k8s.io",
-    ] {
-        for o in server.list_json(res) {
-            let managed = o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "palisade";
-            if managed {
-                let key = format!(
-                    "{res}/{}/{}",
-                    o["metadata"]["namespace"].as_str().unwrap_or(""),
-                    o["metadata"]["name"].as_str().unwrap_or("")
-                );
-                out.insert(
-                    key,
-                    o["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_string(),
-                );
-            }
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("palisade_api_requests_total{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        if label("resource") == "leases" {
+            continue;
         }
+        let n = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        *out.entry((label("verb"), label("resource"))).or_insert(0) += n;
     }
     out
 }
 
-fn all_ready(server: &FakeApiServer, n: usize) -> bool {
-    let tenants = server.list_json("tenants.palisade.dev");
-    tenants.len() == n
-        && tenants.iter().all(|t| {
-            t["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-        })
+fn split_traffic(
+    requests: &BTreeMap<(String, String), u64>,
+) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let (mut writes, mut reads) = (BTreeMap::new(), BTreeMap::new());
+    for ((verb, resource), n) in requests {
+        if WRITE_VERBS.contains(&verb.as_str()) {
+            *writes.entry(format!("{verb} {resource}")).or_insert(0) += n;
+        } else {
+            *reads.entry(verb.clone()).or_insert(0) += n;
+        }
+    }
+    (writes, reads)
+}
+
+fn managed_kinds() -> Vec<ApiResource> {
+    vec![
+        ApiResource::erase::<Namespace>(&()),
+        ApiResource::erase::<NetworkPolicy>(&()),
+        ApiResource::erase::<ResourceQuota>(&()),
+        ApiResource::erase::<LimitRange>(&()),
+        ApiResource::erase::<Role>(&()),
+        ApiResource::erase::<RoleBinding>(&()),
+    ]
+}
+
+/// resourceVersions of every object Palisade manages for the benchmark's tenants.
+async fn managed_rvs(client: &kube::Client) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let lp = ListParams::default().labels("app.kubernetes.io/managed-by=palisade");
+    for ar in managed_kinds() {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        for o in api.list(&lp).await? {
+            let ours = o
+                .labels()
+                .get("palisade.dev/tenant")
+                .is_some_and(|t| t.starts_with(OPERATOR_PREFIX));
+            if ours {
+                out.insert(
+                    format!(
+                        "{}/{}/{}",
+                        ar.plural,
+                        o.namespace().unwrap_or_default(),
+                        o.name_any()
+                    ),
+                    o.resource_version().unwrap_or_default(),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> usize {
+    before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .count()
+}
+
+fn is_ready(t: &Value) -> bool {
+    t["status"]["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+/// Waits until every benchmark Tenant is Ready. On the fake this reads the
+/// store in-process (only the still-pending tenants, so polling costs the
+/// server under test almost nothing); on a cluster it lists every 250 ms.
+async fn wait_all_ready(target: &Target, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut pending: Vec<String> = (0..n)
+        .map(|i| format!("{OPERATOR_PREFIX}-{i:04}"))
+        .collect();
+    let api: Api<Tenant> = Api::all(target.client.clone());
+    while start.elapsed() < timeout {
+        match &target.fake {
+            Some(fake) => {
+                // Tenants become Ready in roughly creation order: stop at the
+                // first one that is not.
+                let done = pending
+                    .iter()
+                    .take_while(|name| {
+                        fake.get_json("tenants.palisade.dev", None, name)
+                            .is_some_and(|t| is_ready(&t))
+                    })
+                    .count();
+                pending.drain(..done);
+            }
+            None => {
+                let lp = ListParams::default().labels(&format!("{BENCH_LABEL}=convergence"));
+                let ready: std::collections::HashSet<String> = api
+                    .list(&lp)
+                    .await?
+                    .into_iter()
+                    .filter(|t| {
+                        t.status.as_ref().is_some_and(|s| {
+                            palisade::crd::condition::is_true(&s.conditions, "Ready")
+                        })
+                    })
+                    .map(|t| t.name_any())
+                    .collect();
+                pending.retain(|name| !ready.contains(name));
+            }
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let pause = if target.fake.is_some() { 20 } else { 250 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+    bail!("{} tenant(s) not Ready after {timeout:?}", pending.len())
 }
 
 struct Floor {
@@ -140,47 +345,31 @@ struct Floor {
     objects: usize,
 }
 
-async fn floor(n: usize) -> anyhow::Result<Floor> {
-    let server = server();
-    let (client, _, task) = http_client(&server).await?;
+async fn floor(target: &Target, n: usize) -> anyhow::Result<Floor> {
     let mut values = Vec::new();
     for i in 0..n {
-        let t = tenant(i);
+        let t = tenant(FLOOR_PREFIX, i);
         let plan = palisade::resources::rolepolicy::plan_for(&t, &[]);
-        let objects = palisade::resources::tenant::build(&t, &Default::default(), &plan)?;
-        values.push(objects.to_values()?);
+        let mut objects = palisade::resources::tenant::build(&t, &Default::default(), &plan)?
+            .to_values()?;
+        // Not Palisade's: the controller started later must not cache them.
+        for o in &mut objects {
+            o["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "palisade-bench-floor".into();
+        }
+        values.push(objects);
     }
     let objects = values.iter().map(Vec::len).sum();
+    let client = target.client.clone();
     let start = Instant::now();
     let results: Vec<anyhow::Result<()>> = stream::iter(values)
         .map(|objs| {
             let client = client.clone();
             async move {
                 for v in objs {
-                    let (group, version) =
-                        match v["apiVersion"].as_str().unwrap_or("v1").split_once('/') {
-                            Some((g, v)) => (g.to_string(), v.to_string()),
-                            None => (
-                                String::new(),
-                                v["apiVersion"].as_str().unwrap_or("v1").to_string(),
-                            ),
-                        };
-                    let kind = v["kind"].as_str().unwrap_or_default().to_string();
-                    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, &kind));
-                    let name = v["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                    let api: Api<DynamicObject> = match v["metadata"]["namespace"].as_str() {
-                        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
-                        None => Api::all_with(client.clone(), &ar),
-                    };
-                    api.patch(
-                        &name,
-                        &PatchParams::apply("floor").force(),
-                        &Patch::Apply(&v),
-                    )
-                    .await?;
+                    let name = v["metadata"]["name"].as_str().unwrap_or_default();
+                    api_for(&client, &v)
+                        .patch(name, &PatchParams::apply("floor").force(), &Patch::Apply(&v))
+                        .await?;
                 }
                 Ok(())
             }
@@ -191,9 +380,10 @@ async fn floor(n: usize) -> anyhow::Result<Floor> {
     for r in results {
         r?;
     }
-    let seconds = start.elapsed().as_secs_f64();
-    task.abort();
-    Ok(Floor { seconds, objects })
+    Ok(Floor {
+        seconds: start.elapsed().as_secs_f64(),
+        objects,
+    })
 }
 
 struct Controller {
@@ -202,7 +392,7 @@ struct Controller {
 }
 
 impl Controller {
-    async fn start(binary: &str, kubeconfig_path: &str, resync: &str) -> anyhow::Result<Self> {
+    async fn start(binary: &str, target: &Target, resync: &str) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -220,7 +410,7 @@ impl Controller {
                 "--kube-qps",
                 "0",
             ])
-            .env("KUBECONFIG", kubeconfig_path)
+            .env("KUBECONFIG", &target.kubeconfig)
             .env("PALISADE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -234,28 +424,52 @@ impl Controller {
         self.child.id().unwrap_or(0)
     }
 
-    /// palisade_reconciles_total{controller="tenant"} from /metrics.
-    async fn reconciles(&self) -> u64 {
-        let Ok(mut stream) = tokio::net::TcpStream::connect(&self.admin).await else {
-            return 0;
-        };
+    /// GET `path` on the admin server: (status code, body).
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(&self.admin).await.ok()?;
         let req = format!(
-            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.admin
         );
-        if stream.write_all(req.as_bytes()).await.is_err() {
-            return 0;
-        }
-        let mut body = String::new();
-        let _ = stream.read_to_string(&mut body).await;
-        body.lines()
+        stream.write_all(req.as_bytes()).await.ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    }
+
+    async fn metrics(&self) -> String {
+        self.get("/metrics").await.map(|(_, b)| b).unwrap_or_default()
+    }
+
+    /// A gauge or counter without labels, or summed over the series whose
+    /// labels contain `with`.
+    async fn metric(&self, name: &str, with: &str) -> u64 {
+        self.metrics()
+            .await
+            .lines()
             .filter(|l| {
-                l.starts_with("palisade_reconciles_total") && l.contains("controller=\"tenant\"")
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with(' ') || (r.starts_with('{') && r.contains(with)))
             })
             .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
             .map(|v| v as u64)
             .sum()
+    }
+
+    async fn reconciles(&self) -> u64 {
+        self.metric("palisade_reconciles_total", "controller=\"tenant\"")
+            .await
+    }
+
+    async fn wait_ready(&self) -> anyhow::Result<()> {
+        wait_for("the controller to be ready", Duration::from_secs(120), async || {
+            self.get("/readyz").await.is_some_and(|(c, _)| c == 200)
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn stop(mut self) {
@@ -278,44 +492,101 @@ async fn wait_for(
         if cond().await {
             return Ok(start.elapsed());
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     bail!("timed out waiting for {what}")
 }
 
+/// Writes since `mark` (fake) or in the controller's metrics since `before`.
+fn writes_since(
+    target: &Target,
+    mark: Option<palisade_testkit::LogMark>,
+    before: &BTreeMap<(String, String), u64>,
+    after: &BTreeMap<(String, String), u64>,
+) -> u64 {
+    match (&target.fake, mark) {
+        (Some(fake), Some(mark)) => traffic_from_log(fake, mark).0.values().sum(),
+        _ => after
+            .iter()
+            .filter(|((verb, _), _)| WRITE_VERBS.contains(&verb.as_str()))
+            .map(|(k, n)| n - before.get(k).copied().unwrap_or(0))
+            .sum(),
+    }
+}
+
 #[derive(Default)]
 struct Run {
+    target: String,
     n: usize,
     floor_s: f64,
     floor_objects: usize,
     converge_s: f64,
-    writes: BTreeMap<String, usize>,
-    reads: BTreeMap<String, usize>,
+    writes: BTreeMap<String, u64>,
+    reads: BTreeMap<String, u64>,
     reconciles: u64,
+    idle_rss_kib: u64,
     peak_rss_kib: u64,
     steady_rss_kib: u64,
-    resync_writes: usize,
+    cached_objects: u64,
+    cache_bytes: u64,
+    resync_writes: u64,
     resync_rv_changes: usize,
-    restart_writes: usize,
+    restart_writes: u64,
     restart_rv_changes: usize,
     edit_p50_ms: f64,
     edit_p99_ms: f64,
 }
 
-async fn operator(n: usize, binary: &str, edits: usize) -> anyhow::Result<Run> {
-    let server = server();
-    let (client, kubeconfig, task) = http_client(&server).await?;
-    let dir = tempfile::tempdir()?;
-    let kc_path = dir.path().join("kubeconfig");
-    std::fs::write(&kc_path, kubeconfig)?;
-    let kc = kc_path.to_str().context("utf-8 path")?;
-    let api: Api<Tenant> = Api::all(client.clone());
-    for i in 0..n {
-        api.create(&PostParams::default(), &tenant(i)).await?;
+impl Run {
+    /// Objects the controller holds: the child caches plus the Tenants.
+    fn cached(&self) -> u64 {
+        self.cached_objects + self.n as u64
     }
-    let mark = server.mark();
+
+    fn budget_kib(&self) -> u64 {
+        12 * 1024 + 6 * self.cached()
+    }
+
+    /// RSS beyond the idle controller's, per cached object.
+    fn bytes_per_object(&self) -> u64 {
+        self.steady_rss_kib.saturating_sub(self.idle_rss_kib) * 1024 / self.cached().max(1)
+    }
+}
+
+async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyhow::Result<Run> {
+    let api: Api<Tenant> = Api::all(target.client.clone());
+    let mut run = Run {
+        target: target.label.clone(),
+        n,
+        ..Default::default()
+    };
+
+    // The idle controller (nothing to manage): the baseline of bytes per object.
+    let idle = Controller::start(binary, target, "10h").await?;
+    idle.wait_ready().await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run.idle_rss_kib = rss_kib(idle.pid()).0;
+    idle.stop().await;
+
+    let created: Vec<anyhow::Result<()>> = stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &tenant(OPERATOR_PREFIX, i))
+                    .await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    for r in created {
+        r?;
+    }
+    let mark = target.fake.as_ref().map(FakeApiServer::mark);
     let resync_every = Duration::from_secs(if n >= 1000 { 60 } else { 20 });
-    let controller = Controller::start(binary, kc, &format!("{}s", resync_every.as_secs())).await?;
+    let controller =
+        Controller::start(binary, target, &format!("{}s", resync_every.as_secs())).await?;
     let pid = controller.pid();
     let started = Instant::now();
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -329,62 +600,63 @@ async fn operator(n: usize, binary: &str, edits: usize) -> anyhow::Result<Run> {
             }
         })
     };
-    let s = server.clone();
-    wait_for("all tenants Ready", Duration::from_secs(900), async || {
-        all_ready(&s, n)
-    })
-    .await?;
-    let converge_s = started.elapsed().as_secs_f64();
+    wait_all_ready(target, n, Duration::from_secs(1800)).await?;
+    run.converge_s = started.elapsed().as_secs_f64();
     // Let the echoes of our own writes settle before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut run = Run {
-        n,
-        converge_s,
-        writes: writes_by(&server, mark),
-        reads: reads_by(&server, mark),
-        reconciles: controller.reconciles().await,
-        ..Default::default()
+    let requests = requests_from_metrics(&controller.metrics().await);
+    (run.writes, run.reads) = match (&target.fake, mark) {
+        (Some(fake), Some(mark)) => traffic_from_log(fake, mark),
+        _ => split_traffic(&requests),
     };
+    run.reconciles = controller.reconciles().await;
     run.steady_rss_kib = rss_kib(pid).0;
+    run.cached_objects = controller.metric("palisade_cached_objects", "").await;
+    run.cache_bytes = controller.metric("palisade_cache_bytes", "").await;
 
     // Forced resync (the controller's --resync-interval): zero writes, no RV changes.
-    let before = managed_rvs(&server);
-    let mark = server.mark();
-    let r0 = controller.reconciles().await;
-    let target = r0 + n as u64;
+    let before = managed_rvs(&target.client).await?;
+    let mark = target.fake.as_ref().map(FakeApiServer::mark);
+    let requests_before = requests_from_metrics(&controller.metrics().await);
+    let target_reconciles = controller.reconciles().await + n as u64;
     wait_for("a full resync", resync_every * 3, async || {
-        controller.reconciles().await >= target
+        controller.reconciles().await >= target_reconciles
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    run.resync_writes = server
-        .log_since(mark)
-        .iter()
-        .filter(|r| r.is_write())
-        .count();
-    let after = managed_rvs(&server);
-    run.resync_rv_changes = before
-        .iter()
-        .filter(|(k, v)| after.get(*k) != Some(v))
-        .count();
+    let requests_after = requests_from_metrics(&controller.metrics().await);
+    run.resync_writes = writes_since(
+        target,
+        mark,
+        &requests_before,
+        &requests_after,
+    );
+    run.resync_rv_changes = changed(&before, &managed_rvs(&target.client).await?);
 
     // One edit → both namespaces' quotas updated.
     let mut latencies = Vec::new();
     for e in 0..edits {
-        let t = format!("t{:04}", e % n);
+        let t = format!("{OPERATOR_PREFIX}-{:04}", e % n);
         let pods = format!("{}", 100 + e);
+        let quotas: Vec<Api<ResourceQuota>> = ["a", "b"]
+            .iter()
+            .map(|x| Api::namespaced(target.client.clone(), &format!("{t}-{x}")))
+            .collect();
         let t0 = Instant::now();
         api.patch(&t, &PatchParams::default(), &Patch::Merge(json!({"spec": {"quota": {"hard": {"requests.cpu": "4", "requests.memory": "8Gi", "pods": pods}}}}))).await?;
-        let s = server.clone();
         wait_for("children updated", Duration::from_secs(30), async || {
-            ["a", "b"].iter().all(|x| {
-                s.get_json(
-                    "resourcequotas",
-                    Some(&format!("{t}-{x}")),
-                    "palisade-quota",
-                )
-                .is_some_and(|q| q["spec"]["hard"]["pods"] == pods.as_str())
-            })
+            for q in &quotas {
+                let hard = q
+                    .get_opt("palisade-quota")
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|q| q.spec?.hard?.get("pods").cloned());
+                if hard.is_none_or(|h| h.0 != pods) {
+                    return false;
+                }
+            }
+            true
         })
         .await?;
         latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -404,9 +676,9 @@ async fn operator(n: usize, binary: &str, edits: usize) -> anyhow::Result<Run> {
     controller.stop().await;
     sampler.abort();
     run.peak_rss_kib = peak.load(std::sync::atomic::Ordering::Relaxed);
-    let before = managed_rvs(&server);
-    let mark = server.mark();
-    let restarted = Controller::start(binary, kc, "10h").await?;
+    let before = managed_rvs(&target.client).await?;
+    let mark = target.fake.as_ref().map(FakeApiServer::mark);
+    let restarted = Controller::start(binary, target, "10h").await?;
     wait_for(
         "the restarted controller to reconcile every tenant",
         Duration::from_secs(600),
@@ -414,19 +686,38 @@ async fn operator(n: usize, binary: &str, edits: usize) -> anyhow::Result<Run> {
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    run.restart_writes = server
-        .log_since(mark)
-        .iter()
-        .filter(|r| r.is_write() && r.resource != "leases")
-        .count();
-    let after = managed_rvs(&server);
-    run.restart_rv_changes = before
-        .iter()
-        .filter(|(k, v)| after.get(*k) != Some(v))
-        .count();
+    let requests_after = requests_from_metrics(&restarted.metrics().await);
+    run.restart_writes = writes_since(
+        target,
+        mark,
+        &BTreeMap::new(),
+        &requests_after,
+    );
+    run.restart_rv_changes = changed(&before, &managed_rvs(&target.client).await?);
     restarted.stop().await;
-    task.abort();
     Ok(run)
+}
+
+/// Removes what the benchmark made on a cluster (Tenants are deleted with
+/// `deletionPolicy: Delete`, so a controller takes their namespaces).
+async fn clean_cluster(target: &Target, binary: &str) -> anyhow::Result<()> {
+    let ns: Api<Namespace> = Api::all(target.client.clone());
+    let floor = ListParams::default().labels("app.kubernetes.io/managed-by=palisade-bench-floor");
+    for n in ns.list(&floor).await? {
+        let _ = ns.delete(&n.name_any(), &DeleteParams::background()).await;
+    }
+    let api: Api<Tenant> = Api::all(target.client.clone());
+    let lp = ListParams::default().labels(&format!("{BENCH_LABEL}=convergence"));
+    let controller = Controller::start(binary, target, "10h").await?;
+    for t in api.list(&lp).await? {
+        let _ = api.delete(&t.name_any(), &DeleteParams::default()).await;
+    }
+    let gone = wait_for("the benchmark's Tenants to be deleted", Duration::from_secs(600), async || {
+        api.list(&lp).await.is_ok_and(|l| l.items.is_empty())
+    })
+    .await;
+    controller.stop().await;
+    gone.map(|_| ())
 }
 
 fn machine() -> String {
@@ -458,60 +749,29 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} GiB RAM")
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let arg = |k: &str, d: &str| {
-        args.iter()
-            .position(|a| a == k)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or_else(|| d.to_string())
-    };
-    let sizes: Vec<usize> = arg("--tenants", "100,1000")
-        .split(',')
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    let binary = arg("--binary", "target/release/palisade");
-    let out = arg("--out", "docs/PERFORMANCE.md");
-    let edits: usize = arg("--edits", "100").parse()?;
-    let mut rows = Vec::new();
-    for &n in &sizes {
-        eprintln!("== {n} tenants: floor");
-        let f = floor(n).await?;
-        eprintln!("   floor: {} objects in {:.2}s", f.objects, f.seconds);
-        eprintln!("== {n} tenants: palisade controller");
-        let mut r = operator(n, &binary, edits).await?;
-        r.floor_s = f.seconds;
-        r.floor_objects = f.objects;
-        eprintln!(
-            "   converged in {:.2}s ({:.2}x floor)",
-            r.converge_s,
-            r.converge_s / f.seconds
-        );
-        rows.push(r);
-    }
+fn report(rows: &[Run]) -> String {
     let mut md = String::new();
     md.push_str("# Palisade performance\n\n");
     md.push_str("Regenerated by `make bench-convergence` (examples/convergence_bench.rs). The controller is the\n");
-    md.push_str("release `palisade controller` binary in its own process, talking HTTP to the in-process fake API\n");
-    md.push_str("server (testkit) on loopback; the floor applies the same rendered objects with a bare kube client\n");
+    md.push_str("release `palisade controller` binary in its own process. Target \"in-process API server\" is the\n");
+    md.push_str("testkit fake served over loopback HTTP; with `KUBECONFIG` set, `make bench-convergence` also runs\n");
+    md.push_str("against that cluster (`--cluster`). The floor applies the same rendered objects with a bare kube\n");
     md.push_str(&format!(
-        "over the same transport at the same concurrency ({CONCURRENCY}), in the same run.\n\n"
+        "client over the same transport at the same concurrency ({CONCURRENCY}), in the same run.\n\n"
     ));
     md.push_str(&format!(
         "Machine: {}. Date: {}.\n\n",
         machine(),
         k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d")
     ));
-    md.push_str("Each Tenant: 2 namespaces, default-deny + intra-tenant + DNS policies, quota, limits, one owner (24 managed objects).\n\n");
-    md.push_str("| tenants | managed objects | floor (s) | converge (s) | converge ÷ floor (≤ 1.25) | writes | writes ÷ (objects + 1 status/tenant) (≤ 1.05) | reconciles/tenant (≤ 1.3) | peak RSS (MiB) | steady RSS (MiB) | RSS budget 12 MiB + 6 KiB/object | resync writes / RV changes | restart writes / RV changes | edit p50 / p99 (ms) (p99 ≤ 1000) |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for r in &rows {
-        let writes: usize = r.writes.values().sum();
-        let budget_kib = 12 * 1024 + 6 * r.floor_objects as u64;
+    md.push_str("Each Tenant: 2 namespaces, default-deny + intra-tenant + DNS policies, quota, limits, the five\nbuilt-in roles, one owner (24 managed objects). Targets are from issue #9.\n\n");
+    md.push_str("| target | tenants | managed objects | floor (s) | converge (s) | converge ÷ floor (≤ 1.25) | writes | writes ÷ (objects + 1 status/tenant) (≤ 1.05) | reconciles/tenant (≤ 1.3) | edit p50 / p99 (ms) (p99 ≤ 1000) | resync writes / RV changes (0 / 0) | restart writes / RV changes (0 / 0) |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        let writes: u64 = r.writes.values().sum();
         md.push_str(&format!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.3} | {:.2} | {:.1} | {:.1} | {:.1} MiB ({}) | {} / {} | {} / {} | {:.0} / {:.0} |\n",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.3} | {:.2} | {:.0} / {:.0} | {} / {} | {} / {} |\n",
+            r.target,
             r.n,
             r.floor_objects,
             r.floor_s,
@@ -520,23 +780,44 @@ async fn main() -> anyhow::Result<()> {
             writes,
             writes as f64 / (r.floor_objects + r.n) as f64,
             r.reconciles as f64 / r.n as f64,
-            r.peak_rss_kib as f64 / 1024.0,
-            r.steady_rss_kib as f64 / 1024.0,
-            budget_kib as f64 / 1024.0,
-            if r.steady_rss_kib <= budget_kib { "met" } else { "missed" },
+            r.edit_p50_ms,
+            r.edit_p99_ms,
             r.resync_writes,
             r.resync_rv_changes,
             r.restart_writes,
             r.restart_rv_changes,
-            r.edit_p50_ms,
-            r.edit_p99_ms,
+        ));
+    }
+    md.push_str("\n## Memory\n\n");
+    md.push_str("Cached objects = the child caches (`palisade_cached_objects`) plus the Tenants. Bytes per object =\n");
+    md.push_str("(steady RSS − RSS of the same controller idle, measured first in the same run) ÷ cached objects;\n");
+    md.push_str("cache bytes = the caches' own accounting (`palisade_cache_bytes`: compact JSON, keys, index).\n\n");
+    md.push_str("| target | tenants | cached objects | idle RSS (MiB) | peak RSS (MiB) | steady RSS (MiB) | budget 12 MiB + 6 KiB/object (MiB) | RSS bytes/object | cache bytes/object |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} ({}) | {} | {} |\n",
+            r.target,
+            r.n,
+            r.cached(),
+            r.idle_rss_kib as f64 / 1024.0,
+            r.peak_rss_kib as f64 / 1024.0,
+            r.steady_rss_kib as f64 / 1024.0,
+            r.budget_kib() as f64 / 1024.0,
+            if r.steady_rss_kib <= r.budget_kib() {
+                "met"
+            } else {
+                "missed"
+            },
+            r.bytes_per_object(),
+            r.cache_bytes / r.cached_objects.max(1),
         ));
     }
     md.push_str("\n## Requests during cold convergence\n\n");
-    for r in &rows {
+    for r in rows {
         md.push_str(&format!(
-            "### {} tenants\n\nWrites by verb and resource:\n\n",
-            r.n
+            "### {} tenants, {}\n\nWrites by verb and resource:\n\n",
+            r.n, r.target
         ));
         for (k, v) in &r.writes {
             md.push_str(&format!("- `{k}`: {v}\n"));
@@ -547,6 +828,69 @@ async fn main() -> anyhow::Result<()> {
         }
         md.push('\n');
     }
+    md
+}
+
+/// Serves a fake API server with Palisade's CRDs until killed, writing its
+/// kubeconfig to `path`: a stand-in cluster to try `--cluster` on.
+async fn serve_fake(path: &str) -> anyhow::Result<()> {
+    let server = fake_server();
+    let (addr, task) = server.serve_http().await?;
+    std::fs::write(path, FakeApiServer::kubeconfig(addr))?;
+    eprintln!("serving a fake API server at http://{addr}; kubeconfig in {path}");
+    task.await?;
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |k: &str, d: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+            .unwrap_or_else(|| d.to_string())
+    };
+    if args.iter().any(|a| a == "--serve-fake") {
+        return serve_fake(&arg("--serve-fake", "kubeconfig")).await;
+    }
+    let sizes: Vec<usize> = arg("--tenants", "100,1000")
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    let binary = arg("--binary", "target/release/palisade");
+    let out = arg("--out", "docs/PERFORMANCE.md");
+    let edits: usize = arg("--edits", "100").parse()?;
+    let cluster = args.iter().any(|a| a == "--cluster");
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        let target = if cluster {
+            Target::cluster().await?
+        } else {
+            Target::fake().await?
+        };
+        eprintln!("== {n} tenants on {}: floor", target.label);
+        let f = floor(&target.for_floor().await?, n).await?;
+        eprintln!("   floor: {} objects in {:.2}s", f.objects, f.seconds);
+        eprintln!("== {n} tenants on {}: palisade controller", target.label);
+        let result = operator(&target, n, &binary, edits).await;
+        if cluster {
+            eprintln!("   cleaning up the cluster");
+            clean_cluster(&target, &binary).await?;
+        }
+        let mut r = result?;
+        r.floor_s = f.seconds;
+        r.floor_objects = f.objects;
+        eprintln!(
+            "   converged in {:.2}s ({:.2}x floor), {:.2} reconciles/tenant",
+            r.converge_s,
+            r.converge_s / f.seconds,
+            r.reconciles as f64 / n as f64
+        );
+        rows.push(r);
+    }
+    let md = report(&rows);
     std::fs::create_dir_all(
         std::path::Path::new(&out)
             .parent()
