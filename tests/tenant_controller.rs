@@ -495,3 +495,50 @@ async fn cordon_blocks_new_pods_and_tenant_scope_spreads_the_budget() {
         .expect("cordoned: pods 0");
     wait_condition(&server, "shared", "QuotaEnforced", "True", Some("Cordoned")).await;
 }
+
+/// Cold start of many tenants: each is reconciled once (the watch echoes of
+/// the controller's own writes trigger nothing, even when they overtake the
+/// write's response), new namespaces are created without a read
+/// first, and a tenant healthy from its first reconcile gets no Event.
+#[tokio::test]
+async fn cold_start_reconciles_each_tenant_once_without_reads_or_events() {
+    let server = server();
+    let api: Api<Tenant> = Api::all(server.client());
+    let n = 12;
+    for i in 0..n {
+        let yaml = ACME
+            .replace("name: acme\n", &format!("name: t{i}\n"))
+            .replace("acme-prod", &format!("t{i}-prod"))
+            .replace("acme-dev", &format!("t{i}-dev"))
+            .replace("forceTenantPrefix: true", "forceTenantPrefix: false");
+        api.create(&PostParams::default(), &tenant_from_yaml(&yaml))
+            .await
+            .expect("create tenant");
+    }
+    // Watch events overtake the responses of the writes that caused them.
+    server.delay_write_responses(Duration::from_millis(20));
+    let mark = server.mark();
+    let running = start(&server, clock());
+    for i in 0..n {
+        wait_ready(&server, &format!("t{i}")).await;
+    }
+    // Every echo has arrived and been judged.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        running.ctx.reconciles(),
+        n as u64,
+        "one reconcile per tenant"
+    );
+    let log = server.log_since(mark);
+    let namespace_reads = log
+        .iter()
+        .filter(|r| r.resource == "namespaces" && r.verb == Verb::Get)
+        .count();
+    assert_eq!(namespace_reads, 0, "no read before creating a namespace");
+    let events = log
+        .iter()
+        .filter(|r| r.resource.starts_with("events"))
+        .count();
+    assert_eq!(events, 0, "healthy new tenants need no Event");
+    running.stop().await;
+}

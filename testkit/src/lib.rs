@@ -118,6 +118,9 @@ struct Inner {
     seq: Mutex<u64>,
     faults: Mutex<Faults>,
     bookmark_interval: Mutex<Duration>,
+    /// Delay before answering a write that succeeded (its watch events are
+    /// sent at once): lets a test see events overtake responses.
+    write_response_delay: Mutex<Duration>,
 }
 
 /// The fake API server. Cheap to clone; all clones share state.
@@ -173,6 +176,7 @@ impl FakeApiServer {
                 seq: Mutex::new(0),
                 faults: Mutex::new(Faults::default()),
                 bookmark_interval: Mutex::new(Duration::from_secs(5)),
+                write_response_delay: Mutex::new(Duration::ZERO),
             }),
         }
     }
@@ -493,6 +497,13 @@ impl FakeApiServer {
         lock(&self.inner.faults).add(code, times.map(|t| t.max(1)), Arc::new(pred))
     }
 
+    /// Answers every write `delay` after it took effect (its watch events go
+    /// out immediately), as a busy API server or a slow network can: watch
+    /// events then overtake the responses of the writes that caused them.
+    pub fn delay_write_responses(&self, delay: Duration) {
+        *lock(&self.inner.write_response_delay) = delay;
+    }
+
     /// Removes one fault rule.
     pub fn clear_fault(&self, id: FaultId) {
         lock(&self.inner.faults).remove(id);
@@ -603,6 +614,14 @@ where
 
     fn call(&mut self, req: ::http::Request<B>) -> Self::Future {
         let server = self.clone();
-        Box::pin(async move { Ok(http::handle(server, req).await) })
+        let write = !matches!(req.method(), &::http::Method::GET);
+        Box::pin(async move {
+            let response = http::handle(server.clone(), req).await;
+            let delay = *lock(&server.inner.write_response_delay);
+            if write && !delay.is_zero() && response.status().is_success() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok(response)
+        })
     }
 }
