@@ -105,7 +105,9 @@ impl Drop for InFlight<'_> {
                 m.remove(&self.key);
             }
         }
-        self.applier.answered.send_modify(|n| *n = n.wrapping_add(1));
+        self.applier
+            .answered
+            .send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -159,6 +161,13 @@ pub fn contains(actual: &Value, desired: &Value) -> bool {
 
 fn rv_of(obj: &DynamicObject) -> u64 {
     obj.resource_version()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
+}
+
+fn value_rv(obj: &Value) -> u64 {
+    obj.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
         .and_then(|rv| rv.parse().ok())
         .unwrap_or(0)
 }
@@ -249,22 +258,6 @@ impl Applier {
         Ok((desired, hash, name, ns))
     }
 
-    /// True when `actual` (from a cache) already is what `desired` asks for.
-    pub fn up_to_date(
-        &self,
-        ar: &ApiResource,
-        desired: &Value,
-        actual: Option<&DynamicObject>,
-    ) -> bool {
-        let Ok((desired, hash, name, ns)) = Self::prepare(ar, desired.clone()) else {
-            return false;
-        };
-        let Some(actual) = actual else {
-            return false;
-        };
-        self.matches(ar, &desired, hash, &name, ns.as_deref(), actual)
-    }
-
     fn recent_write(&self, ar: &ApiResource, ns: Option<&str>, name: &str) -> Option<(u64, u64)> {
         self.recent
             .lock()
@@ -279,21 +272,18 @@ impl Applier {
         hash: u64,
         name: &str,
         ns: Option<&str>,
-        actual: &DynamicObject,
+        actual: &Value,
     ) -> bool {
-        if actual.metadata.deletion_timestamp.is_some() {
+        if actual.pointer("/metadata/deletionTimestamp").is_some() {
             return false;
         }
         if let Some((rv, h)) = self.recent_write(ar, ns, name)
-            && rv > rv_of(actual)
+            && rv > value_rv(actual)
         {
             // Our own write has not reached the cache yet.
             return h == hash;
         }
-        match serde_json::to_value(actual) {
-            Ok(actual) => contains(&actual, desired),
-            Err(_) => false,
-        }
+        contains(actual, desired)
     }
 
     /// True when `obj` (from a watch event) is exactly the version this process
@@ -325,13 +315,13 @@ impl Applier {
         }
     }
 
-    /// Server-side applies `desired` unless `actual` (from a cache) already
-    /// matches it.
+    /// Server-side applies `desired` unless `actual` (the object as JSON, from
+    /// a cache or a read) already matches it.
     pub async fn apply(
         &self,
         ar: &ApiResource,
         desired: Value,
-        actual: Option<&DynamicObject>,
+        actual: Option<&Value>,
     ) -> Result<Outcome, ApplyError> {
         self.apply_seen(ar, desired, actual, u64::MAX).await
     }
@@ -344,7 +334,7 @@ impl Applier {
         &self,
         ar: &ApiResource,
         desired: Value,
-        actual: Option<&DynamicObject>,
+        actual: Option<&Value>,
         cache_seen_rv: u64,
     ) -> Result<Outcome, ApplyError> {
         let (desired, hash, name, ns) = Self::prepare(ar, desired)?;

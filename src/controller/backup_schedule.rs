@@ -712,7 +712,8 @@ async fn ensure_config_map(ctx: &BackupContext, bs: &BackupSchedule) -> Result<(
     let actual = api
         .get_opt(&jobs::config_map_name(&bs.name_any()))
         .await
-        .map_err(|e| Error::Kube("reading the configuration ConfigMap", Box::new(e)))?;
+        .map_err(|e| Error::Kube("reading the configuration ConfigMap", Box::new(e)))?
+        .and_then(|o| serde_json::to_value(o).ok());
     ctx.applier.apply(&ar, desired, actual.as_ref()).await?;
     Ok(())
 }

@@ -28,6 +28,12 @@ use crate::resources::labels;
 /// Written by `kubectl apply`; can be as large as the object and is never read.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// An object's metadata; serde skips the rest without building it.
+#[derive(serde::Deserialize)]
+struct MetadataOnly {
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+}
+
 /// One cached object.
 struct Entry {
     /// The object as compact JSON.
@@ -171,7 +177,10 @@ fn slim(mut obj: DynamicObject) -> DynamicObject {
 
 fn entry_of(obj: &DynamicObject) -> Option<(Box<str>, Arc<Entry>)> {
     let json = serde_json::to_string(obj).ok()?;
-    let key = key_of(obj.metadata.namespace.as_deref(), obj.metadata.name.as_deref()?);
+    let key = key_of(
+        obj.metadata.namespace.as_deref(),
+        obj.metadata.name.as_deref()?,
+    );
     let tenant = labels::tenant_of(obj.metadata.labels.as_ref()).map(Box::from);
     Some((
         key.into_boxed_str(),
@@ -332,8 +341,24 @@ impl ChildCache {
         serde_json::from_str(&entry.json).ok().map(Arc::new)
     }
 
+    /// A cached object as JSON (what the Applier compares desired state with).
+    pub fn get_value(
+        &self,
+        ar: &ApiResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<serde_json::Value> {
+        let entry = self.entry(self.kind_index(ar)?, &key_of(namespace, name))?;
+        serde_json::from_str(&entry.json).ok()
+    }
+
     /// The tenant a cached object is managed for, without parsing it.
-    pub fn tenant_of(&self, ar: &ApiResource, namespace: Option<&str>, name: &str) -> Option<String> {
+    pub fn tenant_of(
+        &self,
+        ar: &ApiResource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Option<String> {
         let entry = self.entry(self.kind_index(ar)?, &key_of(namespace, name))?;
         entry.tenant.as_deref().map(str::to_string)
     }
@@ -353,7 +378,9 @@ impl ChildCache {
             .collect()
     }
 
-    /// Every cached object of every kind managed for `tenant`.
+    /// Every cached object of every kind managed for `tenant`, metadata only
+    /// (`data` is null): enough to prune, delete with a uid precondition or
+    /// release, without building every object's JSON tree.
     pub fn owned_by(&self, tenant: &str) -> Vec<(ApiResource, Arc<DynamicObject>)> {
         let entries: Vec<(usize, Arc<Entry>)> = match self.inner.read() {
             Ok(inner) => inner
@@ -368,8 +395,11 @@ impl ChildCache {
         let mut out: Vec<(ApiResource, Arc<DynamicObject>)> = entries
             .into_iter()
             .filter_map(|(kind, e)| {
-                let obj: DynamicObject = serde_json::from_str(&e.json).ok()?;
-                Some((self.kinds[kind].ar.clone(), Arc::new(obj)))
+                let meta: MetadataOnly = serde_json::from_str(&e.json).ok()?;
+                let ar = self.kinds[kind].ar.clone();
+                let mut obj = DynamicObject::new("", &ar);
+                obj.metadata = meta.metadata;
+                Some((ar, Arc::new(obj)))
             })
             .collect();
         // Namespaces last: their contents are pruned before them.
@@ -475,7 +505,10 @@ mod tests {
         let (mut feed, cache) = feed();
         feed.apply(watcher::Event::Init);
         feed.apply(watcher::Event::InitApply(obj("a", "one", Some("t1"), 5)));
-        assert!(cache.is_empty(), "a listing is invisible until it is complete");
+        assert!(
+            cache.is_empty(),
+            "a listing is invisible until it is complete"
+        );
         assert!(!cache.is_ready());
         feed.apply(watcher::Event::InitDone);
         assert!(cache.is_ready());
@@ -504,7 +537,9 @@ mod tests {
         assert_eq!(annotations.get("keep").map(String::as_str), Some("me"));
         assert_eq!(got.data["data"]["k"], "v");
         assert_eq!(
-            cache.tenant_of(&ar::<ConfigMap>(), Some("a"), "one").as_deref(),
+            cache
+                .tenant_of(&ar::<ConfigMap>(), Some("a"), "one")
+                .as_deref(),
             Some("t1")
         );
         // The stripped annotation is not paid for.

@@ -190,15 +190,24 @@ impl Context {
             .and_then(|m| m.get(name)?.latest.clone())
     }
 
-    /// True when a Tenant watch event is the echo of one of our own recent writes.
+    /// True when a Tenant watch event is the echo of one of our own recent
+    /// writes. Called after the Tenant store applied the event: once the store
+    /// holds our latest write, the copy kept for [`Context::freshest`] is
+    /// dropped (a thousand Tenants would otherwise be held twice).
     pub fn is_tenant_echo(&self, name: &str, resource_version: Option<&str>) -> bool {
         let Some(rv) = resource_version.and_then(|v| v.parse::<u64>().ok()) else {
             return false;
         };
-        self.own_tenant_writes
-            .lock()
-            .ok()
-            .is_some_and(|m| m.get(name).is_some_and(|w| w.rvs.contains(&rv)))
+        let Ok(mut m) = self.own_tenant_writes.lock() else {
+            return false;
+        };
+        let Some(w) = m.get_mut(name) else {
+            return false;
+        };
+        if w.latest.as_deref().and_then(rv_of).is_some_and(|l| l <= rv) {
+            w.latest = None;
+        }
+        w.rvs.contains(&rv)
     }
 
     /// The newer of `tenant` (from the cache) and the Tenant this process last

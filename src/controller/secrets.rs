@@ -303,10 +303,10 @@ async fn publish_jwks(
     let cm_ar = ar::<ConfigMap>();
     let cached = ctx
         .cache
-        .get(&cm_ar, Some(ns), &model::jwks_name(&spec.name));
+        .get_value(&cm_ar, Some(ns), &model::jwks_name(&spec.name));
     let cm = to_value(&model::jwks_configmap(tenant, ns, spec, keys))?;
     ctx.applier
-        .apply_seen(&cm_ar, cm, cached.as_deref(), ctx.cache.seen_rv(&cm_ar))
+        .apply_seen(&cm_ar, cm, cached.as_ref(), ctx.cache.seen_rv(&cm_ar))
         .await?;
     Ok(())
 }

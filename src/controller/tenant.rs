@@ -176,7 +176,9 @@ async fn update_status(
     )
     .await;
     let api: Api<Tenant> = Api::all(ctx.client.clone());
-    let _in_flight = ctx.applier.in_flight(&tenant_ar(), None, &tenant.name_any());
+    let _in_flight = ctx
+        .applier
+        .in_flight(&tenant_ar(), None, &tenant.name_any());
     let written = api
         .patch_status(
             &tenant.name_any(),
@@ -207,7 +209,9 @@ async fn ensure_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
         action: "build finalizer patch",
         source: Box::new(kube::Error::SerdeError(e)),
     })?;
-    let _in_flight = ctx.applier.in_flight(&tenant_ar(), None, &tenant.name_any());
+    let _in_flight = ctx
+        .applier
+        .in_flight(&tenant_ar(), None, &tenant.name_any());
     let written = api
         .patch(
             &tenant.name_any(),
@@ -421,9 +425,9 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
                 return Ok(Action::requeue(Duration::from_secs(1)));
             }
             NsState::Owned => {
-                let cached = ctx.cache.get(&ns_ar, None, &ns_name);
+                let cached = ctx.cache.get_value(&ns_ar, None, &ns_name);
                 ctx.applier
-                    .apply_seen(&ns_ar, value, cached.as_deref(), ctx.cache.seen_rv(&ns_ar))
+                    .apply_seen(&ns_ar, value, cached.as_ref(), ctx.cache.seen_rv(&ns_ar))
                     .await?;
                 ("Ready", String::new())
             }
@@ -477,10 +481,10 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             .unwrap_or_default()
             .to_string();
         wanted.insert((kind.ar.kind.clone(), ns.clone(), obj_name.clone()));
-        let cached = ctx.cache.get(&kind.ar, Some(&ns), &obj_name);
+        let cached = ctx.cache.get_value(&kind.ar, Some(&ns), &obj_name);
         let outcome = ctx
             .applier
-            .apply_seen(&kind.ar, value, cached.as_deref(), kind.seen_rv())
+            .apply_seen(&kind.ar, value, cached.as_ref(), kind.seen_rv())
             .await?;
         if outcome == Outcome::Updated {
             info!(kind = %kind.ar.kind, namespace = %ns, name = %obj_name, "restored drifted object");
@@ -731,7 +735,10 @@ pub fn controller(
     .touched_objects()
     .filter(move |res| {
         let ctx = echo_ctx.clone();
-        let echo = res.as_ref().ok().map(|t| (t.name_any(), t.resource_version()));
+        let echo = res
+            .as_ref()
+            .ok()
+            .map(|t| (t.name_any(), t.resource_version()));
         async move {
             let Some((name, rv)) = echo else { return true };
             ctx.applier.settled(&tenant_ar(), None, &name).await;

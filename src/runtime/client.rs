@@ -307,7 +307,10 @@ mod tests {
             ("/api/v1/namespaces/a/configmaps", "configmaps"),
             ("/api/v1/namespaces/a/configmaps/b", "configmaps"),
             ("/apis/palisade.dev/v1alpha1/tenants", "tenants"),
-            ("/apis/palisade.dev/v1alpha1/tenants/a/status", "tenants/status"),
+            (
+                "/apis/palisade.dev/v1alpha1/tenants/a/status",
+                "tenants/status",
+            ),
             (
                 "/apis/rbac.authorization.k8s.io/v1/namespaces/a/roles/admin",
                 "roles",
