@@ -49,9 +49,14 @@ bench: bench-convergence bench-backup bench-gc
 ## Tenant convergence at scale: the release controller binary vs a bare client
 ## applying the same rendered objects, resync/restart writes, edit latency,
 ## RSS -> docs/PERFORMANCE.md.
+# With KUBECONFIG set, the same benchmark also runs against that cluster
+# (it must have the CRDs, no other Tenants and no Palisade running).
 bench-convergence:
 	$(CARGO) build --release --bin palisade --example convergence_bench
 	target/release/examples/convergence_bench --tenants $(TENANTS) --binary target/release/palisade --out docs/PERFORMANCE.md
+	if [ -n "$$KUBECONFIG" ]; then \
+		target/release/examples/convergence_bench --cluster --tenants $(TENANTS) --binary target/release/palisade --out docs/PERFORMANCE-CLUSTER.md; \
+	fi
 
 ## TTL garbage collection: 10,000 objects on the in-process API server
 ## (requests per collected object, RSS, idle traffic) -> docs/PERFORMANCE-GC.md.

@@ -124,7 +124,10 @@ impl Target {
             .await?
             .items
             .first()
-            && l.spec.as_ref().and_then(|s| s.holder_identity.as_ref()).is_some()
+            && l.spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_ref())
+                .is_some()
         {
             bail!(
                 "a Palisade controller holds the leader Lease in namespace {}: scale it to 0 first (two controllers would share the work and the numbers)",
@@ -164,7 +167,16 @@ fn api_for(client: &kube::Client, v: &Value) -> Api<DynamicObject> {
     }
 }
 
-fn rss_kib(pid: u32) -> (u64, u64) {
+/// Memory of a process from /proc (KiB).
+#[derive(Default, Clone, Copy)]
+struct Mem {
+    rss: u64,
+    peak: u64,
+    anon: u64,
+    file: u64,
+}
+
+fn mem_of(pid: u32) -> Mem {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |k: &str| {
         status
@@ -174,7 +186,30 @@ fn rss_kib(pid: u32) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmRSS:"), field("VmHWM:"))
+    Mem {
+        rss: field("VmRSS:"),
+        peak: field("VmHWM:"),
+        anon: field("RssAnon:"),
+        file: field("RssFile:"),
+    }
+}
+
+/// User + system CPU seconds a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Field n is at index n - 3 here; the kernel's USER_HZ is 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Requests by "verb resource" (writes) and by verb (reads), from the fake's log.
@@ -350,8 +385,8 @@ async fn floor(target: &Target, n: usize) -> anyhow::Result<Floor> {
     for i in 0..n {
         let t = tenant(FLOOR_PREFIX, i);
         let plan = palisade::resources::rolepolicy::plan_for(&t, &[]);
-        let mut objects = palisade::resources::tenant::build(&t, &Default::default(), &plan)?
-            .to_values()?;
+        let mut objects =
+            palisade::resources::tenant::build(&t, &Default::default(), &plan)?.to_values()?;
         // Not Palisade's: the controller started later must not cache them.
         for o in &mut objects {
             o["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "palisade-bench-floor".into();
@@ -368,7 +403,11 @@ async fn floor(target: &Target, n: usize) -> anyhow::Result<Floor> {
                 for v in objs {
                     let name = v["metadata"]["name"].as_str().unwrap_or_default();
                     api_for(&client, &v)
-                        .patch(name, &PatchParams::apply("floor").force(), &Patch::Apply(&v))
+                        .patch(
+                            name,
+                            &PatchParams::apply("floor").force(),
+                            &Patch::Apply(&v),
+                        )
                         .await?;
                 }
                 Ok(())
@@ -441,7 +480,10 @@ impl Controller {
     }
 
     async fn metrics(&self) -> String {
-        self.get("/metrics").await.map(|(_, b)| b).unwrap_or_default()
+        self.get("/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
     }
 
     /// A gauge or counter without labels, or summed over the series whose
@@ -465,9 +507,11 @@ impl Controller {
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        wait_for("the controller to be ready", Duration::from_secs(120), async || {
-            self.get("/readyz").await.is_some_and(|(c, _)| c == 200)
-        })
+        wait_for(
+            "the controller to be ready",
+            Duration::from_secs(120),
+            async || self.get("/readyz").await.is_some_and(|(c, _)| c == 200),
+        )
         .await
         .map(|_| ())
     }
@@ -524,9 +568,10 @@ struct Run {
     writes: BTreeMap<String, u64>,
     reads: BTreeMap<String, u64>,
     reconciles: u64,
-    idle_rss_kib: u64,
+    idle: Mem,
     peak_rss_kib: u64,
-    steady_rss_kib: u64,
+    steady: Mem,
+    converge_cpu_s: f64,
     cached_objects: u64,
     cache_bytes: u64,
     resync_writes: u64,
@@ -543,13 +588,17 @@ impl Run {
         self.cached_objects + self.n as u64
     }
 
+    fn steady_rss_kib(&self) -> u64 {
+        self.steady.rss
+    }
+
     fn budget_kib(&self) -> u64 {
         12 * 1024 + 6 * self.cached()
     }
 
     /// RSS beyond the idle controller's, per cached object.
     fn bytes_per_object(&self) -> u64 {
-        self.steady_rss_kib.saturating_sub(self.idle_rss_kib) * 1024 / self.cached().max(1)
+        self.steady.rss.saturating_sub(self.idle.rss) * 1024 / self.cached().max(1)
     }
 }
 
@@ -565,7 +614,7 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
     let idle = Controller::start(binary, target, "10h").await?;
     idle.wait_ready().await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    run.idle_rss_kib = rss_kib(idle.pid()).0;
+    run.idle = mem_of(idle.pid());
     idle.stop().await;
 
     let created: Vec<anyhow::Result<()>> = stream::iter(0..n)
@@ -589,19 +638,20 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
         Controller::start(binary, target, &format!("{}s", resync_every.as_secs())).await?;
     let pid = controller.pid();
     let started = Instant::now();
+    let cpu_at_start = cpu_seconds(pid);
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampler = {
         let peak = peak.clone();
         tokio::spawn(async move {
             loop {
-                let (_, hwm) = rss_kib(pid);
-                peak.fetch_max(hwm, std::sync::atomic::Ordering::Relaxed);
+                peak.fetch_max(mem_of(pid).peak, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     };
     wait_all_ready(target, n, Duration::from_secs(1800)).await?;
     run.converge_s = started.elapsed().as_secs_f64();
+    let cpu_at_ready = cpu_seconds(pid) - cpu_at_start;
     // Let the echoes of our own writes settle before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let requests = requests_from_metrics(&controller.metrics().await);
@@ -610,7 +660,8 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
         _ => split_traffic(&requests),
     };
     run.reconciles = controller.reconciles().await;
-    run.steady_rss_kib = rss_kib(pid).0;
+    run.steady = mem_of(pid);
+    run.converge_cpu_s = cpu_at_ready;
     run.cached_objects = controller.metric("palisade_cached_objects", "").await;
     run.cache_bytes = controller.metric("palisade_cache_bytes", "").await;
 
@@ -625,12 +676,7 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let requests_after = requests_from_metrics(&controller.metrics().await);
-    run.resync_writes = writes_since(
-        target,
-        mark,
-        &requests_before,
-        &requests_after,
-    );
+    run.resync_writes = writes_since(target, mark, &requests_before, &requests_after);
     run.resync_rv_changes = changed(&before, &managed_rvs(&target.client).await?);
 
     // One edit → both namespaces' quotas updated.
@@ -687,12 +733,7 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
     .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let requests_after = requests_from_metrics(&restarted.metrics().await);
-    run.restart_writes = writes_since(
-        target,
-        mark,
-        &BTreeMap::new(),
-        &requests_after,
-    );
+    run.restart_writes = writes_since(target, mark, &BTreeMap::new(), &requests_after);
     run.restart_rv_changes = changed(&before, &managed_rvs(&target.client).await?);
     restarted.stop().await;
     Ok(run)
@@ -712,9 +753,11 @@ async fn clean_cluster(target: &Target, binary: &str) -> anyhow::Result<()> {
     for t in api.list(&lp).await? {
         let _ = api.delete(&t.name_any(), &DeleteParams::default()).await;
     }
-    let gone = wait_for("the benchmark's Tenants to be deleted", Duration::from_secs(600), async || {
-        api.list(&lp).await.is_ok_and(|l| l.items.is_empty())
-    })
+    let gone = wait_for(
+        "the benchmark's Tenants to be deleted",
+        Duration::from_secs(600),
+        async || api.list(&lp).await.is_ok_and(|l| l.items.is_empty()),
+    )
     .await;
     controller.stop().await;
     gone.map(|_| ())
@@ -791,26 +834,35 @@ fn report(rows: &[Run]) -> String {
     md.push_str("\n## Memory\n\n");
     md.push_str("Cached objects = the child caches (`palisade_cached_objects`) plus the Tenants. Bytes per object =\n");
     md.push_str("(steady RSS − RSS of the same controller idle, measured first in the same run) ÷ cached objects;\n");
-    md.push_str("cache bytes = the caches' own accounting (`palisade_cache_bytes`: compact JSON, keys, index).\n\n");
-    md.push_str("| target | tenants | cached objects | idle RSS (MiB) | peak RSS (MiB) | steady RSS (MiB) | budget 12 MiB + 6 KiB/object (MiB) | RSS bytes/object | cache bytes/object |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("cache bytes = the caches' own accounting (`palisade_cache_bytes`: compact JSON, keys, index).\n");
+    md.push_str(
+        "anon = heap and stacks (RssAnon); file = mapped pages of the binary (RssFile).\n\n",
+    );
+    md.push_str("| target | tenants | cached objects | idle RSS (MiB): anon + file | peak RSS (MiB) | steady RSS (MiB): anon + file | budget 12 MiB + 6 KiB/object (MiB) | RSS bytes/object | cache bytes/object | controller CPU to converge (s) |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    let mib = |kib: u64| kib as f64 / 1024.0;
     for r in rows {
         md.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} ({}) | {} | {} |\n",
+            "| {} | {} | {} | {:.1}: {:.1} + {:.1} | {:.1} | {:.1}: {:.1} + {:.1} | {:.1} ({}) | {} | {} | {:.2} |\n",
             r.target,
             r.n,
             r.cached(),
-            r.idle_rss_kib as f64 / 1024.0,
-            r.peak_rss_kib as f64 / 1024.0,
-            r.steady_rss_kib as f64 / 1024.0,
-            r.budget_kib() as f64 / 1024.0,
-            if r.steady_rss_kib <= r.budget_kib() {
+            mib(r.idle.rss),
+            mib(r.idle.anon),
+            mib(r.idle.file),
+            mib(r.peak_rss_kib),
+            mib(r.steady.rss),
+            mib(r.steady.anon),
+            mib(r.steady.file),
+            mib(r.budget_kib()),
+            if r.steady_rss_kib() <= r.budget_kib() {
                 "met"
             } else {
                 "missed"
             },
             r.bytes_per_object(),
             r.cache_bytes / r.cached_objects.max(1),
+            r.converge_cpu_s,
         ));
     }
     md.push_str("\n## Requests during cold convergence\n\n");
