@@ -282,7 +282,9 @@ async fn the_client_rate_limit_paces_requests() {
     );
     let text = metrics.encode().expect("encode");
     assert!(
-        text.contains("palisade_api_requests_total{verb=\"list\",result=\"2xx\",resource=\"configmaps\"} 20"),
+        text.contains(
+            "palisade_api_requests_total{verb=\"list\",result=\"2xx\",resource=\"configmaps\"} 20"
+        ),
         "{text}"
     );
 }
