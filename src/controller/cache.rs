@@ -25,6 +25,9 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::resources::labels;
 
+/// Touched objects waiting for the controller, per kind.
+const TRIGGER_BUFFER: usize = 1024;
+
 /// Written by `kubectl apply`; can be as large as the object and is never read.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -137,8 +140,8 @@ pub struct ChildCache {
     synced: tokio::sync::watch::Receiver<usize>,
 }
 
-/// A watch stream of one child kind that keeps its cache up to date and
-/// yields every object it touched (for the controller's triggers).
+/// The objects one child kind's watch touched (metadata only), for the
+/// controller's triggers; the cache is kept by a task of its own.
 pub type ChildStream =
     std::pin::Pin<Box<dyn Stream<Item = Result<DynamicObject, watcher::Error>> + Send>>;
 
@@ -289,15 +292,37 @@ impl ChildCache {
                 listing: None,
                 first_sync_done: false,
             };
-            let stream = watcher(api, cfg)
-                .default_backoff()
-                .filter_map(move |ev| {
-                    let touched = match ev {
-                        Ok(ev) => feed.apply(ev).map(Ok),
-                        Err(e) => Some(Err(e)),
+            // Each kind's watch is parsed and cached on its own task (kube
+            // would poll it inside the controller's one task, beside every
+            // reconcile); the controller gets the touched objects' metadata.
+            let (tx, rx) = tokio::sync::mpsc::channel(TRIGGER_BUFFER);
+            let mut events = watcher(api, cfg).default_backoff().boxed();
+            tokio::spawn(async move {
+                loop {
+                    let ev = tokio::select! {
+                        () = tx.closed() => return,
+                        ev = events.next() => ev,
                     };
-                    futures::future::ready(touched)
-                })
+                    let touched = match ev {
+                        None => return,
+                        Some(Ok(ev)) => feed.apply(ev).map(|mut o| {
+                            o.data = serde_json::Value::Null;
+                            Ok(o)
+                        }),
+                        Some(Err(e)) => Some(Err(e)),
+                    };
+                    if let Some(t) = touched
+                        && tx.send(t).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            let stream =
+                futures::stream::unfold(
+                    rx,
+                    |mut rx| async move { rx.recv().await.map(|t| (t, rx)) },
+                )
                 .boxed();
             cached.push(CachedKind {
                 ar: ar.clone(),

@@ -49,6 +49,10 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
+    /// The reconcile panicked (a bug): retried with backoff like any failure
+    /// instead of taking the controller down.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -58,6 +62,7 @@ impl Error {
             Error::Apply(e) => e.reason(),
             Error::Invalid(e) => e.reason,
             Error::Kube { .. } => "ApiError",
+            Error::Panicked(_) => "Panic",
         }
     }
 }
@@ -354,11 +359,32 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<Context>) -> Result<Action,
     let tenant = ctx.freshest(tenant);
     let name = tenant.name_any();
     let span = info_span!("reconcile", kind = "Tenant", name = %name);
-    let result = reconcile_inner(&tenant, &ctx).instrument(span).await;
+    // kube polls every reconcile future inside the controller's one task, so
+    // concurrent reconciles would share one core (and their JSON work with
+    // it); each runs as its own task instead, aborted if the controller drops it.
+    let mut task = {
+        let ctx = ctx.clone();
+        AbortOnDrop(tokio::spawn(
+            async move { reconcile_inner(&tenant, &ctx).await }.instrument(span),
+        ))
+    };
+    let result = match (&mut task.0).await {
+        Ok(result) => result,
+        Err(e) => Err(Error::Panicked(e.to_string())),
+    };
     if result.is_ok() {
         ctx.reset_backoff(&name);
     }
     result
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error> {
