@@ -1,3 +1,8 @@
+/// jemalloc: glibc malloc cost a quarter of the controller's CPU at scale.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::process::ExitCode;
 use std::sync::Arc;
 

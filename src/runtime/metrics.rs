@@ -22,7 +22,7 @@
 //! | `palisade_restore_test_last_result` | gauge | `namespace`, `schedule`, `result` |
 //! | `palisade_secret_next_rotation_timestamp_seconds` | gauge | `tenant`, `namespace`, `secret` |
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -166,9 +166,6 @@ pub struct Metrics {
     cached_objects: Gauge,
     cache_bytes: Gauge,
     cache_counter: Mutex<Option<CacheCounter>>,
-    /// Reconciles started by every controller, and those running now.
-    started: AtomicU64,
-    running: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -204,8 +201,6 @@ impl Metrics {
             cached_objects: Gauge::default(),
             cache_bytes: Gauge::default(),
             cache_counter: Mutex::new(None),
-            started: AtomicU64::new(0),
-            running: Default::default(),
         };
         let r = &mut m.registry;
         // Counters get their `_total` suffix from the encoder.
@@ -314,14 +309,6 @@ impl Metrics {
         });
     }
 
-    /// (reconciles started, reconciles running) over every controller.
-    pub fn activity(&self) -> (u64, i64) {
-        (
-            self.started.load(Ordering::Relaxed),
-            self.running.load(Ordering::Relaxed),
-        )
-    }
-
     /// Installs the function that reads (cached objects, bytes) at scrape time.
     pub fn set_cache_counter(&self, count: CacheCounter) {
         if let Ok(mut guard) = self.cache_counter.lock() {
@@ -349,8 +336,6 @@ impl Metrics {
         };
         self.reconciles.get_or_create(&labels).inc();
         self.in_flight.get_or_create(&labels).inc();
-        self.started.fetch_add(1, Ordering::Relaxed);
-        self.running.fetch_add(1, Ordering::Relaxed);
         ReconcileTimer {
             metrics: self.clone(),
             writes_before: writes(),
@@ -494,7 +479,6 @@ impl Drop for ReconcileTimer {
             .get_or_create(&self.labels)
             .observe(self.start.elapsed().as_secs_f64());
         m.in_flight.get_or_create(&self.labels).dec();
-        m.running.fetch_sub(1, Ordering::Relaxed);
         // Approximate under concurrency: the counter is shared by every reconcile
         // of the controller.
         let writes = (self.writes)().saturating_sub(self.writes_before);

@@ -8,7 +8,6 @@
 pub mod admin;
 pub mod client;
 pub mod leader;
-pub mod memory;
 pub mod metrics;
 pub mod redact;
 pub mod telemetry;
@@ -96,10 +95,6 @@ pub async fn run(
     info!("leading: starting the controllers");
 
     let (cache, streams) = tenant::child_cache(&client);
-    let trimmer = tokio::spawn(memory::trim_when_idle(
-        metrics.clone(),
-        Duration::from_secs(1),
-    ));
     let counted = cache.clone();
     metrics.set_cache_counter(Box::new(move || {
         let objects = i64::try_from(counted.len()).unwrap_or(i64::MAX);
@@ -207,7 +202,6 @@ pub async fn run(
     {
         task.abort();
     }
-    trimmer.abort();
     health.set_ready(false);
     metrics.set_leader(false);
     if let Some(lost) = lost {
