@@ -865,6 +865,19 @@ fn report(rows: &[Run]) -> String {
             r.converge_cpu_s,
         ));
     }
+    md.push_str("\n## How to read this\n\n");
+    md.push_str("- *converge* runs from starting the controller process (Tenants already created) to every Tenant\n");
+    md.push_str("  `Ready`: process start, cache listing and all reconciles. On this machine the controller, the\n");
+    md.push_str("  fake API server and the benchmark share the same cores, so the controller's CPU time (last\n");
+    md.push_str("  column of the memory table) is what bounds the ratio; the floor's client does no caching,\n");
+    md.push_str("  comparing or status work, and the fake serves it no watches.\n");
+    md.push_str("- *writes* counts every write the controller made (server-side log; on a cluster the controller's\n");
+    md.push_str("  `palisade_api_requests_total`): the managed objects, one status and one finalizer per Tenant.\n");
+    md.push_str(
+        "- *RV changes* compares the resourceVersion of every managed object before and after.\n",
+    );
+    md.push_str("- RSS *file* is the binary's mapped code (one binary also carries the backup engine and the S3\n");
+    md.push_str("  client); *anon* is what the controller allocates.\n");
     md.push_str("\n## Requests during cold convergence\n\n");
     for r in rows {
         md.push_str(&format!(
