@@ -428,16 +428,10 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             action: "serialize namespace",
             source: Box::new(kube::Error::SerdeError(e)),
         })?;
+        let mut created = false;
         if states[&ns_name] == NsState::Unseen {
             match ctx.applier.create(&ns_ar, value.clone()).await {
-                Ok(_) => {
-                    ns_status.push(NamespaceStatus {
-                        name: ns_name,
-                        phase: "Ready".to_string(),
-                        message: String::new(),
-                    });
-                    continue;
-                }
+                Ok(_) => created = true,
                 Err(e) if e.code() == Some(409) => {
                     let found = lookup_namespace(ctx, &name, &ns_name).await?;
                     states.insert(ns_name.clone(), found);
@@ -446,6 +440,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             }
         }
         let (phase, message) = match &states[&ns_name] {
+            _ if created => ("Ready", String::new()),
             NsState::Unseen | NsState::Absent => {
                 // Existed a moment ago and is gone again: decide on the next pass.
                 return Ok(Action::requeue(Duration::from_secs(1)));
