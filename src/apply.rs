@@ -159,10 +159,17 @@ pub fn contains(actual: &Value, desired: &Value) -> bool {
     }
 }
 
-fn rv_of(obj: &DynamicObject) -> u64 {
-    obj.resource_version()
+/// An object's resourceVersion as a number (the API server's are; the
+/// in-process one's too), for telling newer from older writes.
+pub fn resource_version<K: kube::Resource>(obj: &K) -> Option<u64> {
+    obj.meta()
+        .resource_version
+        .as_deref()
         .and_then(|rv| rv.parse().ok())
-        .unwrap_or(0)
+}
+
+fn rv_of(obj: &DynamicObject) -> u64 {
+    resource_version(obj).unwrap_or(0)
 }
 
 fn value_rv(obj: &Value) -> u64 {

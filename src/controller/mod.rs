@@ -17,7 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
-use crate::apply::Applier;
+use crate::apply::{Applier, resource_version};
 pub use cache::ChildCache;
 
 /// Where "now" comes from; tests inject a manual clock.
@@ -173,7 +173,7 @@ impl Context {
             let entry = m
                 .entry(written.metadata.name.clone().unwrap_or_default())
                 .or_default();
-            if let Some(rv) = rv_of(&written) {
+            if let Some(rv) = resource_version(&written) {
                 // A reconcile writes the finalizer, then the status: both echo.
                 entry.rvs.push(rv);
                 let excess = entry.rvs.len().saturating_sub(4);
@@ -204,7 +204,11 @@ impl Context {
         let Some(w) = m.get_mut(name) else {
             return false;
         };
-        if w.latest.as_deref().and_then(rv_of).is_some_and(|l| l <= rv) {
+        if w.latest
+            .as_deref()
+            .and_then(crate::apply::resource_version)
+            .is_some_and(|l| l <= rv)
+        {
             w.latest = None;
         }
         w.rvs.contains(&rv)
@@ -216,7 +220,7 @@ impl Context {
     pub fn freshest(&self, tenant: Arc<crate::crd::Tenant>) -> Arc<crate::crd::Tenant> {
         let name = tenant.metadata.name.clone().unwrap_or_default();
         match self.own_tenant(&name) {
-            Some(own) if rv_of(&own) > rv_of(&tenant) => own,
+            Some(own) if resource_version(own.as_ref()) > resource_version(tenant.as_ref()) => own,
             _ => tenant,
         }
     }
@@ -246,13 +250,6 @@ struct OwnWrites {
     rvs: Vec<u64>,
     /// The object as the last write returned it.
     latest: Option<Arc<crate::crd::Tenant>>,
-}
-
-fn rv_of(t: &crate::crd::Tenant) -> Option<u64> {
-    t.metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
 }
 
 #[cfg(test)]
