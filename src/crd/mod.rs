@@ -23,5 +23,65 @@ pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD Palisade serves, in a stable order (used by `palisade crds` and `crds/`).
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![Tenant::crd(), RolePolicy::crd(), BackupSchedule::crd()]
+    let mut tenant = Tenant::crd();
+    // A Tenant's name is the value of the `palisade.dev/tenant` label on
+    // everything it owns and the prefix of its namespaces: a DNS label. Bounding
+    // it also keeps the CEL rules that read it inside the API server's cost budget.
+    restrict_name(&mut tenant, 63, tenant::NAME_PATTERN);
+    vec![tenant, RolePolicy::crd(), BackupSchedule::crd()]
+}
+
+/// Restricts `metadata.name` (and `generateName`, which the server turns into a
+/// name with five more characters) in every version's schema: the one part of
+/// metadata a CRD schema may constrain. The API server's CEL cost estimator
+/// uses these bounds only when both are declared (else it assumes names as long
+/// as a whole request) and `apiVersion` and `kind` are declared strings.
+fn restrict_name(crd: &mut CustomResourceDefinition, max_length: i64, pattern: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
+    for version in &mut crd.spec.versions {
+        let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        else {
+            continue;
+        };
+        let name = JSONSchemaProps {
+            type_: Some("string".into()),
+            max_length: Some(max_length),
+            pattern: Some(pattern.into()),
+            ..Default::default()
+        };
+        let generate_name = JSONSchemaProps {
+            type_: Some("string".into()),
+            max_length: Some(max_length - 5),
+            ..Default::default()
+        };
+        let metadata = JSONSchemaProps {
+            type_: Some("object".into()),
+            properties: Some(
+                [
+                    ("name".to_string(), name),
+                    ("generateName".to_string(), generate_name),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let string = |description: &str| JSONSchemaProps {
+            type_: Some("string".into()),
+            description: Some(description.into()),
+            ..Default::default()
+        };
+        let props = schema.properties.get_or_insert_with(Default::default);
+        props.insert("metadata".into(), metadata);
+        props.insert(
+            "apiVersion".into(),
+            string("The versioned schema of this representation of an object."),
+        );
+        props.insert(
+            "kind".into(),
+            string("The REST resource this object represents."),
+        );
+    }
 }

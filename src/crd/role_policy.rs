@@ -61,6 +61,7 @@ pub struct RolePolicySpec {
     pub roles: Vec<RoleDefinition>,
     /// Who gets which role in every namespace of every selected tenant.
     #[serde(default)]
+    #[schemars(length(max = 128))]
     pub bindings: Vec<RoleBindingSpec>,
     /// Accept rules that would escalate privileges (wildcards, escalate, bind,
     /// impersonate, cluster-scoped resources, writes to palisade.dev). Off by default;
@@ -121,7 +122,7 @@ pub struct RoleBindingSpec {
     pub role: String,
     /// Users, groups or service accounts. A ServiceAccount without a namespace
     /// means the one of that name in each tenant namespace.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 64))]
     pub subjects: Vec<Subject>,
     /// Issue a short-lived JWT for each ServiceAccount subject, signed with the
     /// tenant's JwtSigningKey, into the Secret '<serviceaccount>-palisade-token'.

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::Condition;
 
+/// What a Tenant's name must look like: a DNS label (it becomes a label value
+/// and the prefix of the tenant's namespaces).
+pub const NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
 /// A Tenant: the namespaces of one customer or team, and everything that isolates
 /// and protects them (Pod Security, default-deny networking, quotas, limits, owner
 /// RBAC, rotated secrets, TTL garbage collection).
@@ -65,11 +69,13 @@ pub struct TenantSpec {
     /// Users, groups and service accounts bound to the built-in 'admin' role in
     /// every tenant namespace.
     #[serde(default)]
+    #[schemars(length(max = 64))]
     pub owners: Vec<Owner>,
 
     /// Secrets Palisade generates and rotates in the tenant's namespaces.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 64))]
     pub secrets: Vec<ManagedSecret>,
 
     /// TTL garbage collection of old objects in the tenant's namespaces.
@@ -367,6 +373,7 @@ pub struct GarbageCollectionSpec {
     /// Rules selecting objects to delete after an age.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 32))]
     pub rules: Vec<GcRule>,
     /// Kinds whose objects honour the palisade.dev/ttl and palisade.dev/expires
     /// annotations, as 'kind', 'kind.group' or 'plural.group'. Default: the kinds
