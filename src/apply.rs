@@ -135,6 +135,29 @@ pub fn stable_hash(value: &Value) -> u64 {
     h
 }
 
+/// True when the object `actual` (of the kind `desired` is) holds every field of
+/// `desired`, as [`contains`] decides, `apiVersion` and `kind` aside: caches
+/// and list responses carry no type metadata, and the kind is known already.
+pub fn holds(actual: &Value, desired: &Value) -> bool {
+    match (actual, desired) {
+        (Value::Object(a), Value::Object(d)) => d
+            .iter()
+            .filter(|(k, _)| *k != "apiVersion" && *k != "kind")
+            .all(|(k, dv)| match a.get(k) {
+                Some(av) => contains(av, dv),
+                None => is_empty(dv),
+            }),
+        _ => contains(actual, desired),
+    }
+}
+
+/// What the API server does not store (null, empty lists and maps).
+fn is_empty(v: &Value) -> bool {
+    v.is_null()
+        || v.as_object().is_some_and(|o| o.is_empty())
+        || v.as_array().is_some_and(|v| v.is_empty())
+}
+
 /// True when every field of `desired` is present in `actual` with the same value
 /// (quantities compared by value). Extra fields in `actual` (status, defaults,
 /// fields of other managers) are ignored.
@@ -142,11 +165,7 @@ pub fn contains(actual: &Value, desired: &Value) -> bool {
     match (actual, desired) {
         (Value::Object(a), Value::Object(d)) => d.iter().all(|(k, dv)| match a.get(k) {
             Some(av) => contains(av, dv),
-            None => {
-                dv.is_null()
-                    || dv.as_object().is_some_and(|o| o.is_empty())
-                    || dv.as_array().is_some_and(|v| v.is_empty())
-            }
+            None => is_empty(dv),
         }),
         (Value::Array(a), Value::Array(d)) => {
             a.len() == d.len() && a.iter().zip(d).all(|(av, dv)| contains(av, dv))
@@ -290,7 +309,7 @@ impl Applier {
             // Our own write has not reached the cache yet.
             return h == hash;
         }
-        contains(actual, desired)
+        holds(actual, desired)
     }
 
     /// True when `obj` (from a watch event) is exactly the version this process
@@ -531,6 +550,16 @@ mod tests {
         assert!(contains(&actual, &json!({"l": [{"a": 1}, {"a": 3}]})));
         assert!(!contains(&actual, &json!({"l": [{"a": 1}]})));
         assert!(!contains(&actual, &json!({"l": [{"a": 3}, {"a": 1}]})));
+    }
+
+    #[test]
+    fn type_metadata_is_not_compared() {
+        // A listed object (no apiVersion/kind, as the real API server lists
+        // built-in kinds) holds the desired object of its kind.
+        let listed = json!({"metadata": {"name": "a", "labels": {"x": "1"}}});
+        let desired = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a", "labels": {"x": "1"}}});
+        assert!(holds(&listed, &desired));
+        assert!(!holds(&listed, &json!({"kind": "Namespace", "metadata": {"labels": {"x": "2"}}})));
     }
 
     #[test]

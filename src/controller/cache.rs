@@ -169,8 +169,11 @@ pub fn policy_kind() -> ApiResource {
 }
 
 /// Reduces a watched object to what is cached: no managedFields, no
-/// last-applied annotation.
+/// last-applied annotation, and no apiVersion/kind (the kind is the cache's;
+/// the real API server sends them in watch events but not in the items of a
+/// list, so keeping them would make listed and watched copies differ).
 fn slim(mut obj: DynamicObject) -> DynamicObject {
+    obj.types = None;
     obj.metadata.managed_fields = None;
     if let Some(a) = obj.metadata.annotations.as_mut() {
         a.remove(LAST_APPLIED);

@@ -42,6 +42,11 @@ fn policy(
     if egress.is_some() {
         types.push("Egress".to_string());
     }
+    // In the API server's normal form: it never stores empty rule lists (and an
+    // apply that sends `ingress: []` is a change on every apply). policyTypes
+    // alone says "deny all" for a direction without rules.
+    let ingress = ingress.filter(|r| !r.is_empty());
+    let egress = egress.filter(|r| !r.is_empty());
     NetworkPolicy {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
