@@ -309,7 +309,20 @@ fn list(ctx: &Ctx) -> Result<Reply, ApiError> {
         }
     }
     let render = ctx.render();
-    let items: Vec<Value> = remaining.iter().map(|(_, v)| render(v)).collect();
+    // The real API server lists built-in kinds without each item's apiVersion
+    // and kind (custom resources keep theirs); watch events carry them.
+    let strip_types = !ctx.metadata_only && crate::store::is_builtin_group(&rt.group);
+    let items: Vec<Value> = remaining
+        .iter()
+        .map(|(_, v)| {
+            let mut item = render(v);
+            if strip_types && let Some(m) = item.as_object_mut() {
+                m.remove("apiVersion");
+                m.remove("kind");
+            }
+            item
+        })
+        .collect();
     let (api_version, kind) = if ctx.metadata_only {
         (
             "meta.k8s.io/v1".to_string(),

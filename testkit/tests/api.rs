@@ -1009,3 +1009,55 @@ async fn malformed_requests_get_status_errors() {
     // every request was logged with its response code
     assert!(server.log().iter().all(|r| r.code != 0));
 }
+
+/// What the real kube-apiserver (1.34, checked by the e2e suite) does to
+/// built-in objects, and what controllers comparing desired with stored state
+/// must expect: empty lists dropped, the namespace name label and finalizer,
+/// and a first server-side apply of an object made with POST is a write (it
+/// takes field ownership) even when no value changes; repeating it is not.
+#[tokio::test]
+async fn stored_objects_take_the_real_servers_normal_form() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let server = FakeApiServer::new();
+    let nps: Api<NetworkPolicy> = Api::namespaced(server.client(), "default");
+    let deny = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []}});
+    let stored = nps
+        .create(&PostParams::default(), &serde_json::from_value(deny.clone()).unwrap())
+        .await
+        .unwrap();
+    let spec = serde_json::to_value(stored.spec.unwrap()).unwrap();
+    assert_eq!(
+        spec,
+        json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+        "empty ingress/egress are not stored"
+    );
+
+    let nss: Api<Namespace> = Api::all(server.client());
+    let ns = nss
+        .create(
+            &PostParams {
+                field_manager: Some("palisade".into()),
+                ..Default::default()
+            },
+            &serde_json::from_value(json!({"metadata": {"name": "team-a", "labels": {"x": "1"}}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ns.labels().get("kubernetes.io/metadata.name").map(String::as_str),
+        Some("team-a")
+    );
+    assert_eq!(
+        ns.spec.as_ref().and_then(|s| s.finalizers.clone()),
+        Some(vec!["kubernetes".to_string()])
+    );
+    let same = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a", "labels": {"x": "1"}}});
+    let pp = PatchParams::apply("palisade").force();
+    let applied = nss.patch("team-a", &pp, &Patch::Apply(&same)).await.unwrap();
+    assert!(rv(&applied) > rv(&ns), "the first apply takes ownership: a write");
+    let again = nss.patch("team-a", &pp, &Patch::Apply(&same)).await.unwrap();
+    assert_eq!(rv(&again), rv(&applied), "an identical apply is a no-op");
+}

@@ -57,6 +57,15 @@ impl Store {
             Some(existing) => {
                 let mut merged = patch::apply_patch(PatchType::Apply, &existing, config)?;
                 let uid = meta_str(&existing, "uid").unwrap_or("").to_string();
+                // The real apiserver records field ownership in managedFields:
+                // an apply that takes ownership of different fields (the first
+                // apply of an object created with POST, say) is a write even
+                // when every value stays the same.
+                let ownership_changed = self
+                    .apply_owners
+                    .get(&uid)
+                    .and_then(|o| o.get(&owner_key))
+                    != Some(&paths);
                 if let Some(owners) = self.apply_owners.get(&uid) {
                     let previous = owners.get(&owner_key).cloned().unwrap_or_default();
                     for p in previous.difference(&paths) {
@@ -68,7 +77,14 @@ impl Store {
                         }
                     }
                 }
-                (200, self.update(rt, key, merged, mode)?)
+                let before = meta_str(&existing, "resourceVersion").map(str::to_string);
+                let stored = self.update(rt, key, merged, mode)?;
+                let unchanged = meta_str(&stored, "resourceVersion").map(str::to_string) == before;
+                if unchanged && ownership_changed {
+                    (200, self.commit(key.clone(), stored))
+                } else {
+                    (200, stored)
+                }
             }
             None if mode == WriteMode::Status => {
                 return Err(ApiError::not_found(&rt.group, &rt.plural, &key.name));

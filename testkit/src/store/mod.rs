@@ -225,9 +225,47 @@ fn normalize(obj: &mut Value) {
     }
 }
 
-/// Conversions the apiserver applies to built-in kinds on every write:
-/// a Secret's `stringData` is merged into `data` (base64) and dropped.
+/// Whether a group is one of Kubernetes' own (whose types are Go structs with
+/// `omitempty` lists) rather than a custom resource's (stored as sent).
+pub(crate) fn is_builtin_group(group: &str) -> bool {
+    group.is_empty() || !group.contains('.') || group.ends_with(".k8s.io")
+}
+
+/// Removes empty lists, recursively: Go's `omitempty` on the built-in types'
+/// slices means the apiserver never stores `ingress: []` or `policyTypes: []`.
+fn drop_empty_lists(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, c| !c.as_array().is_some_and(Vec::is_empty));
+            m.values_mut().for_each(drop_empty_lists);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_empty_lists),
+        _ => {}
+    }
+}
+
+/// What the apiserver does to built-in kinds on every write, as the real one
+/// does it (checked against kube-apiserver 1.34 in the e2e suite):
+/// - empty lists under `spec` are dropped (Go `omitempty`);
+/// - a namespace gets the immutable `kubernetes.io/metadata.name` label;
+/// - a Secret's `stringData` is merged into `data` (base64) and dropped.
 fn builtin_conversions(group: &str, plural: &str, obj: &mut Value) {
+    if is_builtin_group(group)
+        && let Some(spec) = obj.get_mut("spec")
+    {
+        drop_empty_lists(spec);
+    }
+    if group.is_empty() && plural == "namespaces" {
+        if let Some(name) = meta_str(obj, "name").map(str::to_string)
+            && let Some(m) = meta_mut(obj)
+        {
+            let labels = m.entry("labels").or_insert_with(|| json!({}));
+            if let Some(l) = labels.as_object_mut() {
+                l.insert("kubernetes.io/metadata.name".into(), name.into());
+            }
+        }
+        return;
+    }
     if !(group.is_empty() && plural == "secrets") {
         return;
     }
@@ -515,7 +553,6 @@ impl Store {
             map.remove("status");
         }
         normalize(&mut obj);
-        builtin_conversions(&rt.group, &rt.plural, &mut obj);
         let name = match (meta_str(&obj, "name"), meta_str(&obj, "generateName")) {
             (Some(n), _) => n.to_string(),
             (None, Some(prefix)) => {
@@ -530,6 +567,7 @@ impl Store {
             }
         };
         set_meta(&mut obj, "name", name.clone().into());
+        builtin_conversions(&rt.group, &rt.plural, &mut obj);
         let ns = if rt.namespaced {
             let body_ns = meta_str(&obj, "namespace");
             let ns = match (namespace, body_ns) {
