@@ -1,9 +1,17 @@
 //! End-to-end tests against a real cluster through `KUBECONFIG`.
 //!
-//! Run with `PALISADE_E2E=1 make e2e`. Without `PALISADE_E2E=1` every test
-//! returns early with a note (skipped, not failed). Each test installs the CRDs
-//! (server-side apply), runs the controller in-process, uses unique names,
-//! waits on conditions (never a fixed sleep) and cleans up after itself.
+//! `make e2e` starts the local real control plane (scripts/test-cluster.sh:
+//! etcd, kube-apiserver, kube-controller-manager, no nodes) unless `KUBECONFIG`
+//! is set. Without `PALISADE_E2E=1` every test returns early with a note
+//! (skipped, not failed). Each test installs the CRDs (server-side apply), runs
+//! the controller in-process, uses unique names, waits on conditions (never a
+//! fixed sleep) and cleans up after itself through a [`Cleanup`] guard, also
+//! when it fails.
+//!
+//! There are no nodes: where a test needs a Pod to have run, it acts as the
+//! kubelet through the API ([`finish_job_pods`]) and lets the real Job
+//! controller finish the Job. Tests that need a real node sit behind
+//! `PALISADE_E2E_NODES=1`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +26,7 @@ use kube::{Client, Resource, ResourceExt};
 use palisade::controller::{Context, Settings, SystemClock, tenant};
 use palisade::crd::Tenant;
 use serde_json::json;
+use serde::Deserialize;
 use tokio::sync::oneshot;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -56,6 +65,131 @@ async fn install_crds(client: &Client) {
         ))
         .await;
     }
+}
+
+/// Deletes what a test made when it goes out of scope, pass or fail: Tenants
+/// (their finalizer removed first, since the controller may be gone),
+/// namespaces, and cluster-scoped RolePolicies. Runs on its own thread and
+/// runtime, so it also works while a failed test unwinds.
+#[derive(Default)]
+struct Cleanup {
+    tenants: Vec<String>,
+    namespaces: Vec<String>,
+    policies: Vec<String>,
+}
+
+impl Cleanup {
+    fn tenant(&mut self, name: &str) -> &mut Self {
+        self.tenants.push(name.to_string());
+        self
+    }
+    fn namespace(&mut self, name: &str) -> &mut Self {
+        self.namespaces.push(name.to_string());
+        self
+    }
+    fn policy(&mut self, name: &str) -> &mut Self {
+        self.policies.push(name.to_string());
+        self
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let tenants = std::mem::take(&mut self.tenants);
+        let mut namespaces = std::mem::take(&mut self.namespaces);
+        let policies = std::mem::take(&mut self.policies);
+        let run = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let Ok(client) = Client::try_default().await else {
+                    return;
+                };
+                let dp = DeleteParams::background();
+                let tapi: Api<Tenant> = Api::all(client.clone());
+                let nsapi: Api<Namespace> = Api::all(client.clone());
+                for t in &tenants {
+                    // Namespaces the tenant made (or adopted), whatever its policy.
+                    let lp = kube::api::ListParams::default()
+                        .labels(&format!("palisade.dev/tenant={t}"));
+                    if let Ok(list) = nsapi.list_metadata(&lp).await {
+                        namespaces.extend(list.items.into_iter().map(|n| n.name_any()));
+                    }
+                    let _ = tapi
+                        .patch(
+                            t,
+                            &PatchParams::default(),
+                            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                        )
+                        .await;
+                    let _ = tapi.delete(t, &dp).await;
+                }
+                let papi: Api<palisade::crd::RolePolicy> = Api::all(client.clone());
+                for p in &policies {
+                    let _ = papi.delete(p, &dp).await;
+                }
+                for ns in &namespaces {
+                    let _ = nsapi.delete(ns, &dp).await;
+                }
+            });
+        });
+        let _ = run.join();
+    }
+}
+
+/// Acts as the kubelet for the Pods of Job `job` (there are no nodes): waits
+/// for the real Job controller to create its Pod, then reports through the
+/// status subresource that its first container terminated with `exit_code`
+/// and `message` (the termination message). The Job controller then
+/// completes or fails the Job itself; Job status is never written here.
+async fn finish_job_pods(client: &Client, ns: &str, job: &str, exit_code: i32, message: &str) {
+    use futures::TryStreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let pod = wait(async {
+        let mut stream = std::pin::pin!(
+            watcher(
+                pods.clone(),
+                watcher::Config::default().labels(&format!("batch.kubernetes.io/job-name={job}")),
+            )
+            .applied_objects()
+        );
+        stream.try_next().await.map(|p| p.expect("a pod"))
+    })
+    .await;
+    let spec = pod.spec.clone().expect("pod spec");
+    let container = &spec.containers[0];
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let (phase, reason) = if exit_code == 0 {
+        ("Succeeded", "Completed")
+    } else {
+        ("Failed", "Error")
+    };
+    pods.patch_status(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {
+            "phase": phase,
+            "startTime": now,
+            "containerStatuses": [{
+                "name": container.name,
+                "image": container.image.clone().unwrap_or_default(),
+                "imageID": "",
+                "ready": false,
+                "started": false,
+                "restartCount": 0,
+                "state": {"terminated": {
+                    "exitCode": exit_code, "reason": reason,
+                    "startedAt": now, "finishedAt": now, "message": message
+                }}
+            }]
+        }})),
+    )
+    .await
+    .expect("pod status, as the kubelet reports it");
 }
 
 async fn wait<T, E: std::fmt::Debug>(fut: impl std::future::Future<Output = Result<T, E>>) -> T {
@@ -158,6 +292,8 @@ async fn tenant_converges_heals_and_deletes() {
     }
     let (client, _controller) = setup().await;
     let name = unique("e2e");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
     let tenants: Api<Tenant> = Api::all(client.clone());
     tenants
         .create(&PostParams::default(), &sample(&name, "Delete"))
@@ -282,6 +418,8 @@ async fn restarted_controller_changes_nothing() {
     }
     let (client, controller) = setup().await;
     let name = unique("e2e");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
     let tenants: Api<Tenant> = Api::all(client.clone());
     tenants
         .create(&PostParams::default(), &sample(&name, "Delete"))
@@ -336,6 +474,11 @@ async fn retain_policy_keeps_namespaces() {
     }
     let (client, _controller) = setup().await;
     let name = unique("e2r");
+    let mut cleanup = Cleanup::default();
+    cleanup
+        .tenant(&name)
+        .namespace(&format!("{name}-a"))
+        .namespace(&format!("{name}-b"));
     let tenants: Api<Tenant> = Api::all(client.clone());
     tenants
         .create(&PostParams::default(), &sample(&name, "Retain"))
@@ -371,6 +514,8 @@ async fn invalid_tenants_report_reasons() {
     let (client, _controller) = setup().await;
     let tenants: Api<Tenant> = Api::all(client.clone());
     let name = unique("e2i");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
     let mut bad = sample(&name, "Delete");
     bad.spec.network.allow_egress_cidrs = vec![palisade::crd::tenant::EgressCidr {
         cidr: "10.0.0.0/33".into(),
@@ -391,6 +536,7 @@ async fn invalid_tenants_report_reasons() {
     // A namespace that exists and belongs to nobody is never taken over.
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let squatted = unique("e2s");
+    cleanup.namespace(&squatted);
     let ns: Namespace =
         serde_json::from_value(json!({"metadata": {"name": squatted}})).expect("ns");
     namespaces
@@ -398,6 +544,7 @@ async fn invalid_tenants_report_reasons() {
         .await
         .expect("create namespace");
     let name = unique("e2c");
+    cleanup.tenant(&name);
     let conflict: Tenant = serde_json::from_value(json!({
         "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
         "spec": {"namespaces": [{"name": squatted}], "deletionPolicy": "Delete"}
@@ -430,6 +577,8 @@ async fn secrets_are_created_rotated_on_demand_and_published_as_jwks() {
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
     let (client, _controller) = setup().await;
     let name = unique("e2k");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
     let ns = format!("{name}-a");
     let tenant: Tenant = serde_json::from_value(json!({
         "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
@@ -526,6 +675,8 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
     use k8s_openapi::api::core::v1::ConfigMap;
     let (client, _controller) = setup().await;
     let name = unique("e2g");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
     let ns = format!("{name}-a");
     let tenant: Tenant = serde_json::from_value(json!({
         "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
@@ -582,7 +733,8 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
         created.push((cm_name, cm.uid().expect("uid")));
     }
 
-    // A Job that finishes at once (restricted Pod Security profile).
+    // A Job (restricted Pod Security profile) whose Pod this test reports as
+    // finished, as the kubelet would; the real Job controller completes it.
     let jobs: Api<Job> = Api::namespaced(client.clone(), &ns);
     let job: Job = serde_json::from_value(json!({
         "metadata": {"name": "done"},
@@ -599,6 +751,7 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
         .await
         .expect("create job");
     let job_uid = job.uid().expect("uid");
+    finish_job_pods(&client, &ns, "done", 0, "").await;
     wait(await_condition(
         jobs.clone(),
         "done",
@@ -640,10 +793,10 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
     delete_tenant(&client, &name).await;
 }
 
-/// BackupSchedule: a due schedule becomes a Job with the right spec; a simulated
-/// completion (Job status as the Job controller writes it, a Pod whose container
-/// terminated with the JSON result as the kubelet reports it) updates status. The
-/// run pod is pinned to a node that does not exist, so nothing really runs.
+/// BackupSchedule: a due schedule becomes a Job with the right spec; when its
+/// Pod terminates with the JSON result (reported as the kubelet would) and the
+/// real Job controller completes the Job, the schedule's status shows the
+/// snapshot. The run Pod is pinned to a node that does not exist.
 #[tokio::test]
 async fn backup_schedule_job_spec_and_simulated_completion() {
     if !enabled() {
@@ -651,7 +804,7 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     }
     use futures::TryStreamExt;
     use k8s_openapi::api::batch::v1::Job;
-    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use k8s_openapi::api::core::v1::Secret;
     use kube::runtime::{WatchStreamExt, watcher};
     use palisade::crd::BackupSchedule;
 
@@ -671,6 +824,8 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     ));
 
     let ns = unique("e2b");
+    let mut cleanup = Cleanup::default();
+    cleanup.namespace(&ns);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
         .create(
@@ -752,49 +907,20 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
             == Some("db"))
     );
 
-    // Simulated completion: the kubelet's pod status and the Job controller's status.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let pod_name = format!("{job_name}-sim");
-    pods.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({
-            "metadata": {"name": pod_name, "labels": {
-                "palisade.dev/backup-schedule": "nightly", "palisade.dev/run": job_name}},
-            "spec": {"restartPolicy": "Never", "nodeSelector": {"palisade.dev/e2e": "no-such-node"},
-                     "containers": [{"name": "backup", "image": "busybox:1.36"}]}
-        }))
-        .expect("pod"),
-    )
-    .await
-    .expect("create pod");
+    // Completion: this test reports the Job's own Pod as terminated with the
+    // JSON result as its termination message (as the kubelet would); the real
+    // Job controller completes the Job.
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let message = format!(
         r#"{{"op":"run","ok":true,"id":"e2e-snap","key":"/backups/e2e-snap.pgsnap","time":"{now}","bytes":2048,"sha256":"00ff","durationSeconds":1.5}}"#
     );
-    pods.patch_status(
-        &pod_name,
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"status": {"phase": "Succeeded", "containerStatuses": [{
-            "name": "backup", "image": "busybox:1.36", "imageID": "", "ready": false,
-            "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-            "finishedAt": now, "message": message}}}]}}),
-        ),
-    )
-    .await
-    .expect("pod status");
-    jobs.patch_status(
+    finish_job_pods(&client, &ns, &job_name, 0, &message).await;
+    wait(await_condition(
+        jobs.clone(),
         &job_name,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"status": {
-            "startTime": now, "completionTime": now, "succeeded": 1, "active": 0,
-            "conditions": [
-                {"type": "SuccessCriteriaMet", "status": "True", "lastProbeTime": now, "lastTransitionTime": now},
-                {"type": "Complete", "status": "True", "lastProbeTime": now, "lastTransitionTime": now}
-            ]}})),
-    )
-    .await
-    .expect("job status");
+        conditions::is_job_completed(),
+    ))
+    .await;
 
     wait(await_condition(
         schedules.clone(),
@@ -846,6 +972,8 @@ async fn rolepolicy_grants_exactly_what_it_says() {
         tx
     };
     let name = unique("e2p");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name).policy(&name);
     let ns = format!("{name}-a");
     let tenants: Api<Tenant> = Api::all(client.clone());
     tenants
@@ -935,4 +1063,258 @@ async fn rolepolicy_grants_exactly_what_it_says() {
     let _ = policies.delete(&name, &DeleteParams::default()).await;
     delete_tenant(&client, &name).await;
     let _ = stop.send(());
+}
+
+/// The kind's API resource, for applying YAML documents of Palisade's kinds.
+fn palisade_resource(kind: &str) -> Option<(kube::core::ApiResource, bool)> {
+    use palisade::crd::{BackupSchedule, RolePolicy};
+    Some(match kind {
+        "Tenant" => (kube::core::ApiResource::erase::<Tenant>(&()), false),
+        "RolePolicy" => (kube::core::ApiResource::erase::<RolePolicy>(&()), false),
+        "BackupSchedule" => (
+            kube::core::ApiResource::erase::<BackupSchedule>(&()),
+            true,
+        ),
+        _ => return None,
+    })
+}
+
+/// Every `x-kubernetes-validations` message in a CRD's schemas.
+fn rule_messages(crd: &CustomResourceDefinition) -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(rules) = m
+                    .get("x-kubernetes-validations")
+                    .and_then(|r| r.as_array())
+                {
+                    out.extend(
+                        rules
+                            .iter()
+                            .filter_map(|r| r["message"].as_str().map(str::to_string)),
+                    );
+                }
+                m.values().for_each(|c| walk(c, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|c| walk(c, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::to_value(crd).expect("crd json"), &mut out);
+    out
+}
+
+/// Every generated CRD (crds/, the chart's copy, the kustomize base's copy) is
+/// accepted by the real API server (CEL cost budget included), every sample
+/// under config/samples/ is accepted, and every CEL rule of every CRD refuses
+/// an object that breaks it with that rule's message. A rule added without an
+/// invalid object here fails this test.
+#[tokio::test]
+async fn crds_and_samples_install_and_every_cel_rule_refuses() {
+    if !enabled() {
+        return;
+    }
+    use kube::api::DynamicObject;
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG points at a cluster");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crd_api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for dir in ["crds", "charts/palisade/crds", "config/default/crds"] {
+        let mut files: Vec<_> = std::fs::read_dir(root.join(dir))
+            .expect("crd dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), 3, "{dir} holds the three CRDs");
+        for file in files {
+            let crd: CustomResourceDefinition =
+                serde_yaml::from_str(&std::fs::read_to_string(&file).expect("read"))
+                    .expect("CRD YAML");
+            let name = crd.name_any();
+            if let Err(e) = crd_api
+                .patch(
+                    &name,
+                    &PatchParams::apply("palisade-e2e").force(),
+                    &Patch::Apply(&crd),
+                )
+                .await
+            {
+                panic!("the API server refused {}: {e}", file.display());
+            }
+            wait(await_condition(
+                crd_api.clone(),
+                &name,
+                conditions::is_crd_established(),
+            ))
+            .await;
+        }
+    }
+
+    let ns = unique("e2v");
+    let mut cleanup = Cleanup::default();
+    cleanup.namespace(&ns);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+        )
+        .await
+        .expect("create namespace");
+    let api_for = |kind: &str| -> Api<DynamicObject> {
+        let (ar, namespaced) = palisade_resource(kind).unwrap_or_else(|| panic!("kind {kind}"));
+        if namespaced {
+            Api::namespaced_with(client.clone(), &ns, &ar)
+        } else {
+            Api::all_with(client.clone(), &ar)
+        }
+    };
+    let dry_create = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+
+    // Samples: every document of every file, as a server-side dry run (the
+    // namespaced ones in this test's namespace).
+    let mut samples = 0;
+    let mut dir: Vec<_> = std::fs::read_dir(root.join("config/samples"))
+        .expect("samples")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    dir.sort();
+    for file in dir {
+        let text = std::fs::read_to_string(&file).expect("read");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(doc).expect("YAML");
+            if value.is_null() {
+                continue;
+            }
+            let mut obj: DynamicObject = serde_json::from_value(value).expect("object");
+            let kind = obj.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+            obj.metadata.namespace = None;
+            if let Err(e) = api_for(&kind).create(&dry_create, &obj).await {
+                panic!("sample {} ({kind}) refused: {e}", file.display());
+            }
+            samples += 1;
+        }
+    }
+    assert!(samples >= 1, "config/samples/ holds objects");
+
+    // One invalid object per rule: (kind, message, object).
+    let tenant = |spec: serde_json::Value| {
+        json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant",
+               "metadata": {"name": unique("e2v")}, "spec": spec})
+    };
+    let policy = |spec: serde_json::Value| {
+        json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "RolePolicy",
+               "metadata": {"name": unique("e2v")}, "spec": spec})
+    };
+    let schedule = |destination: serde_json::Value| {
+        json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "BackupSchedule",
+               "metadata": {"name": "bad"}, "spec": {
+                   "schedule": "0 3 * * *",
+                   "postgres": {"host": "db", "database": "app", "user": "backup",
+                                "passwordSecretRef": {"name": "db", "key": "password"}},
+                   "destination": destination}})
+    };
+    let cases: Vec<(&str, &str, serde_json::Value)> = vec![
+        (
+            "Tenant",
+            "spec.forceTenantPrefix is set",
+            tenant(json!({"forceTenantPrefix": true, "namespaces": [{"name": "elsewhere"}]})),
+        ),
+        (
+            "Tenant",
+            "namespace is required for ServiceAccount owners",
+            tenant(json!({"owners": [{"kind": "ServiceAccount", "name": "deployer"}]})),
+        ),
+        (
+            "Tenant",
+            "algorithm is required for type JwtSigningKey",
+            tenant(json!({"secrets": [{"name": "k", "type": "JwtSigningKey", "rotateEvery": "720h"}]})),
+        ),
+        (
+            "Tenant",
+            "a rule needs maxAge, keepLast or both",
+            tenant(json!({"garbageCollection": {"rules": [{"name": "r", "kinds": ["Job"]}]}})),
+        ),
+        (
+            "RolePolicy",
+            "use either tenantSelector or tenants, not both",
+            policy(json!({"tenantSelector": {}, "tenants": ["a"]})),
+        ),
+        (
+            "RolePolicy",
+            "token can only be requested for ServiceAccount subjects",
+            policy(json!({"bindings": [{"role": "viewer", "token": {"ttl": "15m"},
+                          "subjects": [{"kind": "User", "name": "u"}]}]})),
+        ),
+        (
+            "BackupSchedule",
+            "exactly one of s3, persistentVolumeClaim or path",
+            schedule(json!({"path": "/b", "persistentVolumeClaim": {"claimName": "c"}})),
+        ),
+        (
+            "BackupSchedule",
+            "kmsKeyId is only allowed with serverSideEncryption: aws:kms",
+            schedule(json!({"s3": {"bucket": "b", "kmsKeyId": "k"}})),
+        ),
+    ];
+    // The transition rule needs an update: a real Tenant (no controller runs
+    // here, so it has no finalizer) and a dry-run patch of it.
+    let transition = "type is immutable";
+    let mut covered: Vec<&str> = cases.iter().map(|c| c.1).collect();
+    covered.push(transition);
+    for crd in palisade::crd::all() {
+        for message in rule_messages(&crd) {
+            assert!(
+                covered.iter().any(|c| message.starts_with(c)),
+                "CEL rule without an invalid object in this test: {message}"
+            );
+        }
+    }
+    for (kind, message, value) in cases {
+        let obj: DynamicObject = serde_json::from_value(value).expect("object");
+        match api_for(kind).create(&dry_create, &obj).await {
+            Err(kube::Error::Api(e)) => assert!(
+                e.code == 422 && e.message.contains(message),
+                "{kind}: expected 422 with {message:?}, got {} {}",
+                e.code,
+                e.message
+            ),
+            other => panic!("{kind}: the API server accepted an object breaking {message:?}: {other:?}"),
+        }
+    }
+    let name = unique("e2v");
+    cleanup.tenant(&name);
+    let tenants = api_for("Tenant");
+    let t: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {"secrets": [{"name": "k", "type": "Random", "rotateEvery": "720h"}]}
+    }))
+    .expect("tenant");
+    tenants
+        .create(&PostParams::default(), &t)
+        .await
+        .expect("a valid Tenant is accepted");
+    let patch = json!({"spec": {"secrets": [{"name": "k", "type": "JwtSigningKey", "algorithm": "EdDSA", "rotateEvery": "720h"}]}});
+    match tenants
+        .patch(
+            &name,
+            &PatchParams::default().dry_run(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) => assert!(
+            e.code == 422 && e.message.contains(transition),
+            "expected 422 with {transition:?}, got {} {}",
+            e.code,
+            e.message
+        ),
+        other => panic!("a secret's type changed: {other:?}"),
+    }
 }
