@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PG_BIN ?= $(shell ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 
-.PHONY: all build fmt lint test unit generate check-generated e2e bench bench-backup bench-gc bench-convergence render image clean
+.PHONY: all build fmt lint test unit generate check-generated e2e cluster-up cluster-down bench bench-backup bench-gc bench-convergence render image clean
 
 all: build
 
@@ -37,9 +37,22 @@ generate:
 check-generated:
 	$(CARGO) test --test cli checked_in_crds_match_the_code
 
-## Against the cluster of $KUBECONFIG: PALISADE_E2E=1 make e2e
+## The e2e suite on a real API server: the cluster of $KUBECONFIG when set,
+## else the local control plane of scripts/test-cluster.sh (built from Go
+## modules on first use, started if not running, left running for the next
+## run; `make cluster-down` stops it).
 e2e:
-	PALISADE_E2E=$${PALISADE_E2E:-1} $(CARGO) test --test e2e -- --test-threads=1 --nocapture
+	@if [ -z "$$KUBECONFIG" ]; then scripts/test-cluster.sh start; fi
+	@if [ -z "$$KUBECONFIG" ]; then eval "$$(scripts/test-cluster.sh env)"; fi; \
+	  PALISADE_E2E=$${PALISADE_E2E:-1} $(CARGO) test --test e2e -- --test-threads=1 --nocapture
+
+## The local real control plane (etcd, kube-apiserver, kube-controller-manager).
+cluster-up:
+	scripts/test-cluster.sh start
+	@echo 'use it: eval "$$(scripts/test-cluster.sh env)"'
+
+cluster-down:
+	scripts/test-cluster.sh stop
 
 ## Benchmarks (release builds; not part of CI). SIZE_GB sizes the snapshot databases.
 SIZE_GB ?= 1
@@ -49,14 +62,14 @@ bench: bench-convergence bench-backup bench-gc
 ## Tenant convergence at scale: the release controller binary vs a bare client
 ## applying the same rendered objects, resync/restart writes, edit latency,
 ## RSS -> docs/PERFORMANCE.md.
-# With KUBECONFIG set, the same benchmark also runs against that cluster
-# (it must have the CRDs, no other Tenants and no Palisade running).
+# Both on the in-process API server and on a real one: the cluster of
+# KUBECONFIG when set (no other Tenants, no Palisade running there), else the
+# local control plane of scripts/test-cluster.sh. One report, rows side by side.
 bench-convergence:
 	$(CARGO) build --release --bin palisade --example convergence_bench
-	target/release/examples/convergence_bench --tenants $(TENANTS) --binary target/release/palisade --out docs/PERFORMANCE.md
-	if [ -n "$$KUBECONFIG" ]; then \
-		target/release/examples/convergence_bench --cluster --tenants $(TENANTS) --binary target/release/palisade --out docs/PERFORMANCE-CLUSTER.md; \
-	fi
+	@if [ -z "$$KUBECONFIG" ]; then scripts/test-cluster.sh start; fi
+	@if [ -z "$$KUBECONFIG" ]; then eval "$$(scripts/test-cluster.sh env)"; fi; \
+	  target/release/examples/convergence_bench --cluster --tenants $(TENANTS) --binary target/release/palisade --out docs/PERFORMANCE.md
 
 ## TTL garbage collection: 10,000 objects on the in-process API server
 ## (requests per collected object, RSS, idle traffic) -> docs/PERFORMANCE-GC.md.

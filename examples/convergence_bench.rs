@@ -7,10 +7,15 @@
 //! edits. Writes docs/PERFORMANCE.md.
 //!
 //! Targets: the in-process API server (testkit) served over loopback HTTP,
-//! and with `--cluster` the cluster of `KUBECONFIG` (CRDs installed, no other
-//! Tenants, no Palisade running there: the benchmark runs its own controller).
+//! and with `--cluster` also the cluster of `KUBECONFIG` (`make
+//! bench-convergence` uses the local real control plane of
+//! scripts/test-cluster.sh): the benchmark installs the CRDs, refuses a cluster
+//! with Tenants it did not make or a running Palisade, names everything after
+//! this run (so a run never meets the terminating namespaces of the last one),
+//! and deletes what it made and waits for it to be gone, also on failure.
 //! Request counts come from the fake's request log, or on a cluster from the
-//! controller's own `palisade_api_requests_total`.
+//! controller's own `palisade_api_requests_total`. Resource versions that only
+//! the cluster's quota controller moves (ResourceQuota status) are not counted.
 //!
 //! Usage: convergence_bench [--tenants 100,1000] [--binary target/release/palisade]
 //!                          [--out docs/PERFORMANCE.md] [--edits 100] [--cluster]
@@ -37,9 +42,26 @@ use serde_json::{Value, json};
 const CONCURRENCY: usize = 16;
 /// Label on every Tenant the benchmark creates.
 const BENCH_LABEL: &str = "palisade.dev/bench";
-/// Tenant name prefixes: the operator's tenants and the floor's objects.
-const OPERATOR_PREFIX: &str = "pbench";
-const FLOOR_PREFIX: &str = "pfloor";
+/// A short id of this run, in every name the benchmark makes.
+fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        format!("{:x}", secs % 0x100_0000)
+    })
+}
+
+/// Tenant name prefixes: the operator's tenants and the floor's objects
+/// (`pb<run>-<n>` and `pf<run>-<n>`).
+fn operator_prefix(n: usize) -> String {
+    format!("pb{}-{n}", run_id())
+}
+fn floor_prefix(n: usize) -> String {
+    format!("pf{}-{n}", run_id())
+}
 const WRITE_VERBS: [&str; 5] = ["create", "update", "patch", "delete", "deletecollection"];
 
 fn tenant(prefix: &str, i: usize) -> Tenant {
@@ -286,7 +308,23 @@ fn managed_kinds() -> Vec<ApiResource> {
     ]
 }
 
-/// resourceVersions of every object Palisade manages for the benchmark's tenants.
+/// What only Palisade changes in a managed object: its resourceVersion, but
+/// for a ResourceQuota (whose status the cluster's quota controller rewrites)
+/// its spec, labels and annotations.
+fn palisade_fingerprint(ar: &ApiResource, o: &DynamicObject) -> String {
+    if ar.kind == "ResourceQuota" {
+        let part = json!({
+            "spec": o.data.get("spec"),
+            "labels": o.metadata.labels,
+            "annotations": o.metadata.annotations,
+        });
+        return format!("{:016x}", palisade::apply::stable_hash(&part));
+    }
+    o.resource_version().unwrap_or_default()
+}
+
+/// A fingerprint ([`palisade_fingerprint`]) of every object Palisade manages
+/// for the benchmark's tenants.
 async fn managed_rvs(client: &kube::Client) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=palisade");
@@ -296,7 +334,7 @@ async fn managed_rvs(client: &kube::Client) -> anyhow::Result<BTreeMap<String, S
             let ours = o
                 .labels()
                 .get("palisade.dev/tenant")
-                .is_some_and(|t| t.starts_with(OPERATOR_PREFIX));
+                .is_some_and(|t| t.starts_with(&format!("pb{}-", run_id())));
             if ours {
                 out.insert(
                     format!(
@@ -305,7 +343,7 @@ async fn managed_rvs(client: &kube::Client) -> anyhow::Result<BTreeMap<String, S
                         o.namespace().unwrap_or_default(),
                         o.name_any()
                     ),
-                    o.resource_version().unwrap_or_default(),
+                    palisade_fingerprint(&ar, &o),
                 );
             }
         }
@@ -333,7 +371,7 @@ fn is_ready(t: &Value) -> bool {
 async fn wait_all_ready(target: &Target, n: usize, timeout: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut pending: Vec<String> = (0..n)
-        .map(|i| format!("{OPERATOR_PREFIX}-{i:04}"))
+        .map(|i| format!("{}-{i:04}", operator_prefix(n)))
         .collect();
     let api: Api<Tenant> = Api::all(target.client.clone());
     while start.elapsed() < timeout {
@@ -383,7 +421,7 @@ struct Floor {
 async fn floor(target: &Target, n: usize) -> anyhow::Result<Floor> {
     let mut values = Vec::new();
     for i in 0..n {
-        let t = tenant(FLOOR_PREFIX, i);
+        let t = tenant(&floor_prefix(n), i);
         let plan = palisade::resources::rolepolicy::plan_for(&t, &[]);
         let mut objects =
             palisade::resources::tenant::build(&t, &Default::default(), &plan)?.to_values()?;
@@ -621,7 +659,7 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
         .map(|i| {
             let api = api.clone();
             async move {
-                api.create(&PostParams::default(), &tenant(OPERATOR_PREFIX, i))
+                api.create(&PostParams::default(), &tenant(&operator_prefix(n), i))
                     .await?;
                 Ok(())
             }
@@ -682,7 +720,7 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
     // One edit → both namespaces' quotas updated.
     let mut latencies = Vec::new();
     for e in 0..edits {
-        let t = format!("{OPERATOR_PREFIX}-{:04}", e % n);
+        let t = format!("{}-{:04}", operator_prefix(n), e % n);
         let pods = format!("{}", 100 + e);
         let quotas: Vec<Api<ResourceQuota>> = ["a", "b"]
             .iter()
@@ -739,8 +777,9 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
     Ok(run)
 }
 
-/// Removes what the benchmark made on a cluster (Tenants are deleted with
-/// `deletionPolicy: Delete`, so a controller takes their namespaces).
+/// Removes what this run made on a cluster (Tenants are deleted with
+/// `deletionPolicy: Delete`, so a controller takes their namespaces) and waits
+/// until every namespace of the run is gone.
 async fn clean_cluster(target: &Target, binary: &str) -> anyhow::Result<()> {
     let ns: Api<Namespace> = Api::all(target.client.clone());
     let floor = ListParams::default().labels("app.kubernetes.io/managed-by=palisade-bench-floor");
@@ -755,12 +794,62 @@ async fn clean_cluster(target: &Target, binary: &str) -> anyhow::Result<()> {
     }
     let gone = wait_for(
         "the benchmark's Tenants to be deleted",
-        Duration::from_secs(600),
+        Duration::from_secs(900),
         async || api.list(&lp).await.is_ok_and(|l| l.items.is_empty()),
     )
     .await;
     controller.stop().await;
-    gone.map(|_| ())
+    gone?;
+    let ours = [format!("pb{}-", run_id()), format!("pf{}-", run_id())];
+    wait_for(
+        "the benchmark's namespaces to be gone",
+        Duration::from_secs(1800),
+        async || {
+            ns.list_metadata(&ListParams::default())
+                .await
+                .is_ok_and(|l| {
+                    !l.items
+                        .iter()
+                        .any(|n| ours.iter().any(|p| n.name_any().starts_with(p.as_str())))
+                })
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Installs (server-side applies) the CRDs on a cluster target.
+async fn install_crds(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in palisade::crd::all() {
+        api.patch(
+            &crd.name_any(),
+            &PatchParams::apply("palisade-bench").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .context("installing the CRDs")?;
+    }
+    wait_for("the CRDs to be established", Duration::from_secs(60), async || {
+        let Ok(list) = api.list(&ListParams::default()).await else {
+            return false;
+        };
+        palisade::crd::all().iter().all(|want| {
+            list.items.iter().any(|c| {
+                c.name_any() == want.name_any()
+                    && c.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter()
+                                .any(|c| c.type_ == "Established" && c.status == "True")
+                        })
+            })
+        })
+    })
+    .await
+    .map(|_| ())
 }
 
 fn machine() -> String {
@@ -797,8 +886,9 @@ fn report(rows: &[Run]) -> String {
     md.push_str("# Palisade performance\n\n");
     md.push_str("Regenerated by `make bench-convergence` (examples/convergence_bench.rs). The controller is the\n");
     md.push_str("release `palisade controller` binary in its own process. Target \"in-process API server\" is the\n");
-    md.push_str("testkit fake served over loopback HTTP; with `KUBECONFIG` set, `make bench-convergence` also runs\n");
-    md.push_str("against that cluster (`--cluster`). The floor applies the same rendered objects with a bare kube\n");
+    md.push_str("testkit fake served over loopback HTTP; \"cluster\" rows are a real kube-apiserver +\n");
+    md.push_str("kube-controller-manager (`--cluster`: the local control plane of scripts/test-cluster.sh, or\n");
+    md.push_str("`KUBECONFIG`). The floor applies the same rendered objects with a bare kube\n");
     md.push_str(&format!(
         "client over the same transport at the same concurrency ({CONCURRENCY}), in the same run.\n\n"
     ));
@@ -873,9 +963,8 @@ fn report(rows: &[Run]) -> String {
     md.push_str("  comparing or status work, and the fake serves it no watches.\n");
     md.push_str("- *writes* counts every write the controller made (server-side log; on a cluster the controller's\n");
     md.push_str("  `palisade_api_requests_total`): the managed objects, one status and one finalizer per Tenant.\n");
-    md.push_str(
-        "- *RV changes* compares the resourceVersion of every managed object before and after.\n",
-    );
+    md.push_str("- *RV changes* compares the resourceVersion of every managed object before and after (for a\n");
+    md.push_str("  ResourceQuota its spec and metadata: the cluster's quota controller rewrites its status).\n");
     md.push_str("- RSS *file* is the binary's mapped code (one binary also carries the backup engine and the S3\n");
     md.push_str("  client); *anon* is what the controller allocates.\n");
     md.push_str("\n## Requests during cold convergence\n\n");
@@ -929,31 +1018,43 @@ async fn main() -> anyhow::Result<()> {
     let edits: usize = arg("--edits", "100").parse()?;
     let cluster = args.iter().any(|a| a == "--cluster");
     let mut rows = Vec::new();
-    for &n in &sizes {
-        let target = if cluster {
-            Target::cluster().await?
-        } else {
-            Target::fake().await?
-        };
-        eprintln!("== {n} tenants on {}: floor", target.label);
-        let f = floor(&target.for_floor().await?, n).await?;
-        eprintln!("   floor: {} objects in {:.2}s", f.objects, f.seconds);
-        eprintln!("== {n} tenants on {}: palisade controller", target.label);
-        let result = operator(&target, n, &binary, edits).await;
-        if cluster {
-            eprintln!("   cleaning up the cluster");
-            clean_cluster(&target, &binary).await?;
+    for on_cluster in [false, true] {
+        if on_cluster && !cluster {
+            continue;
         }
-        let mut r = result?;
-        r.floor_s = f.seconds;
-        r.floor_objects = f.objects;
-        eprintln!(
-            "   converged in {:.2}s ({:.2}x floor), {:.2} reconciles/tenant",
-            r.converge_s,
-            r.converge_s / f.seconds,
-            r.reconciles as f64 / n as f64
-        );
-        rows.push(r);
+        for &n in &sizes {
+            let target = if on_cluster {
+                let t = Target::cluster().await?;
+                install_crds(&t.client).await?;
+                t
+            } else {
+                Target::fake().await?
+            };
+            let result = async {
+                eprintln!("== {n} tenants on {}: floor", target.label);
+                let f = floor(&target.for_floor().await?, n).await?;
+                eprintln!("   floor: {} objects in {:.2}s", f.objects, f.seconds);
+                eprintln!("== {n} tenants on {}: palisade controller", target.label);
+                let mut r = operator(&target, n, &binary, edits).await?;
+                r.floor_s = f.seconds;
+                r.floor_objects = f.objects;
+                anyhow::Ok(r)
+            }
+            .await;
+            if on_cluster {
+                // Whatever happened: leave the cluster as it was.
+                eprintln!("   cleaning up the cluster");
+                clean_cluster(&target, &binary).await?;
+            }
+            let r = result?;
+            eprintln!(
+                "   converged in {:.2}s ({:.2}x floor), {:.2} reconciles/tenant",
+                r.converge_s,
+                r.converge_s / r.floor_s,
+                r.reconciles as f64 / n as f64
+            );
+            rows.push(r);
+        }
     }
     let md = report(&rows);
     std::fs::create_dir_all(
