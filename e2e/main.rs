@@ -25,8 +25,8 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Resource, ResourceExt};
 use palisade::controller::{Context, Settings, SystemClock, tenant};
 use palisade::crd::Tenant;
-use serde_json::json;
 use serde::Deserialize;
+use serde_json::json;
 use tokio::sync::oneshot;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -1071,10 +1071,7 @@ fn palisade_resource(kind: &str) -> Option<(kube::core::ApiResource, bool)> {
     Some(match kind {
         "Tenant" => (kube::core::ApiResource::erase::<Tenant>(&()), false),
         "RolePolicy" => (kube::core::ApiResource::erase::<RolePolicy>(&()), false),
-        "BackupSchedule" => (
-            kube::core::ApiResource::erase::<BackupSchedule>(&()),
-            true,
-        ),
+        "BackupSchedule" => (kube::core::ApiResource::erase::<BackupSchedule>(&()), true),
         _ => return None,
     })
 }
@@ -1084,10 +1081,7 @@ fn rule_messages(crd: &CustomResourceDefinition) -> Vec<String> {
     fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
         match v {
             serde_json::Value::Object(m) => {
-                if let Some(rules) = m
-                    .get("x-kubernetes-validations")
-                    .and_then(|r| r.as_array())
-                {
+                if let Some(rules) = m.get("x-kubernetes-validations").and_then(|r| r.as_array()) {
                     out.extend(
                         rules
                             .iter()
@@ -1193,7 +1187,11 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
                 continue;
             }
             let mut obj: DynamicObject = serde_json::from_value(value).expect("object");
-            let kind = obj.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+            let kind = obj
+                .types
+                .as_ref()
+                .map(|t| t.kind.clone())
+                .unwrap_or_default();
             obj.metadata.namespace = None;
             if let Err(e) = api_for(&kind).create(&dry_create, &obj).await {
                 panic!("sample {} ({kind}) refused: {e}", file.display());
@@ -1234,7 +1232,9 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
         (
             "Tenant",
             "algorithm is required for type JwtSigningKey",
-            tenant(json!({"secrets": [{"name": "k", "type": "JwtSigningKey", "rotateEvery": "720h"}]})),
+            tenant(
+                json!({"secrets": [{"name": "k", "type": "JwtSigningKey", "rotateEvery": "720h"}]}),
+            ),
         ),
         (
             "Tenant",
@@ -1249,8 +1249,10 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
         (
             "RolePolicy",
             "token can only be requested for ServiceAccount subjects",
-            policy(json!({"bindings": [{"role": "viewer", "token": {"ttl": "15m"},
-                          "subjects": [{"kind": "User", "name": "u"}]}]})),
+            policy(
+                json!({"bindings": [{"role": "viewer", "token": {"ttl": "15m"},
+                          "subjects": [{"kind": "User", "name": "u"}]}]}),
+            ),
         ),
         (
             "BackupSchedule",
@@ -1285,7 +1287,9 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
                 e.code,
                 e.message
             ),
-            other => panic!("{kind}: the API server accepted an object breaking {message:?}: {other:?}"),
+            other => {
+                panic!("{kind}: the API server accepted an object breaking {message:?}: {other:?}")
+            }
         }
     }
     let name = unique("e2v");

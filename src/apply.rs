@@ -559,7 +559,10 @@ mod tests {
         let listed = json!({"metadata": {"name": "a", "labels": {"x": "1"}}});
         let desired = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a", "labels": {"x": "1"}}});
         assert!(holds(&listed, &desired));
-        assert!(!holds(&listed, &json!({"kind": "Namespace", "metadata": {"labels": {"x": "2"}}})));
+        assert!(!holds(
+            &listed,
+            &json!({"kind": "Namespace", "metadata": {"labels": {"x": "2"}}})
+        ));
     }
 
     #[test]

@@ -1024,7 +1024,10 @@ async fn stored_objects_take_the_real_servers_normal_form() {
         "metadata": {"name": "deny"},
         "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [], "egress": []}});
     let stored = nps
-        .create(&PostParams::default(), &serde_json::from_value(deny.clone()).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deny.clone()).unwrap(),
+        )
         .await
         .unwrap();
     let spec = serde_json::to_value(stored.spec.unwrap()).unwrap();
@@ -1047,7 +1050,9 @@ async fn stored_objects_take_the_real_servers_normal_form() {
         .await
         .unwrap();
     assert_eq!(
-        ns.labels().get("kubernetes.io/metadata.name").map(String::as_str),
+        ns.labels()
+            .get("kubernetes.io/metadata.name")
+            .map(String::as_str),
         Some("team-a")
     );
     assert_eq!(
@@ -1056,8 +1061,17 @@ async fn stored_objects_take_the_real_servers_normal_form() {
     );
     let same = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a", "labels": {"x": "1"}}});
     let pp = PatchParams::apply("palisade").force();
-    let applied = nss.patch("team-a", &pp, &Patch::Apply(&same)).await.unwrap();
-    assert!(rv(&applied) > rv(&ns), "the first apply takes ownership: a write");
-    let again = nss.patch("team-a", &pp, &Patch::Apply(&same)).await.unwrap();
+    let applied = nss
+        .patch("team-a", &pp, &Patch::Apply(&same))
+        .await
+        .unwrap();
+    assert!(
+        rv(&applied) > rv(&ns),
+        "the first apply takes ownership: a write"
+    );
+    let again = nss
+        .patch("team-a", &pp, &Patch::Apply(&same))
+        .await
+        .unwrap();
     assert_eq!(rv(&again), rv(&applied), "an identical apply is a no-op");
 }

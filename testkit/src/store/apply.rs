@@ -61,11 +61,8 @@ impl Store {
                 // an apply that takes ownership of different fields (the first
                 // apply of an object created with POST, say) is a write even
                 // when every value stays the same.
-                let ownership_changed = self
-                    .apply_owners
-                    .get(&uid)
-                    .and_then(|o| o.get(&owner_key))
-                    != Some(&paths);
+                let ownership_changed =
+                    self.apply_owners.get(&uid).and_then(|o| o.get(&owner_key)) != Some(&paths);
                 if let Some(owners) = self.apply_owners.get(&uid) {
                     let previous = owners.get(&owner_key).cloned().unwrap_or_default();
                     for p in previous.difference(&paths) {
