@@ -160,6 +160,21 @@ pub fn validate(spec: &RolePolicySpec) -> Result<(), InvalidPolicy> {
                 ),
             ));
         }
+        if !spec.allow_privileged
+            && let Some(j) = b
+                .subjects
+                .iter()
+                .position(|s| super::tenant::is_public_subject(s.kind, &s.name))
+        {
+            return Err(invalid(
+                "PublicSubject",
+                format!("spec.bindings[{i}].subjects[{j}].name"),
+                format!(
+                    "'{}' stands for everyone: binding it would open every selected tenant to it (allowPrivileged: true to insist)",
+                    b.subjects[j].name
+                ),
+            ));
+        }
         if let Some(t) = &b.token {
             let ttl = match &t.ttl {
                 Some(s) => duration::parse_positive(s).map_err(|e| {
@@ -362,13 +377,17 @@ pub fn compile(owners: &[Owner], policies: &[PolicyInput<'_>]) -> RbacPlan {
 }
 
 /// The spec a policy contributes: the current one when valid, else the last
-/// valid one recorded in its status, else nothing.
+/// valid one recorded in its status, else nothing. The recorded one is
+/// validated again: status is writable by whoever may write the status
+/// subresource, so it is input like the spec, never trusted as Palisade's.
 pub fn effective_spec(policy: &crate::crd::RolePolicy) -> Option<RolePolicySpec> {
     if validate(&policy.spec).is_ok() {
         return Some(policy.spec.clone());
     }
     let last = policy.status.as_ref()?.last_valid_spec.as_deref()?;
-    serde_json::from_str(last).ok()
+    serde_json::from_str::<RolePolicySpec>(last)
+        .ok()
+        .filter(|s| validate(s).is_ok())
 }
 
 /// The RBAC plan of `tenant` under `policies` (any order; sorted here by
@@ -433,6 +452,40 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_forged_last_valid_spec_is_validated_again() {
+        let escalating = policy_with_rule(rule(&[""], &["secrets"], &["*"]));
+        let policy = crate::crd::RolePolicy {
+            metadata: Default::default(),
+            spec: escalating.clone(),
+            status: Some(crate::crd::RolePolicyStatus {
+                last_valid_spec: Some(serde_json::to_string(&escalating).expect("json")),
+                ..Default::default()
+            }),
+        };
+        assert!(
+            effective_spec(&policy).is_none(),
+            "an escalating spec written into status grants nothing"
+        );
+    }
+
+    #[test]
+    fn public_subjects_are_refused_unless_privileged() {
+        let mut spec: RolePolicySpec = serde_json::from_value(serde_json::json!({
+            "bindings": [{"role": "viewer", "subjects": [
+                {"kind": "User", "name": "alice"},
+                {"kind": "Group", "name": "system:unauthenticated"}]}]
+        }))
+        .expect("spec");
+        let e = validate(&spec).expect_err("public subject");
+        assert_eq!(
+            (e.reason, e.field.as_str()),
+            ("PublicSubject", "spec.bindings[0].subjects[1].name")
+        );
+        spec.allow_privileged = true;
+        assert!(validate(&spec).is_ok());
     }
 
     #[test]

@@ -24,6 +24,28 @@ fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// Namespaces no tenant may claim, whether or not they exist yet: the
+/// cluster's own and Palisade's.
+const RESERVED_NAMESPACES: &[&str] = &["default", "palisade-system"];
+const RESERVED_NAMESPACE_PREFIX: &str = "kube-";
+
+/// The longest rotation period accepted (ten years): anything longer is a typo,
+/// and an unbounded one overflows time arithmetic.
+const MAX_ROTATION: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
+
+/// Subjects that stand for everyone (or every workload): binding them to a
+/// tenant role would open the tenant to the whole cluster or the internet.
+pub fn is_public_subject(kind: SubjectKind, name: &str) -> bool {
+    match kind {
+        SubjectKind::User => name == "system:anonymous",
+        SubjectKind::Group => matches!(
+            name,
+            "system:unauthenticated" | "system:authenticated" | "system:serviceaccounts"
+        ),
+        SubjectKind::ServiceAccount => false,
+    }
+}
+
 fn check_quantities<'a>(
     field: &str,
     items: impl IntoIterator<Item = (&'a String, &'a Quantity)>,
@@ -58,6 +80,15 @@ fn check_cidr(field: &str, cidr: &str) -> Result<ipnet::IpNet, InvalidTenant> {
 
 /// Checks everything the schema cannot; the first problem wins.
 pub fn validate(name: &str, spec: &TenantSpec) -> Result<(), InvalidTenant> {
+    if !is_dns_label(name) {
+        return Err(invalid(
+            "InvalidTenantName",
+            "metadata.name",
+            format!(
+                "'{name}' is not a valid tenant name: it becomes a label value and a namespace prefix (lowercase letters, digits and '-', at most 63, no dots)"
+            ),
+        ));
+    }
     let mut seen = BTreeSet::new();
     for (i, ns) in spec.namespaces.iter().enumerate() {
         let field = format!("spec.namespaces[{i}].name");
@@ -67,6 +98,18 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<(), InvalidTenant> {
                 field,
                 format!(
                     "'{}' is not a valid namespace name (lowercase letters, digits and '-', at most 63)",
+                    ns.name
+                ),
+            ));
+        }
+        if RESERVED_NAMESPACES.contains(&ns.name.as_str())
+            || ns.name.starts_with(RESERVED_NAMESPACE_PREFIX)
+        {
+            return Err(invalid(
+                "ReservedNamespace",
+                field,
+                format!(
+                    "'{}' is reserved for the cluster or Palisade ('default', 'palisade-system', 'kube-*'); pick another name",
                     ns.name
                 ),
             ));
@@ -107,13 +150,20 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<(), InvalidTenant> {
         let net = check_cidr(&format!("{field}.cidr"), &c.cidr)?;
         for (j, e) in c.except.iter().enumerate() {
             let inner = check_cidr(&format!("{field}.except[{j}]"), e)?;
-            if !net.contains(&inner) {
+            if !net.contains(&inner) || inner.trunc() == net.trunc() {
                 return Err(invalid(
                     "InvalidCidr",
                     format!("{field}.except[{j}]"),
-                    format!("'{e}' is not inside '{}'", c.cidr),
+                    format!("'{e}' is not strictly inside '{}'", c.cidr),
                 ));
             }
+        }
+        if let Some(j) = c.ports.iter().position(|p| *p == 0) {
+            return Err(invalid(
+                "InvalidPort",
+                format!("{field}.ports[{j}]"),
+                "0 is not a port (1-65535)",
+            ));
         }
     }
     if let Some(q) = &spec.quota {
@@ -146,16 +196,34 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<(), InvalidTenant> {
                 "namespace is required for ServiceAccount owners and not allowed for users and groups",
             ));
         }
+        if is_public_subject(o.kind, &o.name) {
+            return Err(invalid(
+                "PublicSubject",
+                format!("spec.owners[{i}].name"),
+                format!(
+                    "{} '{}' stands for everyone: it cannot own a tenant",
+                    o.kind.as_str(),
+                    o.name
+                ),
+            ));
+        }
     }
     for (i, s) in spec.secrets.iter().enumerate() {
         let field = format!("spec.secrets[{i}]");
-        duration::parse_positive(&s.rotate_every).map_err(|e| {
+        let every = duration::parse_positive(&s.rotate_every).map_err(|e| {
             invalid(
                 "InvalidRotation",
                 format!("{field}.rotateEvery"),
                 e.to_string(),
             )
         })?;
+        if every > MAX_ROTATION {
+            return Err(invalid(
+                "InvalidRotation",
+                format!("{field}.rotateEvery"),
+                format!("'{}' is longer than 3650d", s.rotate_every),
+            ));
+        }
         if s.keep_previous > 10 {
             return Err(invalid(
                 "InvalidRotation",
@@ -324,4 +392,84 @@ fn with_type(
     map.insert("apiVersion".into(), api_version.into());
     map.insert("kind".into(), kind.into());
     Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(v: serde_json::Value) -> TenantSpec {
+        serde_json::from_value(v).expect("spec")
+    }
+
+    fn reason(name: &str, v: serde_json::Value) -> (String, String) {
+        let e = validate(name, &spec(v)).expect_err("invalid");
+        (e.reason.to_string(), e.field.clone())
+    }
+
+    #[test]
+    fn names_ports_cidrs_subjects_and_rotations_are_checked() {
+        let ok = json!({"namespaces": [{"name": "acme-a"}]});
+        assert!(validate("acme", &spec(ok.clone())).is_ok());
+        assert_eq!(
+            reason(&"a".repeat(64), ok.clone()),
+            ("InvalidTenantName".into(), "metadata.name".into())
+        );
+        assert_eq!(reason("acme.io", ok).0, "InvalidTenantName");
+        for reserved in ["default", "kube-system", "kube-anything", "palisade-system"] {
+            assert_eq!(
+                reason("acme", json!({"namespaces": [{"name": reserved}]})),
+                ("ReservedNamespace".into(), "spec.namespaces[0].name".into()),
+                "{reserved}"
+            );
+        }
+        let egress = |c: serde_json::Value| json!({"network": {"allowEgressCidrs": [c]}});
+        assert_eq!(
+            reason(
+                "acme",
+                egress(json!({"cidr": "10.0.0.0/8", "ports": [5432, 0]}))
+            ),
+            (
+                "InvalidPort".into(),
+                "spec.network.allowEgressCidrs[0].ports[1]".into()
+            )
+        );
+        assert_eq!(
+            reason(
+                "acme",
+                egress(json!({"cidr": "10.0.0.0/8", "except": ["10.0.0.0/8"]}))
+            )
+            .0,
+            "InvalidCidr"
+        );
+        assert!(
+            validate(
+                "acme",
+                &spec(egress(
+                    json!({"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]})
+                ))
+            )
+            .is_ok()
+        );
+        for (kind, name) in [
+            ("User", "system:anonymous"),
+            ("Group", "system:unauthenticated"),
+            ("Group", "system:authenticated"),
+        ] {
+            assert_eq!(
+                reason("acme", json!({"owners": [{"kind": kind, "name": name}]})),
+                ("PublicSubject".into(), "spec.owners[0].name".into())
+            );
+        }
+        let secret = |every: &str| json!({"secrets": [{"name": "k", "type": "Random", "rotateEvery": every}]});
+        assert!(validate("acme", &spec(secret("720h"))).is_ok());
+        assert_eq!(reason("acme", secret("3651d")).0, "InvalidRotation");
+        assert_eq!(reason("acme", secret("420000w")).0, "InvalidRotation");
+        // Overflowing u64 milliseconds is a parse error, not a panic.
+        assert_eq!(
+            reason("acme", secret("99999999999999999999w")).0,
+            "InvalidRotation"
+        );
+    }
 }
