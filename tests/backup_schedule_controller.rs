@@ -151,10 +151,45 @@ async fn wait(s: &FakeApiServer, what: &str, f: impl FnMut(&FakeApiServer) -> bo
 /// Plays the Job controller and kubelet: the run's Pod terminated with `message`,
 /// and the Job finished (`Complete` or `Failed`).
 fn finish(s: &FakeApiServer, job: &str, succeeded: bool, message: &str, at: Timestamp) {
+    let uid = job_uid(s, job);
+    pod_terminated(
+        s,
+        job,
+        &format!("{job}-abcde"),
+        Some(&uid),
+        succeeded,
+        message,
+        at,
+    );
+    finish_job(s, job, succeeded, at);
+}
+
+fn job_uid(s: &FakeApiServer, job: &str) -> String {
+    s.get_json(JOBS, Some(NS), job)
+        .and_then(|j| j["metadata"]["uid"].as_str().map(str::to_string))
+        .expect("job uid")
+}
+
+/// A Pod labelled as `job`'s run whose container terminated with `message`; owned by
+/// the Job (controller reference to `owner_uid`) only when given.
+fn pod_terminated(
+    s: &FakeApiServer,
+    job: &str,
+    pod: &str,
+    owner_uid: Option<&str>,
+    succeeded: bool,
+    message: &str,
+    at: Timestamp,
+) {
+    let owners = match owner_uid {
+        Some(uid) => json!([{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": uid,
+                             "controller": true, "blockOwnerDeletion": true}]),
+        None => json!([]),
+    };
     s.put_json(
         "pods",
         json!({
-            "metadata": {"name": format!("{job}-abcde"), "namespace": NS, "labels": {
+            "metadata": {"name": pod, "namespace": NS, "ownerReferences": owners, "labels": {
                 "palisade.dev/backup-schedule": job_schedule(s, job),
                 "palisade.dev/run": job, "job-name": job}},
             "spec": {"containers": [{"name": "backup", "image": "x"}]},
@@ -165,6 +200,10 @@ fn finish(s: &FakeApiServer, job: &str, succeeded: bool, message: &str, at: Time
         }),
     )
     .expect("pod");
+}
+
+/// Plays the Job controller: the Job finished (`Complete` or `Failed`).
+fn finish_job(s: &FakeApiServer, job: &str, succeeded: bool, at: Timestamp) {
     let mut j = s.get_json(JOBS, Some(NS), job).expect("job");
     j["status"] = if succeeded {
         json!({"succeeded": 1, "completionTime": at.to_string(), "conditions": [
@@ -266,6 +305,64 @@ async fn run_is_created_at_the_scheduled_minute_and_only_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(jobs_of(&s, "nightly").len(), 1);
     assert_eq!(events_with_reason(&s, "BackupStarted").len(), 1);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn only_the_jobs_own_pod_reports_its_result() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, "orders", json!({}));
+    let c = Controller::start(&s, clock.clone());
+    let due = next_due(&clock, "0 3 * * *");
+    set_clock(&clock, due);
+    c.resync();
+    let name = format!("orders-{}", due.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
+        .await
+        .expect("job");
+    let uid = job_uid(&s, &name);
+    // Anyone who can create Pods can copy the run's labels, and report later than the
+    // real Pod; without the Job's controller reference it is not heard.
+    let later = Timestamp::from_second(due.as_second() + 60).expect("time");
+    pod_terminated(
+        &s,
+        &name,
+        "impostor",
+        None,
+        true,
+        &run_result("snap-forged"),
+        later,
+    );
+    pod_terminated(
+        &s,
+        &name,
+        "impostor-2",
+        Some("not-the-job-uid"),
+        true,
+        &run_result("snap-forged"),
+        later,
+    );
+    pod_terminated(
+        &s,
+        &name,
+        &format!("{name}-abcde"),
+        Some(&uid),
+        true,
+        &run_result("snap-real"),
+        due,
+    );
+    finish_job(&s, &name, true, due);
+    wait(&s, "lastSuccessfulBackup", |s| {
+        status(s, "orders")["lastSuccessfulBackup"]["id"] == "snap-real"
+    })
+    .await;
+    c.resync();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        status(&s, "orders")["lastSuccessfulBackup"]["id"],
+        "snap-real"
+    );
     c.stop().await;
 }
 

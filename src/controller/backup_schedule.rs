@@ -165,12 +165,27 @@ fn run_of(job: Arc<Job>) -> Option<Run> {
     })
 }
 
-/// The result the run's pod reported (its termination message), if any.
-fn pod_result(pods: &Store<Pod>, ns: &str, job: &str) -> Option<JobResult> {
+/// Whether `pod` was created by `job` itself: its controlling ownerReference is that
+/// Job's UID. Anyone who can create Pods in the namespace can copy the labels; only the
+/// Job controller sets this reference.
+fn owned_by_job(pod: &Pod, job: &Job) -> bool {
+    let Some(uid) = job.metadata.uid.as_deref() else {
+        return false;
+    };
+    pod.owner_references().iter().any(|o| {
+        o.controller == Some(true) && o.kind == "Job" && o.api_version == "batch/v1" && o.uid == uid
+    })
+}
+
+/// The result the run's own pod reported (its termination message), if any. Pods that
+/// merely carry the run's label are ignored.
+fn pod_result(pods: &Store<Pod>, ns: &str, job: &Job) -> Option<JobResult> {
+    let name = job.name_any();
     let mut best: Option<(Timestamp, JobResult)> = None;
     for p in pods.state() {
         if p.namespace().as_deref() != Some(ns)
-            || p.labels().get(RUN_LABEL).map(String::as_str) != Some(job)
+            || p.labels().get(RUN_LABEL) != Some(&name)
+            || !owned_by_job(&p, job)
         {
             continue;
         }
@@ -397,7 +412,7 @@ fn fold_results(
         .collect();
     finished.sort_by_key(|r| r.minute);
     for run in finished {
-        let res = pod_result(&ctx.pods, ns, &run.name);
+        let res = pod_result(&ctx.pods, ns, &run.job);
         let age = now.as_second() - run.finished_at.map_or(0, |t| t.as_second());
         if res.is_none() && age < RESULT_GRACE_SECONDS {
             return true;

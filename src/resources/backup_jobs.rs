@@ -190,6 +190,15 @@ fn secret_files(spec: &BackupScheduleSpec) -> Vec<SecretFile> {
             verify_only: false,
         });
     }
+    if let Some(r) = &spec.postgres.ca_secret_ref {
+        out.push(SecretFile {
+            volume: "postgres-ca",
+            secret: r.name.clone(),
+            items: vec![(r.key.clone(), "ca.crt")],
+            flag: Some(("--ssl-root-cert", "ca.crt")),
+            verify_only: false,
+        });
+    }
     if let Some(e) = &spec.encryption {
         out.push(SecretFile {
             volume: "encryption-key",
@@ -362,6 +371,8 @@ pub fn job(
     }
     let mut pod_spec = json!({
         "restartPolicy": "Never",
+        // The engine never talks to the Kubernetes API: no token in the Pod.
+        "automountServiceAccountToken": false,
         "containers": [container],
         "volumes": volumes,
         "securityContext": {"fsGroup": RUN_AS},
@@ -507,6 +518,49 @@ spec:
                 ("s3-creds".to_string(), "AWS_SECRET_ACCESS_KEY".to_string()),
                 ("scratch-db".to_string(), "password".to_string()),
             ]
+        );
+    }
+
+    #[test]
+    fn pods_carry_no_token_and_mount_the_postgres_ca() {
+        let mut bs = schedule();
+        let spec =
+            &job(&bs, RunKind::Backup, at(), Trigger::Schedule, "img")["spec"]["template"]["spec"];
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert!(!spec.to_string().contains("--ssl-root-cert"));
+        bs.spec.postgres.ca_secret_ref = Some(crate::crd::backup_schedule::SecretKeyRef {
+            name: "db-ca".into(),
+            key: "ca.crt".into(),
+        });
+        for kind in [RunKind::Backup, RunKind::Verify] {
+            let job = job(&bs, kind, at(), Trigger::Schedule, "img");
+            let pod = &job["spec"]["template"]["spec"];
+            assert_eq!(pod["automountServiceAccountToken"], false);
+            let args: Vec<&str> = pod["containers"][0]["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let at_flag = args
+                .iter()
+                .position(|a| *a == "--ssl-root-cert")
+                .expect("--ssl-root-cert");
+            assert_eq!(
+                args[at_flag + 1],
+                "/etc/palisade/secrets/postgres-ca/ca.crt"
+            );
+            assert!(
+                pod["volumes"]
+                    .as_array()
+                    .expect("volumes")
+                    .iter()
+                    .any(|v| v["name"] == "postgres-ca" && v["secret"]["secretName"] == "db-ca"),
+                "{pod}"
+            );
+        }
+        assert!(
+            referenced_secret_keys(&bs.spec).contains(&("db-ca".to_string(), "ca.crt".to_string()))
         );
     }
 
