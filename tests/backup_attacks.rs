@@ -6,6 +6,7 @@
 #[path = "support/backup/mod.rs"]
 mod backup_support;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use backup_support::{PgServer, cli, seed};
@@ -208,6 +209,19 @@ async fn planted_plaintext_snapshot_is_never_restored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traversal_names_in_manifests_are_refused() {
     let Some(e) = env().await else { return };
+    // Symlinks planted where the run writes its temporary files are not followed.
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&e.dir)
+        .expect("dir");
+    let planted_targets = [e.outside.join("target-1"), e.outside.join("target-2")];
+    for (link, target) in ["real-1.snap.partial", "real-1.manifest.json.partial"]
+        .iter()
+        .zip(&planted_targets)
+    {
+        std::fs::write(target, "untouched").expect("target");
+        std::os::unix::fs::symlink(target, e.dir.join(link)).expect("symlink");
+    }
     let (out, real) = e.keyed(&["run", "--id", "real-1"]);
     assert!(out.status.success(), "{real}");
     let (out, ver) = e.keyed(&["verify"]);
@@ -259,11 +273,21 @@ async fn traversal_names_in_manifests_are_refused() {
         std::fs::read_to_string(&victim).expect("victim"),
         "precious"
     );
-    let outside: Vec<_> = std::fs::read_dir(&e.outside)
+    for target in &planted_targets {
+        assert_eq!(
+            std::fs::read_to_string(target).expect("target"),
+            "untouched"
+        );
+    }
+    let mut outside: Vec<_> = std::fs::read_dir(&e.outside)
         .expect("outside")
         .map(|d| d.expect("entry").file_name())
         .collect();
-    assert_eq!(outside, vec![std::ffi::OsString::from("victim.txt")]);
+    outside.sort();
+    assert_eq!(
+        outside,
+        ["target-1", "target-2", "victim.txt"].map(std::ffi::OsString::from)
+    );
     assert!(
         !e.dir
             .join("..")

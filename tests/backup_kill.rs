@@ -1,6 +1,7 @@
 //! Issue #14, kill safety: the real `palisade backup run` binary is sent SIGTERM while
 //! it is uploading (directory and S3 over HTTP). It must stop pg_dump, remove the
-//! `.partial` file or abort the multipart upload, exit 143, and leave nothing listed.
+//! `.partial` file or abort the multipart upload, exit 143, and leave nothing listed;
+//! what a SIGKILL leaves is removed by the next prune.
 
 #[path = "support/backup/mod.rs"]
 mod backup_support;
@@ -175,4 +176,37 @@ async fn sigterm_mid_upload_to_s3_aborts_the_multipart_upload() {
         .await
         .expect("storage");
     assert_eq!(storage.list().await.expect("list"), vec![]);
+}
+
+/// What a SIGKILL leaves (no handler runs) is removed by the next prune once it is
+/// older than a day; a fresh `.partial` (a run in progress) is left alone.
+#[tokio::test]
+async fn prune_removes_leftovers_older_than_a_day() {
+    use palisade::backup::{catalog, retention::Policy, storage::Storage};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let storage = Storage::filesystem(tmp.path()).await.expect("storage");
+    let old = tmp.path().join("crashed.snap.partial");
+    let fresh = tmp.path().join("running.snap.partial");
+    std::fs::write(&old, b"half a dump").expect("old");
+    std::fs::write(&fresh, b"a dump in progress").expect("fresh");
+    let ok = Command::new("touch")
+        .args(["-d", "2 days ago"])
+        .arg(&old)
+        .status()
+        .expect("touch")
+        .success();
+    assert!(ok);
+    let now = chrono::Utc::now();
+    let rep = catalog::prune(&storage, &[], &Policy::default(), now, true)
+        .await
+        .expect("dry run");
+    assert!(
+        rep.stale_removed.is_empty() && old.exists(),
+        "a dry run removes nothing"
+    );
+    let rep = catalog::prune(&storage, &[], &Policy::default(), now, false)
+        .await
+        .expect("prune");
+    assert_eq!(rep.stale_removed, vec![old.display().to_string()]);
+    assert!(!old.exists() && fresh.exists());
 }
