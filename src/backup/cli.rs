@@ -179,6 +179,10 @@ pub struct CommonArgs {
     /// Never print progress.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Name of the run (the Job), recorded as `run` in the JSON result so that a
+    /// signed result cannot be replayed for another run.
+    #[arg(long, global = true, env = "PALISADE_RUN")]
+    pub run_name: Option<String>,
     /// Also write the one-line JSON result to this file (in a Kubernetes Job:
     /// `/dev/termination-log`, so the controller reads it as the termination message).
     #[arg(long, global = true)]
@@ -643,10 +647,32 @@ fn check_json(c: &CheckResult) -> Value {
 }
 
 /// Serializes compactly and enforces [`MAX_JSON_RESULT`] by shedding list items.
-pub fn compact_json(mut v: Value) -> String {
+pub fn compact_json(v: Value) -> String {
+    compact_json_within(v, MAX_JSON_RESULT)
+}
+
+/// Room left for `run`, `macKeyId` and `mac` in a signed result.
+const SIGNATURE_ROOM: usize = 256;
+
+/// The result line: `run` (the Job's name, when known) added, compacted, and signed with
+/// `signer` (the first configured key) so that the controller can authenticate it.
+fn result_line(run: Option<&str>, mut v: Value, signer: Option<&EncryptionKey>) -> String {
+    if let Some(run) = run {
+        v["run"] = json!(pg::bounded(run, 63));
+    }
+    match signer {
+        Some(key) => super::result::sign_line(
+            &compact_json_within(v, MAX_JSON_RESULT - SIGNATURE_ROOM),
+            key,
+        ),
+        None => compact_json(v),
+    }
+}
+
+fn compact_json_within(mut v: Value, limit: usize) -> String {
     for _ in 0..100_000 {
         let s = v.to_string();
-        if s.len() <= MAX_JSON_RESULT {
+        if s.len() <= limit {
             return s;
         }
         // Drop passed checks first, then anything from the longest list.
@@ -677,8 +703,13 @@ pub fn compact_json(mut v: Value) -> String {
     v.to_string()
 }
 
-fn emit(common: &CommonArgs, json_value: Value, text: impl FnOnce() -> String) {
-    let line = compact_json(json_value);
+fn emit(
+    common: &CommonArgs,
+    signer: Option<&EncryptionKey>,
+    json_value: Value,
+    text: impl FnOnce() -> String,
+) {
+    let line = result_line(common.run_name.as_deref(), json_value, signer);
     write_termination_log(common.termination_log.as_deref(), &line);
     match common.output {
         OutputFormat::Json => println!("{line}"),
@@ -700,6 +731,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let op = args.command.op();
     let output = args.common.output;
     let termination_log = args.common.termination_log.clone();
+    let run_name = args.common.run_name.clone();
     match execute_until_signal(args).await {
         Ok(code) => Ok(code),
         Err(e) => {
@@ -709,10 +741,16 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
                 CliError::Engine(EngineError::Interrupted(_)) => 130,
                 CliError::Engine(_) => 1,
             };
-            let line = compact_json(json!({
-                "op": op, "ok": false, "reason": e.reason(),
-                "error": pg::bounded(&e.to_string(), 1500),
-            }));
+            // Unsigned: the keys may be what failed. The controller shows an
+            // unauthenticated failure but never counts one as a success.
+            let line = result_line(
+                run_name.as_deref(),
+                json!({
+                    "op": op, "ok": false, "reason": e.reason(),
+                    "error": pg::bounded(&e.to_string(), 1500),
+                }),
+                None,
+            );
             write_termination_log(termination_log.as_deref(), &line);
             match output {
                 OutputFormat::Json => println!("{line}"),
@@ -820,7 +858,7 @@ async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
             if prune {
                 prune_after_run(&r.storage, &r.keys, spec, &mut out).await;
             }
-            emit(common, out, || {
+            emit(common, r.keys.first(), out, || {
                 format!(
                     "snapshot {} stored at {} ({} raw → {} stored, {} tables, {} rows, {}) in {:.1}s{}",
                     m.id,
@@ -895,6 +933,7 @@ async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
             let rep = result?;
             emit(
                 common,
+                r.keys.first(),
                 json!({
                     "op": "restore", "ok": true, "snapshot": rep.manifest.id,
                     "database": opts.target.database, "bytes": rep.manifest.stored_bytes,
@@ -965,6 +1004,7 @@ async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
             let rec = &rep.record;
             emit(
                 common,
+                r.keys.first(),
                 json!({
                     "op": "verify", "ok": rec.passed, "snapshot": rec.snapshot, "time": rec.time,
                     "result": if rec.passed { "Passed" } else { "Failed" },
@@ -1015,6 +1055,7 @@ async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
                 .collect();
             emit(
                 common,
+                r.keys.first(),
                 json!({"op": "list", "ok": true, "snapshots": rows,
                        "rejected": rejected_json(&listing.rejected)}),
                 || {
@@ -1065,6 +1106,7 @@ async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
                 .collect();
             emit(
                 common,
+                r.keys.first(),
                 json!({
                     "op": "prune", "ok": true, "dryRun": rep.dry_run,
                     "kept": rep.decisions.len() - deleted.len(),
