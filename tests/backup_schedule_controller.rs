@@ -366,6 +366,84 @@ async fn only_the_jobs_own_pod_reports_its_result() {
     c.stop().await;
 }
 
+/// With encryption, a run's result counts only when signed with the schedule's key
+/// and naming its own run: an unsigned "ok", a forged MAC and a genuine result
+/// replayed from another run are all refused (`BackupFailed`, reason Unauthenticated).
+#[tokio::test]
+async fn results_must_be_signed_with_the_schedules_key() {
+    use palisade::backup::format::EncryptionKey;
+    use palisade::backup::result::sign_line;
+    let s = setup();
+    let material = "a-tenant-rotated-random-secret-value";
+    s.put_json(
+        "secrets",
+        json!({"metadata": {"name": "bk", "namespace": NS},
+               "stringData": {"key": material}}),
+    )
+    .expect("key secret");
+    let key = EncryptionKey::new(material.as_bytes().to_vec(), Some("v1".into())).expect("key");
+    let clock = clock_now();
+    create_schedule(
+        &s,
+        "orders",
+        json!({"encryption": {"keySecretRef": {"name": "bk", "key": "key"}, "keyId": "v1"}}),
+    );
+    let c = Controller::start(&s, clock.clone());
+    let mut due = next_due(&clock, "0 3 * * *");
+    let signed = |id: &str, run: &str| {
+        let line = run_result(id).replacen('{', &format!("{{\"run\":\"{run}\","), 1);
+        sign_line(&line, &key)
+    };
+    let forged_mac = |run: &str| {
+        let mut v: Value = serde_json::from_str(&signed("snap-forged", run)).expect("json");
+        v["mac"] = json!("00".repeat(32));
+        v.to_string()
+    };
+    for attempt in ["unsigned", "forged MAC", "replayed"] {
+        set_clock(&clock, due);
+        c.resync();
+        let name = format!("orders-{}", due.as_second() / 60);
+        s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
+            .await
+            .expect("job");
+        let line = match attempt {
+            "unsigned" => run_result("snap-unsigned"),
+            "forged MAC" => forged_mac(&name),
+            _ => signed("snap-replayed", "orders-1"),
+        };
+        finish(&s, &name, true, &line, due);
+        wait(&s, "refused result", |s| {
+            status(s, "orders")["lastBackupJob"] == name.as_str()
+        })
+        .await;
+        let c = cond(&s, "orders", "LastBackupSucceeded");
+        assert_eq!(c["status"], "False", "{c}");
+        assert_eq!(c["reason"], "BackupFailed", "{c}");
+        assert!(
+            c["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("(Unauthenticated)"),
+            "{c}"
+        );
+        assert!(status(&s, "orders")["lastSuccessfulBackup"].is_null());
+        due = next_due(&clock, "0 3 * * *");
+    }
+    set_clock(&clock, due);
+    c.resync();
+    let name = format!("orders-{}", due.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
+        .await
+        .expect("job");
+    finish(&s, &name, true, &signed("snap-genuine", &name), due);
+    wait(&s, "genuine result", |s| {
+        status(s, "orders")["lastSuccessfulBackup"]["id"] == "snap-genuine"
+    })
+    .await;
+    assert_eq!(cond(&s, "orders", "LastBackupSucceeded")["status"], "True");
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn completed_job_result_updates_status() {
     let s = setup();

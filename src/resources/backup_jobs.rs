@@ -352,7 +352,9 @@ pub fn job(
         "image": tpl.image.clone().unwrap_or_else(|| default_image.to_string()),
         "command": ["palisade"],
         "args": job_args(&bs.spec, kind),
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        // PALISADE_RUN: the engine names its run in the (signed) result, so a result
+        // cannot be replayed for another run.
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PALISADE_RUN", "value": job_name}],
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -507,7 +509,11 @@ spec:
         let text = job.to_string();
         assert!(!text.contains("secretKeyRef"));
         let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
-        assert_eq!(env, &json!([{"name": "HOME", "value": "/tmp"}]));
+        assert_eq!(
+            env,
+            &json!([{"name": "HOME", "value": "/tmp"},
+                    {"name": "PALISADE_RUN", "value": job["metadata"]["name"]}])
+        );
         let keys = referenced_secret_keys(&schedule().spec);
         assert_eq!(
             keys,
