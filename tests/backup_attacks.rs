@@ -110,6 +110,16 @@ async fn planted_plaintext_snapshot_is_never_restored() {
     let Some(e) = env().await else { return };
     let (out, real) = e.keyed(&["run", "--id", "real-1"]);
     assert!(out.status.success(), "{real}");
+    // The result line is signed for its run (what the controller checks).
+    let key =
+        palisade::backup::format::EncryptionKey::new(KEY.into(), Some("v1".into())).expect("key");
+    let (_, check) = palisade::backup::result::parse_authenticated(
+        &real.to_string(),
+        std::slice::from_ref(&key),
+        backup_support::TEST_RUN,
+    )
+    .expect("result");
+    assert_eq!(check, Ok(()), "{real}");
 
     // The attacker's snapshot: a genuine palisade plaintext dump of *their* database
     // (the real attack used an archive with COPY … TO PROGRAM), without a key.

@@ -350,6 +350,9 @@ impl Drop for S3Server {
     }
 }
 
+/// The run name every test command reports (`PALISADE_RUN`).
+pub const TEST_RUN: &str = "test-run-1";
+
 /// `palisade backup ARGS` connecting to `pg` as the superuser without TLS (password in
 /// `PGPASSWORD`).
 pub fn palisade_command(pg: &PgServer, args: &[&str]) -> Command {
@@ -367,7 +370,8 @@ pub fn palisade_command(pg: &PgServer, args: &[&str]) -> Command {
         .args(["--port", &pg.port.to_string()])
         .arg("--pg-bin")
         .arg(&pg.bin)
-        .env("PGPASSWORD", PG_PASSWORD);
+        .env("PGPASSWORD", PG_PASSWORD)
+        .env("PALISADE_RUN", TEST_RUN);
     cmd
 }
 
