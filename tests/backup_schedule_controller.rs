@@ -164,6 +164,24 @@ fn finish(s: &FakeApiServer, job: &str, succeeded: bool, message: &str, at: Time
     finish_job(s, job, succeeded, at);
 }
 
+/// Moves the clock to `due`, lets the controller start that minute's backup Job and
+/// returns its name.
+async fn start_due_run(
+    s: &FakeApiServer,
+    c: &Controller,
+    clock: &ManualClock,
+    schedule: &str,
+    due: Timestamp,
+) -> String {
+    set_clock(clock, due);
+    c.resync();
+    let name = format!("{schedule}-{}", due.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
+        .await
+        .expect("job");
+    name
+}
+
 fn job_uid(s: &FakeApiServer, job: &str) -> String {
     s.get_json(JOBS, Some(NS), job)
         .and_then(|j| j["metadata"]["uid"].as_str().map(str::to_string))
@@ -315,12 +333,7 @@ async fn only_the_jobs_own_pod_reports_its_result() {
     create_schedule(&s, "orders", json!({}));
     let c = Controller::start(&s, clock.clone());
     let due = next_due(&clock, "0 3 * * *");
-    set_clock(&clock, due);
-    c.resync();
-    let name = format!("orders-{}", due.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
-        .await
-        .expect("job");
+    let name = start_due_run(&s, &c, &clock, "orders", due).await;
     let uid = job_uid(&s, &name);
     // Anyone who can create Pods can copy the run's labels, and report later than the
     // real Pod; without the Job's controller reference it is not heard.
@@ -400,12 +413,7 @@ async fn results_must_be_signed_with_the_schedules_key() {
         v.to_string()
     };
     for attempt in ["unsigned", "forged MAC", "replayed"] {
-        set_clock(&clock, due);
-        c.resync();
-        let name = format!("orders-{}", due.as_second() / 60);
-        s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
-            .await
-            .expect("job");
+        let name = start_due_run(&s, &c, &clock, "orders", due).await;
         let line = match attempt {
             "unsigned" => run_result("snap-unsigned"),
             "forged MAC" => forged_mac(&name),
@@ -429,12 +437,7 @@ async fn results_must_be_signed_with_the_schedules_key() {
         assert!(status(&s, "orders")["lastSuccessfulBackup"].is_null());
         due = next_due(&clock, "0 3 * * *");
     }
-    set_clock(&clock, due);
-    c.resync();
-    let name = format!("orders-{}", due.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
-        .await
-        .expect("job");
+    let name = start_due_run(&s, &c, &clock, "orders", due).await;
     finish(&s, &name, true, &signed("snap-genuine", &name), due);
     wait(&s, "genuine result", |s| {
         status(s, "orders")["lastSuccessfulBackup"]["id"] == "snap-genuine"
@@ -459,12 +462,7 @@ async fn completed_job_result_updates_status() {
         "NoRunYet"
     );
     let due = next_due(&clock, "0 3 * * *");
-    set_clock(&clock, due);
-    c.resync();
-    let name = format!("orders-{}", due.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
-        .await
-        .expect("job");
+    let name = start_due_run(&s, &c, &clock, "orders", due).await;
 
     finish(&s, &name, true, &run_result("snap-1"), due);
     wait(&s, "lastSuccessfulBackup", |s| {
@@ -497,12 +495,7 @@ async fn failed_job_sets_the_failure_condition() {
     create_schedule(&s, "flaky", json!({}));
     let c = Controller::start(&s, clock.clone());
     let due = next_due(&clock, "0 3 * * *");
-    set_clock(&clock, due);
-    c.resync();
-    let name = format!("flaky-{}", due.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
-        .await
-        .expect("job");
+    let name = start_due_run(&s, &c, &clock, "flaky", due).await;
     finish(
         &s,
         &name,
