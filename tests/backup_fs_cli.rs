@@ -5,48 +5,9 @@
 #[path = "support/backup/mod.rs"]
 mod backup_support;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use backup_support::{PG_PASSWORD, PgServer, checksum, seed};
-use serde_json::Value;
-
-fn palisade(pg: &PgServer, dir: &Path, args: &[&str]) -> (Output, Value) {
-    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .arg("backup")
-        .args(args)
-        .args(["--output", "json", "--dir"])
-        .arg(dir)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--user",
-            "postgres",
-            "--sslmode",
-            "disable",
-        ])
-        .args(["--port", &pg.port.to_string()])
-        .arg("--pg-bin")
-        .arg(&pg.bin)
-        .env("PGPASSWORD", PG_PASSWORD)
-        .env_remove("PALISADE_BACKUP_KEY")
-        .output()
-        .expect("run palisade");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        !stdout.contains(PG_PASSWORD)
-            && !String::from_utf8_lossy(&out.stderr).contains(PG_PASSWORD)
-    );
-    let line = stdout.lines().last().unwrap_or("").to_string();
-    assert!(line.len() < 4096, "JSON result too large: {}", line.len());
-    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {stdout} / {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out, v)
-}
+use backup_support::{PG_PASSWORD, PgServer, checksum, cli as palisade, seed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filesystem_cli_round_trip_verify_list_prune() {

@@ -35,6 +35,8 @@ fn verify_opts(pg: &PgServer, keys: Vec<EncryptionKey>, checks: Vec<SqlCheck>) -
         keys,
         pg_bin: Some(pg.bin.clone()),
         snapshot: None,
+        allow_unencrypted: false,
+        allow_unauthenticated: false,
     }
 }
 
@@ -67,6 +69,7 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
             pg_bin: Some(pg.bin.clone()),
             compression_level: 3,
             key: Some(k1.clone()),
+            mac_key: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
             id: None,
         },
@@ -97,6 +100,8 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
         force,
         create: true,
         no_owner: false,
+        allow_unencrypted: false,
+        allow_unauthenticated: false,
     };
     engine::restore(
         &storage,
@@ -125,39 +130,37 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
     .expect("forced restore");
     assert_eq!(checksum(&pg.client("restored").await).await, expected);
 
-    // Wrong key material under the right id, a missing key, an unknown key id.
+    // Wrong key material under the right id, a missing key, an unknown key id: the
+    // manifest's MAC is checked first, so each is refused before the target is touched.
+    let named = |db: &str, keys: Vec<EncryptionKey>| RestoreOptions {
+        snapshot: Some(m.id.clone()),
+        ..restore_opts(db, keys, false)
+    };
     let wrong = key("not the right key material at all!!", "v1");
-    let err = engine::restore(
-        &storage,
-        &restore_opts("wrongkey", vec![wrong], false),
-        progress(),
-    )
-    .await
-    .expect_err("wrong key");
-    assert_eq!(err.reason(), "DecryptionFailed", "{err}");
-    let wrong_db = pg.client("wrongkey").await;
-    assert!(
-        palisade::backup::pg::is_empty(&wrong_db)
-            .await
-            .expect("inspect"),
-        "nothing committed"
-    );
-    let err = engine::restore(
-        &storage,
-        &restore_opts("wrongkey", vec![], false),
-        progress(),
-    )
-    .await
-    .expect_err("no key");
+    let err = engine::restore(&storage, &named("wrongkey", vec![wrong]), progress())
+        .await
+        .expect_err("wrong key");
+    assert_eq!(err.reason(), "Unauthenticated", "{err}");
+    assert!(err.to_string().contains("invalid MAC"), "{err}");
+    let err = engine::restore(&storage, &named("wrongkey", vec![]), progress())
+        .await
+        .expect_err("no key");
     assert_eq!(err.reason(), "MissingKey");
     let err = engine::restore(
         &storage,
-        &restore_opts("wrongkey", vec![key("another key, 16+ bytes", "v2")], false),
+        &named("wrongkey", vec![key("another key, 16+ bytes", "v2")]),
         progress(),
     )
     .await
     .expect_err("unknown key");
-    assert_eq!(err.reason(), "UnknownKey");
+    assert_eq!(err.reason(), "Unauthenticated", "{err}");
+    assert!(err.to_string().contains("\"v1\""), "{err}");
+    assert!(
+        !palisade::backup::pg::database_exists(&pg.client("postgres").await, "wrongkey")
+            .await
+            .expect("lookup"),
+        "nothing restored"
+    );
 
     // Restore test passes with true checks and exact row counts.
     let good_checks = vec![
@@ -185,7 +188,10 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
     .await
     .expect("lookup");
     assert!(scratch_gone, "scratch database dropped");
-    let listed = catalog::list(&storage).await.expect("list");
+    let listed = catalog::list(&storage, std::slice::from_ref(&k1))
+        .await
+        .expect("list")
+        .entries;
     assert_eq!(listed.len(), 1);
     assert!(listed[0].verification.as_ref().is_some_and(|v| v.passed));
 
@@ -211,7 +217,8 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
             .any(|c| c.name == "impossible" && !c.passed)
     );
 
-    // A missing row (the manifest expects one more order than the snapshot holds).
+    // A forged row count (the manifest expects one more order than the snapshot holds)
+    // no longer authenticates: the restore test refuses the manifest and writes nothing.
     let mname = manifest::manifest_name(&m.id);
     let original = storage
         .get_small(&mname)
@@ -224,13 +231,30 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
         .put_small(&mname, serde_json::to_vec(&doctored).expect("json"))
         .await
         .expect("put");
-    let rep = verify::verify(&storage, &verify_opts(&pg, vec![k1.clone()], vec![]))
+    let record_before = storage
+        .get_small(&manifest::verification_name(&m.id))
         .await
-        .expect("verify runs");
-    assert!(!rep.record.passed);
+        .expect("get");
+    let err = verify::verify(&storage, &verify_opts(&pg, vec![k1.clone()], vec![]))
+        .await
+        .expect_err("forged manifest refused");
+    assert_eq!(err.reason(), "NoSnapshot", "{err}");
+    let err = verify::verify(
+        &storage,
+        &VerifyOptions {
+            snapshot: Some(m.id.clone()),
+            ..verify_opts(&pg, vec![k1.clone()], vec![])
+        },
+    )
+    .await
+    .expect_err("forged manifest refused");
+    assert_eq!(err.reason(), "Unauthenticated", "{err}");
     assert_eq!(
-        rep.record.row_count_mismatches.get("shop.orders"),
-        Some(&(200_001, 200_000))
+        storage
+            .get_small(&manifest::verification_name(&m.id))
+            .await
+            .expect("get"),
+        record_before
     );
     storage
         .put_small(&mname, original)
@@ -308,6 +332,7 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
             pg_bin: Some(fake.path().to_path_buf()),
             compression_level: 1,
             key: Some(k1.clone()),
+            mac_key: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
             id: Some("doomed".into()),
         },
@@ -340,5 +365,12 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
             .expect("get")
             .is_none()
     );
-    assert_eq!(catalog::list(&storage).await.expect("list").len(), 1);
+    assert_eq!(
+        catalog::list(&storage, std::slice::from_ref(&k1))
+            .await
+            .expect("list")
+            .entries
+            .len(),
+        1
+    );
 }

@@ -151,10 +151,63 @@ async fn wait(s: &FakeApiServer, what: &str, f: impl FnMut(&FakeApiServer) -> bo
 /// Plays the Job controller and kubelet: the run's Pod terminated with `message`,
 /// and the Job finished (`Complete` or `Failed`).
 fn finish(s: &FakeApiServer, job: &str, succeeded: bool, message: &str, at: Timestamp) {
+    let uid = job_uid(s, job);
+    pod_terminated(
+        s,
+        job,
+        &format!("{job}-abcde"),
+        Some(&uid),
+        succeeded,
+        message,
+        at,
+    );
+    finish_job(s, job, succeeded, at);
+}
+
+/// Moves the clock to `due`, lets the controller start that minute's backup Job and
+/// returns its name.
+async fn start_due_run(
+    s: &FakeApiServer,
+    c: &Controller,
+    clock: &ManualClock,
+    schedule: &str,
+    due: Timestamp,
+) -> String {
+    set_clock(clock, due);
+    c.resync();
+    let name = format!("{schedule}-{}", due.as_second() / 60);
+    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
+        .await
+        .expect("job");
+    name
+}
+
+fn job_uid(s: &FakeApiServer, job: &str) -> String {
+    s.get_json(JOBS, Some(NS), job)
+        .and_then(|j| j["metadata"]["uid"].as_str().map(str::to_string))
+        .expect("job uid")
+}
+
+/// A Pod labelled as `job`'s run whose container terminated with `message`; owned by
+/// the Job (controller reference to `owner_uid`) only when given.
+fn pod_terminated(
+    s: &FakeApiServer,
+    job: &str,
+    pod: &str,
+    owner_uid: Option<&str>,
+    succeeded: bool,
+    message: &str,
+    at: Timestamp,
+) {
+    let owners = match owner_uid {
+        Some(uid) => json!([{"apiVersion": "batch/v1", "kind": "Job", "name": job, "uid": uid,
+                             "controller": true, "blockOwnerDeletion": true}]),
+        None => json!([]),
+    };
     s.put_json(
         "pods",
         json!({
-            "metadata": {"name": format!("{job}-abcde"), "namespace": NS, "labels": {
+            "metadata": {"name": pod, "namespace": NS, "ownerReferences": owners, "labels": {
                 "palisade.dev/backup-schedule": job_schedule(s, job),
                 "palisade.dev/run": job, "job-name": job}},
             "spec": {"containers": [{"name": "backup", "image": "x"}]},
@@ -165,6 +218,10 @@ fn finish(s: &FakeApiServer, job: &str, succeeded: bool, message: &str, at: Time
         }),
     )
     .expect("pod");
+}
+
+/// Plays the Job controller: the Job finished (`Complete` or `Failed`).
+fn finish_job(s: &FakeApiServer, job: &str, succeeded: bool, at: Timestamp) {
     let mut j = s.get_json(JOBS, Some(NS), job).expect("job");
     j["status"] = if succeeded {
         json!({"succeeded": 1, "completionTime": at.to_string(), "conditions": [
@@ -270,6 +327,127 @@ async fn run_is_created_at_the_scheduled_minute_and_only_once() {
 }
 
 #[tokio::test]
+async fn only_the_jobs_own_pod_reports_its_result() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, "orders", json!({}));
+    let c = Controller::start(&s, clock.clone());
+    let due = next_due(&clock, "0 3 * * *");
+    let name = start_due_run(&s, &c, &clock, "orders", due).await;
+    let uid = job_uid(&s, &name);
+    // Anyone who can create Pods can copy the run's labels, and report later than the
+    // real Pod; without the Job's controller reference it is not heard.
+    let later = Timestamp::from_second(due.as_second() + 60).expect("time");
+    pod_terminated(
+        &s,
+        &name,
+        "impostor",
+        None,
+        true,
+        &run_result("snap-forged"),
+        later,
+    );
+    pod_terminated(
+        &s,
+        &name,
+        "impostor-2",
+        Some("not-the-job-uid"),
+        true,
+        &run_result("snap-forged"),
+        later,
+    );
+    pod_terminated(
+        &s,
+        &name,
+        &format!("{name}-abcde"),
+        Some(&uid),
+        true,
+        &run_result("snap-real"),
+        due,
+    );
+    finish_job(&s, &name, true, due);
+    wait(&s, "lastSuccessfulBackup", |s| {
+        status(s, "orders")["lastSuccessfulBackup"]["id"] == "snap-real"
+    })
+    .await;
+    c.resync();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        status(&s, "orders")["lastSuccessfulBackup"]["id"],
+        "snap-real"
+    );
+    c.stop().await;
+}
+
+/// With encryption, a run's result counts only when signed with the schedule's key
+/// and naming its own run: an unsigned "ok", a forged MAC and a genuine result
+/// replayed from another run are all refused (`BackupFailed`, reason Unauthenticated).
+#[tokio::test]
+async fn results_must_be_signed_with_the_schedules_key() {
+    use palisade::backup::format::EncryptionKey;
+    use palisade::backup::result::sign_line;
+    let s = setup();
+    let material = "a-tenant-rotated-random-secret-value";
+    s.put_json(
+        "secrets",
+        json!({"metadata": {"name": "bk", "namespace": NS},
+               "stringData": {"key": material}}),
+    )
+    .expect("key secret");
+    let key = EncryptionKey::new(material.as_bytes().to_vec(), Some("v1".into())).expect("key");
+    let clock = clock_now();
+    create_schedule(
+        &s,
+        "orders",
+        json!({"encryption": {"keySecretRef": {"name": "bk", "key": "key"}, "keyId": "v1"}}),
+    );
+    let c = Controller::start(&s, clock.clone());
+    let mut due = next_due(&clock, "0 3 * * *");
+    let signed = |id: &str, run: &str| {
+        let line = run_result(id).replacen('{', &format!("{{\"run\":\"{run}\","), 1);
+        sign_line(&line, &key)
+    };
+    let forged_mac = |run: &str| {
+        let mut v: Value = serde_json::from_str(&signed("snap-forged", run)).expect("json");
+        v["mac"] = json!("00".repeat(32));
+        v.to_string()
+    };
+    for attempt in ["unsigned", "forged MAC", "replayed"] {
+        let name = start_due_run(&s, &c, &clock, "orders", due).await;
+        let line = match attempt {
+            "unsigned" => run_result("snap-unsigned"),
+            "forged MAC" => forged_mac(&name),
+            _ => signed("snap-replayed", "orders-1"),
+        };
+        finish(&s, &name, true, &line, due);
+        wait(&s, "refused result", |s| {
+            status(s, "orders")["lastBackupJob"] == name.as_str()
+        })
+        .await;
+        let c = cond(&s, "orders", "LastBackupSucceeded");
+        assert_eq!(c["status"], "False", "{c}");
+        assert_eq!(c["reason"], "BackupFailed", "{c}");
+        assert!(
+            c["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("(Unauthenticated)"),
+            "{c}"
+        );
+        assert!(status(&s, "orders")["lastSuccessfulBackup"].is_null());
+        due = next_due(&clock, "0 3 * * *");
+    }
+    let name = start_due_run(&s, &c, &clock, "orders", due).await;
+    finish(&s, &name, true, &signed("snap-genuine", &name), due);
+    wait(&s, "genuine result", |s| {
+        status(s, "orders")["lastSuccessfulBackup"]["id"] == "snap-genuine"
+    })
+    .await;
+    assert_eq!(cond(&s, "orders", "LastBackupSucceeded")["status"], "True");
+    c.stop().await;
+}
+
+#[tokio::test]
 async fn completed_job_result_updates_status() {
     let s = setup();
     let clock = clock_now();
@@ -284,12 +462,7 @@ async fn completed_job_result_updates_status() {
         "NoRunYet"
     );
     let due = next_due(&clock, "0 3 * * *");
-    set_clock(&clock, due);
-    c.resync();
-    let name = format!("orders-{}", due.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
-        .await
-        .expect("job");
+    let name = start_due_run(&s, &c, &clock, "orders", due).await;
 
     finish(&s, &name, true, &run_result("snap-1"), due);
     wait(&s, "lastSuccessfulBackup", |s| {
@@ -322,12 +495,7 @@ async fn failed_job_sets_the_failure_condition() {
     create_schedule(&s, "flaky", json!({}));
     let c = Controller::start(&s, clock.clone());
     let due = next_due(&clock, "0 3 * * *");
-    set_clock(&clock, due);
-    c.resync();
-    let name = format!("flaky-{}", due.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
-        .await
-        .expect("job");
+    let name = start_due_run(&s, &c, &clock, "flaky", due).await;
     finish(
         &s,
         &name,

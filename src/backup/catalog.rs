@@ -1,9 +1,12 @@
-//! `backup list` and `backup prune`: the snapshots that exist (those with a manifest),
-//! their verification state, and retention.
+//! `backup list` and `backup prune`: the snapshots that exist (those with a manifest
+//! that, with a key configured, authenticates), their verification state, and
+//! retention. Anything that does not authenticate is reported, never trusted and never
+//! deleted.
 
 use chrono::{DateTime, Utc};
 
-use super::engine::EngineError;
+use super::engine::{self, EngineError};
+use super::format::EncryptionKey;
 use super::manifest::{self, Manifest, VerificationRecord};
 use super::retention::{self, Decision, Policy};
 use super::storage::Storage;
@@ -13,44 +16,96 @@ use super::storage::Storage;
 pub struct Entry {
     /// Its manifest.
     pub manifest: Manifest,
-    /// Its newest restore test, if any.
+    /// Its newest restore test, if any (with a key: only an authenticated one).
     pub verification: Option<VerificationRecord>,
 }
 
-/// Every snapshot with a manifest, newest first.
-pub async fn list(storage: &Storage) -> Result<Vec<Entry>, EngineError> {
+/// An object under the destination that was not trusted, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// Object name.
+    pub name: String,
+    /// Bounded reason (`Unauthenticated`, `UnsafeName`, `BadManifest`, …).
+    pub reason: &'static str,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// What `list` found.
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    /// Trusted snapshots, newest first.
+    pub entries: Vec<Entry>,
+    /// Manifests and records that were ignored.
+    pub rejected: Vec<Rejected>,
+}
+
+/// Every snapshot with a (with `keys`: authenticated) manifest, newest first, plus what
+/// was rejected.
+pub async fn list(storage: &Storage, keys: &[EncryptionKey]) -> Result<Listing, EngineError> {
     let objects = storage.list().await?;
-    let mut entries = Vec::new();
+    let mut out = Listing::default();
     for o in &objects {
-        let Some(id) = manifest::id_from_manifest_name(&o.name) else {
+        let Some(stem) = o.name.strip_suffix(".manifest.json") else {
             continue;
         };
-        let manifest = match super::engine::load_manifest(storage, id).await {
+        let Some(id) = manifest::id_from_manifest_name(&o.name) else {
+            out.rejected.push(Rejected {
+                name: o.name.clone(),
+                reason: "UnsafeName",
+                message: format!("{stem:?} is not a valid snapshot id"),
+            });
+            continue;
+        };
+        let manifest = match engine::load_trusted(storage, id, keys, false).await {
             Ok(m) => m,
             Err(EngineError::NoSnapshot(_)) => continue,
-            Err(e) => return Err(e),
+            Err(e @ (EngineError::Storage(_) | EngineError::Pg(_))) => return Err(e),
+            Err(e) => {
+                out.rejected.push(Rejected {
+                    name: o.name.clone(),
+                    reason: e.reason(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
         };
         let vname = manifest::verification_name(id);
-        let verification = if objects.iter().any(|x| x.name == vname) {
-            storage
+        let mut verification = None;
+        if objects.iter().any(|x| x.name == vname) {
+            let record = storage
                 .get_small(&vname)
                 .await?
-                .and_then(|b| serde_json::from_slice(&b).ok())
-        } else {
-            None
-        };
-        entries.push(Entry {
+                .and_then(|b| serde_json::from_slice::<VerificationRecord>(&b).ok());
+            match record {
+                Some(r) if keys.is_empty() && r.snapshot == id => verification = Some(r),
+                Some(r) if !keys.is_empty() => match r.authenticate_for(&manifest, keys) {
+                    Ok(()) => verification = Some(r),
+                    Err(why) => out.rejected.push(Rejected {
+                        name: vname,
+                        reason: "Unauthenticated",
+                        message: format!("verification record {why}"),
+                    }),
+                },
+                _ => out.rejected.push(Rejected {
+                    name: vname,
+                    reason: "BadRecord",
+                    message: "verification record is unreadable or about another snapshot".into(),
+                }),
+            }
+        }
+        out.entries.push(Entry {
             manifest,
             verification,
         });
     }
-    entries.sort_by(|a, b| {
+    out.entries.sort_by(|a, b| {
         b.manifest
             .started_at
             .cmp(&a.manifest.started_at)
             .then_with(|| b.manifest.id.cmp(&a.manifest.id))
     });
-    Ok(entries)
+    Ok(out)
 }
 
 /// Result of `backup prune`.
@@ -60,18 +115,26 @@ pub struct PruneReport {
     pub decisions: Vec<Decision>,
     /// Whether nothing was deleted on purpose.
     pub dry_run: bool,
+    /// Objects that were not trusted (and so neither counted nor deleted).
+    pub rejected: Vec<Rejected>,
+    /// Leftovers of interrupted runs older than a day that were removed (`.partial`
+    /// files, open multipart uploads).
+    pub stale_removed: Vec<String>,
 }
 
-/// Applies retention. Deletes the manifest first (the snapshot stops being valid), then
-/// the data and the verification record.
+/// Applies retention to the trusted snapshots. Deletes the manifest first (the snapshot
+/// stops being valid), then the data and the verification record; then removes
+/// leftovers of interrupted runs older than a day.
 pub async fn prune(
     storage: &Storage,
+    keys: &[EncryptionKey],
     policy: &Policy,
     now: DateTime<Utc>,
     dry_run: bool,
 ) -> Result<PruneReport, EngineError> {
-    let entries = list(storage).await?;
-    let snaps: Vec<retention::Snapshot> = entries
+    let listing = list(storage, keys).await?;
+    let snaps: Vec<retention::Snapshot> = listing
+        .entries
         .iter()
         .map(|e| retention::Snapshot {
             id: e.manifest.id.clone(),
@@ -80,15 +143,25 @@ pub async fn prune(
         })
         .collect();
     let decisions = retention::select(&snaps, policy, now);
+    let mut stale_removed = Vec::new();
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.keep) {
-            let Some(e) = entries.iter().find(|e| e.manifest.id == d.id) else {
+            if !listing.entries.iter().any(|e| e.manifest.id == d.id) {
                 continue;
-            };
+            }
+            // Names derived from the (validated) id, never read from the manifest.
             storage.delete(&manifest::manifest_name(&d.id)).await?;
-            storage.delete(&e.manifest.object).await?;
+            storage.delete(&manifest::data_name(&d.id)).await?;
             storage.delete(&manifest::verification_name(&d.id)).await?;
         }
+        stale_removed = storage
+            .remove_stale_uploads(now - chrono::Duration::days(1))
+            .await?;
     }
-    Ok(PruneReport { decisions, dry_run })
+    Ok(PruneReport {
+        decisions,
+        dry_run,
+        rejected: listing.rejected,
+        stale_removed,
+    })
 }

@@ -135,10 +135,10 @@ pub struct CommonArgs {
     /// token). Default: the AWS credential chain.
     #[arg(long, global = true)]
     pub s3_credentials_file: Option<PathBuf>,
-    /// Multipart part size in MiB (≥ 5).
+    /// Size of the first 1,000 multipart parts in MiB (5–64; later parts grow).
     #[arg(long, global = true)]
     pub part_size_mib: Option<u32>,
-    /// Parallel part uploads.
+    /// Parallel part uploads (1–16).
     #[arg(long, global = true)]
     pub upload_concurrency: Option<u32>,
     /// Attempts per S3 call (retries with exponential backoff).
@@ -162,6 +162,10 @@ pub struct CommonArgs {
     /// libpq sslmode.
     #[arg(long, global = true, value_enum)]
     pub sslmode: Option<SslArg>,
+    /// PEM file with the CA certificate(s) the server's certificate must chain to
+    /// (needed for verify-ca and verify-full; with require it turns verification on).
+    #[arg(long, global = true, env = "PGSSLROOTCERT")]
+    pub ssl_root_cert: Option<PathBuf>,
     /// Encryption key file (repeatable for restores after rotation; `ID=PATH` names the
     /// key id). The first one encrypts. Default: `PALISADE_BACKUP_KEY`.
     #[arg(long, global = true)]
@@ -175,6 +179,10 @@ pub struct CommonArgs {
     /// Never print progress.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Name of the run (the Job), recorded as `run` in the JSON result so that a
+    /// signed result cannot be replayed for another run.
+    #[arg(long, global = true, env = "PALISADE_RUN")]
+    pub run_name: Option<String>,
     /// Also write the one-line JSON result to this file (in a Kubernetes Job:
     /// `/dev/termination-log`, so the controller reads it as the termination message).
     #[arg(long, global = true)]
@@ -230,6 +238,14 @@ pub enum BackupCommand {
         /// Skip ownership and privileges.
         #[arg(long)]
         no_owner: bool,
+        /// With a key configured, also restore an unencrypted (but authenticated)
+        /// snapshot.
+        #[arg(long)]
+        allow_unencrypted: bool,
+        /// Accept the manifest named by `--snapshot` without a MAC (written before
+        /// manifests were signed). Never accepts an invalid MAC.
+        #[arg(long, requires = "snapshot")]
+        allow_unauthenticated: bool,
     },
     /// Restore test into a scratch database.
     Verify {
@@ -251,6 +267,13 @@ pub enum BackupCommand {
         /// Password file for `restoreTest.target` (default: the source password).
         #[arg(long)]
         target_password_file: Option<PathBuf>,
+        /// With a key configured, also test an unencrypted (but authenticated) snapshot.
+        #[arg(long)]
+        allow_unencrypted: bool,
+        /// Accept the manifest named by `--snapshot` without a MAC (written before
+        /// manifests were signed). Never accepts an invalid MAC.
+        #[arg(long, requires = "snapshot")]
+        allow_unauthenticated: bool,
     },
     /// List snapshots and their verification state.
     List,
@@ -383,6 +406,7 @@ fn pg_conn(common: &CommonArgs, spec: Option<&BackupScheduleSpec>) -> Result<PgC
             .map(SslMode::from)
             .or(src.map(|s| s.ssl_mode))
             .unwrap_or_default(),
+        ssl_root_cert: common.ssl_root_cert.clone(),
     })
 }
 
@@ -515,7 +539,17 @@ async fn storage(
             None => None,
         },
     };
-    let part_mib = common.part_size_mib.unwrap_or(d.part_size_mib).max(5);
+    // The schema's bounds: they cap the memory in flight (see docs/BACKUP.md).
+    let part_mib = common.part_size_mib.unwrap_or(d.part_size_mib);
+    if !(5..=64).contains(&part_mib) {
+        return Err(cfg(
+            "part size must be 5-64 MiB (parts grow on their own past 1,000 parts)",
+        ));
+    }
+    let concurrency = common.upload_concurrency.unwrap_or(d.concurrency);
+    if !(1..=16).contains(&concurrency) {
+        return Err(cfg("upload concurrency must be 1-16"));
+    }
     Ok(Storage::s3(S3Settings {
         bucket: d.bucket,
         prefix: d.prefix,
@@ -526,7 +560,7 @@ async fn storage(
         sse: d.server_side_encryption,
         kms_key_id: d.kms_key_id,
         part_size: part_mib as usize * 1024 * 1024,
-        concurrency: common.upload_concurrency.unwrap_or(d.concurrency).max(1) as usize,
+        concurrency: concurrency as usize,
         max_attempts: common.s3_max_attempts,
     })
     .await?)
@@ -613,15 +647,37 @@ fn check_json(c: &CheckResult) -> Value {
 }
 
 /// Serializes compactly and enforces [`MAX_JSON_RESULT`] by shedding list items.
-pub fn compact_json(mut v: Value) -> String {
+pub fn compact_json(v: Value) -> String {
+    compact_json_within(v, MAX_JSON_RESULT)
+}
+
+/// Room left for `run`, `macKeyId` and `mac` in a signed result.
+const SIGNATURE_ROOM: usize = 256;
+
+/// The result line: `run` (the Job's name, when known) added, compacted, and signed with
+/// `signer` (the first configured key) so that the controller can authenticate it.
+fn result_line(run: Option<&str>, mut v: Value, signer: Option<&EncryptionKey>) -> String {
+    if let Some(run) = run {
+        v["run"] = json!(pg::bounded(run, 63));
+    }
+    match signer {
+        Some(key) => super::result::sign_line(
+            &compact_json_within(v, MAX_JSON_RESULT - SIGNATURE_ROOM),
+            key,
+        ),
+        None => compact_json(v),
+    }
+}
+
+fn compact_json_within(mut v: Value, limit: usize) -> String {
     for _ in 0..100_000 {
         let s = v.to_string();
-        if s.len() <= MAX_JSON_RESULT {
+        if s.len() <= limit {
             return s;
         }
         // Drop passed checks first, then anything from the longest list.
         let mut shed = false;
-        for field in ["checks", "deleted", "snapshots"] {
+        for field in ["checks", "deleted", "snapshots", "rejected"] {
             if let Some(list) = v.get_mut(field).and_then(Value::as_array_mut)
                 && !list.is_empty()
             {
@@ -647,8 +703,13 @@ pub fn compact_json(mut v: Value) -> String {
     v.to_string()
 }
 
-fn emit(common: &CommonArgs, json_value: Value, text: impl FnOnce() -> String) {
-    let line = compact_json(json_value);
+fn emit(
+    common: &CommonArgs,
+    signer: Option<&EncryptionKey>,
+    json_value: Value,
+    text: impl FnOnce() -> String,
+) {
+    let line = result_line(common.run_name.as_deref(), json_value, signer);
     write_termination_log(common.termination_log.as_deref(), &line);
     match common.output {
         OutputFormat::Json => println!("{line}"),
@@ -670,17 +731,26 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let op = args.command.op();
     let output = args.common.output;
     let termination_log = args.common.termination_log.clone();
-    match execute(args).await {
+    let run_name = args.common.run_name.clone();
+    match execute_until_signal(args).await {
         Ok(code) => Ok(code),
         Err(e) => {
             let code = match e {
                 CliError::Config(_) => 2,
+                CliError::Engine(EngineError::Interrupted("SIGTERM")) => 143,
+                CliError::Engine(EngineError::Interrupted(_)) => 130,
                 CliError::Engine(_) => 1,
             };
-            let line = compact_json(json!({
-                "op": op, "ok": false, "reason": e.reason(),
-                "error": pg::bounded(&e.to_string(), 1500),
-            }));
+            // Unsigned: the keys may be what failed. The controller shows an
+            // unauthenticated failure but never counts one as a success.
+            let line = result_line(
+                run_name.as_deref(),
+                json!({
+                    "op": op, "ok": false, "reason": e.reason(),
+                    "error": pg::bounded(&e.to_string(), 1500),
+                }),
+                None,
+            );
             write_termination_log(termination_log.as_deref(), &line);
             match output {
                 OutputFormat::Json => println!("{line}"),
@@ -691,9 +761,54 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
+/// Waits for SIGTERM or SIGINT (a Job deadline, `concurrencyPolicy: Replace`, an
+/// eviction, Ctrl-C). Never returns when the handlers cannot be installed.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+/// Runs the command; on SIGTERM/SIGINT drops it (which kills pg_dump / pg_restore and
+/// stops every stage), then aborts the multipart upload or removes the `.partial` file
+/// and any object stored without its manifest.
+async fn execute_until_signal(args: BackupArgs) -> Result<ExitCode, CliError> {
+    let signal = interrupted();
+    tokio::pin!(signal);
+    let r = resolve(&args.common).await?;
+    enum Outcome {
+        Done(Result<ExitCode, CliError>),
+        Signal(&'static str),
+    }
+    let outcome = {
+        let work = execute(args, &r);
+        tokio::pin!(work);
+        tokio::select! {
+            res = &mut work => Outcome::Done(res),
+            sig = &mut signal => Outcome::Signal(sig),
+        }
+    };
+    match outcome {
+        Outcome::Done(res) => res,
+        Outcome::Signal(sig) => {
+            for removed in r.storage.cleanup_interrupted().await {
+                tracing::info!(%removed, "removed after {sig}");
+            }
+            Err(EngineError::Interrupted(sig).into())
+        }
+    }
+}
+
+async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
     let common = &args.common;
-    let r = resolve(common).await?;
     let spec = r.spec.as_ref();
     let show_progress = common.output == OutputFormat::Text && !common.quiet;
     match args.command {
@@ -718,6 +833,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                 } else {
                     r.keys.first().cloned()
                 },
+                mac_key: r.keys.first().cloned(),
                 chunk_size: format::DEFAULT_CHUNK_SIZE,
                 id,
             };
@@ -730,7 +846,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             }
             let rep = result?;
             let m = &rep.manifest;
-            let rows: i64 = m.row_counts.values().sum();
+            let rows: i64 = m.total_rows();
             let mut out = json!({
                 "op": "run", "ok": true, "id": m.id, "key": pg::bounded(&rep.key, 512),
                 "time": m.finished_at, "bytes": m.stored_bytes, "rawBytes": m.raw_bytes,
@@ -740,9 +856,9 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                 "alreadyExisted": rep.already_existed,
             });
             if prune {
-                prune_after_run(&r.storage, spec, &mut out).await;
+                prune_after_run(&r.storage, &r.keys, spec, &mut out).await;
             }
-            emit(common, out, || {
+            emit(common, r.keys.first(), out, || {
                 format!(
                     "snapshot {} stored at {} ({} raw → {} stored, {} tables, {} rows, {}) in {:.1}s{}",
                     m.id,
@@ -777,6 +893,8 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             force,
             create,
             no_owner,
+            allow_unencrypted,
+            allow_unauthenticated,
         } => {
             let mut target = pg_conn(common, spec)?;
             if let Some(d) = target_database {
@@ -802,6 +920,8 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                 force,
                 create,
                 no_owner,
+                allow_unencrypted,
+                allow_unauthenticated,
             };
             let progress = Arc::new(Progress::default());
             let ticker = spawn_progress(progress.clone(), show_progress);
@@ -813,6 +933,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             let rep = result?;
             emit(
                 common,
+                r.keys.first(),
                 json!({
                     "op": "restore", "ok": true, "snapshot": rep.manifest.id,
                     "database": opts.target.database, "bytes": rep.manifest.stored_bytes,
@@ -836,6 +957,8 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             no_row_counts,
             timeout,
             target_password_file,
+            allow_unencrypted,
+            allow_unauthenticated,
         } => {
             let rt = spec.and_then(|s| s.restore_test.as_ref());
             let mut server = pg_conn(common, spec)?;
@@ -874,11 +997,14 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                 keys: r.keys.clone(),
                 pg_bin: common.pg_bin.clone(),
                 snapshot,
+                allow_unencrypted,
+                allow_unauthenticated,
             };
             let rep = verify::verify(&r.storage, &opts).await?;
             let rec = &rep.record;
             emit(
                 common,
+                r.keys.first(),
                 json!({
                     "op": "verify", "ok": rec.passed, "snapshot": rec.snapshot, "time": rec.time,
                     "result": if rec.passed { "Passed" } else { "Failed" },
@@ -914,7 +1040,8 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
             })
         }
         BackupCommand::List => {
-            let entries = catalog::list(&r.storage).await?;
+            let listing = catalog::list(&r.storage, &r.keys).await?;
+            let entries = &listing.entries;
             let rows: Vec<Value> = entries
                 .iter()
                 .map(|e| {
@@ -928,13 +1055,15 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                 .collect();
             emit(
                 common,
-                json!({"op": "list", "ok": true, "snapshots": rows}),
+                r.keys.first(),
+                json!({"op": "list", "ok": true, "snapshots": rows,
+                       "rejected": rejected_json(&listing.rejected)}),
                 || {
                     let mut s = format!(
                         "{:<28} {:<25} {:>12} {:<10} VERIFIED",
                         "ID", "TIME", "BYTES", "ENCRYPTED"
                     );
-                    for e in &entries {
+                    for e in entries {
                         s.push_str(&format!(
                             "\n{:<28} {:<25} {:>12} {:<10} {}",
                             e.manifest.id,
@@ -948,6 +1077,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                             verified_state(e)
                         ));
                     }
+                    s.push_str(&rejected_text(&listing.rejected));
                     s
                 },
             );
@@ -966,7 +1096,8 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                 [keep_last, keep_daily, keep_weekly, keep_monthly],
                 max_age.as_deref(),
             )?;
-            let rep = catalog::prune(&r.storage, &policy, chrono::Utc::now(), dry_run).await?;
+            let rep =
+                catalog::prune(&r.storage, &r.keys, &policy, chrono::Utc::now(), dry_run).await?;
             let deleted: Vec<&str> = rep
                 .decisions
                 .iter()
@@ -975,10 +1106,13 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                 .collect();
             emit(
                 common,
+                r.keys.first(),
                 json!({
                     "op": "prune", "ok": true, "dryRun": rep.dry_run,
                     "kept": rep.decisions.len() - deleted.len(),
                     "deletedCount": deleted.len(), "deleted": deleted,
+                    "rejected": rejected_json(&rep.rejected),
+                    "staleRemoved": rep.stale_removed.len(),
                 }),
                 || {
                     let mut s = String::new();
@@ -1006,6 +1140,7 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
                             "deleted"
                         }
                     ));
+                    s.push_str(&rejected_text(&rep.rejected));
                     s
                 },
             );
@@ -1016,10 +1151,16 @@ async fn execute(args: BackupArgs) -> Result<ExitCode, CliError> {
 
 /// `backup run --prune`: retention after a successful snapshot. A failed prune is
 /// reported in the result (`pruned.error`) but does not fail the snapshot.
-async fn prune_after_run(storage: &Storage, spec: Option<&BackupScheduleSpec>, out: &mut Value) {
+async fn prune_after_run(
+    storage: &Storage,
+    keys: &[EncryptionKey],
+    spec: Option<&BackupScheduleSpec>,
+    out: &mut Value,
+) {
     let pruned = match policy(spec.map(|s| &s.retention), [None; 4], None) {
         Err(e) => json!({"error": pg::bounded(&e.to_string(), 300)}),
-        Ok(policy) => match catalog::prune(storage, &policy, chrono::Utc::now(), false).await {
+        Ok(policy) => match catalog::prune(storage, keys, &policy, chrono::Utc::now(), false).await
+        {
             Ok(rep) => {
                 let deleted = rep.decisions.iter().filter(|d| !d.keep).count();
                 json!({"kept": rep.decisions.len() - deleted, "deletedCount": deleted})
@@ -1028,10 +1169,42 @@ async fn prune_after_run(storage: &Storage, spec: Option<&BackupScheduleSpec>, o
         },
     };
     out["pruned"] = pruned;
-    if let Ok(entries) = catalog::list(storage).await {
-        out["snapshotCount"] = json!(entries.len());
-        out["totalBytes"] = json!(entries.iter().map(|e| e.manifest.stored_bytes).sum::<u64>());
+    if let Ok(listing) = catalog::list(storage, keys).await {
+        out["snapshotCount"] = json!(listing.entries.len());
+        out["totalBytes"] = json!(
+            listing
+                .entries
+                .iter()
+                .fold(0u64, |acc, e| acc.saturating_add(e.manifest.stored_bytes))
+        );
     }
+}
+
+/// Rejected objects for JSON results (bounded: at most 20, names and messages cut).
+fn rejected_json(rejected: &[catalog::Rejected]) -> Value {
+    Value::Array(
+        rejected
+            .iter()
+            .take(20)
+            .map(|r| {
+                json!({"name": pg::bounded(&r.name, 140), "reason": r.reason,
+                       "message": pg::bounded(&r.message, 200)})
+            })
+            .collect(),
+    )
+}
+
+fn rejected_text(rejected: &[catalog::Rejected]) -> String {
+    let mut s = String::new();
+    for r in rejected {
+        s.push_str(&format!(
+            "\nIGNORED {} ({}): {}",
+            pg::bounded(&r.name, 140),
+            r.reason,
+            pg::bounded(&r.message, 300)
+        ));
+    }
+    s
 }
 
 fn verified_state(e: &catalog::Entry) -> &'static str {

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use super::format::{self, EncryptionKey, FormatError, Sealer};
 use super::manifest::{self, CompressionInfo, EncryptionInfo, MANIFEST_VERSION, Manifest, Source};
 use super::pg::{self, PgConn, PgError, StderrTail};
-use super::storage::{Storage, StorageError};
+use super::storage::{PartPlan, Storage, StorageError};
 
 /// Errors of the engine (run, restore, verify, list, prune).
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,25 @@ pub enum EngineError {
     /// Encrypted snapshot but no key given.
     #[error("snapshot is encrypted with key {0}; give its key with --key-file")]
     MissingKey(String),
+    /// Metadata that does not authenticate under the configured keys.
+    #[error("{what} {why}; refused (nothing restored, deleted or trusted)")]
+    Unauthenticated {
+        /// Which object.
+        what: String,
+        /// Why.
+        why: manifest::AuthError,
+    },
+    /// A name read from storage that is not what it must be (path traversal, moved file).
+    #[error("unsafe or mismatched name in {0}; refused")]
+    UnsafeName(String),
+    /// An unencrypted snapshot while a key is configured.
+    #[error(
+        "snapshot {0} is not encrypted although a key is configured; refused (use --allow-unencrypted to restore it anyway)"
+    )]
+    Unencrypted(String),
+    /// SIGTERM / SIGINT.
+    #[error("interrupted by {0}; child processes stopped, unfinished uploads removed")]
+    Interrupted(&'static str),
     /// Invalid input.
     #[error("{0}")]
     Invalid(String),
@@ -91,6 +110,10 @@ impl EngineError {
             EngineError::NoSnapshot(_) => "NoSnapshot",
             EngineError::BadManifest(..) => "BadManifest",
             EngineError::MissingKey(_) => "MissingKey",
+            EngineError::Unauthenticated { .. } => "Unauthenticated",
+            EngineError::UnsafeName(_) => "UnsafeName",
+            EngineError::Unencrypted(_) => "Unencrypted",
+            EngineError::Interrupted(_) => "Interrupted",
             EngineError::Invalid(_) => "InvalidArgument",
             EngineError::Timeout(_) => "Timeout",
         }
@@ -119,6 +142,9 @@ pub struct RunOptions {
     pub compression_level: i32,
     /// Encryption key; unencrypted when `None`.
     pub key: Option<EncryptionKey>,
+    /// Key that signs the manifest when `key` is `None` (`--no-encryption` with a key
+    /// configured); `key` signs it otherwise.
+    pub mac_key: Option<EncryptionKey>,
     /// Plaintext bytes per encrypted chunk.
     pub chunk_size: usize,
     /// Snapshot id; generated when `None`.
@@ -140,13 +166,7 @@ pub struct RunReport {
 
 /// Checks a snapshot id: 1–128 of `[A-Za-z0-9._-]`, not starting with `.`.
 pub fn validate_id(id: &str) -> Result<(), EngineError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
+    if manifest::valid_id(id) {
         Ok(())
     } else {
         Err(EngineError::Invalid(
@@ -281,24 +301,26 @@ struct SealStats {
 fn seal_stage(
     rx: Receiver<(Vec<u8>, bool)>,
     mut sealer: Option<Sealer>,
-    part_size: usize,
+    plan: PartPlan,
     tx: mpsc::Sender<Bytes>,
     progress: Arc<Progress>,
 ) -> Result<SealStats, EngineError> {
     let mut hasher = Context::new(&SHA256);
-    let cap = part_size + format::MAX_CHUNK_SIZE.min(4 << 20) + 64;
-    let mut part: Vec<u8> = Vec::with_capacity(cap);
+    let slack = format::MAX_CHUNK_SIZE.min(4 << 20) + 64;
+    // Part `number` (1-based) is shipped once it reaches `plan.size(number)`.
+    let mut number: u32 = 1;
+    let mut part: Vec<u8> = Vec::with_capacity(plan.size(number) + slack);
     if let Some(s) = &sealer {
         part.extend_from_slice(s.header());
     }
     let (mut compressed, mut stored, mut saw_last) = (0u64, 0u64, false);
-    let mut ship = |part: &mut Vec<u8>, stored: &mut u64| -> Result<(), EngineError> {
+    let mut ship = |part: &mut Vec<u8>, stored: &mut u64, next: u32| -> Result<(), EngineError> {
         hasher.update(part);
         *stored += part.len() as u64;
         progress
             .stored
             .fetch_add(part.len() as u64, Ordering::Relaxed);
-        let full = std::mem::replace(part, Vec::with_capacity(cap));
+        let full = std::mem::replace(part, Vec::with_capacity(plan.size(next) + slack));
         tx.blocking_send(Bytes::from(full))
             .map_err(|_| EngineError::Pipe("upload stage stopped".into()))
     };
@@ -308,8 +330,9 @@ fn seal_stage(
             Some(s) => s.seal_into(&chunk, last, &mut part),
             None => part.extend_from_slice(&chunk),
         }
-        if part.len() >= part_size {
-            ship(&mut part, &mut stored)?;
+        if part.len() >= plan.size(number) {
+            number = number.saturating_add(1);
+            ship(&mut part, &mut stored, number)?;
         }
         if last {
             saw_last = true;
@@ -320,7 +343,7 @@ fn seal_stage(
         return Err(EngineError::Pipe("compression stage stopped early".into()));
     }
     if !part.is_empty() || stored == 0 {
-        ship(&mut part, &mut stored)?;
+        ship(&mut part, &mut stored, number)?;
     }
     Ok(SealStats {
         compressed,
@@ -333,14 +356,60 @@ fn join_err(e: tokio::task::JoinError) -> EngineError {
     EngineError::Pipe(format!("stage panicked or was cancelled: {e}"))
 }
 
-/// Reads a snapshot's manifest.
+/// Reads a snapshot's manifest and checks its names: the id is well formed and the
+/// one in the file's own name, the object is exactly that id's data name. Does not
+/// check the MAC (see [`load_trusted`]).
 pub async fn load_manifest(storage: &Storage, id: &str) -> Result<Manifest, EngineError> {
+    validate_id(id)?;
     let name = manifest::manifest_name(id);
     let body = storage
         .get_small(&name)
         .await?
         .ok_or_else(|| EngineError::NoSnapshot(id.to_string()))?;
-    serde_json::from_slice(&body).map_err(|e| EngineError::BadManifest(name, e.to_string()))
+    let m: Manifest = serde_json::from_slice(&body)
+        .map_err(|e| EngineError::BadManifest(name.clone(), e.to_string()))?;
+    if m.id != id || m.object != manifest::data_name(id) {
+        return Err(EngineError::UnsafeName(format!(
+            "manifest {name}: id {:?} / object {:?} (want {id:?} / {:?})",
+            pg::bounded(&m.id, 140),
+            pg::bounded(&m.object, 140),
+            manifest::data_name(id)
+        )));
+    }
+    Ok(m)
+}
+
+/// [`load_manifest`], then, when `keys` is not empty, its MAC. `allow_unauthenticated`
+/// accepts a manifest without a MAC (format 1, written before manifests were signed);
+/// an invalid MAC is never accepted.
+pub async fn load_trusted(
+    storage: &Storage,
+    id: &str,
+    keys: &[EncryptionKey],
+    allow_unauthenticated: bool,
+) -> Result<Manifest, EngineError> {
+    let m = load_manifest(storage, id).await?;
+    authenticate_manifest(&m, keys, allow_unauthenticated)?;
+    Ok(m)
+}
+
+/// Checks a manifest's MAC when keys are configured.
+pub fn authenticate_manifest(
+    m: &Manifest,
+    keys: &[EncryptionKey],
+    allow_unauthenticated: bool,
+) -> Result<(), EngineError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    match m.authenticate(keys) {
+        Ok(()) => Ok(()),
+        Err(manifest::AuthError::Missing) if allow_unauthenticated => Ok(()),
+        Err(why) => Err(EngineError::Unauthenticated {
+            what: format!("manifest {}", manifest::manifest_name(&m.id)),
+            why,
+        }),
+    }
 }
 
 /// `backup run`: dump, compress, encrypt, store, then write the manifest.
@@ -356,7 +425,11 @@ pub async fn run(
         None => new_id(started_at),
     };
     validate_id(&id)?;
+    let signer = opts.key.as_ref().or(opts.mac_key.as_ref());
     if let Ok(existing) = load_manifest(storage, &id).await {
+        // A manifest someone else put under our id is not "our" snapshot.
+        let keys: Vec<EncryptionKey> = signer.into_iter().cloned().collect();
+        authenticate_manifest(&existing, &keys, false)?;
         return Ok(RunReport {
             key: storage.key(&existing.object),
             manifest: existing,
@@ -391,10 +464,10 @@ pub async fn run(
 
     let chunk = opts.chunk_size.clamp(4096, format::MAX_CHUNK_SIZE);
     let sealer = match &opts.key {
-        Some(k) => Some(Sealer::new(k, chunk)?),
+        Some(k) => Some(Sealer::new(k, chunk, &id)?),
         None => None,
     };
-    let part_size = storage.part_size();
+    let plan = storage.part_plan();
     let (chunk_tx, chunk_rx) = sync_channel::<(Vec<u8>, bool)>(4);
     let (part_tx, mut part_rx) = mpsc::channel::<Bytes>(1);
     let level = opts.compression_level;
@@ -402,8 +475,7 @@ pub async fn run(
     let compress =
         tokio::task::spawn_blocking(move || compress_stage(stdout, level, chunk, chunk_tx, p1));
     let p2 = progress.clone();
-    let seal =
-        tokio::task::spawn_blocking(move || seal_stage(chunk_rx, sealer, part_size, part_tx, p2));
+    let seal = tokio::task::spawn_blocking(move || seal_stage(chunk_rx, sealer, plan, part_tx, p2));
 
     let mut upload_result = Ok(());
     while let Some(part) = part_rx.recv().await {
@@ -463,7 +535,7 @@ pub async fn run(
     };
     upload.finish().await?;
 
-    let manifest = Manifest {
+    let mut manifest = Manifest {
         format_version: MANIFEST_VERSION,
         id: id.clone(),
         object: data_name.clone(),
@@ -498,14 +570,21 @@ pub async fn run(
             },
         },
         row_counts,
+        mac_key_id: None,
+        mac: None,
     };
+    if let Some(k) = signer {
+        manifest.sign(k);
+    }
     let body = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| EngineError::BadManifest(id.clone(), e.to_string()))?;
     if let Err(e) = storage.put_small(&manifest::manifest_name(&id), body).await {
         // Without a manifest the data is not a snapshot: remove it.
         let _ = storage.delete(&data_name).await;
+        storage.commit(&data_name);
         return Err(e.into());
     }
+    storage.commit(&data_name);
     Ok(RunReport {
         key: storage.key(&data_name),
         manifest,
@@ -531,6 +610,10 @@ pub struct RestoreOptions {
     pub create: bool,
     /// Skip ownership and privileges (`--no-owner --no-privileges`).
     pub no_owner: bool,
+    /// Restore an (authenticated) unencrypted snapshot although a key is configured.
+    pub allow_unencrypted: bool,
+    /// Accept a manifest without a MAC (format 1) when `snapshot` names it explicitly.
+    pub allow_unauthenticated: bool,
 }
 
 /// Result of `backup restore`.
@@ -542,19 +625,30 @@ pub struct RestoreReport {
     pub duration: Duration,
 }
 
-/// Resolves `snapshot` (or the newest valid one) to its manifest.
-pub async fn resolve(storage: &Storage, snapshot: Option<&str>) -> Result<Manifest, EngineError> {
+/// Resolves `snapshot` (or the newest authenticated one) to its manifest. With keys,
+/// only manifests whose MAC verifies are candidates (`allow_unauthenticated` admits a
+/// MAC-less manifest only when it is named explicitly).
+pub async fn resolve(
+    storage: &Storage,
+    snapshot: Option<&str>,
+    keys: &[EncryptionKey],
+    allow_unauthenticated: bool,
+) -> Result<Manifest, EngineError> {
     match snapshot {
-        Some(id) => {
-            validate_id(id)?;
-            load_manifest(storage, id).await
+        Some(id) => load_trusted(storage, id, keys, allow_unauthenticated).await,
+        None => {
+            let listing = super::catalog::list(storage, keys).await?;
+            match listing.entries.into_iter().next() {
+                Some(e) => Ok(e.manifest),
+                None if listing.rejected.is_empty() => {
+                    Err(EngineError::NoSnapshot("(none stored)".into()))
+                }
+                None => Err(EngineError::NoSnapshot(format!(
+                    "(none authenticated; {} rejected, see backup list)",
+                    listing.rejected.len()
+                ))),
+            }
         }
-        None => super::catalog::list(storage)
-            .await?
-            .into_iter()
-            .next()
-            .map(|e| e.manifest)
-            .ok_or_else(|| EngineError::NoSnapshot("(none stored)".into())),
     }
 }
 
@@ -565,8 +659,14 @@ pub async fn restore(
     progress: Arc<Progress>,
 ) -> Result<RestoreReport, EngineError> {
     let t0 = Instant::now();
-    let manifest = resolve(storage, opts.snapshot.as_deref()).await?;
-    check_keys(&manifest, &opts.keys)?;
+    let manifest = resolve(
+        storage,
+        opts.snapshot.as_deref(),
+        &opts.keys,
+        opts.allow_unauthenticated,
+    )
+    .await?;
+    check_keys(&manifest, &opts.keys, opts.allow_unencrypted)?;
 
     let exists = {
         let admin = opts.target.with_database("postgres").connect().await?;
@@ -598,15 +698,30 @@ pub async fn restore(
     })
 }
 
-/// Fails early when the snapshot's key is not among `keys`.
-pub fn check_keys(manifest: &Manifest, keys: &[EncryptionKey]) -> Result<(), EngineError> {
-    if let Some(kid) = &manifest.encryption.key_id {
-        if keys.is_empty() {
-            return Err(EngineError::MissingKey(kid.clone()));
+/// Fails early when the snapshot's key is not among `keys`, and refuses an unencrypted
+/// snapshot while keys are configured unless `allow_unencrypted`.
+pub fn check_keys(
+    manifest: &Manifest,
+    keys: &[EncryptionKey],
+    allow_unencrypted: bool,
+) -> Result<(), EngineError> {
+    if !manifest.encryption.is_encrypted() {
+        if !keys.is_empty() && !allow_unencrypted {
+            return Err(EngineError::Unencrypted(manifest.id.clone()));
         }
-        if !keys.iter().any(|k| k.id() == kid) {
-            return Err(FormatError::UnknownKey(kid.clone()).into());
-        }
+        return Ok(());
+    }
+    let Some(kid) = &manifest.encryption.key_id else {
+        return Err(EngineError::BadManifest(
+            manifest::manifest_name(&manifest.id),
+            "encrypted but no key id".into(),
+        ));
+    };
+    if keys.is_empty() {
+        return Err(EngineError::MissingKey(kid.clone()));
+    }
+    if !keys.iter().any(|k| k.id() == kid) {
+        return Err(FormatError::UnknownKey(kid.clone()).into());
     }
     Ok(())
 }
@@ -669,6 +784,11 @@ fn map_decode_error(e: io::Error) -> EngineError {
                 FormatError::Truncated => FormatError::Truncated,
                 FormatError::TrailingData => FormatError::TrailingData,
                 FormatError::BadFrame(i) => FormatError::BadFrame(*i),
+                FormatError::WrongSnapshot { expected, found } => FormatError::WrongSnapshot {
+                    expected: expected.clone(),
+                    found: found.clone(),
+                },
+                FormatError::Unbound => FormatError::Unbound,
                 _ => FormatError::BadHeader("invalid stream"),
             });
         }
@@ -694,7 +814,12 @@ fn decode_stage(
     let result = (|| -> Result<(), EngineError> {
         {
             let plain: Box<dyn Read + '_> = if encrypted {
-                Box::new(format::OpenReader::new(&mut reader, &keys)?)
+                Box::new(format::OpenReader::new(
+                    &mut reader,
+                    &keys,
+                    &manifest.id,
+                    manifest.format_version < MANIFEST_VERSION,
+                )?)
             } else {
                 Box::new(&mut reader)
             };

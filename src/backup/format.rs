@@ -1,8 +1,10 @@
-//! The encrypted snapshot format (version 1): AES-256-GCM in authenticated chunks.
+//! The encrypted snapshot format (version 2): AES-256-GCM in authenticated chunks,
+//! bound to its snapshot id.
 //!
 //! ```text
-//! header  = magic "PALSNAP\0" (8) | version u8 = 1 | algorithm u8 = 1
+//! header  = magic "PALSNAP\0" (8) | version u8 = 2 | algorithm u8 = 1
 //!         | chunk_size u32 BE | key_id_len u8 | key_id (UTF-8, ≤ 64)
+//!         | snapshot_id_len u8 | snapshot_id (≤ 128)
 //!         | salt (32) | nonce_base (12)
 //! frame_i = flag u8 (0 = more, 1 = final) | len u32 BE | ciphertext (len bytes, tag included)
 //! file    = header | frame_0 | … | frame_n        (frame_n has flag 1; nothing follows it)
@@ -16,18 +18,27 @@
 //!   changes `i` or the header hash, dropping the final chunk leaves a stream that never
 //!   saw `flag = 1`, and bytes after the final chunk are rejected.
 //! * A chunk carries at most `chunk_size` plaintext bytes (1 MiB by default).
+//! * The snapshot id is in the header and so in every chunk's AAD: a stream stored under
+//!   another id is refused before any plaintext is produced ([`FormatError::WrongSnapshot`]).
+//!   Version 1 (no id) is read only when the caller asks for it explicitly.
+//! * Metadata (manifests, verification records) is authenticated with HMAC-SHA256 under
+//!   `HKDF-SHA256("palisade metadata", key material, "palisade metadata mac v1")`
+//!   ([`EncryptionKey::mac`]), a key that is never used for anything else.
 
 use std::io::{self, Read};
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::digest::{SHA256, digest};
 use ring::hkdf;
+use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// File magic of an encrypted snapshot.
 pub const MAGIC: &[u8; 8] = b"PALSNAP\0";
-/// Format version written by this code.
-pub const VERSION: u8 = 1;
+/// Format version written by this code (2: the snapshot id is in the header).
+pub const VERSION: u8 = 2;
+/// The first format version (no snapshot id in the header); read only on request.
+pub const VERSION_1: u8 = 1;
 /// Algorithm id 1: AES-256-GCM with an HKDF-SHA256 derived per-snapshot key.
 pub const ALG_AES256GCM_HKDF: u8 = 1;
 /// Default plaintext bytes per chunk.
@@ -39,6 +50,10 @@ const SALT_LEN: usize = 32;
 const MIN_KEY_LEN: usize = 16;
 const HKDF_INFO: &[u8] = b"palisade snapshot v1 aes-256-gcm";
 const KEY_ID_INFO: &[u8] = b"palisade key id v1";
+const MAC_SALT: &[u8] = b"palisade metadata";
+const MAC_INFO: &[u8] = b"palisade metadata mac v1";
+/// Longest snapshot id the header carries.
+pub const MAX_SNAPSHOT_ID: usize = 128;
 
 /// Errors of the snapshot format.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +82,19 @@ pub enum FormatError {
     /// Key id is unusable.
     #[error("key id must be 1 to 64 bytes of UTF-8")]
     BadKeyId,
+    /// The stream belongs to another snapshot id (moved or copied object).
+    #[error(
+        "the stored stream belongs to snapshot {found:?}, not {expected:?} (object moved or substituted)"
+    )]
+    WrongSnapshot {
+        /// The id asked for.
+        expected: String,
+        /// The id in the stream's header.
+        found: String,
+    },
+    /// A version 1 stream (not bound to its id) where only version 2 is accepted.
+    #[error("format version 1 stream is not bound to its snapshot id; refused")]
+    Unbound,
     /// The system random source failed.
     #[error("random number generator failed")]
     Random,
@@ -87,6 +115,8 @@ impl FormatError {
             FormatError::BadFrame(_) => "BadFrame",
             FormatError::WeakKey => "WeakKey",
             FormatError::BadKeyId => "BadKeyId",
+            FormatError::WrongSnapshot { .. } => "SnapshotMismatch",
+            FormatError::Unbound => "Unauthenticated",
             FormatError::Random => "RandomFailed",
             FormatError::Io(_) => "ReadFailed",
         }
@@ -147,6 +177,25 @@ impl EncryptionKey {
         &self.id
     }
 
+    fn mac_key(&self) -> hmac::Key {
+        let mut key = [0u8; 32];
+        hkdf_fill(MAC_SALT, &self.material, MAC_INFO, &mut key);
+        hmac::Key::new(hmac::HMAC_SHA256, &key)
+    }
+
+    /// Hex HMAC-SHA256 of `data` under this key's metadata MAC key.
+    pub fn mac(&self, data: &[u8]) -> String {
+        hex(hmac::sign(&self.mac_key(), data).as_ref())
+    }
+
+    /// Whether `tag` (hex) is the MAC of `data` (constant-time comparison).
+    pub fn verify_mac(&self, data: &[u8], tag: &str) -> bool {
+        match unhex(tag) {
+            Some(t) => hmac::verify(&self.mac_key(), data, &t).is_ok(),
+            None => false,
+        }
+    }
+
     fn data_key(&self, salt: &[u8]) -> Result<LessSafeKey, FormatError> {
         let mut key = [0u8; 32];
         hkdf_fill(salt, &self.material, HKDF_INFO, &mut key);
@@ -171,6 +220,17 @@ pub fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
+}
+
+/// Decodes lower- or upper-case hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 fn nonce_for(base: &[u8; NONCE_LEN], index: u64) -> Nonce {
@@ -201,21 +261,30 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// A sealer with a fresh random salt and nonce base.
-    pub fn new(key: &EncryptionKey, chunk_size: usize) -> Result<Self, FormatError> {
+    /// A sealer with a fresh random salt and nonce base, bound to `snapshot_id`.
+    pub fn new(
+        key: &EncryptionKey,
+        chunk_size: usize,
+        snapshot_id: &str,
+    ) -> Result<Self, FormatError> {
+        if snapshot_id.is_empty() || snapshot_id.len() > MAX_SNAPSHOT_ID {
+            return Err(FormatError::BadHeader("snapshot id length"));
+        }
         let rng = SystemRandom::new();
         let mut salt = [0u8; SALT_LEN];
         let mut nonce_base = [0u8; NONCE_LEN];
         rng.fill(&mut salt).map_err(|_| FormatError::Random)?;
         rng.fill(&mut nonce_base).map_err(|_| FormatError::Random)?;
         let chunk_size = chunk_size.clamp(1, MAX_CHUNK_SIZE);
-        let mut header = Vec::with_capacity(64 + key.id.len());
+        let mut header = Vec::with_capacity(64 + key.id.len() + snapshot_id.len());
         header.extend_from_slice(MAGIC);
         header.push(VERSION);
         header.push(ALG_AES256GCM_HKDF);
         header.extend_from_slice(&(chunk_size as u32).to_be_bytes());
         header.push(key.id.len() as u8);
         header.extend_from_slice(key.id.as_bytes());
+        header.push(snapshot_id.len() as u8);
+        header.extend_from_slice(snapshot_id.as_bytes());
         header.extend_from_slice(&salt);
         header.extend_from_slice(&nonce_base);
         let header_hash = sha256_array(&header);
@@ -310,8 +379,15 @@ fn read_exact_or_eof<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 impl<R: Read> OpenReader<R> {
-    /// Reads and checks the header, picking the key by id from `keys`.
-    pub fn new(mut inner: R, keys: &[EncryptionKey]) -> Result<Self, FormatError> {
+    /// Reads and checks the header, picking the key by id from `keys`. A version 2
+    /// header must name `snapshot_id`; a version 1 header (no id) is accepted only with
+    /// `accept_v1`.
+    pub fn new(
+        mut inner: R,
+        keys: &[EncryptionKey],
+        snapshot_id: &str,
+        accept_v1: bool,
+    ) -> Result<Self, FormatError> {
         let mut fixed = [0u8; 15];
         if read_exact_or_eof(&mut inner, &mut fixed)? < fixed.len() {
             return Err(FormatError::BadHeader("too short"));
@@ -319,8 +395,12 @@ impl<R: Read> OpenReader<R> {
         if &fixed[..8] != MAGIC {
             return Err(FormatError::BadHeader("bad magic"));
         }
-        if fixed[8] != VERSION {
-            return Err(FormatError::BadHeader("unsupported version"));
+        let version = fixed[8];
+        match version {
+            VERSION => {}
+            VERSION_1 if accept_v1 => {}
+            VERSION_1 => return Err(FormatError::Unbound),
+            _ => return Err(FormatError::BadHeader("unsupported version")),
         }
         if fixed[9] != ALG_AES256GCM_HKDF {
             return Err(FormatError::BadHeader("unsupported algorithm"));
@@ -330,21 +410,44 @@ impl<R: Read> OpenReader<R> {
             return Err(FormatError::BadHeader("bad chunk size"));
         }
         let id_len = fixed[14] as usize;
-        let mut rest = vec![0u8; id_len + SALT_LEN + NONCE_LEN];
-        if read_exact_or_eof(&mut inner, &mut rest)? < rest.len() {
+        let mut header = fixed.to_vec();
+        let mut key_id = vec![0u8; id_len];
+        if read_exact_or_eof(&mut inner, &mut key_id)? < key_id.len() {
             return Err(FormatError::BadHeader("too short"));
         }
-        let id = std::str::from_utf8(&rest[..id_len])
+        header.extend_from_slice(&key_id);
+        let id = std::str::from_utf8(&key_id)
             .map_err(|_| FormatError::BadHeader("key id is not UTF-8"))?;
+        if version == VERSION {
+            let mut len = [0u8; 1];
+            if read_exact_or_eof(&mut inner, &mut len)? < 1 {
+                return Err(FormatError::BadHeader("too short"));
+            }
+            let mut sid = vec![0u8; len[0] as usize];
+            if read_exact_or_eof(&mut inner, &mut sid)? < sid.len() {
+                return Err(FormatError::BadHeader("too short"));
+            }
+            header.push(len[0]);
+            header.extend_from_slice(&sid);
+            if sid != snapshot_id.as_bytes() {
+                return Err(FormatError::WrongSnapshot {
+                    expected: snapshot_id.to_string(),
+                    found: String::from_utf8_lossy(&sid).into_owned(),
+                });
+            }
+        }
         let key = keys
             .iter()
             .find(|k| k.id == id)
             .ok_or_else(|| FormatError::UnknownKey(id.to_string()))?;
-        let salt = &rest[id_len..id_len + SALT_LEN];
-        let mut nonce_base = [0u8; NONCE_LEN];
-        nonce_base.copy_from_slice(&rest[id_len + SALT_LEN..]);
-        let mut header = fixed.to_vec();
+        let mut rest = vec![0u8; SALT_LEN + NONCE_LEN];
+        if read_exact_or_eof(&mut inner, &mut rest)? < rest.len() {
+            return Err(FormatError::BadHeader("too short"));
+        }
         header.extend_from_slice(&rest);
+        let salt = &rest[..SALT_LEN];
+        let mut nonce_base = [0u8; NONCE_LEN];
+        nonce_base.copy_from_slice(&rest[SALT_LEN..]);
         Ok(OpenReader {
             key: key.data_key(salt)?,
             inner,
@@ -421,20 +524,23 @@ pub fn format_error(e: &io::Error) -> Option<&FormatError> {
         .and_then(|inner| inner.downcast_ref::<FormatError>())
 }
 
+/// A fixed test key with id `id`.
+#[cfg(test)]
+pub(crate) fn test_key(id: &str) -> EncryptionKey {
+    EncryptionKey {
+        id: id.into(),
+        material: b"0123456789abcdef0123456789abcdef".to_vec(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn key(id: &str) -> EncryptionKey {
-        EncryptionKey::new(
-            b"0123456789abcdef0123456789abcdef".to_vec(),
-            Some(id.into()),
-        )
-        .expect("key")
-    }
+    use super::test_key as key;
 
     fn seal(data: &[u8], chunk: usize) -> Vec<u8> {
-        let mut s = Sealer::new(&key("k1"), chunk).expect("sealer");
+        let mut s = Sealer::new(&key("k1"), chunk, "snap-1").expect("sealer");
         let mut out = s.header().to_vec();
         let mut chunks = data.chunks(chunk).peekable();
         if chunks.peek().is_none() {
@@ -447,7 +553,11 @@ mod tests {
     }
 
     fn open(sealed: &[u8], keys: &[EncryptionKey]) -> Result<Vec<u8>, String> {
-        let mut r = OpenReader::new(sealed, keys).map_err(|e| e.reason().to_string())?;
+        open_as(sealed, keys, "snap-1")
+    }
+
+    fn open_as(sealed: &[u8], keys: &[EncryptionKey], id: &str) -> Result<Vec<u8>, String> {
+        let mut r = OpenReader::new(sealed, keys, id, false).map_err(|e| e.reason().to_string())?;
         let mut out = Vec::new();
         r.read_to_end(&mut out)
             .map_err(|e| format_error(&e).map_or("io", |f| f.reason()).to_string())?;
@@ -482,7 +592,7 @@ mod tests {
 
         // Truncation at a frame boundary (drop the final frame) and mid-frame.
         let frame = 5 + 4096 + TAG_LEN;
-        let hdr = 15 + 2 + SALT_LEN + NONCE_LEN; // header with key id "k1"
+        let hdr = 15 + 2 + 1 + 6 + SALT_LEN + NONCE_LEN; // key id "k1", snapshot "snap-1"
         let body = &sealed[hdr..];
         let frames = body.len().div_ceil(frame);
         let cut = hdr + (frames - 1) * frame;
@@ -509,6 +619,45 @@ mod tests {
         let mut s = sealed[..hdr + frame].to_vec();
         s.extend_from_slice(&other[hdr + frame..]);
         assert_eq!(open(&s, &[key("k1")]).unwrap_err(), "DecryptionFailed");
+    }
+
+    #[test]
+    fn stream_is_bound_to_its_snapshot_id() {
+        let sealed = seal(b"some data", 64);
+        assert_eq!(
+            open_as(&sealed, &[key("k1")], "snap-2").unwrap_err(),
+            "SnapshotMismatch"
+        );
+        // Rewriting the id in the header breaks every chunk's AAD.
+        let mut moved = sealed.clone();
+        let at = 15 + 2 + 1 + 5;
+        moved[at] = b'2';
+        assert_eq!(
+            open_as(&moved, &[key("k1")], "snap-2").unwrap_err(),
+            "DecryptionFailed"
+        );
+        // A version 1 header is refused unless asked for.
+        let mut v1 = sealed[..15 + 2].to_vec();
+        v1[8] = VERSION_1;
+        v1.extend_from_slice(&[0u8; SALT_LEN + NONCE_LEN]);
+        assert!(matches!(
+            OpenReader::new(&v1[..], &[key("k1")], "snap-1", false),
+            Err(FormatError::Unbound)
+        ));
+        assert!(OpenReader::new(&v1[..], &[key("k1")], "snap-1", true).is_ok());
+    }
+
+    #[test]
+    fn metadata_macs() {
+        let k = key("k1");
+        let tag = k.mac(b"manifest");
+        assert!(k.verify_mac(b"manifest", &tag));
+        assert!(!k.verify_mac(b"manifesT", &tag));
+        assert!(!k.verify_mac(b"manifest", "zz"));
+        let other =
+            EncryptionKey::new(b"another key, also 32 bytes long!".to_vec(), None).expect("key");
+        assert!(!other.verify_mac(b"manifest", &tag));
+        assert_eq!(unhex(&hex(&[0, 1, 254])), Some(vec![0, 1, 254]));
     }
 
     #[test]

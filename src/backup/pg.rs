@@ -3,12 +3,24 @@
 //!
 //! Connection details reach the child processes only through `PG*` environment
 //! variables, never argv, and no connection string carrying a password is ever built.
+//!
+//! TLS follows libpq's `sslmode` on the engine's own connection (rustls on ring):
+//! `disable` plain; `allow`/`prefer` TLS when the server offers it, unverified (as
+//! libpq); `require` TLS, verified against the CA when one is given (as libpq with a
+//! root certificate), else unverified; `verify-ca` TLS and a chain to the CA;
+//! `verify-full` also the host name. `pg_dump`/`pg_restore` get the same through
+//! `PGSSLMODE` and `PGSSLROOTCERT`.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::{Client, NoTls};
 
 use crate::crd::backup_schedule::SslMode;
@@ -50,9 +62,9 @@ pub enum PgError {
         /// Its stderr, redacted and bounded.
         stderr: String,
     },
-    /// The requested TLS mode needs TLS, which the row-count connection cannot do.
-    #[error("sslmode {0} is not supported by the engine's own connection yet")]
-    TlsUnsupported(&'static str),
+    /// TLS cannot be set up (no or unreadable CA for verify-ca / verify-full).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// Target database is not empty.
     #[error("database {0} is not empty (use --force to restore over it)")]
     NotEmpty(String),
@@ -70,7 +82,7 @@ impl PgError {
                 "pg_restore" => "PgRestoreFailed",
                 _ => "ToolFailed",
             },
-            PgError::TlsUnsupported(_) => "TlsUnsupported",
+            PgError::Tls(_) => "TlsError",
             PgError::NotEmpty(_) => "TargetNotEmpty",
         }
     }
@@ -91,6 +103,8 @@ pub struct PgConn {
     pub password: Option<String>,
     /// libpq sslmode.
     pub ssl_mode: SslMode,
+    /// PEM file of the CA(s) the server certificate must chain to (`sslrootcert`).
+    pub ssl_root_cert: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for PgConn {
@@ -102,6 +116,7 @@ impl std::fmt::Debug for PgConn {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("ssl_mode", &self.ssl_mode)
+            .field("ssl_root_cert", &self.ssl_root_cert)
             .finish()
     }
 }
@@ -125,7 +140,9 @@ impl PgConn {
         let mode = match self.ssl_mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Allow | SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            other => return Err(PgError::TlsUnsupported(other.as_libpq())),
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
         };
         let mut cfg = tokio_postgres::Config::new();
         cfg.host(&self.host)
@@ -138,16 +155,76 @@ impl PgConn {
         if let Some(p) = &self.password {
             cfg.password(p);
         }
-        let (client, connection) = cfg.connect(NoTls).await.map_err(|e| PgError::Connect {
-            target: self.target(),
-            message: redact(&e.to_string(), self.password.as_deref()),
-        })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres connection closed");
+        let connect_err = |e: tokio_postgres::Error| {
+            // The driver's Display hides the cause (e.g. which certificate check failed).
+            let mut message = e.to_string();
+            if let Some(src) = std::error::Error::source(&e) {
+                message.push_str(&format!(": {src}"));
             }
-        });
+            PgError::Connect {
+                target: self.target(),
+                message: redact(&message, self.password.as_deref()),
+            }
+        };
+        let client = if self.ssl_mode == SslMode::Disable {
+            let (client, connection) = cfg.connect(NoTls).await.map_err(connect_err)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "postgres connection closed");
+                }
+            });
+            client
+        } else {
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
+            let (client, connection) = cfg.connect(tls).await.map_err(connect_err)?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "postgres connection closed");
+                }
+            });
+            client
+        };
         Ok(client)
+    }
+
+    /// The rustls client configuration for this `sslmode` and CA.
+    fn tls_config(&self) -> Result<rustls::ClientConfig, PgError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = match &self.ssl_root_cert {
+            Some(path) => Some(load_roots(path)?),
+            None => None,
+        };
+        let verifier: Arc<dyn ServerCertVerifier> = match (self.ssl_mode, roots) {
+            (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
+                return Err(PgError::Tls(format!(
+                    "sslmode {} needs the CA certificate (--ssl-root-cert, or \
+                     spec.postgres.caSecretRef in a BackupSchedule)",
+                    self.ssl_mode.as_libpq()
+                )));
+            }
+            (SslMode::Allow | SslMode::Prefer, _) | (SslMode::Require, None) => {
+                Arc::new(Unverified(provider.clone()))
+            }
+            (mode, Some(roots)) => {
+                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                )
+                .build()
+                .map_err(|e| PgError::Tls(format!("CA certificate: {e}")))?;
+                Arc::new(ChainVerifier {
+                    inner: webpki,
+                    check_name: mode == SslMode::VerifyFull,
+                })
+            }
+            (SslMode::Disable, None) => Arc::new(Unverified(provider.clone())),
+        };
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PgError::Tls(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth())
     }
 
     /// `PG*` variables for a child process.
@@ -161,10 +238,137 @@ impl PgConn {
             .env("PGUSER", &self.user)
             .env("PGSSLMODE", self.ssl_mode.as_libpq())
             .env("PGAPPNAME", "palisade-backup");
+        match &self.ssl_root_cert {
+            Some(ca) => cmd.env("PGSSLROOTCERT", ca),
+            None => cmd.env_remove("PGSSLROOTCERT"),
+        };
         match &self.password {
             Some(p) => cmd.env("PGPASSWORD", p),
             None => cmd.env_remove("PGPASSWORD"),
         };
+    }
+}
+
+fn load_roots(path: &Path) -> Result<RootCertStore, PgError> {
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| PgError::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
+    for cert in certs {
+        let cert =
+            cert.map_err(|e| PgError::Tls(format!("invalid CA file {}: {e}", path.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| PgError::Tls(format!("invalid CA in {}: {e}", path.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(PgError::Tls(format!(
+            "no certificate in CA file {}",
+            path.display()
+        )));
+    }
+    Ok(roots)
+}
+
+/// `allow` / `prefer` / `require` without a CA: encrypted, any certificate (as libpq).
+#[derive(Debug)]
+struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca` (chain only) and `verify-full` (chain and host name), and `require` with
+/// a CA.
+#[derive(Debug)]
+struct ChainVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    check_name: bool,
+}
+
+impl ServerCertVerifier for ChainVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 
@@ -473,6 +677,7 @@ mod tests {
             user: "u".into(),
             password: Some("hunter2".into()),
             ssl_mode: SslMode::Prefer,
+            ssl_root_cert: None,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
         assert_eq!(bounded("héllo", 2), "h…");

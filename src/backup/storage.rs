@@ -4,8 +4,17 @@
 //! concurrency, or a `.partial` file renamed into place) that is aborted on failure, so
 //! an interrupted run leaves no orphaned multipart upload and no half object under the
 //! final name. Small objects (manifests, verification records) are put whole.
+//!
+//! Every object name is checked ([`check_name`]): one path component of
+//! `[A-Za-z0-9._-]`, never `..`, `/` or hidden, so nothing read from storage can point
+//! outside it. Files are created 0600 (directories 0700), exclusively and without
+//! following symlinks. Every upload this process starts is registered until its
+//! snapshot is committed, so an interrupted run can remove what it left
+//! ([`Storage::cleanup_interrupted`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
@@ -51,6 +60,9 @@ pub enum StorageError {
     /// An upload task panicked or was cancelled.
     #[error("upload task failed: {0}")]
     Task(String),
+    /// An object name that is not a single safe path component.
+    #[error("unsafe object name {0:?} refused")]
+    UnsafeName(String),
 }
 
 impl StorageError {
@@ -62,6 +74,7 @@ impl StorageError {
             StorageError::NotFound(_) => "NotFound",
             StorageError::TooManyParts => "TooManyParts",
             StorageError::Task(_) => "UploadTaskFailed",
+            StorageError::UnsafeName(_) => "UnsafeName",
         }
     }
 }
@@ -95,6 +108,72 @@ where
             key,
             message,
         }
+    }
+}
+
+/// Checks that `name` is one safe path component: 1–255 of `[A-Za-z0-9._-]`, not
+/// starting with `.` (so never `.`, `..`, hidden, absolute or nested).
+pub fn check_name(name: &str) -> Result<(), StorageError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::UnsafeName(name.chars().take(300).collect()))
+    }
+}
+
+/// State of an object this process is writing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum PendingState {
+    /// Being written: the `.partial` file, or the S3 multipart upload with this id.
+    Open(Option<String>),
+    /// Stored under its final name, but its snapshot is not committed yet.
+    Stored,
+}
+
+type Registry = Arc<Mutex<BTreeMap<String, PendingState>>>;
+
+fn with_registry<T>(r: &Registry, f: impl FnOnce(&mut BTreeMap<String, PendingState>) -> T) -> T {
+    let mut guard = r.lock().unwrap_or_else(|e| e.into_inner());
+    f(&mut guard)
+}
+
+/// S3's limit on parts per multipart upload.
+pub const MAX_PARTS: u32 = 10_000;
+/// S3's largest part.
+pub const MAX_PART_SIZE: usize = 5 << 30;
+/// Parts uploaded at the configured size before parts start to grow.
+pub const PARTS_BEFORE_GROWTH: u32 = 1_000;
+/// How much each part after [`PARTS_BEFORE_GROWTH`] is larger than the one before.
+pub const PART_GROWTH: usize = 256 << 10;
+
+/// The size of each part of an upload: `base` for the first 1,000 parts (8 GB at the
+/// default 8 MiB, so ordinary databases use fixed-size parts), then 256 KiB more per
+/// part. 10,000 parts then hold more than 10 TB even from the 5 MiB minimum (the last
+/// part is about 2.2 GiB, far below S3's 5 GiB), instead of 78 GiB at a fixed 8 MiB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartPlan {
+    /// Size of the first parts.
+    pub base: usize,
+    /// Whether parts grow (S3); a directory is written with fixed buffers.
+    pub grows: bool,
+}
+
+impl PartPlan {
+    /// Size of part `number` (1-based).
+    pub fn size(&self, number: u32) -> usize {
+        if !self.grows {
+            return self.base;
+        }
+        let extra = number.saturating_sub(PARTS_BEFORE_GROWTH) as usize;
+        self.base
+            .saturating_add(extra.saturating_mul(PART_GROWTH))
+            .min(MAX_PART_SIZE)
     }
 }
 
@@ -157,6 +236,7 @@ pub enum Storage {
 #[derive(Clone, Debug)]
 pub struct FsStore {
     dir: PathBuf,
+    pending: Registry,
 }
 
 /// An S3 bucket + prefix.
@@ -164,6 +244,7 @@ pub struct FsStore {
 pub struct S3Store {
     client: Client,
     settings: S3Settings,
+    pending: Registry,
 }
 
 impl std::fmt::Debug for S3Store {
@@ -187,10 +268,18 @@ impl Storage {
     /// A filesystem store (the directory is created when missing).
     pub async fn filesystem(dir: impl Into<PathBuf>) -> Result<Self, StorageError> {
         let dir = dir.into();
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(fs_err("create directory", &dir))?;
-        Ok(Storage::Fs(FsStore { dir }))
+        if tokio::fs::metadata(&dir).await.is_err() {
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .await
+                .map_err(fs_err("create directory", &dir))?;
+        }
+        Ok(Storage::Fs(FsStore {
+            dir,
+            pending: Registry::default(),
+        }))
     }
 
     /// An S3 store. Credentials default to the ambient AWS chain.
@@ -246,14 +335,21 @@ impl Storage {
         Ok(Storage::S3(S3Store {
             client: Client::from_conf(conf.build()),
             settings,
+            pending: Registry::default(),
         }))
     }
 
-    /// Multipart part size (S3) or write buffer size (filesystem), in bytes.
-    pub fn part_size(&self) -> usize {
+    /// Multipart part sizes (S3, growing) or the write buffer size (filesystem).
+    pub fn part_plan(&self) -> PartPlan {
         match self {
-            Storage::Fs(_) => 8 << 20,
-            Storage::S3(s) => s.settings.part_size,
+            Storage::Fs(_) => PartPlan {
+                base: 8 << 20,
+                grows: false,
+            },
+            Storage::S3(s) => PartPlan {
+                base: s.settings.part_size,
+                grows: true,
+            },
         }
     }
 
@@ -283,17 +379,23 @@ impl Storage {
 
     /// Starts writing a large object.
     pub async fn begin_upload(&self, name: &str) -> Result<Upload, StorageError> {
+        check_name(name)?;
         match self {
             Storage::Fs(f) => {
                 let final_path = f.dir.join(name);
                 let partial = f.dir.join(format!("{name}.partial"));
-                let file = tokio::fs::File::create(&partial)
-                    .await
-                    .map_err(fs_err("create", &partial))?;
+                let file = create_exclusive(&partial).await?;
+                with_registry(&f.pending, |r| {
+                    r.insert(name.to_string(), PendingState::Open(None))
+                });
                 Ok(Upload::Fs {
                     file,
                     partial,
                     final_path,
+                    registration: Registration {
+                        registry: f.pending.clone(),
+                        name: name.to_string(),
+                    },
                 })
             }
             Storage::S3(s) => {
@@ -311,13 +413,25 @@ impl Storage {
                     &key,
                 ))?;
                 let upload_id = out.upload_id().unwrap_or_default().to_string();
+                with_registry(&s.pending, |r| {
+                    r.insert(
+                        name.to_string(),
+                        PendingState::Open(Some(upload_id.clone())),
+                    )
+                });
                 Ok(Upload::S3 {
+                    registration: Registration {
+                        registry: s.pending.clone(),
+                        name: name.to_string(),
+                    },
                     client: s.client.clone(),
                     bucket: s.settings.bucket.clone(),
                     key,
                     upload_id,
                     next_part: 1,
                     tasks: JoinSet::new(),
+                    in_flight: 0,
+                    budget: s.settings.part_size.saturating_mul(s.settings.concurrency),
                     parts: Vec::new(),
                     concurrency: s.settings.concurrency,
                 })
@@ -327,6 +441,7 @@ impl Storage {
 
     /// Writes a small object whole (atomically on the filesystem).
     pub async fn put_small(&self, name: &str, body: Vec<u8>) -> Result<(), StorageError> {
+        check_name(name)?;
         match self {
             Storage::Fs(f) => {
                 let path = f.dir.join(name);
@@ -381,10 +496,16 @@ impl Storage {
 
     /// Opens an object for streaming reads.
     pub async fn open(&self, name: &str) -> Result<ObjectReader, StorageError> {
+        check_name(name)?;
         match self {
             Storage::Fs(f) => {
                 let path = f.dir.join(name);
-                match tokio::fs::File::open(&path).await {
+                let opened = tokio::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)
+                    .await;
+                match opened {
                     Ok(file) => Ok(ObjectReader::Fs { file, path }),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         Err(StorageError::NotFound(path.display().to_string()))
@@ -477,6 +598,7 @@ impl Storage {
 
     /// Deletes an object (missing objects are not an error).
     pub async fn delete(&self, name: &str) -> Result<(), StorageError> {
+        check_name(name)?;
         match self {
             Storage::Fs(f) => {
                 let path = f.dir.join(name);
@@ -498,6 +620,129 @@ impl Storage {
                 Ok(())
             }
         }
+    }
+
+    fn registry(&self) -> &Registry {
+        match self {
+            Storage::Fs(f) => &f.pending,
+            Storage::S3(s) => &s.pending,
+        }
+    }
+
+    /// The snapshot that `name` belongs to is complete (its manifest is stored): an
+    /// interruption from now on must not remove it.
+    pub fn commit(&self, name: &str) {
+        with_registry(self.registry(), |r| r.remove(name));
+    }
+
+    /// Removes everything this process started writing and did not commit: aborts open
+    /// multipart uploads, deletes `.partial` files and objects stored without their
+    /// manifest. Called on SIGTERM/SIGINT after the pipeline was dropped. Returns what
+    /// it removed.
+    pub async fn cleanup_interrupted(&self) -> Vec<String> {
+        let pending = with_registry(self.registry(), std::mem::take);
+        let mut removed = Vec::new();
+        for (name, state) in pending {
+            match (self, state) {
+                (Storage::Fs(f), PendingState::Open(_)) => {
+                    let partial = f.dir.join(format!("{name}.partial"));
+                    if tokio::fs::remove_file(&partial).await.is_ok() {
+                        removed.push(partial.display().to_string());
+                    }
+                }
+                (Storage::S3(s), PendingState::Open(Some(upload_id))) => {
+                    let key = format!("{}{}", s.settings.prefix, name);
+                    abort_s3(&s.client, &s.settings.bucket, &key, &upload_id).await;
+                    removed.push(format!(
+                        "s3://{}/{key} (upload {upload_id})",
+                        s.settings.bucket
+                    ));
+                }
+                (_, PendingState::Open(None)) => {}
+                (_, PendingState::Stored) => {
+                    if self.delete(&name).await.is_ok() {
+                        removed.push(self.location(&name));
+                    }
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes leftovers of interrupted runs that started before `older_than`:
+    /// `.partial` files in the directory, multipart uploads under the prefix (a store
+    /// that cannot list them is logged and skipped). Returns what it removed.
+    pub async fn remove_stale_uploads(
+        &self,
+        older_than: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<String>, StorageError> {
+        let mut removed = Vec::new();
+        match self {
+            Storage::Fs(f) => {
+                let mut rd = tokio::fs::read_dir(&f.dir)
+                    .await
+                    .map_err(fs_err("list", &f.dir))?;
+                while let Some(entry) = rd.next_entry().await.map_err(fs_err("list", &f.dir))? {
+                    let Ok(name) = entry.file_name().into_string() else {
+                        continue;
+                    };
+                    if !name.ends_with(".partial") {
+                        continue;
+                    }
+                    let path = entry.path();
+                    let Ok(meta) = tokio::fs::symlink_metadata(&path).await else {
+                        continue;
+                    };
+                    let modified = meta
+                        .modified()
+                        .ok()
+                        .map(chrono::DateTime::<chrono::Utc>::from);
+                    if modified.is_some_and(|m| m < older_than) {
+                        tokio::fs::remove_file(&path)
+                            .await
+                            .map_err(fs_err("delete", &path))?;
+                        removed.push(path.display().to_string());
+                    }
+                }
+            }
+            Storage::S3(s) => {
+                let listed = s
+                    .client
+                    .list_multipart_uploads()
+                    .bucket(&s.settings.bucket)
+                    .prefix(&s.settings.prefix)
+                    .send()
+                    .await;
+                let out = match listed {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!(
+                            bucket = %s.settings.bucket,
+                            error = %aws_sdk_s3::error::DisplayErrorContext(&e),
+                            "cannot list multipart uploads; stale uploads not cleaned"
+                        );
+                        return Ok(removed);
+                    }
+                };
+                for u in out.uploads() {
+                    let (Some(key), Some(id)) = (u.key(), u.upload_id()) else {
+                        continue;
+                    };
+                    let Some(name) = key.strip_prefix(&s.settings.prefix) else {
+                        continue;
+                    };
+                    let initiated = u
+                        .initiated()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), 0));
+                    if name.contains('/') || initiated.is_none_or(|t| t >= older_than) {
+                        continue;
+                    }
+                    abort_s3(&s.client, &s.settings.bucket, key, id).await;
+                    removed.push(format!("s3://{}/{key} (upload {id})", s.settings.bucket));
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Multipart uploads still open under the prefix (should be none after any run).
@@ -556,11 +801,31 @@ fn apply_sse(
     }
 }
 
+/// Creates `path` 0600, exclusively and without following a symlink; a leftover file
+/// (or symlink) of that name from an interrupted run is unlinked first.
+async fn create_exclusive(path: &Path) -> Result<tokio::fs::File, StorageError> {
+    let mut options = tokio::fs::OpenOptions::new();
+    options
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW);
+    let open = || options.open(path);
+    match open().await {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Unlinks the entry itself, never a symlink's target.
+            tokio::fs::remove_file(path)
+                .await
+                .map_err(fs_err("remove stale", path))?;
+            open().await.map_err(fs_err("create", path))
+        }
+        other => other.map_err(fs_err("create", path)),
+    }
+}
+
 async fn write_synced(path: &Path, body: &[u8]) -> Result<(), StorageError> {
     use tokio::io::AsyncWriteExt;
-    let mut f = tokio::fs::File::create(path)
-        .await
-        .map_err(fs_err("create", path))?;
+    let mut f = create_exclusive(path).await?;
     f.write_all(body).await.map_err(fs_err("write", path))?;
     f.sync_all().await.map_err(fs_err("sync", path))?;
     Ok(())
@@ -573,10 +838,30 @@ async fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     d.sync_all().await.map_err(fs_err("sync", dir))
 }
 
+/// An upload's entry in its store's registry of objects being written.
+pub struct Registration {
+    registry: Registry,
+    name: String,
+}
+
+impl Registration {
+    fn stored(&self) {
+        with_registry(&self.registry, |r| {
+            r.insert(self.name.clone(), PendingState::Stored)
+        });
+    }
+
+    fn forget(&self) {
+        with_registry(&self.registry, |r| r.remove(&self.name));
+    }
+}
+
 /// An object being written.
 pub enum Upload {
     /// A `.partial` file renamed into place on `finish`.
     Fs {
+        /// Entry in the store's registry.
+        registration: Registration,
         /// Open file.
         file: tokio::fs::File,
         /// Temporary path.
@@ -586,6 +871,8 @@ pub enum Upload {
     },
     /// An S3 multipart upload.
     S3 {
+        /// Entry in the store's registry.
+        registration: Registration,
         /// Client.
         client: Client,
         /// Bucket.
@@ -597,7 +884,12 @@ pub enum Upload {
         /// Next part number (1-based).
         next_part: i32,
         /// Parts in flight.
-        tasks: JoinSet<Result<CompletedPart, StorageError>>,
+        tasks: JoinSet<Result<(CompletedPart, usize), StorageError>>,
+        /// Bytes of the parts in flight.
+        in_flight: usize,
+        /// Most bytes in flight (`partSize × concurrency`); one part is always allowed,
+        /// however large it has grown.
+        budget: usize,
         /// Parts done.
         parts: Vec<CompletedPart>,
         /// Max parts in flight.
@@ -625,15 +917,23 @@ impl Upload {
                 tasks,
                 parts,
                 concurrency,
+                in_flight,
+                budget,
+                ..
             } => {
-                while tasks.len() >= *concurrency {
+                while !tasks.is_empty()
+                    && (tasks.len() >= *concurrency || *in_flight + part.len() > *budget)
+                {
                     if let Some(done) = tasks.join_next().await {
-                        parts.push(done.map_err(|e| StorageError::Task(e.to_string()))??);
+                        let (p, len) = done.map_err(|e| StorageError::Task(e.to_string()))??;
+                        *in_flight -= len;
+                        parts.push(p);
                     }
                 }
-                if *next_part > 10_000 {
+                if *next_part as u32 > MAX_PARTS {
                     return Err(StorageError::TooManyParts);
                 }
+                *in_flight += part.len();
                 let number = *next_part;
                 *next_part += 1;
                 let (client, bucket, key, upload_id) = (
@@ -643,7 +943,8 @@ impl Upload {
                     upload_id.clone(),
                 );
                 tasks.spawn(async move {
-                    let len = part.len() as i64;
+                    let size = part.len();
+                    let len = size as i64;
                     let out = client
                         .upload_part()
                         .bucket(&bucket)
@@ -655,11 +956,14 @@ impl Upload {
                         .send()
                         .await
                         .map_err(s3_err("UploadPart", &bucket, &key))?;
-                    Ok(CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(out.e_tag().map(str::to_string))
-                        .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
-                        .build())
+                    Ok((
+                        CompletedPart::builder()
+                            .part_number(number)
+                            .set_e_tag(out.e_tag().map(str::to_string))
+                            .set_checksum_crc32(out.checksum_crc32().map(str::to_string))
+                            .build(),
+                        size,
+                    ))
                 });
                 Ok(())
             }
@@ -673,6 +977,7 @@ impl Upload {
                 mut file,
                 partial,
                 final_path,
+                registration,
             } => {
                 use tokio::io::AsyncWriteExt;
                 file.flush().await.map_err(fs_err("write", &partial))?;
@@ -681,12 +986,14 @@ impl Upload {
                 tokio::fs::rename(&partial, &final_path)
                     .await
                     .map_err(fs_err("rename", &final_path))?;
+                registration.stored();
                 if let Some(dir) = final_path.parent() {
                     sync_dir(dir).await?;
                 }
                 Ok(())
             }
             Upload::S3 {
+                registration,
                 client,
                 bucket,
                 key,
@@ -697,7 +1004,7 @@ impl Upload {
             } => {
                 let result: Result<(), StorageError> = async {
                     while let Some(done) = tasks.join_next().await {
-                        parts.push(done.map_err(|e| StorageError::Task(e.to_string()))??);
+                        parts.push(done.map_err(|e| StorageError::Task(e.to_string()))??.0);
                     }
                     parts.sort_by_key(|p| p.part_number());
                     client
@@ -719,6 +1026,9 @@ impl Upload {
                 if result.is_err() {
                     tasks.abort_all();
                     abort_s3(&client, &bucket, &key, &upload_id).await;
+                    registration.forget();
+                } else {
+                    registration.stored();
                 }
                 result
             }
@@ -728,11 +1038,18 @@ impl Upload {
     /// Abandons the object: aborts the multipart upload or removes the partial file.
     pub async fn abort(self) {
         match self {
-            Upload::Fs { file, partial, .. } => {
+            Upload::Fs {
+                file,
+                partial,
+                registration,
+                ..
+            } => {
                 drop(file);
                 let _ = tokio::fs::remove_file(&partial).await;
+                registration.forget();
             }
             Upload::S3 {
+                registration,
                 client,
                 bucket,
                 key,
@@ -743,6 +1060,7 @@ impl Upload {
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
                 abort_s3(&client, &bucket, &key, &upload_id).await;
+                registration.forget();
             }
         }
     }
@@ -811,5 +1129,61 @@ impl ObjectReader {
                 }),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_safe_components() {
+        for ok in [
+            "a.snap",
+            "20260101T000000Z-ab12.manifest.json",
+            "x_y-z.verify.json",
+        ] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../x",
+            "/etc/passwd",
+            "a/b",
+            ".hidden",
+            "a\\b",
+            "a b",
+            "nul\0",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ten_terabytes_fit_in_ten_thousand_growing_parts() {
+        for base in [5usize << 20, 8 << 20, 64 << 20] {
+            let plan = PartPlan { base, grows: true };
+            let total: u128 = (1..=MAX_PARTS).map(|n| plan.size(n) as u128).sum();
+            assert!(total >= 10_000_000_000_000, "{base}: {total}");
+            assert_eq!(plan.size(1), base);
+            assert_eq!(plan.size(PARTS_BEFORE_GROWTH), base);
+            assert!(plan.size(MAX_PARTS) <= MAX_PART_SIZE);
+            assert!(plan.size(PARTS_BEFORE_GROWTH + 1) > base);
+        }
+        // The old fixed 8 MiB: 78 GiB.
+        let fixed = PartPlan {
+            base: 8 << 20,
+            grows: false,
+        };
+        let total: u64 = (1..=MAX_PARTS).map(|n| fixed.size(n) as u64).sum();
+        assert_eq!(total, 10_000 * (8 << 20));
+        // The largest part at the largest allowed base stays below S3's limit.
+        let big = PartPlan {
+            base: 64 << 20,
+            grows: true,
+        };
+        assert!(big.size(MAX_PARTS) < MAX_PART_SIZE);
     }
 }

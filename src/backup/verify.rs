@@ -36,6 +36,10 @@ pub struct VerifyOptions {
     pub pg_bin: Option<std::path::PathBuf>,
     /// Snapshot id; newest when `None`.
     pub snapshot: Option<String>,
+    /// Test an (authenticated) unencrypted snapshot although a key is configured.
+    pub allow_unencrypted: bool,
+    /// Accept a manifest without a MAC (format 1) when `snapshot` names it explicitly.
+    pub allow_unauthenticated: bool,
 }
 
 /// Result of `backup verify`.
@@ -99,6 +103,8 @@ async fn test_in_scratch(
         force: false,
         create: false,
         no_owner: true,
+        allow_unencrypted: opts.allow_unencrypted,
+        allow_unauthenticated: opts.allow_unauthenticated,
     };
     if let Err(e) = engine::restore_into(
         storage,
@@ -146,8 +152,14 @@ async fn test_in_scratch(
 /// `record.passed == false`.
 pub async fn verify(storage: &Storage, opts: &VerifyOptions) -> Result<VerifyReport, EngineError> {
     let t0 = Instant::now();
-    let manifest = engine::resolve(storage, opts.snapshot.as_deref()).await?;
-    engine::check_keys(&manifest, &opts.keys)?;
+    let manifest = engine::resolve(
+        storage,
+        opts.snapshot.as_deref(),
+        &opts.keys,
+        opts.allow_unauthenticated,
+    )
+    .await?;
+    engine::check_keys(&manifest, &opts.keys, opts.allow_unencrypted)?;
     let admin = opts.server.connect().await?;
     if opts.scratch_database == opts.server.database {
         return Err(EngineError::Invalid(
@@ -197,14 +209,25 @@ pub async fn verify(storage: &Storage, opts: &VerifyOptions) -> Result<VerifyRep
     if let Err(e) = dropped {
         results.push(failed("dropScratch", e.to_string()));
     }
-    let record = VerificationRecord {
+    let mut record = VerificationRecord {
         snapshot: manifest.id.clone(),
         time: Utc::now(),
         passed: !results.is_empty() && results.iter().all(|r| r.passed),
         duration_seconds: t0.elapsed().as_secs_f64(),
         checks: results,
         row_count_mismatches: mismatches,
+        manifest_mac: manifest.mac.clone(),
+        mac_key_id: None,
+        mac: None,
     };
+    let signer = opts
+        .keys
+        .iter()
+        .find(|k| manifest.mac_key_id.as_deref() == Some(k.id()))
+        .or(opts.keys.first());
+    if let Some(k) = signer {
+        record.sign(k);
+    }
     let name = manifest::verification_name(&manifest.id);
     let body = serde_json::to_vec_pretty(&record)
         .map_err(|e| EngineError::BadManifest(name.clone(), e.to_string()))?;

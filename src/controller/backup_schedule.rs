@@ -30,6 +30,7 @@ use tracing::{Instrument, info_span, warn};
 
 use super::{Clock, Settings};
 use crate::apply::{Applier, ApplyError};
+use crate::backup::format::EncryptionKey;
 use crate::backup::result::{self, JobResult};
 use crate::backup::schedule::{self, Action as RunAction, DecisionInput, Schedule};
 use crate::crd::backup_schedule::{BackupSchedule, BackupScheduleStatus, Destination};
@@ -165,12 +166,27 @@ fn run_of(job: Arc<Job>) -> Option<Run> {
     })
 }
 
-/// The result the run's pod reported (its termination message), if any.
-fn pod_result(pods: &Store<Pod>, ns: &str, job: &str) -> Option<JobResult> {
-    let mut best: Option<(Timestamp, JobResult)> = None;
+/// Whether `pod` was created by `job` itself: its controlling ownerReference is that
+/// Job's UID. Anyone who can create Pods in the namespace can copy the labels; only the
+/// Job controller sets this reference.
+fn owned_by_job(pod: &Pod, job: &Job) -> bool {
+    let Some(uid) = job.metadata.uid.as_deref() else {
+        return false;
+    };
+    pod.owner_references().iter().any(|o| {
+        o.controller == Some(true) && o.kind == "Job" && o.api_version == "batch/v1" && o.uid == uid
+    })
+}
+
+/// The termination message of the run's own pod that holds a result, if any. Pods
+/// that merely carry the run's label are ignored.
+fn pod_message(pods: &Store<Pod>, ns: &str, job: &Job) -> Option<String> {
+    let name = job.name_any();
+    let mut best: Option<(Timestamp, String)> = None;
     for p in pods.state() {
         if p.namespace().as_deref() != Some(ns)
-            || p.labels().get(RUN_LABEL).map(String::as_str) != Some(job)
+            || p.labels().get(RUN_LABEL) != Some(&name)
+            || !owned_by_job(&p, job)
         {
             continue;
         }
@@ -183,16 +199,70 @@ fn pod_result(pods: &Store<Pod>, ns: &str, job: &str) -> Option<JobResult> {
             let Some(t) = cs.state.and_then(|s| s.terminated) else {
                 continue;
             };
-            let Some(r) = t.message.as_deref().and_then(|m| result::parse(m).ok()) else {
+            let Some(m) = t.message.filter(|m| result::parse(m).is_ok()) else {
                 continue;
             };
             let at = t.finished_at.map(|f| f.0).unwrap_or(Timestamp::UNIX_EPOCH);
             if best.as_ref().is_none_or(|(b, _)| at >= *b) {
-                best = Some((at, r));
+                best = Some((at, m));
             }
         }
     }
-    best.map(|(_, r)| r)
+    best.map(|(_, m)| m)
+}
+
+/// Keys a run's result must be signed with: `None` when the schedule has no
+/// encryption (results are trusted as the Job's own Pod reported them), else the
+/// schedule's key (empty when it cannot be read: then no success is accepted).
+async fn result_keys(ctx: &BackupContext, bs: &BackupSchedule) -> Option<Vec<EncryptionKey>> {
+    let e = bs.spec.encryption.as_ref()?;
+    let ns = bs.namespace().unwrap_or_default();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secret = api.get_opt(&e.key_secret_ref.name).await.ok().flatten();
+    let material = secret.and_then(|s| {
+        s.data
+            .and_then(|d| d.get(&e.key_secret_ref.key).map(|b| b.0.clone()))
+            .or_else(|| {
+                s.string_data
+                    .and_then(|d| d.get(&e.key_secret_ref.key).map(|v| v.clone().into_bytes()))
+            })
+    });
+    Some(
+        material
+            .and_then(|m| EncryptionKey::new(m, e.key_id.clone()).ok())
+            .into_iter()
+            .collect(),
+    )
+}
+
+/// The run's result and, when it does not authenticate, why. An unauthenticated
+/// success is dropped (it never counts); an unauthenticated failure is kept so the
+/// failure stays visible.
+fn run_result(
+    ctx: &BackupContext,
+    ns: &str,
+    run: &Run,
+    keys: Option<&[EncryptionKey]>,
+) -> (Option<JobResult>, Option<result::ResultError>) {
+    let Some(text) = pod_message(&ctx.pods, ns, &run.job) else {
+        return (None, None);
+    };
+    let checked = match keys {
+        None => result::parse_authenticated(&text, &[], &run.name),
+        Some([]) => result::parse(&text).map(|r| {
+            (
+                r,
+                Err(result::ResultError::Unauthenticated("key unavailable")),
+            )
+        }),
+        Some(keys) => result::parse_authenticated(&text, keys, &run.name),
+    };
+    match checked {
+        Err(_) => (None, None),
+        Ok((r, Ok(()))) => (Some(r), None),
+        Ok((r, Err(e))) if r.ok => (None, Some(e)),
+        Ok((r, Err(e))) => (Some(r), Some(e)),
+    }
 }
 
 /// A stable identity of where snapshots go (two schedules must not share one).
@@ -382,6 +452,7 @@ fn fold_results(
     runs: &[Run],
     kind: RunKind,
     now: Timestamp,
+    keys: Option<&[EncryptionKey]>,
     status: &mut BackupScheduleStatus,
     observed: &mut Vec<Observed>,
     events: &mut Events,
@@ -397,16 +468,29 @@ fn fold_results(
         .collect();
     finished.sort_by_key(|r| r.minute);
     for run in finished {
-        let res = pod_result(&ctx.pods, ns, &run.name);
+        let (res, unauthenticated) = run_result(ctx, ns, run, keys);
         let age = now.as_second() - run.finished_at.map_or(0, |t| t.as_second());
-        if res.is_none() && age < RESULT_GRACE_SECONDS {
+        if res.is_none() && unauthenticated.is_none() && age < RESULT_GRACE_SECONDS {
             return true;
         }
         let logs = format!("kubectl logs -n {ns} job/{}", run.name);
-        let ok = run.finished == Some(Finished::Succeeded) && res.as_ref().is_none_or(|r| r.ok);
+        let ok = run.finished == Some(Finished::Succeeded)
+            && unauthenticated.is_none()
+            && res.as_ref().is_none_or(|r| r.ok);
         let finished_at = run.finished_at.unwrap_or(now).as_second() as f64;
         let metrics = ctx.settings.metrics.as_deref();
         let failure = || match (&run.finished, &res) {
+            (_, None) if unauthenticated.is_some() => (
+                "Unauthenticated".to_string(),
+                format!(
+                    "Job {}: {}",
+                    run.name,
+                    unauthenticated
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                ),
+            ),
             (_, Some(r)) if !r.ok => (
                 r.reason.clone().unwrap_or_else(|| {
                     if r.op == "verify" {
@@ -790,7 +874,23 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
             .filter_map(run_of)
             .collect();
 
-        // Results first: they are facts whatever the spec says now.
+        // Results first: they are facts whatever the spec says now. With encryption
+        // they must be signed with the schedule's key (read only when a run is due
+        // to be folded).
+        let marker = |m: &Option<String>| m.as_deref().map(minute_of).unwrap_or(i64::MIN);
+        let unfolded = runs.iter().any(|r| {
+            r.finished.is_some()
+                && r.minute
+                    > match r.kind {
+                        RunKind::Backup => marker(&status.last_backup_job),
+                        RunKind::Verify => marker(&status.last_restore_test_job),
+                    }
+        });
+        let keys = if unfolded {
+            result_keys(&ctx, &bs).await
+        } else {
+            None
+        };
         let mut observed: Vec<Observed> = Vec::new();
         let mut waiting_for_results = false;
         for kind in [RunKind::Backup, RunKind::Verify] {
@@ -801,6 +901,7 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
                 &runs,
                 kind,
                 now,
+                keys.as_deref(),
                 &mut status,
                 &mut observed,
                 &mut events,

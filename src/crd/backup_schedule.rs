@@ -155,6 +155,12 @@ pub struct PostgresSource {
     /// `verify-ca` or `verify-full`. Default: prefer.
     #[serde(default)]
     pub ssl_mode: SslMode,
+    /// Secret (in the schedule's namespace) and key holding the PEM CA certificate the
+    /// server's certificate must chain to. Needed for `verify-ca` and `verify-full`;
+    /// with `require` it turns verification on (as libpq's `sslrootcert`). Also used
+    /// for `restoreTest.target`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 fn default_pg_port() -> u16 {
@@ -199,8 +205,10 @@ impl SslMode {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// Key inside the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
 
@@ -257,14 +265,17 @@ pub struct S3Destination {
     /// KMS key id or ARN for `aws:kms`. Default: the account's `aws/s3` key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kms_key_id: Option<String>,
-    /// Multipart upload part size in MiB; memory in flight is about
-    /// `partSizeMiB × (concurrency + 2)`. Default: 8.
+    /// Size in MiB of the first 1,000 multipart upload parts; later parts grow by
+    /// 256 KiB each, so 10,000 parts hold more than 10 TB. Memory is about
+    /// `partSizeMiB × (concurrency + 2)` (at most 1.1 GiB) while parts are that size;
+    /// afterwards bytes in flight stay within `partSizeMiB × concurrency` (one part at
+    /// least), plus two parts being assembled (≈ 7 GiB at 10 TB). Default: 8.
     #[serde(default = "default_part_size_mib")]
-    #[schemars(range(min = 5, max = 512))]
+    #[schemars(range(min = 5, max = 64))]
     pub part_size_mib: u32,
     /// How many parts are uploaded in parallel. Default: 4.
     #[serde(default = "default_concurrency")]
-    #[schemars(range(min = 1, max = 32))]
+    #[schemars(range(min = 1, max = 16))]
     pub concurrency: u32,
 }
 

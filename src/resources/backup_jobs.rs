@@ -190,6 +190,15 @@ fn secret_files(spec: &BackupScheduleSpec) -> Vec<SecretFile> {
             verify_only: false,
         });
     }
+    if let Some(r) = &spec.postgres.ca_secret_ref {
+        out.push(SecretFile {
+            volume: "postgres-ca",
+            secret: r.name.clone(),
+            items: vec![(r.key.clone(), "ca.crt")],
+            flag: Some(("--ssl-root-cert", "ca.crt")),
+            verify_only: false,
+        });
+    }
     if let Some(e) = &spec.encryption {
         out.push(SecretFile {
             volume: "encryption-key",
@@ -343,7 +352,9 @@ pub fn job(
         "image": tpl.image.clone().unwrap_or_else(|| default_image.to_string()),
         "command": ["palisade"],
         "args": job_args(&bs.spec, kind),
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        // PALISADE_RUN: the engine names its run in the (signed) result, so a result
+        // cannot be replayed for another run.
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "PALISADE_RUN", "value": job_name}],
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -362,6 +373,8 @@ pub fn job(
     }
     let mut pod_spec = json!({
         "restartPolicy": "Never",
+        // The engine never talks to the Kubernetes API: no token in the Pod.
+        "automountServiceAccountToken": false,
         "containers": [container],
         "volumes": volumes,
         "securityContext": {"fsGroup": RUN_AS},
@@ -496,7 +509,11 @@ spec:
         let text = job.to_string();
         assert!(!text.contains("secretKeyRef"));
         let env = &job["spec"]["template"]["spec"]["containers"][0]["env"];
-        assert_eq!(env, &json!([{"name": "HOME", "value": "/tmp"}]));
+        assert_eq!(
+            env,
+            &json!([{"name": "HOME", "value": "/tmp"},
+                    {"name": "PALISADE_RUN", "value": job["metadata"]["name"]}])
+        );
         let keys = referenced_secret_keys(&schedule().spec);
         assert_eq!(
             keys,
@@ -507,6 +524,49 @@ spec:
                 ("s3-creds".to_string(), "AWS_SECRET_ACCESS_KEY".to_string()),
                 ("scratch-db".to_string(), "password".to_string()),
             ]
+        );
+    }
+
+    #[test]
+    fn pods_carry_no_token_and_mount_the_postgres_ca() {
+        let mut bs = schedule();
+        let spec =
+            &job(&bs, RunKind::Backup, at(), Trigger::Schedule, "img")["spec"]["template"]["spec"];
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert!(!spec.to_string().contains("--ssl-root-cert"));
+        bs.spec.postgres.ca_secret_ref = Some(crate::crd::backup_schedule::SecretKeyRef {
+            name: "db-ca".into(),
+            key: "ca.crt".into(),
+        });
+        for kind in [RunKind::Backup, RunKind::Verify] {
+            let job = job(&bs, kind, at(), Trigger::Schedule, "img");
+            let pod = &job["spec"]["template"]["spec"];
+            assert_eq!(pod["automountServiceAccountToken"], false);
+            let args: Vec<&str> = pod["containers"][0]["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let at_flag = args
+                .iter()
+                .position(|a| *a == "--ssl-root-cert")
+                .expect("--ssl-root-cert");
+            assert_eq!(
+                args[at_flag + 1],
+                "/etc/palisade/secrets/postgres-ca/ca.crt"
+            );
+            assert!(
+                pod["volumes"]
+                    .as_array()
+                    .expect("volumes")
+                    .iter()
+                    .any(|v| v["name"] == "postgres-ca" && v["secret"]["secretName"] == "db-ca"),
+                "{pod}"
+            );
+        }
+        assert!(
+            referenced_secret_keys(&bs.spec).contains(&("db-ca".to_string(), "ca.crt".to_string()))
         );
     }
 

@@ -47,6 +47,14 @@ pub struct PgServer {
     pub port: u16,
     dir: tempfile::TempDir,
     root: bool,
+    /// Started by [`PgServer::start_tls`]: only TLS connections are accepted.
+    tls: bool,
+}
+
+/// A server certificate and key (PEM) for [`PgServer::start_tls`].
+pub struct ServerTls<'a> {
+    pub cert_pem: &'a [u8],
+    pub key_pem: &'a [u8],
 }
 
 fn as_postgres(root: bool, program: &Path) -> Command {
@@ -63,6 +71,17 @@ impl PgServer {
     /// Starts a server, or returns `None` (printing why) when PostgreSQL is not
     /// installed outside CI. Under `CI=true` a missing installation panics.
     pub fn start() -> Option<PgServer> {
+        Self::start_with(None)
+    }
+
+    /// Starts a server with `ssl = on` and the given certificate that refuses every
+    /// connection without TLS (`hostnossl … reject`), also listening on 127.0.0.2 (an
+    /// address the certificate may not name).
+    pub fn start_tls(tls: ServerTls<'_>) -> Option<PgServer> {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls<'_>>) -> Option<PgServer> {
         let Some(bin) = pg_bin_dir() else {
             let msg = "PostgreSQL 15 binaries not found (set PALISADE_PG_BIN or apt-get install postgresql-15)";
             if std::env::var("CI").as_deref() == Ok("true") {
@@ -79,6 +98,14 @@ impl PgServer {
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, PG_PASSWORD).expect("pwfile");
+        if let Some(t) = &tls {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(dir.path().join("server.crt"), t.cert_pem).expect("cert");
+            let key = dir.path().join("server.key");
+            std::fs::write(&key, t.key_pem).expect("key");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod key");
+        }
         if root {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
@@ -109,10 +136,25 @@ impl PgServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let port = free_port();
-        let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
+        let mut opts = format!(
+            "-p {port} -k {} -c fsync=off -c full_page_writes=off -c synchronous_commit=off",
             dir.path().display()
         );
+        if tls.is_some() {
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all scram-sha-256\n\
+                 hostssl all all 127.0.0.0/8 scram-sha-256\n\
+                 hostnossl all all 0.0.0.0/0 reject\n",
+            )
+            .expect("pg_hba.conf");
+            opts.push_str(&format!(
+                " -c listen_addresses=127.0.0.1,127.0.0.2 -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                dir.path().display()
+            ));
+        } else {
+            opts.push_str(" -c listen_addresses=127.0.0.1");
+        }
         let out = as_postgres(root, &bin.join("pg_ctl"))
             .arg("-D")
             .arg(&data)
@@ -132,6 +174,7 @@ impl PgServer {
             port,
             dir,
             root,
+            tls: tls.is_some(),
         })
     }
 
@@ -143,7 +186,12 @@ impl PgServer {
             database: database.into(),
             user: "postgres".into(),
             password: Some(PG_PASSWORD.into()),
-            ssl_mode: SslMode::Disable,
+            ssl_mode: if self.tls {
+                SslMode::Require
+            } else {
+                SslMode::Disable
+            },
+            ssl_root_cert: None,
         }
     }
 
@@ -300,4 +348,55 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The run name every test command reports (`PALISADE_RUN`).
+pub const TEST_RUN: &str = "test-run-1";
+
+/// `palisade backup ARGS` connecting to `pg` as the superuser without TLS (password in
+/// `PGPASSWORD`).
+pub fn palisade_command(pg: &PgServer, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    cmd.arg("backup")
+        .args(args)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--user",
+            "postgres",
+            "--sslmode",
+            "disable",
+        ])
+        .args(["--port", &pg.port.to_string()])
+        .arg("--pg-bin")
+        .arg(&pg.bin)
+        .env("PGPASSWORD", PG_PASSWORD)
+        .env("PALISADE_RUN", TEST_RUN);
+    cmd
+}
+
+/// Runs `palisade backup ARGS --output json --dir DIR` against `pg` (superuser, no TLS)
+/// and returns the process output and its parsed one-line JSON result. Fails the test
+/// if the password shows up anywhere or the result exceeds 4 KiB.
+pub fn cli(pg: &PgServer, dir: &Path, args: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let out = palisade_command(pg, args)
+        .args(["--output", "json", "--dir"])
+        .arg(dir)
+        .env_remove("PALISADE_BACKUP_KEY")
+        .output()
+        .expect("run palisade");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !stdout.contains(PG_PASSWORD)
+            && !String::from_utf8_lossy(&out.stderr).contains(PG_PASSWORD)
+    );
+    let line = stdout.lines().last().unwrap_or("").to_string();
+    assert!(line.len() < 4096, "JSON result too large: {}", line.len());
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout} / {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, v)
 }
