@@ -31,6 +31,29 @@ const TRIGGER_BUFFER: usize = 1024;
 /// Written by `kubectl apply`; can be as large as the object and is never read.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
+/// Marks a touched object (never a cached or written one) whose change was
+/// its status alone, written by someone else: on a real cluster the quota
+/// controller rewrites every ResourceQuota's status after it is created and on
+/// every usage change. Only a reconcile that reads that status needs it.
+const STATUS_ONLY: &str = "palisade.dev/status-only-change";
+
+/// Whether a touched object from a child stream changed only in its status.
+pub fn is_status_only(obj: &DynamicObject) -> bool {
+    obj.annotations().contains_key(STATUS_ONLY)
+}
+
+/// The object as JSON without what changes on every write (resourceVersion)
+/// and without its status.
+fn without_status(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(m) = v.as_object_mut() {
+        m.remove("status");
+        if let Some(meta) = m.get_mut("metadata").and_then(|x| x.as_object_mut()) {
+            meta.remove("resourceVersion");
+        }
+    }
+    v
+}
+
 /// An object's metadata; serde skips the rest without building it.
 #[derive(serde::Deserialize)]
 struct MetadataOnly {
@@ -242,12 +265,23 @@ impl KindFeed {
                 None
             }
             watcher::Event::Apply(obj) => {
-                let obj = slim(obj);
+                let mut obj = slim(obj);
                 self.note_rv(&obj);
+                let mut status_only = false;
                 if let Some((key, entry)) = entry_of(&obj)
                     && let Ok(mut inner) = self.inner.write()
                 {
+                    if let Some(old) = inner.kinds[self.kind].get(&key) {
+                        let old: Option<serde_json::Value> = serde_json::from_str(&old.json).ok();
+                        let new = serde_json::from_str(&entry.json).ok();
+                        status_only = old.is_some()
+                            && old.map(without_status) == new.map(without_status);
+                    }
                     inner.insert(self.kind, key, entry);
+                }
+                if status_only {
+                    obj.annotations_mut()
+                        .insert(STATUS_ONLY.to_string(), String::new());
                 }
                 Some(obj)
             }

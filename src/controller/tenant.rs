@@ -806,18 +806,38 @@ pub fn controller(
                 res
             }
         });
+        let store = tenant_store.clone();
         c = c.watches_stream_with(
             stream,
             move |obj: DynamicObject| {
                 if echo_ctx.applier.is_own_write(&kind, &obj) {
                     return None;
                 }
-                labels::tenant_of(obj.metadata.labels.as_ref()).map(ObjectRef::<Tenant>::new)
+                let tenant =
+                    labels::tenant_of(obj.metadata.labels.as_ref()).map(ObjectRef::<Tenant>::new)?;
+                // Someone else's status write (the quota controller's) matters
+                // only to a tenant budget, which spreads headroom by usage.
+                if super::cache::is_status_only(&obj)
+                    && !store.get(&tenant).is_some_and(|t| reads_child_status(&t))
+                {
+                    return None;
+                }
+                Some(tenant)
             },
             ar,
         );
     }
     c
+}
+
+/// Whether a tenant's desired state depends on its children's status: a
+/// `scope: Tenant` quota spreads the budget by each namespace's usage.
+fn reads_child_status(tenant: &Tenant) -> bool {
+    tenant
+        .spec
+        .quota
+        .as_ref()
+        .is_some_and(|q| q.scope == crate::crd::tenant::QuotaScope::Tenant)
 }
 
 /// Runs the Tenant controller until `shutdown` resolves. Every item of
