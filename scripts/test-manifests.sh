@@ -40,7 +40,7 @@ if [ -z "${PALISADE_BIN:-}" ]; then
   if command -v cargo >/dev/null 2>&1; then
     cargo build --quiet --bin palisade
   fi
-  PALISADE_BIN="$PWD/target/debug/palisade"
+  PALISADE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/palisade"
 fi
 [ -x "$PALISADE_BIN" ] || fatal "no palisade binary at $PALISADE_BIN (cargo build --bin palisade)"
 export PALISADE_BIN
