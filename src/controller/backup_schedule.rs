@@ -33,7 +33,7 @@ use crate::apply::{Applier, ApplyError};
 use crate::backup::result::{self, JobResult};
 use crate::backup::schedule::{self, Action as RunAction, DecisionInput, Schedule};
 use crate::crd::backup_schedule::{BackupSchedule, BackupScheduleStatus, Destination};
-use crate::crd::condition::{Observed, find, merge_conditions};
+use crate::crd::condition::{Observed, find, merge_conditions, progress};
 use crate::crd::{Condition, ConditionStatus};
 use crate::resources::backup_jobs::{
     self as jobs, RUN_KIND_LABEL, RUN_LABEL, RUN_NOW_ANNOTATION, RunKind, SCHEDULE_LABEL,
@@ -964,6 +964,9 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
             }
             (None, None) => Observed::new(READY, false, "InvalidSchedule", "no schedule"),
         };
+        // Not ready means an invalid spec, a missing Secret, a destination
+        // conflict or failing runs: each needs a human.
+        observed.extend(progress(&ready, true));
         observed.push(ready);
         status.observed_generation = bs.metadata.generation;
         status.conditions =
