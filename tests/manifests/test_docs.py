@@ -14,8 +14,9 @@ LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 
 def test_relative_links_resolve_inside_the_repository():
     for doc in DOCS:
-        text = doc.read_text()
-        assert "../shared" not in text, f"{doc.relative_to(ROOT)} points outside the repository"
+        # Code spans hold patterns such as `^[a-z]([-a-z]*)?$`, not links.
+        text = re.sub(r"`[^`\n]*`", "``", doc.read_text())
+        assert "../shared" not in doc.read_text(), f"{doc.relative_to(ROOT)} points outside the repository"
         for target in LINK.findall(text):
             if re.match(r"^[a-z]+://", target) or target.startswith("mailto:"):
                 continue
