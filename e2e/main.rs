@@ -878,6 +878,30 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     })
     .await;
     let job_name = job.name_any();
+
+    // The run Pods may reach DNS and PostgreSQL under default-deny: the
+    // schedule's egress NetworkPolicy, accepted by the real API server.
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let egress = policies
+        .get("nightly-backup-egress")
+        .await
+        .expect("egress NetworkPolicy");
+    let pod_labels = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = egress
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_selector.as_ref())
+        .and_then(|s| s.match_labels.clone())
+        .unwrap_or_default();
+    assert!(
+        selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the egress policy selects the run pods: {selector:?} vs {pod_labels:?}"
+    );
     assert!(job_name.starts_with("nightly-"), "{job_name}");
     assert_eq!(
         job.owner_references()[0].kind,
