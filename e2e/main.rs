@@ -878,6 +878,30 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     })
     .await;
     let job_name = job.name_any();
+
+    // The run Pods may reach DNS and PostgreSQL under default-deny: the
+    // schedule's egress NetworkPolicy, accepted by the real API server.
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    let egress = policies
+        .get("nightly-backup-egress")
+        .await
+        .expect("egress NetworkPolicy");
+    let pod_labels = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = egress
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_selector.as_ref())
+        .and_then(|s| s.match_labels.clone())
+        .unwrap_or_default();
+    assert!(
+        selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+        "the egress policy selects the run pods: {selector:?} vs {pod_labels:?}"
+    );
     assert!(job_name.starts_with("nightly-"), "{job_name}");
     assert_eq!(
         job.owner_references()[0].kind,
@@ -1321,4 +1345,346 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
         ),
         other => panic!("a secret's type changed: {other:?}"),
     }
+}
+
+/// Builds the kstatus helper (e2e/kstatus: cli-utils' `status.Compute`, the
+/// library Flux and kstatus-based tooling use) once per run.
+fn kstatus_helper() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kstatus-check");
+            let go = ["/usr/local/go/bin/go", "go"]
+                .into_iter()
+                .find(|g| {
+                    std::process::Command::new(g)
+                        .arg("version")
+                        .output()
+                        .is_ok()
+                })
+                .expect("Go is needed for the kstatus helper (e2e/kstatus)");
+            let status = std::process::Command::new(go)
+                .args(["build", "-o"])
+                .arg(&out)
+                .arg(".")
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/e2e/kstatus"))
+                .status()
+                .expect("go build");
+            assert!(status.success(), "building e2e/kstatus failed");
+            out
+        })
+        .clone()
+}
+
+/// kstatus's verdict on the object as the API server has it now: the status
+/// (`Current`, `InProgress`, `Failed`, …) and its message.
+async fn kstatus_of<K>(client: &Client, name: &str) -> (String, String)
+where
+    K: Resource<DynamicType = ()>,
+{
+    use std::io::Write;
+    let ar = kube::core::ApiResource::erase::<K>(&());
+    let api: Api<kube::core::DynamicObject> = Api::all_with(client.clone(), &ar);
+    let obj = api.get(name).await.expect("get object");
+    let mut child = std::process::Command::new(kstatus_helper())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kstatus helper");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&serde_json::to_vec(&obj).expect("json"))
+        .expect("write object");
+    let out = child.wait_with_output().expect("kstatus helper");
+    assert!(out.status.success(), "kstatus helper failed");
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (status, message) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+    (status.to_string(), message.to_string())
+}
+
+/// Waits until kstatus says `want` for the Tenant (status writes are not
+/// instantaneous after the condition the caller waited on).
+async fn wait_kstatus(client: &Client, name: &str, want: &str) -> String {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (status, message) = kstatus_of::<Tenant>(client, name).await;
+        if status == want {
+            return message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "kstatus still says {status} ({message}), want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn kstatus_reads_current_in_progress_and_failed() {
+    if !enabled() {
+        return;
+    }
+    let client = Client::try_default()
+        .await
+        .expect("KUBECONFIG points at a cluster");
+    install_crds(&client).await;
+    let (controller, _) = start_controller(&client);
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let name = unique("e2k");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
+    tenants
+        .create(&PostParams::default(), &sample(&name, "Delete"))
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    wait_kstatus(&client, &name, "Current").await;
+
+    // `kubectl wait --for=condition=Ready` works on a Tenant.
+    let kubectl = std::process::Command::new("kubectl")
+        .args(["wait", "--for=condition=Ready", "--timeout=60s"])
+        .arg(format!("tenant/{name}"))
+        .output()
+        .expect("kubectl on PATH (scripts/test-cluster.sh env)");
+    assert!(
+        kubectl.status.success(),
+        "kubectl wait: {}",
+        String::from_utf8_lossy(&kubectl.stderr)
+    );
+
+    // Converging: a spec edit the controller has not seen yet.
+    drop(controller);
+    let edited = tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"quota": {"hard": {"pods": "11"}}}})),
+        )
+        .await
+        .expect("edit");
+    wait_kstatus(&client, &name, "InProgress").await;
+    let (controller, _) = start_controller(&client);
+    wait(await_condition(
+        tenants.clone(),
+        &name,
+        tenant_ready(edited.meta().generation),
+    ))
+    .await;
+    wait_kstatus(&client, &name, "Current").await;
+
+    // An invalid spec fails at once: Stalled=True with the reason.
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"network": {"allowEgressCidrs": [{"cidr": "10.0.0.0/33"}]}}}),
+            ),
+        )
+        .await
+        .expect("break");
+    wait(await_condition(
+        tenants.clone(),
+        &name,
+        tenant_reason("InvalidCidr"),
+    ))
+    .await;
+    let message = wait_kstatus(&client, &name, "Failed").await;
+    assert!(message.contains("allowEgressCidrs"), "{message}");
+    let t = tenants.get(&name).await.expect("get");
+    let conditions = t.status.expect("status").conditions;
+    let stalled = palisade::crd::condition::find(&conditions, "Stalled").expect("Stalled");
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "InvalidCidr")
+    );
+    assert!(palisade::crd::condition::find(&conditions, "Reconciling").is_none());
+
+    // Fixed: Stalled disappears (kstatus wants it absent, not False).
+    tenants
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"network": {"allowEgressCidrs": null}}})),
+        )
+        .await
+        .expect("fix");
+    wait_kstatus(&client, &name, "Current").await;
+    let t = tenants.get(&name).await.expect("get");
+    let conditions = t.status.expect("status").conditions;
+    assert!(palisade::crd::condition::find(&conditions, "Stalled").is_none());
+    delete_tenant(&client, &name).await;
+    drop(controller);
+}
+
+/// A minimal Pod the restricted Pod Security level admits; it stays Pending
+/// (there are no nodes) and counts against the `pods` quota.
+fn pending_pod(name: &str) -> k8s_openapi::api::core::v1::Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "c", "image": "registry.invalid/none:1",
+                "securityContext": {"allowPrivilegeEscalation": false,
+                                    "capabilities": {"drop": ["ALL"]}}
+            }]
+        }
+    }))
+    .expect("pod")
+}
+
+fn quota_pods(q: &ResourceQuota) -> i64 {
+    q.spec
+        .as_ref()
+        .and_then(|s| s.hard.as_ref())
+        .and_then(|h| h.get("pods"))
+        .and_then(|p| p.0.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn tenant_budget_hands_out_every_unit_under_concurrent_creation() {
+    use k8s_openapi::api::core::v1::Pod;
+    if !enabled() {
+        return;
+    }
+    let (client, _controller) = setup().await;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let name = unique("e2q");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
+    let budget: i64 = 5;
+    let names: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|s| format!("{name}-{s}"))
+        .collect();
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {
+            "namespaces": names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>(),
+            "quota": {"scope": "Tenant", "hard": {"pods": budget.to_string()}},
+            "deletionPolicy": "Delete",
+        }
+    }))
+    .expect("tenant");
+    tenants
+        .create(&PostParams::default(), &tenant)
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+
+    let hard_sum = || {
+        let client = client.clone();
+        let names = names.clone();
+        async move {
+            let mut sum = 0;
+            for ns in &names {
+                let rq: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+                if let Some(q) = rq.get_opt("palisade-quota").await.expect("get quota") {
+                    sum += quota_pods(&q);
+                }
+            }
+            sum
+        }
+    };
+    let pod_count = || {
+        let client = client.clone();
+        let names = names.clone();
+        async move {
+            let mut n = 0;
+            for ns in &names {
+                let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+                n += pods
+                    .list_metadata(&Default::default())
+                    .await
+                    .expect("list")
+                    .items
+                    .len() as i64;
+            }
+            n
+        }
+    };
+    // Idle: 5 pods over 3 namespaces is 1 each plus a remainder of 2 that is
+    // not stranded.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while hard_sum().await != budget {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sum(hard) never reached the budget"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A burst: four Pods per namespace at once. The quota admits no more than
+    // the budget.
+    let mut attempts = Vec::new();
+    for ns in &names {
+        for i in 0..4 {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            attempts.push(async move {
+                pods.create(&PostParams::default(), &pending_pod(&format!("burst-{i}")))
+                    .await
+                    .is_ok()
+            });
+        }
+    }
+    let admitted = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|ok| *ok)
+        .count() as i64;
+    assert!(
+        admitted <= budget,
+        "admitted {admitted} pods over a budget of {budget}"
+    );
+    assert!(pod_count().await <= budget);
+
+    // Then one at a time, wherever the quota lets a Pod in, until the budget is
+    // used up: the last unit must be usable, and never one more.
+    let mut serial = 0;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while pod_count().await < budget {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck at {} of {budget} pods: a unit of the budget is stranded",
+            pod_count().await
+        );
+        for ns in &names {
+            let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+            serial += 1;
+            let _ = pods
+                .create(
+                    &PostParams::default(),
+                    &pending_pod(&format!("one-{serial}")),
+                )
+                .await;
+        }
+        assert!(pod_count().await <= budget, "over budget");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(pod_count().await, budget);
+    for ns in &names {
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let refused = pods
+            .create(&PostParams::default(), &pending_pod("one-too-many"))
+            .await;
+        assert!(
+            refused.is_err(),
+            "a pod beyond the budget was admitted in {ns}"
+        );
+    }
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while hard_sum().await != budget {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sum(hard) != budget at full use"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    delete_tenant(&client, &name).await;
 }

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 fatal() { echo "FATAL: $*" >&2; exit 1; }
-have_tools() { "$1" -c 'import helm_python, kubernetes_validate, pytest, yaml' >/dev/null 2>&1; }
+have_tools() { "$1" -c 'import helm_python, kubernetes_validate, lupa, pytest, yaml' >/dev/null 2>&1; }
 
 PY=""
 for candidate in python3 python .venv/bin/python; do
@@ -19,7 +19,7 @@ for candidate in python3 python .venv/bin/python; do
 done
 if [ -z "$PY" ]; then
   if [ "${CI:-}" = "true" ]; then
-    fatal "python packages of requirements-ci.txt are missing (helm-python-sdk, kubernetes-validate, pytest); .ci/run installs them into .venv"
+    fatal "python packages of requirements-ci.txt are missing (helm-python-sdk, kubernetes-validate, lupa, pytest); .ci/run installs them into .venv"
   fi
   echo "creating .venv from requirements-ci.txt" >&2
   python3 -m venv .venv

@@ -23,6 +23,9 @@ pub enum Command {
         /// Write one YAML file per CRD into this directory instead of printing.
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also write the Markdown API reference (docs/API.md) generated from them.
+        #[arg(long)]
+        api_doc: Option<PathBuf>,
     },
     /// Print, offline, every object Palisade would create for the given resources.
     Render {

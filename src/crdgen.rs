@@ -20,7 +20,7 @@ pub fn generate() -> Result<Vec<GeneratedCrd>, serde_yaml::Error> {
 const QUANTITY_DESCRIPTION: &str =
     "A Kubernetes quantity: a number with an optional suffix, e.g. 500m, 2, 1.5Gi, 10G.";
 
-fn shorten_quantity_docs(v: &mut serde_json::Value) {
+pub(crate) fn shorten_quantity_docs(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(map) => {
             let is_quantity = map

@@ -4,6 +4,7 @@
 //! a spec into desired Kubernetes objects; [`controller`] the reconcilers (the only
 //! API callers besides [`apply`], the one writer of children).
 
+pub mod apidoc;
 pub mod apply;
 pub mod backup;
 pub mod config;

@@ -33,7 +33,11 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Crds { dir } => {
+        Command::Crds { dir, api_doc } => {
+            if let Some(path) = api_doc {
+                std::fs::write(&path, palisade::apidoc::render(&palisade::crd::all()))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             let crds = palisade::crdgen::generate()?;
             match dir {
                 Some(dir) => palisade::crdgen::write_dir(&dir, &crds)

@@ -43,6 +43,16 @@ fn checked_in_crds_match_the_code() {
 }
 
 #[test]
+fn checked_in_api_doc_matches_the_crds() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/API.md");
+    let on_disk = std::fs::read_to_string(&path).expect("docs/API.md exists");
+    assert!(
+        on_disk == palisade::apidoc::render(&palisade::crd::all()),
+        "docs/API.md is stale: run `make generate`"
+    );
+}
+
+#[test]
 fn crds_command_prints_every_crd() {
     let out = palisade(&["crds"]);
     assert!(out.status.success());

@@ -26,8 +26,8 @@ use super::retention::{self, Policy};
 use super::storage::{S3Settings, Storage};
 use super::verify::{self, VerifyOptions};
 use crate::crd::backup_schedule::{
-    BackupScheduleSpec, CheckResult, Destination, PostgresSource, Retention, S3Destination,
-    ServerSideEncryption, SqlCheck, SslMode,
+    BackupScheduleSpec, CheckResult, Destination, PostgresSource, Retention, S3_ACCESS_KEY_ID,
+    S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN, S3Destination, ServerSideEncryption, SqlCheck, SslMode,
 };
 
 /// Largest `--output json` result (it becomes a Kubernetes termination message).
@@ -127,8 +127,11 @@ pub struct CommonArgs {
     /// KMS key for `--s3-sse aws:kms`.
     #[arg(long, global = true)]
     pub s3_kms_key_id: Option<String>,
-    /// Directory with the files `access-key-id`, `secret-access-key` and optionally
-    /// `session-token` (a mounted Secret). Default: the AWS credential chain.
+    /// Directory with the files `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+    /// optionally `AWS_SESSION_TOKEN` (a mounted Secret with the keys a
+    /// BackupSchedule's credentialsSecretRef defaults to; the older names
+    /// `access-key-id`, `secret-access-key`, `session-token` are still read).
+    /// Default: the AWS credential chain.
     #[arg(long, global = true, conflicts_with = "s3_credentials_file")]
     pub s3_credentials_dir: Option<PathBuf>,
     /// File with two lines: access key id, secret access key (and optionally a session
@@ -522,15 +525,24 @@ async fn storage(
         }
         None => match &common.s3_credentials_dir {
             Some(dir) => {
+                // The one naming (S3_ACCESS_KEY_ID, ...), else the older file
+                // names of releases before it.
+                let file = |name: &'static str, legacy: &'static str| {
+                    if dir.join(name).exists() || !dir.join(legacy).exists() {
+                        name
+                    } else {
+                        legacy
+                    }
+                };
                 let read = |f: &str| -> Result<String, CliError> {
                     secret_string(read_secret_file(&dir.join(f))?, f)
                 };
-                let token = dir.join("session-token");
+                let token = file(S3_SESSION_TOKEN, "session-token");
                 Some((
-                    read("access-key-id")?,
-                    read("secret-access-key")?,
-                    if token.exists() {
-                        Some(read("session-token")?)
+                    read(file(S3_ACCESS_KEY_ID, "access-key-id"))?,
+                    read(file(S3_SECRET_ACCESS_KEY, "secret-access-key"))?,
+                    if dir.join(token).exists() {
+                        Some(read(token)?)
                     } else {
                         None
                     },

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
@@ -34,12 +35,13 @@ use crate::backup::format::EncryptionKey;
 use crate::backup::result::{self, JobResult};
 use crate::backup::schedule::{self, Action as RunAction, DecisionInput, Schedule};
 use crate::crd::backup_schedule::{BackupSchedule, BackupScheduleStatus, Destination};
-use crate::crd::condition::{Observed, find, merge_conditions};
+use crate::crd::condition::{Observed, find, merge_conditions, progress};
 use crate::crd::{Condition, ConditionStatus};
 use crate::resources::backup_jobs::{
     self as jobs, RUN_KIND_LABEL, RUN_LABEL, RUN_NOW_ANNOTATION, RunKind, SCHEDULE_LABEL,
     SCHEDULED_TIME_ANNOTATION, TRIGGER_ANNOTATION, Trigger, VERIFY_NOW_ANNOTATION,
 };
+use crate::resources::backup_network;
 
 /// Condition types.
 pub const READY: &str = "Ready";
@@ -62,6 +64,8 @@ pub enum Error {
     Kube(&'static str, #[source] Box<kube::Error>),
     #[error("building the configuration file: {0}")]
     Config(#[from] serde_yaml::Error),
+    #[error("serializing {0}: {1}")]
+    Serialize(&'static str, #[source] serde_json::Error),
 }
 
 impl Error {
@@ -71,6 +75,7 @@ impl Error {
             Error::Apply(e) => e.reason(),
             Error::Kube(..) => "ApiError",
             Error::Config(_) => "InvalidConfig",
+            Error::Serialize(..) => "SerializeFailed",
         }
     }
 }
@@ -789,16 +794,45 @@ async fn manual_runs(
 }
 
 async fn ensure_config_map(ctx: &BackupContext, bs: &BackupSchedule) -> Result<(), Error> {
-    let ns = bs.namespace().unwrap_or_default();
-    let ar = ApiResource::erase::<ConfigMap>(&());
     let desired = jobs::config_map(bs)?;
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+    let name = jobs::config_map_name(&bs.name_any());
+    apply_child::<ConfigMap>(
+        ctx,
+        bs,
+        &name,
+        desired,
+        "reading the configuration ConfigMap",
+    )
+    .await
+}
+
+/// Applies the NetworkPolicy that lets the run Pods reach DNS, PostgreSQL and
+/// S3 under the tenant's default-deny (owned by the schedule, so it goes with it).
+async fn ensure_egress_policy(ctx: &BackupContext, bs: &BackupSchedule) -> Result<(), Error> {
+    let desired = serde_json::to_value(backup_network::egress_policy(bs))
+        .map_err(|e| Error::Serialize("the egress NetworkPolicy", e))?;
+    let name = backup_network::egress_policy_name(&bs.name_any());
+    apply_child::<NetworkPolicy>(ctx, bs, &name, desired, "reading the egress policy").await
+}
+
+/// Server-side applies one child of the schedule in its namespace, comparing
+/// with what exists first (no write when nothing changed).
+async fn apply_child<K: Resource<DynamicType = ()>>(
+    ctx: &BackupContext,
+    bs: &BackupSchedule,
+    name: &str,
+    desired: serde_json::Value,
+    reading: &'static str,
+) -> Result<(), Error> {
+    let ns = bs.namespace().unwrap_or_default();
+    let ar = &ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, ar);
     let actual = api
-        .get_opt(&jobs::config_map_name(&bs.name_any()))
+        .get_opt(name)
         .await
-        .map_err(|e| Error::Kube("reading the configuration ConfigMap", Box::new(e)))?
+        .map_err(|e| Error::Kube(reading, Box::new(e)))?
         .and_then(|o| serde_json::to_value(o).ok());
-    ctx.applier.apply(&ar, desired, actual.as_ref()).await?;
+    ctx.applier.apply(ar, desired, actual.as_ref()).await?;
     Ok(())
 }
 
@@ -995,6 +1029,7 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
             }
             (None, Some(sched)) => {
                 ensure_config_map(&ctx, &bs).await?;
+                ensure_egress_policy(&ctx, &bs).await?;
                 manual_runs(&ctx, &bs, now, &mut events).await?;
                 let n = schedule_kind(
                     &ctx,
@@ -1065,6 +1100,9 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
             }
             (None, None) => Observed::new(READY, false, "InvalidSchedule", "no schedule"),
         };
+        // Not ready means an invalid spec, a missing Secret, a destination
+        // conflict or failing runs: each needs a human.
+        observed.extend(progress(&ready, true));
         observed.push(ready);
         status.observed_generation = bs.metadata.generation;
         status.conditions =

@@ -17,7 +17,7 @@ use serde_json::json;
 use tracing::{Instrument, info_span, warn};
 
 use super::{Backoff, Clock};
-use crate::crd::condition::{Observed, merge_conditions};
+use crate::crd::condition::{Observed, merge_conditions, progress};
 use crate::crd::role_policy::{RolePolicy, RolePolicyStatus, TenantBindingStatus};
 use crate::crd::{ConditionStatus, Tenant};
 use crate::resources::rolepolicy::{self as model, InvalidPolicy};
@@ -120,7 +120,15 @@ pub fn desired_status(
     } else {
         Observed::new("Ready", false, valid.reason.clone(), valid.message.clone())
     };
-    (status, vec![valid, ready])
+    // Not ready only when invalid or in conflict: a human must fix the spec.
+    let stalled = progress(&ready, true);
+    (
+        status,
+        [Some(valid), stalled, Some(ready)]
+            .into_iter()
+            .flatten()
+            .collect(),
+    )
 }
 
 async fn reconcile(policy: Arc<RolePolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {

@@ -26,7 +26,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::Context;
 use super::cache::{ChildCache, ChildStream};
 use crate::apply::{ApplyError, Outcome};
-use crate::crd::condition::{Observed, merge_conditions};
+use crate::crd::condition::{Observed, merge_conditions, progress};
 use crate::crd::tenant::{
     DeletionPolicy, NamespaceStatus, QuotaScope, QuotaStatus, Tenant, TenantStatus,
 };
@@ -344,7 +344,11 @@ async fn reconcile_invalid(
             .unwrap_or_default(),
         ..Default::default()
     };
-    let observed = vec![Observed::new("Ready", false, invalid.reason, message)];
+    let ready = Observed::new("Ready", false, invalid.reason, message);
+    let observed = vec![progress(&ready, true), Some(ready)]
+        .into_iter()
+        .flatten()
+        .collect();
     update_status(ctx, tenant, status, observed).await?;
     Ok(Action::await_change())
 }
@@ -669,12 +673,17 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     } else {
         ("Reconciled", "all tenant objects are in place".to_string())
     };
-    observed.push(Observed::new(
+    let ready = Observed::new(
         "Ready",
         all_ready && secrets_ok && gc.healthy && tokens_ok,
         ready_reason.to_string(),
         ready_msg,
-    ));
+    );
+    // In flight: a namespace still terminating, a key generation to retry.
+    // Everything else that keeps a Tenant from Ready needs a human.
+    let in_flight = matches!(ready_reason, "NamespaceTerminating" | "KeyGenerationFailed");
+    observed.extend(progress(&ready, !in_flight));
+    observed.push(ready);
     observed.push(secrets.observed.clone());
     observed.push(gc.observed.clone());
     observed.extend(tokens.observed.clone());

@@ -304,12 +304,22 @@ pub struct S3CredentialsSecretRef {
     pub session_token_key: Option<String>,
 }
 
+/// The one naming of static S3 credentials, the AWS environment variable names:
+/// the default keys of `credentialsSecretRef`, the files a backup Job mounts and
+/// the files `palisade backup --s3-credentials-dir` reads, so one Secret serves
+/// the controller and the CLI alike.
+pub const S3_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+/// See [`S3_ACCESS_KEY_ID`].
+pub const S3_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+/// See [`S3_ACCESS_KEY_ID`].
+pub const S3_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+
 fn default_access_key_id_key() -> String {
-    "AWS_ACCESS_KEY_ID".to_string()
+    S3_ACCESS_KEY_ID.to_string()
 }
 
 fn default_secret_access_key_key() -> String {
-    "AWS_SECRET_ACCESS_KEY".to_string()
+    S3_SECRET_ACCESS_KEY.to_string()
 }
 
 /// S3 server-side encryption mode.

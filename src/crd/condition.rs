@@ -61,12 +61,39 @@ impl Observed {
     }
 }
 
+/// kstatus's `Reconciling`: the controller is still working towards the spec.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus's `Stalled`: progress needs a human (invalid spec, conflict, missing
+/// Secret, failing runs).
+pub const STALLED: &str = "Stalled";
+
+/// The kstatus "abnormal-true" condition that goes with a `Ready` observation,
+/// so Flux, `kubectl wait` and cli-utils read the object right: none when Ready
+/// is True (both absent: settled, kstatus `Current`); `Stalled=True` when
+/// `stalled` (kstatus `Failed`); else `Reconciling=True` (kstatus
+/// `InProgress`). It carries Ready's reason and message. [`merge_conditions`]
+/// drops either one from the previous list when it is not observed again.
+pub fn progress(ready: &Observed, stalled: bool) -> Option<Observed> {
+    if ready.status == ConditionStatus::True {
+        return None;
+    }
+    let type_ = if stalled { STALLED } else { RECONCILING };
+    Some(Observed::new(
+        type_,
+        true,
+        ready.reason.clone(),
+        ready.message.clone(),
+    ))
+}
+
 /// Builds the new condition list from the previous one and what was observed now.
 ///
 /// `lastTransitionTime` is kept unless the status of that condition flips, so an
 /// unchanged observation yields an identical list (and the status write can be
-/// skipped). Conditions not observed this time are kept as they were, and the
-/// result is sorted by type so the order never causes a spurious diff.
+/// skipped). Conditions not observed this time are kept as they were, except
+/// `Reconciling` and `Stalled`, which kstatus wants absent once they no longer
+/// hold (see [`progress`]); the result is sorted by type so the order never
+/// causes a spurious diff.
 pub fn merge_conditions(
     previous: &[Condition],
     observed: &[Observed],
@@ -76,6 +103,7 @@ pub fn merge_conditions(
     let mut out: Vec<Condition> = previous
         .iter()
         .filter(|c| !observed.iter().any(|o| o.type_ == c.type_))
+        .filter(|c| c.type_ != RECONCILING && c.type_ != STALLED)
         .cloned()
         .collect();
     for o in observed {
@@ -216,6 +244,28 @@ mod tests {
         );
         let second = merge_conditions(&first, &[Observed::new("Ready", true, "B", "")], None, t(1));
         assert!(is_true(&second, "SecretsRotated"));
+        assert!(is_true(&second, "Ready"));
+    }
+
+    #[test]
+    fn progress_follows_ready_and_disappears_when_settled() {
+        let failing = Observed::new("Ready", false, "InvalidCidr", "spec.network: bad");
+        let stalled = progress(&failing, true).expect("stalled");
+        assert_eq!(
+            (stalled.type_, stalled.status),
+            (STALLED, ConditionStatus::True)
+        );
+        assert_eq!(stalled.reason, "InvalidCidr");
+        let busy = progress(&failing, false).expect("reconciling");
+        assert_eq!(busy.type_, RECONCILING);
+        let ok = Observed::new("Ready", true, "Reconciled", "");
+        assert_eq!(progress(&ok, true), None);
+
+        let first = merge_conditions(&[], &[failing.clone(), stalled], Some(1), t(0));
+        assert!(is_true(&first, STALLED));
+        // Fixed: Stalled is gone, not False.
+        let second = merge_conditions(&first, &[ok], Some(2), t(1));
+        assert!(find(&second, STALLED).is_none() && find(&second, RECONCILING).is_none());
         assert!(is_true(&second, "Ready"));
     }
 }

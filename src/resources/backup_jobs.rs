@@ -18,7 +18,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::labels::{MANAGED_BY, MANAGED_BY_VALUE};
-use crate::crd::backup_schedule::{BackupSchedule, BackupScheduleSpec};
+use crate::crd::backup_schedule::{
+    BackupSchedule, BackupScheduleSpec, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
+};
 
 /// Label: the schedule a Job, Pod or ConfigMap belongs to.
 pub const SCHEDULE_LABEL: &str = "palisade.dev/backup-schedule";
@@ -215,11 +217,11 @@ fn secret_files(spec: &BackupScheduleSpec) -> Vec<SecretFile> {
         .and_then(|s| s.credentials_secret_ref.as_ref())
     {
         let mut items = vec![
-            (c.access_key_id_key.clone(), "access-key-id"),
-            (c.secret_access_key_key.clone(), "secret-access-key"),
+            (c.access_key_id_key.clone(), S3_ACCESS_KEY_ID),
+            (c.secret_access_key_key.clone(), S3_SECRET_ACCESS_KEY),
         ];
         if let Some(t) = &c.session_token_key {
-            items.push((t.clone(), "session-token"));
+            items.push((t.clone(), S3_SESSION_TOKEN));
         }
         out.push(SecretFile {
             volume: "s3-credentials",

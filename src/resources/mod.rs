@@ -2,6 +2,7 @@
 //! clock reads; the controller and `palisade render` share every one of them.
 
 pub mod backup_jobs;
+pub mod backup_network;
 pub mod catalog;
 pub mod gc;
 pub mod keys;

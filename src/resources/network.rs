@@ -76,7 +76,7 @@ fn tenant_namespaces(tenant: &str) -> NetworkPolicyPeer {
     }
 }
 
-fn port(protocol: &str, number: i32) -> NetworkPolicyPort {
+pub(crate) fn port(protocol: &str, number: i32) -> NetworkPolicyPort {
     NetworkPolicyPort {
         protocol: Some(protocol.to_string()),
         port: Some(IntOrString::Int(number)),
@@ -89,6 +89,27 @@ fn ip_block(cidr: &str, except: &[String]) -> NetworkPolicyPeer {
         ip_block: Some(IPBlock {
             cidr: cidr.to_string(),
             except: (!except.is_empty()).then(|| except.to_vec()),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The cluster DNS: pods `k8s-app: kube-dns` in namespace kube-system.
+pub(crate) fn kube_dns_peer() -> NetworkPolicyPeer {
+    NetworkPolicyPeer {
+        namespace_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                "kube-system".to_string(),
+            )])),
+            ..Default::default()
+        }),
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                "k8s-app".to_string(),
+                "kube-dns".to_string(),
+            )])),
+            ..Default::default()
         }),
         ..Default::default()
     }
@@ -119,23 +140,7 @@ pub fn policies(tenant: &str, namespace: &str, spec: &NetworkSpec) -> Vec<Networ
         ));
     }
     if spec.allow_dns {
-        let kube_dns = NetworkPolicyPeer {
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "kubernetes.io/metadata.name".to_string(),
-                    "kube-system".to_string(),
-                )])),
-                ..Default::default()
-            }),
-            pod_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "k8s-app".to_string(),
-                    "kube-dns".to_string(),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
+        let kube_dns = kube_dns_peer();
         out.push(policy(
             tenant,
             namespace,

@@ -1,7 +1,7 @@
 //! ResourceQuota and LimitRange per tenant namespace, and the spreading of a
 //! tenant-wide budget (`scope: Tenant`) over its namespaces.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{
     LimitRange, LimitRangeItem, LimitRangeSpec, ResourceQuota, ResourceQuotaSpec,
@@ -39,7 +39,9 @@ pub fn tenant_hard(spec: &QuotaSpec) -> BTreeMap<String, Quantity> {
 /// the tenant's `hard`. With `scope: Tenant` the budget is shared: each
 /// namespace gets what it uses now plus an equal share of the unused headroom,
 /// so the sum never exceeds the budget and no namespace is squeezed below its
-/// current usage.
+/// current usage. The remainder of the division is handed out one unit at a
+/// time (busiest namespace first, then by name), so while usage is within the
+/// budget every unit of it is available somewhere: sum(hard) == budget.
 pub fn namespace_hard(
     spec: &QuotaSpec,
     namespaces: &[String],
@@ -80,14 +82,30 @@ pub fn namespace_hard(
             && !resource.contains("storage");
         let unit = if whole { 1000 } else { 1 };
         let share = headroom / n / unit * unit;
+        let extra = remainder_units(namespaces, &used_of, (headroom - share * n) / unit);
         for ns in namespaces {
-            let value = Milli(used_of(ns) + share);
+            let bonus = if extra.contains(ns) { unit } else { 0 };
+            let value = Milli(used_of(ns) + share + bonus);
             out.entry(ns.clone())
                 .or_default()
                 .insert(resource.clone(), Quantity(value.to_string()));
         }
     }
     out
+}
+
+/// The namespaces that get one more unit each: `count` of them (fewer than
+/// there are namespaces), the busiest first, then by name. Deterministic for a
+/// given usage, and it favours the namespace that is asking for capacity.
+fn remainder_units<'a>(
+    namespaces: &'a [String],
+    used_of: &dyn Fn(&String) -> i128,
+    count: i128,
+) -> BTreeSet<&'a String> {
+    let mut order: Vec<&String> = namespaces.iter().collect();
+    order.sort_by(|a, b| used_of(b).cmp(&used_of(a)).then_with(|| a.cmp(b)));
+    let count = usize::try_from(count.max(0)).unwrap_or(0);
+    order.into_iter().take(count).collect()
 }
 
 /// The ResourceQuota for one namespace. Cordoned tenants get `pods: 0`.
@@ -188,6 +206,78 @@ mod tests {
             .map(|n| Milli::parse(&out[n]["pods"].0).expect("quantity").0)
             .sum();
         assert!(total <= 10_000);
+    }
+
+    fn milli_sum(out: &BTreeMap<String, BTreeMap<String, Quantity>>, resource: &str) -> i128 {
+        out.values()
+            .map(|h| Milli::parse(&h[resource].0).expect("quantity").0)
+            .sum()
+    }
+
+    #[test]
+    fn tenant_scope_hands_out_the_remainder_so_no_unit_is_stranded() {
+        // The case: 8 of 10 pods used over three namespaces. Rounding
+        // each share down left hard == used everywhere; now the last two pods
+        // go to the busiest namespaces (ties by name).
+        let ns = vec!["a".to_string(), "b".to_string(), "c".to_string()];
+        let usage = Usage::from([
+            (
+                "a".to_string(),
+                BTreeMap::from([("pods".to_string(), q("3"))]),
+            ),
+            (
+                "b".to_string(),
+                BTreeMap::from([("pods".to_string(), q("3"))]),
+            ),
+            (
+                "c".to_string(),
+                BTreeMap::from([("pods".to_string(), q("2"))]),
+            ),
+        ]);
+        let mut quota = spec(QuotaScope::Tenant);
+        quota.hard.insert("requests.cpu".to_string(), q("1"));
+        let out = namespace_hard(&quota, &ns, &usage);
+        assert_eq!(out["a"]["pods"], q("4"));
+        assert_eq!(out["b"]["pods"], q("4"));
+        assert_eq!(out["c"]["pods"], q("2"));
+        // cpu 1000m over three idle namespaces: 334m + 333m + 333m.
+        assert_eq!(out["a"]["requests.cpu"], q("334m"));
+        assert_eq!(out["b"]["requests.cpu"], q("333m"));
+        assert_eq!(out["c"]["requests.cpu"], q("333m"));
+        assert_eq!(milli_sum(&out, "pods"), 10_000);
+        assert_eq!(milli_sum(&out, "requests.cpu"), 1_000);
+    }
+
+    #[test]
+    fn tenant_scope_sum_equals_budget_for_odd_remainders() {
+        for n in 1..=7usize {
+            let ns: Vec<String> = (0..n).map(|i| format!("ns{i}")).collect();
+            for budget in [1i128, 2, 5, 10, 11, 13, 97] {
+                for used_first in 0..=budget {
+                    let mut quota = spec(QuotaScope::Tenant);
+                    quota.hard = BTreeMap::from([
+                        ("pods".to_string(), q(&budget.to_string())),
+                        ("limits.memory".to_string(), q(&format!("{budget}Mi"))),
+                        ("requests.cpu".to_string(), q(&format!("{budget}m"))),
+                    ]);
+                    let usage = Usage::from([(
+                        "ns0".to_string(),
+                        BTreeMap::from([("pods".to_string(), q(&used_first.to_string()))]),
+                    )]);
+                    let out = namespace_hard(&quota, &ns, &usage);
+                    assert_eq!(milli_sum(&out, "pods"), budget * 1000, "n={n} b={budget}");
+                    assert_eq!(milli_sum(&out, "requests.cpu"), budget, "n={n} b={budget}");
+                    assert_eq!(
+                        milli_sum(&out, "limits.memory"),
+                        budget * 1024 * 1024 * 1000,
+                        "n={n} b={budget}"
+                    );
+                    assert!(Milli::parse(&out["ns0"]["pods"].0).expect("q").0 >= used_first * 1000);
+                    // Same input, same answer.
+                    assert_eq!(out, namespace_hard(&quota, &ns, &usage));
+                }
+            }
+        }
     }
 
     #[test]

@@ -263,3 +263,17 @@ def test_toggles_render_valid_objects(values):
         assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "Role")
     if "digest" in values.get("image", {}):
         assert dep["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@sha256:" + "a" * 64)
+
+
+def test_job_image_defaults_to_the_operator_image():
+    def env(objs):
+        container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+        return container["image"], {e["name"]: e.get("value") for e in container["env"]}
+
+    image, variables = env(rendered_with({"image": {"repository": "registry.example/palisade", "tag": "1.2.3"}}))
+    assert image == "registry.example/palisade:1.2.3"
+    assert variables["PALISADE_JOB_IMAGE"] == image
+    image, variables = env(rendered_with({"image": {"digest": "sha256:" + "a" * 64}}))
+    assert variables["PALISADE_JOB_IMAGE"] == image and "@sha256:" in image
+    _, variables = env(rendered_with({"controller": {"jobImage": "registry.example/jobs:9"}}))
+    assert variables["PALISADE_JOB_IMAGE"] == "registry.example/jobs:9"
