@@ -124,10 +124,12 @@ impl Target {
         let config = kube::Config::infer().await?;
         let label = format!("cluster {}", config.cluster_url);
         let client = kube::Client::try_from(config)?;
+        install_crds(&client).await?;
         let tenants: Api<Tenant> = Api::all(client.clone());
-        let existing = tenants.list(&ListParams::default()).await.context(
-            "listing Tenants (install the CRDs first: `palisade crds | kubectl apply -f -`)",
-        )?;
+        let existing = tenants
+            .list(&ListParams::default())
+            .await
+            .context("listing Tenants")?;
         let foreign: Vec<String> = existing
             .iter()
             .filter(|t| !t.labels().contains_key(BENCH_LABEL))
@@ -1030,9 +1032,7 @@ async fn main() -> anyhow::Result<()> {
         }
         for &n in &sizes {
             let target = if on_cluster {
-                let t = Target::cluster().await?;
-                install_crds(&t.client).await?;
-                t
+                Target::cluster().await?
             } else {
                 Target::fake().await?
             };

@@ -274,8 +274,8 @@ impl KindFeed {
                     if let Some(old) = inner.kinds[self.kind].get(&key) {
                         let old: Option<serde_json::Value> = serde_json::from_str(&old.json).ok();
                         let new = serde_json::from_str(&entry.json).ok();
-                        status_only = old.is_some()
-                            && old.map(without_status) == new.map(without_status);
+                        status_only =
+                            old.is_some() && old.map(without_status) == new.map(without_status);
                     }
                     inner.insert(self.kind, key, entry);
                 }

@@ -822,8 +822,8 @@ pub fn controller(
                 if echo_ctx.applier.is_own_write(&kind, &obj) {
                     return None;
                 }
-                let tenant =
-                    labels::tenant_of(obj.metadata.labels.as_ref()).map(ObjectRef::<Tenant>::new)?;
+                let tenant = labels::tenant_of(obj.metadata.labels.as_ref())
+                    .map(ObjectRef::<Tenant>::new)?;
                 // Someone else's status write (the quota controller's) matters
                 // only to a tenant budget, which spreads headroom by usage.
                 if super::cache::is_status_only(&obj)
