@@ -139,6 +139,20 @@ impl Drop for Cleanup {
     }
 }
 
+/// Creates a namespace `<prefix>-<unique>` that `cleanup` deletes.
+async fn scratch_namespace(client: &Client, prefix: &str, cleanup: &mut Cleanup) -> String {
+    let ns = unique(prefix);
+    cleanup.namespace(&ns);
+    let api: Api<Namespace> = Api::all(client.clone());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
+    )
+    .await
+    .expect("create namespace");
+    ns
+}
+
 /// Acts as the kubelet for the Pods of Job `job` (there are no nodes): waits
 /// for the real Job controller to create its Pod, then reports through the
 /// status subresource that its first container terminated with `exit_code`
@@ -535,14 +549,7 @@ async fn invalid_tenants_report_reasons() {
 
     // A namespace that exists and belongs to nobody is never taken over.
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let squatted = unique("e2s");
-    cleanup.namespace(&squatted);
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": squatted}})).expect("ns");
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("create namespace");
+    let squatted = scratch_namespace(&client, "e2s", &mut cleanup).await;
     let name = unique("e2c");
     cleanup.tenant(&name);
     let conflict: Tenant = serde_json::from_value(json!({
@@ -823,17 +830,9 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
         },
     ));
 
-    let ns = unique("e2b");
     let mut cleanup = Cleanup::default();
-    cleanup.namespace(&ns);
+    let ns = scratch_namespace(&client, "e2b", &mut cleanup).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
-        )
-        .await
-        .expect("create namespace");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     secrets
         .create(
@@ -1171,17 +1170,8 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
         }
     }
 
-    let ns = unique("e2v");
     let mut cleanup = Cleanup::default();
-    cleanup.namespace(&ns);
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}})).expect("ns"),
-        )
-        .await
-        .expect("create namespace");
+    let ns = scratch_namespace(&client, "e2v", &mut cleanup).await;
     let api_for = |kind: &str| -> Api<DynamicObject> {
         let (ar, namespaced) = palisade_resource(kind).unwrap_or_else(|| panic!("kind {kind}"));
         if namespaced {
