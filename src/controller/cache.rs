@@ -271,7 +271,11 @@ impl KindFeed {
                 if let Some((key, entry)) = entry_of(&obj)
                     && let Ok(mut inner) = self.inner.write()
                 {
-                    if let Some(old) = inner.kinds[self.kind].get(&key) {
+                    // Only objects with a status can change in status alone;
+                    // the rest (most children) skip the two parses.
+                    if obj.data.get("status").is_some()
+                        && let Some(old) = inner.kinds[self.kind].get(&key)
+                    {
                         let old: Option<serde_json::Value> = serde_json::from_str(&old.json).ok();
                         let new = serde_json::from_str(&entry.json).ok();
                         status_only =
