@@ -226,16 +226,130 @@ impl Drop for Controller {
     }
 }
 
+/// The admin client (for the test's own actions) and a Tenant controller
+/// running as the operator's ServiceAccount.
 async fn setup() -> (Client, Controller) {
+    let (client, operator) = clients().await;
+    let (controller, _) = start_controller(&operator);
+    (client, controller)
+}
+
+/// The admin client (CRDs installed) and the operator's client.
+async fn clients() -> (Client, Client) {
     let client = Client::try_default()
         .await
         .expect("KUBECONFIG points at a cluster");
     install_crds(&client).await;
-    let (controller, _) = start_controller(&client);
-    (client, controller)
+    let operator = operator_client(&client).await;
+    (client, operator)
 }
 
-/// Starts the Tenant controller in this process.
+/// The operator's ServiceAccount: every controller in this suite runs as it.
+const OPERATOR_NS: &str = "palisade-system";
+const OPERATOR_SA: &str = "palisade";
+
+/// Installs the operator's RBAC as `palisade rbac --yaml` prints it (the
+/// kustomize base; tests/manifests checks that the chart renders the same
+/// table): both ClusterRoles, the bindings, the leader-election Role and the
+/// admission policy, for the ServiceAccount `palisade` in `palisade-system`.
+/// Idempotent (server-side apply); left installed, like the CRDs.
+async fn install_operator_rbac(admin: &Client) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::DynamicObject;
+    use kube::core::{ApiResource, GroupVersionKind};
+    let ssa = PatchParams::apply("palisade-e2e").force();
+    let nss: Api<Namespace> = Api::all(admin.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": OPERATOR_NS}})).expect("ns");
+    nss.patch(OPERATOR_NS, &ssa, &Patch::Apply(&ns))
+        .await
+        .expect("operator namespace");
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), OPERATOR_NS);
+    let sa: ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA}
+    }))
+    .expect("sa");
+    sas.patch(OPERATOR_SA, &ssa, &Patch::Apply(&sa))
+        .await
+        .expect("operator ServiceAccount");
+    let yaml = palisade::operator_rbac::to_kustomize_yaml();
+    for doc in serde_yaml::Deserializer::from_str(&yaml) {
+        let mut obj: DynamicObject = serde::Deserialize::deserialize(doc).expect("rbac document");
+        let types = obj.types.clone().expect("apiVersion and kind");
+        let gvk = GroupVersionKind::try_from(&types).expect("group/version/kind");
+        let ar = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = if matches!(types.kind.as_str(), "Role" | "RoleBinding") {
+            obj.metadata.namespace = Some(OPERATOR_NS.to_string());
+            Api::namespaced_with(admin.clone(), OPERATOR_NS, &ar)
+        } else {
+            Api::all_with(admin.clone(), &ar)
+        };
+        api.patch(&obj.name_any(), &ssa, &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("apply {} {}: {e}", types.kind, obj.name_any()));
+    }
+}
+
+/// A client authenticated as the operator's ServiceAccount (a bound token
+/// from the TokenRequest API, as `kubectl create token` gets one), not as
+/// the admin of the kubeconfig.
+async fn operator_client(admin: &Client) -> Client {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    install_operator_rbac(admin).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), OPERATOR_NS);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request(OPERATOR_SA, &PostParams::default(), &request)
+        .await
+        .expect("token for the operator's ServiceAccount")
+        .status
+        .expect("token status")
+        .token;
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    let client = Client::try_from(config).expect("operator client");
+    // RBAC just applied reaches the authorizer within moments.
+    let who = wait(async {
+        loop {
+            let api: Api<k8s_openapi::api::authentication::v1::SelfSubjectReview> =
+                Api::all(client.clone());
+            match api
+                .create(&PostParams::default(), &Default::default())
+                .await
+            {
+                Ok(r) => break Ok::<_, kube::Error>(r),
+                Err(e) => {
+                    eprintln!("operator token not usable yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        who.status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username),
+        Some(palisade::operator_rbac::service_account_user(
+            OPERATOR_NS,
+            OPERATOR_SA
+        ))
+    );
+    client
+}
+
+/// Starts the Tenant controller in this process, as the operator's
+/// ServiceAccount (`client` must come from [`operator_client`]).
 fn start_controller(client: &Client) -> (Controller, Arc<Context>) {
     let (cache, streams) = tenant::child_cache(client);
     let ctx = Arc::new(Context::new(
@@ -430,7 +544,8 @@ async fn restarted_controller_changes_nothing() {
     if !enabled() {
         return;
     }
-    let (client, controller) = setup().await;
+    let (client, operator) = clients().await;
+    let (controller, _) = start_controller(&operator);
     let name = unique("e2e");
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);
@@ -456,7 +571,7 @@ async fn restarted_controller_changes_nothing() {
     assert!(before.len() >= 2 * 10, "managed objects: {before:#?}");
     drop(controller);
 
-    let (restarted, ctx) = start_controller(&client);
+    let (restarted, ctx) = start_controller(&operator);
     let all = tenants
         .list(&Default::default())
         .await
@@ -477,7 +592,7 @@ async fn restarted_controller_changes_nothing() {
         assert_eq!(managed_rvs(&client, &namespaces).await, before);
     }
     drop(restarted);
-    let (_controller, _) = start_controller(&client);
+    let (_controller, _) = start_controller(&operator);
     delete_tenant(&client, &name).await;
 }
 
@@ -515,6 +630,15 @@ async fn retain_policy_keeps_namespaces() {
                 .expect("get")
                 .is_none(),
             "policy objects removed"
+        );
+        // Palisade keeps no power in a namespace it let go of.
+        let rb: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+        assert!(
+            rb.get_opt(palisade::resources::rbac::OPERATOR_BINDING)
+                .await
+                .expect("get")
+                .is_none(),
+            "the operator's RoleBinding was left in a released namespace"
         );
         let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     }
@@ -815,23 +939,30 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     use kube::runtime::{WatchStreamExt, watcher};
     use palisade::crd::BackupSchedule;
 
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG points at a cluster");
-    install_crds(&client).await;
+    let (client, operator) = clients().await;
     let (tx, rx) = oneshot::channel::<()>();
     let _controller = Controller { stop: Some(tx) };
     tokio::spawn(palisade::controller::backup_schedule::run(
-        client.clone(),
+        operator.clone(),
         Arc::new(SystemClock),
         Settings::default(),
         async move {
             let _ = rx.await;
         },
     ));
-
+    // Backups run in tenant namespaces: that is where Palisade may read the
+    // credentials Secret and create Jobs (crate::operator_rbac).
+    let (_tenants, _) = start_controller(&operator);
+    let name = unique("e2b");
+    let ns = format!("{name}-a");
     let mut cleanup = Cleanup::default();
-    let ns = scratch_namespace(&client, "e2b", &mut cleanup).await;
+    cleanup.tenant(&name);
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &sample(&name, "Delete"))
+        .await
+        .expect("create tenant");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     secrets
@@ -967,7 +1098,8 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
             .any(|c| c.type_ == "LastBackupSucceeded" && c.status == "True")
     );
     assert!(st.last_schedule_time.is_some() && st.next_schedule_time.is_some());
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    drop(namespaces);
+    delete_tenant(&client, &name).await;
 }
 
 /// A RolePolicy produces working RBAC: a SubjectAccessReview for a bound user
@@ -981,11 +1113,12 @@ async fn rolepolicy_grants_exactly_what_it_says() {
         ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
     };
     use palisade::crd::RolePolicy;
-    let (client, _controller) = setup().await;
+    let (client, operator) = clients().await;
+    let (_controller, _) = start_controller(&operator);
     let stop = {
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(palisade::controller::rolepolicy::run(
-            client.clone(),
+            operator.clone(),
             Arc::new(SystemClock),
             Settings::default(),
             async move {
@@ -1416,11 +1549,8 @@ async fn kstatus_reads_current_in_progress_and_failed() {
     if !enabled() {
         return;
     }
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG points at a cluster");
-    install_crds(&client).await;
-    let (controller, _) = start_controller(&client);
+    let (client, operator) = clients().await;
+    let (controller, _) = start_controller(&operator);
     let tenants: Api<Tenant> = Api::all(client.clone());
     let name = unique("e2k");
     let mut cleanup = Cleanup::default();
@@ -1455,7 +1585,7 @@ async fn kstatus_reads_current_in_progress_and_failed() {
         .await
         .expect("edit");
     wait_kstatus(&client, &name, "InProgress").await;
-    let (controller, _) = start_controller(&client);
+    let (controller, _) = start_controller(&operator);
     wait(await_condition(
         tenants.clone(),
         &name,
@@ -1675,6 +1805,240 @@ async fn tenant_budget_hands_out_every_unit_under_concurrent_creation() {
             "sum(hard) != budget at full use"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    delete_tenant(&client, &name).await;
+}
+
+/// What the operator's ServiceAccount may do, asked of the real API server's
+/// authorizer (a SubjectAccessReview per row, what `kubectl auth can-i --as`
+/// asks): nothing of the review's table outside tenant namespaces, what it
+/// needs inside them. Then what RBAC cannot say: with its own token, the
+/// operator is refused by the admission policy when it binds itself in a
+/// namespace it does not manage or relabels one.
+#[tokio::test]
+async fn operator_is_confined_to_tenant_namespaces() {
+    if !enabled() {
+        return;
+    }
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let (client, operator) = clients().await;
+    let (_controller, _) = start_controller(&operator);
+    let name = unique("e2r");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &sample(&name, "Delete"))
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    let tenant_ns = format!("{name}-a");
+
+    let user = palisade::operator_rbac::service_account_user(OPERATOR_NS, OPERATOR_SA);
+    let sar: Api<SubjectAccessReview> = Api::all(client.clone());
+    let can =
+        |verb: &'static str, resource: &'static str, ns: Option<String>, name: Option<String>| {
+            let (group, resource) = match resource.split_once('.') {
+                Some((r, g)) => (g.to_string(), r.to_string()),
+                None => (String::new(), resource.to_string()),
+            };
+            let (resource, subresource) = match resource.split_once('/') {
+                Some((r, s)) => (r.to_string(), Some(s.to_string())),
+                None => (resource, None),
+            };
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.clone()),
+                    groups: Some(vec![
+                        "system:serviceaccounts".into(),
+                        format!("system:serviceaccounts:{OPERATOR_NS}"),
+                        "system:authenticated".into(),
+                    ]),
+                    resource_attributes: Some(ResourceAttributes {
+                        namespace: ns,
+                        verb: Some(verb.to_string()),
+                        group: Some(group),
+                        resource: Some(resource),
+                        subresource,
+                        name,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let sar = sar.clone();
+            async move {
+                sar.create(&PostParams::default(), &review)
+                    .await
+                    .expect("SubjectAccessReview")
+                    .status
+                    .is_some_and(|s| s.allowed)
+            }
+        };
+    let ks = || Some("kube-system".to_string());
+    let mut table = String::from("| request | answer |\n|---|---|\n");
+    // The review's rows: all no.
+    for (verb, resource, ns, obj, label) in [
+        ("get", "secrets", ks(), None, "get secrets -n kube-system"),
+        ("list", "secrets", None, None, "list secrets -A"),
+        ("create", "pods", ks(), None, "create pods -n kube-system"),
+        (
+            "create",
+            "pods/exec",
+            ks(),
+            None,
+            "create pods/exec -n kube-system",
+        ),
+        (
+            "delete",
+            "deployments.apps",
+            ks(),
+            None,
+            "delete deployments -n kube-system",
+        ),
+        (
+            "patch",
+            "deployments.apps",
+            ks(),
+            None,
+            "patch deployments -n kube-system",
+        ),
+        (
+            "delete",
+            "configmaps",
+            ks(),
+            None,
+            "delete configmaps -n kube-system",
+        ),
+        ("get", "nodes/proxy", None, None, "get nodes/proxy"),
+        ("delete", "namespaces", None, None, "delete namespaces"),
+        (
+            "delete",
+            "namespaces",
+            ks(),
+            Some("kube-system".to_string()),
+            "delete namespace kube-system",
+        ),
+        (
+            "create",
+            "jobs.batch",
+            ks(),
+            None,
+            "create jobs -n kube-system",
+        ),
+        (
+            "bind",
+            "clusterroles.rbac.authorization.k8s.io",
+            None,
+            Some("cluster-admin".to_string()),
+            "bind clusterrole cluster-admin",
+        ),
+        (
+            "escalate",
+            "roles.rbac.authorization.k8s.io",
+            ks(),
+            None,
+            "escalate roles -n kube-system",
+        ),
+    ] {
+        let allowed = can(verb, resource, ns, obj).await;
+        table.push_str(&format!(
+            "| {label} | {} |\n",
+            if allowed { "yes" } else { "no" }
+        ));
+        assert!(!allowed, "the operator may {label}");
+    }
+    // Inside a tenant namespace: what it needs.
+    for (verb, resource, label) in [
+        ("get", "secrets", "get secrets"),
+        ("create", "secrets", "create secrets"),
+        ("patch", "deployments.apps", "patch deployments"),
+        ("create", "jobs.batch", "create jobs"),
+        ("delete", "configmaps", "delete configmaps"),
+        ("create", "roles.rbac.authorization.k8s.io", "create roles"),
+    ] {
+        let allowed = can(verb, resource, Some(tenant_ns.clone()), None).await;
+        table.push_str(&format!(
+            "| {label} -n <tenant ns> | {} |\n",
+            if allowed { "yes" } else { "no" }
+        ));
+        assert!(
+            allowed,
+            "the operator may not {label} in its tenant namespace"
+        );
+    }
+    assert!(
+        can(
+            "delete",
+            "namespaces",
+            Some(tenant_ns.clone()),
+            Some(tenant_ns.clone())
+        )
+        .await,
+        "the operator may delete its tenant namespace"
+    );
+    table.push_str("| delete namespace <tenant ns> | yes |\n");
+    println!("operator can-i (SubjectAccessReview on the real API server):\n{table}");
+
+    // RBAC says yes to creating RoleBindings anywhere (a new namespace's
+    // binding); the admission policy refuses it outside managed namespaces.
+    let stranger = scratch_namespace(&client, "e2r", &mut cleanup).await;
+    let binding = palisade::resources::rbac::operator_binding(
+        &stranger,
+        palisade::operator_rbac::TENANT_NAMESPACE_ROLE,
+        OPERATOR_NS,
+        OPERATOR_SA,
+    );
+    let rb: Api<RoleBinding> = Api::namespaced(operator.clone(), &stranger);
+    let refused = wait(async {
+        // The policy's informer may lag its creation by a moment.
+        loop {
+            match rb.create(&PostParams::default(), &binding).await {
+                Err(kube::Error::Api(e)) => break Ok::<_, kube::Error>(e),
+                Err(e) => panic!("unexpected error: {e}"),
+                Ok(_) => {
+                    let _ = rb
+                        .delete(
+                            palisade::resources::rbac::OPERATOR_BINDING,
+                            &DeleteParams::default(),
+                        )
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused
+            .message
+            .contains("may write only inside namespaces it manages"),
+        "{refused:?}"
+    );
+    // Nor may it relabel a namespace it does not manage into a tenant one.
+    let nss: Api<Namespace> = Api::all(operator.clone());
+    let relabel = nss
+        .patch(
+            &stranger,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "palisade", "palisade.dev/tenant": name}}})),
+        )
+        .await;
+    let err = relabel.expect_err("relabelled a foreign namespace");
+    assert!(
+        err.to_string()
+            .contains("only namespaces labelled palisade.dev/tenant"),
+        "{err}"
+    );
+    // And RBAC alone refuses what it never holds outside tenant namespaces.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(operator.clone(), &stranger);
+    match cms.list(&Default::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{e:?}"),
+        other => panic!("listed ConfigMaps of a foreign namespace: {other:?}"),
     }
     delete_tenant(&client, &name).await;
 }

@@ -93,6 +93,19 @@ pub struct ControllerArgs {
     /// Image of the BackupSchedule run Jobs (default: the Palisade image of this version).
     #[arg(long, env = "PALISADE_JOB_IMAGE", default_value = concat!("ghcr.io/palisade-dev/palisade:", env!("CARGO_PKG_VERSION")))]
     pub job_image: String,
+    /// The ClusterRole Palisade binds to itself in each namespace it manages
+    /// (the chart's `<fullname>-tenant-namespace`).
+    #[arg(long, env = "PALISADE_TENANT_NAMESPACE_ROLE", default_value = crate::operator_rbac::TENANT_NAMESPACE_ROLE)]
+    pub tenant_namespace_role: String,
+    /// The ServiceAccount Palisade runs as, `namespace/name` (default: asked
+    /// from the API server).
+    #[arg(long, env = "PALISADE_SERVICE_ACCOUNT", value_parser = parse_namespaced_name)]
+    pub service_account: Option<(String, String)>,
+    /// Kinds TTL garbage collection may delete, comma-separated
+    /// `apiGroup/resource` (core group: `/configmaps`); the RBAC must grant
+    /// the same (Helm value `rbac.garbageCollectionKinds`). Empty: none.
+    #[arg(long, env = "PALISADE_GC_KINDS", default_value = "/configmaps,/secrets,batch/jobs,/pods,/persistentvolumeclaims", value_parser = parse_gc_kinds)]
+    pub gc_kinds: GcKinds,
     /// Pod name, for Events and leader election identity.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -132,6 +145,35 @@ pub struct ControllerArgs {
     pub shutdown_timeout: Duration,
 }
 
+/// The garbage-collection allow-list, `(apiGroup, resource)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GcKinds(pub Vec<(String, String)>);
+
+fn parse_gc_kinds(s: &str) -> Result<GcKinds, String> {
+    let mut kinds = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (group, resource) = item.split_once('/').ok_or_else(|| {
+            format!("{item:?}: write apiGroup/resource, e.g. batch/jobs or /configmaps for the core group")
+        })?;
+        if resource.is_empty() || resource.contains('/') || resource == "*" || group == "*" {
+            return Err(format!(
+                "{item:?}: name one resource of one group (no wildcards, no subresources)"
+            ));
+        }
+        kinds.push((group.to_string(), resource.to_string()));
+    }
+    Ok(GcKinds(kinds))
+}
+
+fn parse_namespaced_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?}: write namespace/name")),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
 }
@@ -148,6 +190,9 @@ impl ControllerArgs {
             instance: self.pod_name.clone(),
             job_image: self.job_image.clone(),
             metrics: None,
+            tenant_namespace_role: self.tenant_namespace_role.clone(),
+            service_account: self.service_account.clone(),
+            gc_kinds: self.gc_kinds.0.clone(),
         }
     }
 
@@ -181,5 +226,30 @@ impl ControllerArgs {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("palisade-{:08x}", rand::random::<u32>()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_kinds_parse_and_refuse_wildcards() {
+        assert_eq!(
+            parse_gc_kinds("/configmaps, batch/jobs,").unwrap(),
+            GcKinds(vec![
+                (String::new(), "configmaps".into()),
+                ("batch".into(), "jobs".into())
+            ])
+        );
+        assert_eq!(parse_gc_kinds("").unwrap(), GcKinds(Vec::new()));
+        for bad in ["configmaps", "*/*", "/*", "/pods/log", "apps/"] {
+            assert!(parse_gc_kinds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_namespaced_name("palisade-system/palisade").unwrap(),
+            ("palisade-system".into(), "palisade".into())
+        );
+        assert!(parse_namespaced_name("palisade").is_err());
     }
 }

@@ -85,8 +85,12 @@ fn gc_status(server: &FakeApiServer, tenant: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A frozen clock a little ahead of the server's: creation timestamps have
+/// whole seconds, so an object created a few hundred milliseconds after the
+/// clock froze would otherwise lie in the clock's future (and a "due at
+/// creation" object would never be due).
 fn now_clock() -> Arc<ManualClock> {
-    ManualClock::new(Timestamp::now())
+    ManualClock::new(at(Timestamp::now(), 3))
 }
 
 const TENANT: &str = r#"
@@ -443,7 +447,13 @@ async fn custom_resources_are_collected_and_unknown_kinds_are_a_condition() {
         true,
     ));
     let clock = now_clock();
-    let running = start(&server, clock.clone());
+    // Not a default kind: the platform team allows it (Helm value
+    // rbac.garbageCollectionKinds, which also grants Palisade delete on it).
+    let mut settings = support::fast_settings();
+    settings
+        .gc_kinds
+        .push(("ci.example.com".into(), "runs".into()));
+    let running = support::start_with(&server, clock.clone(), settings);
     create(
         &server,
         r#"
@@ -586,5 +596,63 @@ spec:
         Some("Collected"),
     )
     .await;
+    running.stop().await;
+}
+
+/// A kind outside the operator's allow-list is a condition naming the Helm
+/// value, and nothing of it is watched or deleted.
+#[tokio::test]
+async fn kinds_outside_the_allow_list_are_refused() {
+    let server = server();
+    server.register(ResourceType::new(
+        "ci.example.com",
+        "v1",
+        "runs",
+        "Run",
+        true,
+    ));
+    let running = start(&server, now_clock());
+    create(
+        &server,
+        r#"
+apiVersion: palisade.dev/v1alpha1
+kind: Tenant
+metadata: {name: ci}
+spec:
+  namespaces: [{name: ci-a}]
+  garbageCollection:
+    rules: [{name: last-run, kinds: [Run.ci.example.com], keepLast: 1}]
+"#,
+    )
+    .await;
+    let c = wait_condition(
+        &server,
+        "ci",
+        "GarbageCollected",
+        "False",
+        Some("KindNotAllowed"),
+    )
+    .await;
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rbac.garbageCollectionKinds"),
+        "{c}"
+    );
+    for name in ["run-a", "run-b"] {
+        let obj = json!({
+            "apiVersion": "ci.example.com/v1", "kind": "Run",
+            "metadata": {"name": name, "namespace": "ci-a"},
+        });
+        server.put_json("runs.ci.example.com", obj).expect("run");
+    }
+    resync_and_settle(&server, &running).await;
+    assert!(exists(&server, "runs.ci.example.com", "ci-a", "run-a"));
+    let watched = running.ctx.gc.watched();
+    assert!(
+        !watched.iter().any(|w| w.starts_with("ci.example.com/")),
+        "{watched:?}"
+    );
     running.stop().await;
 }
