@@ -244,6 +244,52 @@ async fn clients() -> (Client, Client) {
     (client, operator)
 }
 
+/// Whether `user` (in `groups`) may `verb` a `resource`
+/// (`plural[.group][/subresource]`) in `namespace` (None: cluster-wide),
+/// optionally one object `name`, per the real API server's authorizer: a
+/// SubjectAccessReview, what `kubectl auth can-i --as` asks.
+async fn can_i(
+    client: &Client,
+    user: &str,
+    groups: &[String],
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_string())),
+        None => (resource, None),
+    };
+    let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_string()),
+            groups: (!groups.is_empty()).then(|| groups.to_vec()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: namespace.map(str::to_string),
+                verb: Some(verb.to_string()),
+                group: Some(group.to_string()),
+                resource: Some(resource.to_string()),
+                subresource,
+                name: name.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
 /// The operator's ServiceAccount: every controller in this suite runs as it.
 const OPERATOR_NS: &str = "palisade-system";
 const OPERATOR_SA: &str = "palisade";
@@ -1109,9 +1155,6 @@ async fn rolepolicy_grants_exactly_what_it_says() {
     if !enabled() {
         return;
     }
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-    };
     use palisade::crd::RolePolicy;
     let (client, operator) = clients().await;
     let (_controller, _) = start_controller(&operator);
@@ -1160,29 +1203,15 @@ async fn rolepolicy_grants_exactly_what_it_says() {
     ))
     .await;
 
-    let sar: Api<SubjectAccessReview> = Api::all(client.clone());
-    let can = |verb: &str, group: &str, resource: &str| {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(user.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(ns.clone()),
-                    verb: Some(verb.to_string()),
-                    group: Some(group.to_string()),
-                    resource: Some(resource.to_string()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let sar = sar.clone();
+    let can = |verb: &'static str, group: &'static str, resource: &'static str| {
+        let (client, user, ns) = (client.clone(), user.clone(), ns.clone());
         async move {
-            sar.create(&PostParams::default(), &review)
-                .await
-                .expect("SubjectAccessReview")
-                .status
-                .is_some_and(|s| s.allowed)
+            let resource = if group.is_empty() {
+                resource.to_string()
+            } else {
+                format!("{resource}.{group}")
+            };
+            can_i(&client, &user, &[], verb, &resource, Some(&ns), None).await
         }
     };
     assert!(
@@ -1820,9 +1849,6 @@ async fn operator_is_confined_to_tenant_namespaces() {
     if !enabled() {
         return;
     }
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-    };
     let (client, operator) = clients().await;
     let (_controller, _) = start_controller(&operator);
     let name = unique("e2r");
@@ -1837,45 +1863,25 @@ async fn operator_is_confined_to_tenant_namespaces() {
     let tenant_ns = format!("{name}-a");
 
     let user = palisade::operator_rbac::service_account_user(OPERATOR_NS, OPERATOR_SA);
-    let sar: Api<SubjectAccessReview> = Api::all(client.clone());
+    let groups = [
+        "system:serviceaccounts".to_string(),
+        format!("system:serviceaccounts:{OPERATOR_NS}"),
+        "system:authenticated".to_string(),
+    ];
     let can =
         |verb: &'static str, resource: &'static str, ns: Option<String>, name: Option<String>| {
-            let (group, resource) = match resource.split_once('.') {
-                Some((r, g)) => (g.to_string(), r.to_string()),
-                None => (String::new(), resource.to_string()),
-            };
-            let (resource, subresource) = match resource.split_once('/') {
-                Some((r, s)) => (r.to_string(), Some(s.to_string())),
-                None => (resource, None),
-            };
-            let review = SubjectAccessReview {
-                spec: SubjectAccessReviewSpec {
-                    user: Some(user.clone()),
-                    groups: Some(vec![
-                        "system:serviceaccounts".into(),
-                        format!("system:serviceaccounts:{OPERATOR_NS}"),
-                        "system:authenticated".into(),
-                    ]),
-                    resource_attributes: Some(ResourceAttributes {
-                        namespace: ns,
-                        verb: Some(verb.to_string()),
-                        group: Some(group),
-                        resource: Some(resource),
-                        subresource,
-                        name,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let sar = sar.clone();
+            let (client, user, groups) = (client.clone(), user.clone(), groups.clone());
             async move {
-                sar.create(&PostParams::default(), &review)
-                    .await
-                    .expect("SubjectAccessReview")
-                    .status
-                    .is_some_and(|s| s.allowed)
+                can_i(
+                    &client,
+                    &user,
+                    &groups,
+                    verb,
+                    resource,
+                    ns.as_deref(),
+                    name.as_deref(),
+                )
+                .await
             }
         };
     let ks = || Some("kube-system".to_string());

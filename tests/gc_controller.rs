@@ -436,16 +436,26 @@ spec:
     server.clear_fault(fault);
 }
 
+/// A custom "run" kind, as CI systems define them.
+fn run_kind() -> ResourceType {
+    ResourceType::new("ci.example.com", "v1", "runs", "Run", true)
+}
+
+/// A tenant whose GC rule names the run kind.
+const CI_TENANT: &str = r#"
+apiVersion: palisade.dev/v1alpha1
+kind: Tenant
+metadata: {name: ci}
+spec:
+  namespaces: [{name: ci-a}]
+  garbageCollection:
+    rules: [{name: last-run, kinds: [Run.ci.example.com], keepLast: 1}]
+"#;
+
 #[tokio::test]
 async fn custom_resources_are_collected_and_unknown_kinds_are_a_condition() {
     let server = server();
-    server.register(ResourceType::new(
-        "ci.example.com",
-        "v1",
-        "runs",
-        "Run",
-        true,
-    ));
+    server.register(run_kind());
     let clock = now_clock();
     // Not a default kind: the platform team allows it (Helm value
     // rbac.garbageCollectionKinds, which also grants Palisade delete on it).
@@ -454,19 +464,7 @@ async fn custom_resources_are_collected_and_unknown_kinds_are_a_condition() {
         .gc_kinds
         .push(("ci.example.com".into(), "runs".into()));
     let running = support::start_with(&server, clock.clone(), settings);
-    create(
-        &server,
-        r#"
-apiVersion: palisade.dev/v1alpha1
-kind: Tenant
-metadata: {name: ci}
-spec:
-  namespaces: [{name: ci-a}]
-  garbageCollection:
-    rules: [{name: last-run, kinds: [Run.ci.example.com], keepLast: 1}]
-"#,
-    )
-    .await;
+    create(&server, CI_TENANT).await;
     wait_ready(&server, "ci").await;
     for (i, name) in ["run-a", "run-b", "run-c"].iter().enumerate() {
         let obj = json!({
@@ -604,27 +602,9 @@ spec:
 #[tokio::test]
 async fn kinds_outside_the_allow_list_are_refused() {
     let server = server();
-    server.register(ResourceType::new(
-        "ci.example.com",
-        "v1",
-        "runs",
-        "Run",
-        true,
-    ));
+    server.register(run_kind());
     let running = start(&server, now_clock());
-    create(
-        &server,
-        r#"
-apiVersion: palisade.dev/v1alpha1
-kind: Tenant
-metadata: {name: ci}
-spec:
-  namespaces: [{name: ci-a}]
-  garbageCollection:
-    rules: [{name: last-run, kinds: [Run.ci.example.com], keepLast: 1}]
-"#,
-    )
-    .await;
+    create(&server, CI_TENANT).await;
     let c = wait_condition(
         &server,
         "ci",
