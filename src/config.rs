@@ -33,6 +33,10 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Show what applying the given resources would change in the cluster of the
+    /// current kubeconfig (server-side dry-run): created, changed, pruned,
+    /// unchanged, plus RolePolicy escalations. Exit code 0: no change, 1: changes, 2: error.
+    Diff(DiffArgs),
     /// PostgreSQL snapshots: run, restore, verify, list, prune (works without Kubernetes).
     Backup(Box<crate::backup::cli::BackupArgs>),
     /// Print the permission catalog and the built-in roles.
@@ -48,6 +52,31 @@ pub enum Command {
     Token(TokenCommand),
     /// Print the version.
     Version,
+}
+
+/// Flags of `palisade diff`.
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// A YAML file or a directory of them (repeatable), as for `render` and
+    /// `kubectl apply -f`; any kind, not only Palisade's.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Field manager the input is applied with: the one of the pipeline that
+    /// applies it (`kubectl` for `kubectl apply --server-side`,
+    /// `argocd-controller` for Argo CD, `kustomize-controller` for Flux), so
+    /// that fields removed from the input show as removed.
+    #[arg(long, default_value = "kubectl")]
+    pub field_manager: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = DiffOutput::Text)]
+    pub output: DiffOutput,
+}
+
+/// Output of `palisade diff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffOutput {
+    Text,
+    Json,
 }
 
 /// `palisade token …`

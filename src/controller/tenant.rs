@@ -86,7 +86,7 @@ fn tenant_ar() -> ApiResource {
 
 /// How a namespace the spec lists relates to this tenant.
 #[derive(Debug, Clone, PartialEq)]
-enum NsState {
+pub(crate) enum NsState {
     /// Not in the managed cache: create it (a 409 says it exists unmanaged,
     /// released, or was created meanwhile; it is then looked up).
     Unseen,
@@ -125,7 +125,7 @@ async fn lookup_namespace(ctx: &Context, tenant: &str, name: &str) -> Result<NsS
     )
 }
 
-fn classify_namespace(
+pub(crate) fn classify_namespace(
     tenant: &str,
     name: &str,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
