@@ -2204,9 +2204,21 @@ async fn diff_reports_created_changed_pruned_unchanged_and_escalations() {
     );
 
     // Apply as `kubectl apply --server-side` would; let the controllers converge.
+    // (The samples' tenant is not Ready: its RolePolicy asks for tokens in a
+    // namespace its signing key is not published in — TokenBlocked. Its
+    // namespaces are, which is what the schedule needs.)
     apply_files(&client, dir.path(), &["Tenant", "RolePolicy"]).await;
     let tenants: Api<Tenant> = Api::all(client.clone());
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    wait(await_condition(
+        tenants.clone(),
+        &name,
+        |t: Option<&Tenant>| {
+            t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
+                palisade::crd::condition::is_true(&s.conditions, "NamespacesReady")
+            })
+        },
+    ))
+    .await;
     apply_files(&client, dir.path(), &["Secret", "BackupSchedule"]).await;
 
     // Unchanged once the controllers are done (they converge asynchronously:

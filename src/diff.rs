@@ -983,18 +983,17 @@ impl Differ {
             self.generated(ar, &ns, &n, found, &source);
             wanted.insert((kind, ns, n));
         }
-        // Application tokens of RolePolicy bindings (signed with the tenant's key).
-        let has_key = t
-            .spec
-            .secrets
-            .iter()
-            .any(|s| s.type_ == crate::crd::tenant::SecretType::JwtSigningKey);
+        // Application tokens of RolePolicy bindings, where the tenant's signing
+        // key is published (elsewhere the controller reports TokenBlocked).
         let secret_ar = ar_of::<k8s_openapi::api::core::v1::Secret>();
-        for req in plan.tokens.iter().filter(|_| has_key) {
+        for req in &plan.tokens {
+            let Some(key) = tokens::signing_key(&t.spec, req) else {
+                continue;
+            };
             for ns in names
                 .iter()
                 .filter(|ns| req.sa_namespace.as_ref().is_none_or(|n| n == *ns))
-                .filter(|ns| ready(ns))
+                .filter(|ns| ready(ns) && tokens::key_published_in(key, ns))
             {
                 let n = tokens::secret_name(&req.service_account);
                 let found = exists("Secret", ns, &n);
