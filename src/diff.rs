@@ -483,9 +483,8 @@ pub fn would_prune(
     spec_namespaces: &[String],
 ) -> bool {
     let key = (kind.to_string(), namespace.to_string(), name.to_string());
-    !deleting
-        && !wanted.contains(&key)
-        && !(kind == "Namespace" && spec_namespaces.iter().any(|n| n == name))
+    let listed_namespace = kind == "Namespace" && spec_namespaces.iter().any(|n| n == name);
+    !(deleting || listed_namespace || wanted.contains(&key))
 }
 
 /// The RolePolicies a Tenant controller would see once the input is applied:
@@ -734,6 +733,10 @@ impl Differ {
             }
             Some(ns)
         } else {
+            // kubectl drops a namespace given to a cluster-scoped object.
+            if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+                meta.remove("namespace");
+            }
             None
         };
         self.compare(Target {

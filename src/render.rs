@@ -354,3 +354,32 @@ pub fn to_yaml_stream(values: &[serde_json::Value]) -> Result<String, RenderErro
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_documents_keeps_every_kind_and_parses_palisades() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {k: v}\n---\n---\n\
+             apiVersion: palisade.dev/v1alpha1\nkind: RolePolicy\nmetadata: {name: p}\nspec: {tenants: [t]}\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "not yaml: [").expect("write");
+        let docs = load_documents(&[dir.path().to_path_buf()]).expect("load");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(
+            (docs[0].doc, docs[0].value["kind"].as_str()),
+            (1, Some("Secret"))
+        );
+        assert!(docs[0].input.is_none());
+        assert_eq!(docs[1].doc, 3);
+        assert!(matches!(docs[1].input, Some(Input::RolePolicy(_))));
+        // render itself still refuses kinds it cannot render.
+        let err = render_paths(&[dir.path().to_path_buf()]).expect_err("Secret");
+        assert_eq!(err.reason(), "UnknownKind");
+    }
+}
