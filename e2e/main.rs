@@ -2143,11 +2143,12 @@ async fn diff_reports_created_changed_pruned_unchanged_and_escalations() {
     if !enabled() {
         return;
     }
-    let (client, _tenants) = setup().await;
+    let (client, operator) = clients().await;
+    let (_tenants, _) = start_controller(&operator);
     let (tx, rx) = oneshot::channel::<()>();
     let _schedules = Controller { stop: Some(tx) };
     tokio::spawn(palisade::controller::backup_schedule::run(
-        client.clone(),
+        operator.clone(),
         Arc::new(SystemClock),
         Settings::default(),
         async move {
