@@ -818,43 +818,56 @@ impl Differ {
             return Ok(()); // reported as a finding; the controller builds nothing
         }
         let selector = ListParams::default().labels(&labels::tenant_selector(&name));
-        // Live children (metadata only: Secret values are never read).
+        // Live children, read as narrowly as the controller reads them: the
+        // tenant's namespaces (labelled or listed), then every kind inside
+        // them; metadata only, so no Secret value is ever read.
         let mut live: Vec<(ApiResource, String, String, bool)> = Vec::new();
-        for ar in crate::controller::cache::tenant_child_kinds() {
-            let list = self
-                .api(&ar, None)
-                .list_metadata(&selector)
-                .await
-                .map_err(api_err("list", &ar.kind, &name))?;
-            for o in list.items {
-                let deleting = o.metadata.deletion_timestamp.is_some();
-                live.push((
-                    ar.clone(),
-                    o.metadata.namespace.clone().unwrap_or_default(),
-                    o.name_any(),
-                    deleting,
-                ));
+        let mut scan: BTreeSet<String> = tenant::namespace_names(&t.spec).into_iter().collect();
+        let mut child_kinds = crate::controller::cache::tenant_child_kinds();
+        child_kinds.sort_by_key(|ar| ar.kind != "Namespace"); // namespaces first
+        for ar in child_kinds {
+            let namespaces: Vec<Option<String>> = if ar.kind == "Namespace" {
+                vec![None]
+            } else {
+                scan.iter().cloned().map(Some).collect()
+            };
+            for ns in namespaces {
+                let list = self
+                    .api(&ar, ns.as_deref())
+                    .list_metadata(&selector)
+                    .await
+                    .map_err(api_err("list", &ar.kind, &name))?;
+                for o in list.items {
+                    if ar.kind == "Namespace" {
+                        scan.insert(o.name_any());
+                    }
+                    live.push((
+                        ar.clone(),
+                        o.metadata.namespace.clone().unwrap_or_default(),
+                        o.name_any(),
+                        o.metadata.deletion_timestamp.is_some(),
+                    ));
+                }
             }
         }
         // Quota usage, for `scope: Tenant` budgets.
         let quota_ar = ar_of::<k8s_openapi::api::core::v1::ResourceQuota>();
         let mut usage = Usage::new();
-        for q in self
-            .api(&quota_ar, None)
-            .list(&selector)
-            .await
-            .map_err(api_err("list", "ResourceQuota", &name))?
-        {
-            if q.name_any() != QUOTA_NAME {
+        for ns in &scan {
+            let Some(q) = self
+                .api(&quota_ar, Some(ns))
+                .get_opt(QUOTA_NAME)
+                .await
+                .map_err(api_err("get", "ResourceQuota", QUOTA_NAME))?
+            else {
                 continue;
-            }
-            if let (Some(ns), Some(used)) = (
-                q.namespace(),
-                q.data
-                    .pointer("/status/used")
-                    .and_then(|v| serde_json::from_value(v.clone()).ok()),
-            ) {
-                usage.insert(ns, used);
+            };
+            if let Some(used) = q
+                .data
+                .pointer("/status/used")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+            {
+                usage.insert(ns.clone(), used);
             }
         }
         let plan = rolepolicy::plan_for(t, policies);
