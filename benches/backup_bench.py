@@ -197,7 +197,7 @@ ROWS = [
     # key, label, kind (backup rows have an output size)
     ("pg_dump_Z0_null", "`pg_dump -Fc -Z0 > /dev/null`"),
     ("pg_dump_Fc", "`pg_dump -Fc`"),
-    ("pg_dump_Z0_zstd1", "`pg_dump -Fc -Z0 | zstd -1 > file`"),
+    ("pg_dump_Z0_zstd1", "`pg_dump -Fc -Z0 \\| zstd -1 > file`"),
     ("palisade_run", "**palisade backup run** (S3)"),
     ("palisade_run_mt", "palisade backup run `--compression-threads 1` (S3)"),
     ("palisade_run_dir", "palisade backup run (`--dir`, no S3)"),
@@ -216,7 +216,7 @@ def ratio_rows(variant):
         ("run_vs_dump_null", "palisade_run", "pg_dump_Z0_null", "seconds",
          "run ÷ `pg_dump -Fc -Z0 > /dev/null` time", dump_target),
         ("run_vs_zstd_time", "palisade_run", "pg_dump_Z0_zstd1", "seconds",
-         "run ÷ `pg_dump -Z0 | zstd -1` time", 0.9),
+         "run ÷ `pg_dump -Z0 \\| zstd -1` time", 0.9),
         ("run_vs_zstd_size", "palisade_run", "pg_dump_Z0_zstd1", "bytes",
          "run ÷ `zstd -1` output size", 1.05),
         ("run_mt_vs_dump_null", "palisade_run_mt", "pg_dump_Z0_null", "seconds",
@@ -230,6 +230,69 @@ def ratio_rows(variant):
     ]
 
 
+PROFILE_RUN = [
+    ("dumpRead.wait", "compress thread blocked on pg_dump's pipe"),
+    ("compress.work", "zstd (wall, incl. preemption)"),
+    ("compress.cpu", "compress thread CPU"),
+    ("seal.encrypt", "AES-256-GCM"),
+    ("seal.hash", "SHA-256 of the stored stream"),
+    ("seal.waitUpload", "seal blocked on upload slots"),
+    ("upload.finish", "CompleteMultipartUpload"),
+    ("rowCounts.wall", "exact row counts (concurrent, own connection)"),
+    ("cpu.palisade", "palisade process CPU"),
+    ("cpu.pgDump", "pg_dump CPU"),
+    ("wall", "palisade wall"),
+]
+PROFILE_RESTORE = [
+    ("download.wait", "decoder waiting for GetObject"),
+    ("hash", "SHA-256"),
+    ("decrypt", "AES-256-GCM open"),
+    ("decompress", "unzstd"),
+    ("write.wait", "blocked writing to pg_restore / spool"),
+    ("decode.cpu", "decode thread CPU"),
+    ("spool.wall", "`--jobs`: spool + verify"),
+    ("pgRestore.wall", "`--jobs`: pg_restore -j"),
+    ("wall", "palisade wall"),
+]
+
+
+def markdown(results):
+    """The tables of docs/BACKUP.md's "Measured" section."""
+    vs = results["variants"]
+    names = list(vs)
+    out = ["| variant | command | time s | CPU s | output MiB | peak RSS MiB |", "|---|---|---:|---:|---:|---:|"]
+    for v in names:
+        first = True
+        for k, label in ROWS:
+            if k not in vs[v]:
+                continue
+            x = vs[v][k]
+            head = f"{v} ({vs[v]['databaseBytes'] / 2**20:.0f} MiB)" if first else ""
+            first = False
+            size = f"{x['bytes'] / 2**20:.1f}" if "bytes" in x else "–"
+            out.append(f"| {head} | {label} | {x['seconds']:.2f} | {x['cpuSeconds']:.2f} | {size} | {x['rssMiB']:.1f} |")
+    out += ["", "| ratio (target) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for k, _, _, _, label, _ in ratio_rows(names[0]):
+        cells = []
+        for v in names:
+            target = {r[0]: r[5] for r in ratio_rows(v)}[k]
+            val = vs[v]["ratios"][k]
+            mark = "" if target is None else (" ✓" if val <= target else " ✗")
+            cells.append(f"{val:.3f}{mark}" + ("" if target is None else f" (≤ {target})"))
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    rss = [max(vs[v][k]["rssMiB"] for k, _ in ROWS if k.startswith("palisade") and k in vs[v]) for v in names]
+    out.append("| peak RSS of palisade (≤ 128 MiB) | " + " | ".join(f"{x:.1f} MiB {'✓' if x <= 128 else '✗'}" for x in rss) + " |")
+    for title, key, stages in (("run", "palisade_run", PROFILE_RUN), ("restore", "palisade_restore", PROFILE_RESTORE),
+                               ("restore --jobs 2", "palisade_restore_j2", PROFILE_RESTORE)):
+        out += ["", f"| profile: {title}, seconds | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for stage, what in stages:
+            if not any(stage in vs[v][key]["profile"] for v in names):
+                continue
+            cells = [f"{vs[v][key]['profile'].get(stage, 0):.2f}" for v in names]
+            out.append(f"| `{stage}` {what} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gb", type=float, default=1.0)
@@ -238,7 +301,18 @@ def main():
     ap.add_argument("--s3-server", default=os.path.join(TARGET, "release/examples/backup_s3_server"))
     ap.add_argument("--no-pgbackrest", action="store_true", help="skip the pgBackRest context rows")
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--markdown", help="write the tables of docs/BACKUP.md's Measured section here")
+    ap.add_argument("--render", help="only render --markdown from this earlier --json")
     args = ap.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            text = markdown(json.load(f))
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text)
+        else:
+            print(text)
+        return
     for tool in (args.palisade, args.s3_server, shutil.which("zstd")):
         if not tool or not os.path.exists(tool):
             sys.exit(f"missing {tool}: build with `cargo build --release --bin palisade --example backup_s3_server` and install zstd")
@@ -339,6 +413,10 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+    print(markdown(results))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(results))
 
 
 if __name__ == "__main__":
