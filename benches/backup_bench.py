@@ -5,16 +5,21 @@ Starts a throwaway PostgreSQL 15 and a local S3 server (s3s-fs, separate process
 generates a compressible (pgbench) and an incompressible (random md5 text) database of
 about --size-gb each, and measures in the same run:
 
-  backup:  palisade backup run (zstd -1, AES-256-GCM, S3 multipart upload)
+  backup:  pg_dump -Fc -Z0 > /dev/null      (the physical limit of a logical snapshot)
            pg_dump -Fc                      (PostgreSQL's default, gzip level 6)
-           pg_dump -Fc -Z0 | zstd -1 > file
-  restore: palisade backup restore from S3
-           pg_restore of the local pg_dump -Fc -Z0 file
+           pg_dump -Fc -Z0 | zstd -1 > file (the hand pipeline)
+           palisade backup run (zstd -1, AES-256-GCM, S3 multipart upload), with its
+             per-stage profile (--profile); again with --compression-threads 1; and
+             to a local directory instead of S3 (what the S3 hop costs)
+  restore: palisade backup restore from S3, streamed and with --jobs 2
+           pg_restore and pg_restore -j 2 of the local pg_dump -Fc -Z0 file
+  context: pgBackRest full backup (zst, aes-256-cbc, local repo) and its restore, when
+           the Debian package is installed or installable (--no-pgbackrest to skip)
 
 printing wall time, output size and peak RSS (wait4 ru_maxrss: the largest process of
-the command's tree, so for palisade it is max(palisade, pg_dump/pg_restore)), and the
-ratios the targets are stated in. Run as root (PostgreSQL runs via runuser) or as a
-normal user.
+the command's tree, so for palisade it is max(palisade, pg_dump/pg_restore)), CPU
+seconds of the tree, and the ratios the targets are stated in. Run as root (PostgreSQL
+runs via runuser) or as a normal user.
 """
 
 import argparse
@@ -27,8 +32,10 @@ import sys
 import tempfile
 import time
 
+LAST_CPU = 0.0
 PG_BIN = os.environ.get("PALISADE_PG_BIN", "/usr/lib/postgresql/15/bin")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
 
 
 def free_port():
@@ -46,7 +53,9 @@ def as_pg(cmd):
 
 
 def run_measured(label, cmd, env=None, shell=False):
-    """Run, returning (wall seconds, peak RSS MiB, stdout)."""
+    """Run, returning (wall seconds, peak RSS MiB, stdout); the CPU seconds of the
+    command's tree are in LAST_CPU."""
+    global LAST_CPU
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env=env, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Read stdout/stderr fully (both are small), then reap with wait4 for rusage.
@@ -55,6 +64,7 @@ def run_measured(label, cmd, env=None, shell=False):
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - t0
+    LAST_CPU = ru.ru_utime + ru.ru_stime
     if p.returncode != 0:
         sys.stderr.write(f"{label} failed ({p.returncode}):\n{stderr.decode(errors='replace')}\n{stdout.decode(errors='replace')}\n")
         sys.exit(1)
@@ -111,17 +121,204 @@ def generate(pg, variant, size_gb):
     return db, size
 
 
+PGBACKREST_CONF = """[global]
+repo1-path={repo}
+repo1-retention-full=1
+compress-type=zst
+compress-level=1
+repo1-cipher-type=aes-256-cbc
+repo1-cipher-pass={cipher}
+start-fast=y
+archive-check=n
+log-level-console=warn
+log-path={tmp}
+lock-path={tmp}
+spool-path={tmp}
+
+[bench]
+pg1-path={data}
+pg1-port={port}
+pg1-socket-path={sock}
+"""
+
+
+def pgbackrest_binary(allowed):
+    """pgbackrest on PATH, installing the Debian package if missing (bench only)."""
+    if not allowed:
+        return None, "skipped (--no-pgbackrest)"
+    found = shutil.which("pgbackrest")
+    if found:
+        return found, None
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        rc = subprocess.call(["apt-get", "install", "-y", "-q", "pgbackrest"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        if rc != 0:
+            subprocess.call(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            rc = subprocess.call(["apt-get", "install", "-y", "-q", "pgbackrest"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+        found = shutil.which("pgbackrest")
+        if found:
+            return found, None
+        return None, f"skipped: apt-get install pgbackrest failed ({rc})"
+    return None, "skipped: pgbackrest is not installed and cannot be installed here (needs root + apt-get)"
+
+
+def pgbackrest_rows(pg, tmp, binary, variant):
+    """Full backup of the cluster (holding just this variant's database) and its restore."""
+    base = os.path.join(tmp, f"pgbackrest-{variant}")
+    repo, restore_dir = os.path.join(base, "repo"), os.path.join(base, "restore")
+    os.makedirs(repo)
+    conf = os.path.join(base, "pgbackrest.conf")
+    with open(conf, "w") as f:
+        f.write(PGBACKREST_CONF.format(repo=repo, cipher=os.urandom(16).hex(), tmp=base, data=pg.data,
+                                       port=pg.port, sock=pg.dir))
+    if os.geteuid() == 0:
+        subprocess.check_call(["chown", "-R", "postgres:postgres", base])
+    cmd = [binary, f"--config={conf}", "--stanza=bench"]
+    subprocess.check_call(as_pg(cmd + ["stanza-create"]), stdout=subprocess.DEVNULL)
+    out = {}
+    t, rss, _ = run_measured("pgbackrest backup", as_pg(cmd + ["--type=full", "backup"]))
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(repo, "backup"))
+               for f in fs)
+    out["pgbackrest_backup"] = {"seconds": t, "bytes": size, "rssMiB": rss, "cpuSeconds": LAST_CPU}
+    os.makedirs(restore_dir)
+    if os.geteuid() == 0:
+        subprocess.check_call(["chown", "-R", "postgres:postgres", restore_dir])
+    os.chmod(restore_dir, 0o700)
+    t, rss, _ = run_measured("pgbackrest restore", as_pg(cmd + [f"--pg1-path={restore_dir}", "restore"]))
+    out["pgbackrest_restore"] = {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU}
+    shutil.rmtree(base, ignore_errors=True)
+    return out
+
+
+ROWS = [
+    # key, label, kind (backup rows have an output size)
+    ("pg_dump_Z0_null", "`pg_dump -Fc -Z0 > /dev/null`"),
+    ("pg_dump_Fc", "`pg_dump -Fc`"),
+    ("pg_dump_Z0_zstd1", "`pg_dump -Fc -Z0 \\| zstd -1 > file`"),
+    ("palisade_run", "**palisade backup run** (S3)"),
+    ("palisade_run_mt", "palisade backup run `--compression-threads 1` (S3)"),
+    ("palisade_run_dir", "palisade backup run (`--dir`, no S3)"),
+    ("pgbackrest_backup", "pgBackRest full backup (context)"),
+    ("pg_restore_file", "`pg_restore` (local file)"),
+    ("palisade_restore", "**palisade backup restore**"),
+    ("pg_restore_j2", "`pg_restore -j 2` (local file)"),
+    ("palisade_restore_j2", "palisade backup restore `--jobs 2`"),
+    ("pgbackrest_restore", "pgBackRest restore (context)"),
+]
+
+# ratio key, numerator, denominator, what, target (ratio ≤ target), or None
+def ratio_rows(variant):
+    dump_target = 1.05 if variant == "compressible" else 1.15
+    return [
+        ("run_vs_dump_null", "palisade_run", "pg_dump_Z0_null", "seconds",
+         "run ÷ `pg_dump -Fc -Z0 > /dev/null` time", dump_target),
+        ("run_vs_zstd_time", "palisade_run", "pg_dump_Z0_zstd1", "seconds",
+         "run ÷ `pg_dump -Z0 \\| zstd -1` time", 0.9),
+        ("run_vs_zstd_size", "palisade_run", "pg_dump_Z0_zstd1", "bytes",
+         "run ÷ `zstd -1` output size", 1.05),
+        ("run_mt_vs_dump_null", "palisade_run_mt", "pg_dump_Z0_null", "seconds",
+         "run `--compression-threads 1` ÷ `-Z0 > /dev/null` time", None),
+        ("run_dir_vs_dump_null", "palisade_run_dir", "pg_dump_Z0_null", "seconds",
+         "run `--dir` ÷ `-Z0 > /dev/null` time", None),
+        ("restore_vs_pg_restore_time", "palisade_restore", "pg_restore_file", "seconds",
+         "restore ÷ `pg_restore` file time", 1.05),
+        ("restore_j2_vs_pg_restore_j2_time", "palisade_restore_j2", "pg_restore_j2", "seconds",
+         "restore `--jobs 2` ÷ `pg_restore -j 2` file time", None),
+    ]
+
+
+PROFILE_RUN = [
+    ("dumpRead.wait", "compress thread blocked on pg_dump's pipe"),
+    ("compress.work", "zstd (wall, incl. preemption)"),
+    ("compress.cpu", "compress thread CPU"),
+    ("seal.encrypt", "AES-256-GCM"),
+    ("seal.hash", "SHA-256 of the stored stream"),
+    ("seal.waitUpload", "seal blocked on upload slots"),
+    ("upload.finish", "CompleteMultipartUpload"),
+    ("rowCounts.wall", "exact row counts (concurrent, own connection)"),
+    ("cpu.palisade", "palisade process CPU"),
+    ("cpu.pgDump", "pg_dump CPU"),
+    ("wall", "palisade wall"),
+]
+PROFILE_RESTORE = [
+    ("download.wait", "decoder waiting for GetObject"),
+    ("hash", "SHA-256"),
+    ("decrypt", "AES-256-GCM open"),
+    ("decompress", "unzstd"),
+    ("write.wait", "blocked writing to pg_restore / spool"),
+    ("decode.cpu", "decode thread CPU"),
+    ("spool.wall", "`--jobs`: spool + verify"),
+    ("pgRestore.wall", "`--jobs`: pg_restore -j"),
+    ("wall", "palisade wall"),
+]
+
+
+def markdown(results):
+    """The tables of docs/BACKUP.md's "Measured" section."""
+    vs = results["variants"]
+    names = list(vs)
+    out = ["| variant | command | time s | CPU s | output MiB | peak RSS MiB |", "|---|---|---:|---:|---:|---:|"]
+    for v in names:
+        first = True
+        for k, label in ROWS:
+            if k not in vs[v]:
+                continue
+            x = vs[v][k]
+            head = f"{v} ({vs[v]['databaseBytes'] / 2**20:.0f} MiB)" if first else ""
+            first = False
+            size = f"{x['bytes'] / 2**20:.1f}" if "bytes" in x else "–"
+            out.append(f"| {head} | {label} | {x['seconds']:.2f} | {x['cpuSeconds']:.2f} | {size} | {x['rssMiB']:.1f} |")
+    out += ["", "| ratio (target) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for k, _, _, _, label, _ in ratio_rows(names[0]):
+        cells = []
+        for v in names:
+            target = {r[0]: r[5] for r in ratio_rows(v)}[k]
+            val = vs[v]["ratios"][k]
+            mark = "" if target is None else (" ✓" if val <= target else " ✗")
+            cells.append(f"{val:.3f}{mark}" + ("" if target is None else f" (≤ {target})"))
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    rss = [max(vs[v][k]["rssMiB"] for k, _ in ROWS if k.startswith("palisade") and k in vs[v]) for v in names]
+    out.append("| peak RSS of palisade (≤ 128 MiB) | " + " | ".join(f"{x:.1f} MiB {'✓' if x <= 128 else '✗'}" for x in rss) + " |")
+    for title, key, stages in (("run", "palisade_run", PROFILE_RUN), ("restore", "palisade_restore", PROFILE_RESTORE),
+                               ("restore --jobs 2", "palisade_restore_j2", PROFILE_RESTORE)):
+        out += ["", f"| profile: {title}, seconds | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for stage, what in stages:
+            if not any(stage in vs[v][key]["profile"] for v in names):
+                continue
+            cells = [f"{vs[v][key]['profile'].get(stage, 0):.2f}" for v in names]
+            out.append(f"| `{stage}` {what} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--variants", default="compressible,incompressible")
-    ap.add_argument("--palisade", default=os.path.join(ROOT, "target/release/palisade"))
-    ap.add_argument("--s3-server", default=os.path.join(ROOT, "target/release/examples/backup_s3_server"))
+    ap.add_argument("--palisade", default=os.path.join(TARGET, "release/palisade"))
+    ap.add_argument("--s3-server", default=os.path.join(TARGET, "release/examples/backup_s3_server"))
+    ap.add_argument("--no-pgbackrest", action="store_true", help="skip the pgBackRest context rows")
     ap.add_argument("--json", help="write results here")
+    ap.add_argument("--markdown", help="write the tables of docs/BACKUP.md's Measured section here")
+    ap.add_argument("--render", help="only render --markdown from this earlier --json")
     args = ap.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            text = markdown(json.load(f))
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(text)
+        else:
+            print(text)
+        return
     for tool in (args.palisade, args.s3_server, shutil.which("zstd")):
         if not tool or not os.path.exists(tool):
             sys.exit(f"missing {tool}: build with `cargo build --release --bin palisade --example backup_s3_server` and install zstd")
+    pgbackrest, why_not = pgbackrest_binary(not args.no_pgbackrest)
+    if why_not:
+        print(f"pgBackRest rows {why_not}", flush=True)
 
     tmp = tempfile.mkdtemp(prefix="palisade-bench-", dir=os.environ.get("BENCH_TMP"))
     os.chmod(tmp, 0o755)
@@ -136,10 +333,19 @@ def main():
         f.write(os.urandom(32))
     penv = dict(pg.env, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret",
                 AWS_REGION="us-east-1", PALISADE_PG_BIN=PG_BIN)
-    common = ["--s3-bucket", "bench", "--s3-endpoint", endpoint, "--s3-force-path-style",
-              "--host", "127.0.0.1", "--port", str(pg.port), "--user", "postgres",
-              "--sslmode", "disable", "--key-file", key_file, "--output", "json"]
-    results = {}
+    conn = ["--host", "127.0.0.1", "--port", str(pg.port), "--user", "postgres",
+            "--sslmode", "disable", "--key-file", key_file, "--output", "json", "--quiet", "--profile"]
+    s3_args = ["--s3-bucket", "bench", "--s3-endpoint", endpoint, "--s3-force-path-style"] + conn
+    dir_store = os.path.join(tmp, "snapshots")
+    results = {"sizeGb": args.size_gb, "cores": os.cpu_count(), "pgbackrest": why_not or "measured",
+               "load": os.getloadavg(), "variants": {}}
+
+    def palisade(label, argv):
+        t, rss, out = run_measured(label, [args.palisade, "backup"] + argv, env=penv)
+        res = json.loads(out.decode().strip().splitlines()[-1])
+        return {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU, "profile": res.get("profile", {}),
+                **({"bytes": res["bytes"]} if "rawBytes" in res else {})}, res
+
     try:
         for variant in args.variants.split(","):
             print(f"== {variant} (~{args.size_gb} GB)", flush=True)
@@ -149,47 +355,56 @@ def main():
             f_z0 = os.path.join(tmp, f"{db}.z0.dump")
             f_zstd = os.path.join(tmp, f"{db}.z0.dump.zst")
             subprocess.call(["sync"])
+            t, rss, _ = run_measured("pg_dump -Z0 > /dev/null", f"{PG_BIN}/pg_dump -Fc -Z0 {db} > /dev/null",
+                                     env=pg.env, shell=True)
+            r["pg_dump_Z0_null"] = {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU}
             t, rss, _ = run_measured("pg_dump -Fc", [f"{PG_BIN}/pg_dump", "-Fc", "-f", f_default, db], env=pg.env)
-            r["pg_dump_Fc"] = {"seconds": t, "bytes": os.path.getsize(f_default), "rssMiB": rss}
+            r["pg_dump_Fc"] = {"seconds": t, "bytes": os.path.getsize(f_default), "rssMiB": rss, "cpuSeconds": LAST_CPU}
+            os.remove(f_default)
             t, rss, _ = run_measured("pg_dump -Z0 | zstd -1",
                                      f"{PG_BIN}/pg_dump -Fc -Z0 {db} | zstd -1 -q -o {f_zstd}",
                                      env=pg.env, shell=True)
-            r["pg_dump_Z0_zstd1"] = {"seconds": t, "bytes": os.path.getsize(f_zstd), "rssMiB": rss}
-            t, rss, out = run_measured("palisade backup run",
-                                       [args.palisade, "backup", "run", "--database", db, "--s3-prefix", db,
-                                        "--compression-level", "1", "--quiet"] + common, env=penv)
-            res = json.loads(out.decode().strip().splitlines()[-1])
-            r["palisade_run"] = {"seconds": t, "bytes": res["bytes"], "rssMiB": rss}
-            os.remove(f_default)
-            # Restore baseline: pg_restore of a local uncompressed custom-format file.
+            r["pg_dump_Z0_zstd1"] = {"seconds": t, "bytes": os.path.getsize(f_zstd), "rssMiB": rss, "cpuSeconds": LAST_CPU}
+            run = ["run", "--database", db, "--compression-level", "1"]
+            r["palisade_run"], res = palisade("palisade backup run", run + ["--s3-prefix", db] + s3_args)
+            snapshot = res["id"]
+            r["palisade_run_mt"], _ = palisade("palisade backup run -T1",
+                                               run + ["--compression-threads", "1", "--s3-prefix", f"{db}-mt"] + s3_args)
+            shutil.rmtree(os.path.join(s3_root, "bench", f"{db}-mt"), ignore_errors=True)
+            r["palisade_run_dir"], _ = palisade("palisade backup run --dir", run + ["--dir", dir_store] + conn)
+            shutil.rmtree(dir_store, ignore_errors=True)
+            if pgbackrest:
+                r.update(pgbackrest_rows(pg, tmp, pgbackrest, variant))
+            # Restore baselines: pg_restore of a local uncompressed custom-format file.
             subprocess.check_call(f"zstd -d -q -f {f_zstd} -o {f_z0}", shell=True)
             os.remove(f_zstd)
-            pg.psql("postgres", f"CREATE DATABASE {db}_r1")
-            t, rss, _ = run_measured("pg_restore", [f"{PG_BIN}/pg_restore", "-d", f"{db}_r1", f_z0], env=pg.env)
-            r["pg_restore_file"] = {"seconds": t, "rssMiB": rss}
+            for key, extra in (("pg_restore_file", []), ("pg_restore_j2", ["-j", "2"])):
+                pg.psql("postgres", f"CREATE DATABASE {db}_r1")
+                t, rss, _ = run_measured(key, [f"{PG_BIN}/pg_restore", "-d", f"{db}_r1"] + extra + [f_z0], env=pg.env)
+                r[key] = {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU}
+                pg.psql("postgres", f"DROP DATABASE {db}_r1")
             os.remove(f_z0)
-            pg.psql("postgres", f"DROP DATABASE {db}_r1")
-            t, rss, _ = run_measured("palisade backup restore",
-                                     [args.palisade, "backup", "restore", "--database", db, "--s3-prefix", db,
-                                      "--target-database", f"{db}_r2", "--create", "--quiet"] + common, env=penv)
-            r["palisade_restore"] = {"seconds": t, "rssMiB": rss}
-            pg.psql("postgres", f"DROP DATABASE {db}_r2")
+            restore = ["restore", "--database", db, "--s3-prefix", db, "--snapshot", snapshot,
+                       "--target-database", f"{db}_r2", "--create"] + s3_args
+            for key, extra in (("palisade_restore", []), ("palisade_restore_j2", ["--jobs", "2", "--scratch-dir", tmp])):
+                r[key], _ = palisade(key, restore + extra)
+                pg.psql("postgres", f"DROP DATABASE {db}_r2")
             pg.psql("postgres", f"DROP DATABASE {db}")
             shutil.rmtree(os.path.join(s3_root, "bench", db), ignore_errors=True)
-            r["ratios"] = {
-                "run_vs_zstd_time": r["palisade_run"]["seconds"] / r["pg_dump_Z0_zstd1"]["seconds"],
-                "run_vs_pg_dump_Fc_time": r["palisade_run"]["seconds"] / r["pg_dump_Fc"]["seconds"],
-                "run_vs_zstd_size": r["palisade_run"]["bytes"] / r["pg_dump_Z0_zstd1"]["bytes"],
-                "restore_vs_pg_restore_time": r["palisade_restore"]["seconds"] / r["pg_restore_file"]["seconds"],
-            }
-            results[variant] = r
-            print(f"  {'command':<34} {'time s':>8} {'output MiB':>11} {'peak RSS MiB':>13}")
-            for k in ("pg_dump_Fc", "pg_dump_Z0_zstd1", "palisade_run", "pg_restore_file", "palisade_restore"):
+            r["ratios"] = {k: r[a][what] / r[b][what] for k, a, b, what, _, _ in ratio_rows(variant)}
+            results["variants"][variant] = r
+            print(f"  {'command':<22} {'time s':>8} {'cpu s':>7} {'output MiB':>11} {'peak RSS MiB':>13}")
+            for k, _ in ROWS:
+                if k not in r:
+                    continue
                 v = r[k]
                 size = f"{v['bytes'] / 2**20:.1f}" if "bytes" in v else "-"
-                print(f"  {k:<34} {v['seconds']:>8.2f} {size:>11} {v['rssMiB']:>13.1f}")
-            for k, v in r["ratios"].items():
-                print(f"  ratio {k:<28} {v:.3f}")
+                print(f"  {k:<22} {v['seconds']:>8.2f} {v['cpuSeconds']:>7.2f} {size:>11} {v['rssMiB']:>13.1f}")
+            for k, _, _, _, label, target in ratio_rows(variant):
+                mark = "" if target is None else (" ok" if r["ratios"][k] <= target else f" MISS (target {target})")
+                print(f"  ratio {k:<34} {r['ratios'][k]:.3f}{mark}")
+            for k in ("palisade_run", "palisade_restore", "palisade_restore_j2"):
+                print(f"  profile {k}: " + ", ".join(f"{n} {x:.2f}" for n, x in sorted(r[k]["profile"].items())))
             sys.stdout.flush()
     finally:
         s3.kill()
@@ -197,7 +412,11 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"sizeGb": args.size_gb, "results": results}, f, indent=2)
+            json.dump(results, f, indent=2)
+    print(markdown(results))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(results))
 
 
 if __name__ == "__main__":

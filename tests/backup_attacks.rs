@@ -357,6 +357,40 @@ async fn swapped_snapshots_and_forged_metadata_are_refused() {
             .expect("inspect"),
         "nothing committed"
     );
+    // The same through `--jobs`: the spooled archive is verified whole before
+    // pg_restore sees it, and the spool file is removed.
+    let scratch = e.dir.parent().expect("tmp").join("scratch");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&scratch)
+        .expect("scratch dir");
+    let scratch_arg = scratch.display().to_string();
+    let (out, res) = e.keyed(&[
+        "restore",
+        "--snapshot",
+        "day-2",
+        "--target-database",
+        "rolled-back-jobs",
+        "--create",
+        "--jobs",
+        "2",
+        "--scratch-dir",
+        &scratch_arg,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{res}");
+    assert_eq!(res["reason"], "SnapshotMismatch", "{res}");
+    let restored = e.pg.client("rolled-back-jobs").await;
+    assert!(
+        palisade::backup::pg::is_empty(&restored)
+            .await
+            .expect("inspect"),
+        "nothing restored"
+    );
+    assert_eq!(
+        std::fs::read_dir(&scratch).expect("scratch").count(),
+        0,
+        "spool file removed"
+    );
     let (out, ver) = e.keyed(&["verify", "--snapshot", "day-2"]);
     assert_eq!(out.status.code(), Some(1), "{ver}");
     assert_eq!(ver["result"], "Failed");

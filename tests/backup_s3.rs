@@ -68,6 +68,7 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
             pg: pg.conn("app"),
             pg_bin: Some(pg.bin.clone()),
             compression_level: 3,
+            compression_threads: 0,
             key: Some(k1.clone()),
             mac_key: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
@@ -102,6 +103,8 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
         no_owner: false,
         allow_unencrypted: false,
         allow_unauthenticated: false,
+        jobs: None,
+        scratch_dir: None,
     };
     engine::restore(
         &storage,
@@ -129,6 +132,48 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
     .await
     .expect("forced restore");
     assert_eq!(checksum(&pg.client("restored").await).await, expected);
+
+    // In parallel: spooled to the scratch directory, `pg_restore -j 2`, spool removed.
+    let scratch = tempfile::tempdir().expect("scratch dir");
+    let rep = engine::restore(
+        &storage,
+        &RestoreOptions {
+            jobs: Some(2),
+            scratch_dir: Some(scratch.path().to_path_buf()),
+            ..restore_opts("restored_jobs", vec![k1.clone()], false)
+        },
+        progress(),
+    )
+    .await
+    .expect("parallel restore");
+    assert_eq!(checksum(&pg.client("restored_jobs").await).await, expected);
+    assert_eq!(std::fs::read_dir(scratch.path()).expect("ls").count(), 0);
+    for stage in [
+        "spool.wall",
+        "pgRestore.wall",
+        "hash",
+        "decrypt",
+        "decode.cpu",
+    ] {
+        assert!(
+            rep.profile.contains_key(stage),
+            "{stage}: {:?}",
+            rep.profile
+        );
+    }
+    for stage in [
+        "dumpRead.wait",
+        "compress.cpu",
+        "seal.encrypt",
+        "seal.hash",
+        "rowCounts.wall",
+    ] {
+        assert!(
+            run.profile.contains_key(stage),
+            "{stage}: {:?}",
+            run.profile
+        );
+    }
 
     // Wrong key material under the right id, a missing key, an unknown key id: the
     // manifest's MAC is checked first, so each is refused before the target is touched.
@@ -331,6 +376,7 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
             pg: pg.conn("app"),
             pg_bin: Some(fake.path().to_path_buf()),
             compression_level: 1,
+            compression_threads: 0,
             key: Some(k1.clone()),
             mac_key: None,
             chunk_size: DEFAULT_CHUNK_SIZE,

@@ -214,6 +214,7 @@ async fn sslmodes_against_a_tls_only_server() {
             pg: src.clone(),
             pg_bin: Some(pg.bin.clone()),
             compression_level: 1,
+            compression_threads: 0,
             key: Some(k.clone()),
             mac_key: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
@@ -239,6 +240,8 @@ async fn sslmodes_against_a_tls_only_server() {
             no_owner: false,
             allow_unencrypted: false,
             allow_unauthenticated: false,
+            jobs: None,
+            scratch_dir: None,
         },
         Arc::new(Progress::default()),
     )

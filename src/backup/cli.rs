@@ -182,6 +182,10 @@ pub struct CommonArgs {
     /// Never print progress.
     #[arg(long, global = true)]
     pub quiet: bool,
+    /// Add `profile` to the result of `run` and `restore`: seconds per pipeline stage
+    /// (work, waits, CPU), as `make bench-backup` reports them.
+    #[arg(long, global = true)]
+    pub profile: bool,
     /// Name of the run (the Job), recorded as `run` in the JSON result so that a
     /// signed result cannot be replayed for another run.
     #[arg(long, global = true, env = "PALISADE_RUN")]
@@ -200,6 +204,9 @@ pub enum BackupCommand {
         /// zstd level (1–19).
         #[arg(long)]
         compression_level: Option<i32>,
+        /// zstd worker threads (0: compress on the pipeline's own thread).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+        compression_threads: u32,
         /// Snapshot id (default: `YYYYMMDDTHHMMSSZ-xxxx`). A run with the id of an
         /// existing snapshot reports it and does nothing.
         #[arg(long)]
@@ -249,6 +256,14 @@ pub enum BackupCommand {
         /// manifests were signed). Never accepts an invalid MAC.
         #[arg(long, requires = "snapshot")]
         allow_unauthenticated: bool,
+        /// Restore with `pg_restore -j N`: the decrypted archive is first spooled to a
+        /// file in `--scratch-dir` (as large as the uncompressed dump) and verified
+        /// whole; not one transaction (a failure can leave a partial database).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+        jobs: Option<u32>,
+        /// Directory of the `--jobs` spool file (default: `TMPDIR`, else /tmp).
+        #[arg(long, requires = "jobs")]
+        scratch_dir: Option<PathBuf>,
     },
     /// Restore test into a scratch database.
     Verify {
@@ -614,34 +629,83 @@ fn policy(
     })
 }
 
-fn spawn_progress(progress: Arc<Progress>, enabled: bool) -> Option<tokio::task::JoinHandle<()>> {
-    if !enabled || !std::io::stderr().is_terminal() {
+/// Progress is drawn only for people: text output, no `--quiet`, and stderr on a
+/// terminal (a Job's stderr is a log file, JSON output is for programs).
+fn progress_wanted(output: OutputFormat, quiet: bool, stderr_is_terminal: bool) -> bool {
+    output == OutputFormat::Text && !quiet && stderr_is_terminal
+}
+
+/// Which counter the progress line measures against `Progress::total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Paced {
+    /// `run`: dump bytes against the estimate from the database size.
+    Dumped,
+    /// `restore`: stored bytes read against the snapshot's size.
+    Read,
+}
+
+/// One progress line: bytes so far, rate, and (with a known total) percent and ETA.
+/// The estimate of a run can be exceeded: percent stops at 99 and the ETA at 0 until
+/// the run ends.
+fn progress_line(paced: Paced, raw: u64, stored: u64, total: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
+    let done = match paced {
+        Paced::Dumped => raw,
+        Paced::Read => stored,
+    };
+    let rate = done as f64 / secs;
+    let eta = if total > 0 && rate > 0.0 {
+        let pct = (100.0 * done as f64 / total as f64).min(99.0);
+        let left = total.saturating_sub(done) as f64 / rate;
+        let est = if paced == Paced::Dumped { "~" } else { "" };
+        format!(" of {est}{}, {pct:.0}%, ETA {}", mib(total), clock(left))
+    } else {
+        String::new()
+    };
+    let verb = match paced {
+        Paced::Dumped => "dumped",
+        Paced::Read => "read",
+    };
+    format!(
+        "{} {verb}{eta} at {}/s ({} raw, {} stored)",
+        mib(done),
+        mib(rate as u64),
+        mib(raw),
+        mib(stored)
+    )
+}
+
+/// `m:ss` (or `h:mm:ss`).
+fn clock(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+fn spawn_progress(
+    progress: Arc<Progress>,
+    enabled: bool,
+    paced: Paced,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !enabled {
         return None;
     }
     Some(tokio::spawn(async move {
         let t0 = std::time::Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let secs = t0.elapsed().as_secs_f64().max(0.001);
-            let raw = progress.raw.load(Ordering::Relaxed);
-            let stored = progress.stored.load(Ordering::Relaxed);
-            let total = progress.total.load(Ordering::Relaxed);
-            let rate = stored as f64 / secs;
-            let eta = if total > 0 && rate > 0.0 {
-                format!(
-                    " {:.0}% ETA {:.0}s",
-                    100.0 * stored as f64 / total as f64,
-                    (total.saturating_sub(stored)) as f64 / rate
-                )
-            } else {
-                String::new()
-            };
-            eprint!(
-                "\r  {} raw, {} stored, {}/s{eta}   ",
-                mib(raw),
-                mib(stored),
-                mib(rate as u64)
+            let line = progress_line(
+                paced,
+                progress.raw.load(Ordering::Relaxed),
+                progress.stored.load(Ordering::Relaxed),
+                progress.total.load(Ordering::Relaxed),
+                t0.elapsed(),
             );
+            // Erase to the end of the line: the new text can be shorter.
+            eprint!("\r  {line}\x1b[K");
         }
     }))
 }
@@ -822,10 +886,12 @@ async fn execute_until_signal(args: BackupArgs) -> Result<ExitCode, CliError> {
 async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
     let common = &args.common;
     let spec = r.spec.as_ref();
-    let show_progress = common.output == OutputFormat::Text && !common.quiet;
+    let show_progress =
+        progress_wanted(common.output, common.quiet, std::io::stderr().is_terminal());
     match args.command {
         BackupCommand::Run {
             compression_level,
+            compression_threads,
             id,
             no_encryption,
             prune,
@@ -840,6 +906,7 @@ async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
                 pg: pg_conn(common, spec)?,
                 pg_bin: common.pg_bin.clone(),
                 compression_level: level,
+                compression_threads,
                 key: if no_encryption {
                     None
                 } else {
@@ -850,7 +917,7 @@ async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
                 id,
             };
             let progress = Arc::new(Progress::default());
-            let ticker = spawn_progress(progress.clone(), show_progress);
+            let ticker = spawn_progress(progress.clone(), show_progress, Paced::Dumped);
             let result = engine::run(&r.storage, &opts, progress).await;
             if let Some(t) = ticker {
                 t.abort();
@@ -867,6 +934,9 @@ async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
                 "tables": m.row_counts.len(), "rows": rows,
                 "alreadyExisted": rep.already_existed,
             });
+            if common.profile {
+                out["profile"] = json!(rep.profile);
+            }
             if prune {
                 prune_after_run(&r.storage, &r.keys, spec, &mut out).await;
             }
@@ -907,6 +977,8 @@ async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
             no_owner,
             allow_unencrypted,
             allow_unauthenticated,
+            jobs,
+            scratch_dir,
         } => {
             let mut target = pg_conn(common, spec)?;
             if let Some(d) = target_database {
@@ -934,32 +1006,33 @@ async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
                 no_owner,
                 allow_unencrypted,
                 allow_unauthenticated,
+                jobs,
+                scratch_dir,
             };
             let progress = Arc::new(Progress::default());
-            let ticker = spawn_progress(progress.clone(), show_progress);
+            let ticker = spawn_progress(progress.clone(), show_progress, Paced::Read);
             let result = engine::restore(&r.storage, &opts, progress).await;
             if let Some(t) = ticker {
                 t.abort();
                 eprintln!();
             }
             let rep = result?;
-            emit(
-                common,
-                r.keys.first(),
-                json!({
-                    "op": "restore", "ok": true, "snapshot": rep.manifest.id,
-                    "database": opts.target.database, "bytes": rep.manifest.stored_bytes,
-                    "durationSeconds": round2(rep.duration.as_secs_f64()),
-                }),
-                || {
-                    format!(
-                        "restored snapshot {} into {} in {:.1}s",
-                        rep.manifest.id,
-                        opts.target.target(),
-                        rep.duration.as_secs_f64()
-                    )
-                },
-            );
+            let mut out = json!({
+                "op": "restore", "ok": true, "snapshot": rep.manifest.id,
+                "database": opts.target.database, "bytes": rep.manifest.stored_bytes,
+                "durationSeconds": round2(rep.duration.as_secs_f64()),
+            });
+            if common.profile {
+                out["profile"] = json!(rep.profile);
+            }
+            emit(common, r.keys.first(), out, || {
+                format!(
+                    "restored snapshot {} into {} in {:.1}s",
+                    rep.manifest.id,
+                    opts.target.target(),
+                    rep.duration.as_secs_f64()
+                )
+            });
             Ok(ExitCode::SUCCESS)
         }
         BackupCommand::Verify {
@@ -1261,5 +1334,58 @@ mod tests {
             (Some("v2".into()), PathBuf::from("/keys/k"))
         );
         assert_eq!(parse_key_arg("/a=b/k"), (None, PathBuf::from("/a=b/k")));
+    }
+
+    #[test]
+    fn progress_only_for_text_on_a_terminal() {
+        assert!(progress_wanted(OutputFormat::Text, false, true));
+        // A Job's stderr is a log file, not a terminal.
+        assert!(!progress_wanted(OutputFormat::Text, false, false));
+        assert!(!progress_wanted(OutputFormat::Json, false, true));
+        assert!(!progress_wanted(OutputFormat::Text, true, true));
+    }
+
+    #[test]
+    fn progress_line_rate_percent_and_eta() {
+        const M: u64 = 1 << 20;
+        // run: 300 MiB dumped of ~1000 MiB in 10 s -> 30 MiB/s, 700 MiB left -> 23 s.
+        assert_eq!(
+            progress_line(
+                Paced::Dumped,
+                300 * M,
+                50 * M,
+                1000 * M,
+                Duration::from_secs(10)
+            ),
+            "300.0 MiB dumped of ~1000.0 MiB, 30%, ETA 0:23 at 30.0 MiB/s \
+             (300.0 MiB raw, 50.0 MiB stored)"
+        );
+        // restore paces on the stored bytes read; an hour and more shows hours.
+        assert_eq!(
+            progress_line(Paced::Read, 0, M, 10_000 * M, Duration::from_secs(1)),
+            "1.0 MiB read of 10000.0 MiB, 0%, ETA 2:46:39 at 1.0 MiB/s \
+             (0.0 MiB raw, 1.0 MiB stored)"
+        );
+        // The estimate was too low: never 100 % or a negative ETA before the end.
+        assert_eq!(
+            progress_line(
+                Paced::Dumped,
+                1200 * M,
+                0,
+                1000 * M,
+                Duration::from_secs(12)
+            ),
+            "1200.0 MiB dumped of ~1000.0 MiB, 99%, ETA 0:00 at 100.0 MiB/s \
+             (1200.0 MiB raw, 0.0 MiB stored)"
+        );
+        // Unknown total, or nothing yet: no percent, no ETA.
+        assert_eq!(
+            progress_line(Paced::Dumped, 5 * M, 0, 0, Duration::from_secs(1)),
+            "5.0 MiB dumped at 5.0 MiB/s (5.0 MiB raw, 0.0 MiB stored)"
+        );
+        assert_eq!(
+            progress_line(Paced::Read, 0, 0, 8 * M, Duration::ZERO),
+            "0.0 MiB read at 0.0 MiB/s (0.0 MiB raw, 0.0 MiB stored)"
+        );
     }
 }

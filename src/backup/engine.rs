@@ -10,7 +10,7 @@
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout};
+use std::process::{Child, ChildStdout};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use super::format::{self, EncryptionKey, FormatError, Sealer};
 use super::manifest::{self, CompressionInfo, EncryptionInfo, MANIFEST_VERSION, Manifest, Source};
 use super::pg::{self, PgConn, PgError, StderrTail};
+use super::profile::{self, Acc, Profile};
 use super::storage::{PartPlan, Storage, StorageError};
 
 /// Errors of the engine (run, restore, verify, list, prune).
@@ -127,7 +128,8 @@ pub struct Progress {
     pub raw: AtomicU64,
     /// Bytes written to / read from storage.
     pub stored: AtomicU64,
-    /// Total stored bytes when known (restore).
+    /// Expected total of `raw` (run: estimated from the database size; 0 when unknown)
+    /// or of `stored` (restore: the snapshot's size).
     pub total: AtomicU64,
 }
 
@@ -140,6 +142,8 @@ pub struct RunOptions {
     pub pg_bin: Option<PathBuf>,
     /// zstd level.
     pub compression_level: i32,
+    /// zstd worker threads (0: compress on the pipeline's own thread).
+    pub compression_threads: u32,
     /// Encryption key; unencrypted when `None`.
     pub key: Option<EncryptionKey>,
     /// Key that signs the manifest when `key` is `None` (`--no-encryption` with a key
@@ -162,6 +166,8 @@ pub struct RunReport {
     pub duration: Duration,
     /// The snapshot already existed (a retried run with the same id).
     pub already_existed: bool,
+    /// Seconds per stage and wait (empty when the snapshot already existed).
+    pub profile: Profile,
 }
 
 /// Checks a snapshot id: 1–128 of `[A-Za-z0-9._-]`, not starting with `.`.
@@ -239,6 +245,8 @@ struct ChunkSink {
     tx: SyncSender<(Vec<u8>, bool)>,
     buf: Vec<u8>,
     chunk: usize,
+    /// Time blocked handing chunks to the seal thread.
+    wait: Acc,
 }
 
 impl Write for ChunkSink {
@@ -248,7 +256,10 @@ impl Write for ChunkSink {
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == self.chunk {
             let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
-            self.tx.send((full, false)).map_err(|_| closed())?;
+            let tx = &self.tx;
+            self.wait
+                .time(|| tx.send((full, false)))
+                .map_err(|_| closed())?;
         }
         Ok(n)
     }
@@ -258,24 +269,54 @@ impl Write for ChunkSink {
     }
 }
 
+/// Bytes per read from pg_dump's stdout, and the pipe capacity asked for (Linux's
+/// default 64 KiB pipe means a wake-up per 64 KiB; 1 MiB is `pipe-max-size`'s default).
+const PIPE_READ: usize = 1 << 20;
+
+/// Raises the capacity of the pipe behind `fd` (best effort: the default still works).
+fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own; it changes only the pipe's buffer
+    // size and fails harmlessly on anything that is not a pipe.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_READ as libc::c_int);
+    }
+}
+
+struct CompressStats {
+    raw: u64,
+    /// Blocked reading pg_dump's output (the dump is slower than everything after it).
+    read_wait: Acc,
+    /// In zstd, including `sink_wait`.
+    compress: Acc,
+    sink_wait: Acc,
+    cpu: Duration,
+}
+
 fn compress_stage(
     mut src: ChildStdout,
     level: i32,
+    workers: u32,
     chunk: usize,
     tx: SyncSender<(Vec<u8>, bool)>,
     progress: Arc<Progress>,
-) -> Result<u64, EngineError> {
+) -> Result<CompressStats, EngineError> {
+    let cpu0 = profile::thread_cpu();
     let sink = ChunkSink {
         tx,
         buf: Vec::with_capacity(chunk),
         chunk,
+        wait: Acc::default(),
     };
     let mut enc = zstd::stream::write::Encoder::new(sink, level).map_err(EngineError::Zstd)?;
     enc.include_checksum(true).map_err(EngineError::Zstd)?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut raw = 0u64;
+    if workers > 0 {
+        enc.multithread(workers).map_err(EngineError::Zstd)?;
+    }
+    widen_pipe(&src);
+    let mut buf = vec![0u8; PIPE_READ];
+    let (mut raw, mut read_wait, mut compress) = (0u64, Acc::default(), Acc::default());
     loop {
-        let n = match src.read(&mut buf) {
+        let n = match read_wait.time(|| src.read(&mut buf)) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -283,19 +324,36 @@ fn compress_stage(
         };
         raw += n as u64;
         progress.raw.fetch_add(n as u64, Ordering::Relaxed);
-        enc.write_all(&buf[..n]).map_err(EngineError::Zstd)?;
+        compress
+            .time(|| enc.write_all(&buf[..n]))
+            .map_err(EngineError::Zstd)?;
     }
-    let sink = enc.finish().map_err(EngineError::Zstd)?;
-    sink.tx
-        .send((sink.buf, true))
+    let mut sink = compress.time(|| enc.finish()).map_err(EngineError::Zstd)?;
+    let tx = &sink.tx;
+    let last = std::mem::take(&mut sink.buf);
+    sink.wait
+        .time(|| tx.send((last, true)))
         .map_err(|_| EngineError::Pipe("seal stage stopped".into()))?;
-    Ok(raw)
+    Ok(CompressStats {
+        raw,
+        read_wait,
+        compress,
+        sink_wait: sink.wait,
+        cpu: profile::thread_cpu().saturating_sub(cpu0),
+    })
 }
 
 struct SealStats {
     compressed: u64,
     stored: u64,
     sha256: String,
+    /// Waiting for the next compressed chunk.
+    chunk_wait: Acc,
+    encrypt: Acc,
+    hash: Acc,
+    /// Blocked handing parts to the upload (all upload slots busy).
+    upload_wait: Acc,
+    cpu: Duration,
 }
 
 fn seal_stage(
@@ -305,6 +363,13 @@ fn seal_stage(
     tx: mpsc::Sender<Bytes>,
     progress: Arc<Progress>,
 ) -> Result<SealStats, EngineError> {
+    let cpu0 = profile::thread_cpu();
+    let (mut chunk_wait, mut encrypt, mut hash, mut upload_wait) = (
+        Acc::default(),
+        Acc::default(),
+        Acc::default(),
+        Acc::default(),
+    );
     let mut hasher = Context::new(&SHA256);
     let slack = format::MAX_CHUNK_SIZE.min(4 << 20) + 64;
     // Part `number` (1-based) is shipped once it reaches `plan.size(number)`.
@@ -315,21 +380,23 @@ fn seal_stage(
     }
     let (mut compressed, mut stored, mut saw_last) = (0u64, 0u64, false);
     let mut ship = |part: &mut Vec<u8>, stored: &mut u64, next: u32| -> Result<(), EngineError> {
-        hasher.update(part);
+        hash.time(|| hasher.update(part));
         *stored += part.len() as u64;
         progress
             .stored
             .fetch_add(part.len() as u64, Ordering::Relaxed);
         let full = std::mem::replace(part, Vec::with_capacity(plan.size(next) + slack));
-        tx.blocking_send(Bytes::from(full))
+        upload_wait
+            .time(|| tx.blocking_send(Bytes::from(full)))
             .map_err(|_| EngineError::Pipe("upload stage stopped".into()))
     };
-    for (chunk, last) in rx {
+    let mut rx = rx.iter();
+    while let Some((chunk, last)) = chunk_wait.time(|| rx.next()) {
         compressed += chunk.len() as u64;
-        match sealer.as_mut() {
+        encrypt.time(|| match sealer.as_mut() {
             Some(s) => s.seal_into(&chunk, last, &mut part),
             None => part.extend_from_slice(&chunk),
-        }
+        });
         if part.len() >= plan.size(number) {
             number = number.saturating_add(1);
             ship(&mut part, &mut stored, number)?;
@@ -349,6 +416,11 @@ fn seal_stage(
         compressed,
         stored,
         sha256: format::hex(hasher.finish().as_ref()),
+        chunk_wait,
+        encrypt,
+        hash,
+        upload_wait,
+        cpu: profile::thread_cpu().saturating_sub(cpu0),
     })
 }
 
@@ -435,11 +507,15 @@ pub async fn run(
             manifest: existing,
             duration: t0.elapsed(),
             already_existed: true,
+            profile: Profile::new(),
         });
     }
     let pg_dump = pg::program(opts.pg_bin.as_deref(), "pg_dump");
     let pg_dump_version = pg::tool_version(&pg_dump)?;
     let exported = pg::export_snapshot(&opts.pg).await?;
+    if let Some(n) = pg::estimated_dump_bytes(&exported.client).await {
+        progress.total.store(n, Ordering::Relaxed);
+    }
 
     let mut child = ChildGuard(Some(pg::spawn_pg_dump(&pg_dump, &opts.pg, &exported.name)?));
     let (stdout, stderr) = match child.child() {
@@ -455,8 +531,9 @@ pub async fn run(
     // stays open until pg_dump is done (it imports the snapshot when it starts).
     let server_version = exported.server_version.clone();
     let mut counting = AbortOnDrop(tokio::spawn(async move {
+        let t = Instant::now();
         let counts = pg::row_counts(&exported.client).await;
-        (counts, exported)
+        (counts, exported, t.elapsed())
     }));
 
     let data_name = manifest::data_name(&id);
@@ -470,16 +547,21 @@ pub async fn run(
     let plan = storage.part_plan();
     let (chunk_tx, chunk_rx) = sync_channel::<(Vec<u8>, bool)>(4);
     let (part_tx, mut part_rx) = mpsc::channel::<Bytes>(1);
-    let level = opts.compression_level;
+    let (level, workers) = (opts.compression_level, opts.compression_threads);
     let p1 = progress.clone();
-    let compress =
-        tokio::task::spawn_blocking(move || compress_stage(stdout, level, chunk, chunk_tx, p1));
+    let compress = tokio::task::spawn_blocking(move || {
+        compress_stage(stdout, level, workers, chunk, chunk_tx, p1)
+    });
     let p2 = progress.clone();
     let seal = tokio::task::spawn_blocking(move || seal_stage(chunk_rx, sealer, plan, part_tx, p2));
 
     let mut upload_result = Ok(());
+    let mut slot_wait = Acc::default();
     while let Some(part) = part_rx.recv().await {
-        if let Err(e) = upload.write_part(part).await {
+        let t = Instant::now();
+        let written = upload.write_part(part).await;
+        slot_wait.add_since(t);
+        if let Err(e) = written {
             upload_result = Err(EngineError::from(e));
             break;
         }
@@ -500,7 +582,7 @@ pub async fn run(
     let stderr_text = stderr.finish(opts.pg.password.as_deref());
 
     // Precedence: the upload's error, then pg_dump's own failure, then the stages'.
-    let outcome: Result<(u64, SealStats), EngineError> = match upload_result {
+    let outcome: Result<(CompressStats, SealStats), EngineError> = match upload_result {
         Err(e) => Err(e),
         Ok(()) if !status.success() && !killed => Err(PgError::ChildFailed {
             program: "pg_dump",
@@ -508,16 +590,16 @@ pub async fn run(
             stderr: stderr_text,
         }
         .into()),
-        Ok(()) => compress_result.and_then(|raw| seal_result.map(|s| (raw, s))),
+        Ok(()) => compress_result.and_then(|c| seal_result.map(|s| (c, s))),
     };
-    let (raw, seal) = match outcome {
+    let (compressed, seal) = match outcome {
         Ok(v) => v,
         Err(e) => {
             upload.abort().await;
             return Err(e);
         }
     };
-    let (counts, exported) = match (&mut counting.0).await {
+    let (counts, exported, counting_wall) = match (&mut counting.0).await {
         Ok(v) => v,
         Err(e) => {
             upload.abort().await;
@@ -533,7 +615,10 @@ pub async fn run(
             return Err(e.into());
         }
     };
+    let finish_start = Instant::now();
     upload.finish().await?;
+    let upload_finish = finish_start.elapsed();
+    let raw = compressed.raw;
 
     let mut manifest = Manifest {
         format_version: MANIFEST_VERSION,
@@ -585,11 +670,38 @@ pub async fn run(
         return Err(e.into());
     }
     storage.commit(&data_name);
+    let duration = t0.elapsed();
+    let (cpu_self, cpu_children) = profile::process_cpu();
+    let mut prof = Profile::new();
+    profile::record(
+        &mut prof,
+        &[
+            ("wall", duration.as_secs_f64()),
+            ("cpu.palisade", cpu_self.as_secs_f64()),
+            ("cpu.pgDump", cpu_children.as_secs_f64()),
+            ("dumpRead.wait", compressed.read_wait.secs()),
+            (
+                "compress.work",
+                (compressed.compress.0.saturating_sub(compressed.sink_wait.0)).as_secs_f64(),
+            ),
+            ("compress.waitSeal", compressed.sink_wait.secs()),
+            ("compress.cpu", compressed.cpu.as_secs_f64()),
+            ("seal.waitCompress", seal.chunk_wait.secs()),
+            ("seal.encrypt", seal.encrypt.secs()),
+            ("seal.hash", seal.hash.secs()),
+            ("seal.waitUpload", seal.upload_wait.secs()),
+            ("seal.cpu", seal.cpu.as_secs_f64()),
+            ("upload.waitSlot", slot_wait.secs()),
+            ("upload.finish", upload_finish.as_secs_f64()),
+            ("rowCounts.wall", counting_wall.as_secs_f64()),
+        ],
+    );
     Ok(RunReport {
         key: storage.key(&data_name),
         manifest,
-        duration: t0.elapsed(),
+        duration,
         already_existed: false,
+        profile: prof,
     })
 }
 
@@ -614,6 +726,10 @@ pub struct RestoreOptions {
     pub allow_unencrypted: bool,
     /// Accept a manifest without a MAC (format 1) when `snapshot` names it explicitly.
     pub allow_unauthenticated: bool,
+    /// Parallel `pg_restore -j N` from a spool file instead of one streamed transaction.
+    pub jobs: Option<u32>,
+    /// Directory of the spool file for `jobs` (default: the temp directory).
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// Result of `backup restore`.
@@ -623,6 +739,8 @@ pub struct RestoreReport {
     pub manifest: Manifest,
     /// Wall-clock duration.
     pub duration: Duration,
+    /// Seconds per stage and wait.
+    pub profile: Profile,
 }
 
 /// Resolves `snapshot` (or the newest authenticated one) to its manifest. With keys,
@@ -691,10 +809,11 @@ pub async fn restore(
             clean = true;
         }
     }
-    restore_into(storage, &manifest, opts, clean, progress).await?;
+    let profile = restore_into(storage, &manifest, opts, clean, progress).await?;
     Ok(RestoreReport {
         manifest,
         duration: t0.elapsed(),
+        profile,
     })
 }
 
@@ -733,15 +852,20 @@ struct ChannelReader {
     hasher: Context,
     total: u64,
     progress: Arc<Progress>,
+    /// Waiting for the download.
+    wait: Acc,
+    hash: Acc,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
+            let rx = &mut self.rx;
+            match self.wait.time(|| rx.blocking_recv()) {
                 None => return Ok(0),
                 Some(Ok(b)) => {
-                    self.hasher.update(&b);
+                    let hasher = &mut self.hasher;
+                    self.hash.time(|| hasher.update(&b));
                     self.total += b.len() as u64;
                     self.progress
                         .stored
@@ -758,21 +882,36 @@ impl Read for ChannelReader {
     }
 }
 
-/// Counts bytes going to pg_restore.
+/// Counts (and times) bytes going to pg_restore or the spool file.
 struct CountingWriter<W> {
     inner: W,
     progress: Arc<Progress>,
+    wait: Acc,
 }
 
 impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(data)?;
+        let inner = &mut self.inner;
+        let n = self.wait.time(|| inner.write(data))?;
         self.progress.raw.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Times the reads of the layer it wraps (decryption, including what it reads).
+struct TimedReader<R> {
+    inner: R,
+    time: Acc,
+}
+
+impl<R: Read> Read for TimedReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let inner = &mut self.inner;
+        self.time.time(|| inner.read(out))
     }
 }
 
@@ -799,20 +938,26 @@ fn map_decode_error(e: io::Error) -> EngineError {
     EngineError::Zstd(e)
 }
 
-fn decode_stage(
+/// Decodes the stored stream into `sink` (pg_restore's stdin, or the spool file for
+/// `--jobs`), then checks the object's size and SHA-256 against the manifest. On
+/// error the sink is handed back unclosed, so that the caller can kill pg_restore
+/// before its stdin closes (a bad stream is then never committed).
+fn decode_stage<W: Write>(
     mut reader: ChannelReader,
     keys: Vec<EncryptionKey>,
     encrypted: bool,
-    stdin: ChildStdin,
+    sink: W,
     manifest: &Manifest,
     progress: Arc<Progress>,
-) -> (Result<(), EngineError>, Option<CountingWriter<ChildStdin>>) {
+) -> (Result<Profile, EngineError>, Option<W>) {
+    let cpu0 = profile::thread_cpu();
     let mut out = CountingWriter {
-        inner: stdin,
+        inner: sink,
         progress,
+        wait: Acc::default(),
     };
-    let result = (|| -> Result<(), EngineError> {
-        {
+    let result = (|| -> Result<Profile, EngineError> {
+        let (mut copy, decrypt) = {
             let plain: Box<dyn Read + '_> = if encrypted {
                 Box::new(format::OpenReader::new(
                     &mut reader,
@@ -823,17 +968,24 @@ fn decode_stage(
             } else {
                 Box::new(&mut reader)
             };
-            let mut dec = zstd::stream::read::Decoder::new(plain).map_err(EngineError::Zstd)?;
-            match io::copy(&mut dec, &mut out) {
+            let timed = TimedReader {
+                inner: plain,
+                time: Acc::default(),
+            };
+            let mut dec = zstd::stream::read::Decoder::new(timed).map_err(EngineError::Zstd)?;
+            let mut copy = Acc::default();
+            match copy.time(|| io::copy(&mut dec, &mut out)) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                     return Err(EngineError::Pipe("pg_restore stopped reading".into()));
                 }
                 Err(e) => return Err(map_decode_error(e)),
             }
-        }
+            (copy, dec.get_ref().get_ref().time.0)
+        };
         // Drain anything left (there should be nothing) so the hash covers the object.
-        io::copy(&mut reader, &mut io::sink()).map_err(map_decode_error)?;
+        copy.time(|| io::copy(&mut reader, &mut io::sink()))
+            .map_err(map_decode_error)?;
         if reader.total != manifest.stored_bytes {
             return Err(EngineError::Size {
                 expected: manifest.stored_bytes,
@@ -848,45 +1000,94 @@ fn decode_stage(
             });
         }
         out.flush().map_err(|e| EngineError::Pipe(e.to_string()))?;
-        Ok(())
+        let below_decrypt = reader.wait.0 + reader.hash.0;
+        let mut p = Profile::new();
+        profile::record(
+            &mut p,
+            &[
+                ("download.wait", reader.wait.secs()),
+                ("hash", reader.hash.secs()),
+                (
+                    "decrypt",
+                    decrypt.saturating_sub(below_decrypt).as_secs_f64(),
+                ),
+                (
+                    "decompress",
+                    copy.0
+                        .saturating_sub(decrypt.max(below_decrypt) + out.wait.0)
+                        .as_secs_f64(),
+                ),
+                ("write.wait", out.wait.secs()),
+                (
+                    "decode.cpu",
+                    profile::thread_cpu().saturating_sub(cpu0).as_secs_f64(),
+                ),
+            ],
+        );
+        Ok(p)
     })();
     match result {
-        Ok(()) => {
+        Ok(p) => {
             drop(out);
-            (Ok(()), None)
+            (Ok(p), None)
         }
-        Err(e) => (Err(e), Some(out)),
+        Err(e) => (Err(e), Some(out.inner)),
     }
 }
 
-/// Streams the snapshot into `pg_restore` for `opts.target`.
+/// The spool file of a `--jobs` restore: created 0600 and exclusively, removed when
+/// dropped (success, failure or cancellation).
+struct Spool(PathBuf);
+
+impl Spool {
+    fn create(dir: &std::path::Path, id: &str) -> Result<(Self, std::fs::File), EngineError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join(format!(
+            ".palisade-restore-{id}-{}.dump",
+            std::process::id()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| EngineError::Pipe(format!("spool file {}: {e}", path.display())))?;
+        Ok((Spool(path), file))
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn pg_restore_failed(status: std::process::ExitStatus, stderr: String) -> EngineError {
+    PgError::ChildFailed {
+        program: "pg_restore",
+        status: status.to_string(),
+        stderr,
+    }
+    .into()
+}
+
+/// Restores the snapshot into `opts.target`: streamed into `pg_restore` (one
+/// transaction), or with `opts.jobs` spooled to a scratch file, verified whole, then
+/// `pg_restore -j N` (pg_restore needs a seekable archive to run in parallel).
 pub(crate) async fn restore_into(
     storage: &Storage,
     manifest: &Manifest,
     opts: &RestoreOptions,
     clean: bool,
     progress: Arc<Progress>,
-) -> Result<(), EngineError> {
+) -> Result<Profile, EngineError> {
+    let t0 = Instant::now();
     progress
         .total
         .store(manifest.stored_bytes, Ordering::Relaxed);
     let pg_restore = pg::program(opts.pg_bin.as_deref(), "pg_restore");
     let mut object = storage.open(&manifest.object).await?;
-    let mut child = ChildGuard(Some(pg::spawn_pg_restore(
-        &pg_restore,
-        &opts.target,
-        clean,
-        opts.no_owner,
-    )?));
-    let (stdin, stderr) = match child.child() {
-        Some(c) => (c.stdin.take(), c.stderr.take()),
-        None => (None, None),
-    };
-    let (Some(stdin), Some(stderr)) = (stdin, stderr) else {
-        return Err(EngineError::Pipe("pg_restore pipes missing".into()));
-    };
-    let stderr = StderrTail::spawn(stderr);
-
     let (tx, rx) = mpsc::channel::<Result<Bytes, StorageError>>(8);
     let _reader = AbortOnDrop(tokio::spawn(async move {
         loop {
@@ -910,36 +1111,103 @@ pub(crate) async fn restore_into(
         hasher: Context::new(&SHA256),
         total: 0,
         progress: progress.clone(),
+        wait: Acc::default(),
+        hash: Acc::default(),
     };
     let keys = opts.keys.clone();
     let encrypted = manifest.encryption.is_encrypted();
     let m = manifest.clone();
-    let (decoded, stdin_left) = tokio::task::spawn_blocking(move || {
-        decode_stage(reader, keys, encrypted, stdin, &m, progress)
-    })
-    .await
-    .map_err(join_err)?;
-    if decoded.is_err() {
-        // Kill pg_restore before its stdin closes so a bad stream is never committed.
-        child.kill();
-    }
-    drop(stdin_left);
-    let status = child.wait().await?;
-    let stderr_text = stderr.finish(opts.target.password.as_deref());
-    match decoded {
-        Err(EngineError::Pipe(_)) if !status.success() => Err(PgError::ChildFailed {
-            program: "pg_restore",
-            status: status.to_string(),
-            stderr: stderr_text,
+    let args = pg::RestoreArgs {
+        clean,
+        no_owner: opts.no_owner,
+        jobs: opts.jobs,
+    };
+    let password = opts.target.password.as_deref();
+
+    let mut p = match opts.jobs {
+        None => {
+            let mut child = ChildGuard(Some(pg::spawn_pg_restore(
+                &pg_restore,
+                &opts.target,
+                &args,
+                None,
+            )?));
+            let (stdin, stderr) = match child.child() {
+                Some(c) => (c.stdin.take(), c.stderr.take()),
+                None => (None, None),
+            };
+            let (Some(stdin), Some(stderr)) = (stdin, stderr) else {
+                return Err(EngineError::Pipe("pg_restore pipes missing".into()));
+            };
+            let stderr = StderrTail::spawn(stderr);
+            let (decoded, stdin_left) = tokio::task::spawn_blocking(move || {
+                decode_stage(reader, keys, encrypted, stdin, &m, progress)
+            })
+            .await
+            .map_err(join_err)?;
+            if decoded.is_err() {
+                // Kill pg_restore before its stdin closes so a bad stream is never
+                // committed.
+                child.kill();
+            }
+            drop(stdin_left);
+            let status = child.wait().await?;
+            let stderr_text = stderr.finish(password);
+            match decoded {
+                Err(EngineError::Pipe(_)) if !status.success() => {
+                    return Err(pg_restore_failed(status, stderr_text));
+                }
+                Err(e) => return Err(e),
+                Ok(_) if !status.success() => return Err(pg_restore_failed(status, stderr_text)),
+                Ok(p) => p,
+            }
         }
-        .into()),
-        Err(e) => Err(e),
-        Ok(()) if !status.success() => Err(PgError::ChildFailed {
-            program: "pg_restore",
-            status: status.to_string(),
-            stderr: stderr_text,
+        Some(_) => {
+            let dir = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+            let (spool, file) = Spool::create(&dir, &manifest.id)?;
+            let sink = io::BufWriter::with_capacity(1 << 20, file);
+            let (decoded, _) = tokio::task::spawn_blocking(move || {
+                decode_stage(reader, keys, encrypted, sink, &m, progress)
+            })
+            .await
+            .map_err(join_err)?;
+            // Nothing reaches PostgreSQL unless the whole object verified.
+            let mut p = decoded?;
+            let spooled = t0.elapsed();
+            let mut child = ChildGuard(Some(pg::spawn_pg_restore(
+                &pg_restore,
+                &opts.target,
+                &args,
+                Some(&spool.0),
+            )?));
+            let Some(stderr) = child.child().and_then(|c| c.stderr.take()) else {
+                return Err(EngineError::Pipe("pg_restore pipes missing".into()));
+            };
+            let stderr = StderrTail::spawn(stderr);
+            let status = child.wait().await?;
+            drop(spool);
+            let stderr_text = stderr.finish(password);
+            if !status.success() {
+                return Err(pg_restore_failed(status, stderr_text));
+            }
+            profile::record(
+                &mut p,
+                &[
+                    ("spool.wall", spooled.as_secs_f64()),
+                    ("pgRestore.wall", (t0.elapsed() - spooled).as_secs_f64()),
+                ],
+            );
+            p
         }
-        .into()),
-        Ok(()) => Ok(()),
-    }
+    };
+    let (cpu_self, cpu_children) = profile::process_cpu();
+    profile::record(
+        &mut p,
+        &[
+            ("wall", t0.elapsed().as_secs_f64()),
+            ("cpu.palisade", cpu_self.as_secs_f64()),
+            ("cpu.pgRestore", cpu_children.as_secs_f64()),
+        ],
+    );
+    Ok(p)
 }

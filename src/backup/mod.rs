@@ -4,7 +4,7 @@
 //! Layout: [`format`] (encrypted chunk format), [`manifest`] (JSON beside each
 //! snapshot), [`storage`] (filesystem / S3 backends), [`pg`] (PostgreSQL connections and
 //! client programs), [`engine`] (run and restore pipelines), [`verify`] (restore test),
-//! [`catalog`] (list, prune), [`retention`] (pure selection), [`cli`] (flags, config,
+//! [`catalog`] (list, prune), [`profile`] (per-stage time), [`retention`] (pure selection), [`cli`] (flags, config,
 //! output). See `docs/BACKUP.md`.
 
 pub mod catalog;
@@ -13,6 +13,7 @@ pub mod engine;
 pub mod format;
 pub mod manifest;
 pub mod pg;
+pub mod profile;
 pub mod result;
 pub mod retention;
 pub mod schedule;

@@ -443,6 +443,30 @@ pub async fn row_counts(client: &Client) -> Result<BTreeMap<String, i64>, PgErro
     Ok(counts)
 }
 
+/// About what `pg_dump -Z0` will write, for the progress ETA: the database's size less
+/// its indexes (each dumped as one statement). Runs under a savepoint, so a failure
+/// (only the estimate is lost) leaves the exported transaction usable.
+pub async fn estimated_dump_bytes(client: &Client) -> Option<u64> {
+    client
+        .batch_execute("SAVEPOINT palisade_estimate")
+        .await
+        .ok()?;
+    let row = client
+        .query_one(
+            "SELECT (pg_database_size(current_database()) - coalesce((SELECT \
+             sum(pg_relation_size(oid)) FROM pg_class WHERE relkind = 'i'), 0))::bigint",
+            &[],
+        )
+        .await;
+    let undo = match row {
+        Ok(_) => "RELEASE SAVEPOINT palisade_estimate",
+        Err(_) => "ROLLBACK TO SAVEPOINT palisade_estimate",
+    };
+    client.batch_execute(undo).await.ok()?;
+    let n: i64 = row.ok()?.get(0);
+    u64::try_from(n).ok()
+}
+
 /// A read-only repeatable-read transaction that exported its snapshot. Keep it alive
 /// until pg_dump has finished.
 pub struct ExportedSnapshot {
@@ -630,28 +654,47 @@ pub fn spawn_pg_dump(
     })
 }
 
-/// Spawns `pg_restore` reading an archive from stdin into `conn.database`.
+/// How `pg_restore` runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RestoreArgs {
+    /// Drop the archive's objects first (`--clean --if-exists`).
+    pub clean: bool,
+    /// `--no-owner --no-privileges`.
+    pub no_owner: bool,
+    /// Parallel jobs (`-j N`, needs an archive file); one transaction when `None`.
+    pub jobs: Option<u32>,
+}
+
+/// Spawns `pg_restore` into `conn.database`, reading the archive from `file`, or from
+/// stdin (piped) when `None`. Without `jobs` it runs as one transaction.
 pub fn spawn_pg_restore(
     bin: &Path,
     conn: &PgConn,
-    clean: bool,
-    no_owner: bool,
+    args: &RestoreArgs,
+    file: Option<&Path>,
 ) -> Result<std::process::Child, PgError> {
     let mut cmd = Command::new(bin);
-    cmd.args(["--no-password", "--single-transaction", "--exit-on-error"])
+    cmd.args(["--no-password", "--exit-on-error"])
         .arg(format!(
             "--dbname=dbname={}",
             conninfo_quote(&conn.database)
         ))
-        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    if clean {
+    match args.jobs {
+        Some(n) => cmd.arg(format!("--jobs={}", n.max(1))),
+        None => cmd.arg("--single-transaction"),
+    };
+    if args.clean {
         cmd.args(["--clean", "--if-exists"]);
     }
-    if no_owner {
+    if args.no_owner {
         cmd.args(["--no-owner", "--no-privileges"]);
     }
+    match file {
+        Some(f) => cmd.stdin(Stdio::null()).arg("--").arg(f),
+        None => cmd.stdin(Stdio::piped()),
+    };
     conn.apply_env(&mut cmd);
     cmd.spawn().map_err(|source| PgError::Spawn {
         program: bin.display().to_string(),

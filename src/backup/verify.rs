@@ -105,6 +105,8 @@ async fn test_in_scratch(
         no_owner: true,
         allow_unencrypted: opts.allow_unencrypted,
         allow_unauthenticated: opts.allow_unauthenticated,
+        jobs: None,
+        scratch_dir: None,
     };
     if let Err(e) = engine::restore_into(
         storage,
