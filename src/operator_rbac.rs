@@ -70,10 +70,18 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         api_groups: &["palisade.dev"],
+        resources: &["backupruns"],
+        verbs: CHILD,
+        why: "start the runs tenants request, tie each BackupRun to its schedule (ownerReference) and delete finished ones beyond the history; create: the permission catalog's backups:run",
+        grant: Grant::Cluster,
+    },
+    Rule {
+        api_groups: &["palisade.dev"],
         resources: &[
             "tenants/status",
             "rolepolicies/status",
             "backupschedules/status",
+            "backupruns/status",
         ],
         verbs: &["get", "patch", "update"],
         why: "report conditions, observedGeneration and progress in status",
