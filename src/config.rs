@@ -93,6 +93,10 @@ pub struct ControllerArgs {
     /// Image of the BackupSchedule run Jobs (default: the Palisade image of this version).
     #[arg(long, env = "PALISADE_JOB_IMAGE", default_value = concat!("ghcr.io/palisade-dev/palisade:", env!("CARGO_PKG_VERSION")))]
     pub job_image: String,
+    /// Minimum time between forced rotations (`palisade.dev/rotate-now`) of one
+    /// Secret: a request on a younger version waits until then.
+    #[arg(long, env = "PALISADE_MIN_FORCED_ROTATION_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub min_forced_rotation_interval: Duration,
     /// Pod name, for Events and leader election identity.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -148,6 +152,7 @@ impl ControllerArgs {
             instance: self.pod_name.clone(),
             job_image: self.job_image.clone(),
             metrics: None,
+            min_forced_rotation_interval: self.min_forced_rotation_interval,
         }
     }
 
