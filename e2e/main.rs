@@ -226,16 +226,176 @@ impl Drop for Controller {
     }
 }
 
+/// The admin client (for the test's own actions) and a Tenant controller
+/// running as the operator's ServiceAccount.
 async fn setup() -> (Client, Controller) {
+    let (client, operator) = clients().await;
+    let (controller, _) = start_controller(&operator);
+    (client, controller)
+}
+
+/// The admin client (CRDs installed) and the operator's client.
+async fn clients() -> (Client, Client) {
     let client = Client::try_default()
         .await
         .expect("KUBECONFIG points at a cluster");
     install_crds(&client).await;
-    let (controller, _) = start_controller(&client);
-    (client, controller)
+    let operator = operator_client(&client).await;
+    (client, operator)
 }
 
-/// Starts the Tenant controller in this process.
+/// Whether `user` (in `groups`) may `verb` a `resource`
+/// (`plural[.group][/subresource]`) in `namespace` (None: cluster-wide),
+/// optionally one object `name`, per the real API server's authorizer: a
+/// SubjectAccessReview, what `kubectl auth can-i --as` asks.
+async fn can_i(
+    client: &Client,
+    user: &str,
+    groups: &[String],
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    let (resource, subresource) = match resource.split_once('/') {
+        Some((r, s)) => (r, Some(s.to_string())),
+        None => (resource, None),
+    };
+    let (resource, group) = resource.split_once('.').unwrap_or((resource, ""));
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_string()),
+            groups: (!groups.is_empty()).then(|| groups.to_vec()),
+            resource_attributes: Some(ResourceAttributes {
+                namespace: namespace.map(str::to_string),
+                verb: Some(verb.to_string()),
+                group: Some(group.to_string()),
+                resource: Some(resource.to_string()),
+                subresource,
+                name: name.map(str::to_string),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .is_some_and(|s| s.allowed)
+}
+
+/// The operator's ServiceAccount: every controller in this suite runs as it.
+const OPERATOR_NS: &str = "palisade-system";
+const OPERATOR_SA: &str = "palisade";
+
+/// Installs the operator's RBAC as `palisade rbac --yaml` prints it (the
+/// kustomize base; tests/manifests checks that the chart renders the same
+/// table): both ClusterRoles, the bindings, the leader-election Role and the
+/// admission policy, for the ServiceAccount `palisade` in `palisade-system`.
+/// Idempotent (server-side apply); left installed, like the CRDs.
+async fn install_operator_rbac(admin: &Client) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::api::DynamicObject;
+    use kube::core::{ApiResource, GroupVersionKind};
+    let ssa = PatchParams::apply("palisade-e2e").force();
+    let nss: Api<Namespace> = Api::all(admin.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": OPERATOR_NS}})).expect("ns");
+    nss.patch(OPERATOR_NS, &ssa, &Patch::Apply(&ns))
+        .await
+        .expect("operator namespace");
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), OPERATOR_NS);
+    let sa: ServiceAccount = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA}
+    }))
+    .expect("sa");
+    sas.patch(OPERATOR_SA, &ssa, &Patch::Apply(&sa))
+        .await
+        .expect("operator ServiceAccount");
+    let yaml = palisade::operator_rbac::to_kustomize_yaml();
+    for doc in serde_yaml::Deserializer::from_str(&yaml) {
+        let mut obj: DynamicObject = serde::Deserialize::deserialize(doc).expect("rbac document");
+        let types = obj.types.clone().expect("apiVersion and kind");
+        let gvk = GroupVersionKind::try_from(&types).expect("group/version/kind");
+        let ar = ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = if matches!(types.kind.as_str(), "Role" | "RoleBinding") {
+            obj.metadata.namespace = Some(OPERATOR_NS.to_string());
+            Api::namespaced_with(admin.clone(), OPERATOR_NS, &ar)
+        } else {
+            Api::all_with(admin.clone(), &ar)
+        };
+        api.patch(&obj.name_any(), &ssa, &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("apply {} {}: {e}", types.kind, obj.name_any()));
+    }
+}
+
+/// A client authenticated as the operator's ServiceAccount (a bound token
+/// from the TokenRequest API, as `kubectl create token` gets one), not as
+/// the admin of the kubeconfig.
+async fn operator_client(admin: &Client) -> Client {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    install_operator_rbac(admin).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), OPERATOR_NS);
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request(OPERATOR_SA, &PostParams::default(), &request)
+        .await
+        .expect("token for the operator's ServiceAccount")
+        .status
+        .expect("token status")
+        .token;
+    let mut config = kube::Config::infer().await.expect("kubeconfig");
+    config.auth_info = kube::config::AuthInfo {
+        token: Some(token.into()),
+        ..Default::default()
+    };
+    let client = Client::try_from(config).expect("operator client");
+    // RBAC just applied reaches the authorizer within moments.
+    let who = wait(async {
+        loop {
+            let api: Api<k8s_openapi::api::authentication::v1::SelfSubjectReview> =
+                Api::all(client.clone());
+            match api
+                .create(&PostParams::default(), &Default::default())
+                .await
+            {
+                Ok(r) => break Ok::<_, kube::Error>(r),
+                Err(e) => {
+                    eprintln!("operator token not usable yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        who.status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username),
+        Some(palisade::operator_rbac::service_account_user(
+            OPERATOR_NS,
+            OPERATOR_SA
+        ))
+    );
+    client
+}
+
+/// Starts the Tenant controller in this process, as the operator's
+/// ServiceAccount (`client` must come from [`operator_client`]).
 fn start_controller(client: &Client) -> (Controller, Arc<Context>) {
     let (cache, streams) = tenant::child_cache(client);
     let ctx = Arc::new(Context::new(
@@ -435,7 +595,8 @@ async fn restarted_controller_changes_nothing() {
     if !enabled() {
         return;
     }
-    let (client, controller) = setup().await;
+    let (client, operator) = clients().await;
+    let (controller, _) = start_controller(&operator);
     let name = unique("e2e");
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);
@@ -461,7 +622,7 @@ async fn restarted_controller_changes_nothing() {
     assert!(before.len() >= 2 * 10, "managed objects: {before:#?}");
     drop(controller);
 
-    let (restarted, ctx) = start_controller(&client);
+    let (restarted, ctx) = start_controller(&operator);
     let all = tenants
         .list(&Default::default())
         .await
@@ -482,7 +643,7 @@ async fn restarted_controller_changes_nothing() {
         assert_eq!(managed_rvs(&client, &namespaces).await, before);
     }
     drop(restarted);
-    let (_controller, _) = start_controller(&client);
+    let (_controller, _) = start_controller(&operator);
     delete_tenant(&client, &name).await;
 }
 
@@ -520,6 +681,15 @@ async fn retain_policy_keeps_namespaces() {
                 .expect("get")
                 .is_none(),
             "policy objects removed"
+        );
+        // Palisade keeps no power in a namespace it let go of.
+        let rb: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+        assert!(
+            rb.get_opt(palisade::resources::rbac::OPERATOR_BINDING)
+                .await
+                .expect("get")
+                .is_none(),
+            "the operator's RoleBinding was left in a released namespace"
         );
         let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     }
@@ -820,23 +990,30 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     use kube::runtime::{WatchStreamExt, watcher};
     use palisade::crd::BackupSchedule;
 
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG points at a cluster");
-    install_crds(&client).await;
+    let (client, operator) = clients().await;
     let (tx, rx) = oneshot::channel::<()>();
     let _controller = Controller { stop: Some(tx) };
     tokio::spawn(palisade::controller::backup_schedule::run(
-        client.clone(),
+        operator.clone(),
         Arc::new(SystemClock),
         Settings::default(),
         async move {
             let _ = rx.await;
         },
     ));
-
+    // Backups run in tenant namespaces: that is where Palisade may read the
+    // credentials Secret and create Jobs (crate::operator_rbac).
+    let (_tenants, _) = start_controller(&operator);
+    let name = unique("e2b");
+    let ns = format!("{name}-a");
     let mut cleanup = Cleanup::default();
-    let ns = scratch_namespace(&client, "e2b", &mut cleanup).await;
+    cleanup.tenant(&name);
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &sample(&name, "Delete"))
+        .await
+        .expect("create tenant");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     secrets
@@ -972,7 +1149,8 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
             .any(|c| c.type_ == "LastBackupSucceeded" && c.status == "True")
     );
     assert!(st.last_schedule_time.is_some() && st.next_schedule_time.is_some());
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    drop(namespaces);
+    delete_tenant(&client, &name).await;
 }
 
 /// A RolePolicy produces working RBAC: a SubjectAccessReview for a bound user
@@ -982,15 +1160,13 @@ async fn rolepolicy_grants_exactly_what_it_says() {
     if !enabled() {
         return;
     }
-    use k8s_openapi::api::authorization::v1::{
-        ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
-    };
     use palisade::crd::RolePolicy;
-    let (client, _controller) = setup().await;
+    let (client, operator) = clients().await;
+    let (_controller, _) = start_controller(&operator);
     let stop = {
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(palisade::controller::rolepolicy::run(
-            client.clone(),
+            operator.clone(),
             Arc::new(SystemClock),
             Settings::default(),
             async move {
@@ -1032,29 +1208,15 @@ async fn rolepolicy_grants_exactly_what_it_says() {
     ))
     .await;
 
-    let sar: Api<SubjectAccessReview> = Api::all(client.clone());
-    let can = |verb: &str, group: &str, resource: &str| {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(user.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(ns.clone()),
-                    verb: Some(verb.to_string()),
-                    group: Some(group.to_string()),
-                    resource: Some(resource.to_string()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let sar = sar.clone();
+    let can = |verb: &'static str, group: &'static str, resource: &'static str| {
+        let (client, user, ns) = (client.clone(), user.clone(), ns.clone());
         async move {
-            sar.create(&PostParams::default(), &review)
-                .await
-                .expect("SubjectAccessReview")
-                .status
-                .is_some_and(|s| s.allowed)
+            let resource = if group.is_empty() {
+                resource.to_string()
+            } else {
+                format!("{resource}.{group}")
+            };
+            can_i(&client, &user, &[], verb, &resource, Some(&ns), None).await
         }
     };
     assert!(
@@ -1421,11 +1583,8 @@ async fn kstatus_reads_current_in_progress_and_failed() {
     if !enabled() {
         return;
     }
-    let client = Client::try_default()
-        .await
-        .expect("KUBECONFIG points at a cluster");
-    install_crds(&client).await;
-    let (controller, _) = start_controller(&client);
+    let (client, operator) = clients().await;
+    let (controller, _) = start_controller(&operator);
     let tenants: Api<Tenant> = Api::all(client.clone());
     let name = unique("e2k");
     let mut cleanup = Cleanup::default();
@@ -1460,7 +1619,7 @@ async fn kstatus_reads_current_in_progress_and_failed() {
         .await
         .expect("edit");
     wait_kstatus(&client, &name, "InProgress").await;
-    let (controller, _) = start_controller(&client);
+    let (controller, _) = start_controller(&operator);
     wait(await_condition(
         tenants.clone(),
         &name,
@@ -1682,4 +1841,535 @@ async fn tenant_budget_hands_out_every_unit_under_concurrent_creation() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     delete_tenant(&client, &name).await;
+}
+
+/// What the operator's ServiceAccount may do, asked of the real API server's
+/// authorizer (a SubjectAccessReview per row, what `kubectl auth can-i --as`
+/// asks): nothing of the review's table outside tenant namespaces, what it
+/// needs inside them. Then what RBAC cannot say: with its own token, the
+/// operator is refused by the admission policy when it binds itself in a
+/// namespace it does not manage or relabels one.
+#[tokio::test]
+async fn operator_is_confined_to_tenant_namespaces() {
+    if !enabled() {
+        return;
+    }
+    let (client, operator) = clients().await;
+    let (_controller, _) = start_controller(&operator);
+    let name = unique("e2r");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &sample(&name, "Delete"))
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    let tenant_ns = format!("{name}-a");
+
+    let user = palisade::operator_rbac::service_account_user(OPERATOR_NS, OPERATOR_SA);
+    let groups = [
+        "system:serviceaccounts".to_string(),
+        format!("system:serviceaccounts:{OPERATOR_NS}"),
+        "system:authenticated".to_string(),
+    ];
+    let can =
+        |verb: &'static str, resource: &'static str, ns: Option<String>, name: Option<String>| {
+            let (client, user, groups) = (client.clone(), user.clone(), groups.clone());
+            async move {
+                can_i(
+                    &client,
+                    &user,
+                    &groups,
+                    verb,
+                    resource,
+                    ns.as_deref(),
+                    name.as_deref(),
+                )
+                .await
+            }
+        };
+    let ks = || Some("kube-system".to_string());
+    let mut table = String::from("| request | answer |\n|---|---|\n");
+    // The review's rows: all no.
+    for (verb, resource, ns, obj, label) in [
+        ("get", "secrets", ks(), None, "get secrets -n kube-system"),
+        ("list", "secrets", None, None, "list secrets -A"),
+        ("create", "pods", ks(), None, "create pods -n kube-system"),
+        (
+            "create",
+            "pods/exec",
+            ks(),
+            None,
+            "create pods/exec -n kube-system",
+        ),
+        (
+            "delete",
+            "deployments.apps",
+            ks(),
+            None,
+            "delete deployments -n kube-system",
+        ),
+        (
+            "patch",
+            "deployments.apps",
+            ks(),
+            None,
+            "patch deployments -n kube-system",
+        ),
+        (
+            "delete",
+            "configmaps",
+            ks(),
+            None,
+            "delete configmaps -n kube-system",
+        ),
+        ("get", "nodes/proxy", None, None, "get nodes/proxy"),
+        ("delete", "namespaces", None, None, "delete namespaces"),
+        (
+            "delete",
+            "namespaces",
+            ks(),
+            Some("kube-system".to_string()),
+            "delete namespace kube-system",
+        ),
+        (
+            "create",
+            "jobs.batch",
+            ks(),
+            None,
+            "create jobs -n kube-system",
+        ),
+        (
+            "bind",
+            "clusterroles.rbac.authorization.k8s.io",
+            None,
+            Some("cluster-admin".to_string()),
+            "bind clusterrole cluster-admin",
+        ),
+        (
+            "escalate",
+            "roles.rbac.authorization.k8s.io",
+            ks(),
+            None,
+            "escalate roles -n kube-system",
+        ),
+    ] {
+        let allowed = can(verb, resource, ns, obj).await;
+        table.push_str(&format!(
+            "| {label} | {} |\n",
+            if allowed { "yes" } else { "no" }
+        ));
+        assert!(!allowed, "the operator may {label}");
+    }
+    // Inside a tenant namespace: what it needs.
+    for (verb, resource, label) in [
+        ("get", "secrets", "get secrets"),
+        ("create", "secrets", "create secrets"),
+        ("patch", "deployments.apps", "patch deployments"),
+        ("create", "jobs.batch", "create jobs"),
+        ("delete", "configmaps", "delete configmaps"),
+        ("create", "roles.rbac.authorization.k8s.io", "create roles"),
+    ] {
+        let allowed = can(verb, resource, Some(tenant_ns.clone()), None).await;
+        table.push_str(&format!(
+            "| {label} -n <tenant ns> | {} |\n",
+            if allowed { "yes" } else { "no" }
+        ));
+        assert!(
+            allowed,
+            "the operator may not {label} in its tenant namespace"
+        );
+    }
+    assert!(
+        can(
+            "delete",
+            "namespaces",
+            Some(tenant_ns.clone()),
+            Some(tenant_ns.clone())
+        )
+        .await,
+        "the operator may delete its tenant namespace"
+    );
+    table.push_str("| delete namespace <tenant ns> | yes |\n");
+    println!("operator can-i (SubjectAccessReview on the real API server):\n{table}");
+
+    // RBAC says yes to creating RoleBindings anywhere (a new namespace's
+    // binding); the admission policy refuses it outside managed namespaces.
+    let stranger = scratch_namespace(&client, "e2r", &mut cleanup).await;
+    let binding = palisade::resources::rbac::operator_binding(
+        &stranger,
+        palisade::operator_rbac::TENANT_NAMESPACE_ROLE,
+        OPERATOR_NS,
+        OPERATOR_SA,
+    );
+    let rb: Api<RoleBinding> = Api::namespaced(operator.clone(), &stranger);
+    let refused = wait(async {
+        // The policy's informer may lag its creation by a moment.
+        loop {
+            match rb.create(&PostParams::default(), &binding).await {
+                Err(kube::Error::Api(e)) => break Ok::<_, kube::Error>(e),
+                Err(e) => panic!("unexpected error: {e}"),
+                Ok(_) => {
+                    let _ = rb
+                        .delete(
+                            palisade::resources::rbac::OPERATOR_BINDING,
+                            &DeleteParams::default(),
+                        )
+                        .await;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused
+            .message
+            .contains("may write only inside namespaces it manages"),
+        "{refused:?}"
+    );
+    // Nor may it relabel a namespace it does not manage into a tenant one.
+    let nss: Api<Namespace> = Api::all(operator.clone());
+    let relabel = nss
+        .patch(
+            &stranger,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "palisade", "palisade.dev/tenant": name}}})),
+        )
+        .await;
+    let err = relabel.expect_err("relabelled a foreign namespace");
+    assert!(
+        err.to_string()
+            .contains("only namespaces labelled palisade.dev/tenant"),
+        "{err}"
+    );
+    // And RBAC alone refuses what it never holds outside tenant namespaces.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(operator.clone(), &stranger);
+    match cms.list(&Default::default()).await {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 403, "{e:?}"),
+        other => panic!("listed ConfigMaps of a foreign namespace: {other:?}"),
+    }
+    delete_tenant(&client, &name).await;
+}
+
+/// Server-side applies every document of the YAML files under `dir` whose kind
+/// is in `kinds`, with the field manager of `kubectl apply --server-side`.
+async fn apply_files(client: &Client, dir: &std::path::Path, kinds: &[&str]) {
+    use kube::api::DynamicObject;
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(doc).expect("YAML");
+            let kind = value["kind"].as_str().unwrap_or_default();
+            if value.is_null() || !kinds.contains(&kind) {
+                continue;
+            }
+            let api_version = value["apiVersion"].as_str().expect("apiVersion");
+            let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            let (ar, caps) = kube::discovery::pinned_kind(
+                client,
+                &kube::core::GroupVersionKind::gvk(group, version, kind),
+            )
+            .await
+            .expect("discover");
+            let name = value["metadata"]["name"].as_str().expect("name");
+            let api: Api<DynamicObject> = match value["metadata"]["namespace"].as_str() {
+                Some(ns) if caps.scope == kube::discovery::Scope::Namespaced => {
+                    Api::namespaced_with(client.clone(), ns, &ar)
+                }
+                _ => Api::all_with(client.clone(), &ar),
+            };
+            api.patch(
+                name,
+                &PatchParams::apply("kubectl").force(),
+                &Patch::Apply(&value),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("apply {kind} {name}: {e}"));
+        }
+    }
+}
+
+/// `palisade diff -o json -f dir`: (exit code, parsed report, raw stdout).
+fn run_diff(dir: &std::path::Path, json: bool) -> (Option<i32>, serde_json::Value, String) {
+    let mut args = vec!["diff", "-f", dir.to_str().expect("utf-8")];
+    if json {
+        args.extend(["-o", "json"]);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(&args)
+        .output()
+        .expect("run palisade diff");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.code().is_some_and(|c| c < 2),
+        "palisade diff failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = if json {
+        serde_json::from_str(&stdout).expect("JSON report")
+    } else {
+        serde_json::Value::Null
+    };
+    (out.status.code(), report, stdout)
+}
+
+fn diff_object<'a>(
+    report: &'a serde_json::Value,
+    kind: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> &'a serde_json::Value {
+    report["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["kind"] == kind && o["name"] == name && o["namespace"].as_str() == ns)
+        .unwrap_or_else(|| panic!("{kind} {ns:?}/{name} in the report: {report:#}"))
+}
+
+/// `palisade diff` on the real control plane: the samples (plus the Secrets
+/// the BackupSchedule reads), applied as `kubectl apply --server-side` would
+/// and converged by the controllers, diff as unchanged (exit 0); a changed
+/// field, a new object, a namespace dropped from the tenant, a changed Secret
+/// and an escalating RolePolicy show as changed (with the field), created,
+/// pruned, changed (value hidden) and a finding (exit 1) — and the dry-run
+/// wrote nothing.
+#[tokio::test]
+async fn diff_reports_created_changed_pruned_unchanged_and_escalations() {
+    if !enabled() {
+        return;
+    }
+    let (client, _tenants) = setup().await;
+    let (tx, rx) = oneshot::channel::<()>();
+    let _schedules = Controller { stop: Some(tx) };
+    tokio::spawn(palisade::controller::backup_schedule::run(
+        client.clone(),
+        Arc::new(SystemClock),
+        Settings::default(),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let name = unique("df");
+    let mut cleanup = Cleanup::default();
+    cleanup
+        .tenant(&name)
+        .policy(&format!("{name}-developers"))
+        .policy(&format!("{name}-escalate"));
+
+    // The samples under this test's names, and the Secrets the schedule reads.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("tmp");
+    for entry in std::fs::read_dir(root.join("config/samples")).expect("samples") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(
+            dir.path().join(path.file_name().expect("name")),
+            text.replace("acme", &name),
+        )
+        .expect("write");
+    }
+    let prod = format!("{name}-prod");
+    let secrets = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: orders-db, namespace: {prod}}}\nstringData: {{password: e2e-db-password-1}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: backup-s3, namespace: {prod}}}\nstringData: {{AWS_ACCESS_KEY_ID: e2e-key-id, AWS_SECRET_ACCESS_KEY: e2e-s3-secret}}\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: backup-key, namespace: {prod}}}\nstringData: {{value: e2e-encryption-key-0123456789}}\n"
+    );
+    std::fs::write(dir.path().join("secrets.yaml"), &secrets).expect("write");
+
+    // Nothing exists yet: everything would be created, objects in the
+    // tenant's future namespaces included.
+    let (code, report, stdout) = run_diff(dir.path(), true);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(
+        diff_object(&report, "Tenant", None, &name)["action"],
+        "created"
+    );
+    assert_eq!(
+        diff_object(&report, "Namespace", None, &prod)["action"],
+        "created"
+    );
+    assert_eq!(
+        diff_object(&report, "BackupSchedule", Some(&prod), "orders")["action"],
+        "created"
+    );
+    assert_eq!(report["summary"]["changed"], 0, "{stdout}");
+    assert!(
+        !stdout.contains("e2e-db-password") && !stdout.contains("e2e-s3-secret"),
+        "{stdout}"
+    );
+
+    // Apply as `kubectl apply --server-side` would; let the controllers converge.
+    // (The samples' tenant is not Ready: its RolePolicy asks for tokens in a
+    // namespace its signing key is not published in — TokenBlocked. Its
+    // namespaces are, which is what the schedule needs.)
+    apply_files(&client, dir.path(), &["Tenant", "RolePolicy"]).await;
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    wait(await_condition(
+        tenants.clone(),
+        &name,
+        |t: Option<&Tenant>| {
+            t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
+                palisade::crd::condition::is_true(&s.conditions, "NamespacesReady")
+            })
+        },
+    ))
+    .await;
+    apply_files(&client, dir.path(), &["Secret", "BackupSchedule"]).await;
+
+    // Unchanged once the controllers are done (they converge asynchronously:
+    // wait for the diff to come out clean, as CI would re-run it).
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let (code, report, stdout) = loop {
+        let (code, report, stdout) = run_diff(dir.path(), true);
+        if code == Some(0) || tokio::time::Instant::now() > deadline {
+            break (code, report, stdout);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(code, Some(0), "{stdout}");
+    let objects = report["objects"].as_array().expect("objects");
+    assert!(
+        objects.iter().all(|o| o["action"] == "unchanged"),
+        "{stdout}"
+    );
+    assert!(report["findings"].as_array().expect("findings").is_empty());
+    for (kind, ns, n) in [
+        ("Tenant", None, name.as_str()),
+        ("RolePolicy", None, &format!("{name}-developers")),
+        ("BackupSchedule", Some(prod.as_str()), "orders"),
+        ("Secret", Some(prod.as_str()), "orders-db"),
+        ("Namespace", None, prod.as_str()),
+        ("ResourceQuota", Some(prod.as_str()), "palisade-quota"),
+        ("RoleBinding", Some(prod.as_str()), "palisade:deployer"),
+        ("NetworkPolicy", Some(prod.as_str()), "orders-backup-egress"),
+        ("Secret", Some(prod.as_str()), "api-signing-key"),
+    ] {
+        diff_object(&report, kind, ns, n);
+    }
+
+    // Change a field, drop a namespace, change a Secret, add an object and an
+    // escalating RolePolicy.
+    let tenant_file = dir.path().join("tenant-acme.yaml");
+    let text = std::fs::read_to_string(&tenant_file).expect("read");
+    let dev = format!("{name}-dev");
+    let changed = text
+        .replace("pods: \"50\"", "pods: \"60\"")
+        .replace(&format!("    - name: {dev}\n"), "");
+    assert_ne!(changed, text);
+    std::fs::write(&tenant_file, changed).expect("write");
+    std::fs::write(
+        dir.path().join("secrets.yaml"),
+        secrets.replace("e2e-db-password-1", "e2e-db-password-2"),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("extra.yaml"),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: extra, namespace: {prod}}}\ndata: {{k: v}}\n---\n\
+             apiVersion: palisade.dev/v1alpha1\nkind: RolePolicy\nmetadata: {{name: {name}-escalate}}\n\
+             spec:\n  tenants: [{name}-nobody]\n  roles:\n    - name: binder\n      rules:\n        - apiGroups: [rbac.authorization.k8s.io]\n          resources: [roles]\n          verbs: [get, bind]\n"
+        ),
+    )
+    .expect("write");
+    let (code, report, stdout) = run_diff(dir.path(), true);
+    assert_eq!(code, Some(1), "{stdout}");
+    let t = diff_object(&report, "Tenant", None, &name);
+    assert_eq!(t["action"], "changed");
+    let pods = t["fields"]
+        .as_array()
+        .expect("fields")
+        .iter()
+        .find(|f| f["path"] == "spec.quota.hard.pods")
+        .unwrap_or_else(|| panic!("the pods field: {t:#}"));
+    assert_eq!(
+        (&pods["before"], &pods["after"]),
+        (&json!("50"), &json!("60"))
+    );
+    let quota = diff_object(&report, "ResourceQuota", Some(&prod), "palisade-quota");
+    assert_eq!(quota["action"], "changed");
+    assert!(
+        quota["fields"].to_string().contains("spec.hard.pods"),
+        "{quota:#}"
+    );
+    assert_eq!(
+        diff_object(&report, "ConfigMap", Some(&prod), "extra")["action"],
+        "created"
+    );
+    assert_eq!(
+        diff_object(&report, "Namespace", None, &dev)["action"],
+        "pruned"
+    );
+    assert_eq!(
+        diff_object(
+            &report,
+            "NetworkPolicy",
+            Some(&dev),
+            "palisade-default-deny"
+        )["action"],
+        "pruned"
+    );
+    let secret = diff_object(&report, "Secret", Some(&prod), "orders-db");
+    assert_eq!(secret["action"], "changed");
+    assert!(
+        secret["fields"].to_string().contains("data.password"),
+        "{secret:#}"
+    );
+    assert!(
+        !stdout.contains("e2e-db-password") && !stdout.contains("ZTJlLWRiLXBhc3N3b3Jk"),
+        "Secret values never appear: {stdout}"
+    );
+    let finding = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["name"] == format!("{name}-escalate").as_str())
+        .unwrap_or_else(|| panic!("an escalation finding: {stdout}"));
+    assert_eq!(
+        (&finding["severity"], &finding["reason"], &finding["field"]),
+        (
+            &json!("rejected"),
+            &json!("EscalationVerb"),
+            &json!("spec.roles[0].rules[0]")
+        )
+    );
+
+    // The text report says the same.
+    let (code, _, text) = run_diff(dir.path(), false);
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains(&format!("changed   Tenant {name} ("))
+            && text.contains("~ spec.quota.hard.pods: \"50\" -> \"60\"")
+            && text.contains(&format!("pruned    Namespace {dev} (Tenant {name})"))
+            && text.contains(&format!(
+                "finding   RolePolicy {name}-escalate: EscalationVerb"
+            )),
+        "{text}"
+    );
+
+    // Dry-runs only: the cluster still has what was applied.
+    let live = tenants.get(&name).await.expect("tenant");
+    assert_eq!(
+        live.spec.quota.as_ref().map(|q| q.hard["pods"].0.clone()),
+        Some("50".to_string())
+    );
+    let policies: Api<palisade::crd::RolePolicy> = Api::all(client.clone());
+    assert!(
+        policies
+            .get_opt(&format!("{name}-escalate"))
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &prod);
+    assert!(cms.get_opt("extra").await.expect("get").is_none());
 }

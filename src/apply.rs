@@ -252,7 +252,10 @@ impl Applier {
         }
     }
 
-    fn prepare(
+    /// `desired` as every write sends it: with apiVersion and kind of `ar` and
+    /// the [`APPLIED_HASH`] annotation; also its hash, name and namespace.
+    /// (`palisade diff` dry-runs exactly this.)
+    pub fn prepare(
         ar: &ApiResource,
         mut desired: Value,
     ) -> Result<(Value, u64, String, Option<String>), ApplyError> {

@@ -33,6 +33,10 @@ pub enum Command {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
+    /// Show what applying the given resources would change in the cluster of the
+    /// current kubeconfig (server-side dry-run): created, changed, pruned,
+    /// unchanged, plus RolePolicy escalations. Exit code 0: no change, 1: changes, 2: error.
+    Diff(DiffArgs),
     /// PostgreSQL snapshots: run, restore, verify, list, prune (works without Kubernetes).
     Backup(Box<crate::backup::cli::BackupArgs>),
     /// Print the permission catalog and the built-in roles.
@@ -48,6 +52,31 @@ pub enum Command {
     Token(TokenCommand),
     /// Print the version.
     Version,
+}
+
+/// Flags of `palisade diff`.
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// A YAML file or a directory of them (repeatable), as for `render` and
+    /// `kubectl apply -f`; any kind, not only Palisade's.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Field manager the input is applied with: the one of the pipeline that
+    /// applies it (`kubectl` for `kubectl apply --server-side`,
+    /// `argocd-controller` for Argo CD, `kustomize-controller` for Flux), so
+    /// that fields removed from the input show as removed.
+    #[arg(long, default_value = "kubectl")]
+    pub field_manager: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = DiffOutput::Text)]
+    pub output: DiffOutput,
+}
+
+/// Output of `palisade diff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DiffOutput {
+    Text,
+    Json,
 }
 
 /// `palisade token …`
@@ -97,6 +126,19 @@ pub struct ControllerArgs {
     /// Secret: a request on a younger version waits until then.
     #[arg(long, env = "PALISADE_MIN_FORCED_ROTATION_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub min_forced_rotation_interval: Duration,
+    /// The ClusterRole Palisade binds to itself in each namespace it manages
+    /// (the chart's `<fullname>-tenant-namespace`).
+    #[arg(long, env = "PALISADE_TENANT_NAMESPACE_ROLE", default_value = crate::operator_rbac::TENANT_NAMESPACE_ROLE)]
+    pub tenant_namespace_role: String,
+    /// The ServiceAccount Palisade runs as, `namespace/name` (default: asked
+    /// from the API server).
+    #[arg(long, env = "PALISADE_SERVICE_ACCOUNT", value_parser = parse_namespaced_name)]
+    pub service_account: Option<(String, String)>,
+    /// Kinds TTL garbage collection may delete, comma-separated
+    /// `apiGroup/resource` (core group: `/configmaps`); the RBAC must grant
+    /// the same (Helm value `rbac.garbageCollectionKinds`). Empty: none.
+    #[arg(long, env = "PALISADE_GC_KINDS", default_value = "/configmaps,/secrets,batch/jobs,/pods,/persistentvolumeclaims", value_parser = parse_gc_kinds)]
+    pub gc_kinds: GcKinds,
     /// Pod name, for Events and leader election identity.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -136,6 +178,35 @@ pub struct ControllerArgs {
     pub shutdown_timeout: Duration,
 }
 
+/// The garbage-collection allow-list, `(apiGroup, resource)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GcKinds(pub Vec<(String, String)>);
+
+fn parse_gc_kinds(s: &str) -> Result<GcKinds, String> {
+    let mut kinds = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (group, resource) = item.split_once('/').ok_or_else(|| {
+            format!("{item:?}: write apiGroup/resource, e.g. batch/jobs or /configmaps for the core group")
+        })?;
+        if resource.is_empty() || resource.contains('/') || resource == "*" || group == "*" {
+            return Err(format!(
+                "{item:?}: name one resource of one group (no wildcards, no subresources)"
+            ));
+        }
+        kinds.push((group.to_string(), resource.to_string()));
+    }
+    Ok(GcKinds(kinds))
+}
+
+fn parse_namespaced_name(s: &str) -> Result<(String, String), String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok((ns.to_string(), name.to_string()))
+        }
+        _ => Err(format!("{s:?}: write namespace/name")),
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
 }
@@ -153,6 +224,9 @@ impl ControllerArgs {
             job_image: self.job_image.clone(),
             metrics: None,
             min_forced_rotation_interval: self.min_forced_rotation_interval,
+            tenant_namespace_role: self.tenant_namespace_role.clone(),
+            service_account: self.service_account.clone(),
+            gc_kinds: self.gc_kinds.0.clone(),
         }
     }
 
@@ -186,5 +260,30 @@ impl ControllerArgs {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| format!("palisade-{:08x}", rand::random::<u32>()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_kinds_parse_and_refuse_wildcards() {
+        assert_eq!(
+            parse_gc_kinds("/configmaps, batch/jobs,").unwrap(),
+            GcKinds(vec![
+                (String::new(), "configmaps".into()),
+                ("batch".into(), "jobs".into())
+            ])
+        );
+        assert_eq!(parse_gc_kinds("").unwrap(), GcKinds(Vec::new()));
+        for bad in ["configmaps", "*/*", "/*", "/pods/log", "apps/"] {
+            assert!(parse_gc_kinds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_namespaced_name("palisade-system/palisade").unwrap(),
+            ("palisade-system".into(), "palisade".into())
+        );
+        assert!(parse_namespaced_name("palisade").is_err());
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod diff;
 pub mod duration;
 pub mod operator_rbac;
 pub mod quantity;

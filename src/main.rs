@@ -46,6 +46,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Render { files } => print!("{}", palisade::render::render_paths(&files)?),
+        Command::Diff(args) => return Ok(palisade::diff::command(&args).await),
         Command::Permissions => print!("{}", catalog::describe()),
         Command::Rbac { yaml } => print!(
             "{}",

@@ -34,6 +34,12 @@ pub enum RenderError {
         api_version: String,
         kind: String,
     },
+    #[error("{path}: document {doc}: not a Kubernetes object: {message}")]
+    NotAnObject {
+        path: PathBuf,
+        doc: usize,
+        message: String,
+    },
     #[error("{path}: no YAML files found")]
     Empty { path: PathBuf },
     #[error("serializing output: {0}")]
@@ -48,6 +54,7 @@ impl RenderError {
             RenderError::Yaml { .. } => "MalformedYaml",
             RenderError::Field(_) => "InvalidField",
             RenderError::UnknownKind { .. } => "UnknownKind",
+            RenderError::NotAnObject { .. } => "NotAnObject",
             RenderError::Empty { .. } => "NoInput",
             RenderError::Output(_) => "OutputFailed",
         }
@@ -140,8 +147,11 @@ fn typed<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// Parses every YAML document of a file into Palisade resources.
-pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(usize, Input)>, RenderError> {
+/// The YAML documents of a file (empty ones skipped), numbered from 1.
+pub fn parse_documents(
+    path: &Path,
+    text: &str,
+) -> Result<Vec<(usize, serde_yaml::Value)>, RenderError> {
     let mut out = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let doc = i + 1;
@@ -150,25 +160,51 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(usize, Input)>, Render
             doc,
             source,
         })?;
-        if value.is_null() {
-            continue;
+        if !value.is_null() {
+            out.push((doc, value));
         }
-        let field = |k: &str| {
-            value
-                .get(k)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        let (api_version, kind) = (field("apiVersion"), field("kind"));
-        let expected = format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION);
-        let input = match (api_version == expected, kind.as_str()) {
-            (true, "Tenant") => Input::Tenant(Box::new(typed(path, doc, &kind, value)?)),
-            (true, "RolePolicy") => Input::RolePolicy(Box::new(typed(path, doc, &kind, value)?)),
-            (true, "BackupSchedule") => {
-                Input::BackupSchedule(Box::new(typed(path, doc, &kind, value)?))
-            }
-            _ => {
+    }
+    Ok(out)
+}
+
+/// `(apiVersion, kind)` of a document, empty when absent.
+pub fn type_of(value: &serde_yaml::Value) -> (String, String) {
+    let field = |k: &str| {
+        value
+            .get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    (field("apiVersion"), field("kind"))
+}
+
+/// The Palisade resource a document holds; `None` for any other kind.
+pub fn parse_input(
+    path: &Path,
+    doc: usize,
+    value: serde_yaml::Value,
+) -> Result<Option<Input>, RenderError> {
+    let (api_version, kind) = type_of(&value);
+    if api_version != format!("{}/{}", crate::crd::GROUP, crate::crd::VERSION) {
+        return Ok(None);
+    }
+    Ok(Some(match kind.as_str() {
+        "Tenant" => Input::Tenant(Box::new(typed(path, doc, &kind, value)?)),
+        "RolePolicy" => Input::RolePolicy(Box::new(typed(path, doc, &kind, value)?)),
+        "BackupSchedule" => Input::BackupSchedule(Box::new(typed(path, doc, &kind, value)?)),
+        _ => return Ok(None),
+    }))
+}
+
+/// Parses every YAML document of a file into Palisade resources.
+pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(usize, Input)>, RenderError> {
+    let mut out = Vec::new();
+    for (doc, value) in parse_documents(path, text)? {
+        let (api_version, kind) = type_of(&value);
+        match parse_input(path, doc, value)? {
+            Some(input) => out.push((doc, input)),
+            None => {
                 return Err(RenderError::UnknownKind {
                     path: path.to_path_buf(),
                     doc,
@@ -176,8 +212,54 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Vec<(usize, Input)>, Render
                     kind,
                 });
             }
-        };
-        out.push((doc, input));
+        }
+    }
+    Ok(out)
+}
+
+/// One document of the input of `palisade diff`: any kind, as JSON, with the
+/// typed resource when it is one of Palisade's.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub path: PathBuf,
+    pub doc: usize,
+    pub value: serde_json::Value,
+    pub input: Option<Input>,
+}
+
+/// Every document under `paths` (files or directories, as `render` reads
+/// them), in order. Palisade's kinds are parsed (a wrong field names its file
+/// and document); other kinds are kept as they are.
+pub fn load_documents(paths: &[PathBuf]) -> Result<Vec<Document>, RenderError> {
+    let mut out = Vec::new();
+    for root in paths {
+        for file in collect_files(root)? {
+            let text = std::fs::read_to_string(&file).map_err(|source| RenderError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            for (doc, value) in parse_documents(&file, &text)? {
+                let json = serde_json::to_value(&value).map_err(|e| RenderError::NotAnObject {
+                    path: file.clone(),
+                    doc,
+                    message: e.to_string(),
+                })?;
+                if !json.is_object() {
+                    return Err(RenderError::NotAnObject {
+                        path: file.clone(),
+                        doc,
+                        message: "expected a mapping with apiVersion, kind and metadata".into(),
+                    });
+                }
+                let input = parse_input(&file, doc, value)?;
+                out.push(Document {
+                    path: file.clone(),
+                    doc,
+                    value: json,
+                    input,
+                });
+            }
+        }
     }
     Ok(out)
 }
@@ -271,4 +353,33 @@ pub fn to_yaml_stream(values: &[serde_json::Value]) -> Result<String, RenderErro
         out.push_str(&serde_yaml::to_string(v).map_err(|e| RenderError::Output(e.to_string()))?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_documents_keeps_every_kind_and_parses_palisades() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {k: v}\n---\n---\n\
+             apiVersion: palisade.dev/v1alpha1\nkind: RolePolicy\nmetadata: {name: p}\nspec: {tenants: [t]}\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("notes.txt"), "not yaml: [").expect("write");
+        let docs = load_documents(&[dir.path().to_path_buf()]).expect("load");
+        assert_eq!(docs.len(), 2);
+        assert_eq!(
+            (docs[0].doc, docs[0].value["kind"].as_str()),
+            (1, Some("Secret"))
+        );
+        assert!(docs[0].input.is_none());
+        assert_eq!(docs[1].doc, 3);
+        assert!(matches!(docs[1].input, Some(Input::RolePolicy(_))));
+        // render itself still refuses kinds it cannot render.
+        let err = render_paths(&[dir.path().to_path_buf()]).expect_err("Secret");
+        assert_eq!(err.reason(), "UnknownKind");
+    }
 }

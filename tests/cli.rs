@@ -243,3 +243,85 @@ fn token_verify_accepts_valid_tokens_and_rejects_others() {
         .expect("write");
     assert!(child.wait_with_output().expect("wait").status.success());
 }
+
+/// `palisade diff` with `env` set, in a fresh temp dir holding `files`.
+fn diff_in(files: &[(&str, &str)], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).expect("write");
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    cmd.args(["diff", "-f", dir.path().to_str().expect("utf-8")])
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("HOME", dir.path());
+    for (k, v) in env {
+        cmd.env(k, v.replace("{dir}", dir.path().to_str().expect("utf-8")));
+    }
+    let out = cmd.output().expect("run palisade");
+    assert!(
+        out.stdout.is_empty(),
+        "no report on error: {}",
+        text(&out.stdout)
+    );
+    (out.status.code(), text(&out.stderr))
+}
+
+#[test]
+fn diff_errors_exit_2_and_say_why() {
+    // A broken file is reported before any cluster is needed.
+    let (code, err) = diff_in(
+        &[(
+            "bad.yaml",
+            "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t\n",
+        )],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("bad.yaml") && err.contains("malformed YAML"),
+        "{err}"
+    );
+
+    let (code, err) = diff_in(
+        &[(
+            "t.yaml",
+            "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\nspec:\n  podSecurity: strict\n",
+        )],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("t.yaml") && err.contains("spec.podSecurity"),
+        "{err}"
+    );
+
+    // Any kind is accepted as input, but a list is not an object.
+    let (code, err) = diff_in(&[("l.yaml", "- a\n- b\n")], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("l.yaml") && err.contains("not a Kubernetes object"),
+        "{err}"
+    );
+
+    // No kubeconfig at all.
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
+    let (code, err) = diff_in(
+        &[("cm.yaml", cm)],
+        &[("KUBECONFIG", "{dir}/missing-kubeconfig")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no cluster to compare with"), "{err}");
+
+    // A kubeconfig whose server does not answer.
+    let kubeconfig = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n";
+    let (code, err) = diff_in(
+        &[("cm.yaml", cm), ("kubeconfig", kubeconfig)],
+        &[("KUBECONFIG", "{dir}/kubeconfig")],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("cannot reach the API server at https://127.0.0.1:1"),
+        "{err}"
+    );
+}

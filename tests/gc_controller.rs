@@ -85,8 +85,12 @@ fn gc_status(server: &FakeApiServer, tenant: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// A frozen clock a little ahead of the server's: creation timestamps have
+/// whole seconds, so an object created a few hundred milliseconds after the
+/// clock froze would otherwise lie in the clock's future (and a "due at
+/// creation" object would never be due).
 fn now_clock() -> Arc<ManualClock> {
-    ManualClock::new(Timestamp::now())
+    ManualClock::new(at(Timestamp::now(), 3))
 }
 
 const TENANT: &str = r#"
@@ -432,21 +436,13 @@ spec:
     server.clear_fault(fault);
 }
 
-#[tokio::test]
-async fn custom_resources_are_collected_and_unknown_kinds_are_a_condition() {
-    let server = server();
-    server.register(ResourceType::new(
-        "ci.example.com",
-        "v1",
-        "runs",
-        "Run",
-        true,
-    ));
-    let clock = now_clock();
-    let running = start(&server, clock.clone());
-    create(
-        &server,
-        r#"
+/// A custom "run" kind, as CI systems define them.
+fn run_kind() -> ResourceType {
+    ResourceType::new("ci.example.com", "v1", "runs", "Run", true)
+}
+
+/// A tenant whose GC rule names the run kind.
+const CI_TENANT: &str = r#"
 apiVersion: palisade.dev/v1alpha1
 kind: Tenant
 metadata: {name: ci}
@@ -454,9 +450,21 @@ spec:
   namespaces: [{name: ci-a}]
   garbageCollection:
     rules: [{name: last-run, kinds: [Run.ci.example.com], keepLast: 1}]
-"#,
-    )
-    .await;
+"#;
+
+#[tokio::test]
+async fn custom_resources_are_collected_and_unknown_kinds_are_a_condition() {
+    let server = server();
+    server.register(run_kind());
+    let clock = now_clock();
+    // Not a default kind: the platform team allows it (Helm value
+    // rbac.garbageCollectionKinds, which also grants Palisade delete on it).
+    let mut settings = support::fast_settings();
+    settings
+        .gc_kinds
+        .push(("ci.example.com".into(), "runs".into()));
+    let running = support::start_with(&server, clock.clone(), settings);
+    create(&server, CI_TENANT).await;
     wait_ready(&server, "ci").await;
     for (i, name) in ["run-a", "run-b", "run-c"].iter().enumerate() {
         let obj = json!({
@@ -586,5 +594,45 @@ spec:
         Some("Collected"),
     )
     .await;
+    running.stop().await;
+}
+
+/// A kind outside the operator's allow-list is a condition naming the Helm
+/// value, and nothing of it is watched or deleted.
+#[tokio::test]
+async fn kinds_outside_the_allow_list_are_refused() {
+    let server = server();
+    server.register(run_kind());
+    let running = start(&server, now_clock());
+    create(&server, CI_TENANT).await;
+    let c = wait_condition(
+        &server,
+        "ci",
+        "GarbageCollected",
+        "False",
+        Some("KindNotAllowed"),
+    )
+    .await;
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("rbac.garbageCollectionKinds"),
+        "{c}"
+    );
+    for name in ["run-a", "run-b"] {
+        let obj = json!({
+            "apiVersion": "ci.example.com/v1", "kind": "Run",
+            "metadata": {"name": name, "namespace": "ci-a"},
+        });
+        server.put_json("runs.ci.example.com", obj).expect("run");
+    }
+    resync_and_settle(&server, &running).await;
+    assert!(exists(&server, "runs.ci.example.com", "ci-a", "run-a"));
+    let watched = running.ctx.gc.watched();
+    assert!(
+        !watched.iter().any(|w| w.starts_with("ci.example.com/")),
+        "{watched:?}"
+    );
     running.stop().await;
 }

@@ -9,10 +9,16 @@
 //! two facts read on every event (resourceVersion, owning tenant); it is
 //! parsed only when a reconcile reads it. One lock guards the objects and the
 //! tenant index together, so the two can never disagree.
+//!
+//! Secrets and ConfigMaps are watched per managed namespace (one watch each,
+//! started when the namespace appears in the Namespace cache, stopped when it
+//! leaves): Palisade holds no cluster-wide access to them (see
+//! [`crate::operator_rbac`]). Every other kind is one cluster-wide,
+//! label-selected watch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Secret};
@@ -128,6 +134,27 @@ impl Inner {
         }
     }
 
+    /// Swaps in a listing of one namespace of a per-namespace kind.
+    fn replace_namespace(
+        &mut self,
+        kind: usize,
+        namespace: &str,
+        objects: HashMap<Box<str>, Arc<Entry>>,
+    ) {
+        let prefix = format!("{namespace}/");
+        let old: Vec<Box<str>> = self.kinds[kind]
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for key in old {
+            self.remove(kind, &key);
+        }
+        for (key, entry) in objects {
+            self.insert(kind, key, entry);
+        }
+    }
+
     fn replace_kind(&mut self, kind: usize, objects: HashMap<Box<str>, Arc<Entry>>) {
         let old = std::mem::take(&mut self.kinds[kind]);
         for (key, entry) in &old {
@@ -161,6 +188,10 @@ pub struct ChildCache {
     inner: Arc<RwLock<Inner>>,
     /// Number of kinds that have received their first full listing.
     synced: tokio::sync::watch::Receiver<usize>,
+    /// Per-namespace kinds: the namespaces whose watch has listed.
+    listed: Vec<Arc<Mutex<HashSet<String>>>>,
+    /// Namespaces a reconcile found unlisted: their listing wakes the tenant.
+    waiting: Arc<Mutex<HashSet<String>>>,
 }
 
 /// The objects one child kind's watch touched (metadata only), for the
@@ -184,6 +215,12 @@ pub fn tenant_child_kinds() -> Vec<ApiResource> {
         ar::<Secret>(),
         ar::<ConfigMap>(),
     ]
+}
+
+/// Kinds watched per managed namespace rather than cluster-wide: tenant data
+/// Palisade may read only inside the namespaces it manages.
+pub fn is_watched_per_namespace(ar: &ApiResource) -> bool {
+    ar.group.is_empty() && (ar.kind == "Secret" || ar.kind == "ConfigMap")
 }
 
 /// RolePolicies, cached beside the children: every Tenant's roles depend on them.
@@ -220,18 +257,58 @@ fn entry_of(obj: &DynamicObject) -> Option<(Box<str>, Arc<Entry>)> {
     ))
 }
 
+/// Called after each change of one kind's cached set.
+type OnChange = Box<dyn Fn(&Inner) + Send + Sync>;
+
 /// The state one kind's stream keeps between events.
 struct KindFeed {
     kind: usize,
     inner: Arc<RwLock<Inner>>,
     seen_rv: Arc<AtomicU64>,
-    synced: Arc<tokio::sync::watch::Sender<usize>>,
+    /// The one namespace this feed watches (per-namespace kinds), and the
+    /// index of the Namespace kind (to name the namespace's tenant).
+    namespace: Option<String>,
+    namespace_kind: Option<usize>,
+    /// Namespaces a reconcile is waiting for: their first listing wakes
+    /// their tenant.
+    wake_tenant: Option<Arc<Mutex<HashSet<String>>>>,
+    /// Called after the first complete listing.
+    on_first_listing: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// Called after each change of the cached set of this kind (Namespaces:
+    /// the per-namespace watches follow it).
+    on_change: Option<OnChange>,
     /// Objects of a (re)listing in progress; swapped in at its end.
     listing: Option<HashMap<Box<str>, Arc<Entry>>>,
-    first_sync_done: bool,
 }
 
 impl KindFeed {
+    /// An object that maps to the tenant of `namespace` (labels only).
+    fn tenant_trigger(&self, namespace: &str) -> Option<DynamicObject> {
+        let inner = self.inner.read().ok()?;
+        let tenant = inner
+            .kinds
+            .get(self.namespace_kind?)?
+            .get(namespace)?
+            .tenant
+            .clone()?;
+        Some(DynamicObject {
+            types: None,
+            metadata: kube::api::ObjectMeta {
+                name: Some("namespace-listed".to_string()),
+                namespace: Some(namespace.to_string()),
+                labels: Some(labels::managed(&tenant)),
+                ..Default::default()
+            },
+            data: serde_json::Value::Null,
+        })
+    }
+
+    fn changed(&self, inner: &Inner) {
+        if let Some(f) = &self.on_change {
+            f(inner);
+        }
+    }
+
     fn note_rv(&self, obj: &DynamicObject) {
         if let Some(rv) = obj.resource_version().and_then(|v| v.parse::<u64>().ok()) {
             self.seen_rv.fetch_max(rv, Ordering::AcqRel);
@@ -256,13 +333,27 @@ impl KindFeed {
             watcher::Event::InitDone => {
                 let listed = self.listing.take().unwrap_or_default();
                 if let Ok(mut inner) = self.inner.write() {
-                    inner.replace_kind(self.kind, listed);
+                    match &self.namespace {
+                        Some(ns) => inner.replace_namespace(self.kind, ns, listed),
+                        None => inner.replace_kind(self.kind, listed),
+                    }
+                    self.changed(&inner);
                 }
-                if !self.first_sync_done {
-                    self.first_sync_done = true;
-                    self.synced.send_modify(|n| *n += 1);
+                // A namespace's first listing wakes its tenant: the reconcile
+                // that waited for it (never saw its Secrets) can go on.
+                let waited = |ns: &str| {
+                    self.wake_tenant
+                        .as_ref()
+                        .is_some_and(|w| w.lock().is_ok_and(|mut w| w.remove(ns)))
+                };
+                let wake = match (&self.namespace, self.on_first_listing.is_some()) {
+                    (Some(ns), true) if waited(ns) => self.tenant_trigger(ns),
+                    _ => None,
+                };
+                if let Some(first) = self.on_first_listing.take() {
+                    first();
                 }
-                None
+                wake
             }
             watcher::Event::Apply(obj) => {
                 let mut obj = slim(obj);
@@ -282,6 +373,7 @@ impl KindFeed {
                             old.is_some() && old.map(without_status) == new.map(without_status);
                     }
                     inner.insert(self.kind, key, entry);
+                    self.changed(&inner);
                 }
                 if status_only {
                     obj.annotations_mut()
@@ -294,9 +386,154 @@ impl KindFeed {
                 let key = key_of(obj.metadata.namespace.as_deref(), &obj.name_any());
                 if let Ok(mut inner) = self.inner.write() {
                     inner.remove(self.kind, &key);
+                    self.changed(&inner);
                 }
                 Some(obj)
             }
+        }
+    }
+}
+
+impl KindFeed {
+    /// Applies a watch stream to the cache and forwards touched objects
+    /// (metadata only) to the controller until either side ends.
+    /// `on_first_error` runs once, on the first error of the stream.
+    async fn pump(
+        mut self,
+        mut events: std::pin::Pin<
+            Box<dyn Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send>,
+        >,
+        tx: tokio::sync::mpsc::Sender<Result<DynamicObject, watcher::Error>>,
+        mut on_first_error: Option<impl FnOnce()>,
+    ) {
+        loop {
+            let ev = tokio::select! {
+                () = tx.closed() => return,
+                ev = events.next() => ev,
+            };
+            let touched = match ev {
+                None => return,
+                Some(Ok(ev)) => self.apply(ev).map(|mut o| {
+                    o.data = serde_json::Value::Null;
+                    Ok(o)
+                }),
+                Some(Err(e)) => {
+                    if let Some(f) = on_first_error.take() {
+                        f();
+                    }
+                    Some(Err(e))
+                }
+            };
+            if let Some(t) = touched
+                && tx.send(t).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// The watches of one per-namespace kind: one per managed namespace.
+struct PerNamespace {
+    client: Client,
+    ar: ApiResource,
+    kind: usize,
+    namespace_kind: usize,
+    /// Namespaces a reconcile waits for (shared by every per-namespace kind).
+    waiting: Arc<Mutex<HashSet<String>>>,
+    inner: Arc<RwLock<Inner>>,
+    seen_rv: Arc<AtomicU64>,
+    synced: Arc<tokio::sync::watch::Sender<usize>>,
+    listed: Arc<Mutex<HashSet<String>>>,
+    tx: tokio::sync::mpsc::Sender<Result<DynamicObject, watcher::Error>>,
+}
+
+impl PerNamespace {
+    fn watch(
+        &self,
+        namespace: &str,
+        settled: tokio::sync::mpsc::UnboundedSender<String>,
+    ) -> tokio::task::JoinHandle<()> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &self.ar);
+        let cfg = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
+        let (listed, ns) = (self.listed.clone(), namespace.to_string());
+        let settled_err = settled.clone();
+        let ns_err = ns.clone();
+        let feed = KindFeed {
+            kind: self.kind,
+            inner: self.inner.clone(),
+            seen_rv: self.seen_rv.clone(),
+            namespace: Some(ns.clone()),
+            namespace_kind: Some(self.namespace_kind),
+            wake_tenant: Some(self.waiting.clone()),
+            on_first_listing: Some(Box::new(move || {
+                if let Ok(mut l) = listed.lock() {
+                    l.insert(ns.clone());
+                }
+                let _ = settled.send(ns);
+            })),
+            on_change: None,
+            listing: None,
+        };
+        let events = watcher(api, cfg).default_backoff().boxed();
+        tokio::spawn(feed.pump(
+            events,
+            self.tx.clone(),
+            // A namespace that cannot be listed yet (its RoleBinding is not in
+            // place) must not hold back the whole cache: it counts as settled
+            // for startup, stays unlisted, and its watch keeps retrying.
+            Some(move || {
+                let _ = settled_err.send(ns_err);
+            }),
+        ))
+    }
+
+    fn forget(&self, namespace: &str) {
+        if let Ok(mut l) = self.listed.lock() {
+            l.remove(namespace);
+        }
+        if let Ok(mut inner) = self.inner.write() {
+            inner.replace_namespace(self.kind, namespace, HashMap::new());
+        }
+    }
+
+    /// Follows the managed namespaces until the controller goes away.
+    async fn run(self, mut namespaces: tokio::sync::watch::Receiver<Option<Vec<String>>>) {
+        let (settled_tx, mut settled_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let mut watches: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut settled: HashSet<String> = HashSet::new();
+        let mut reported = false;
+        loop {
+            let current: Option<Vec<String>> = namespaces.borrow_and_update().clone();
+            if let Some(names) = &current {
+                let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+                watches.retain(|ns, task| {
+                    let keep = wanted.contains(ns.as_str());
+                    if !keep {
+                        task.abort();
+                        self.forget(ns);
+                    }
+                    keep
+                });
+                for ns in names {
+                    if !watches.contains_key(ns) {
+                        watches.insert(ns.clone(), self.watch(ns, settled_tx.clone()));
+                    }
+                }
+                if !reported && names.iter().all(|n| settled.contains(n)) {
+                    reported = true;
+                    self.synced.send_modify(|n| *n += 1);
+                }
+            }
+            tokio::select! {
+                () = self.tx.closed() => break,
+                changed = namespaces.changed() => if changed.is_err() { break },
+                Some(ns) = settled_rx.recv() => { settled.insert(ns); }
+            }
+        }
+        for (_, task) in watches {
+            task.abort();
         }
     }
 }
@@ -314,51 +551,80 @@ impl ChildCache {
         }));
         let (synced_tx, synced) = tokio::sync::watch::channel(0usize);
         let synced_tx = Arc::new(synced_tx);
+        // The managed namespaces (None until listed), for per-namespace kinds.
+        let ns_index = kinds
+            .iter()
+            .position(|k| k.kind == "Namespace" && k.group.is_empty());
+        let (ns_tx, ns_rx) = tokio::sync::watch::channel::<Option<Vec<String>>>(None);
+        let ns_tx = Arc::new(ns_tx);
         let mut cached = Vec::new();
         let mut streams = Vec::new();
+        let mut listed = Vec::new();
+        let waiting: Arc<Mutex<HashSet<String>>> = Arc::default();
         for (kind, ar) in kinds.into_iter().enumerate() {
             let seen_rv = Arc::new(AtomicU64::new(0));
-            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-            // Palisade's own policies are inputs, not children: watch them all.
-            let cfg = if ar.kind == policy_kind().kind {
-                watcher::Config::default()
-            } else {
-                watcher::Config::default().labels(labels::MANAGED_SELECTOR)
-            };
-            let mut feed = KindFeed {
-                kind,
-                inner: inner.clone(),
-                seen_rv: seen_rv.clone(),
-                synced: synced_tx.clone(),
-                listing: None,
-                first_sync_done: false,
-            };
             // Each kind's watch is parsed and cached on its own task (kube
             // would poll it inside the controller's one task, beside every
             // reconcile); the controller gets the touched objects' metadata.
             let (tx, rx) = tokio::sync::mpsc::channel(TRIGGER_BUFFER);
-            let mut events = watcher(api, cfg).default_backoff().boxed();
-            tokio::spawn(async move {
-                loop {
-                    let ev = tokio::select! {
-                        () = tx.closed() => return,
-                        ev = events.next() => ev,
-                    };
-                    let touched = match ev {
-                        None => return,
-                        Some(Ok(ev)) => feed.apply(ev).map(|mut o| {
-                            o.data = serde_json::Value::Null;
-                            Ok(o)
-                        }),
-                        Some(Err(e)) => Some(Err(e)),
-                    };
-                    if let Some(t) = touched
-                        && tx.send(t).await.is_err()
-                    {
-                        return;
+            if let (true, Some(namespace_kind)) = (is_watched_per_namespace(&ar), ns_index) {
+                let namespaces = Arc::new(Mutex::new(HashSet::new()));
+                listed.push(namespaces.clone());
+                tokio::spawn(
+                    PerNamespace {
+                        client: client.clone(),
+                        ar: ar.clone(),
+                        kind,
+                        namespace_kind,
+                        waiting: waiting.clone(),
+                        inner: inner.clone(),
+                        seen_rv: seen_rv.clone(),
+                        synced: synced_tx.clone(),
+                        listed: namespaces,
+                        tx,
                     }
-                }
-            });
+                    .run(ns_rx.clone()),
+                );
+            } else {
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+                // Palisade's own policies are inputs, not children: watch them all.
+                let cfg = if ar.kind == policy_kind().kind {
+                    watcher::Config::default()
+                } else {
+                    watcher::Config::default().labels(labels::MANAGED_SELECTOR)
+                };
+                let synced = synced_tx.clone();
+                let on_change: Option<OnChange> = if Some(kind) == ns_index {
+                    let ns_tx = ns_tx.clone();
+                    Some(Box::new(move |inner: &Inner| {
+                        let mut names: Vec<String> =
+                            inner.kinds[kind].keys().map(|k| k.to_string()).collect();
+                        names.sort_unstable();
+                        ns_tx.send_if_modified(|cur| {
+                            let changed = cur.as_ref() != Some(&names);
+                            if changed {
+                                *cur = Some(names);
+                            }
+                            changed
+                        });
+                    }))
+                } else {
+                    None
+                };
+                let feed = KindFeed {
+                    kind,
+                    inner: inner.clone(),
+                    seen_rv: seen_rv.clone(),
+                    namespace: None,
+                    namespace_kind: None,
+                    wake_tenant: None,
+                    on_first_listing: Some(Box::new(move || synced.send_modify(|n| *n += 1))),
+                    on_change,
+                    listing: None,
+                };
+                let events = watcher(api, cfg).default_backoff().boxed();
+                tokio::spawn(feed.pump(events, tx, None::<fn()>));
+            }
             let stream =
                 futures::stream::unfold(
                     rx,
@@ -376,9 +642,26 @@ impl ChildCache {
                 kinds: cached,
                 inner,
                 synced,
+                listed,
+                waiting,
             },
             streams,
         )
+    }
+
+    /// True once every per-namespace kind has listed `namespace` (always true
+    /// without per-namespace kinds): only then may a reconcile decide about
+    /// Secrets and ConfigMaps there.
+    /// When not, the namespace's listing will wake its tenant.
+    pub fn namespace_listed(&self, namespace: &str) -> bool {
+        let listed = self
+            .listed
+            .iter()
+            .all(|l| l.lock().map(|l| l.contains(namespace)).unwrap_or(false));
+        if !listed && let Ok(mut w) = self.waiting.lock() {
+            w.insert(namespace.to_string());
+        }
+        listed
     }
 
     fn kind_index(&self, ar: &ApiResource) -> Option<usize> {
@@ -554,16 +837,38 @@ mod tests {
             }],
             inner: inner.clone(),
             synced,
+            listed: Vec::new(),
+            waiting: Arc::default(),
         };
+        let tx = Arc::new(tx);
         let feed = KindFeed {
             kind: 0,
             inner,
             seen_rv: cache.kinds[0].seen_rv.clone(),
-            synced: Arc::new(tx),
+            namespace: None,
+            namespace_kind: None,
+            wake_tenant: None,
+            on_first_listing: Some(Box::new(move || tx.send_modify(|n| *n += 1))),
+            on_change: None,
             listing: None,
-            first_sync_done: false,
         };
         (feed, cache)
+    }
+
+    #[test]
+    fn a_namespace_listing_replaces_only_that_namespace() {
+        let (mut feed, cache) = feed();
+        feed.apply(watcher::Event::Apply(obj("a", "one", Some("t1"), 3)));
+        feed.apply(watcher::Event::Apply(obj("b", "two", Some("t2"), 4)));
+        feed.namespace = Some("a".into());
+        feed.apply(watcher::Event::Init);
+        feed.apply(watcher::Event::InitApply(obj("a", "three", Some("t1"), 5)));
+        feed.apply(watcher::Event::InitDone);
+        assert!(cache.get(&ar::<ConfigMap>(), Some("a"), "one").is_none());
+        assert!(cache.get(&ar::<ConfigMap>(), Some("a"), "three").is_some());
+        assert!(cache.get(&ar::<ConfigMap>(), Some("b"), "two").is_some());
+        assert_eq!(cache.owned_by("t1").len(), 1);
+        assert_eq!(cache.owned_by("t2").len(), 1);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -72,6 +72,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct WatchKey {
     group: String,
     kind: String,
+    namespace: String,
     completion: bool,
 }
 
@@ -89,6 +90,8 @@ struct TenantState {
     in_flight: HashSet<String>,
     /// (uid, what) already reported by an Event (dry-run, invalid annotation).
     reported: HashSet<(String, String)>,
+    /// The watches this tenant uses (one per kind and namespace).
+    watches: HashSet<WatchKey>,
 }
 
 /// What discovery says about a kind name.
@@ -195,9 +198,10 @@ impl GcWatches {
         }
     }
 
-    /// Kinds being watched, as `group/Kind` (with `+completion` for full watches).
+    /// Kinds being watched (in any namespace), as `group/Kind` (with
+    /// `+completion` for full watches).
     pub fn watched(&self) -> Vec<String> {
-        let mut v: Vec<String> = lock(&self.watches)
+        let v: BTreeSet<String> = lock(&self.watches)
             .keys()
             .map(|k| {
                 let base = model::kind_key(&k.group, &k.kind);
@@ -208,8 +212,7 @@ impl GcWatches {
                 }
             })
             .collect();
-        v.sort();
-        v
+        v.into_iter().collect()
     }
 
     /// Number of objects held by the GC caches (for memory reporting).
@@ -230,7 +233,29 @@ impl GcWatches {
     }
 
     fn forget(&self, tenant: &str) {
-        lock(&self.tenants).remove(tenant);
+        let gone = lock(&self.tenants).remove(tenant);
+        if let Some(st) = gone {
+            self.stop_watches(st.watches.iter());
+        }
+    }
+
+    fn stop_watches<'a>(&self, keys: impl Iterator<Item = &'a WatchKey>) {
+        let mut watches = lock(&self.watches);
+        for key in keys {
+            if let Some(w) = watches.remove(key) {
+                w.task.abort();
+            }
+        }
+    }
+
+    /// Records the watches `tenant` uses now and stops those it no longer uses.
+    fn use_watches(&self, tenant: &str, keys: HashSet<WatchKey>) {
+        let old = {
+            let mut tenants = lock(&self.tenants);
+            let st = tenants.entry(tenant.to_string()).or_default();
+            std::mem::replace(&mut st.watches, keys.clone())
+        };
+        self.stop_watches(old.difference(&keys));
     }
 
     /// Resolves kind names ('Kind', 'Kind.group', 'plural.group') through
@@ -275,20 +300,18 @@ impl GcWatches {
             .collect())
     }
 
-    /// The store of a kind, starting its watch if nobody watches it yet.
-    fn store(&self, ar: &ApiResource, completion: bool) -> Store<DynamicObject> {
-        let key = WatchKey {
-            group: ar.group.clone(),
-            kind: ar.kind.clone(),
-            completion,
-        };
+    /// The store of a kind in one namespace, starting its watch if nobody
+    /// watches it yet. Watches are per namespace: Palisade may list the
+    /// allowed kinds only inside the namespaces it manages.
+    fn store(&self, key: &WatchKey, ar: &ApiResource) -> Store<DynamicObject> {
+        let (key, completion, ns) = (key.clone(), key.completion, key.namespace.clone());
         let mut watches = lock(&self.watches);
         if let Some(w) = watches.get(&key) {
             return w.store.clone();
         }
         let writer: Writer<DynamicObject> = Writer::new(ar.clone());
         let store = writer.as_reader();
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), ar);
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &ns, ar);
         let cfg = watcher::Config::default();
         let ar2 = ar.clone();
         let events: SlimEvents = if completion {
@@ -303,7 +326,7 @@ impl GcWatches {
                 .boxed()
         } else {
             let meta: Api<PartialObjectMeta<DynamicObject>> =
-                Api::all_with(self.client.clone(), ar);
+                Api::namespaced_with(self.client.clone(), &ns, ar);
             watcher(meta, cfg)
                 .default_backoff()
                 .map_ok(move |ev| map_event(ev, |o| slim(o.metadata, None, &ar2)))
@@ -331,7 +354,7 @@ impl GcWatches {
                 })
                 .await;
         });
-        info!(kind = %ar.kind, group = %ar.group, completion, "garbage collection watch started");
+        debug!(kind = %ar.kind, group = %ar.group, namespace = %ns, completion, "garbage collection watch started");
         watches.insert(
             key,
             KindWatch {
@@ -527,12 +550,32 @@ pub async fn reconcile(
     let resolved = ctx.gc.resolve(&names).await?;
     let mut problems: Vec<String> = Vec::new();
     let mut unknown_kind = false;
+    let mut not_allowed = false;
     let mut ars: BTreeMap<String, ApiResource> = BTreeMap::new();
+    let allowed = |ar: &ApiResource| {
+        ctx.settings
+            .gc_kinds
+            .iter()
+            .any(|(g, r)| *g == ar.group && *r == ar.plural)
+    };
     for (n, r) in &resolved {
         match r {
-            Resolved::Found(ar) => {
+            Resolved::Found(ar) if allowed(ar) => {
                 ars.insert(n.clone(), ar.clone());
             }
+            Resolved::Found(ar) if required.contains(n) => {
+                not_allowed = true;
+                problems.push(format!(
+                    "kind {n} ({}) is not in the operator's garbage-collection allow-list; \
+                     the platform team can add it (Helm value rbac.garbageCollectionKinds, which grants Palisade delete on it in tenant namespaces)",
+                    if ar.group.is_empty() {
+                        ar.plural.clone()
+                    } else {
+                        format!("{}.{}", ar.plural, ar.group)
+                    }
+                ));
+            }
+            Resolved::Found(_) => {}
             Resolved::Problem(p) if required.contains(n) => {
                 unknown_kind = true;
                 problems.push(p.clone());
@@ -555,25 +598,44 @@ pub async fn reconcile(
     }
     let annotation_kinds: BTreeSet<KindKey> = annotation_names.iter().filter_map(key_of).collect();
 
-    // One watch per kind in use (full objects only where completion is needed).
-    let mut stores: BTreeMap<KindKey, (ApiResource, Store<DynamicObject>)> = BTreeMap::new();
-    for ar in ars.values() {
-        let key = model::kind_key(&ar.group, &ar.kind);
-        if stores.contains_key(&key) {
-            continue;
-        }
+    // One watch per kind in use and namespace (full objects only where
+    // completion is needed).
+    let mut stores: Vec<(KindKey, ApiResource, Store<DynamicObject>)> = Vec::new();
+    let mut keys: HashSet<WatchKey> = HashSet::new();
+    let kinds: BTreeMap<KindKey, &ApiResource> = ars
+        .values()
+        .map(|ar| (model::kind_key(&ar.group, &ar.kind), ar))
+        .collect();
+    for (kind, ar) in kinds {
         let completion = rules
             .iter()
-            .any(|r| r.age_from == AgeFrom::Completion && r.kinds.contains(&key));
-        stores.insert(key, (ar.clone(), ctx.gc.store(ar, completion)));
+            .any(|r| r.age_from == AgeFrom::Completion && r.kinds.contains(&kind));
+        for ns in ready_ns {
+            let key = WatchKey {
+                group: ar.group.clone(),
+                kind: ar.kind.clone(),
+                namespace: ns.clone(),
+                completion,
+            };
+            stores.push((kind.clone(), ar.clone(), ctx.gc.store(&key, ar)));
+            keys.insert(key);
+        }
     }
+    ctx.gc.use_watches(&name, keys);
+    // Wait for the listings together (a new namespace's watches start now).
+    let _ = tokio::time::timeout(
+        SYNC_TIMEOUT,
+        futures::future::join_all(stores.iter().map(|(_, _, s)| s.wait_until_ready())),
+    )
+    .await;
     let mut unsynced = false;
     let mut candidates = Vec::new();
     let mut objects: Vec<(ApiResource, Arc<DynamicObject>)> = Vec::new();
-    for (key, (ar, store)) in &stores {
-        if tokio::time::timeout(SYNC_TIMEOUT, store.wait_until_ready())
-            .await
-            .is_err()
+    for (key, ar, store) in &stores {
+        if store
+            .wait_until_ready()
+            .now_or_never()
+            .is_none_or(|r| r.is_err())
         {
             unsynced = true;
             continue;
@@ -728,6 +790,8 @@ pub async fn reconcile(
             false,
             if unknown_kind {
                 "UnknownKind"
+            } else if not_allowed {
+                "KindNotAllowed"
             } else {
                 "InvalidRule"
             },

@@ -80,6 +80,18 @@ pub struct Settings {
     /// Minimum age of a Secret's current version before `palisade.dev/rotate-now`
     /// replaces it (forced rotations of one Secret are at least this far apart).
     pub min_forced_rotation_interval: std::time::Duration,
+    /// The ClusterRole Palisade binds to itself in each namespace it manages
+    /// (see [`crate::operator_rbac`]).
+    pub tenant_namespace_role: String,
+    /// The ServiceAccount Palisade runs as, `(namespace, name)`: the subject
+    /// of its RoleBinding in each managed namespace. `None`: asked from the API
+    /// server (SelfSubjectReview) on first use; an identity that is not a
+    /// ServiceAccount (a developer's kubeconfig) gets no binding and must hold
+    /// the per-namespace powers itself.
+    pub service_account: Option<(String, String)>,
+    /// Kinds TTL garbage collection may delete, `(apiGroup, resource)`; the
+    /// Helm value `rbac.garbageCollectionKinds` grants the same.
+    pub gc_kinds: Vec<(String, String)>,
 }
 
 impl Settings {
@@ -108,6 +120,9 @@ impl Default for Settings {
             ),
             metrics: None,
             min_forced_rotation_interval: crate::resources::secrets::MIN_FORCED_ROTATION_INTERVAL,
+            tenant_namespace_role: crate::operator_rbac::TENANT_NAMESPACE_ROLE.to_string(),
+            service_account: None,
+            gc_kinds: crate::operator_rbac::gc_default_kinds(),
         }
     }
 }
@@ -125,6 +140,8 @@ pub struct Context {
     /// Prometheus metrics (a private set unless [`Context::with_metrics`] shares one).
     pub metrics: Arc<crate::runtime::metrics::Metrics>,
     failures: Mutex<HashMap<String, u32>>,
+    /// The ServiceAccount this process runs as (resolved once).
+    identity: tokio::sync::OnceCell<Option<(String, String)>>,
     /// resourceVersion of this process's last write to each Tenant (status,
     /// finalizer): their watch echoes need no reconcile.
     own_tenant_writes: Mutex<HashMap<String, OwnWrites>>,
@@ -148,9 +165,51 @@ impl Context {
             settings,
             metrics: Default::default(),
             failures: Mutex::new(HashMap::new()),
+            identity: tokio::sync::OnceCell::new(),
             own_tenant_writes: Mutex::new(HashMap::new()),
             reconciles: Default::default(),
         }
+    }
+
+    /// The ServiceAccount this process runs as, `(namespace, name)`: the
+    /// setting, else what the API server says (SelfSubjectReview, once).
+    /// `None` for an identity that is not a ServiceAccount, or when the server
+    /// cannot tell (then a warning says to set it).
+    pub async fn service_account(&self) -> Option<(String, String)> {
+        if let Some(sa) = &self.settings.service_account {
+            return Some(sa.clone());
+        }
+        self.identity
+            .get_or_try_init(|| async {
+                use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+                let api: kube::Api<SelfSubjectReview> = kube::Api::all(self.client.clone());
+                let review = match api
+                    .create(&Default::default(), &SelfSubjectReview::default())
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Asked once: a server that cannot answer (Kubernetes
+                        // < 1.28) would be asked on every reconcile otherwise.
+                        tracing::warn!(error = %e, "cannot ask the API server who Palisade is (SelfSubjectReview); set PALISADE_SERVICE_ACCOUNT=namespace/name to grant Palisade its per-namespace role");
+                        return Ok::<_, ()>(None);
+                    }
+                };
+                let user = review
+                    .status
+                    .and_then(|s| s.user_info)
+                    .and_then(|u| u.username)
+                    .unwrap_or_default();
+                let sa = parse_service_account_user(&user);
+                if sa.is_none() {
+                    tracing::info!(%user, "not running as a ServiceAccount: no per-namespace RoleBinding; this identity must hold the per-namespace powers itself");
+                }
+                Ok::<_, ()>(sa)
+            })
+            .await
+            .ok()
+            .cloned()
+            .flatten()
     }
 
     /// Records this context's reconciles in `metrics` (the process-wide set).
@@ -248,6 +307,14 @@ impl Context {
     }
 }
 
+/// `(namespace, name)` of `system:serviceaccount:<namespace>:<name>`.
+pub fn parse_service_account_user(user: &str) -> Option<(String, String)> {
+    let rest = user.strip_prefix("system:serviceaccount:")?;
+    let (ns, name) = rest.split_once(':')?;
+    (!ns.is_empty() && !name.is_empty() && !name.contains(':'))
+        .then(|| (ns.to_string(), name.to_string()))
+}
+
 /// This process's recent writes to one Tenant.
 #[derive(Default)]
 struct OwnWrites {
@@ -260,6 +327,20 @@ struct OwnWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_account_users_parse() {
+        assert_eq!(
+            parse_service_account_user("system:serviceaccount:palisade-system:palisade"),
+            Some(("palisade-system".into(), "palisade".into()))
+        );
+        assert_eq!(parse_service_account_user("kubernetes-admin"), None);
+        assert_eq!(parse_service_account_user("system:serviceaccount::x"), None);
+        assert_eq!(
+            parse_service_account_user("system:serviceaccount:a:b:c"),
+            None
+        );
+    }
 
     #[test]
     fn backoff_grows_exponentially_and_caps() {

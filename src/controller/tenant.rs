@@ -12,6 +12,7 @@ use std::time::Duration;
 use super::events::event;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ResourceQuota};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::ApiResource;
@@ -33,6 +34,7 @@ use crate::crd::tenant::{
 use crate::quantity::Milli;
 use crate::resources::labels;
 use crate::resources::quota::{self, Usage};
+use crate::resources::rbac;
 use crate::resources::tenant::{self as builder, InvalidTenant};
 
 /// A reconcile that failed and will be retried with backoff.
@@ -84,7 +86,7 @@ fn tenant_ar() -> ApiResource {
 
 /// How a namespace the spec lists relates to this tenant.
 #[derive(Debug, Clone, PartialEq)]
-enum NsState {
+pub(crate) enum NsState {
     /// Not in the managed cache: create it (a 409 says it exists unmanaged,
     /// released, or was created meanwhile; it is then looked up).
     Unseen,
@@ -125,12 +127,12 @@ async fn lookup_namespace(ctx: &Context, tenant: Who<'_>, name: &str) -> Result<
 
 /// The Tenant a namespace is classified for: its name and (online) uid.
 #[derive(Clone, Copy)]
-struct Who<'a> {
-    name: &'a str,
-    uid: Option<&'a str>,
+pub(crate) struct Who<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) uid: Option<&'a str>,
 }
 
-fn classify_namespace(
+pub(crate) fn classify_namespace(
     tenant: Who<'_>,
     name: &str,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -276,6 +278,57 @@ async fn remove_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
     }
 }
 
+/// Creates (or heals) the RoleBinding that grants Palisade its powers in each
+/// of `namespaces`; true when one was created now. Nothing when Palisade does
+/// not run as a ServiceAccount (see [`Context::service_account`]).
+async fn grant_self(ctx: &Context, namespaces: &BTreeSet<String>) -> Result<bool, Error> {
+    if namespaces.is_empty() {
+        return Ok(false);
+    }
+    let Some((sa_ns, sa_name)) = ctx.service_account().await else {
+        return Ok(false);
+    };
+    let ar = ApiResource::erase::<RoleBinding>(&());
+    let mut created = false;
+    for ns in namespaces {
+        let binding =
+            rbac::operator_binding(ns, &ctx.settings.tenant_namespace_role, &sa_ns, &sa_name);
+        let value = serde_json::to_value(&binding).map_err(|e| Error::Kube {
+            action: "serialize rolebinding",
+            source: Box::new(kube::Error::SerdeError(e)),
+        })?;
+        match ctx.cache.get_value(&ar, Some(ns), rbac::OPERATOR_BINDING) {
+            // Created with POST: patching (server-side apply) needs the very
+            // powers this binding grants.
+            None => match ctx.applier.create(&ar, value).await {
+                Ok(_) => created = true,
+                Err(e) if e.code() == Some(409) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Some(cached) => {
+                ctx.applier
+                    .apply_seen(&ar, value, Some(&cached), ctx.cache.seen_rv(&ar))
+                    .await?;
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Removes Palisade's own RoleBinding from a namespace it lets go of (while
+/// the namespace is still managed: the admission policy admits nothing after).
+async fn revoke_self(ctx: &Context, ns: &str) -> Result<(), Error> {
+    let ar = ApiResource::erase::<RoleBinding>(&());
+    if let Some(binding) = ctx.cache.get(&ar, Some(ns), rbac::OPERATOR_BINDING) {
+        match ctx.applier.delete(&ar, &binding).await {
+            Ok(()) => {}
+            Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Whether `ns` is labelled with the uid of another Tenant (an earlier one of the
 /// same name whose objects were left behind): its objects are not this Tenant's
 /// to prune, release or delete.
@@ -295,7 +348,7 @@ fn foreign_namespace(ctx: &Context, tenant: &Tenant, ns: &str) -> bool {
 /// labelled with its tenant's name (for people), without the tenant's uid label
 /// (so it is no peer of the tenant's network policy and no new Tenant of the same
 /// name adopts it); the annotation `palisade.dev/released-by-uid` lets this same
-/// Tenant adopt it again.
+/// Tenant adopt it again. Palisade's own RoleBinding in it goes first.
 async fn release_namespace(
     ctx: &Context,
     ns: &DynamicObject,
@@ -306,6 +359,7 @@ async fn release_namespace(
         .get(labels::TENANT_UID)
         .cloned()
         .or(tenant_uid.map(str::to_string));
+    revoke_self(ctx, &ns.name_any()).await?;
     let mut patch = json!({ "metadata": { "labels": {
         labels::MANAGED_BY: null,
         labels::TENANT_UID: null,
@@ -486,6 +540,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     let ns_ar = ns_ar();
     let mut ns_status = Vec::new();
     let mut conflicts = Vec::new();
+    let mut created_ns: BTreeSet<String> = BTreeSet::new();
     for ns in &desired.namespaces {
         let ns_name = ns.metadata.name.clone().unwrap_or_default();
         let value = serde_json::to_value(ns).map_err(|e| Error::Kube {
@@ -502,6 +557,9 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+        if created {
+            created_ns.insert(ns_name.clone());
         }
         let (phase, message) = match &states[&ns_name] {
             _ if created => ("Ready", String::new()),
@@ -536,6 +594,24 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         .filter(|s| s.phase == "Ready")
         .map(|s| s.name.clone())
         .collect();
+
+    // Palisade's powers inside a namespace come from the RoleBinding it
+    // grants itself there (crate::operator_rbac): before anything else goes
+    // in. A binding created now takes a moment to reach the API server's
+    // authorizer and the namespace's Secret watch: the contents follow on the
+    // next pass.
+    if grant_self(ctx, &ready_ns).await? {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    // Secrets and ConfigMaps are watched per namespace: decide about them only
+    // where that watch has listed (never re-create what is not seen yet), or
+    // in a namespace created by this very pass (nothing of ours in it yet).
+    let listed_ns: BTreeSet<String> = ready_ns
+        .iter()
+        .filter(|ns| created_ns.contains(*ns) || ctx.cache.namespace_listed(ns))
+        .cloned()
+        .collect();
+    let waiting_for_listing = listed_ns.len() < ready_ns.len();
 
     // Everything inside the tenant's ready namespaces.
     let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new();
@@ -577,7 +653,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     }
 
     // Rotated secrets and their JWKS.
-    let secrets = super::secrets::reconcile(ctx, tenant, &ready_ns).await?;
+    let secrets = super::secrets::reconcile(ctx, tenant, &listed_ns).await?;
     wanted.extend(secrets.wanted.iter().cloned());
     for st in &secrets.statuses {
         if let Some(next) = &st.next_rotation {
@@ -612,10 +688,10 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
     }
 
     // TTL garbage collection of objects in the tenant's namespaces.
-    let gc = super::gc::reconcile(ctx, tenant, &ready_ns).await?;
+    let gc = super::gc::reconcile(ctx, tenant, &listed_ns).await?;
 
     // Application tokens for RolePolicy bindings that ask for them.
-    let tokens = super::tokens::reconcile(ctx, tenant, &ready_ns, &plan).await?;
+    let tokens = super::tokens::reconcile(ctx, tenant, &listed_ns, &plan).await?;
     wanted.extend(tokens.wanted.iter().cloned());
     let tokens_ok = tokens
         .observed
@@ -753,18 +829,26 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             "NamespaceTerminating",
             "waiting for a namespace to finish deleting".to_string(),
         )
+    } else if waiting_for_listing {
+        (
+            "NamespacesInitializing",
+            "waiting for the Secret and ConfigMap watches of new namespaces".to_string(),
+        )
     } else {
         ("Reconciled", "all tenant objects are in place".to_string())
     };
     let ready = Observed::new(
         "Ready",
-        all_ready && secrets_ok && gc.healthy && tokens_ok,
+        all_ready && secrets_ok && gc.healthy && tokens_ok && !waiting_for_listing,
         ready_reason.to_string(),
         ready_msg,
     );
     // In flight: a namespace still terminating, a key generation to retry.
     // Everything else that keeps a Tenant from Ready needs a human.
-    let in_flight = matches!(ready_reason, "NamespaceTerminating" | "KeyGenerationFailed");
+    let in_flight = matches!(
+        ready_reason,
+        "NamespaceTerminating" | "KeyGenerationFailed" | "NamespacesInitializing"
+    );
     observed.extend(progress(&ready, !in_flight));
     observed.push(ready);
     observed.push(secrets.observed.clone());
@@ -792,6 +876,9 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         ..tenant.status.clone().unwrap_or_default()
     };
     update_status(ctx, tenant, status, observed).await?;
+    if waiting_for_listing {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     if terminating {
         // Namespace deletion completes without an event for our label selector
         // only when the object is gone; poll gently meanwhile.

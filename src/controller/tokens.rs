@@ -57,23 +57,17 @@ pub async fn reconcile(
     let mut problems = Vec::new();
     let mut pending = false;
     for req in &plan.tokens {
-        let keys: Vec<_> = tenant
-            .spec
-            .secrets
-            .iter()
-            .filter(|s| s.type_ == SecretType::JwtSigningKey)
-            .collect();
-        let key_spec = match &req.signing_key {
-            Some(name) => keys.iter().find(|k| &k.name == name).copied(),
-            None if keys.len() == 1 => Some(keys[0]),
-            None => None,
-        };
-        let Some(key_spec) = key_spec else {
+        let Some(key_spec) = model::signing_key(&tenant.spec, req) else {
+            let keys = tenant
+                .spec
+                .secrets
+                .iter()
+                .filter(|s| s.type_ == SecretType::JwtSigningKey)
+                .count();
             problems.push(format!(
-                "RolePolicy {} asks for tokens for {} but the tenant has {} JwtSigningKey secret(s); add one to spec.secrets or name it in token.signingKey",
+                "RolePolicy {} asks for tokens for {} but the tenant has {keys} JwtSigningKey secret(s); add one to spec.secrets or name it in token.signingKey",
                 req.policy,
                 req.service_account,
-                keys.len()
             ));
             continue;
         };
@@ -91,7 +85,7 @@ pub async fn reconcile(
                 .and_then(|o| to_secret(&o))
                 .and_then(|s| secret_model::parse_state(key_spec, &s).ok())
             else {
-                if key_spec.namespaces.is_empty() || key_spec.namespaces.contains(ns) {
+                if model::key_published_in(key_spec, ns) {
                     // Created in this very reconcile: its watch event brings us back.
                     pending = true;
                 } else {

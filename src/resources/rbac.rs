@@ -53,6 +53,40 @@ pub fn role_binding(
     }
 }
 
+/// Name of [`operator_binding`].
+pub const OPERATOR_BINDING: &str = "palisade:operator";
+
+/// The RoleBinding Palisade grants itself in a namespace it manages: the
+/// per-namespace ClusterRole `cluster_role` (see [`crate::operator_rbac`]) for
+/// its ServiceAccount. Managed-by labelled (cached, drift healed) but not
+/// tenant labelled: it is never pruned with a tenant's objects, it goes with
+/// its namespace (deleted, or removed right before a release).
+pub fn operator_binding(
+    namespace: &str,
+    cluster_role: &str,
+    sa_namespace: &str,
+    sa_name: &str,
+) -> RoleBinding {
+    let labels = BTreeMap::from([(
+        labels::MANAGED_BY.to_string(),
+        labels::MANAGED_BY_VALUE.to_string(),
+    )]);
+    RoleBinding {
+        metadata: meta(OPERATOR_BINDING.to_string(), namespace, labels),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_string(),
+            kind: "ClusterRole".to_string(),
+            name: cluster_role.to_string(),
+        },
+        subjects: Some(vec![subject(
+            "ServiceAccount",
+            sa_name,
+            Some(sa_namespace),
+            namespace,
+        )]),
+    }
+}
+
 /// An RBAC subject; a ServiceAccount without a namespace lives in `namespace`.
 pub fn subject(kind: &str, name: &str, sa_namespace: Option<&str>, namespace: &str) -> Subject {
     let is_sa = kind == "ServiceAccount";

@@ -210,6 +210,30 @@ pub fn token_secret(
     }
 }
 
+/// The JwtSigningKey secret of `tenant` that signs the tokens of `req`: the
+/// one it names, else the tenant's only one (none when that is ambiguous).
+pub fn signing_key<'a>(
+    tenant: &'a crate::crd::tenant::TenantSpec,
+    req: &super::rolepolicy::TokenRequest,
+) -> Option<&'a crate::crd::tenant::ManagedSecret> {
+    let mut keys = tenant
+        .secrets
+        .iter()
+        .filter(|s| s.type_ == crate::crd::tenant::SecretType::JwtSigningKey);
+    match &req.signing_key {
+        Some(name) => keys.find(|k| &k.name == name),
+        None => match (keys.next(), keys.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        },
+    }
+}
+
+/// True when a key secret is published (kept) in namespace `ns`.
+pub fn key_published_in(key: &crate::crd::tenant::ManagedSecret, ns: &str) -> bool {
+    key.namespaces.is_empty() || key.namespaces.iter().any(|n| n == ns)
+}
+
 /// `<serviceaccount>-palisade-token`.
 pub fn secret_name(service_account: &str) -> String {
     format!("{service_account}-palisade-token")

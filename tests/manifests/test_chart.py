@@ -57,7 +57,7 @@ def test_every_rendered_object_validates_strictly(values_file):
     skipped = {k for k, v in how.items() if v == "skipped"}
     assert all(k.split("/")[0] in ("ServiceMonitor", "PrometheusRule") for k in skipped), skipped
     for o in objs:
-        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
             assert o["metadata"].get("namespace") == NAMESPACE, o["metadata"]
 
 

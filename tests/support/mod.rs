@@ -70,9 +70,14 @@ pub fn fast_settings() -> Settings {
 
 /// Starts the Tenant controller against `server`.
 pub fn start(server: &FakeApiServer, clock: Arc<dyn Clock>) -> Running {
+    start_with(server, clock, fast_settings())
+}
+
+/// [`start`] with other settings.
+pub fn start_with(server: &FakeApiServer, clock: Arc<dyn Clock>, settings: Settings) -> Running {
     let client = server.client();
     let (cache, streams) = tenant::child_cache(&client);
-    let ctx = Arc::new(Context::new(client, cache, clock, fast_settings()));
+    let ctx = Arc::new(Context::new(client, cache, clock, settings));
     let (tx, rx) = oneshot::channel::<()>();
     let shutdown = async move {
         let _ = rx.await;

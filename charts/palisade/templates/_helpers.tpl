@@ -58,10 +58,31 @@ app.kubernetes.io/part-of: palisade
 {{- toJson $rbac }}
 {{- end }}
 
-{{/* One PolicyRule with its reason as a comment. */}}
+{{/* The ClusterRole Palisade binds to itself in each namespace it manages. */}}
+{{- define "palisade.tenantNamespaceRole" -}}
+{{- printf "%s-tenant-namespace" (include "palisade.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The garbage-collection allow-list as PALISADE_GC_KINDS (group/resource,...). */}}
+{{- define "palisade.gcKinds" -}}
+{{- $kinds := list }}
+{{- if .Values.rbac.garbageCollection }}
+{{- range .Values.rbac.garbageCollectionKinds }}
+{{- $kinds = append $kinds (printf "%s/%s" .apiGroup .resource) }}
+{{- end }}
+{{- end }}
+{{- join "," $kinds }}
+{{- end }}
+
+{{/* One PolicyRule with its reason as a comment. A rule limited to names
+     (`bind`) names the chart's per-namespace ClusterRole: pass
+     (dict "rule" . "tenantRole" NAME). */}}
 {{- define "palisade.rule" -}}
-# {{ .why }}
-- apiGroups: {{ .apiGroups | toJson }}
-  resources: {{ .resources | toJson }}
-  verbs: {{ .verbs | toJson }}
+# {{ .rule.why }}
+- apiGroups: {{ .rule.apiGroups | toJson }}
+  resources: {{ .rule.resources | toJson }}
+  verbs: {{ .rule.verbs | toJson }}
+{{- if .rule.resourceNames }}
+  resourceNames: {{ list .tenantRole | toJson }}
+{{- end }}
 {{- end }}
