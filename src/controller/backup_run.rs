@@ -252,7 +252,7 @@ pub fn owner_patch(request: &BackupRun, bs: &BackupSchedule) -> Option<Value> {
 
 /// The finished BackupRuns to delete: all but the newest `keep` (by completion,
 /// then creation time).
-pub fn expired<'a>(requests: &'a [std::sync::Arc<BackupRun>], keep: usize) -> Vec<&'a BackupRun> {
+pub fn expired(requests: &[std::sync::Arc<BackupRun>], keep: usize) -> Vec<&BackupRun> {
     let mut done: Vec<&BackupRun> = requests
         .iter()
         .map(|r| r.as_ref())

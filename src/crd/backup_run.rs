@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 /// A request to run one backup or restore test of a BackupSchedule in the same
 /// namespace now. The spec is immutable: create another BackupRun to run again.
+#[allow(clippy::duplicated_attributes)] // printcolumn(type_ = ...) repeats by design
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "palisade.dev",

@@ -198,7 +198,7 @@ pub fn deferred_message(at: Timestamp, min_interval: Duration) -> String {
 
 fn humantime_minutes(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 60 == 0 {
+    if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
