@@ -402,7 +402,12 @@ fn start_controller(client: &Client) -> (Controller, Arc<Context>) {
         client.clone(),
         cache,
         Arc::new(SystemClock),
-        Settings::default(),
+        // The forced-rotation test annotates a Secret created seconds before; the
+        // interval itself is covered by tests/secret_rotation.rs with a clock.
+        Settings {
+            min_forced_rotation_interval: Duration::ZERO,
+            ..Settings::default()
+        },
     ));
     let (tx, rx) = oneshot::channel::<()>();
     tokio::spawn(tenant::run(

@@ -122,6 +122,10 @@ pub struct ControllerArgs {
     /// Image of the BackupSchedule run Jobs (default: the Palisade image of this version).
     #[arg(long, env = "PALISADE_JOB_IMAGE", default_value = concat!("ghcr.io/palisade-dev/palisade:", env!("CARGO_PKG_VERSION")))]
     pub job_image: String,
+    /// Minimum time between forced rotations (`palisade.dev/rotate-now`) of one
+    /// Secret: a request on a younger version waits until then.
+    #[arg(long, env = "PALISADE_MIN_FORCED_ROTATION_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub min_forced_rotation_interval: Duration,
     /// The ClusterRole Palisade binds to itself in each namespace it manages
     /// (the chart's `<fullname>-tenant-namespace`).
     #[arg(long, env = "PALISADE_TENANT_NAMESPACE_ROLE", default_value = crate::operator_rbac::TENANT_NAMESPACE_ROLE)]
@@ -219,6 +223,7 @@ impl ControllerArgs {
             instance: self.pod_name.clone(),
             job_image: self.job_image.clone(),
             metrics: None,
+            min_forced_rotation_interval: self.min_forced_rotation_interval,
             tenant_namespace_role: self.tenant_namespace_role.clone(),
             service_account: self.service_account.clone(),
             gc_kinds: self.gc_kinds.0.clone(),

@@ -39,7 +39,7 @@ use serde_json::Value;
 
 use crate::apply::Applier;
 use crate::config::{DiffArgs, DiffOutput};
-use crate::controller::tenant::{NsState, classify_namespace};
+use crate::controller::tenant::{NsState, Who, classify_namespace};
 use crate::crd::{BackupSchedule, RolePolicy, Tenant};
 use crate::render::{Document, Input, RenderError};
 use crate::resources::labels::{self, FIELD_MANAGER};
@@ -886,7 +886,14 @@ impl Differ {
                     .await
                     .map_err(api_err("get", "Namespace", ns))?
                 {
-                    Some(meta) => classify_namespace(&name, ns, &meta.metadata),
+                    Some(meta) => classify_namespace(
+                        Who {
+                            name: &name,
+                            uid: t.metadata.uid.as_deref(),
+                        },
+                        ns,
+                        &meta.metadata,
+                    ),
                     None => NsState::Absent,
                 };
             states.insert(ns.clone(), state);

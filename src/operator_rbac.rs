@@ -103,10 +103,19 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         api_groups: &["palisade.dev"],
+        resources: &["backupruns"],
+        verbs: READ,
+        resource_names: ALL,
+        why: "watch the BackupRuns tenants create (run requests); tying them to their schedule and deleting old ones is per namespace",
+        grant: Grant::Cluster,
+    },
+    Rule {
+        api_groups: &["palisade.dev"],
         resources: &[
             "tenants/status",
             "rolepolicies/status",
             "backupschedules/status",
+            "backupruns/status",
         ],
         verbs: &["get", "patch", "update"],
         resource_names: ALL,
@@ -247,6 +256,14 @@ pub const RULES: &[Rule] = &[
         verbs: &["get", "list", "patch"],
         resource_names: ALL,
         why: "restart workloads that mount a rotated Secret",
+        grant: Grant::TenantNamespace,
+    },
+    Rule {
+        api_groups: &["palisade.dev"],
+        resources: &["backupruns"],
+        verbs: &["get", "patch", "delete"],
+        resource_names: ALL,
+        why: "tie each BackupRun to its schedule (ownerReference) and delete finished ones beyond the history (creating them is the catalog's backups:run)",
         grant: Grant::TenantNamespace,
     },
     Rule {

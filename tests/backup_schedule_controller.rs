@@ -902,3 +902,157 @@ async fn restore_test_results_update_status() {
     .await;
     c.stop().await;
 }
+
+const RUNS: &str = "backupruns.palisade.dev";
+
+fn create_run_request(s: &FakeApiServer, name: &str, schedule: &str, type_: &str) {
+    s.put_json(
+        RUNS,
+        json!({
+            "apiVersion": "palisade.dev/v1alpha1",
+            "kind": "BackupRun",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"scheduleName": schedule, "type": type_},
+        }),
+    )
+    .expect("backup run");
+}
+
+fn run_status(s: &FakeApiServer, name: &str) -> Value {
+    s.get_json(RUNS, Some(NS), name)
+        .and_then(|r| r.get("status").cloned())
+        .unwrap_or(Value::Null)
+}
+
+/// Issue #15: a BackupRun (all a `backups:run` role may create) starts one run of
+/// its schedule, exactly like a manual trigger, and gets the outcome in its status.
+#[tokio::test]
+async fn backup_run_requests_start_a_run_and_record_its_outcome() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, "req", json!({}));
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "Ready", |s| cond(s, "req", "Ready")["status"] == "True").await;
+
+    create_run_request(&s, "req-now", "req", "Backup");
+    wait(&s, "accepted", |s| {
+        run_status(s, "req-now")["phase"] == "Running"
+    })
+    .await;
+    let job = run_status(&s, "req-now")["jobName"]
+        .as_str()
+        .expect("jobName")
+        .to_string();
+    let j = s
+        .wait_for_json(JOBS, Some(NS), &job, WAIT, |_| true)
+        .await
+        .expect("job");
+    assert_eq!(
+        j["metadata"]["annotations"]["palisade.dev/run-trigger"],
+        "manual"
+    );
+    assert_eq!(j["metadata"]["labels"]["palisade.dev/run-kind"], "backup");
+    let pod = &j["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "default");
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let bs_uid = s
+        .get_json(BS, Some(NS), "req")
+        .and_then(|b| b["metadata"]["uid"].as_str().map(str::to_string))
+        .expect("uid");
+    let r = s.get_json(RUNS, Some(NS), "req-now").expect("run");
+    assert!(
+        r["metadata"]["ownerReferences"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|o| o["uid"] == json!(bs_uid))),
+        "the run goes with its schedule: {r}"
+    );
+    // Reconciling again starts nothing more.
+    c.resync();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(jobs_of(&s, "req").len(), 1);
+
+    finish(&s, &job, true, &run_result("snap-req"), clock.now());
+    wait(&s, "succeeded", |s| {
+        run_status(s, "req-now")["phase"] == "Succeeded"
+    })
+    .await;
+    let st = run_status(&s, "req-now");
+    assert!(st["completionTime"].is_string());
+    assert_eq!(st["conditions"][0]["type"], "Complete");
+    assert_eq!(st["conditions"][0]["status"], "True");
+    wait(&s, "folded", |s| {
+        status(s, "req")["lastSuccessfulBackup"]["id"] == "snap-req"
+    })
+    .await;
+    assert!(!events_with_reason(&s, "RunStarted").is_empty());
+    c.stop().await;
+}
+
+/// A RestoreTest request for a schedule without one fails with a reason; finished
+/// requests beyond the history are deleted.
+#[tokio::test]
+async fn backup_run_refusals_and_history() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, "norestore", json!({}));
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "Ready", |s| {
+        cond(s, "norestore", "Ready")["status"] == "True"
+    })
+    .await;
+    for i in 0..7 {
+        create_run_request(&s, &format!("verify-{i}"), "norestore", "RestoreTest");
+        let name = format!("verify-{i}");
+        wait(&s, "refused", |s| run_status(s, &name)["phase"] == "Failed").await;
+        clock.advance(Duration::from_secs(1));
+    }
+    let st = run_status(&s, "verify-6");
+    assert_eq!(st["conditions"][0]["reason"], "RestoreTestNotConfigured");
+    assert!(
+        st["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.restoreTest")),
+        "{st}"
+    );
+    assert!(jobs_of(&s, "norestore").is_empty());
+    assert!(!events_with_reason(&s, "RestoreTestNotConfigured").is_empty());
+    c.resync();
+    wait(&s, "history of 5", |s| {
+        s.list_json_in(RUNS, Some(NS)).len() == 5
+    })
+    .await;
+    assert!(s.get_json(RUNS, Some(NS), "verify-6").is_some());
+    c.stop().await;
+}
+
+/// Issue #15: a schedule that still names a Job image or ServiceAccount (stored
+/// before the fields were removed) runs nothing and says which field to remove.
+#[tokio::test]
+async fn removed_job_template_fields_are_refused_by_name() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(
+        &s,
+        "oldtpl",
+        json!({"jobTemplate": {"image": "evil/image:1", "backoffLimit": 1}}),
+    );
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "RemovedField", |s| {
+        cond(s, "oldtpl", "Ready")["reason"] == "RemovedField"
+    })
+    .await;
+    let msg = cond(&s, "oldtpl", "Ready")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(msg.contains("spec.jobTemplate.image"), "{msg}");
+    assert!(!events_with_reason(&s, "InvalidSpec").is_empty());
+    // A run request waits, with the reason.
+    create_run_request(&s, "oldtpl-now", "oldtpl", "Backup");
+    wait(&s, "pending", |s| {
+        run_status(s, "oldtpl-now")["phase"] == "Pending"
+    })
+    .await;
+    assert!(jobs_of(&s, "oldtpl").is_empty());
+    c.stop().await;
+}

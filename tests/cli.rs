@@ -68,7 +68,8 @@ fn crds_command_prints_every_crd() {
         [
             "tenants.palisade.dev",
             "rolepolicies.palisade.dev",
-            "backupschedules.palisade.dev"
+            "backupschedules.palisade.dev",
+            "backupruns.palisade.dev"
         ]
     );
     for d in &docs {

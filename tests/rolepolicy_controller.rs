@@ -405,6 +405,8 @@ async fn tokens_are_issued_refreshed_and_follow_key_rotation() {
         "previous key kept: old token still valid"
     );
     let kid2 = kid_now(&server);
+    // Forced rotations of one Secret are at least 10 minutes apart (issue #15).
+    clock.advance(std::time::Duration::from_secs(600));
     rotate(&server);
     server
         .wait_until(WAIT, |s| {

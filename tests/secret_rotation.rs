@@ -302,11 +302,53 @@ async fn forced_rotation_and_debounced_restarts_touch_only_consumers() {
         "non-consumers untouched"
     );
 
-    // Forced rotation for incident response; the annotation is cleared by the rotation.
+    // Forced rotation for incident response. v2 is brand new: the request waits
+    // for the minimum interval between forced rotations (issue #15), says so in
+    // status and in a Warning Event, and keeps the annotation.
     let mut s = secret(&server, "keys-b", "api-key");
     s["metadata"]["annotations"]["palisade.dev/rotate-now"] = json!("true");
     server.put_json("secrets", s).expect("annotate");
+    let deferred = |s: &FakeApiServer| {
+        s.get_json("tenants.palisade.dev", None, "keys")
+            .and_then(|t| {
+                t["status"]["secrets"].as_array().and_then(|a| {
+                    a.iter()
+                        .find(|x| x["namespace"] == "keys-b" && x["name"] == "api-key")
+                        .and_then(|x| x["message"].as_str().map(str::to_string))
+                })
+            })
+            .unwrap_or_default()
+    };
+    server
+        .wait_until(WAIT, |s| deferred(s).contains("rotate-now waits until"))
+        .await
+        .expect("deferral reported in status");
+    assert!(deferred(&server).contains("10m"), "{}", deferred(&server));
+    let warnings = events_with_reason(&server, "RotationDeferred");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["type"], "Warning");
+    running.resync();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let still = secret(&server, "keys-b", "api-key");
+    assert_eq!(
+        data(&still, "version"),
+        "v2",
+        "not rotated before the interval"
+    );
+    assert!(still["metadata"]["annotations"]["palisade.dev/rotate-now"].is_string());
+    assert_eq!(
+        events_with_reason(&server, "RotationDeferred").len(),
+        1,
+        "one Event, not one per reconcile"
+    );
+    // Once the interval has passed it happens; the rotation clears the annotation.
+    clock.advance(Duration::from_secs(600));
+    running.resync();
     let rotated = wait_version(&server, "keys-b", "api-key", "v3").await;
+    server
+        .wait_until(WAIT, |s| deferred(s).is_empty())
+        .await
+        .expect("message gone after the rotation");
     assert!(
         rotated["metadata"]["annotations"]
             .get("palisade.dev/rotate-now")

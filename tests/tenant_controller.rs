@@ -339,9 +339,137 @@ async fn retain_policy_keeps_namespaces_and_removes_policy_objects() {
         );
     }
 
-    // The same tenant may adopt its released namespace again.
-    create(&server, ACME).await;
+    // Release removed the uid label (no peer of any intra-tenant policy now) and
+    // recorded who released it.
+    assert!(
+        ns["metadata"]["labels"]
+            .get("palisade.dev/tenant-uid")
+            .is_none()
+    );
+    assert!(ns["metadata"]["annotations"]["palisade.dev/released-by-uid"].is_string());
+
+    // Issue #15: a new Tenant that reuses the name does not take over the
+    // released namespaces and their data.
+    let second = create(&server, ACME).await;
+    let uid = second.metadata.uid.clone().expect("uid");
+    let c = wait_condition(
+        &server,
+        "acme",
+        "NamespacesReady",
+        "False",
+        Some("NamespaceConflict"),
+    )
+    .await;
+    let msg = c["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("acme-prod") && msg.contains("released by an earlier Tenant"),
+        "{msg}"
+    );
+    assert!(
+        events_with_reason(&server, "NamespaceConflict")
+            .iter()
+            .any(|e| e["type"] == "Warning"
+                && e["note"].as_str().is_some_and(|n| n.contains("acme-prod"))),
+        "a Warning Event names the namespace"
+    );
+    let ns = server
+        .get_json("namespaces", None, "acme-prod")
+        .expect("ns");
+    assert!(
+        ns["metadata"]["labels"]
+            .get("palisade.dev/tenant-uid")
+            .is_none()
+    );
+    assert!(
+        server
+            .get_json(
+                "networkpolicies.networking.k8s.io",
+                Some("acme-prod"),
+                "palisade-default-deny"
+            )
+            .is_none(),
+        "nothing is written into a namespace that is not the tenant's"
+    );
+
+    // An administrator hands the namespaces over deliberately.
+    for name in ["acme-prod", "acme-dev"] {
+        let mut ns = server.get_json("namespaces", None, name).expect("ns");
+        ns["metadata"]["labels"]["palisade.dev/tenant-uid"] = json!(uid);
+        server.put_json("namespaces", ns).expect("relabel");
+    }
+    let api: Api<Tenant> = Api::all(server.client());
+    api.patch(
+        "acme",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
+    )
+    .await
+    .expect("touch");
     wait_ready(&server, "acme").await;
+}
+
+/// Issue #15: the same Tenant re-adopts a namespace it released itself, adds the
+/// uid label to namespaces an older Palisade created for it, and its
+/// intra-tenant policy admits peers by uid.
+#[tokio::test]
+async fn same_tenant_readopts_and_migrates_and_peers_are_selected_by_uid() {
+    let server = server();
+    let _running = start(&server, clock());
+    // acme-dev as an older Palisade left it for this tenant: managed, no uid.
+    server
+        .put_json(
+            "namespaces",
+            json!({"metadata": {"name": "acme-dev", "labels": {
+                "app.kubernetes.io/managed-by": "palisade", "palisade.dev/tenant": "acme"}}}),
+        )
+        .expect("old namespace");
+    let yaml = ACME.replace("  network:\n", "  network:\n    allowIntraTenant: true\n");
+    let tenant = create(&server, &yaml).await;
+    let uid = tenant.metadata.uid.clone().expect("uid");
+    wait_ready(&server, "acme").await;
+    for name in ["acme-prod", "acme-dev"] {
+        let ns = server.get_json("namespaces", None, name).expect("ns");
+        assert_eq!(
+            ns["metadata"]["labels"]["palisade.dev/tenant-uid"],
+            json!(uid),
+            "{name}"
+        );
+        let np = server
+            .get_json(
+                "networkpolicies.networking.k8s.io",
+                Some(name),
+                "palisade-allow-intra-tenant",
+            )
+            .expect("intra-tenant policy");
+        assert_eq!(
+            np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"],
+            json!({"palisade.dev/tenant-uid": uid})
+        );
+    }
+
+    // Released by this tenant (removed from its list), then listed again.
+    let api: Api<Tenant> = Api::all(server.client());
+    let only_prod = json!({"spec": {"namespaces": [{"name": "acme-prod"}]}});
+    api.patch("acme", &PatchParams::default(), &Patch::Merge(&only_prod))
+        .await
+        .expect("edit");
+    server
+        .wait_until(WAIT, |s| {
+            s.get_json("namespaces", None, "acme-dev")
+                .is_some_and(|n| n["metadata"]["labels"]["palisade.dev/released"] == "true")
+        })
+        .await
+        .expect("released");
+    let both = json!({"spec": {"namespaces": [{"name": "acme-prod"}, {"name": "acme-dev"}]}});
+    api.patch("acme", &PatchParams::default(), &Patch::Merge(&both))
+        .await
+        .expect("edit");
+    wait_ready(&server, "acme").await;
+    let ns = server.get_json("namespaces", None, "acme-dev").expect("ns");
+    assert_eq!(
+        ns["metadata"]["labels"]["palisade.dev/tenant-uid"],
+        json!(uid)
+    );
 }
 
 #[tokio::test]

@@ -34,6 +34,7 @@ use crate::apply::{Applier, ApplyError};
 use crate::backup::format::EncryptionKey;
 use crate::backup::result::{self, JobResult};
 use crate::backup::schedule::{self, Action as RunAction, DecisionInput, Schedule};
+use crate::crd::backup_run::BackupRun;
 use crate::crd::backup_schedule::{BackupSchedule, BackupScheduleStatus, Destination};
 use crate::crd::condition::{Observed, find, merge_conditions, progress};
 use crate::crd::{Condition, ConditionStatus};
@@ -90,6 +91,8 @@ pub struct BackupContext {
     pub schedules: Store<BackupSchedule>,
     pub jobs: Store<Job>,
     pub pods: Store<Pod>,
+    /// BackupRun requests (every namespace).
+    pub requests: Store<BackupRun>,
 }
 
 fn to_chrono(t: Timestamp) -> Option<DateTime<Utc>> {
@@ -793,6 +796,98 @@ async fn manual_runs(
     Ok(())
 }
 
+/// Starts the runs that BackupRuns of this schedule request, records their
+/// outcome in their status and deletes finished ones beyond the history (see
+/// [`super::backup_run`]). `startable` is `Err(why)` while the schedule is invalid.
+async fn run_requests(
+    ctx: &BackupContext,
+    bs: &BackupSchedule,
+    runs: &[Run],
+    startable: Result<(), &str>,
+    now: Timestamp,
+) -> Result<(), Error> {
+    use super::backup_run::{self as requests, JobState};
+    let ns = bs.namespace().unwrap_or_default();
+    let name = bs.name_any();
+    let mine: Vec<Arc<BackupRun>> = ctx
+        .requests
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(ns.as_str()))
+        .filter(|r| r.spec.schedule_name == name)
+        .filter(|r| r.metadata.deletion_timestamp.is_none())
+        .collect();
+    if mine.is_empty() {
+        return Ok(());
+    }
+    let job_state = |job: &str| match runs.iter().find(|r| r.name == job) {
+        None => JobState::Missing,
+        Some(r) => match &r.finished {
+            None => JobState::Running,
+            Some(Finished::Succeeded) => JobState::Succeeded { at: r.finished_at },
+            Some(Finished::Failed { reason, message }) => JobState::Failed {
+                at: r.finished_at,
+                reason: reason.clone(),
+                message: message.clone(),
+            },
+        },
+    };
+    let ar = ApiResource::erase::<BackupRun>(&());
+    let api: Api<BackupRun> = Api::namespaced(ctx.client.clone(), &ns);
+    for request in &mine {
+        let Some(d) = requests::decide(
+            &name,
+            bs.spec.restore_test.is_some(),
+            startable,
+            request,
+            job_state,
+            now,
+        ) else {
+            continue;
+        };
+        let run_name = request.name_any();
+        if let Some(patch) = requests::owner_patch(request, bs) {
+            ctx.applier
+                .merge_patch(&ar, Some(&ns), &run_name, patch)
+                .await?;
+        }
+        if request.status.as_ref() != Some(&d.status) {
+            api.patch_status(
+                &run_name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": d.status })),
+            )
+            .await
+            .map_err(|e| Error::Kube("updating BackupRun status", Box::new(e)))?;
+        }
+        if let Some((kind, minute)) = d.create {
+            create_run(ctx, bs, kind, minute, Trigger::Manual).await?;
+        }
+        if let Some((warning, reason, note)) = d.event {
+            let type_ = if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            super::events::publish(
+                &ctx.recorder,
+                &request.object_ref(&()),
+                super::events::event(type_, reason, "Run", note),
+            )
+            .await;
+        }
+    }
+    for old in requests::expired(&mine, requests::HISTORY) {
+        if let Some(obj) = serde_json::to_value(old)
+            .ok()
+            .and_then(|v| serde_json::from_value::<DynamicObject>(v).ok())
+        {
+            ctx.applier.delete(&ar, &obj).await?;
+        }
+    }
+    Ok(())
+}
+
 async fn ensure_config_map(ctx: &BackupContext, bs: &BackupSchedule) -> Result<(), Error> {
     let desired = jobs::config_map(bs)?;
     let name = jobs::config_map_name(&bs.name_any());
@@ -1000,6 +1095,16 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
             }
         };
         if invalid.is_none()
+            && let Some(field) = bs.spec.removed_fields().first()
+        {
+            invalid = Some(Invalid {
+                reason: "RemovedField",
+                message: format!(
+                    "{field} is no longer supported: run Jobs use the operator's image (--job-image, chart value controller.jobImage) and the namespace's default ServiceAccount without a token; remove the field"
+                ),
+            });
+        }
+        if invalid.is_none()
             && let Some(owner) = destination_owner(&bs, &ctx.schedules.state())
         {
             invalid = Some(Invalid {
@@ -1100,6 +1205,8 @@ async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<A
             }
             (None, None) => Observed::new(READY, false, "InvalidSchedule", "no schedule"),
         };
+        let why = invalid.as_ref().map(|i| format!("{}: {}", i.reason, i.message));
+        run_requests(&ctx, &bs, &runs, why.as_deref().map_or(Ok(()), Err), now).await?;
         // Not ready means an invalid spec, a missing Secret, a destination
         // conflict or failing runs: each needs a human.
         observed.extend(progress(&ready, true));
@@ -1222,6 +1329,16 @@ pub async fn run_with_resync(
         watcher(Api::<Pod>::all(client.clone()), selector).default_backoff(),
     )
     .touched_objects();
+    let (requests_store, requests_writer) = reflector::store::<BackupRun>();
+    let request_stream = reflector::reflector(
+        requests_writer,
+        watcher(
+            Api::<BackupRun>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .touched_objects();
     let controller = Controller::new(
         Api::<BackupSchedule>::all(client.clone()),
         watcher::Config::default(),
@@ -1235,11 +1352,15 @@ pub async fn run_with_resync(
         schedules,
         jobs: jobs_store,
         pods: pods_store,
+        requests: requests_store,
         settings: settings.clone(),
     });
     controller
         .watches_stream(job_stream, |j: Job| schedule_ref(&j))
         .watches_stream(pod_stream, |p: Pod| schedule_ref(&p))
+        .watches_stream(request_stream, |r: BackupRun| {
+            Some(ObjectRef::new(&r.spec.schedule_name).within(r.metadata.namespace.as_deref()?))
+        })
         .reconcile_all_on(resync)
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .graceful_shutdown_on(shutdown)

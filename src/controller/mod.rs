@@ -1,5 +1,6 @@
 //! The controllers: the only code (besides [`crate::apply`]) that calls the API.
 
+pub mod backup_run;
 pub mod backup_schedule;
 pub mod cache;
 pub mod events;
@@ -71,11 +72,14 @@ pub struct Settings {
     pub reporter: String,
     /// Instance (pod) name for Events.
     pub instance: Option<String>,
-    /// Image of the BackupSchedule run Jobs (unless a schedule's `jobTemplate` names one).
+    /// Image of the BackupSchedule run Jobs (the only source of it: schedules cannot name one).
     pub job_image: String,
     /// The process-wide metrics (backup and restore-test gauges); `None` in
     /// tests that do not look at them.
     pub metrics: Option<Arc<crate::runtime::metrics::Metrics>>,
+    /// Minimum age of a Secret's current version before `palisade.dev/rotate-now`
+    /// replaces it (forced rotations of one Secret are at least this far apart).
+    pub min_forced_rotation_interval: std::time::Duration,
     /// The ClusterRole Palisade binds to itself in each namespace it manages
     /// (see [`crate::operator_rbac`]).
     pub tenant_namespace_role: String,
@@ -115,6 +119,7 @@ impl Default for Settings {
                 env!("CARGO_PKG_VERSION")
             ),
             metrics: None,
+            min_forced_rotation_interval: crate::resources::secrets::MIN_FORCED_ROTATION_INTERVAL,
             tenant_namespace_role: crate::operator_rbac::TENANT_NAMESPACE_ROLE.to_string(),
             service_account: None,
             gc_kinds: crate::operator_rbac::gc_default_kinds(),

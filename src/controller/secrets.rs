@@ -36,6 +36,9 @@ pub struct Outcome {
     pub wanted: BTreeSet<(String, String, String)>,
     /// Human-readable rotations, for Events.
     pub rotations: Vec<String>,
+    /// Forced rotations that wait for the minimum interval (new ones only), for
+    /// Warning Events.
+    pub deferred: Vec<String>,
 }
 
 fn ar<K: Resource<DynamicType = ()>>() -> ApiResource {
@@ -89,6 +92,7 @@ pub async fn reconcile(
         next_deadline: None,
         wanted: BTreeSet::new(),
         rotations: Vec::new(),
+        deferred: Vec::new(),
     };
     if tenant.spec.secrets.is_empty() {
         return Ok(out);
@@ -218,11 +222,44 @@ async fn one(
             (None, false)
         }
     };
+    // A forced rotation waits for the minimum interval (the annotation stays and
+    // the tenant is requeued for then).
+    let mut message = None;
+    let force = match (force, &state) {
+        (true, Some(st)) if !tenant.spec.cordoned => {
+            match model::forced_rotation_deferred(
+                st,
+                now,
+                ctx.settings.min_forced_rotation_interval,
+            ) {
+                Some(at) => {
+                    let m = model::deferred_message(at, ctx.settings.min_forced_rotation_interval);
+                    let before = tenant
+                        .status
+                        .as_ref()
+                        .and_then(|s| {
+                            s.secrets
+                                .iter()
+                                .find(|x| x.namespace == ns && x.name == spec.name)
+                        })
+                        .and_then(|x| x.message.as_deref());
+                    if before != Some(m.as_str()) {
+                        out.deferred.push(format!("Secret {ns}/{}: {m}", spec.name));
+                    }
+                    out.next_deadline = Some(out.next_deadline.map_or(at, |d| d.min(at)));
+                    message = Some(m);
+                    false
+                }
+                None => true,
+            }
+        }
+        (f, _) => f,
+    };
     let decision = model::decide(state.as_ref(), every, now, force, tenant.spec.cordoned);
     let (state, rotated) = match decision {
         Decision::Keep => (state.unwrap_or_default(), None),
         Decision::Create | Decision::Rotate(_) => {
-            let version = match model::new_version(spec, state.as_ref(), now) {
+            let version = match new_version(spec, state.as_ref(), now).await {
                 Ok(v) => v,
                 Err(e) => {
                     return Ok(Err(Blocked::KeyGeneration(format!(
@@ -287,9 +324,26 @@ async fn one(
             version: current.meta.id.clone(),
             rotated_at: Some(Time(current.meta.created_at)),
             next_rotation: next.map(Time),
+            message,
         });
     }
     Ok(Ok(rotated.filter(|_| decision != Decision::Create)))
+}
+
+/// [`model::new_version`] on the blocking thread pool: RSA key generation takes
+/// from tens of milliseconds to seconds of CPU and must not stall the async
+/// workers that run every other reconcile, watch and probe.
+async fn new_version(
+    spec: &ManagedSecret,
+    previous: Option<&model::SecretState>,
+    now: Timestamp,
+) -> Result<model::Version, String> {
+    let spec = spec.clone();
+    let previous = previous.cloned();
+    tokio::task::spawn_blocking(move || model::new_version(&spec, previous.as_ref(), now))
+        .await
+        .map_err(|e| format!("key generation did not finish: {e}"))?
+        .map_err(|e| e.to_string())
 }
 
 /// Applies the JWKS ConfigMap (same reconcile as the Secret write).
@@ -354,4 +408,40 @@ async fn restart_consumers(
         }
     }
     Ok(restarted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Issue #15: an RSA key is generated off the async workers. On a
+    /// single-threaded runtime another task keeps running while it is made;
+    /// generated inline, the ticker would not run once before it is done.
+    #[tokio::test(flavor = "current_thread")]
+    async fn key_generation_does_not_block_the_runtime() {
+        let spec: ManagedSecret = serde_json::from_value(json!({
+            "name": "signing", "type": "JwtSigningKey", "algorithm": "RS256",
+            "rotateEvery": "30d"
+        }))
+        .expect("spec");
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                t.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        });
+        let now = Timestamp::from_second(1_700_000_000).expect("time");
+        let version = new_version(&spec, None, now).await.expect("key");
+        let during = ticks.load(Ordering::Relaxed);
+        ticker.abort();
+        assert!(version.material.expose().contains("PRIVATE KEY"));
+        assert!(
+            during > 0,
+            "the runtime was blocked while the key was generated"
+        );
+    }
 }

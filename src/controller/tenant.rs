@@ -103,7 +103,7 @@ pub(crate) enum NsState {
 /// The state of a namespace from the managed cache; `Unseen` when not cached.
 /// New namespaces cost no read: the create that follows finds out whether
 /// an unmanaged one exists.
-fn cached_namespace(ctx: &Context, tenant: &str, name: &str) -> NsState {
+fn cached_namespace(ctx: &Context, tenant: Who<'_>, name: &str) -> NsState {
     match ctx.cache.get(&ns_ar(), None, name) {
         Some(obj) => classify_namespace(tenant, name, &obj.metadata),
         None => NsState::Unseen,
@@ -111,7 +111,7 @@ fn cached_namespace(ctx: &Context, tenant: &str, name: &str) -> NsState {
 }
 
 /// Reads a namespace that exists but is not in the managed cache.
-async fn lookup_namespace(ctx: &Context, tenant: &str, name: &str) -> Result<NsState, Error> {
+async fn lookup_namespace(ctx: &Context, tenant: Who<'_>, name: &str) -> Result<NsState, Error> {
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     Ok(
         match api
@@ -125,8 +125,15 @@ async fn lookup_namespace(ctx: &Context, tenant: &str, name: &str) -> Result<NsS
     )
 }
 
+/// The Tenant a namespace is classified for: its name and (online) uid.
+#[derive(Clone, Copy)]
+pub(crate) struct Who<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) uid: Option<&'a str>,
+}
+
 pub(crate) fn classify_namespace(
-    tenant: &str,
+    tenant: Who<'_>,
     name: &str,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> NsState {
@@ -135,11 +142,19 @@ pub(crate) fn classify_namespace(
     let managed =
         lbls.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE);
     match owner.as_deref() {
-        Some(t) if t == tenant => {
+        Some(t) if t == tenant.name => {
             if meta.deletion_timestamp.is_some() {
-                NsState::Terminating
-            } else {
-                NsState::Owned
+                return NsState::Terminating;
+            }
+            match builder::adoption(
+                tenant.name,
+                tenant.uid,
+                name,
+                &lbls,
+                &meta.annotations.clone().unwrap_or_default(),
+            ) {
+                Ok(()) => NsState::Owned,
+                Err(why) => NsState::Conflict(why),
             }
         }
         Some(other) if managed => NsState::Conflict(format!(
@@ -314,15 +329,45 @@ async fn revoke_self(ctx: &Context, ns: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `ns` is labelled with the uid of another Tenant (an earlier one of the
+/// same name whose objects were left behind): its objects are not this Tenant's
+/// to prune, release or delete.
+fn foreign_namespace(ctx: &Context, tenant: &Tenant, ns: &str) -> bool {
+    let (Some(uid), Some(obj)) = (
+        tenant.metadata.uid.as_deref(),
+        ctx.cache.get(&ns_ar(), None, ns),
+    ) else {
+        return false;
+    };
+    obj.labels()
+        .get(labels::TENANT_UID)
+        .is_some_and(|u| u != uid)
+}
+
 /// Marks a namespace as released: no longer managed (so never pruned), still
-/// labelled with its tenant (so the same tenant may adopt it again).
-/// Palisade's own RoleBinding in it goes first.
-async fn release_namespace(ctx: &Context, ns: &DynamicObject) -> Result<(), Error> {
+/// labelled with its tenant's name (for people), without the tenant's uid label
+/// (so it is no peer of the tenant's network policy and no new Tenant of the same
+/// name adopts it); the annotation `palisade.dev/released-by-uid` lets this same
+/// Tenant adopt it again. Palisade's own RoleBinding in it goes first.
+async fn release_namespace(
+    ctx: &Context,
+    ns: &DynamicObject,
+    tenant_uid: Option<&str>,
+) -> Result<(), Error> {
+    let uid = ns
+        .labels()
+        .get(labels::TENANT_UID)
+        .cloned()
+        .or(tenant_uid.map(str::to_string));
     revoke_self(ctx, &ns.name_any()).await?;
-    let patch = json!({ "metadata": { "labels": {
+    let mut patch = json!({ "metadata": { "labels": {
         labels::MANAGED_BY: null,
+        labels::TENANT_UID: null,
         labels::RELEASED: "true",
     }}});
+    if let Some(uid) = uid {
+        patch["metadata"]["annotations"] = json!({ labels::RELEASED_BY_UID: uid });
+    }
     ctx.applier
         .merge_patch(&ns_ar(), None, &ns.name_any(), patch)
         .await?;
@@ -337,9 +382,19 @@ async fn cleanup(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
     let policy = tenant.spec.deletion_policy;
     for (ar, obj) in ctx.cache.owned_by(&name) {
         let is_ns = ar.kind == "Namespace";
+        let ns = if is_ns {
+            obj.name_any()
+        } else {
+            obj.namespace().unwrap_or_default()
+        };
+        if foreign_namespace(ctx, tenant, &ns) {
+            continue;
+        }
         match (is_ns, policy) {
             (true, DeletionPolicy::Delete) => ctx.applier.delete(&ar, &obj).await?,
-            (true, DeletionPolicy::Retain) => release_namespace(ctx, &obj).await?,
+            (true, DeletionPolicy::Retain) => {
+                release_namespace(ctx, &obj, tenant.metadata.uid.as_deref()).await?
+            }
             (false, _) => ctx.applier.delete(&ar, &obj).await?,
         }
     }
@@ -462,9 +517,13 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
 
     // Observe namespaces.
     let names = builder::namespace_names(&tenant.spec);
+    let who = Who {
+        name: &name,
+        uid: tenant.metadata.uid.as_deref(),
+    };
     let mut states = BTreeMap::new();
     for ns in &names {
-        states.insert(ns.clone(), cached_namespace(ctx, &name, ns));
+        states.insert(ns.clone(), cached_namespace(ctx, who, ns));
     }
     let usable: Vec<String> = names
         .iter()
@@ -493,7 +552,7 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
             match ctx.applier.create(&ns_ar, value.clone()).await {
                 Ok(_) => created = true,
                 Err(e) if e.code() == Some(409) => {
-                    let found = lookup_namespace(ctx, &name, &ns_name).await?;
+                    let found = lookup_namespace(ctx, who, &ns_name).await?;
                     states.insert(ns_name.clone(), found);
                 }
                 Err(e) => return Err(e.into()),
@@ -614,6 +673,19 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         )
         .await;
     }
+    for note in &secrets.deferred {
+        publish(
+            ctx,
+            tenant,
+            event(
+                EventType::Warning,
+                "RotationDeferred",
+                "Rotate",
+                note.clone(),
+            ),
+        )
+        .await;
+    }
 
     // TTL garbage collection of objects in the tenant's namespaces.
     let gc = super::gc::reconcile(ctx, tenant, &listed_ns).await?;
@@ -637,10 +709,20 @@ async fn reconcile_inner(tenant: &Tenant, ctx: &Context) -> Result<Action, Error
         if wanted.contains(&key) || ns_pending || obj.metadata.deletion_timestamp.is_some() {
             continue;
         }
+        let ns = if ar.kind == "Namespace" {
+            &key.2
+        } else {
+            &key.1
+        };
+        if foreign_namespace(ctx, tenant, ns) {
+            continue;
+        }
         if ar.kind == "Namespace" {
             match tenant.spec.deletion_policy {
                 DeletionPolicy::Delete => ctx.applier.delete(&ar, &obj).await?,
-                DeletionPolicy::Retain => release_namespace(ctx, &obj).await?,
+                DeletionPolicy::Retain => {
+                    release_namespace(ctx, &obj, tenant.metadata.uid.as_deref()).await?
+                }
             }
             publish(
                 ctx,

@@ -85,18 +85,24 @@ pub struct BackupScheduleSpec {
     pub job_template: Option<BackupJobTemplate>,
 }
 
-/// Settings of the run Jobs.
+/// Settings of the run Jobs. The image and the ServiceAccount are not among them:
+/// they come from the operator's configuration only (`--job-image`; the
+/// namespace's `default` ServiceAccount, no token), so whoever edits a schedule
+/// cannot choose the code that reads its Secrets.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupJobTemplate {
-    /// Container image. Default: the controller's `--job-image` (the Palisade image of
-    /// the running version).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<String>,
-    /// ServiceAccount the Job's pod runs as (e.g. for IRSA / workload identity).
-    /// Default: the namespace's `default`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_account_name: Option<String>,
+    /// Removed in issue #15: the run image is the operator's `--job-image` only.
+    /// Not in the schema (the API server prunes it from stored objects); read only
+    /// so that a configuration that still carries it is refused by name.
+    #[serde(default, rename = "image", skip_serializing)]
+    #[schemars(skip)]
+    pub removed_image: Option<serde_json::Value>,
+    /// Removed in issue #15: run pods use the namespace's `default`
+    /// ServiceAccount without a token. Not in the schema, as `image`.
+    #[serde(default, rename = "serviceAccountName", skip_serializing)]
+    #[schemars(skip)]
+    pub removed_service_account_name: Option<serde_json::Value>,
     /// Resource requests and limits of the run container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
@@ -115,6 +121,24 @@ pub struct BackupJobTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub active_deadline_seconds: Option<i64>,
+}
+
+impl BackupScheduleSpec {
+    /// Fields that are no longer part of the API but still present in this spec
+    /// (an object stored before the schema dropped them, a configuration file),
+    /// by their field path.
+    pub fn removed_fields(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if let Some(t) = &self.job_template {
+            if t.removed_image.is_some() {
+                out.push("spec.jobTemplate.image");
+            }
+            if t.removed_service_account_name.is_some() {
+                out.push("spec.jobTemplate.serviceAccountName");
+            }
+        }
+        out
+    }
 }
 
 fn default_schedule() -> String {
@@ -619,6 +643,32 @@ mod tests {
         ] {
             assert!(crd.contains(needle), "missing {needle}");
         }
+    }
+
+    #[test]
+    fn job_image_and_service_account_are_not_in_the_schema_but_refused_by_name() {
+        let crd = serde_json::to_value(BackupSchedule::crd()).expect("crd");
+        let tpl = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+            ["jobTemplate"]["properties"];
+        assert!(tpl.get("backoffLimit").is_some(), "{tpl}");
+        assert!(tpl.get("image").is_none());
+        assert!(tpl.get("serviceAccountName").is_none());
+        let old = r#"
+postgres: {host: db, database: app, user: backup}
+destination: {path: /backups}
+jobTemplate: {image: evil/image, serviceAccountName: cluster-reader, backoffLimit: 1}
+"#;
+        let spec: BackupScheduleSpec = serde_yaml::from_str(old).expect("parses");
+        assert_eq!(
+            spec.removed_fields(),
+            vec![
+                "spec.jobTemplate.image",
+                "spec.jobTemplate.serviceAccountName"
+            ]
+        );
+        // Never written back (the ConfigMap, status, render).
+        let text = serde_yaml::to_string(&spec).expect("yaml");
+        assert!(!text.contains("evil/image") && !text.contains("cluster-reader"));
     }
 
     #[test]

@@ -1,13 +1,15 @@
-//! The three Palisade kinds (group `palisade.dev`, version `v1alpha1`) and what they share.
+//! The Palisade kinds (group `palisade.dev`, version `v1alpha1`) and what they share.
 //!
 //! Nothing under `crd/` talks to the API server: these are plain data types whose
 //! schemas become the CustomResourceDefinitions in `crds/`.
 
+pub mod backup_run;
 pub mod backup_schedule;
 pub mod condition;
 pub mod role_policy;
 pub mod tenant;
 
+pub use backup_run::{BackupRun, BackupRunSpec, BackupRunStatus};
 pub use backup_schedule::{BackupSchedule, BackupScheduleSpec, BackupScheduleStatus};
 pub use condition::{Condition, ConditionStatus};
 pub use role_policy::{RolePolicy, RolePolicySpec, RolePolicyStatus};
@@ -28,7 +30,12 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     // everything it owns and the prefix of its namespaces: a DNS label. Bounding
     // it also keeps the CEL rules that read it inside the API server's cost budget.
     restrict_name(&mut tenant, 63, tenant::NAME_PATTERN);
-    vec![tenant, RolePolicy::crd(), BackupSchedule::crd()]
+    vec![
+        tenant,
+        RolePolicy::crd(),
+        BackupSchedule::crd(),
+        BackupRun::crd(),
+    ]
 }
 
 /// Restricts `metadata.name` (and `generateName`, which the server turns into a

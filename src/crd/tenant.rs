@@ -496,6 +496,11 @@ pub struct SecretStatus {
     /// When the next rotation is due.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation: Option<Time>,
+    /// Why a requested rotation has not happened yet (e.g. a `palisade.dev/rotate-now`
+    /// that waits for the minimum interval between forced rotations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
 }
 
 /// Aggregate quota usage for scope: Tenant.

@@ -307,7 +307,7 @@ pub fn job(
     kind: RunKind,
     scheduled: k8s_openapi::jiff::Timestamp,
     trigger: Trigger,
-    default_image: &str,
+    image: &str,
 ) -> Value {
     let name = bs.name_any();
     let job_name = job_name(&name, kind, scheduled.as_second().div_euclid(60));
@@ -351,7 +351,8 @@ pub fn job(
 
     let mut container = json!({
         "name": kind.as_str(),
-        "image": tpl.image.clone().unwrap_or_else(|| default_image.to_string()),
+        // The operator's image, whatever the schedule says (issue #15).
+        "image": image,
         "command": ["palisade"],
         "args": job_args(&bs.spec, kind),
         // PALISADE_RUN: the engine names its run in the (signed) result, so a result
@@ -375,15 +376,14 @@ pub fn job(
     }
     let mut pod_spec = json!({
         "restartPolicy": "Never",
-        // The engine never talks to the Kubernetes API: no token in the Pod.
+        // The namespace's default ServiceAccount, whatever the schedule says (issue
+        // #15): the engine never talks to the Kubernetes API, so no token either.
+        "serviceAccountName": "default",
         "automountServiceAccountToken": false,
         "containers": [container],
         "volumes": volumes,
         "securityContext": {"fsGroup": RUN_AS},
     });
-    if let Some(sa) = &tpl.service_account_name {
-        pod_spec["serviceAccountName"] = json!(sa);
-    }
     if let Some(ns) = &tpl.node_selector {
         pod_spec["nodeSelector"] = json!(ns);
     }
@@ -445,7 +445,6 @@ spec:
     target: {host: scratch-db, user: restorer, passwordSecretRef: {name: scratch-db, key: password}}
     checks: [{name: has-orders, sql: "select count(*) > 0 from orders"}]
   jobTemplate:
-    serviceAccountName: backup
     backoffLimit: 1
     activeDeadlineSeconds: 3600
     nodeSelector: {pool: batch}
@@ -570,6 +569,28 @@ spec:
         assert!(
             referenced_secret_keys(&bs.spec).contains(&("db-ca".to_string(), "ca.crt".to_string()))
         );
+    }
+
+    /// Issue #15: a schedule that still carries the removed `image` or
+    /// `serviceAccountName` (an object stored before they were dropped) does not
+    /// choose either.
+    #[test]
+    fn image_and_service_account_come_from_the_operator_only() {
+        let mut bs = schedule();
+        let tpl = bs.spec.job_template.get_or_insert_with(Default::default);
+        tpl.removed_image = Some(json!("evil/image"));
+        tpl.removed_service_account_name = Some(json!("cluster-reader"));
+        for kind in [RunKind::Backup, RunKind::Verify] {
+            let job = job(&bs, kind, at(), Trigger::Manual, "operator/image:1");
+            let pod = &job["spec"]["template"]["spec"];
+            assert_eq!(pod["containers"][0]["image"], "operator/image:1");
+            assert_eq!(pod["serviceAccountName"], "default");
+            assert_eq!(pod["automountServiceAccountToken"], false);
+            assert!(!job.to_string().contains("evil/image"));
+            assert!(!job.to_string().contains("cluster-reader"));
+        }
+        let cm = config_map(&bs).expect("cm").to_string();
+        assert!(!cm.contains("evil/image") && !cm.contains("cluster-reader"));
     }
 
     #[test]

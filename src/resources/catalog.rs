@@ -8,10 +8,13 @@
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
 /// Bumped whenever a permission's rules change.
-pub const CATALOG_VERSION: &str = "2026-11-23";
+pub const CATALOG_VERSION: &str = "2026-11-29";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
+/// A run request is created and read, never changed: its spec is immutable and its
+/// status is the controller's.
+const BACKUP_RUN: &[&str] = &["create", "get", "list", "watch"];
 
 /// One named permission.
 #[derive(Debug, Clone, Copy)]
@@ -64,29 +67,28 @@ pub const PERMISSIONS: &[Permission] = &[
     },
     Permission {
         name: "backups:read",
-        description: "Read BackupSchedules and the Jobs that run them",
+        description: "Read BackupSchedules, BackupRuns and the Jobs that run them",
         rules: &[
-            (&["palisade.dev"], &["backupschedules"], READ),
+            (&["palisade.dev"], &["backupschedules", "backupruns"], READ),
             (&["batch"], &["jobs"], READ),
             (&[""], &["pods", "pods/log"], READ),
         ],
     },
     Permission {
         name: "backups:restore",
-        description: "Run restores: create Jobs and read the BackupSchedule they restore from",
+        description: "Request restore tests (a BackupRun of type RestoreTest) and read the BackupSchedule they test; restores into a live database are an admin's `palisade backup restore`, never an arbitrary Job",
         rules: &[
             (&["palisade.dev"], &["backupschedules"], READ),
-            (&["batch"], &["jobs"], &["create", "delete"]),
+            (&["palisade.dev"], &["backupruns"], BACKUP_RUN),
         ],
     },
     Permission {
         name: "backups:run",
-        description: "Trigger backups and restore tests (annotate a BackupSchedule with palisade.dev/run-now or verify-now)",
-        rules: &[(
-            &["palisade.dev"],
-            &["backupschedules"],
-            &["get", "list", "watch", "patch"],
-        )],
+        description: "Trigger backups and restore tests: create a BackupRun naming a BackupSchedule (the schedule itself stays read-only)",
+        rules: &[
+            (&["palisade.dev"], &["backupschedules"], READ),
+            (&["palisade.dev"], &["backupruns"], BACKUP_RUN),
+        ],
     },
     Permission {
         name: "config:read",
@@ -427,6 +429,65 @@ mod tests {
                 assert!(!rule.resources.iter().flatten().any(|r| r == "*"));
             }
         }
+    }
+
+    /// Issue #15: a role that may run backups must not be able to choose what
+    /// runs. Jobs and Pods are arbitrary code (any image, any Secret mounted), and
+    /// a BackupSchedule's spec decides the run's Secrets, server and SQL.
+    #[test]
+    fn backups_permissions_never_create_jobs_or_pods_nor_change_schedules() {
+        for p in PERMISSIONS
+            .iter()
+            .filter(|p| p.name.starts_with("backups:"))
+        {
+            for rule in permission_rules(p) {
+                let resources = rule.resources.clone().unwrap_or_default();
+                let writes = rule
+                    .verbs
+                    .iter()
+                    .any(|v| WRITE.contains(&v.as_str()) || v == "*");
+                for r in &resources {
+                    let base = r.split('/').next().unwrap_or_default();
+                    assert!(
+                        !(writes
+                            && ["jobs", "cronjobs", "pods", "backupschedules"].contains(&base)),
+                        "{} grants {:?} on {r}",
+                        p.name,
+                        rule.verbs
+                    );
+                }
+            }
+        }
+        // Whatever a built-in role is made of, `backups:*` alone never adds
+        // `create` on Jobs or Pods: the roles without workloads:write have none.
+        for role in BUILTIN_ROLES {
+            let backups = role
+                .permissions
+                .iter()
+                .copied()
+                .filter(|p| p.starts_with("backups:"));
+            for rule in rules_for(backups).expect("known") {
+                let creates = rule.verbs.iter().any(|v| v == "create");
+                let workload = rule
+                    .resources
+                    .iter()
+                    .flatten()
+                    .any(|r| ["jobs", "pods", "cronjobs"].contains(&r.as_str()));
+                assert!(!(creates && workload), "{}: {rule:?}", role.name);
+            }
+        }
+        let backup_operator = builtin_role("backup-operator").expect("builtin");
+        let rules = rules_for(backup_operator.permissions.iter().copied()).expect("known");
+        let can = |resource: &str, verb: &str| {
+            rules.iter().any(|r| {
+                r.resources.iter().flatten().any(|x| x == resource)
+                    && r.verbs.iter().any(|v| v == verb)
+            })
+        };
+        assert!(can("backupruns", "create"));
+        assert!(!can("backupschedules", "patch"));
+        assert!(!can("jobs", "create"));
+        assert!(!can("pods", "create"));
     }
 
     #[test]

@@ -7,6 +7,14 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "palisade";
 /// The owning tenant's name, on every object managed for a tenant.
 pub const TENANT: &str = "palisade.dev/tenant";
+/// The owning Tenant's `metadata.uid`, on every namespace Palisade manages for it.
+/// A name can be reused after its Tenant is deleted; a uid cannot: adoption of an
+/// existing namespace and the intra-tenant NetworkPolicy both go by this label,
+/// and release removes it.
+pub const TENANT_UID: &str = "palisade.dev/tenant-uid";
+/// Annotation release leaves on a namespace: the uid of the Tenant that released
+/// it (so that Tenant, and only it, may adopt it again).
+pub const RELEASED_BY_UID: &str = "palisade.dev/released-by-uid";
 /// Set on namespaces that a tenant let go of under `deletionPolicy: Retain`.
 pub const RELEASED: &str = "palisade.dev/released";
 /// The field manager of every server-side apply Palisade makes.

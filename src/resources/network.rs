@@ -63,13 +63,17 @@ fn policy(
     }
 }
 
-fn tenant_namespaces(tenant: &str) -> NetworkPolicyPeer {
+/// The tenant's own namespaces: by the Tenant's uid, which release removes (a
+/// released namespace, or one of an earlier Tenant of the same name, is no peer).
+/// Offline (`palisade render` of a file without a uid) by name.
+fn tenant_namespaces(tenant: &str, uid: Option<&str>) -> NetworkPolicyPeer {
+    let (key, value) = match uid {
+        Some(uid) => (labels::TENANT_UID, uid),
+        None => (labels::TENANT, tenant),
+    };
     NetworkPolicyPeer {
         namespace_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([(
-                labels::TENANT.to_string(),
-                tenant.to_string(),
-            )])),
+            match_labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
             ..Default::default()
         }),
         ..Default::default()
@@ -116,7 +120,12 @@ pub(crate) fn kube_dns_peer() -> NetworkPolicyPeer {
 }
 
 /// The NetworkPolicies for one tenant namespace, in a stable order.
-pub fn policies(tenant: &str, namespace: &str, spec: &NetworkSpec) -> Vec<NetworkPolicy> {
+pub fn policies(
+    tenant: &str,
+    tenant_uid: Option<&str>,
+    namespace: &str,
+    spec: &NetworkSpec,
+) -> Vec<NetworkPolicy> {
     let mut out = vec![policy(
         tenant,
         namespace,
@@ -130,11 +139,11 @@ pub fn policies(tenant: &str, namespace: &str, spec: &NetworkSpec) -> Vec<Networ
             namespace,
             ALLOW_INTRA_TENANT,
             Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![tenant_namespaces(tenant)]),
+                from: Some(vec![tenant_namespaces(tenant, tenant_uid)]),
                 ports: None,
             }]),
             Some(vec![NetworkPolicyEgressRule {
-                to: Some(vec![tenant_namespaces(tenant)]),
+                to: Some(vec![tenant_namespaces(tenant, tenant_uid)]),
                 ports: None,
             }]),
         ));

@@ -116,7 +116,7 @@ pub fn check_rule(rule: &PolicyRule, field: &str) -> Result<(), InvalidPolicy> {
         return Err(invalid(
             "PalisadeWrite",
             field,
-            "writes to palisade.dev resources would let tenants change their own isolation; use the backups:run permission for BackupSchedules",
+            "writes to palisade.dev resources would let tenants change their own isolation; use the backups:run permission to request backup runs (BackupRuns)",
         ));
     }
     Ok(())

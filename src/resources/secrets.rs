@@ -33,7 +33,13 @@ pub const VERSIONS: &str = "palisade.dev/versions";
 pub const ROTATED_AT: &str = "palisade.dev/rotated-at";
 pub const NEXT_ROTATION: &str = "palisade.dev/next-rotation";
 /// Set on a managed Secret (any value) to force a rotation now; cleared by it.
+/// Honoured at most once per [`MIN_FORCED_ROTATION_INTERVAL`]: earlier, it stays
+/// on the Secret and is honoured when the interval has passed.
 pub const ROTATE_NOW: &str = "palisade.dev/rotate-now";
+/// The youngest a Secret's current version may be for `rotate-now` to replace it.
+/// Each forced rotation drops the oldest kept version and may restart workloads,
+/// so whoever can annotate the Secret must not be able to do it in a loop.
+pub const MIN_FORCED_ROTATION_INTERVAL: Duration = Duration::from_secs(600);
 /// Label naming the `spec.secrets[]` entry a Secret or JWKS ConfigMap belongs to.
 pub const SECRET_LABEL: &str = "palisade.dev/secret";
 /// Key of the JWKS document in the `<secret>-jwks` ConfigMap.
@@ -165,6 +171,37 @@ pub fn decide(
         Some(due) if now >= due => Decision::Rotate(Reason::Due),
         Some(_) => Decision::Keep,
         None => Decision::Rotate(Reason::Due),
+    }
+}
+
+/// When a forced rotation (`rotate-now`) must wait: `Some(at)` while the current
+/// version is younger than `min_interval` (then it may happen at `at`), `None` when
+/// it may happen now.
+pub fn forced_rotation_deferred(
+    state: &SecretState,
+    now: Timestamp,
+    min_interval: Duration,
+) -> Option<Timestamp> {
+    let current = state.current()?;
+    let min = k8s_openapi::jiff::SignedDuration::try_from(min_interval).ok()?;
+    let allowed = current.meta.created_at.checked_add(min).ok()?;
+    (now < allowed).then_some(allowed)
+}
+
+/// The status message of a deferred forced rotation.
+pub fn deferred_message(at: Timestamp, min_interval: Duration) -> String {
+    format!(
+        "{ROTATE_NOW} waits until {at}: forced rotations of a Secret are at least {} apart (each one drops a kept version); the annotation stays and is honoured then",
+        humantime_minutes(min_interval)
+    )
+}
+
+fn humantime_minutes(d: Duration) -> String {
+    let s = d.as_secs();
+    if s.is_multiple_of(60) {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
     }
 }
 
@@ -375,6 +412,61 @@ pub fn restarted_for(current: Option<&str>, rotated: &[(String, String)]) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn state_created_at(at: &str) -> SecretState {
+        SecretState {
+            versions: vec![Version {
+                meta: VersionMeta {
+                    id: "v3".into(),
+                    seq: 3,
+                    created_at: at.parse().expect("time"),
+                },
+                material: keys::random_value(8, Alphabet::Alphanumeric),
+            }],
+        }
+    }
+
+    /// Issue #15: `rotate-now` cannot be used in a loop.
+    #[test]
+    fn forced_rotations_are_rate_limited() {
+        let state = state_created_at("2026-03-01T10:00:00Z");
+        let t = |s: &str| -> Timestamp { s.parse().expect("time") };
+        let allowed = t("2026-03-01T10:10:00Z");
+        assert_eq!(
+            forced_rotation_deferred(
+                &state,
+                t("2026-03-01T10:00:01Z"),
+                MIN_FORCED_ROTATION_INTERVAL
+            ),
+            Some(allowed)
+        );
+        assert_eq!(
+            forced_rotation_deferred(
+                &state,
+                t("2026-03-01T10:09:59Z"),
+                MIN_FORCED_ROTATION_INTERVAL
+            ),
+            Some(allowed)
+        );
+        assert_eq!(
+            forced_rotation_deferred(&state, allowed, MIN_FORCED_ROTATION_INTERVAL),
+            None
+        );
+        assert_eq!(
+            forced_rotation_deferred(
+                &SecretState::default(),
+                allowed,
+                MIN_FORCED_ROTATION_INTERVAL
+            ),
+            None
+        );
+        let msg = deferred_message(allowed, MIN_FORCED_ROTATION_INTERVAL);
+        assert!(
+            msg.contains("2026-03-01T10:10:00Z") && msg.contains("10m"),
+            "{msg}"
+        );
+        assert_eq!(MIN_FORCED_ROTATION_INTERVAL, Duration::from_secs(600));
+    }
 
     #[test]
     fn finds_secret_consumers() {

@@ -276,9 +276,17 @@ pub fn namespace_names(spec: &TenantSpec) -> Vec<String> {
     spec.namespaces.iter().map(|n| n.name.clone()).collect()
 }
 
-fn namespace(name: &str, spec: &TenantSpec, ns: &crate::crd::tenant::TenantNamespace) -> Namespace {
+fn namespace(
+    name: &str,
+    uid: Option<&str>,
+    spec: &TenantSpec,
+    ns: &crate::crd::tenant::TenantNamespace,
+) -> Namespace {
     let mut l: BTreeMap<String, String> = ns.labels.clone();
     l.extend(labels::managed(name));
+    if let Some(uid) = uid {
+        l.insert(labels::TENANT_UID.to_string(), uid.to_string());
+    }
     let level = spec.pod_security.as_str().to_string();
     for mode in ["enforce", "warn", "audit"] {
         l.insert(format!("pod-security.kubernetes.io/{mode}"), level.clone());
@@ -295,6 +303,54 @@ fn namespace(name: &str, spec: &TenantSpec, ns: &crate::crd::tenant::TenantNames
             ..Default::default()
         },
         ..Default::default()
+    }
+}
+
+/// Whether an existing namespace labelled with this tenant's name is this Tenant's
+/// (`Ok`: manage it, adding what is missing) or not (`Err`: why, and how to fix
+/// it). Names are reused, uids are not:
+/// - its `palisade.dev/tenant-uid` is this Tenant's uid: ours;
+/// - a different uid: another (earlier) Tenant of the same name: refused;
+/// - no uid, still managed and not released: created by a Palisade from before
+///   the uid label for this same live Tenant (a Tenant's namespaces are released
+///   before the Tenant goes away): ours, the apply adds the label;
+/// - no uid, released by this very Tenant (`palisade.dev/released-by-uid`): ours
+///   again (the same tenant listing a released namespace adopts it);
+/// - otherwise (released by an earlier Tenant of the same name, or labelled by
+///   hand): refused.
+///
+/// Offline (`uid` unknown) only the name can be compared.
+pub fn adoption(
+    tenant: &str,
+    uid: Option<&str>,
+    namespace: &str,
+    labels_: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let Some(uid) = uid else {
+        return Ok(());
+    };
+    let managed =
+        labels_.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE);
+    let released = labels_.get(labels::RELEASED).map(String::as_str) == Some("true");
+    let fix = format!(
+        "to hand it to this Tenant, an administrator checks its contents and either deletes the namespace (Palisade then creates it afresh) or labels it deliberately: kubectl label namespace {namespace} {}={uid} --overwrite",
+        labels::TENANT_UID
+    );
+    match labels_.get(labels::TENANT_UID).map(String::as_str) {
+        Some(u) if u == uid => Ok(()),
+        Some(other) => Err(format!(
+            "namespace {namespace} belongs to another Tenant named {tenant} (uid {other}), not to this one (uid {uid}); {fix}"
+        )),
+        None if managed && !released => Ok(()),
+        None if released
+            && annotations.get(labels::RELEASED_BY_UID).map(String::as_str) == Some(uid) =>
+        {
+            Ok(())
+        }
+        None => Err(format!(
+            "namespace {namespace} was released by an earlier Tenant named {tenant} (or labelled by hand) and is not adopted by a new Tenant of the same name: its data is not this Tenant's; {fix}"
+        )),
     }
 }
 
@@ -315,9 +371,10 @@ pub fn build(
         .map(|q| quota::namespace_hard(q, &names, usage));
     let mut out = TenantObjects::default();
     for ns in &spec.namespaces {
-        out.namespaces.push(namespace(name, spec, ns));
+        let uid = tenant.metadata.uid.as_deref();
+        out.namespaces.push(namespace(name, uid, spec, ns));
         out.network_policies
-            .extend(network::policies(name, &ns.name, &spec.network));
+            .extend(network::policies(name, uid, &ns.name, &spec.network));
         let ns_hard = hard.as_ref().and_then(|h| h.get(&ns.name).cloned());
         if ns_hard.is_some() || spec.cordoned {
             out.resource_quotas.push(quota::resource_quota(
@@ -406,6 +463,102 @@ mod tests {
     fn reason(name: &str, v: serde_json::Value) -> (String, String) {
         let e = validate(name, &spec(v)).expect_err("invalid");
         (e.reason.to_string(), e.field.clone())
+    }
+
+    /// Issue #15: namespaces carry the Tenant's uid, and the intra-tenant policy
+    /// admits peers by that uid (release removes it), not by the reusable name.
+    #[test]
+    fn namespaces_carry_the_tenant_uid_and_intra_tenant_peers_are_selected_by_it() {
+        let tenant: Tenant = serde_json::from_value(json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "acme", "uid": "1111-2222"},
+            "spec": {"namespaces": [{"name": "acme-a"}, {"name": "acme-b"}],
+                     "network": {"allowIntraTenant": true}}
+        }))
+        .expect("tenant");
+        let plan = super::super::rolepolicy::RbacPlan::default();
+        let out = build(&tenant, &Usage::new(), &plan).expect("valid");
+        for ns in &out.namespaces {
+            let l = ns.metadata.labels.clone().unwrap_or_default();
+            assert_eq!(
+                l.get(labels::TENANT_UID).map(String::as_str),
+                Some("1111-2222")
+            );
+            assert_eq!(l.get(labels::TENANT).map(String::as_str), Some("acme"));
+        }
+        let intra: Vec<_> = out
+            .network_policies
+            .iter()
+            .filter(|p| {
+                p.metadata.name.as_deref() == Some(super::super::network::ALLOW_INTRA_TENANT)
+            })
+            .collect();
+        assert_eq!(intra.len(), 2);
+        for p in intra {
+            let v = serde_json::to_value(p).expect("json");
+            let want = json!({"palisade.dev/tenant-uid": "1111-2222"});
+            assert_eq!(
+                v["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"],
+                want
+            );
+            assert_eq!(
+                v["spec"]["egress"][0]["to"][0]["namespaceSelector"]["matchLabels"],
+                want
+            );
+        }
+    }
+
+    /// Issue #15: a released namespace is not taken over by a new Tenant that
+    /// reuses the name.
+    #[test]
+    fn adoption_goes_by_uid_not_by_name() {
+        let l = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let none = BTreeMap::new();
+        let managed = [(labels::MANAGED_BY, "palisade"), (labels::TENANT, "acme")];
+        // Ours, by uid.
+        let ours = l(&[managed[0], managed[1], (labels::TENANT_UID, "new")]);
+        assert_eq!(
+            adoption("acme", Some("new"), "acme-a", &ours, &none),
+            Ok(())
+        );
+        // Another Tenant of the same name.
+        let err = adoption("acme", Some("other"), "acme-a", &ours, &none).expect_err("refused");
+        assert!(
+            err.contains("acme-a") && err.contains("uid new") && err.contains("kubectl label"),
+            "{err}"
+        );
+        // Created by an older Palisade for this live tenant: migrated.
+        assert_eq!(
+            adoption("acme", Some("new"), "acme-a", &l(&managed), &none),
+            Ok(())
+        );
+        // Released by the old tenant (release removed the uid label).
+        let released = l(&[(labels::TENANT, "acme"), (labels::RELEASED, "true")]);
+        let by_old = l(&[(labels::RELEASED_BY_UID, "old")]);
+        let err = adoption("acme", Some("new"), "acme-a", &released, &by_old).expect_err("refused");
+        assert!(err.contains("released by an earlier Tenant"), "{err}");
+        assert!(adoption("acme", Some("new"), "acme-a", &released, &none).is_err());
+        // Released by this same tenant (removed from its list, listed again).
+        assert_eq!(
+            adoption("acme", Some("old"), "acme-a", &released, &by_old),
+            Ok(())
+        );
+        // Labelled by hand with the tenant's name only.
+        assert!(
+            adoption(
+                "acme",
+                Some("new"),
+                "acme-a",
+                &l(&[(labels::TENANT, "acme")]),
+                &none
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade::controller::{Clock, Context, Settings, tenant};
-use palisade::crd::{BackupSchedule, RolePolicy, Tenant};
+use palisade::crd::{BackupRun, BackupSchedule, RolePolicy, Tenant};
 use palisade_testkit::{FakeApiServer, ResourceType};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -20,6 +20,7 @@ pub fn server() -> FakeApiServer {
     s.register(ResourceType::of::<Tenant>().with_status(true));
     s.register(ResourceType::of::<RolePolicy>().with_status(true));
     s.register(ResourceType::of::<BackupSchedule>().with_status(true));
+    s.register(ResourceType::of::<BackupRun>().with_status(true));
     s.set_require_namespaces(true);
     s
 }
