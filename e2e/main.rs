@@ -1257,8 +1257,9 @@ async fn rolepolicy_grants_exactly_what_it_says() {
 
 /// The kind's API resource, for applying YAML documents of Palisade's kinds.
 fn palisade_resource(kind: &str) -> Option<(kube::core::ApiResource, bool)> {
-    use palisade::crd::{BackupSchedule, RolePolicy};
+    use palisade::crd::{BackupRun, BackupSchedule, RolePolicy};
     Some(match kind {
+        "BackupRun" => (kube::core::ApiResource::erase::<BackupRun>(&()), true),
         "Tenant" => (kube::core::ApiResource::erase::<Tenant>(&()), false),
         "RolePolicy" => (kube::core::ApiResource::erase::<RolePolicy>(&()), false),
         "BackupSchedule" => (kube::core::ApiResource::erase::<BackupSchedule>(&()), true),
@@ -1312,7 +1313,7 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
             .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
             .collect();
         files.sort();
-        assert_eq!(files.len(), 3, "{dir} holds the three CRDs");
+        assert_eq!(files.len(), 4, "{dir} holds the four CRDs");
         for file in files {
             let crd: CustomResourceDefinition =
                 serde_yaml::from_str(&std::fs::read_to_string(&file).expect("read"))
@@ -1449,8 +1450,10 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
     // The transition rule needs an update: a real Tenant (no controller runs
     // here, so it has no finalizer) and a dry-run patch of it.
     let transition = "type is immutable";
+    let run_transition = "spec is immutable";
     let mut covered: Vec<&str> = cases.iter().map(|c| c.1).collect();
     covered.push(transition);
+    covered.push(run_transition);
     for crd in palisade::crd::all() {
         for message in rule_messages(&crd) {
             assert!(
@@ -1501,6 +1504,33 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
             e.message
         ),
         other => panic!("a secret's type changed: {other:?}"),
+    }
+    // A BackupRun is a request: its spec never changes (no controller runs
+    // here, so nothing acts on it).
+    let runs = api_for("BackupRun");
+    let run: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "BackupRun", "metadata": {"name": "once"},
+        "spec": {"scheduleName": "nightly", "type": "Backup"}
+    }))
+    .expect("run");
+    runs.create(&PostParams::default(), &run)
+        .await
+        .expect("a valid BackupRun is accepted");
+    match runs
+        .patch(
+            "once",
+            &PatchParams::default().dry_run(),
+            &Patch::Merge(json!({"spec": {"type": "RestoreTest"}})),
+        )
+        .await
+    {
+        Err(kube::Error::Api(e)) => assert!(
+            e.code == 422 && e.message.contains(run_transition),
+            "expected 422 with {run_transition:?}, got {} {}",
+            e.code,
+            e.message
+        ),
+        other => panic!("a BackupRun's spec changed: {other:?}"),
     }
 }
 
