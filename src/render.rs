@@ -227,10 +227,8 @@ pub struct Document {
     pub input: Option<Input>,
 }
 
-/// Every document under `paths` (files or directories, as `render` reads
-/// them), in order. Palisade's kinds are parsed (a wrong field names its file
-/// and document); other kinds are kept as they are.
-pub fn load_documents(paths: &[PathBuf]) -> Result<Vec<Document>, RenderError> {
+/// The text of every file under `paths` (files or directories), in order.
+fn read_all(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, RenderError> {
     let mut out = Vec::new();
     for root in paths {
         for file in collect_files(root)? {
@@ -238,27 +236,38 @@ pub fn load_documents(paths: &[PathBuf]) -> Result<Vec<Document>, RenderError> {
                 path: file.clone(),
                 source,
             })?;
-            for (doc, value) in parse_documents(&file, &text)? {
-                let json = serde_json::to_value(&value).map_err(|e| RenderError::NotAnObject {
+            out.push((file, text));
+        }
+    }
+    Ok(out)
+}
+
+/// Every document under `paths` (files or directories, as `render` reads
+/// them), in order. Palisade's kinds are parsed (a wrong field names its file
+/// and document); other kinds are kept as they are.
+pub fn load_documents(paths: &[PathBuf]) -> Result<Vec<Document>, RenderError> {
+    let mut out = Vec::new();
+    for (file, text) in read_all(paths)? {
+        for (doc, value) in parse_documents(&file, &text)? {
+            let json = serde_json::to_value(&value).map_err(|e| RenderError::NotAnObject {
+                path: file.clone(),
+                doc,
+                message: e.to_string(),
+            })?;
+            if !json.is_object() {
+                return Err(RenderError::NotAnObject {
                     path: file.clone(),
                     doc,
-                    message: e.to_string(),
-                })?;
-                if !json.is_object() {
-                    return Err(RenderError::NotAnObject {
-                        path: file.clone(),
-                        doc,
-                        message: "expected a mapping with apiVersion, kind and metadata".into(),
-                    });
-                }
-                let input = parse_input(&file, doc, value)?;
-                out.push(Document {
-                    path: file.clone(),
-                    doc,
-                    value: json,
-                    input,
+                    message: "expected a mapping with apiVersion, kind and metadata".into(),
                 });
             }
+            let input = parse_input(&file, doc, value)?;
+            out.push(Document {
+                path: file.clone(),
+                doc,
+                value: json,
+                input,
+            });
         }
     }
     Ok(out)
@@ -267,15 +276,9 @@ pub fn load_documents(paths: &[PathBuf]) -> Result<Vec<Document>, RenderError> {
 /// Renders everything under `paths` into one multi-document YAML stream.
 pub fn render_paths(paths: &[PathBuf]) -> Result<String, RenderError> {
     let mut inputs = Vec::new();
-    for root in paths {
-        for file in collect_files(root)? {
-            let text = std::fs::read_to_string(&file).map_err(|source| RenderError::Read {
-                path: file.clone(),
-                source,
-            })?;
-            for (doc, input) in parse_file(&file, &text)? {
-                inputs.push((file.clone(), doc, input));
-            }
+    for (file, text) in read_all(paths)? {
+        for (doc, input) in parse_file(&file, &text)? {
+            inputs.push((file.clone(), doc, input));
         }
     }
     // RolePolicies shape every tenant's roles, wherever they appear in the input.
