@@ -289,18 +289,6 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-impl Rule {
-    pub fn policy_rule(&self) -> PolicyRule {
-        PolicyRule {
-            api_groups: Some(strings(self.api_groups)),
-            resources: Some(strings(self.resources)),
-            verbs: strings(self.verbs),
-            resource_names: (!self.resource_names.is_empty()).then(|| strings(self.resource_names)),
-            ..Default::default()
-        }
-    }
-}
-
 /// A rule with its reason, as the manifests print it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -341,16 +329,6 @@ impl DocRule {
             && any(&self.resources, resource)
             && any(&self.verbs, verb)
             && self.resource_names.is_empty()
-    }
-
-    pub fn policy_rule(&self) -> PolicyRule {
-        PolicyRule {
-            api_groups: Some(self.api_groups.clone()),
-            resources: Some(self.resources.clone()),
-            verbs: self.verbs.clone(),
-            resource_names: (!self.resource_names.is_empty()).then(|| self.resource_names.clone()),
-            ..Default::default()
-        }
     }
 }
 
