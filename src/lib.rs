@@ -13,6 +13,7 @@ pub mod crd;
 pub mod crdgen;
 pub mod diff;
 pub mod duration;
+pub mod metrics;
 pub mod operator_rbac;
 pub mod quantity;
 pub mod render;

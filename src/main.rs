@@ -11,10 +11,10 @@ use clap::Parser;
 use palisade::config::{Cli, Command, ControllerArgs, TokenCommand};
 use palisade::controller::SystemClock;
 use palisade::resources::catalog;
+use palisade::metrics::Metrics;
 use palisade::runtime::{
     self,
     admin::{AdminServer, Health},
-    metrics::Metrics,
     telemetry,
 };
 use tokio_util::sync::CancellationToken;

@@ -14,7 +14,7 @@ use palisade::controller::SystemClock;
 use palisade::crd::Tenant;
 use palisade::runtime::admin::{AdminServer, Health};
 use palisade::runtime::leader::LeaseSettings;
-use palisade::runtime::metrics::{Metrics, NAMES};
+use palisade::metrics::{Metrics, NAMES};
 use palisade::runtime::{self, RuntimeError, RuntimeSettings};
 use palisade_testkit::FakeApiServer;
 use support::*;

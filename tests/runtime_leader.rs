@@ -12,7 +12,7 @@ use palisade::controller::SystemClock;
 use palisade::crd::Tenant;
 use palisade::runtime::admin::Health;
 use palisade::runtime::leader::{Attempt, LeaderElector, LeaseSettings, LostLeadership};
-use palisade::runtime::metrics::Metrics;
+use palisade::metrics::Metrics;
 use palisade::runtime::{self, RuntimeError, RuntimeSettings};
 use palisade_testkit::FakeApiServer;
 use serde_json::json;

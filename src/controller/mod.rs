@@ -76,7 +76,7 @@ pub struct Settings {
     pub job_image: String,
     /// The process-wide metrics (backup and restore-test gauges); `None` in
     /// tests that do not look at them.
-    pub metrics: Option<Arc<crate::runtime::metrics::Metrics>>,
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Minimum age of a Secret's current version before `palisade.dev/rotate-now`
     /// replaces it (forced rotations of one Secret are at least this far apart).
     pub min_forced_rotation_interval: std::time::Duration,
@@ -138,7 +138,7 @@ pub struct Context {
     /// Shared garbage collection watches (started per kind on first use).
     pub gc: gc::GcWatches,
     /// Prometheus metrics (a private set unless [`Context::with_metrics`] shares one).
-    pub metrics: Arc<crate::runtime::metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     failures: Mutex<HashMap<String, u32>>,
     /// The ServiceAccount this process runs as (resolved once).
     identity: tokio::sync::OnceCell<Option<(String, String)>>,
@@ -213,7 +213,7 @@ impl Context {
     }
 
     /// Records this context's reconciles in `metrics` (the process-wide set).
-    pub fn with_metrics(mut self, metrics: Arc<crate::runtime::metrics::Metrics>) -> Self {
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = metrics;
         self
     }

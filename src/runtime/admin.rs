@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Liveness and readiness, shared by the runtime and the admin server.
 #[derive(Clone, Debug)]

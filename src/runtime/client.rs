@@ -11,7 +11,7 @@ use http::{Method, Request, Response};
 use kube::client::ClientBuilder;
 use tower::{Layer, Service};
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Builds the client Palisade uses: `service` (the default kube stack in
 /// production, the in-process API server in tests) behind the rate limit and

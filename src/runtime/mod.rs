@@ -8,7 +8,6 @@
 pub mod admin;
 pub mod client;
 pub mod leader;
-pub mod metrics;
 pub mod redact;
 pub mod telemetry;
 
@@ -23,7 +22,7 @@ use tracing::{error, info, warn};
 use crate::controller::{Clock, Context, Settings, tenant};
 use admin::Health;
 use leader::{LeaderElector, LeaseSettings, LostLeadership};
-use metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// How the runtime runs the controllers.
 #[derive(Debug, Clone)]
