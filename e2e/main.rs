@@ -23,7 +23,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, Resource, ResourceExt};
-use palisade::controller::{Context, Settings, SystemClock, tenant};
+use palisade::controller::tenant::{self, Context};
+use palisade::controller::{Settings, SystemClock};
 use palisade::crd::Tenant;
 use serde::Deserialize;
 use serde_json::json;
@@ -1165,14 +1166,14 @@ async fn rolepolicy_grants_exactly_what_it_says() {
     let (_controller, _) = start_controller(&operator);
     let stop = {
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(palisade::controller::rolepolicy::run(
+        let shared = palisade::controller::driver::Shared::new(
             operator.clone(),
             Arc::new(SystemClock),
             Settings::default(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        );
+        tokio::spawn(palisade::controller::rolepolicy::run(shared, async move {
+            let _ = rx.await;
+        }));
         tx
     };
     let name = unique("e2p");

@@ -320,7 +320,7 @@ fn palisade_fingerprint(ar: &ApiResource, o: &DynamicObject) -> String {
             "labels": o.metadata.labels,
             "annotations": o.metadata.annotations,
         });
-        return format!("{:016x}", palisade::apply::stable_hash(&part));
+        return format!("{:016x}", palisade::resources::stable_hash(&part));
     }
     o.resource_version().unwrap_or_default()
 }

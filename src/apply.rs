@@ -123,17 +123,7 @@ fn key(ar: &ApiResource, ns: Option<&str>, name: &str) -> Key {
     )
 }
 
-/// FNV-1a over the canonical JSON text (serde_json maps are sorted), so the
-/// hash is stable across processes and versions.
-pub fn stable_hash(value: &Value) -> u64 {
-    let text = value.to_string();
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
+use crate::resources::stable_hash;
 
 /// True when the object `actual` (of the kind `desired` is) holds every field of
 /// `desired`, as [`contains`] decides, `apiVersion` and `kind` aside: caches

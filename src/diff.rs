@@ -39,11 +39,11 @@ use serde_json::Value;
 
 use crate::apply::Applier;
 use crate::config::{DiffArgs, DiffOutput};
-use crate::controller::tenant::{NsState, Who, classify_namespace};
 use crate::crd::{BackupSchedule, RolePolicy, Tenant};
 use crate::render::{Document, Input, RenderError};
 use crate::resources::labels::{self, FIELD_MANAGER};
 use crate::resources::quota::{QUOTA_NAME, Usage};
+use crate::resources::tenant::{NsState, Who, classify_namespace};
 use crate::resources::{Invalid, backup_jobs, backup_network, rolepolicy, tenant, tokens};
 
 /// Exit code when something would change.
@@ -459,7 +459,7 @@ pub fn policy_findings(policy: &RolePolicy) -> Vec<Finding> {
             }
             out
         }
-        Ok(()) => Vec::new(),
+        Ok(_) => Vec::new(),
     }
 }
 
@@ -468,7 +468,7 @@ pub fn tenant_findings(t: &Tenant) -> Vec<Finding> {
     let name = t.metadata.name.as_deref().unwrap_or_default();
     match tenant::validate(name, &t.spec) {
         Err(e) => vec![finding(Severity::Rejected, "Tenant", name, e)],
-        Ok(()) => Vec::new(),
+        Ok(_) => Vec::new(),
     }
 }
 
@@ -814,9 +814,9 @@ impl Differ {
     ) -> Result<(), DiffError> {
         let name = t.name_any();
         let source = format!("Tenant {name}");
-        if tenant::validate(&name, &t.spec).is_err() {
+        let Ok(valid) = tenant::validate(&name, &t.spec) else {
             return Ok(()); // reported as a finding; the controller builds nothing
-        }
+        };
         let selector = ListParams::default().labels(&labels::tenant_selector(&name));
         // Live children, read as narrowly as the controller reads them: the
         // tenant's namespaces (labelled or listed), then every kind inside
@@ -984,7 +984,7 @@ impl Differ {
                 .any(|(ar, lns, ln, _)| ar.kind == kind && lns == ns && ln == n)
         };
         // Rotated secrets and their JWKS.
-        for preview in tenant::secret_previews(t) {
+        for preview in tenant::secret_previews(t, &valid) {
             let kind = preview["kind"].as_str().unwrap_or_default().to_string();
             let ns = preview
                 .pointer("/metadata/namespace")

@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use palisade::config::{Cli, Command, ControllerArgs, TokenCommand};
 use palisade::controller::SystemClock;
-use palisade::resources::catalog;
 use palisade::metrics::Metrics;
+use palisade::resources::catalog;
 use palisade::runtime::{
     self,
     admin::{AdminServer, Health},

@@ -22,6 +22,7 @@
 //! | `palisade_restore_test_last_result` | gauge | `namespace`, `schedule`, `result` |
 //! | `palisade_secret_next_rotation_timestamp_seconds` | gauge | `tenant`, `namespace`, `secret` |
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -162,6 +163,8 @@ pub struct Metrics {
     restore_test_last_success: Family<ScheduleLabels, TimestampGauge>,
     restore_test_last_result: Family<RestoreResultLabels, Gauge>,
     secret_next_rotation: Family<SecretLabels, TimestampGauge>,
+    /// The series of `secret_next_rotation` per tenant (to remove stale ones).
+    secret_series: Mutex<HashMap<String, BTreeSet<(String, String)>>>,
     tenant_counter: Mutex<Option<TenantCounter>>,
     cached_objects: Gauge,
     cache_bytes: Gauge,
@@ -197,6 +200,7 @@ impl Metrics {
             restore_test_last_success: Family::default(),
             restore_test_last_result: Family::default(),
             secret_next_rotation: Family::default(),
+            secret_series: Mutex::default(),
             tenant_counter: Mutex::new(None),
             cached_objects: Gauge::default(),
             cache_bytes: Gauge::default(),
@@ -428,30 +432,35 @@ impl Metrics {
         }
     }
 
-    /// When the rotated secret `secret` of `tenant` in `namespace` is next due.
-    pub fn set_secret_next_rotation(
-        &self,
-        tenant: &str,
-        namespace: &str,
-        secret: &str,
-        unix_seconds: f64,
-    ) {
-        self.secret_next_rotation
-            .get_or_create(&SecretLabels {
-                tenant: tenant.to_string(),
-                namespace: namespace.to_string(),
-                secret: secret.to_string(),
-            })
-            .set(unix_seconds);
-    }
-
-    /// Forgets a secret that is no longer managed.
-    pub fn remove_secret(&self, tenant: &str, namespace: &str, secret: &str) {
-        self.secret_next_rotation.remove(&SecretLabels {
+    /// When each rotated secret of `tenant` is next due, `(namespace, secret,
+    /// unix seconds)`; the series of the tenant's secrets not listed (no longer
+    /// managed, or the tenant is gone: an empty list) are removed.
+    pub fn set_secret_rotations(&self, tenant: &str, due: &[(String, String, f64)]) {
+        let labels = |namespace: &str, secret: &str| SecretLabels {
             tenant: tenant.to_string(),
             namespace: namespace.to_string(),
             secret: secret.to_string(),
-        });
+        };
+        for (namespace, secret, unix_seconds) in due {
+            self.secret_next_rotation
+                .get_or_create(&labels(namespace, secret))
+                .set(*unix_seconds);
+        }
+        let now: BTreeSet<(String, String)> =
+            due.iter().map(|(n, s, _)| (n.clone(), s.clone())).collect();
+        let Ok(mut series) = self.secret_series.lock() else {
+            return;
+        };
+        let before = if now.is_empty() {
+            series.remove(tenant).unwrap_or_default()
+        } else {
+            series
+                .insert(tenant.to_string(), now.clone())
+                .unwrap_or_default()
+        };
+        for (namespace, secret) in before.difference(&now) {
+            self.secret_next_rotation.remove(&labels(namespace, secret));
+        }
     }
 }
 
@@ -545,5 +554,27 @@ mod tests {
         assert!(text.contains(
             "palisade_restore_test_last_success_timestamp_seconds{namespace=\"db\",schedule=\"nightly\"} 20.0"
         ));
+    }
+
+    #[test]
+    fn series_of_objects_that_are_gone_are_removed() {
+        let m = Metrics::new();
+        let due = |n: &str, s: &str| (n.to_string(), s.to_string(), 100.0);
+        m.set_secret_rotations("acme", &[due("a", "one"), due("b", "two")]);
+        m.set_secret_rotations("other", &[due("c", "three")]);
+        m.set_secret_rotations("acme", &[due("a", "one")]);
+        let text = m.encode().expect("encode");
+        assert!(text.contains("secret=\"one\""), "{text}");
+        assert!(!text.contains("secret=\"two\""), "{text}");
+        m.set_secret_rotations("acme", &[]);
+        let text = m.encode().expect("encode");
+        assert!(!text.contains("tenant=\"acme\""), "{text}");
+        assert!(text.contains("secret=\"three\""), "{text}");
+
+        m.set_backup_last_success("db", "nightly", 1.0);
+        m.set_restore_test_result("db", "nightly", true, 2.0);
+        m.remove_schedule("db", "nightly");
+        let text = m.encode().expect("encode");
+        assert!(!text.contains("schedule=\"nightly\""), "{text}");
     }
 }

@@ -306,12 +306,14 @@ pub fn render_input(
     match input {
         Input::Tenant(t) => {
             let plan = crate::resources::rolepolicy::plan_for(t, policies);
-            let objects = tenant::build(t, &Usage::new(), &plan)
-                .map_err(|e| invalid_field(path, doc, "Tenant", t.metadata.name.as_deref(), e))?;
+            let invalid = |e| invalid_field(path, doc, "Tenant", t.metadata.name.as_deref(), e);
+            let valid = tenant::validate(t.metadata.name.as_deref().unwrap_or_default(), &t.spec)
+                .map_err(invalid)?;
+            let objects = tenant::build(t, &Usage::new(), &plan).map_err(invalid)?;
             let mut values = objects
                 .to_values()
                 .map_err(|e| RenderError::Output(e.to_string()))?;
-            values.extend(tenant::secret_previews(t));
+            values.extend(tenant::secret_previews(t, &valid));
             Ok(values)
         }
         // A RolePolicy's objects are the selected tenants' Roles and RoleBindings

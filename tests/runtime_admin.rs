@@ -12,9 +12,9 @@ use kube::api::PostParams;
 use kube::client::ClientBuilder;
 use palisade::controller::SystemClock;
 use palisade::crd::Tenant;
+use palisade::metrics::{Metrics, NAMES};
 use palisade::runtime::admin::{AdminServer, Health};
 use palisade::runtime::leader::LeaseSettings;
-use palisade::metrics::{Metrics, NAMES};
 use palisade::runtime::{self, RuntimeError, RuntimeSettings};
 use palisade_testkit::FakeApiServer;
 use support::*;
@@ -246,8 +246,10 @@ async fn metrics_are_exposed_with_the_documented_names() {
     // Setters for the backup and secret controllers.
     p.metrics
         .set_backup_last_success("db", "nightly", 1_800_000_000.0);
-    p.metrics
-        .set_secret_next_rotation("acme", "acme-app", "db-creds", 1_800_000_100.0);
+    p.metrics.set_secret_rotations(
+        "acme",
+        &[("acme-app".into(), "db-creds".into(), 1_800_000_100.0)],
+    );
     let (_, text) = get(p.addr, "/metrics").await;
     assert!(text.contains(
         "palisade_backup_last_success_timestamp_seconds{namespace=\"db\",schedule=\"nightly\"} 1800000000.0"

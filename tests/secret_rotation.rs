@@ -149,10 +149,9 @@ async fn creation_rotation_at_deadline_overlap_and_restart_safety() {
 
     // The controller asks to be woken exactly at the deadline.
     let tenant: Tenant = server.get(None, "keys").expect("tenant");
-    let action =
-        palisade::controller::tenant::reconcile(std::sync::Arc::new(tenant), running.ctx.clone())
-            .await
-            .expect("reconcile");
+    let action = palisade::controller::tenant::reconcile(&running.ctx, &tenant)
+        .await
+        .expect("reconcile");
     assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
 
     // One second before the deadline nothing rotates.

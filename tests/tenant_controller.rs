@@ -7,6 +7,7 @@ use std::time::Duration;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use palisade::crd::Tenant;
+use palisade::resources::network::DEFAULT_DENY;
 use palisade::resources::quota::Usage;
 use palisade_testkit::{FakeApiServer, Verb};
 use serde_json::{Value, json};
@@ -495,6 +496,97 @@ async fn api_errors_are_retried_with_backoff_not_hot_looped() {
     );
     server.clear_fault(fault);
     wait_ready(&server, "acme").await;
+}
+
+/// A child kind the API server refuses (403: RBAC, then 500: a broken
+/// server) reaches status: Ready and NetworkIsolated turn False with the
+/// reason and a Warning Event says so, while the kinds that could be applied
+/// stay reported as applied; once the fault is gone the tenant recovers.
+#[tokio::test]
+async fn a_failing_child_kind_reaches_status_and_recovers() {
+    let server = server();
+    let running = start(&server, clock());
+    create(&server, ACME).await;
+    wait_ready(&server, "acme").await;
+    for (code, reason) in [(403, "Forbidden"), (500, "ServerError")] {
+        // Every write of a NetworkPolicy fails except our own delete below.
+        let fault = server.fail_when(code, None, |r| {
+            r.resource == "networkpolicies" && r.verb.is_write() && r.verb != Verb::Delete
+        });
+        // Drift to heal: a policy deleted by hand.
+        let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+            Api::namespaced(server.client(), "acme-prod");
+        let before = server.mark();
+        policies
+            .delete(DEFAULT_DENY, &DeleteParams::default())
+            .await
+            .expect("delete a policy");
+        let ready = wait_condition(&server, "acme", "Ready", "False", Some(reason)).await;
+        assert!(
+            ready["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("apply NetworkPolicy failed")),
+            "{ready}"
+        );
+        wait_condition(&server, "acme", "NetworkIsolated", "False", Some(reason)).await;
+        // What was applied stays reported as applied.
+        wait_condition(
+            &server,
+            "acme",
+            "QuotaEnforced",
+            "True",
+            Some("QuotaApplied"),
+        )
+        .await;
+        let progress = if code == 403 {
+            "Stalled"
+        } else {
+            "Reconciling"
+        };
+        wait_condition(&server, "acme", progress, "True", Some(reason)).await;
+        let warned = server
+            .wait_until(WAIT, |s| {
+                events_with_reason(s, reason)
+                    .iter()
+                    .any(|e| e["type"] == "Warning" && e["regarding"]["name"] == "acme")
+            })
+            .await;
+        assert!(warned.is_ok(), "no Warning Event with reason {reason}");
+        // Retried with backoff, not given up on and not hot-looped.
+        let tries = |s: &FakeApiServer| {
+            s.log_since(before)
+                .iter()
+                .filter(|r| r.resource == "networkpolicies" && r.verb.is_write())
+                .count()
+        };
+        let retried = server.wait_until(WAIT, |s| tries(s) >= 3).await;
+        assert!(retried.is_ok(), "retried: {}", tries(&server));
+        server.clear_fault(fault);
+        wait_ready(&server, "acme").await;
+        wait_condition(
+            &server,
+            "acme",
+            "NetworkIsolated",
+            "True",
+            Some("DefaultDenyApplied"),
+        )
+        .await;
+        assert!(
+            server
+                .get_json("networkpolicies", Some("acme-prod"), DEFAULT_DENY)
+                .is_some(),
+            "the policy was restored"
+        );
+    }
+    let metrics = running.ctx.metrics.encode().expect("metrics");
+    for reason in ["Forbidden", "ServerError"] {
+        assert!(
+            metrics.contains(&format!(
+                "palisade_reconcile_errors_total{{controller=\"tenant\",reason=\"{reason}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
 }
 
 async fn assert_invalid(server: &FakeApiServer, name: &str, reason: &str) {

@@ -46,8 +46,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::Context;
-use super::tenant::Error;
+use super::error::Error;
+use super::tenant::Context;
 use crate::crd::condition::Observed;
 use crate::crd::tenant::{AgeFrom, GcStatus, Tenant};
 use crate::resources::gc::{self as model, Candidate, KindKey};
@@ -232,7 +232,7 @@ impl GcWatches {
             .sum()
     }
 
-    fn forget(&self, tenant: &str) {
+    pub(crate) fn forget(&self, tenant: &str) {
         let gone = lock(&self.tenants).remove(tenant);
         if let Some(st) = gone {
             self.stop_watches(st.watches.iter());

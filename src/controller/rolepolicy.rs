@@ -6,17 +6,14 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{Instrument, info_span, warn};
 
-use super::{Backoff, Clock};
+use super::driver::{self, Reconcile, Shared};
 use crate::crd::condition::{Observed, merge_conditions, progress};
 use crate::crd::role_policy::{RolePolicy, RolePolicyStatus, TenantBindingStatus};
 use crate::crd::{ConditionStatus, Tenant};
@@ -35,12 +32,9 @@ impl Error {
 
 /// What the RolePolicy controller needs.
 pub struct PolicyContext {
-    pub client: Client,
-    pub recorder: Recorder,
-    pub clock: Arc<dyn Clock>,
+    pub shared: Shared,
     pub tenants: Store<Tenant>,
     pub policies: Store<RolePolicy>,
-    pub backoff: Backoff,
 }
 
 /// The status a policy should have (pure).
@@ -131,16 +125,27 @@ pub fn desired_status(
     )
 }
 
-async fn reconcile(policy: Arc<RolePolicy>, ctx: Arc<PolicyContext>) -> Result<Action, Error> {
-    let name = policy.name_any();
-    async {
-        let all: Vec<RolePolicy> = ctx
+impl Reconcile for PolicyContext {
+    type Object = RolePolicy;
+    type Error = Error;
+    const NAME: &'static str = "rolepolicy";
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn reason(error: &Error) -> &'static str {
+        error.reason()
+    }
+
+    async fn reconcile(self: Arc<Self>, policy: Arc<RolePolicy>) -> Result<Action, Error> {
+        let all: Vec<RolePolicy> = self
             .policies
             .state()
             .iter()
             .map(|p| p.as_ref().clone())
             .collect();
-        let tenants: Vec<Tenant> = ctx
+        let tenants: Vec<Tenant> = self
             .tenants
             .state()
             .iter()
@@ -153,21 +158,21 @@ async fn reconcile(policy: Arc<RolePolicy>, ctx: Arc<PolicyContext>) -> Result<A
             &previous.conditions,
             &observed,
             policy.metadata.generation,
-            ctx.clock.now(),
+            self.shared.clock.now(),
         );
         if status == previous {
             return Ok(Action::await_change());
         }
         super::events::publish_transitions(
-            &ctx.recorder,
+            &self.shared.recorder,
             &policy.object_ref(&()),
             &previous.conditions,
             &status.conditions,
         )
         .await;
-        let api: Api<RolePolicy> = Api::all(ctx.client.clone());
+        let api: Api<RolePolicy> = Api::all(self.shared.client.clone());
         api.patch_status(
-            &name,
+            &policy.name_any(),
             &PatchParams::default(),
             &Patch::Merge(json!({ "status": status })),
         )
@@ -175,58 +180,28 @@ async fn reconcile(policy: Arc<RolePolicy>, ctx: Arc<PolicyContext>) -> Result<A
         .map_err(|e| Error(Box::new(e)))?;
         Ok(Action::await_change())
     }
-    .instrument(info_span!("reconcile", kind = "RolePolicy", name = %name))
-    .await
-}
-
-fn error_policy(policy: Arc<RolePolicy>, error: &Error, ctx: Arc<PolicyContext>) -> Action {
-    warn!(policy = %policy.name_any(), reason = error.reason(), error = %error, "reconcile failed");
-    Action::requeue(ctx.backoff.delay(2, rand::random::<f64>()))
 }
 
 /// Runs the RolePolicy controller until `shutdown` resolves.
 pub async fn run(
-    client: Client,
-    clock: Arc<dyn Clock>,
-    settings: super::Settings,
+    shared: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (tenants, writer) = reflector::store::<Tenant>();
-    let tenant_stream = reflector::reflector(
-        writer,
-        watcher(
-            Api::<Tenant>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects();
-    let controller = Controller::new(
-        Api::<RolePolicy>::all(client.clone()),
+    let client = shared.client.clone();
+    let (tenants, tenant_stream) = driver::watch(
+        Api::<Tenant>::all(client.clone()),
         watcher::Config::default(),
     );
-    let policies = controller.store();
+    let (policies, policy_stream) =
+        driver::watch(Api::<RolePolicy>::all(client), watcher::Config::default());
     let all_policies = policies.clone();
+    let controller = Controller::for_stream(policy_stream, policies.clone())
+        // Tenant labels decide selection: re-evaluate every policy.
+        .watches_stream(tenant_stream, move |_: Tenant| driver::all(&all_policies));
     let ctx = Arc::new(PolicyContext {
-        recorder: settings.recorder(client.clone()),
-        client,
-        clock,
+        shared,
         tenants,
         policies,
-        backoff: settings.backoff.clone(),
     });
-    controller
-        .watches_stream(tenant_stream, move |_: Tenant| {
-            // Tenant labels decide selection: re-evaluate every policy.
-            all_policies
-                .state()
-                .iter()
-                .map(|p| ObjectRef::from_obj(p.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+    driver::run(controller, ctx, shutdown).await;
 }

@@ -97,3 +97,15 @@ impl TenantObjects {
         Ok(out)
     }
 }
+
+/// FNV-1a over the canonical JSON text (serde_json maps are sorted), so the
+/// hash is stable across processes and versions.
+pub fn stable_hash(value: &serde_json::Value) -> u64 {
+    let text = value.to_string();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}

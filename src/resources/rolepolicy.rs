@@ -164,7 +164,7 @@ pub fn validate(spec: &RolePolicySpec) -> Result<(), InvalidPolicy> {
             && let Some(j) = b
                 .subjects
                 .iter()
-                .position(|s| super::tenant::is_public_subject(s.kind, &s.name))
+                .position(|s| is_public_subject(s.kind, &s.name))
         {
             return Err(invalid(
                 "PublicSubject",
@@ -426,6 +426,19 @@ fn subject_tuple(s: &Subject) -> (String, String, Option<String>) {
         s.name.clone(),
         s.namespace.clone(),
     )
+}
+
+/// Subjects that stand for everyone (or every workload): binding them to a
+/// tenant role would open the tenant to the whole cluster or the internet.
+pub fn is_public_subject(kind: crate::crd::tenant::SubjectKind, name: &str) -> bool {
+    match kind {
+        crate::crd::tenant::SubjectKind::User => name == "system:anonymous",
+        crate::crd::tenant::SubjectKind::Group => matches!(
+            name,
+            "system:unauthenticated" | "system:authenticated" | "system:serviceaccounts"
+        ),
+        crate::crd::tenant::SubjectKind::ServiceAccount => false,
+    }
 }
 
 #[cfg(test)]

@@ -33,19 +33,6 @@ const RESERVED_NAMESPACE_PREFIX: &str = "kube-";
 /// and an unbounded one overflows time arithmetic.
 const MAX_ROTATION: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
 
-/// Subjects that stand for everyone (or every workload): binding them to a
-/// tenant role would open the tenant to the whole cluster or the internet.
-pub fn is_public_subject(kind: SubjectKind, name: &str) -> bool {
-    match kind {
-        SubjectKind::User => name == "system:anonymous",
-        SubjectKind::Group => matches!(
-            name,
-            "system:unauthenticated" | "system:authenticated" | "system:serviceaccounts"
-        ),
-        SubjectKind::ServiceAccount => false,
-    }
-}
-
 fn check_quantities<'a>(
     field: &str,
     items: impl IntoIterator<Item = (&'a String, &'a Quantity)>,
@@ -78,8 +65,17 @@ fn check_cidr(field: &str, cidr: &str) -> Result<ipnet::IpNet, InvalidTenant> {
     })
 }
 
-/// Checks everything the schema cannot; the first problem wins.
-pub fn validate(name: &str, spec: &TenantSpec) -> Result<(), InvalidTenant> {
+/// What validation parsed, so that no later step parses (and falls back) again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Valid {
+    /// `spec.secrets[i].rotateEvery`, parsed, in spec order.
+    pub rotate_every: Vec<std::time::Duration>,
+}
+
+/// Checks everything the schema cannot; the first problem wins. A valid spec's
+/// parsed values come back in [`Valid`].
+pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
+    let mut valid = Valid::default();
     if !is_dns_label(name) {
         return Err(invalid(
             "InvalidTenantName",
@@ -196,7 +192,7 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<(), InvalidTenant> {
                 "namespace is required for ServiceAccount owners and not allowed for users and groups",
             ));
         }
-        if is_public_subject(o.kind, &o.name) {
+        if super::rolepolicy::is_public_subject(o.kind, &o.name) {
             return Err(invalid(
                 "PublicSubject",
                 format!("spec.owners[{i}].name"),
@@ -224,6 +220,7 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<(), InvalidTenant> {
                 format!("'{}' is longer than 3650d", s.rotate_every),
             ));
         }
+        valid.rotate_every.push(every);
         if s.keep_previous > 10 {
             return Err(invalid(
                 "InvalidRotation",
@@ -268,7 +265,7 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<(), InvalidTenant> {
             }
         }
     }
-    Ok(())
+    Ok(valid)
 }
 
 /// Namespace names of the tenant, in spec order.
@@ -354,6 +351,60 @@ pub fn adoption(
     }
 }
 
+/// How a namespace the spec lists relates to a tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NsState {
+    /// Not in the managed cache: create it (a 409 says it exists unmanaged,
+    /// released, or was created meanwhile; it is then looked up).
+    Unseen,
+    /// Does not exist (looked up after a 409: deleted again meanwhile).
+    Absent,
+    /// Ours (or released by this same tenant earlier): apply.
+    Owned,
+    /// Being deleted.
+    Terminating,
+    /// Exists and belongs to someone else.
+    Conflict(String),
+}
+
+/// The Tenant a namespace is classified for: its name and (online) uid.
+#[derive(Clone, Copy)]
+pub struct Who<'a> {
+    pub name: &'a str,
+    pub uid: Option<&'a str>,
+}
+
+/// Whose an existing namespace `name` (with metadata `meta`) is, for `tenant`.
+pub fn classify_namespace(tenant: Who<'_>, name: &str, meta: &ObjectMeta) -> NsState {
+    let lbls = meta.labels.clone().unwrap_or_default();
+    let owner = lbls.get(labels::TENANT).cloned();
+    let managed =
+        lbls.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE);
+    match owner.as_deref() {
+        Some(t) if t == tenant.name => {
+            if meta.deletion_timestamp.is_some() {
+                return NsState::Terminating;
+            }
+            match adoption(
+                tenant.name,
+                tenant.uid,
+                name,
+                &lbls,
+                &meta.annotations.clone().unwrap_or_default(),
+            ) {
+                Ok(()) => NsState::Owned,
+                Err(why) => NsState::Conflict(why),
+            }
+        }
+        Some(other) if managed => NsState::Conflict(format!(
+            "namespace {name} belongs to tenant {other}; remove it from this tenant's spec.namespaces or from tenant {other}"
+        )),
+        _ => NsState::Conflict(format!(
+            "namespace {name} already exists and is not managed by Palisade; Palisade never takes over an existing namespace: pick another name, or delete the namespace if it is unused"
+        )),
+    }
+}
+
 /// The objects a valid Tenant becomes. `usage` is each namespace's current quota
 /// usage (only read for `scope: Tenant`; empty offline).
 pub fn build(
@@ -397,13 +448,12 @@ pub fn build(
 /// The Secrets and JWKS ConfigMaps of `spec.secrets[]` as `palisade render`
 /// shows them: same builders as the controller, material redacted (it only
 /// exists once the controller generates it) and empty key sets.
-pub fn secret_previews(tenant: &Tenant) -> Vec<serde_json::Value> {
+pub fn secret_previews(tenant: &Tenant, valid: &Valid) -> Vec<serde_json::Value> {
     use super::secrets;
     let name = tenant.metadata.name.as_deref().unwrap_or_default();
     let all = namespace_names(&tenant.spec);
     let mut out = Vec::new();
-    for spec in &tenant.spec.secrets {
-        let every = duration::parse_positive(&spec.rotate_every).unwrap_or_default();
+    for (spec, &every) in tenant.spec.secrets.iter().zip(&valid.rotate_every) {
         let namespaces = if spec.namespaces.is_empty() {
             &all
         } else {

@@ -77,7 +77,7 @@ impl Wanted {
     /// A stable digest of what decides re-issuing.
     pub fn digest(&self) -> String {
         let v = serde_json::json!({"sub": self.sub, "aud": self.aud, "tenant": self.tenant, "scope": self.scope, "ttl": self.ttl.as_secs()});
-        format!("{:016x}", crate::apply::stable_hash(&v))
+        format!("{:016x}", super::stable_hash(&v))
     }
 }
 

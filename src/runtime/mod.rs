@@ -19,10 +19,12 @@ use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::controller::{Clock, Context, Settings, tenant};
+use crate::controller::driver::Shared;
+use crate::controller::tenant::{self, Context};
+use crate::controller::{Clock, Settings};
+use crate::metrics::Metrics;
 use admin::Health;
 use leader::{LeaderElector, LeaseSettings, LostLeadership};
-use crate::metrics::Metrics;
 
 /// How the runtime runs the controllers.
 #[derive(Debug, Clone)]
@@ -100,26 +102,16 @@ pub async fn run(
         let bytes = i64::try_from(counted.bytes()).unwrap_or(i64::MAX);
         (objects, bytes)
     }));
-    let ctx = Arc::new(
-        Context::new(
-            client.clone(),
-            cache.clone(),
-            clock.clone(),
-            settings.controller.clone(),
-        )
-        .with_metrics(metrics.clone()),
-    );
+    let shared = Shared::new(client.clone(), clock.clone(), settings.controller.clone())
+        .with_metrics(metrics.clone());
+    let ctx = Arc::new(Context::with_shared(shared.clone(), cache.clone()));
     let stop = shutdown.child_token();
     let stop_signal = stop.clone();
     let (policy_stop, backup_stop) = (stop.clone(), stop.clone());
     let mut with_metrics = settings.controller.clone();
     with_metrics.metrics = Some(metrics.clone());
-    let policies = crate::controller::rolepolicy::run(
-        client.clone(),
-        clock.clone(),
-        settings.controller.clone(),
-        async move { policy_stop.cancelled().await },
-    );
+    let policies =
+        crate::controller::rolepolicy::run(shared, async move { policy_stop.cancelled().await });
     let backups =
         crate::controller::backup_schedule::run(client, clock, with_metrics, async move {
             backup_stop.cancelled().await

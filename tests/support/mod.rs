@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade::controller::{Clock, Context, Settings, tenant};
+use palisade::controller::tenant::{self, Context};
+use palisade::controller::{Clock, Settings};
 use palisade::crd::{BackupRun, BackupSchedule, RolePolicy, Tenant};
 use palisade_testkit::{FakeApiServer, ResourceType};
 use serde_json::Value;
@@ -98,14 +99,10 @@ pub fn start_with(server: &FakeApiServer, clock: Arc<dyn Clock>, settings: Setti
 /// Starts the RolePolicy controller against `server`; stops when dropped.
 pub fn start_policies(server: &FakeApiServer, clock: Arc<dyn Clock>) -> oneshot::Sender<()> {
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(palisade::controller::rolepolicy::run(
-        server.client(),
-        clock,
-        fast_settings(),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let shared = palisade::controller::driver::Shared::new(server.client(), clock, fast_settings());
+    tokio::spawn(palisade::controller::rolepolicy::run(shared, async move {
+        let _ = rx.await;
+    }));
     tx
 }
 

@@ -19,12 +19,12 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::info;
 
-use super::Context;
-use super::tenant::Error;
+use super::{Context, ObjectKey};
+use crate::controller::error::{Error, kube_err};
 use crate::crd::condition::Observed;
 use crate::crd::tenant::{ManagedSecret, SecretStatus, SecretType, Tenant};
-use crate::duration;
 use crate::resources::secrets::{self as model, Decision, Reason};
+use crate::resources::tenant::Valid;
 
 /// What secret reconciliation concluded.
 pub struct Outcome {
@@ -32,8 +32,8 @@ pub struct Outcome {
     pub statuses: Vec<SecretStatus>,
     /// The earliest rotation deadline: the controller requeues exactly then.
     pub next_deadline: Option<Timestamp>,
-    /// (kind, namespace, name) of every object this module wants kept.
-    pub wanted: BTreeSet<(String, String, String)>,
+    /// Every object this step wants kept (never pruned).
+    pub wanted: BTreeSet<ObjectKey>,
     /// Human-readable rotations, for Events.
     pub rotations: Vec<String>,
     /// Forced rotations that wait for the minimum interval (new ones only), for
@@ -54,21 +54,12 @@ async fn foreign_exists(
     name: &str,
 ) -> Result<bool, Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, ar);
-    let found = api
-        .get_metadata_opt(name)
-        .await
-        .map_err(|source| Error::Kube {
-            action: "get",
-            source: Box::new(source),
-        })?;
+    let found = api.get_metadata_opt(name).await.map_err(kube_err("get"))?;
     Ok(found.is_some())
 }
 
 fn to_value<T: serde::Serialize>(obj: &T) -> Result<Value, Error> {
-    serde_json::to_value(obj).map_err(|e| Error::Kube {
-        action: "serialize",
-        source: Box::new(kube::Error::SerdeError(e)),
-    })
+    crate::controller::error::to_value("secret object", obj)
 }
 
 /// Problems that stop one secret in one namespace (reported, not retried).
@@ -82,6 +73,7 @@ enum Blocked {
 pub async fn reconcile(
     ctx: &Context,
     tenant: &Tenant,
+    valid: &Valid,
     ready_ns: &BTreeSet<String>,
 ) -> Result<Outcome, Error> {
     let name = tenant.name_any();
@@ -99,10 +91,7 @@ pub async fn reconcile(
     }
     let mut blocked = Vec::new();
     let mut restarts: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for spec in &tenant.spec.secrets {
-        // Validated before: a positive duration.
-        let every =
-            duration::parse_positive(&spec.rotate_every).unwrap_or(Duration::from_secs(86_400));
+    for (spec, &every) in tenant.spec.secrets.iter().zip(&valid.rotate_every) {
         let namespaces: Vec<&String> = if spec.namespaces.is_empty() {
             ready_ns.iter().collect()
         } else {
@@ -168,13 +157,12 @@ async fn one(
     let secret_ar = ar::<Secret>();
     // Wanted even when blocked below: a managed Secret is never pruned because
     // it could not be read.
-    out.wanted
-        .insert(("Secret".into(), ns.to_string(), spec.name.clone()));
+    out.wanted.insert(ObjectKey::new("Secret", ns, &spec.name));
     if spec.type_ == SecretType::JwtSigningKey {
-        out.wanted.insert((
-            "ConfigMap".into(),
-            ns.to_string(),
-            model::jwks_name(&spec.name),
+        out.wanted.insert(ObjectKey::new(
+            "ConfigMap",
+            ns,
+            &model::jwks_name(&spec.name),
         ));
         let cm_ar = ar::<ConfigMap>();
         let jwks = model::jwks_name(&spec.name);
@@ -379,10 +367,7 @@ async fn restart_consumers(
         let list = api
             .list(&ListParams::default())
             .await
-            .map_err(|source| Error::Kube {
-                action: "list workloads",
-                source: Box::new(source),
-            })?;
+            .map_err(kube_err("list workloads"))?;
         for w in list.items {
             let pod_spec = &w.data["spec"]["template"]["spec"];
             let used: Vec<(String, String)> = rotated

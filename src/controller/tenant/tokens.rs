@@ -11,8 +11,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::ApiResource;
 
-use super::Context;
-use super::tenant::Error;
+use super::{Context, ObjectKey};
+use crate::controller::error::{Error, to_value};
 use crate::crd::condition::Observed;
 use crate::crd::tenant::{SecretType, Tenant};
 use crate::resources::rolepolicy::RbacPlan;
@@ -24,7 +24,7 @@ pub struct Outcome {
     /// `TokensIssued`, or `None` when no binding asks for tokens.
     pub observed: Option<Observed>,
     pub next_deadline: Option<Timestamp>,
-    pub wanted: BTreeSet<(String, String, String)>,
+    pub wanted: BTreeSet<ObjectKey>,
     pub issued: Vec<String>,
 }
 
@@ -100,8 +100,7 @@ pub async fn reconcile(
                 continue;
             };
             let name = model::secret_name(&req.service_account);
-            out.wanted
-                .insert(("Secret".into(), ns.clone(), name.clone()));
+            out.wanted.insert(ObjectKey::new("Secret", ns, &name));
             let wanted = Wanted {
                 sub: format!("system:serviceaccount:{ns}:{}", req.service_account),
                 aud: req.audience.clone().unwrap_or_else(|| tenant_name.clone()),
@@ -126,17 +125,10 @@ pub async fn reconcile(
                             continue;
                         }
                     };
-                let object = serde_json::to_value(model::token_secret(
-                    &tenant_name,
-                    ns,
-                    &req.service_account,
-                    &token,
-                    &issued,
-                ))
-                .map_err(|e| Error::Kube {
-                    action: "serialize token secret",
-                    source: Box::new(kube::Error::SerdeError(e)),
-                })?;
+                let object = to_value(
+                    "token secret",
+                    &model::token_secret(&tenant_name, ns, &req.service_account, &token, &issued),
+                )?;
                 match &cached {
                     Some(c) => {
                         ctx.applier.replace(&secret_ar(), object, c).await?;

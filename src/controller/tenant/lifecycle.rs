@@ -1,0 +1,107 @@
+//! Step: the Tenant's finalizer, and the cleanup it guards: what Palisade
+//! manages for a deleted Tenant goes per `deletionPolicy` before the Tenant does.
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::info;
+
+use super::Context;
+use super::namespaces;
+use crate::controller::error::{Error, kube_err};
+use crate::crd::tenant::{DeletionPolicy, Tenant};
+use crate::resources::labels;
+
+fn finalizer_patch(patch: serde_json::Value) -> Result<json_patch::Patch, Error> {
+    serde_json::from_value(patch).map_err(|source| Error::Serialize {
+        what: "finalizer patch",
+        source,
+    })
+}
+
+pub(super) async fn ensure_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
+    if tenant
+        .finalizers()
+        .iter()
+        .any(|f| f == labels::TENANT_FINALIZER)
+    {
+        return Ok(());
+    }
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    let patch = if tenant.meta().finalizers.is_none() {
+        json!([{ "op": "add", "path": "/metadata/finalizers", "value": [labels::TENANT_FINALIZER] }])
+    } else {
+        json!([{ "op": "add", "path": "/metadata/finalizers/-", "value": labels::TENANT_FINALIZER }])
+    };
+    let patch = finalizer_patch(patch)?;
+    let _in_flight = ctx
+        .applier
+        .in_flight(&super::tenant_ar(), None, &tenant.name_any());
+    let written = api
+        .patch(
+            &tenant.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+        .map_err(kube_err("add finalizer"))?;
+    ctx.note_tenant_write(written);
+    Ok(())
+}
+
+async fn remove_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
+    let current: Vec<String> = tenant.finalizers().to_vec();
+    if !current.iter().any(|f| f == labels::TENANT_FINALIZER) {
+        return Ok(());
+    }
+    let remaining: Vec<&String> = current
+        .iter()
+        .filter(|f| *f != labels::TENANT_FINALIZER)
+        .collect();
+    let patch = json!([
+        { "op": "test", "path": "/metadata/finalizers", "value": current },
+        { "op": "replace", "path": "/metadata/finalizers", "value": remaining },
+    ]);
+    let patch = finalizer_patch(patch)?;
+    let api: Api<Tenant> = Api::all(ctx.client.clone());
+    match api
+        .patch(
+            &tenant.name_any(),
+            &PatchParams::default(),
+            &Patch::<()>::Json(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(kube_err("remove finalizer")(e)),
+    }
+}
+
+/// Removes what Palisade manages for a tenant, per `deletionPolicy`: all
+/// namespaces (Delete), or only the policy objects, releasing the namespaces
+/// (Retain). Idempotent; tolerates apply never having run.
+pub(super) async fn cleanup(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
+    let name = tenant.name_any();
+    let policy = tenant.spec.deletion_policy;
+    for (ar, obj) in ctx.cache.owned_by(&name) {
+        let is_ns = ar.kind == "Namespace";
+        let ns = if is_ns {
+            obj.name_any()
+        } else {
+            obj.namespace().unwrap_or_default()
+        };
+        if namespaces::foreign(ctx, tenant, &ns) {
+            continue;
+        }
+        match (is_ns, policy) {
+            (true, DeletionPolicy::Delete) => ctx.applier.delete(&ar, &obj).await?,
+            (true, DeletionPolicy::Retain) => {
+                namespaces::release(ctx, &obj, tenant.metadata.uid.as_deref()).await?
+            }
+            (false, _) => ctx.applier.delete(&ar, &obj).await?,
+        }
+    }
+    info!(tenant = %name, ?policy, "tenant cleaned up");
+    remove_finalizer(ctx, tenant).await
+}

@@ -1,0 +1,466 @@
+//! The Tenant controller: namespaces, isolation, quotas and owner RBAC per
+//! Tenant; drift healed through watches on every child kind; cleanup through a
+//! finalizer according to `deletionPolicy`.
+//!
+//! One reconcile is the pipeline in [`reconcile`], one file per step:
+//! observe the caches → validate once ([`builder::validate`], parsed values in
+//! [`Valid`]) → [`desired`] (pure builders) → [`namespaces`] → [`children`]
+//! (apply only what differs) → [`secrets`] → garbage collection
+//! ([`crate::controller::gc`]) → [`tokens`] → prune ([`children::prune`]) →
+//! [`status`] (pure, from what the steps did; written only when it changed).
+//! A step that fails still reaches status: `Ready=False` with the step's
+//! reason (and a Warning Event for the transition), then the error goes to the
+//! driver's backoff.
+
+mod children;
+mod context;
+mod desired;
+mod lifecycle;
+mod namespaces;
+pub mod secrets;
+pub mod status;
+pub mod tokens;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, DynamicObject};
+use kube::core::ApiResource;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+use tracing::warn;
+
+pub use context::Context;
+use status::Facts;
+
+use super::cache::{ChildCache, ChildStream};
+use super::driver::{self, Reconcile, Shared};
+use super::error::{Error, Failed};
+use super::events::event;
+use super::gc;
+use crate::crd::tenant::Tenant;
+use crate::resources::labels;
+use crate::resources::tenant::{self as builder, Valid, Who};
+
+fn tenant_ar() -> ApiResource {
+    ApiResource::erase::<Tenant>(&())
+}
+
+/// Which object: kind, namespace (empty for cluster-scoped) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
+        Self {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The key of a desired object (JSON).
+    pub fn of(value: &Value) -> Self {
+        let s = |p: &str| value.pointer(p).and_then(Value::as_str).unwrap_or_default();
+        Self::new(s("/kind"), s("/metadata/namespace"), s("/metadata/name"))
+    }
+}
+
+async fn publish(ctx: &Context, tenant: &Tenant, ev: kube::runtime::events::Event) {
+    super::events::publish(&ctx.recorder, &tenant.object_ref(&()), ev).await;
+}
+
+impl Reconcile for Context {
+    type Object = Tenant;
+    type Error = Error;
+    const NAME: &'static str = "tenant";
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn reason(error: &Error) -> &'static str {
+        error.reason()
+    }
+
+    fn writes(&self) -> u64 {
+        self.applier.writes()
+    }
+
+    fn forget(&self, _namespace: Option<&str>, name: &str) {
+        self.forget_tenant(name);
+    }
+
+    async fn reconcile(self: Arc<Self>, tenant: Arc<Tenant>) -> Result<Action, Error> {
+        self.count_reconcile();
+        let tenant = self.freshest(tenant);
+        reconcile(&self, &tenant).await
+    }
+}
+
+/// One reconcile of one Tenant: the pipeline.
+pub async fn reconcile(ctx: &Context, tenant: &Tenant) -> Result<Action, Error> {
+    // Decisions are made from the caches: never from half-listed ones (a
+    // restarted controller would otherwise re-create what it cannot see yet).
+    ctx.cache.wait_ready().await;
+    if tenant.metadata.deletion_timestamp.is_some() {
+        lifecycle::cleanup(ctx, tenant).await?;
+        return Ok(Action::await_change());
+    }
+    lifecycle::ensure_finalizer(ctx, tenant).await?;
+    let valid = match builder::validate(&tenant.name_any(), &tenant.spec) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            warn!(tenant = %tenant.name_any(), reason = invalid.reason, field = %invalid.field, "invalid tenant spec");
+            let (status, observed) = status::invalid(tenant, &invalid);
+            status::write(ctx, tenant, status, observed).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let mut facts = Facts {
+        names: builder::namespace_names(&tenant.spec),
+        has_quota: tenant.spec.quota.is_some() || tenant.spec.cordoned,
+        cordoned: tenant.spec.cordoned,
+        ..Default::default()
+    };
+    let next = steps(ctx, tenant, &valid, &mut facts).await;
+    let next = match next {
+        Ok(Next::Again(after)) => return Ok(Action::requeue(after)),
+        Ok(next) => Ok(next),
+        Err((step, e)) => {
+            facts.failed = Some(Failed::new(step, &e));
+            Err(e)
+        }
+    };
+    let previous = tenant.status.clone().unwrap_or_default();
+    let (status, observed) = status::compute(&previous, &facts);
+    let written = status::write(ctx, tenant, status, observed).await;
+    let next = match (next, written) {
+        (Err(e), Err(write)) => {
+            warn!(tenant = %tenant.name_any(), error = %write, "could not report the failure in status");
+            return Err(e);
+        }
+        (Err(e), Ok(())) | (Ok(_), Err(e)) => return Err(e),
+        (Ok(next), Ok(())) => next,
+    };
+    // Children that failed to apply are in status; the reconcile is retried.
+    if let Some(e) = facts.children.and_then(|c| c.error) {
+        return Err(e);
+    }
+    Ok(match next {
+        Next::Wake(action) => action,
+        Next::Again(after) => Action::requeue(after),
+    })
+}
+
+/// What a pass that got through its steps asks for next.
+enum Next {
+    /// Decide again after this long, without a status write (the world moved
+    /// under this pass: a namespace vanished, a RoleBinding was just granted).
+    Again(Duration),
+    /// Status written; then this.
+    Wake(Action),
+}
+
+/// The steps after validation; each one's outcome lands in `facts` (what status
+/// is computed from), the first failure names its step.
+async fn steps(
+    ctx: &Context,
+    tenant: &Tenant,
+    valid: &Valid,
+    facts: &mut Facts,
+) -> Result<Next, (&'static str, Error)> {
+    let name = tenant.name_any();
+    let who = Who {
+        name: &name,
+        uid: tenant.metadata.uid.as_deref(),
+    };
+    let states: std::collections::BTreeMap<_, _> = facts
+        .names
+        .iter()
+        .map(|n| (n.clone(), namespaces::cached(ctx, who, n)))
+        .collect();
+    let usable: Vec<String> = states
+        .iter()
+        .filter(|(_, s)| matches!(s, builder::NsState::Owned | builder::NsState::Unseen))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let desired = desired::build(ctx, tenant, &usable).map_err(at("build desired objects"))?;
+    facts.quota = desired.quota.clone();
+
+    let Some(ns) = namespaces::apply(ctx, who, &desired.objects.namespaces, states)
+        .await
+        .map_err(at("apply namespaces"))?
+    else {
+        return Ok(Next::Again(Duration::from_secs(1)));
+    };
+    let (ready, terminating) = (ns.ready.clone(), !ns.terminating.is_empty());
+    let created = ns.created.clone();
+    facts.namespaces = Some(ns);
+    // Palisade's powers inside a namespace come from the RoleBinding it
+    // grants itself there (crate::operator_rbac): before anything else goes
+    // in. A binding created now takes a moment to reach the API server's
+    // authorizer and the namespace's Secret watch: the contents follow on the
+    // next pass.
+    if namespaces::grant_self(ctx, &ready)
+        .await
+        .map_err(at("grant Palisade its role in the namespaces"))?
+    {
+        return Ok(Next::Again(Duration::from_secs(1)));
+    }
+    // Secrets and ConfigMaps are watched per namespace: decide about them only
+    // where that watch has listed (never re-create what is not seen yet), or
+    // in a namespace created by this very pass (nothing of ours in it yet).
+    let listed: BTreeSet<String> = ready
+        .iter()
+        .filter(|ns| created.contains(*ns) || ctx.cache.namespace_listed(ns))
+        .cloned()
+        .collect();
+    facts.waiting_for_listing = listed.len() < ready.len();
+
+    let values = desired
+        .objects
+        .to_values()
+        .map_err(|source| Error::Serialize {
+            what: "tenant objects",
+            source,
+        })
+        .map_err(at("build desired objects"))?;
+    let values = values
+        .into_iter()
+        .filter(|v| v["kind"] != "Namespace")
+        .collect();
+    let applied = children::apply(ctx, values, &ready).await;
+    let mut wanted = applied.wanted.clone();
+    facts.children = Some(applied);
+
+    let secrets = secrets::reconcile(ctx, tenant, valid, &listed)
+        .await
+        .map_err(at("rotate secrets"))?;
+    announce_rotations(ctx, tenant, &secrets).await;
+    wanted.extend(secrets.wanted.iter().cloned());
+    let deadline = secrets.next_deadline;
+    facts.secrets = Some(secrets);
+
+    let gc = gc::reconcile(ctx, tenant, &listed)
+        .await
+        .map_err(at("collect garbage"))?;
+    let deadline = deadline.into_iter().chain(gc.next_deadline).min();
+    facts.gc = Some(gc);
+
+    let tokens = tokens::reconcile(ctx, tenant, &listed, &desired.plan)
+        .await
+        .map_err(at("issue tokens"))?;
+    wanted.extend(tokens.wanted.iter().cloned());
+    let deadline = deadline.into_iter().chain(tokens.next_deadline).min();
+    facts.tokens = Some(tokens);
+
+    children::prune(ctx, tenant, &facts.names, &wanted)
+        .await
+        .map_err(at("prune objects the tenant no longer wants"))?;
+
+    Ok(Next::Wake(if facts.waiting_for_listing {
+        Action::requeue(Duration::from_secs(1))
+    } else if terminating {
+        // Namespace deletion completes without an event for our label selector
+        // only when the object is gone; poll gently meanwhile.
+        Action::requeue(Duration::from_secs(5))
+    } else {
+        requeue_at(ctx, deadline)
+    }))
+}
+
+fn at(step: &'static str) -> impl Fn(Error) -> (&'static str, Error) {
+    move |e| (step, e)
+}
+
+/// Events for rotations (and deferred forced ones), and the next-rotation gauges.
+async fn announce_rotations(ctx: &Context, tenant: &Tenant, secrets: &secrets::Outcome) {
+    let due: Vec<(String, String, f64)> = secrets
+        .statuses
+        .iter()
+        .filter_map(|st| {
+            let next = st.next_rotation.as_ref()?;
+            Some((
+                st.namespace.clone(),
+                st.name.clone(),
+                next.0.as_second() as f64,
+            ))
+        })
+        .collect();
+    ctx.metrics.set_secret_rotations(&tenant.name_any(), &due);
+    for note in &secrets.rotations {
+        let ev = event(EventType::Normal, "SecretRotated", "Rotate", note.clone());
+        publish(ctx, tenant, ev).await;
+    }
+    for note in &secrets.deferred {
+        let ev = event(
+            EventType::Warning,
+            "RotationDeferred",
+            "Rotate",
+            note.clone(),
+        );
+        publish(ctx, tenant, ev).await;
+    }
+}
+
+/// Requeue exactly at the next deadline (a rotation), or wait for a change.
+fn requeue_at(ctx: &Context, deadline: Option<k8s_openapi::jiff::Timestamp>) -> Action {
+    match deadline {
+        Some(at) => {
+            let wait = at.duration_since(ctx.clock.now());
+            // A deadline already past means "now"; never requeue with zero, which spins.
+            let wait = Duration::try_from(wait)
+                .unwrap_or_default()
+                .max(Duration::from_millis(100));
+            Action::requeue(wait)
+        }
+        None => Action::await_change(),
+    }
+}
+
+/// Builds the Tenant controller over `child_streams` (from [`ChildCache::new`]).
+///
+/// Watch events that are only the echo of this process's own writes (a
+/// child it just applied, the Tenant status it just wrote) trigger nothing:
+/// the reconcile that wrote them already saw that state.
+pub fn controller(
+    ctx: Arc<Context>,
+    child_streams: Vec<(ApiResource, ChildStream)>,
+) -> Controller<Tenant> {
+    let tenants: Api<Tenant> = Api::all(ctx.client.clone());
+    let (reader, writer) = kube::runtime::reflector::store::<Tenant>();
+    let echo_ctx = ctx.clone();
+    let tenant_stream = kube::runtime::reflector::reflector(
+        writer,
+        watcher(tenants, watcher::Config::default().any_semantic()).default_backoff(),
+    )
+    .touched_objects()
+    .filter(move |res| {
+        let ctx = echo_ctx.clone();
+        let echo = res
+            .as_ref()
+            .ok()
+            .map(|t| (t.name_any(), t.resource_version()));
+        async move {
+            let Some((name, rv)) = echo else { return true };
+            ctx.applier.settled(&tenant_ar(), None, &name).await;
+            !ctx.is_tenant_echo(&name, rv.as_deref())
+        }
+    });
+    let mut c = Controller::for_stream(tenant_stream, reader).with_config(
+        kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
+    );
+    let tenant_store = c.store();
+    for (ar, stream) in child_streams {
+        if ar.kind == crate::controller::cache::policy_kind().kind {
+            // A policy can select any tenant (and stop selecting one): every
+            // tenant re-derives its roles; a converged tenant writes nothing.
+            let store = tenant_store.clone();
+            c = c.watches_stream_with(
+                stream,
+                move |_: DynamicObject| {
+                    store
+                        .state()
+                        .iter()
+                        .map(|t| ObjectRef::from_obj(t.as_ref()))
+                        .collect::<Vec<_>>()
+                },
+                ar,
+            );
+            continue;
+        }
+        let echo_ctx = ctx.clone();
+        let kind = ar.clone();
+        // Wait for our own write of the object to be answered (the event may
+        // overtake it) so its echo is recognised below.
+        let settle_ctx = ctx.clone();
+        let settle_kind = ar.clone();
+        let stream = stream.then(move |res| {
+            let ctx = settle_ctx.clone();
+            let kind = settle_kind.clone();
+            async move {
+                if let Ok(obj) = &res {
+                    ctx.applier
+                        .settled(&kind, obj.namespace().as_deref(), &obj.name_any())
+                        .await;
+                }
+                res
+            }
+        });
+        let store = tenant_store.clone();
+        c = c.watches_stream_with(
+            stream,
+            move |obj: DynamicObject| {
+                if echo_ctx.applier.is_own_write(&kind, &obj) {
+                    return None;
+                }
+                let tenant = labels::tenant_of(obj.metadata.labels.as_ref())
+                    .map(ObjectRef::<Tenant>::new)?;
+                // Someone else's status write (the quota controller's) matters
+                // only to a tenant budget, which spreads headroom by usage.
+                if crate::controller::cache::is_status_only(&obj)
+                    && !store.get(&tenant).is_some_and(|t| reads_child_status(&t))
+                {
+                    return None;
+                }
+                Some(tenant)
+            },
+            ar,
+        );
+    }
+    c
+}
+
+/// Whether a tenant's desired state depends on its children's status: a
+/// `scope: Tenant` quota spreads the budget by each namespace's usage.
+fn reads_child_status(tenant: &Tenant) -> bool {
+    tenant
+        .spec
+        .quota
+        .as_ref()
+        .is_some_and(|q| q.scope == crate::crd::tenant::QuotaScope::Tenant)
+}
+
+/// Runs the Tenant controller until `shutdown` resolves. Every item of
+/// `resync` reconciles every Tenant (a converged tenant costs no write).
+pub async fn run(
+    ctx: Arc<Context>,
+    child_streams: Vec<(ApiResource, ChildStream)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    resync: impl futures::Stream<Item = ()> + Send + 'static,
+) {
+    run_observed(ctx, child_streams, shutdown, resync, |_| {}).await;
+}
+
+/// Like [`run`]; `on_start` first gets the Tenant store (for readiness and the
+/// Tenant gauges).
+pub async fn run_observed(
+    ctx: Arc<Context>,
+    child_streams: Vec<(ApiResource, ChildStream)>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    resync: impl futures::Stream<Item = ()> + Send + 'static,
+    on_start: impl FnOnce(kube::runtime::reflector::Store<Tenant>),
+) {
+    let c = controller(ctx.clone(), child_streams);
+    on_start(c.store());
+    let c = c.reconcile_all_on(resync).reconcile_on(ctx.gc.triggers());
+    driver::run(c, ctx, shutdown).await;
+}
+
+/// The child caches of the Tenant controller plus the streams that fill them.
+pub fn child_cache(client: &kube::Client) -> (ChildCache, Vec<(ApiResource, ChildStream)>) {
+    let mut kinds = crate::controller::cache::tenant_child_kinds();
+    kinds.push(crate::controller::cache::policy_kind());
+    ChildCache::new(client, kinds)
+}

@@ -1,0 +1,221 @@
+//! Step: the tenant's namespaces. Classified from the managed cache, created
+//! (never taken over), healed; Palisade grants itself its per-namespace role in
+//! each; a namespace that leaves the tenant is deleted or released.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::ResourceExt;
+use kube::api::{Api, DynamicObject};
+use kube::core::ApiResource;
+use serde_json::json;
+
+use super::Context;
+use crate::controller::error::{Error, kube_err, to_value};
+use crate::crd::tenant::{NamespaceStatus, Tenant};
+use crate::resources::labels;
+use crate::resources::rbac;
+use crate::resources::tenant::{NsState, Who, classify_namespace};
+
+pub(super) fn ns_ar() -> ApiResource {
+    ApiResource::erase::<Namespace>(&())
+}
+
+/// The state of a namespace from the managed cache; `Unseen` when not cached.
+/// New namespaces cost no read: the create that follows finds out whether
+/// an unmanaged one exists.
+pub(super) fn cached(ctx: &Context, tenant: Who<'_>, name: &str) -> NsState {
+    match ctx.cache.get(&ns_ar(), None, name) {
+        Some(obj) => classify_namespace(tenant, name, &obj.metadata),
+        None => NsState::Unseen,
+    }
+}
+
+/// Reads a namespace that exists but is not in the managed cache.
+async fn lookup(ctx: &Context, tenant: Who<'_>, name: &str) -> Result<NsState, Error> {
+    let api: Api<Namespace> = Api::all(ctx.client.clone());
+    Ok(
+        match api
+            .get_metadata_opt(name)
+            .await
+            .map_err(kube_err("get namespace"))?
+        {
+            Some(meta) => classify_namespace(tenant, name, &meta.metadata),
+            None => NsState::Absent,
+        },
+    )
+}
+
+/// What the namespaces step found and did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// One entry per namespace of the spec, in spec order.
+    pub statuses: Vec<NamespaceStatus>,
+    /// Why namespaces could not be used (someone else's, unmanaged).
+    pub conflicts: Vec<String>,
+    /// Namespaces that exist and are this tenant's.
+    pub ready: BTreeSet<String>,
+    /// Namespaces created by this pass.
+    pub created: BTreeSet<String>,
+    /// Namespaces still being deleted (recreated once gone).
+    pub terminating: BTreeSet<String>,
+}
+
+/// Creates or heals each desired namespace. `None`: a namespace vanished
+/// between the cache and the create; decide on the next pass.
+pub(super) async fn apply(
+    ctx: &Context,
+    who: Who<'_>,
+    desired: &[Namespace],
+    mut states: BTreeMap<String, NsState>,
+) -> Result<Option<Applied>, Error> {
+    let ar = ns_ar();
+    let mut out = Applied::default();
+    for ns in desired {
+        let name = ns.metadata.name.clone().unwrap_or_default();
+        let value = to_value("namespace", ns)?;
+        let mut created = false;
+        if states.get(&name) == Some(&NsState::Unseen) {
+            match ctx.applier.create(&ar, value.clone()).await {
+                Ok(_) => created = true,
+                Err(e) if e.code() == Some(409) => {
+                    let found = lookup(ctx, who, &name).await?;
+                    states.insert(name.clone(), found);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (phase, message) = match states.get(&name).unwrap_or(&NsState::Unseen) {
+            _ if created => {
+                out.created.insert(name.clone());
+                ("Ready", String::new())
+            }
+            // Existed a moment ago and is gone again.
+            NsState::Unseen | NsState::Absent => return Ok(None),
+            NsState::Owned => {
+                let cached = ctx.cache.get_value(&ar, None, &name);
+                ctx.applier
+                    .apply_seen(&ar, value, cached.as_ref(), ctx.cache.seen_rv(&ar))
+                    .await?;
+                ("Ready", String::new())
+            }
+            NsState::Terminating => {
+                out.terminating.insert(name.clone());
+                (
+                    "Terminating",
+                    format!("namespace {name} is being deleted; it is recreated once it is gone"),
+                )
+            }
+            NsState::Conflict(msg) => {
+                out.conflicts.push(msg.clone());
+                ("Conflict", msg.clone())
+            }
+        };
+        if phase == "Ready" {
+            out.ready.insert(name.clone());
+        }
+        out.statuses.push(NamespaceStatus {
+            name,
+            phase: phase.to_string(),
+            message,
+        });
+    }
+    Ok(Some(out))
+}
+
+/// Creates (or heals) the RoleBinding that grants Palisade its powers in each
+/// of `namespaces`; true when one was created now. Nothing when Palisade does
+/// not run as a ServiceAccount (see [`Context::service_account`]).
+pub(super) async fn grant_self(
+    ctx: &Context,
+    namespaces: &BTreeSet<String>,
+) -> Result<bool, Error> {
+    if namespaces.is_empty() {
+        return Ok(false);
+    }
+    let Some((sa_ns, sa_name)) = ctx.service_account().await else {
+        return Ok(false);
+    };
+    let ar = ApiResource::erase::<RoleBinding>(&());
+    let mut created = false;
+    for ns in namespaces {
+        let binding =
+            rbac::operator_binding(ns, &ctx.settings.tenant_namespace_role, &sa_ns, &sa_name);
+        let value = to_value("rolebinding", &binding)?;
+        match ctx.cache.get_value(&ar, Some(ns), rbac::OPERATOR_BINDING) {
+            // Created with POST: patching (server-side apply) needs the very
+            // powers this binding grants.
+            None => match ctx.applier.create(&ar, value).await {
+                Ok(_) => created = true,
+                Err(e) if e.code() == Some(409) => {}
+                Err(e) => return Err(e.into()),
+            },
+            Some(cached) => {
+                ctx.applier
+                    .apply_seen(&ar, value, Some(&cached), ctx.cache.seen_rv(&ar))
+                    .await?;
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Removes Palisade's own RoleBinding from a namespace it lets go of (while
+/// the namespace is still managed: the admission policy admits nothing after).
+async fn revoke_self(ctx: &Context, ns: &str) -> Result<(), Error> {
+    let ar = ApiResource::erase::<RoleBinding>(&());
+    if let Some(binding) = ctx.cache.get(&ar, Some(ns), rbac::OPERATOR_BINDING) {
+        match ctx.applier.delete(&ar, &binding).await {
+            Ok(()) => {}
+            Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Whether `ns` is labelled with the uid of another Tenant (an earlier one of the
+/// same name whose objects were left behind): its objects are not this Tenant's
+/// to prune, release or delete.
+pub(super) fn foreign(ctx: &Context, tenant: &Tenant, ns: &str) -> bool {
+    let (Some(uid), Some(obj)) = (
+        tenant.metadata.uid.as_deref(),
+        ctx.cache.get(&ns_ar(), None, ns),
+    ) else {
+        return false;
+    };
+    obj.labels()
+        .get(labels::TENANT_UID)
+        .is_some_and(|u| u != uid)
+}
+
+/// Marks a namespace as released: no longer managed (so never pruned), still
+/// labelled with its tenant's name (for people), without the tenant's uid label
+/// (so it is no peer of the tenant's network policy and no new Tenant of the same
+/// name adopts it); the annotation `palisade.dev/released-by-uid` lets this same
+/// Tenant adopt it again. Palisade's own RoleBinding in it goes first.
+pub(super) async fn release(
+    ctx: &Context,
+    ns: &DynamicObject,
+    tenant_uid: Option<&str>,
+) -> Result<(), Error> {
+    let uid = ns
+        .labels()
+        .get(labels::TENANT_UID)
+        .cloned()
+        .or(tenant_uid.map(str::to_string));
+    revoke_self(ctx, &ns.name_any()).await?;
+    let mut patch = json!({ "metadata": { "labels": {
+        labels::MANAGED_BY: null,
+        labels::TENANT_UID: null,
+        labels::RELEASED: "true",
+    }}});
+    if let Some(uid) = uid {
+        patch["metadata"]["annotations"] = json!({ labels::RELEASED_BY_UID: uid });
+    }
+    ctx.applier
+        .merge_patch(&ns_ar(), None, &ns.name_any(), patch)
+        .await?;
+    Ok(())
+}
