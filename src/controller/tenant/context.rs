@@ -1,14 +1,12 @@
 //! What a Tenant reconcile needs beyond the [`Shared`] chassis: the one writer
 //! of children, the child caches, the garbage collection watches, and the
-//! memory of this process's own Tenant writes (whose watch echoes need no
-//! reconcile).
+//! journal of this process's own Tenant writes (see [`crate::apply::journal`]).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kube::Client;
 
-use crate::apply::{Applier, resource_version};
+use crate::apply::{Applier, OwnWrites};
 use crate::controller::driver::Shared;
 use crate::controller::{ChildCache, Clock, Settings, gc, parse_service_account_user};
 use crate::crd::Tenant;
@@ -22,9 +20,9 @@ pub struct Context {
     pub gc: gc::GcWatches,
     /// The ServiceAccount this process runs as (resolved once).
     identity: tokio::sync::OnceCell<Option<(String, String)>>,
-    /// resourceVersion of this process's last write to each Tenant (status,
-    /// finalizer): their watch echoes need no reconcile.
-    own_tenant_writes: Mutex<HashMap<String, OwnWrites>>,
+    /// This process's own writes to Tenants (finalizer, status): their watch
+    /// echoes need no reconcile, and a reconcile uses the freshest copy.
+    pub own_writes: OwnWrites<Tenant>,
     reconciles: std::sync::atomic::AtomicU64,
 }
 
@@ -54,7 +52,7 @@ impl Context {
             shared,
             cache,
             identity: tokio::sync::OnceCell::new(),
-            own_tenant_writes: Mutex::new(HashMap::new()),
+            own_writes: OwnWrites::default(),
             reconciles: Default::default(),
         }
     }
@@ -106,71 +104,11 @@ impl Context {
             .flatten()
     }
 
-    /// Records the resourceVersion of our own write to a Tenant.
-    pub fn note_tenant_write(&self, written: Tenant) {
-        if let Ok(mut m) = self.own_tenant_writes.lock() {
-            let entry = m
-                .entry(written.metadata.name.clone().unwrap_or_default())
-                .or_default();
-            if let Some(rv) = resource_version(&written) {
-                // A reconcile writes the finalizer, then the status: both echo.
-                entry.rvs.push(rv);
-                let excess = entry.rvs.len().saturating_sub(4);
-                entry.rvs.drain(..excess);
-            }
-            entry.latest = Some(Arc::new(written));
-        }
-    }
-
-    fn own_tenant(&self, name: &str) -> Option<Arc<Tenant>> {
-        self.own_tenant_writes
-            .lock()
-            .ok()
-            .and_then(|m| m.get(name)?.latest.clone())
-    }
-
     /// Forgets a Tenant that is gone: its remembered writes and metric series.
     pub fn forget_tenant(&self, name: &str) {
-        if let Ok(mut m) = self.own_tenant_writes.lock() {
-            m.remove(name);
-        }
+        self.own_writes.forget(name);
         self.metrics.set_secret_rotations(name, &[]);
         self.gc.forget(name);
-    }
-
-    /// True when a Tenant watch event is the echo of one of our own recent
-    /// writes. Called after the Tenant store applied the event: once the store
-    /// holds our latest write, the copy kept for [`Context::freshest`] is
-    /// dropped (a thousand Tenants would otherwise be held twice).
-    pub fn is_tenant_echo(&self, name: &str, resource_version: Option<&str>) -> bool {
-        let Some(rv) = resource_version.and_then(|v| v.parse::<u64>().ok()) else {
-            return false;
-        };
-        let Ok(mut m) = self.own_tenant_writes.lock() else {
-            return false;
-        };
-        let Some(w) = m.get_mut(name) else {
-            return false;
-        };
-        if w.latest
-            .as_deref()
-            .and_then(crate::apply::resource_version)
-            .is_some_and(|l| l <= rv)
-        {
-            w.latest = None;
-        }
-        w.rvs.contains(&rv)
-    }
-
-    /// The newer of `tenant` (from the cache) and the Tenant this process last
-    /// wrote: a reconcile triggered before the cache caught up with our own
-    /// status write must not compare against (and re-announce) stale status.
-    pub fn freshest(&self, tenant: Arc<Tenant>) -> Arc<Tenant> {
-        let name = tenant.metadata.name.clone().unwrap_or_default();
-        match self.own_tenant(&name) {
-            Some(own) if resource_version(own.as_ref()) > resource_version(tenant.as_ref()) => own,
-            _ => tenant,
-        }
     }
 
     /// Reconciles started by this context (for tests and benchmarks).
@@ -182,13 +120,4 @@ impl Context {
         self.reconciles
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// This process's recent writes to one Tenant.
-#[derive(Default)]
-struct OwnWrites {
-    /// resourceVersions of the last few writes (their watch echoes).
-    rvs: Vec<u64>,
-    /// The object as the last write returned it.
-    latest: Option<Arc<Tenant>>,
 }

@@ -36,6 +36,7 @@ pub(super) async fn ensure_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(
     let patch = finalizer_patch(patch)?;
     let _in_flight = ctx
         .applier
+        .journal()
         .in_flight(&super::tenant_ar(), None, &tenant.name_any());
     let written = api
         .patch(
@@ -45,7 +46,7 @@ pub(super) async fn ensure_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(
         )
         .await
         .map_err(kube_err("add finalizer"))?;
-    ctx.note_tenant_write(written);
+    ctx.own_writes.note(written);
     Ok(())
 }
 

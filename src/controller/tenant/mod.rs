@@ -103,7 +103,7 @@ impl Reconcile for Context {
 
     async fn reconcile(self: Arc<Self>, tenant: Arc<Tenant>) -> Result<Action, Error> {
         self.count_reconcile();
-        let tenant = self.freshest(tenant);
+        let tenant = self.own_writes.freshest(tenant);
         reconcile(&self, &tenant).await
     }
 }
@@ -354,8 +354,11 @@ pub fn controller(
             .map(|t| (t.name_any(), t.resource_version()));
         async move {
             let Some((name, rv)) = echo else { return true };
-            ctx.applier.settled(&tenant_ar(), None, &name).await;
-            !ctx.is_tenant_echo(&name, rv.as_deref())
+            ctx.applier
+                .journal()
+                .settled(&tenant_ar(), None, &name)
+                .await;
+            !ctx.own_writes.is_echo(&name, rv.as_deref())
         }
     });
     let mut c = Controller::for_stream(tenant_stream, reader).with_config(
@@ -392,6 +395,7 @@ pub fn controller(
             async move {
                 if let Ok(obj) = &res {
                     ctx.applier
+                        .journal()
                         .settled(&kind, obj.namespace().as_deref(), &obj.name_any())
                         .await;
                 }
@@ -402,7 +406,7 @@ pub fn controller(
         c = c.watches_stream_with(
             stream,
             move |obj: DynamicObject| {
-                if echo_ctx.applier.is_own_write(&kind, &obj) {
+                if echo_ctx.applier.journal().is_own_write(&kind, &obj) {
                     return None;
                 }
                 let tenant = labels::tenant_of(obj.metadata.labels.as_ref())

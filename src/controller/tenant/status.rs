@@ -293,6 +293,7 @@ pub(super) async fn write(
     let api: Api<Tenant> = Api::all(ctx.client.clone());
     let _in_flight = ctx
         .applier
+        .journal()
         .in_flight(&super::tenant_ar(), None, &tenant.name_any());
     let written = api
         .patch_status(
@@ -302,7 +303,7 @@ pub(super) async fn write(
         )
         .await
         .map_err(kube_err("update tenant status"))?;
-    ctx.note_tenant_write(written);
+    ctx.own_writes.note(written);
     Ok(())
 }
 

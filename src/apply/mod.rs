@@ -7,14 +7,14 @@
 //! and still contains every desired field (so drift by someone else is healed,
 //! and a resync of a converged tenant makes no write at all).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::ApiResource;
 use kube::{Client, ResourceExt};
 use serde_json::Value;
+
+pub mod journal;
+
+pub use journal::{InFlight, Journal, OwnWrites};
 
 use crate::quantity::same_quantity;
 use crate::resources::labels::FIELD_MANAGER;
@@ -72,55 +72,11 @@ pub enum Outcome {
     Updated,
 }
 
-type Key = (String, String, String); // (apiVersion/kind, namespace, name)
-
 /// The apply path, shared by every controller.
 pub struct Applier {
     client: Client,
-    /// Objects written by this process whose watch event may not have reached the
-    /// caches yet: (resourceVersion written, hash written). Prevents a second
-    /// reconcile from re-applying an object the cache still shows as old.
-    recent: Mutex<HashMap<Key, (u64, u64)>>,
-    /// Writes sent and not yet answered, per object: a watch event for such an
-    /// object may be the echo of the write, which is only known once it returns.
-    in_flight: Mutex<HashMap<Key, u32>>,
-    /// Bumped whenever a write is answered (see [`Applier::settled`]).
-    answered: tokio::sync::watch::Sender<u64>,
-    writes: AtomicU64,
-}
-
-/// A write in flight; answered when dropped (after its result was recorded).
-pub struct InFlight<'a> {
-    applier: &'a Applier,
-    key: Key,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut m) = self.applier.in_flight.lock()
-            && let Some(n) = m.get_mut(&self.key)
-        {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.key);
-            }
-        }
-        self.applier
-            .answered
-            .send_modify(|n| *n = n.wrapping_add(1));
-    }
-}
-
-/// How long a watch event waits for this process's write of the same object
-/// to be answered before it is treated as someone else's change.
-const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-fn key(ar: &ApiResource, ns: Option<&str>, name: &str) -> Key {
-    (
-        format!("{}/{}", ar.api_version, ar.kind),
-        ns.unwrap_or_default().to_string(),
-        name.to_string(),
-    )
+    /// What this process wrote (echo suppression, writes not cached yet).
+    journal: Journal,
 }
 
 use crate::resources::stable_hash;
@@ -177,10 +133,6 @@ pub fn resource_version<K: kube::Resource>(obj: &K) -> Option<u64> {
         .and_then(|rv| rv.parse().ok())
 }
 
-fn rv_of(obj: &DynamicObject) -> u64 {
-    resource_version(obj).unwrap_or(0)
-}
-
 fn value_rv(obj: &Value) -> u64 {
     obj.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -192,47 +144,18 @@ impl Applier {
     pub fn new(client: Client) -> Self {
         Self {
             client,
-            recent: Mutex::new(HashMap::new()),
-            in_flight: Mutex::new(HashMap::new()),
-            answered: tokio::sync::watch::Sender::new(0),
-            writes: AtomicU64::new(0),
+            journal: Journal::default(),
         }
     }
 
-    /// Marks a write of `name` as in flight until the returned guard is
-    /// dropped; drop it only after the write's result has been recorded.
-    pub fn in_flight(&self, ar: &ApiResource, ns: Option<&str>, name: &str) -> InFlight<'_> {
-        let key = key(ar, ns, name);
-        if let Ok(mut m) = self.in_flight.lock() {
-            *m.entry(key.clone()).or_insert(0) += 1;
-        }
-        InFlight { applier: self, key }
-    }
-
-    fn is_in_flight(&self, key: &Key) -> bool {
-        self.in_flight.lock().is_ok_and(|m| m.contains_key(key))
-    }
-
-    /// Waits (at most 2 s) until no write of this process to `obj` is in
-    /// flight. A watch event can overtake the response of the write that caused
-    /// it; waiting here lets [`Applier::is_own_write`] recognise the echo
-    /// instead of reconciling again for it.
-    pub async fn settled(&self, ar: &ApiResource, ns: Option<&str>, name: &str) {
-        let key = key(ar, ns, name);
-        let mut answered = self.answered.subscribe();
-        let wait = async {
-            while self.is_in_flight(&key) {
-                if answered.changed().await.is_err() {
-                    return;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(SETTLE_TIMEOUT, wait).await;
+    /// The journal of this applier's writes (echo suppression).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// Writes made through this applier since it was created.
     pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
+        self.journal.writes()
     }
 
     fn api(&self, ar: &ApiResource, ns: Option<&str>) -> Api<DynamicObject> {
@@ -277,13 +200,6 @@ impl Applier {
         Ok((desired, hash, name, ns))
     }
 
-    fn recent_write(&self, ar: &ApiResource, ns: Option<&str>, name: &str) -> Option<(u64, u64)> {
-        self.recent
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key(ar, ns, name)).copied())
-    }
-
     fn matches(
         &self,
         ar: &ApiResource,
@@ -296,42 +212,13 @@ impl Applier {
         if actual.pointer("/metadata/deletionTimestamp").is_some() {
             return false;
         }
-        if let Some((rv, h)) = self.recent_write(ar, ns, name)
+        if let Some((rv, h)) = self.journal.recent_write(ar, ns, name)
             && rv > value_rv(actual)
         {
             // Our own write has not reached the cache yet.
             return h == hash;
         }
         holds(actual, desired)
-    }
-
-    /// True when `obj` (from a watch event) is exactly the version this process
-    /// last wrote: the echo of our own write, which needs no reconcile.
-    pub fn is_own_write(&self, ar: &ApiResource, obj: &DynamicObject) -> bool {
-        let rv = rv_of(obj);
-        rv != 0
-            && self
-                .recent
-                .lock()
-                .ok()
-                .and_then(|m| {
-                    m.get(&key(ar, obj.namespace().as_deref(), &obj.name_any()))
-                        .copied()
-                })
-                .is_some_and(|(written, _)| written == rv)
-    }
-
-    fn remember(&self, ar: &ApiResource, obj: &DynamicObject, hash: u64) {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut m) = self.recent.lock() {
-            if m.len() > 100_000 {
-                m.clear();
-            }
-            m.insert(
-                key(ar, obj.namespace().as_deref(), &obj.name_any()),
-                (rv_of(obj), hash),
-            );
-        }
     }
 
     /// Server-side applies `desired` unless `actual` (the object as JSON, from
@@ -362,6 +249,7 @@ impl Applier {
                 return Ok(Outcome::Unchanged);
             }
             None if self
+                .journal
                 .recent_write(ar, ns.as_deref(), &name)
                 .is_some_and(|(rv, h)| rv > cache_seen_rv && h == hash) =>
             {
@@ -370,7 +258,7 @@ impl Applier {
             _ => {}
         }
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let _in_flight = self.in_flight(ar, ns.as_deref(), &name);
+        let _in_flight = self.journal.in_flight(ar, ns.as_deref(), &name);
         let written = self
             .api(ar, ns.as_deref())
             .patch(&name, &pp, &Patch::Apply(&desired))
@@ -381,7 +269,7 @@ impl Applier {
                 name: name.clone(),
                 source: Box::new(source),
             })?;
-        self.remember(ar, &written, hash);
+        self.journal.remember(ar, &written, hash);
         Ok(if actual.is_some() {
             Outcome::Updated
         } else {
@@ -441,7 +329,7 @@ impl Applier {
             ..Default::default()
         };
         let api = self.api(ar, ns.as_deref());
-        let _in_flight = self.in_flight(ar, ns.as_deref(), &name);
+        let _in_flight = self.journal.in_flight(ar, ns.as_deref(), &name);
         let (verb, result) = match current {
             None => ("create", api.create(&pp, &obj).await),
             Some(_) => ("replace", api.replace(&name, &pp, &obj).await),
@@ -452,7 +340,7 @@ impl Applier {
             name,
             source: Box::new(source),
         })?;
-        self.remember(ar, &written, hash);
+        self.journal.remember(ar, &written, hash);
         Ok(written)
     }
 
@@ -474,7 +362,7 @@ impl Applier {
                 name: name.to_string(),
                 source: Box::new(source),
             })?;
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.journal.count();
         Ok(())
     }
 
@@ -490,7 +378,7 @@ impl Applier {
             propagation_policy: Some(kube::api::PropagationPolicy::Background),
             ..Default::default()
         };
-        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.journal.count();
         match self
             .api(ar, obj.namespace().as_deref())
             .delete(&name, &dp)
