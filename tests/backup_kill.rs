@@ -172,7 +172,7 @@ async fn sigterm_mid_upload_to_s3_aborts_the_multipart_upload() {
         "multipart upload left open: {:?}",
         s3.open_upload_parts()
     );
-    let storage = palisade::backup::storage::Storage::s3(s3.settings("snapshots", "prod"))
+    let storage = palisade::backup::destination::Storage::s3(s3.settings("snapshots", "prod"))
         .await
         .expect("storage");
     assert_eq!(storage.list().await.expect("list"), vec![]);
@@ -182,7 +182,7 @@ async fn sigterm_mid_upload_to_s3_aborts_the_multipart_upload() {
 /// older than a day; a fresh `.partial` (a run in progress) is left alone.
 #[tokio::test]
 async fn prune_removes_leftovers_older_than_a_day() {
-    use palisade::backup::{catalog, retention::Policy, storage::Storage};
+    use palisade::backup::{catalog, destination::Storage, retention::Policy};
     let tmp = tempfile::tempdir().expect("tempdir");
     let storage = Storage::filesystem(tmp.path()).await.expect("storage");
     let old = tmp.path().join("crashed.snap.partial");

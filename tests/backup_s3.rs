@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use backup_support::{PgServer, S3Server, checksum, seed};
 use palisade::backup::catalog;
+use palisade::backup::destination::Storage;
 use palisade::backup::engine::{self, Progress, RestoreOptions, RunOptions};
 use palisade::backup::format::{DEFAULT_CHUNK_SIZE, EncryptionKey};
 use palisade::backup::manifest::{self, Manifest};
-use palisade::backup::storage::Storage;
 use palisade::backup::verify::{self, VerifyOptions};
 use palisade::crd::backup_schedule::SqlCheck;
 

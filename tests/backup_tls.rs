@@ -11,10 +11,10 @@ use std::process::Command;
 use std::sync::Arc;
 
 use backup_support::{PgServer, ServerTls, checksum, seed};
+use palisade::backup::destination::Storage;
 use palisade::backup::engine::{self, Progress, RestoreOptions, RunOptions};
 use palisade::backup::format::{DEFAULT_CHUNK_SIZE, EncryptionKey};
 use palisade::backup::pg::PgConn;
-use palisade::backup::storage::Storage;
 use palisade::crd::backup_schedule::SslMode;
 
 fn openssl(dir: &Path, args: &[&str]) {

@@ -1,15 +1,112 @@
-//! `backup list` and `backup prune`: the snapshots that exist (those with a manifest
+//! What is stored: loading a snapshot's manifest (checked names, then its MAC),
+//! choosing the snapshot a restore or restore test reads ([`resolve`]), and
+//! `backup list` / `backup prune`: the snapshots that exist (those with a manifest
 //! that, with a key configured, authenticates), their verification state, and
 //! retention. Anything that does not authenticate is reported, never trusted and never
 //! deleted.
 
 use chrono::{DateTime, Utc};
 
-use super::engine::{self, EngineError};
+use super::destination::Storage;
+use super::error::EngineError;
 use super::format::EncryptionKey;
 use super::manifest::{self, Manifest, VerificationRecord};
+use super::pg;
 use super::retention::{self, Decision, Policy};
-use super::storage::Storage;
+
+/// Checks a snapshot id: 1–128 of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn validate_id(id: &str) -> Result<(), EngineError> {
+    if manifest::valid_id(id) {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(
+            "snapshot id must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'".into(),
+        ))
+    }
+}
+
+/// Reads a snapshot's manifest and checks its names: the id is well formed and the
+/// one in the file's own name, the object is exactly that id's data name. Does not
+/// check the MAC (see [`load_trusted`]).
+pub async fn load_manifest(storage: &Storage, id: &str) -> Result<Manifest, EngineError> {
+    validate_id(id)?;
+    let name = manifest::manifest_name(id);
+    let body = storage
+        .get_small(&name)
+        .await?
+        .ok_or_else(|| EngineError::NoSnapshot(id.to_string()))?;
+    let m: Manifest = serde_json::from_slice(&body)
+        .map_err(|e| EngineError::BadManifest(name.clone(), e.to_string()))?;
+    if m.id != id || m.object != manifest::data_name(id) {
+        return Err(EngineError::UnsafeName(format!(
+            "manifest {name}: id {:?} / object {:?} (want {id:?} / {:?})",
+            pg::bounded(&m.id, 140),
+            pg::bounded(&m.object, 140),
+            manifest::data_name(id)
+        )));
+    }
+    Ok(m)
+}
+
+/// [`load_manifest`], then, when `keys` is not empty, its MAC. `allow_unauthenticated`
+/// accepts a manifest without a MAC (format 1, written before manifests were signed);
+/// an invalid MAC is never accepted.
+pub async fn load_trusted(
+    storage: &Storage,
+    id: &str,
+    keys: &[EncryptionKey],
+    allow_unauthenticated: bool,
+) -> Result<Manifest, EngineError> {
+    let m = load_manifest(storage, id).await?;
+    authenticate_manifest(&m, keys, allow_unauthenticated)?;
+    Ok(m)
+}
+
+/// Checks a manifest's MAC when keys are configured.
+pub fn authenticate_manifest(
+    m: &Manifest,
+    keys: &[EncryptionKey],
+    allow_unauthenticated: bool,
+) -> Result<(), EngineError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    match m.authenticate(keys) {
+        Ok(()) => Ok(()),
+        Err(manifest::AuthError::Missing) if allow_unauthenticated => Ok(()),
+        Err(why) => Err(EngineError::Unauthenticated {
+            what: format!("manifest {}", manifest::manifest_name(&m.id)),
+            why,
+        }),
+    }
+}
+
+/// Resolves `snapshot` (or the newest authenticated one) to its manifest. With keys,
+/// only manifests whose MAC verifies are candidates (`allow_unauthenticated` admits a
+/// MAC-less manifest only when it is named explicitly).
+pub async fn resolve(
+    storage: &Storage,
+    snapshot: Option<&str>,
+    keys: &[EncryptionKey],
+    allow_unauthenticated: bool,
+) -> Result<Manifest, EngineError> {
+    match snapshot {
+        Some(id) => load_trusted(storage, id, keys, allow_unauthenticated).await,
+        None => {
+            let listing = list(storage, keys).await?;
+            match listing.entries.into_iter().next() {
+                Some(e) => Ok(e.manifest),
+                None if listing.rejected.is_empty() => {
+                    Err(EngineError::NoSnapshot("(none stored)".into()))
+                }
+                None => Err(EngineError::NoSnapshot(format!(
+                    "(none authenticated; {} rejected, see backup list)",
+                    listing.rejected.len()
+                ))),
+            }
+        }
+    }
+}
 
 /// A stored snapshot and its newest verification record.
 #[derive(Clone, Debug)]
@@ -57,7 +154,7 @@ pub async fn list(storage: &Storage, keys: &[EncryptionKey]) -> Result<Listing, 
             });
             continue;
         };
-        let manifest = match engine::load_trusted(storage, id, keys, false).await {
+        let manifest = match load_trusted(storage, id, keys, false).await {
             Ok(m) => m,
             Err(EngineError::NoSnapshot(_)) => continue,
             Err(e @ (EngineError::Storage(_) | EngineError::Pg(_))) => return Err(e),

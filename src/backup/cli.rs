@@ -19,15 +19,16 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::catalog;
-use super::engine::{self, EngineError, Progress, RestoreOptions, RunOptions};
+use super::destination::{self, DestinationArgs, Storage, StorageError};
+use super::engine::{self, Progress, RestoreOptions, RunOptions};
+use super::error::EngineError;
 use super::format::{self, EncryptionKey};
 use super::pg::{self, PgConn};
 use super::retention::{self, Policy};
-use super::storage::{S3Settings, Storage};
+use super::secret_file::{SecretFileError, read_secret_file, secret_string};
 use super::verify::{self, VerifyOptions};
 use crate::crd::backup_schedule::{
-    BackupScheduleSpec, CheckResult, Destination, PostgresSource, Retention, S3_ACCESS_KEY_ID,
-    S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN, S3Destination, ServerSideEncryption, SqlCheck, SslMode,
+    BackupScheduleSpec, CheckResult, PostgresSource, Retention, SqlCheck, SslMode,
 };
 
 /// Largest `--output json` result (it becomes a Kubernetes termination message).
@@ -83,17 +84,6 @@ impl From<SslArg> for SslMode {
     }
 }
 
-/// S3 server-side encryption on the command line.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum SseArg {
-    /// SSE-S3.
-    #[value(name = "AES256")]
-    Aes256,
-    /// SSE-KMS.
-    #[value(name = "aws:kms")]
-    AwsKms,
-}
-
 /// Options shared by every subcommand (flags override the config file).
 #[derive(clap::Args, Debug)]
 pub struct CommonArgs {
@@ -103,50 +93,9 @@ pub struct CommonArgs {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-    /// Store snapshots in this directory.
-    #[arg(long, global = true, conflicts_with = "s3_bucket")]
-    pub dir: Option<PathBuf>,
-    /// Store snapshots in this S3 bucket.
-    #[arg(long, global = true)]
-    pub s3_bucket: Option<String>,
-    /// S3 key prefix.
-    #[arg(long, global = true)]
-    pub s3_prefix: Option<String>,
-    /// S3 region.
-    #[arg(long, global = true)]
-    pub s3_region: Option<String>,
-    /// S3 endpoint URL (S3-compatible services).
-    #[arg(long, global = true)]
-    pub s3_endpoint: Option<String>,
-    /// Path-style S3 addressing.
-    #[arg(long, global = true)]
-    pub s3_force_path_style: bool,
-    /// S3 server-side encryption.
-    #[arg(long, global = true, value_enum)]
-    pub s3_sse: Option<SseArg>,
-    /// KMS key for `--s3-sse aws:kms`.
-    #[arg(long, global = true)]
-    pub s3_kms_key_id: Option<String>,
-    /// Directory with the files `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
-    /// optionally `AWS_SESSION_TOKEN` (a mounted Secret with the keys a
-    /// BackupSchedule's credentialsSecretRef defaults to; the older names
-    /// `access-key-id`, `secret-access-key`, `session-token` are still read).
-    /// Default: the AWS credential chain.
-    #[arg(long, global = true, conflicts_with = "s3_credentials_file")]
-    pub s3_credentials_dir: Option<PathBuf>,
-    /// File with two lines: access key id, secret access key (and optionally a session
-    /// token). Default: the AWS credential chain.
-    #[arg(long, global = true)]
-    pub s3_credentials_file: Option<PathBuf>,
-    /// Size of the first 1,000 multipart parts in MiB (5–64; later parts grow).
-    #[arg(long, global = true)]
-    pub part_size_mib: Option<u32>,
-    /// Parallel part uploads (1–16).
-    #[arg(long, global = true)]
-    pub upload_concurrency: Option<u32>,
-    /// Attempts per S3 call (retries with exponential backoff).
-    #[arg(long, global = true, default_value_t = 5)]
-    pub s3_max_attempts: u32,
+    /// Where snapshots live (`--dir`, `--s3-*`): one group per backend.
+    #[command(flatten)]
+    pub destination: DestinationArgs,
     /// PostgreSQL host.
     #[arg(long, global = true)]
     pub host: Option<String>,
@@ -200,132 +149,148 @@ pub struct CommonArgs {
 #[derive(clap::Subcommand, Debug)]
 pub enum BackupCommand {
     /// Take a snapshot.
-    Run {
-        /// zstd level (1–19).
-        #[arg(long)]
-        compression_level: Option<i32>,
-        /// zstd worker threads (0: compress on the pipeline's own thread).
-        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
-        compression_threads: u32,
-        /// Snapshot id (default: `YYYYMMDDTHHMMSSZ-xxxx`). A run with the id of an
-        /// existing snapshot reports it and does nothing.
-        #[arg(long)]
-        id: Option<String>,
-        /// Store unencrypted even if a key is configured.
-        #[arg(long)]
-        no_encryption: bool,
-        /// After a successful snapshot, delete snapshots by the config's retention
-        /// (like `backup prune`; never the newest verified snapshot) and report it.
-        #[arg(long)]
-        prune: bool,
-    },
+    Run(RunArgs),
     /// Restore a snapshot into a database.
-    Restore {
-        /// Snapshot id (default: newest).
-        #[arg(long)]
-        snapshot: Option<String>,
-        /// Target database (default: `--database`).
-        #[arg(long)]
-        target_database: Option<String>,
-        /// Target host (default: `--host`).
-        #[arg(long)]
-        target_host: Option<String>,
-        /// Target port (default: `--port`).
-        #[arg(long)]
-        target_port: Option<u16>,
-        /// Target role (default: `--user`).
-        #[arg(long)]
-        target_user: Option<String>,
-        /// Target password file (default: the source password).
-        #[arg(long)]
-        target_password_file: Option<PathBuf>,
-        /// Restore over a non-empty database (drops the objects the snapshot contains).
-        #[arg(long)]
-        force: bool,
-        /// Create the target database when it does not exist.
-        #[arg(long)]
-        create: bool,
-        /// Skip ownership and privileges.
-        #[arg(long)]
-        no_owner: bool,
-        /// With a key configured, also restore an unencrypted (but authenticated)
-        /// snapshot.
-        #[arg(long)]
-        allow_unencrypted: bool,
-        /// Accept the manifest named by `--snapshot` without a MAC (written before
-        /// manifests were signed). Never accepts an invalid MAC.
-        #[arg(long, requires = "snapshot")]
-        allow_unauthenticated: bool,
-        /// Restore with `pg_restore -j N`: the decrypted archive is first spooled to a
-        /// file in `--scratch-dir` (as large as the uncompressed dump) and verified
-        /// whole; not one transaction (a failure can leave a partial database).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
-        jobs: Option<u32>,
-        /// Directory of the `--jobs` spool file (default: `TMPDIR`, else /tmp).
-        #[arg(long, requires = "jobs")]
-        scratch_dir: Option<PathBuf>,
-    },
+    Restore(RestoreArgs),
     /// Restore test into a scratch database.
-    Verify {
-        /// Snapshot id (default: newest).
-        #[arg(long)]
-        snapshot: Option<String>,
-        /// Scratch database (default from config, else `palisade_restore_test`).
-        #[arg(long)]
-        scratch_database: Option<String>,
-        /// Extra check `NAME=SQL` (repeatable); SQL must return true.
-        #[arg(long)]
-        check: Vec<String>,
-        /// Skip the row-count comparison.
-        #[arg(long)]
-        no_row_counts: bool,
-        /// Time limit, e.g. `30m` (default from config, else `1h`).
-        #[arg(long)]
-        timeout: Option<String>,
-        /// Password file for `restoreTest.target` (default: the source password).
-        #[arg(long)]
-        target_password_file: Option<PathBuf>,
-        /// With a key configured, also test an unencrypted (but authenticated) snapshot.
-        #[arg(long)]
-        allow_unencrypted: bool,
-        /// Accept the manifest named by `--snapshot` without a MAC (written before
-        /// manifests were signed). Never accepts an invalid MAC.
-        #[arg(long, requires = "snapshot")]
-        allow_unauthenticated: bool,
-    },
+    Verify(VerifyArgs),
     /// List snapshots and their verification state.
     List,
     /// Delete snapshots by retention.
-    Prune {
-        /// Keep the newest N.
-        #[arg(long)]
-        keep_last: Option<u32>,
-        /// Keep one per day for N days.
-        #[arg(long)]
-        keep_daily: Option<u32>,
-        /// Keep one per ISO week for N weeks.
-        #[arg(long)]
-        keep_weekly: Option<u32>,
-        /// Keep one per month for N months.
-        #[arg(long)]
-        keep_monthly: Option<u32>,
-        /// Delete older than this (e.g. `90d`).
-        #[arg(long)]
-        max_age: Option<String>,
-        /// Only show what would be deleted.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Prune(PruneArgs),
+}
+
+// Flags of `backup run` (no doc comment: it would replace the subcommand's about).
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// zstd level (1–19).
+    #[arg(long)]
+    pub compression_level: Option<i32>,
+    /// zstd worker threads (0: compress on the pipeline's own thread).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub compression_threads: u32,
+    /// Snapshot id (default: `YYYYMMDDTHHMMSSZ-xxxx`). A run with the id of an
+    /// existing snapshot reports it and does nothing.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Store unencrypted even if a key is configured.
+    #[arg(long)]
+    pub no_encryption: bool,
+    /// After a successful snapshot, delete snapshots by the config's retention
+    /// (like `backup prune`; never the newest verified snapshot) and report it.
+    #[arg(long)]
+    pub prune: bool,
+}
+
+// Flags of `backup restore`.
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot id (default: newest).
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Target database (default: `--database`).
+    #[arg(long)]
+    pub target_database: Option<String>,
+    /// Target host (default: `--host`).
+    #[arg(long)]
+    pub target_host: Option<String>,
+    /// Target port (default: `--port`).
+    #[arg(long)]
+    pub target_port: Option<u16>,
+    /// Target role (default: `--user`).
+    #[arg(long)]
+    pub target_user: Option<String>,
+    /// Target password file (default: the source password).
+    #[arg(long)]
+    pub target_password_file: Option<PathBuf>,
+    /// Restore over a non-empty database (drops the objects the snapshot contains).
+    #[arg(long)]
+    pub force: bool,
+    /// Create the target database when it does not exist.
+    #[arg(long)]
+    pub create: bool,
+    /// Skip ownership and privileges.
+    #[arg(long)]
+    pub no_owner: bool,
+    /// With a key configured, also restore an unencrypted (but authenticated)
+    /// snapshot.
+    #[arg(long)]
+    pub allow_unencrypted: bool,
+    /// Accept the manifest named by `--snapshot` without a MAC (written before
+    /// manifests were signed). Never accepts an invalid MAC.
+    #[arg(long, requires = "snapshot")]
+    pub allow_unauthenticated: bool,
+    /// Restore with `pg_restore -j N`: the decrypted archive is first spooled to a
+    /// file in `--scratch-dir` (as large as the uncompressed dump) and verified
+    /// whole; not one transaction (a failure can leave a partial database).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: Option<u32>,
+    /// Directory of the `--jobs` spool file (default: `TMPDIR`, else /tmp).
+    #[arg(long, requires = "jobs")]
+    pub scratch_dir: Option<PathBuf>,
+}
+
+// Flags of `backup verify`.
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// Snapshot id (default: newest).
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// Scratch database (default from config, else `palisade_restore_test`).
+    #[arg(long)]
+    pub scratch_database: Option<String>,
+    /// Extra check `NAME=SQL` (repeatable); SQL must return true.
+    #[arg(long)]
+    pub check: Vec<String>,
+    /// Skip the row-count comparison.
+    #[arg(long)]
+    pub no_row_counts: bool,
+    /// Time limit, e.g. `30m` (default from config, else `1h`).
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Password file for `restoreTest.target` (default: the source password).
+    #[arg(long)]
+    pub target_password_file: Option<PathBuf>,
+    /// With a key configured, also test an unencrypted (but authenticated) snapshot.
+    #[arg(long)]
+    pub allow_unencrypted: bool,
+    /// Accept the manifest named by `--snapshot` without a MAC (written before
+    /// manifests were signed). Never accepts an invalid MAC.
+    #[arg(long, requires = "snapshot")]
+    pub allow_unauthenticated: bool,
+}
+
+// Flags of `backup prune`.
+#[derive(clap::Args, Debug)]
+pub struct PruneArgs {
+    /// Keep the newest N.
+    #[arg(long)]
+    pub keep_last: Option<u32>,
+    /// Keep one per day for N days.
+    #[arg(long)]
+    pub keep_daily: Option<u32>,
+    /// Keep one per ISO week for N weeks.
+    #[arg(long)]
+    pub keep_weekly: Option<u32>,
+    /// Keep one per month for N months.
+    #[arg(long)]
+    pub keep_monthly: Option<u32>,
+    /// Delete older than this (e.g. `90d`).
+    #[arg(long)]
+    pub max_age: Option<String>,
+    /// Only show what would be deleted.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl BackupCommand {
     fn op(&self) -> &'static str {
         match self {
-            BackupCommand::Run { .. } => "run",
-            BackupCommand::Restore { .. } => "restore",
-            BackupCommand::Verify { .. } => "verify",
+            BackupCommand::Run(_) => "run",
+            BackupCommand::Restore(_) => "restore",
+            BackupCommand::Verify(_) => "verify",
             BackupCommand::List => "list",
-            BackupCommand::Prune { .. } => "prune",
+            BackupCommand::Prune(_) => "prune",
         }
     }
 }
@@ -351,31 +316,23 @@ impl CliError {
     }
 }
 
-impl From<super::storage::StorageError> for CliError {
-    fn from(e: super::storage::StorageError) -> Self {
-        CliError::Engine(e.into())
+impl From<StorageError> for CliError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Config(msg) => CliError::Config(msg),
+            e => CliError::Engine(e.into()),
+        }
+    }
+}
+
+impl From<SecretFileError> for CliError {
+    fn from(e: SecretFileError) -> Self {
+        CliError::Config(e.to_string())
     }
 }
 
 fn cfg(msg: impl Into<String>) -> CliError {
     CliError::Config(msg.into())
-}
-
-/// Reads a secret file; one trailing newline (`\n` or `\r\n`) is removed.
-pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, CliError> {
-    let mut b = std::fs::read(path)
-        .map_err(|e| cfg(format!("cannot read secret file {}: {e}", path.display())))?;
-    if b.last() == Some(&b'\n') {
-        b.pop();
-        if b.last() == Some(&b'\r') {
-            b.pop();
-        }
-    }
-    Ok(b)
-}
-
-fn secret_string(b: Vec<u8>, what: &str) -> Result<String, CliError> {
-    String::from_utf8(b).map_err(|_| cfg(format!("{what} is not UTF-8")))
 }
 
 fn load_spec(path: &Path) -> Result<BackupScheduleSpec, CliError> {
@@ -465,140 +422,13 @@ fn keys(
     Ok(out)
 }
 
-async fn storage(
-    common: &CommonArgs,
-    spec: Option<&BackupScheduleSpec>,
-) -> Result<Storage, CliError> {
-    if let Some(dir) = &common.dir {
-        return Ok(Storage::filesystem(dir.clone()).await?);
-    }
-    let dest: Option<&Destination> = spec.map(|s| &s.destination);
-    let s3: Option<S3Destination> = match (&common.s3_bucket, dest.and_then(|d| d.s3.clone())) {
-        (Some(bucket), base) => {
-            let mut d = base.unwrap_or(S3Destination {
-                bucket: bucket.clone(),
-                prefix: String::new(),
-                region: None,
-                endpoint: None,
-                force_path_style: false,
-                credentials_secret_ref: None,
-                server_side_encryption: None,
-                kms_key_id: None,
-                part_size_mib: 8,
-                concurrency: 4,
-            });
-            d.bucket = bucket.clone();
-            Some(d)
-        }
-        (None, base) => base,
-    };
-    let Some(mut d) = s3 else {
-        if let Some(path) = dest.and_then(|d| d.path.clone()) {
-            return Ok(Storage::filesystem(path).await?);
-        }
-        if dest.is_some_and(|d| d.persistent_volume_claim.is_some()) {
-            return Err(cfg(
-                "persistentVolumeClaim destinations are mounted by the Job; outside Kubernetes use --dir",
-            ));
-        }
-        return Err(cfg(
-            "no destination: give --dir, --s3-bucket or a config file",
-        ));
-    };
-    if let Some(p) = &common.s3_prefix {
-        d.prefix = p.clone();
-    }
-    d.region = common.s3_region.clone().or(d.region);
-    d.endpoint = common.s3_endpoint.clone().or(d.endpoint);
-    d.force_path_style |= common.s3_force_path_style;
-    if let Some(sse) = common.s3_sse {
-        d.server_side_encryption = Some(match sse {
-            SseArg::Aes256 => ServerSideEncryption::Aes256,
-            SseArg::AwsKms => ServerSideEncryption::AwsKms,
-        });
-    }
-    d.kms_key_id = common.s3_kms_key_id.clone().or(d.kms_key_id);
-    if d.kms_key_id.is_some() && d.server_side_encryption != Some(ServerSideEncryption::AwsKms) {
-        return Err(cfg("a KMS key id needs server-side encryption aws:kms"));
-    }
-    let credentials = match &common.s3_credentials_file {
-        Some(p) => {
-            let text = secret_string(read_secret_file(p)?, "credentials file")?;
-            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-            match (lines.next(), lines.next()) {
-                (Some(id), Some(secret)) => Some((
-                    id.to_string(),
-                    secret.to_string(),
-                    lines.next().map(str::to_string),
-                )),
-                _ => {
-                    return Err(cfg(
-                        "credentials file needs an access key id and a secret key line",
-                    ));
-                }
-            }
-        }
-        None => match &common.s3_credentials_dir {
-            Some(dir) => {
-                // The one naming (S3_ACCESS_KEY_ID, ...), else the older file
-                // names of releases before it.
-                let file = |name: &'static str, legacy: &'static str| {
-                    if dir.join(name).exists() || !dir.join(legacy).exists() {
-                        name
-                    } else {
-                        legacy
-                    }
-                };
-                let read = |f: &str| -> Result<String, CliError> {
-                    secret_string(read_secret_file(&dir.join(f))?, f)
-                };
-                let token = file(S3_SESSION_TOKEN, "session-token");
-                Some((
-                    read(file(S3_ACCESS_KEY_ID, "access-key-id"))?,
-                    read(file(S3_SECRET_ACCESS_KEY, "secret-access-key"))?,
-                    if dir.join(token).exists() {
-                        Some(read(token)?)
-                    } else {
-                        None
-                    },
-                ))
-            }
-            None => None,
-        },
-    };
-    // The schema's bounds: they cap the memory in flight (see docs/BACKUP.md).
-    let part_mib = common.part_size_mib.unwrap_or(d.part_size_mib);
-    if !(5..=64).contains(&part_mib) {
-        return Err(cfg(
-            "part size must be 5-64 MiB (parts grow on their own past 1,000 parts)",
-        ));
-    }
-    let concurrency = common.upload_concurrency.unwrap_or(d.concurrency);
-    if !(1..=16).contains(&concurrency) {
-        return Err(cfg("upload concurrency must be 1-16"));
-    }
-    Ok(Storage::s3(S3Settings {
-        bucket: d.bucket,
-        prefix: d.prefix,
-        region: d.region,
-        endpoint: d.endpoint,
-        force_path_style: d.force_path_style,
-        credentials,
-        sse: d.server_side_encryption,
-        kms_key_id: d.kms_key_id,
-        part_size: part_mib as usize * 1024 * 1024,
-        concurrency: concurrency as usize,
-        max_attempts: common.s3_max_attempts,
-    })
-    .await?)
-}
-
 async fn resolve(common: &CommonArgs) -> Result<Resolved, CliError> {
     let spec = match &common.config {
         Some(p) => Some(load_spec(p)?),
         None => None,
     };
-    let storage = storage(common, spec.as_ref()).await?;
+    let storage =
+        destination::open(&common.destination, spec.as_ref().map(|s| &s.destination)).await?;
     let keys = keys(common, spec.as_ref())?;
     Ok(Resolved {
         spec,
@@ -883,355 +713,396 @@ async fn execute_until_signal(args: BackupArgs) -> Result<ExitCode, CliError> {
     }
 }
 
+/// One subcommand on the resolved configuration: build its options (flags over the
+/// config file), run it, report the result.
 async fn execute(args: BackupArgs, r: &Resolved) -> Result<ExitCode, CliError> {
     let common = &args.common;
-    let spec = r.spec.as_ref();
     let show_progress =
         progress_wanted(common.output, common.quiet, std::io::stderr().is_terminal());
     match args.command {
-        BackupCommand::Run {
-            compression_level,
-            compression_threads,
-            id,
-            no_encryption,
-            prune,
-        } => {
-            let level = compression_level
-                .or(spec.map(|s| s.compression.level))
-                .unwrap_or(3);
-            if !(1..=19).contains(&level) {
-                return Err(cfg("compression level must be 1-19"));
-            }
-            let opts = RunOptions {
-                pg: pg_conn(common, spec)?,
-                pg_bin: common.pg_bin.clone(),
-                compression_level: level,
-                compression_threads,
-                key: if no_encryption {
-                    None
-                } else {
-                    r.keys.first().cloned()
-                },
-                mac_key: r.keys.first().cloned(),
-                chunk_size: format::DEFAULT_CHUNK_SIZE,
-                id,
-            };
-            let progress = Arc::new(Progress::default());
-            let ticker = spawn_progress(progress.clone(), show_progress, Paced::Dumped);
-            let result = engine::run(&r.storage, &opts, progress).await;
-            if let Some(t) = ticker {
-                t.abort();
-                eprintln!();
-            }
-            let rep = result?;
-            let m = &rep.manifest;
-            let rows: i64 = m.total_rows();
-            let mut out = json!({
-                "op": "run", "ok": true, "id": m.id, "key": pg::bounded(&rep.key, 512),
-                "time": m.finished_at, "bytes": m.stored_bytes, "rawBytes": m.raw_bytes,
-                "sha256": m.sha256, "durationSeconds": round2(rep.duration.as_secs_f64()),
-                "encrypted": m.encryption.is_encrypted(), "keyId": m.encryption.key_id,
-                "tables": m.row_counts.len(), "rows": rows,
-                "alreadyExisted": rep.already_existed,
-            });
-            if common.profile {
-                out["profile"] = json!(rep.profile);
-            }
-            if prune {
-                prune_after_run(&r.storage, &r.keys, spec, &mut out).await;
-            }
-            emit(common, r.keys.first(), out, || {
-                format!(
-                    "snapshot {} stored at {} ({} raw → {} stored, {} tables, {} rows, {}) in {:.1}s{}",
-                    m.id,
-                    rep.key,
-                    mib(m.raw_bytes),
-                    mib(m.stored_bytes),
-                    m.row_counts.len(),
-                    rows,
-                    m.encryption
-                        .key_id
-                        .as_deref()
-                        .map_or("unencrypted".to_string(), |k| format!(
-                            "encrypted with key {k}"
-                        )),
-                    rep.duration.as_secs_f64(),
-                    if rep.already_existed {
-                        " (already existed)"
-                    } else {
-                        ""
-                    }
-                )
-            });
-            Ok(ExitCode::SUCCESS)
-        }
-        BackupCommand::Restore {
-            snapshot,
-            target_database,
-            target_host,
-            target_port,
-            target_user,
-            target_password_file,
-            force,
-            create,
-            no_owner,
-            allow_unencrypted,
-            allow_unauthenticated,
-            jobs,
-            scratch_dir,
-        } => {
-            let mut target = pg_conn(common, spec)?;
-            if let Some(d) = target_database {
-                target.database = d;
-            }
-            if let Some(h) = target_host {
-                target.host = h;
-            }
-            if let Some(p) = target_port {
-                target.port = p;
-            }
-            if let Some(u) = target_user {
-                target.user = u;
-            }
-            if let Some(p) = target_password_file {
-                target.password = Some(secret_string(read_secret_file(&p)?, "password")?);
-            }
-            let opts = RestoreOptions {
-                target,
-                pg_bin: common.pg_bin.clone(),
-                keys: r.keys.clone(),
-                snapshot,
-                force,
-                create,
-                no_owner,
-                allow_unencrypted,
-                allow_unauthenticated,
-                jobs,
-                scratch_dir,
-            };
-            let progress = Arc::new(Progress::default());
-            let ticker = spawn_progress(progress.clone(), show_progress, Paced::Read);
-            let result = engine::restore(&r.storage, &opts, progress).await;
-            if let Some(t) = ticker {
-                t.abort();
-                eprintln!();
-            }
-            let rep = result?;
-            let mut out = json!({
-                "op": "restore", "ok": true, "snapshot": rep.manifest.id,
-                "database": opts.target.database, "bytes": rep.manifest.stored_bytes,
-                "durationSeconds": round2(rep.duration.as_secs_f64()),
-            });
-            if common.profile {
-                out["profile"] = json!(rep.profile);
-            }
-            emit(common, r.keys.first(), out, || {
-                format!(
-                    "restored snapshot {} into {} in {:.1}s",
-                    rep.manifest.id,
-                    opts.target.target(),
-                    rep.duration.as_secs_f64()
-                )
-            });
-            Ok(ExitCode::SUCCESS)
-        }
-        BackupCommand::Verify {
-            snapshot,
-            scratch_database,
-            check,
-            no_row_counts,
-            timeout,
-            target_password_file,
-            allow_unencrypted,
-            allow_unauthenticated,
-        } => {
-            let rt = spec.and_then(|s| s.restore_test.as_ref());
-            let mut server = pg_conn(common, spec)?;
-            if let Some(t) = rt.and_then(|t| t.target.as_ref()) {
-                server.host = t.host.clone();
-                server.port = t.port;
-                server.user = t.user.clone();
-                server.ssl_mode = t.ssl_mode;
-            }
-            if let Some(p) = &target_password_file {
-                server.password = Some(secret_string(read_secret_file(p)?, "password")?);
-            }
-            server.database = "postgres".into();
-            let mut checks: Vec<SqlCheck> = rt.map(|t| t.checks.clone()).unwrap_or_default();
-            for c in check {
-                let (name, sql) = c
-                    .split_once('=')
-                    .ok_or_else(|| cfg(format!("--check needs NAME=SQL, got {c:?}")))?;
-                checks.push(SqlCheck {
-                    name: name.trim().to_string(),
-                    sql: sql.to_string(),
-                });
-            }
-            let timeout_s = timeout
-                .or(rt.map(|t| t.timeout.clone()))
-                .unwrap_or_else(|| "1h".into());
-            let opts = VerifyOptions {
-                server,
-                scratch_database: scratch_database
-                    .or(rt.map(|t| t.scratch_database.clone()))
-                    .unwrap_or_else(|| "palisade_restore_test".into()),
-                checks,
-                compare_row_counts: !no_row_counts && rt.is_none_or(|t| t.compare_row_counts),
-                timeout: retention::parse_duration(&timeout_s)
-                    .ok_or_else(|| cfg(format!("invalid timeout {timeout_s:?}")))?,
-                keys: r.keys.clone(),
-                pg_bin: common.pg_bin.clone(),
-                snapshot,
-                allow_unencrypted,
-                allow_unauthenticated,
-            };
-            let rep = verify::verify(&r.storage, &opts).await?;
-            let rec = &rep.record;
-            emit(
-                common,
-                r.keys.first(),
-                json!({
-                    "op": "verify", "ok": rec.passed, "snapshot": rec.snapshot, "time": rec.time,
-                    "result": if rec.passed { "Passed" } else { "Failed" },
-                    "durationSeconds": round2(rec.duration_seconds),
-                    "checks": rec.checks.iter().map(check_json).collect::<Vec<_>>(),
-                }),
-                || {
-                    let mut s = format!(
-                        "restore test of {}: {} in {:.1}s (record: {})",
-                        rec.snapshot,
-                        if rec.passed { "PASSED" } else { "FAILED" },
-                        rec.duration_seconds,
-                        rep.location
-                    );
-                    for c in &rec.checks {
-                        s.push_str(&format!(
-                            "\n  {} {}{}",
-                            if c.passed { "ok  " } else { "FAIL" },
-                            c.name,
-                            c.message
-                                .as_deref()
-                                .map(|m| format!(": {m}"))
-                                .unwrap_or_default()
-                        ));
-                    }
-                    s
-                },
-            );
-            Ok(if rec.passed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
-        BackupCommand::List => {
-            let listing = catalog::list(&r.storage, &r.keys).await?;
-            let entries = &listing.entries;
-            let rows: Vec<Value> = entries
-                .iter()
-                .map(|e| {
-                    json!({
-                        "id": e.manifest.id, "time": e.manifest.started_at,
-                        "bytes": e.manifest.stored_bytes,
-                        "encrypted": e.manifest.encryption.is_encrypted(),
-                        "verified": verified_state(e),
-                    })
-                })
-                .collect();
-            emit(
-                common,
-                r.keys.first(),
-                json!({"op": "list", "ok": true, "snapshots": rows,
-                       "rejected": rejected_json(&listing.rejected)}),
-                || {
-                    let mut s = format!(
-                        "{:<28} {:<25} {:>12} {:<10} VERIFIED",
-                        "ID", "TIME", "BYTES", "ENCRYPTED"
-                    );
-                    for e in entries {
-                        s.push_str(&format!(
-                            "\n{:<28} {:<25} {:>12} {:<10} {}",
-                            e.manifest.id,
-                            e.manifest.started_at.format("%Y-%m-%dT%H:%M:%SZ"),
-                            e.manifest.stored_bytes,
-                            if e.manifest.encryption.is_encrypted() {
-                                "yes"
-                            } else {
-                                "no"
-                            },
-                            verified_state(e)
-                        ));
-                    }
-                    s.push_str(&rejected_text(&listing.rejected));
-                    s
-                },
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        BackupCommand::Prune {
-            keep_last,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
-            max_age,
-            dry_run,
-        } => {
-            let policy = policy(
-                spec.map(|s| &s.retention),
-                [keep_last, keep_daily, keep_weekly, keep_monthly],
-                max_age.as_deref(),
-            )?;
-            let rep =
-                catalog::prune(&r.storage, &r.keys, &policy, chrono::Utc::now(), dry_run).await?;
-            let deleted: Vec<&str> = rep
-                .decisions
-                .iter()
-                .filter(|d| !d.keep)
-                .map(|d| d.id.as_str())
-                .collect();
-            emit(
-                common,
-                r.keys.first(),
-                json!({
-                    "op": "prune", "ok": true, "dryRun": rep.dry_run,
-                    "kept": rep.decisions.len() - deleted.len(),
-                    "deletedCount": deleted.len(), "deleted": deleted,
-                    "rejected": rejected_json(&rep.rejected),
-                    "staleRemoved": rep.stale_removed.len(),
-                }),
-                || {
-                    let mut s = String::new();
-                    for d in &rep.decisions {
-                        s.push_str(&format!(
-                            "{} {} ({})\n",
-                            if d.keep {
-                                "keep  "
-                            } else if rep.dry_run {
-                                "would delete"
-                            } else {
-                                "delete"
-                            },
-                            d.id,
-                            d.reasons.join(", ")
-                        ));
-                    }
-                    s.push_str(&format!(
-                        "{} kept, {} {}",
-                        rep.decisions.len() - deleted.len(),
-                        deleted.len(),
-                        if rep.dry_run {
-                            "would be deleted (dry run)"
-                        } else {
-                            "deleted"
-                        }
-                    ));
-                    s.push_str(&rejected_text(&rep.rejected));
-                    s
-                },
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        BackupCommand::Run(a) => run_snapshot(common, r, a, show_progress).await,
+        BackupCommand::Restore(a) => restore_snapshot(common, r, a, show_progress).await,
+        BackupCommand::Verify(a) => verify_snapshot(common, r, a).await,
+        BackupCommand::List => list_snapshots(common, r).await,
+        BackupCommand::Prune(a) => prune_snapshots(common, r, a).await,
     }
+}
+
+/// Runs `work` with a progress line on stderr when `enabled`.
+async fn with_progress<T, Fut>(
+    enabled: bool,
+    paced: Paced,
+    work: impl FnOnce(Arc<Progress>) -> Fut,
+) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let progress = Arc::new(Progress::default());
+    let ticker = spawn_progress(progress.clone(), enabled, paced);
+    let result = work(progress).await;
+    if let Some(t) = ticker {
+        t.abort();
+        eprintln!();
+    }
+    result
+}
+
+/// `backup run`: options → snapshot → (retention) → result.
+async fn run_snapshot(
+    common: &CommonArgs,
+    r: &Resolved,
+    a: RunArgs,
+    show_progress: bool,
+) -> Result<ExitCode, CliError> {
+    let spec = r.spec.as_ref();
+    let opts = run_options(common, r, &a)?;
+    let rep = with_progress(show_progress, Paced::Dumped, |p| {
+        engine::run(&r.storage, &opts, p)
+    })
+    .await?;
+    let mut out = run_json(&rep, common.profile);
+    if a.prune {
+        prune_after_run(&r.storage, &r.keys, spec, &mut out).await;
+    }
+    emit(common, r.keys.first(), out, || run_text(&rep));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_options(common: &CommonArgs, r: &Resolved, a: &RunArgs) -> Result<RunOptions, CliError> {
+    let spec = r.spec.as_ref();
+    let level = a
+        .compression_level
+        .or(spec.map(|s| s.compression.level))
+        .unwrap_or(3);
+    if !(1..=19).contains(&level) {
+        return Err(cfg("compression level must be 1-19"));
+    }
+    Ok(RunOptions {
+        pg: pg_conn(common, spec)?,
+        pg_bin: common.pg_bin.clone(),
+        compression_level: level,
+        compression_threads: a.compression_threads,
+        key: if a.no_encryption {
+            None
+        } else {
+            r.keys.first().cloned()
+        },
+        mac_key: r.keys.first().cloned(),
+        chunk_size: format::DEFAULT_CHUNK_SIZE,
+        id: a.id.clone(),
+    })
+}
+
+fn run_json(rep: &engine::RunReport, profile: bool) -> Value {
+    let m = &rep.manifest;
+    let mut out = json!({
+        "op": "run", "ok": true, "id": m.id, "key": pg::bounded(&rep.key, 512),
+        "time": m.finished_at, "bytes": m.stored_bytes, "rawBytes": m.raw_bytes,
+        "sha256": m.sha256, "durationSeconds": round2(rep.duration.as_secs_f64()),
+        "encrypted": m.encryption.is_encrypted(), "keyId": m.encryption.key_id,
+        "tables": m.row_counts.len(), "rows": m.total_rows(),
+        "alreadyExisted": rep.already_existed,
+    });
+    if profile {
+        out["profile"] = json!(rep.profile);
+    }
+    out
+}
+
+fn run_text(rep: &engine::RunReport) -> String {
+    let m = &rep.manifest;
+    format!(
+        "snapshot {} stored at {} ({} raw → {} stored, {} tables, {} rows, {}) in {:.1}s{}",
+        m.id,
+        rep.key,
+        mib(m.raw_bytes),
+        mib(m.stored_bytes),
+        m.row_counts.len(),
+        m.total_rows(),
+        m.encryption
+            .key_id
+            .as_deref()
+            .map_or("unencrypted".to_string(), |k| format!(
+                "encrypted with key {k}"
+            )),
+        rep.duration.as_secs_f64(),
+        if rep.already_existed {
+            " (already existed)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// `backup restore`: target (flags over the source connection) → restore → result.
+async fn restore_snapshot(
+    common: &CommonArgs,
+    r: &Resolved,
+    a: RestoreArgs,
+    show_progress: bool,
+) -> Result<ExitCode, CliError> {
+    let mut target = pg_conn(common, r.spec.as_ref())?;
+    if let Some(d) = a.target_database {
+        target.database = d;
+    }
+    if let Some(h) = a.target_host {
+        target.host = h;
+    }
+    if let Some(p) = a.target_port {
+        target.port = p;
+    }
+    if let Some(u) = a.target_user {
+        target.user = u;
+    }
+    if let Some(p) = a.target_password_file {
+        target.password = Some(secret_string(read_secret_file(&p)?, "password")?);
+    }
+    let opts = RestoreOptions {
+        target,
+        pg_bin: common.pg_bin.clone(),
+        keys: r.keys.clone(),
+        snapshot: a.snapshot,
+        force: a.force,
+        create: a.create,
+        no_owner: a.no_owner,
+        allow_unencrypted: a.allow_unencrypted,
+        allow_unauthenticated: a.allow_unauthenticated,
+        jobs: a.jobs,
+        scratch_dir: a.scratch_dir,
+    };
+    let rep = with_progress(show_progress, Paced::Read, |p| {
+        engine::restore(&r.storage, &opts, p)
+    })
+    .await?;
+    let mut out = json!({
+        "op": "restore", "ok": true, "snapshot": rep.manifest.id,
+        "database": opts.target.database, "bytes": rep.manifest.stored_bytes,
+        "durationSeconds": round2(rep.duration.as_secs_f64()),
+    });
+    if common.profile {
+        out["profile"] = json!(rep.profile);
+    }
+    emit(common, r.keys.first(), out, || {
+        format!(
+            "restored snapshot {} into {} in {:.1}s",
+            rep.manifest.id,
+            opts.target.target(),
+            rep.duration.as_secs_f64()
+        )
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `backup verify`: options (flags over `restoreTest`) → restore test → result; exit
+/// code 1 when the test failed.
+async fn verify_snapshot(
+    common: &CommonArgs,
+    r: &Resolved,
+    a: VerifyArgs,
+) -> Result<ExitCode, CliError> {
+    let opts = verify_options(common, r, a)?;
+    let rep = verify::verify(&r.storage, &opts).await?;
+    let rec = &rep.record;
+    emit(
+        common,
+        r.keys.first(),
+        json!({
+            "op": "verify", "ok": rec.passed, "snapshot": rec.snapshot, "time": rec.time,
+            "result": if rec.passed { "Passed" } else { "Failed" },
+            "durationSeconds": round2(rec.duration_seconds),
+            "checks": rec.checks.iter().map(check_json).collect::<Vec<_>>(),
+        }),
+        || verify_text(&rep),
+    );
+    Ok(if rec.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn verify_options(
+    common: &CommonArgs,
+    r: &Resolved,
+    a: VerifyArgs,
+) -> Result<VerifyOptions, CliError> {
+    let spec = r.spec.as_ref();
+    let rt = spec.and_then(|s| s.restore_test.as_ref());
+    let mut server = pg_conn(common, spec)?;
+    if let Some(t) = rt.and_then(|t| t.target.as_ref()) {
+        server.host = t.host.clone();
+        server.port = t.port;
+        server.user = t.user.clone();
+        server.ssl_mode = t.ssl_mode;
+    }
+    if let Some(p) = &a.target_password_file {
+        server.password = Some(secret_string(read_secret_file(p)?, "password")?);
+    }
+    server.database = "postgres".into();
+    let mut checks: Vec<SqlCheck> = rt.map(|t| t.checks.clone()).unwrap_or_default();
+    for c in a.check {
+        let (name, sql) = c
+            .split_once('=')
+            .ok_or_else(|| cfg(format!("--check needs NAME=SQL, got {c:?}")))?;
+        checks.push(SqlCheck {
+            name: name.trim().to_string(),
+            sql: sql.to_string(),
+        });
+    }
+    let timeout_s = a
+        .timeout
+        .or(rt.map(|t| t.timeout.clone()))
+        .unwrap_or_else(|| "1h".into());
+    Ok(VerifyOptions {
+        server,
+        scratch_database: a
+            .scratch_database
+            .or(rt.map(|t| t.scratch_database.clone()))
+            .unwrap_or_else(|| "palisade_restore_test".into()),
+        checks,
+        compare_row_counts: !a.no_row_counts && rt.is_none_or(|t| t.compare_row_counts),
+        timeout: retention::parse_duration(&timeout_s)
+            .ok_or_else(|| cfg(format!("invalid timeout {timeout_s:?}")))?,
+        keys: r.keys.clone(),
+        pg_bin: common.pg_bin.clone(),
+        snapshot: a.snapshot,
+        allow_unencrypted: a.allow_unencrypted,
+        allow_unauthenticated: a.allow_unauthenticated,
+    })
+}
+
+fn verify_text(rep: &verify::VerifyReport) -> String {
+    let rec = &rep.record;
+    let mut s = format!(
+        "restore test of {}: {} in {:.1}s (record: {})",
+        rec.snapshot,
+        if rec.passed { "PASSED" } else { "FAILED" },
+        rec.duration_seconds,
+        rep.location
+    );
+    for c in &rec.checks {
+        s.push_str(&format!(
+            "\n  {} {}{}",
+            if c.passed { "ok  " } else { "FAIL" },
+            c.name,
+            c.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ));
+    }
+    s
+}
+
+/// `backup list`.
+async fn list_snapshots(common: &CommonArgs, r: &Resolved) -> Result<ExitCode, CliError> {
+    let listing = catalog::list(&r.storage, &r.keys).await?;
+    let rows: Vec<Value> = listing
+        .entries
+        .iter()
+        .map(|e| {
+            json!({
+                "id": e.manifest.id, "time": e.manifest.started_at,
+                "bytes": e.manifest.stored_bytes,
+                "encrypted": e.manifest.encryption.is_encrypted(),
+                "verified": verified_state(e),
+            })
+        })
+        .collect();
+    emit(
+        common,
+        r.keys.first(),
+        json!({"op": "list", "ok": true, "snapshots": rows,
+               "rejected": rejected_json(&listing.rejected)}),
+        || list_text(&listing),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list_text(listing: &catalog::Listing) -> String {
+    let mut s = format!(
+        "{:<28} {:<25} {:>12} {:<10} VERIFIED",
+        "ID", "TIME", "BYTES", "ENCRYPTED"
+    );
+    for e in &listing.entries {
+        s.push_str(&format!(
+            "\n{:<28} {:<25} {:>12} {:<10} {}",
+            e.manifest.id,
+            e.manifest.started_at.format("%Y-%m-%dT%H:%M:%SZ"),
+            e.manifest.stored_bytes,
+            if e.manifest.encryption.is_encrypted() {
+                "yes"
+            } else {
+                "no"
+            },
+            verified_state(e)
+        ));
+    }
+    s.push_str(&rejected_text(&listing.rejected));
+    s
+}
+
+/// `backup prune`: policy (flags over `retention`) → prune → result.
+async fn prune_snapshots(
+    common: &CommonArgs,
+    r: &Resolved,
+    a: PruneArgs,
+) -> Result<ExitCode, CliError> {
+    let policy = policy(
+        r.spec.as_ref().map(|s| &s.retention),
+        [a.keep_last, a.keep_daily, a.keep_weekly, a.keep_monthly],
+        a.max_age.as_deref(),
+    )?;
+    let rep = catalog::prune(&r.storage, &r.keys, &policy, chrono::Utc::now(), a.dry_run).await?;
+    let deleted: Vec<&str> = rep
+        .decisions
+        .iter()
+        .filter(|d| !d.keep)
+        .map(|d| d.id.as_str())
+        .collect();
+    emit(
+        common,
+        r.keys.first(),
+        json!({
+            "op": "prune", "ok": true, "dryRun": rep.dry_run,
+            "kept": rep.decisions.len() - deleted.len(),
+            "deletedCount": deleted.len(), "deleted": deleted,
+            "rejected": rejected_json(&rep.rejected),
+            "staleRemoved": rep.stale_removed.len(),
+        }),
+        || prune_text(&rep, deleted.len()),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prune_text(rep: &catalog::PruneReport, deleted: usize) -> String {
+    let mut s = String::new();
+    for d in &rep.decisions {
+        s.push_str(&format!(
+            "{} {} ({})\n",
+            if d.keep {
+                "keep  "
+            } else if rep.dry_run {
+                "would delete"
+            } else {
+                "delete"
+            },
+            d.id,
+            d.reasons.join(", ")
+        ));
+    }
+    s.push_str(&format!(
+        "{} kept, {} {}",
+        rep.decisions.len() - deleted,
+        deleted,
+        if rep.dry_run {
+            "would be deleted (dry run)"
+        } else {
+            "deleted"
+        }
+    ));
+    s.push_str(&rejected_text(&rep.rejected));
+    s
 }
 
 /// `backup run --prune`: retention after a successful snapshot. A failed prune is

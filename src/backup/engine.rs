@@ -8,6 +8,7 @@
 //! Every hop is a bounded channel, so memory is about
 //! `chunk × 6 + part × (concurrency + 2)` whatever the database size.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout};
@@ -21,105 +22,13 @@ use chrono::Utc;
 use ring::digest::{Context, SHA256};
 use tokio::sync::mpsc;
 
+use super::catalog::{self, authenticate_manifest, load_manifest, validate_id};
+use super::destination::{ObjectReader, PartPlan, Storage, StorageError};
+use super::error::EngineError;
 use super::format::{self, EncryptionKey, FormatError, Sealer};
 use super::manifest::{self, CompressionInfo, EncryptionInfo, MANIFEST_VERSION, Manifest, Source};
 use super::pg::{self, PgConn, PgError, StderrTail};
 use super::profile::{self, Acc, Profile};
-use super::storage::{PartPlan, Storage, StorageError};
-
-/// Errors of the engine (run, restore, verify, list, prune).
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    /// PostgreSQL side.
-    #[error(transparent)]
-    Pg(#[from] PgError),
-    /// Storage backend.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    /// Snapshot format / decryption.
-    #[error(transparent)]
-    Format(#[from] FormatError),
-    /// Compression or decompression.
-    #[error("zstd: {0}")]
-    Zstd(io::Error),
-    /// A pipe between stages broke.
-    #[error("pipeline: {0}")]
-    Pipe(String),
-    /// The stored object's checksum differs from the manifest.
-    #[error("checksum mismatch: manifest says {expected}, object has {actual}")]
-    Checksum {
-        /// From the manifest.
-        expected: String,
-        /// Computed.
-        actual: String,
-    },
-    /// The stored object's size differs from the manifest.
-    #[error("size mismatch: manifest says {expected} bytes, object has {actual}")]
-    Size {
-        /// From the manifest.
-        expected: u64,
-        /// Read.
-        actual: u64,
-    },
-    /// No snapshot (or not the requested one).
-    #[error("no snapshot {0}")]
-    NoSnapshot(String),
-    /// A manifest could not be parsed.
-    #[error("manifest {0} is invalid: {1}")]
-    BadManifest(String, String),
-    /// Encrypted snapshot but no key given.
-    #[error("snapshot is encrypted with key {0}; give its key with --key-file")]
-    MissingKey(String),
-    /// Metadata that does not authenticate under the configured keys.
-    #[error("{what} {why}; refused (nothing restored, deleted or trusted)")]
-    Unauthenticated {
-        /// Which object.
-        what: String,
-        /// Why.
-        why: manifest::AuthError,
-    },
-    /// A name read from storage that is not what it must be (path traversal, moved file).
-    #[error("unsafe or mismatched name in {0}; refused")]
-    UnsafeName(String),
-    /// An unencrypted snapshot while a key is configured.
-    #[error(
-        "snapshot {0} is not encrypted although a key is configured; refused (use --allow-unencrypted to restore it anyway)"
-    )]
-    Unencrypted(String),
-    /// SIGTERM / SIGINT.
-    #[error("interrupted by {0}; child processes stopped, unfinished uploads removed")]
-    Interrupted(&'static str),
-    /// Invalid input.
-    #[error("{0}")]
-    Invalid(String),
-    /// Timed out.
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-}
-
-impl EngineError {
-    /// Short bounded reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            EngineError::Pg(e) => e.reason(),
-            EngineError::Storage(e) => e.reason(),
-            EngineError::Format(e) => e.reason(),
-            EngineError::Zstd(_) => "CompressionError",
-            EngineError::Pipe(_) => "PipelineError",
-            EngineError::Checksum { .. } => "ChecksumMismatch",
-            EngineError::Size { .. } => "SizeMismatch",
-            EngineError::NoSnapshot(_) => "NoSnapshot",
-            EngineError::BadManifest(..) => "BadManifest",
-            EngineError::MissingKey(_) => "MissingKey",
-            EngineError::Unauthenticated { .. } => "Unauthenticated",
-            EngineError::UnsafeName(_) => "UnsafeName",
-            EngineError::Unencrypted(_) => "Unencrypted",
-            EngineError::Interrupted(_) => "Interrupted",
-            EngineError::Invalid(_) => "InvalidArgument",
-            EngineError::Timeout(_) => "Timeout",
-        }
-    }
-}
 
 /// Live counters for progress display.
 #[derive(Debug, Default)]
@@ -168,17 +77,6 @@ pub struct RunReport {
     pub already_existed: bool,
     /// Seconds per stage and wait (empty when the snapshot already existed).
     pub profile: Profile,
-}
-
-/// Checks a snapshot id: 1–128 of `[A-Za-z0-9._-]`, not starting with `.`.
-pub fn validate_id(id: &str) -> Result<(), EngineError> {
-    if manifest::valid_id(id) {
-        Ok(())
-    } else {
-        Err(EngineError::Invalid(
-            "snapshot id must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'".into(),
-        ))
-    }
 }
 
 /// A new id: `YYYYMMDDTHHMMSSZ-xxxx`.
@@ -428,62 +326,6 @@ fn join_err(e: tokio::task::JoinError) -> EngineError {
     EngineError::Pipe(format!("stage panicked or was cancelled: {e}"))
 }
 
-/// Reads a snapshot's manifest and checks its names: the id is well formed and the
-/// one in the file's own name, the object is exactly that id's data name. Does not
-/// check the MAC (see [`load_trusted`]).
-pub async fn load_manifest(storage: &Storage, id: &str) -> Result<Manifest, EngineError> {
-    validate_id(id)?;
-    let name = manifest::manifest_name(id);
-    let body = storage
-        .get_small(&name)
-        .await?
-        .ok_or_else(|| EngineError::NoSnapshot(id.to_string()))?;
-    let m: Manifest = serde_json::from_slice(&body)
-        .map_err(|e| EngineError::BadManifest(name.clone(), e.to_string()))?;
-    if m.id != id || m.object != manifest::data_name(id) {
-        return Err(EngineError::UnsafeName(format!(
-            "manifest {name}: id {:?} / object {:?} (want {id:?} / {:?})",
-            pg::bounded(&m.id, 140),
-            pg::bounded(&m.object, 140),
-            manifest::data_name(id)
-        )));
-    }
-    Ok(m)
-}
-
-/// [`load_manifest`], then, when `keys` is not empty, its MAC. `allow_unauthenticated`
-/// accepts a manifest without a MAC (format 1, written before manifests were signed);
-/// an invalid MAC is never accepted.
-pub async fn load_trusted(
-    storage: &Storage,
-    id: &str,
-    keys: &[EncryptionKey],
-    allow_unauthenticated: bool,
-) -> Result<Manifest, EngineError> {
-    let m = load_manifest(storage, id).await?;
-    authenticate_manifest(&m, keys, allow_unauthenticated)?;
-    Ok(m)
-}
-
-/// Checks a manifest's MAC when keys are configured.
-pub fn authenticate_manifest(
-    m: &Manifest,
-    keys: &[EncryptionKey],
-    allow_unauthenticated: bool,
-) -> Result<(), EngineError> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    match m.authenticate(keys) {
-        Ok(()) => Ok(()),
-        Err(manifest::AuthError::Missing) if allow_unauthenticated => Ok(()),
-        Err(why) => Err(EngineError::Unauthenticated {
-            what: format!("manifest {}", manifest::manifest_name(&m.id)),
-            why,
-        }),
-    }
-}
-
 /// `backup run`: dump, compress, encrypt, store, then write the manifest.
 pub async fn run(
     storage: &Storage,
@@ -510,6 +352,65 @@ pub async fn run(
             profile: Profile::new(),
         });
     }
+    let dumped = dump_and_store(storage, opts, &id, progress).await?;
+    let data_name = manifest::data_name(&id);
+    let mut manifest = snapshot_manifest(opts, &id, started_at, &dumped);
+    if let Some(k) = signer {
+        manifest.sign(k);
+    }
+    let body = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| EngineError::BadManifest(id.clone(), e.to_string()))?;
+    if let Err(e) = storage.put_small(&manifest::manifest_name(&id), body).await {
+        // Without a manifest the data is not a snapshot: remove it.
+        let _ = storage.delete(&data_name).await;
+        storage.commit(&data_name);
+        return Err(e.into());
+    }
+    storage.commit(&data_name);
+    let duration = t0.elapsed();
+    Ok(RunReport {
+        key: storage.key(&data_name),
+        manifest,
+        duration,
+        already_existed: false,
+        profile: run_profile(duration, &dumped),
+    })
+}
+
+/// What the dump stored, before its manifest is written.
+struct Dumped {
+    compressed: CompressStats,
+    seal: SealStats,
+    row_counts: BTreeMap<String, i64>,
+    server_version: String,
+    pg_dump_version: String,
+    chunk: usize,
+    /// Waiting for a free upload slot.
+    slot_wait: Acc,
+    upload_finish: Duration,
+    counting_wall: Duration,
+}
+
+/// The row counts of the exported snapshot, its connection (kept open until the dump
+/// is done) and how long counting took.
+type RowCounting = (
+    Result<BTreeMap<String, i64>, PgError>,
+    pg::ExportedSnapshot,
+    Duration,
+);
+
+/// A running pg_dump of the exported snapshot, and the row counts taken in it.
+struct Dump {
+    child: ChildGuard,
+    stdout: ChildStdout,
+    stderr: StderrTail,
+    counting: AbortOnDrop<RowCounting>,
+    pg_dump_version: String,
+    server_version: String,
+}
+
+/// Exports a snapshot, starts pg_dump on it and counts rows in it concurrently.
+async fn start_dump(opts: &RunOptions, progress: &Progress) -> Result<Dump, EngineError> {
     let pg_dump = pg::program(opts.pg_bin.as_deref(), "pg_dump");
     let pg_dump_version = pg::tool_version(&pg_dump)?;
     let exported = pg::export_snapshot(&opts.pg).await?;
@@ -530,18 +431,42 @@ pub async fn run(
     // Row counts in the exported snapshot, concurrently with the dump. The transaction
     // stays open until pg_dump is done (it imports the snapshot when it starts).
     let server_version = exported.server_version.clone();
-    let mut counting = AbortOnDrop(tokio::spawn(async move {
+    let counting = AbortOnDrop(tokio::spawn(async move {
         let t = Instant::now();
         let counts = pg::row_counts(&exported.client).await;
         (counts, exported, t.elapsed())
     }));
+    Ok(Dump {
+        child,
+        stdout,
+        stderr,
+        counting,
+        pg_dump_version,
+        server_version,
+    })
+}
 
-    let data_name = manifest::data_name(&id);
-    let mut upload = storage.begin_upload(&data_name).await?;
+/// Streams pg_dump through the compress and seal stages into one upload of the data
+/// object; on any failure the upload is aborted.
+async fn dump_and_store(
+    storage: &Storage,
+    opts: &RunOptions,
+    id: &str,
+    progress: Arc<Progress>,
+) -> Result<Dumped, EngineError> {
+    let Dump {
+        mut child,
+        stdout,
+        stderr,
+        mut counting,
+        pg_dump_version,
+        server_version,
+    } = start_dump(opts, &progress).await?;
+    let mut upload = storage.begin_upload(&manifest::data_name(id)).await?;
 
     let chunk = opts.chunk_size.clamp(4096, format::MAX_CHUNK_SIZE);
     let sealer = match &opts.key {
-        Some(k) => Some(Sealer::new(k, chunk, &id)?),
+        Some(k) => Some(Sealer::new(k, chunk, id)?),
         None => None,
     };
     let plan = storage.part_plan();
@@ -617,36 +542,53 @@ pub async fn run(
     };
     let finish_start = Instant::now();
     upload.finish().await?;
-    let upload_finish = finish_start.elapsed();
-    let raw = compressed.raw;
+    Ok(Dumped {
+        compressed,
+        seal,
+        row_counts,
+        server_version,
+        pg_dump_version,
+        chunk,
+        slot_wait,
+        upload_finish: finish_start.elapsed(),
+        counting_wall,
+    })
+}
 
-    let mut manifest = Manifest {
+/// The manifest of a stored dump (unsigned).
+fn snapshot_manifest(
+    opts: &RunOptions,
+    id: &str,
+    started_at: chrono::DateTime<Utc>,
+    d: &Dumped,
+) -> Manifest {
+    Manifest {
         format_version: MANIFEST_VERSION,
-        id: id.clone(),
-        object: data_name.clone(),
+        id: id.to_string(),
+        object: manifest::data_name(id),
         source: Source {
             host: opts.pg.host.clone(),
             port: opts.pg.port,
             database: opts.pg.database.clone(),
             user: opts.pg.user.clone(),
         },
-        server_version,
-        pg_dump_version,
+        server_version: d.server_version.clone(),
+        pg_dump_version: d.pg_dump_version.clone(),
         started_at,
         finished_at: Utc::now(),
-        raw_bytes: raw,
-        compressed_bytes: seal.compressed,
-        stored_bytes: seal.stored,
-        sha256: seal.sha256,
+        raw_bytes: d.compressed.raw,
+        compressed_bytes: d.seal.compressed,
+        stored_bytes: d.seal.stored,
+        sha256: d.seal.sha256.clone(),
         compression: CompressionInfo {
             algorithm: "zstd".into(),
-            level,
+            level: opts.compression_level,
         },
         encryption: match &opts.key {
             Some(k) => EncryptionInfo {
                 algorithm: "aes-256-gcm-chunked-v1".into(),
                 key_id: Some(k.id().to_string()),
-                chunk_size: Some(chunk as u32),
+                chunk_size: Some(d.chunk as u32),
             },
             None => EncryptionInfo {
                 algorithm: "none".into(),
@@ -654,23 +596,15 @@ pub async fn run(
                 chunk_size: None,
             },
         },
-        row_counts,
+        row_counts: d.row_counts.clone(),
         mac_key_id: None,
         mac: None,
-    };
-    if let Some(k) = signer {
-        manifest.sign(k);
     }
-    let body = serde_json::to_vec_pretty(&manifest)
-        .map_err(|e| EngineError::BadManifest(id.clone(), e.to_string()))?;
-    if let Err(e) = storage.put_small(&manifest::manifest_name(&id), body).await {
-        // Without a manifest the data is not a snapshot: remove it.
-        let _ = storage.delete(&data_name).await;
-        storage.commit(&data_name);
-        return Err(e.into());
-    }
-    storage.commit(&data_name);
-    let duration = t0.elapsed();
+}
+
+/// Seconds per stage and wait of a run (`--profile`).
+fn run_profile(duration: Duration, d: &Dumped) -> Profile {
+    let (compressed, seal) = (&d.compressed, &d.seal);
     let (cpu_self, cpu_children) = profile::process_cpu();
     let mut prof = Profile::new();
     profile::record(
@@ -691,18 +625,12 @@ pub async fn run(
             ("seal.hash", seal.hash.secs()),
             ("seal.waitUpload", seal.upload_wait.secs()),
             ("seal.cpu", seal.cpu.as_secs_f64()),
-            ("upload.waitSlot", slot_wait.secs()),
-            ("upload.finish", upload_finish.as_secs_f64()),
-            ("rowCounts.wall", counting_wall.as_secs_f64()),
+            ("upload.waitSlot", d.slot_wait.secs()),
+            ("upload.finish", d.upload_finish.as_secs_f64()),
+            ("rowCounts.wall", d.counting_wall.as_secs_f64()),
         ],
     );
-    Ok(RunReport {
-        key: storage.key(&data_name),
-        manifest,
-        duration,
-        already_existed: false,
-        profile: prof,
-    })
+    prof
 }
 
 /// Options of `backup restore`.
@@ -743,33 +671,6 @@ pub struct RestoreReport {
     pub profile: Profile,
 }
 
-/// Resolves `snapshot` (or the newest authenticated one) to its manifest. With keys,
-/// only manifests whose MAC verifies are candidates (`allow_unauthenticated` admits a
-/// MAC-less manifest only when it is named explicitly).
-pub async fn resolve(
-    storage: &Storage,
-    snapshot: Option<&str>,
-    keys: &[EncryptionKey],
-    allow_unauthenticated: bool,
-) -> Result<Manifest, EngineError> {
-    match snapshot {
-        Some(id) => load_trusted(storage, id, keys, allow_unauthenticated).await,
-        None => {
-            let listing = super::catalog::list(storage, keys).await?;
-            match listing.entries.into_iter().next() {
-                Some(e) => Ok(e.manifest),
-                None if listing.rejected.is_empty() => {
-                    Err(EngineError::NoSnapshot("(none stored)".into()))
-                }
-                None => Err(EngineError::NoSnapshot(format!(
-                    "(none authenticated; {} rejected, see backup list)",
-                    listing.rejected.len()
-                ))),
-            }
-        }
-    }
-}
-
 /// `backup restore`.
 pub async fn restore(
     storage: &Storage,
@@ -777,7 +678,7 @@ pub async fn restore(
     progress: Arc<Progress>,
 ) -> Result<RestoreReport, EngineError> {
     let t0 = Instant::now();
-    let manifest = resolve(
+    let manifest = catalog::resolve(
         storage,
         opts.snapshot.as_deref(),
         &opts.keys,
@@ -1086,10 +987,34 @@ pub(crate) async fn restore_into(
     progress
         .total
         .store(manifest.stored_bytes, Ordering::Relaxed);
-    let pg_restore = pg::program(opts.pg_bin.as_deref(), "pg_restore");
-    let mut object = storage.open(&manifest.object).await?;
+    let object = storage.open(&manifest.object).await?;
+    let (reader, _download) = download(object, progress.clone());
+    let args = pg::RestoreArgs {
+        clean,
+        no_owner: opts.no_owner,
+        jobs: opts.jobs,
+    };
+    let mut p = match opts.jobs {
+        None => restore_streamed(reader, manifest, opts, &args, progress).await?,
+        Some(_) => restore_spooled(reader, manifest, opts, &args, progress, t0).await?,
+    };
+    let (cpu_self, cpu_children) = profile::process_cpu();
+    profile::record(
+        &mut p,
+        &[
+            ("wall", t0.elapsed().as_secs_f64()),
+            ("cpu.palisade", cpu_self.as_secs_f64()),
+            ("cpu.pgRestore", cpu_children.as_secs_f64()),
+        ],
+    );
+    Ok(p)
+}
+
+/// Streams `object` into a channel from an async task (stopped when the returned
+/// guard drops) and reads it, hashed and counted, on the blocking side.
+fn download(mut object: ObjectReader, progress: Arc<Progress>) -> (ChannelReader, AbortOnDrop<()>) {
     let (tx, rx) = mpsc::channel::<Result<Bytes, StorageError>>(8);
-    let _reader = AbortOnDrop(tokio::spawn(async move {
+    let task = AbortOnDrop(tokio::spawn(async move {
         loop {
             match object.next_chunk().await {
                 Ok(Some(b)) => {
@@ -1110,103 +1035,113 @@ pub(crate) async fn restore_into(
         cur: Bytes::new(),
         hasher: Context::new(&SHA256),
         total: 0,
-        progress: progress.clone(),
+        progress,
         wait: Acc::default(),
         hash: Acc::default(),
     };
-    let keys = opts.keys.clone();
-    let encrypted = manifest.encryption.is_encrypted();
-    let m = manifest.clone();
-    let args = pg::RestoreArgs {
-        clean,
-        no_owner: opts.no_owner,
-        jobs: opts.jobs,
-    };
-    let password = opts.target.password.as_deref();
+    (reader, task)
+}
 
-    let mut p = match opts.jobs {
-        None => {
-            let mut child = ChildGuard(Some(pg::spawn_pg_restore(
-                &pg_restore,
-                &opts.target,
-                &args,
-                None,
-            )?));
-            let (stdin, stderr) = match child.child() {
-                Some(c) => (c.stdin.take(), c.stderr.take()),
-                None => (None, None),
-            };
-            let (Some(stdin), Some(stderr)) = (stdin, stderr) else {
-                return Err(EngineError::Pipe("pg_restore pipes missing".into()));
-            };
-            let stderr = StderrTail::spawn(stderr);
-            let (decoded, stdin_left) = tokio::task::spawn_blocking(move || {
-                decode_stage(reader, keys, encrypted, stdin, &m, progress)
-            })
-            .await
-            .map_err(join_err)?;
-            if decoded.is_err() {
-                // Kill pg_restore before its stdin closes so a bad stream is never
-                // committed.
-                child.kill();
-            }
-            drop(stdin_left);
-            let status = child.wait().await?;
-            let stderr_text = stderr.finish(password);
-            match decoded {
-                Err(EngineError::Pipe(_)) if !status.success() => {
-                    return Err(pg_restore_failed(status, stderr_text));
-                }
-                Err(e) => return Err(e),
-                Ok(_) if !status.success() => return Err(pg_restore_failed(status, stderr_text)),
-                Ok(p) => p,
-            }
-        }
-        Some(_) => {
-            let dir = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
-            let (spool, file) = Spool::create(&dir, &manifest.id)?;
-            let sink = io::BufWriter::with_capacity(1 << 20, file);
-            let (decoded, _) = tokio::task::spawn_blocking(move || {
-                decode_stage(reader, keys, encrypted, sink, &m, progress)
-            })
-            .await
-            .map_err(join_err)?;
-            // Nothing reaches PostgreSQL unless the whole object verified.
-            let mut p = decoded?;
-            let spooled = t0.elapsed();
-            let mut child = ChildGuard(Some(pg::spawn_pg_restore(
-                &pg_restore,
-                &opts.target,
-                &args,
-                Some(&spool.0),
-            )?));
-            let Some(stderr) = child.child().and_then(|c| c.stderr.take()) else {
-                return Err(EngineError::Pipe("pg_restore pipes missing".into()));
-            };
-            let stderr = StderrTail::spawn(stderr);
-            let status = child.wait().await?;
-            drop(spool);
-            let stderr_text = stderr.finish(password);
-            if !status.success() {
-                return Err(pg_restore_failed(status, stderr_text));
-            }
-            profile::record(
-                &mut p,
-                &[
-                    ("spool.wall", spooled.as_secs_f64()),
-                    ("pgRestore.wall", (t0.elapsed() - spooled).as_secs_f64()),
-                ],
-            );
-            p
-        }
+/// [`decode_stage`] on a blocking thread.
+async fn decode<W: Write + Send + 'static>(
+    reader: ChannelReader,
+    manifest: &Manifest,
+    keys: &[EncryptionKey],
+    sink: W,
+    progress: Arc<Progress>,
+) -> Result<(Result<Profile, EngineError>, Option<W>), EngineError> {
+    let (keys, encrypted, m) = (
+        keys.to_vec(),
+        manifest.encryption.is_encrypted(),
+        manifest.clone(),
+    );
+    tokio::task::spawn_blocking(move || decode_stage(reader, keys, encrypted, sink, &m, progress))
+        .await
+        .map_err(join_err)
+}
+
+/// One transaction: the decoded stream goes straight into pg_restore's stdin, which is
+/// killed before it sees EOF when the stream does not verify.
+async fn restore_streamed(
+    reader: ChannelReader,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+    args: &pg::RestoreArgs,
+    progress: Arc<Progress>,
+) -> Result<Profile, EngineError> {
+    let pg_restore = pg::program(opts.pg_bin.as_deref(), "pg_restore");
+    let mut child = ChildGuard(Some(pg::spawn_pg_restore(
+        &pg_restore,
+        &opts.target,
+        args,
+        None,
+    )?));
+    let (stdin, stderr) = match child.child() {
+        Some(c) => (c.stdin.take(), c.stderr.take()),
+        None => (None, None),
     };
-    let (cpu_self, cpu_children) = profile::process_cpu();
+    let (Some(stdin), Some(stderr)) = (stdin, stderr) else {
+        return Err(EngineError::Pipe("pg_restore pipes missing".into()));
+    };
+    let stderr = StderrTail::spawn(stderr);
+    let (decoded, stdin_left) = decode(reader, manifest, &opts.keys, stdin, progress).await?;
+    if decoded.is_err() {
+        // Kill pg_restore before its stdin closes so a bad stream is never
+        // committed.
+        child.kill();
+    }
+    drop(stdin_left);
+    let status = child.wait().await?;
+    let stderr_text = stderr.finish(opts.target.password.as_deref());
+    match decoded {
+        Err(EngineError::Pipe(_)) if !status.success() => {
+            Err(pg_restore_failed(status, stderr_text))
+        }
+        Err(e) => Err(e),
+        Ok(_) if !status.success() => Err(pg_restore_failed(status, stderr_text)),
+        Ok(p) => Ok(p),
+    }
+}
+
+/// `--jobs`: the decoded archive is spooled and verified whole before `pg_restore -j`
+/// reads it.
+async fn restore_spooled(
+    reader: ChannelReader,
+    manifest: &Manifest,
+    opts: &RestoreOptions,
+    args: &pg::RestoreArgs,
+    progress: Arc<Progress>,
+    t0: Instant,
+) -> Result<Profile, EngineError> {
+    let pg_restore = pg::program(opts.pg_bin.as_deref(), "pg_restore");
+    let dir = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let (spool, file) = Spool::create(&dir, &manifest.id)?;
+    let sink = io::BufWriter::with_capacity(1 << 20, file);
+    let (decoded, _) = decode(reader, manifest, &opts.keys, sink, progress).await?;
+    // Nothing reaches PostgreSQL unless the whole object verified.
+    let mut p = decoded?;
+    let spooled = t0.elapsed();
+    let mut child = ChildGuard(Some(pg::spawn_pg_restore(
+        &pg_restore,
+        &opts.target,
+        args,
+        Some(&spool.0),
+    )?));
+    let Some(stderr) = child.child().and_then(|c| c.stderr.take()) else {
+        return Err(EngineError::Pipe("pg_restore pipes missing".into()));
+    };
+    let stderr = StderrTail::spawn(stderr);
+    let status = child.wait().await?;
+    drop(spool);
+    let stderr_text = stderr.finish(opts.target.password.as_deref());
+    if !status.success() {
+        return Err(pg_restore_failed(status, stderr_text));
+    }
     profile::record(
         &mut p,
         &[
-            ("wall", t0.elapsed().as_secs_f64()),
-            ("cpu.palisade", cpu_self.as_secs_f64()),
-            ("cpu.pgRestore", cpu_children.as_secs_f64()),
+            ("spool.wall", spooled.as_secs_f64()),
+            ("pgRestore.wall", (t0.elapsed() - spooled).as_secs_f64()),
         ],
     );
     Ok(p)

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::engine::{self, EngineError, Progress, RestoreOptions};
+use super::catalog;
+use super::destination::Storage;
+use super::engine::{self, Progress, RestoreOptions};
+use super::error::EngineError;
 use super::format::EncryptionKey;
 use super::manifest::{self, Manifest, VerificationRecord};
 use super::pg::{self, PgConn};
-use super::storage::Storage;
 use crate::crd::backup_schedule::{CheckResult, SqlCheck};
 
 const SCRATCH_COMMENT: &str = "palisade restore-test scratch database";
@@ -154,7 +156,7 @@ async fn test_in_scratch(
 /// `record.passed == false`.
 pub async fn verify(storage: &Storage, opts: &VerifyOptions) -> Result<VerifyReport, EngineError> {
     let t0 = Instant::now();
-    let manifest = engine::resolve(
+    let manifest = catalog::resolve(
         storage,
         opts.snapshot.as_deref(),
         &opts.keys,

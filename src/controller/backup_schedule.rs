@@ -275,28 +275,7 @@ fn run_result(
 
 /// A stable identity of where snapshots go (two schedules must not share one).
 pub fn destination_key(ns: &str, d: &Destination) -> Option<String> {
-    if let Some(s3) = &d.s3 {
-        let prefix = s3.prefix.trim_matches('/');
-        return Some(format!(
-            "s3://{}/{}/{}",
-            s3.endpoint
-                .as_deref()
-                .unwrap_or("aws")
-                .trim_end_matches('/'),
-            s3.bucket,
-            prefix
-        ));
-    }
-    if let Some(p) = &d.persistent_volume_claim {
-        return Some(format!(
-            "pvc://{ns}/{}/{}",
-            p.claim_name,
-            p.sub_path.as_deref().unwrap_or("").trim_matches('/')
-        ));
-    }
-    d.path
-        .as_ref()
-        .map(|p| format!("path://{ns}/{}", p.trim_end_matches('/')))
+    crate::backup::destination::key(ns, d)
 }
 
 /// The older schedule (by creation time, then namespace/name) that already uses

@@ -18,9 +18,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::labels::{MANAGED_BY, MANAGED_BY_VALUE};
-use crate::crd::backup_schedule::{
-    BackupSchedule, BackupScheduleSpec, S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN,
-};
+use crate::backup::destination::{self, SecretMount};
+use crate::crd::backup_schedule::{BackupSchedule, BackupScheduleSpec, SecretKeyRef};
 
 /// Label: the schedule a Job, Pod or ConfigMap belongs to.
 pub const SCHEDULE_LABEL: &str = "palisade.dev/backup-schedule";
@@ -41,8 +40,6 @@ pub const VERIFY_NOW_ANNOTATION: &str = "palisade.dev/verify-now";
 pub const CONFIG_PATH: &str = "/etc/palisade/backup.yaml";
 /// Key of the configuration file in the ConfigMap.
 pub const CONFIG_KEY: &str = "backup.yaml";
-/// Where a `persistentVolumeClaim` destination is mounted.
-pub const PVC_MOUNT: &str = "/var/lib/palisade/backups";
 const SECRETS_DIR: &str = "/etc/palisade/secrets";
 const TERMINATION_LOG: &str = "/dev/termination-log";
 /// UID/GID the run container runs as (distroless `nonroot`).
@@ -138,17 +135,12 @@ fn owner_refs(bs: &BackupSchedule) -> Value {
     }
 }
 
-/// The configuration file the Job reads: the schedule's spec, with a
-/// `persistentVolumeClaim` destination turned into the path it is mounted at.
+/// The configuration file the Job reads: the schedule's spec, with the destination
+/// as the Job sees it (a `persistentVolumeClaim` becomes the path it is mounted at;
+/// see [`destination::job_destination`]).
 pub fn job_config(spec: &BackupScheduleSpec) -> BackupScheduleSpec {
     let mut c = spec.clone();
-    if let Some(pvc) = c.destination.persistent_volume_claim.take() {
-        let path = match pvc.sub_path.as_deref().map(|p| p.trim_matches('/')) {
-            Some(sub) if !sub.is_empty() => format!("{PVC_MOUNT}/{sub}"),
-            _ => PVC_MOUNT.to_string(),
-        };
-        c.destination.path = Some(path);
-    }
+    c.destination = destination::job_destination(&spec.destination);
     // Fields only the controller uses.
     c.job_template = None;
     c
@@ -173,61 +165,64 @@ pub fn config_map(bs: &BackupSchedule) -> Result<Value, serde_yaml::Error> {
 
 /// One Secret-backed file: volume, mount and the CLI flag that takes its path.
 struct SecretFile {
-    volume: &'static str,
-    secret: String,
-    items: Vec<(String, &'static str)>,
-    flag: Option<(&'static str, &'static str)>,
+    mount: SecretMount,
     /// Only the restore test needs it.
     verify_only: bool,
+}
+
+/// A Secret key mounted as one file, passed to the engine by `flag`.
+fn one_file(
+    volume: &'static str,
+    r: &SecretKeyRef,
+    file: &'static str,
+    flag: &'static str,
+    verify_only: bool,
+) -> SecretFile {
+    SecretFile {
+        mount: SecretMount {
+            volume,
+            secret: r.name.clone(),
+            items: vec![(r.key.clone(), file)],
+            flag,
+            file: Some(file),
+        },
+        verify_only,
+    }
 }
 
 fn secret_files(spec: &BackupScheduleSpec) -> Vec<SecretFile> {
     let mut out = Vec::new();
     if let Some(r) = &spec.postgres.password_secret_ref {
-        out.push(SecretFile {
-            volume: "postgres-password",
-            secret: r.name.clone(),
-            items: vec![(r.key.clone(), "password")],
-            flag: Some(("--password-file", "password")),
-            verify_only: false,
-        });
+        out.push(one_file(
+            "postgres-password",
+            r,
+            "password",
+            "--password-file",
+            false,
+        ));
     }
     if let Some(r) = &spec.postgres.ca_secret_ref {
-        out.push(SecretFile {
-            volume: "postgres-ca",
-            secret: r.name.clone(),
-            items: vec![(r.key.clone(), "ca.crt")],
-            flag: Some(("--ssl-root-cert", "ca.crt")),
-            verify_only: false,
-        });
+        out.push(one_file(
+            "postgres-ca",
+            r,
+            "ca.crt",
+            "--ssl-root-cert",
+            false,
+        ));
     }
     if let Some(e) = &spec.encryption {
-        out.push(SecretFile {
-            volume: "encryption-key",
-            secret: e.key_secret_ref.name.clone(),
-            items: vec![(e.key_secret_ref.key.clone(), "key")],
-            flag: Some(("--key-file", "key")),
-            verify_only: false,
-        });
+        out.push(one_file(
+            "encryption-key",
+            &e.key_secret_ref,
+            "key",
+            "--key-file",
+            false,
+        ));
     }
-    if let Some(c) = spec
-        .destination
-        .s3
-        .as_ref()
-        .and_then(|s| s.credentials_secret_ref.as_ref())
-    {
-        let mut items = vec![
-            (c.access_key_id_key.clone(), S3_ACCESS_KEY_ID),
-            (c.secret_access_key_key.clone(), S3_SECRET_ACCESS_KEY),
-        ];
-        if let Some(t) = &c.session_token_key {
-            items.push((t.clone(), S3_SESSION_TOKEN));
-        }
+    // The destination's own Secrets (S3 credentials, …).
+    for mount in destination::job_mounts(&spec.destination).secrets {
         out.push(SecretFile {
-            volume: "s3-credentials",
-            secret: c.name.clone(),
-            items,
-            flag: None,
+            mount,
             verify_only: false,
         });
     }
@@ -237,13 +232,13 @@ fn secret_files(spec: &BackupScheduleSpec) -> Vec<SecretFile> {
         .and_then(|t| t.target.as_ref())
         .and_then(|t| t.password_secret_ref.as_ref())
     {
-        out.push(SecretFile {
-            volume: "restore-target-password",
-            secret: r.name.clone(),
-            items: vec![(r.key.clone(), "password")],
-            flag: Some(("--target-password-file", "password")),
-            verify_only: true,
-        });
+        out.push(one_file(
+            "restore-target-password",
+            r,
+            "password",
+            "--target-password-file",
+            true,
+        ));
     }
     out
 }
@@ -261,8 +256,11 @@ pub fn referenced_secret_keys(spec: &BackupScheduleSpec) -> Vec<(String, String)
     secret_files(spec)
         .into_iter()
         .flat_map(|f| {
-            let secret = f.secret;
-            f.items.into_iter().map(move |(k, _)| (secret.clone(), k))
+            let secret = f.mount.secret;
+            f.mount
+                .items
+                .into_iter()
+                .map(move |(k, _)| (secret.clone(), k))
         })
         .collect()
 }
@@ -287,16 +285,12 @@ pub fn job_args(spec: &BackupScheduleSpec, kind: RunKind) -> Vec<String> {
         args.push("--prune".into());
     }
     for f in secret_files_for(spec, kind) {
-        match f.flag {
-            Some((flag, file)) => {
-                args.push(flag.into());
-                args.push(format!("{SECRETS_DIR}/{}/{file}", f.volume));
-            }
-            None => {
-                args.push("--s3-credentials-dir".into());
-                args.push(format!("{SECRETS_DIR}/{}", f.volume));
-            }
-        }
+        let m = f.mount;
+        args.push(m.flag.into());
+        args.push(match m.file {
+            Some(file) => format!("{SECRETS_DIR}/{}/{file}", m.volume),
+            None => format!("{SECRETS_DIR}/{}", m.volume),
+        });
     }
     args
 }
@@ -328,23 +322,23 @@ pub fn job(
         "name": "config", "mountPath": CONFIG_PATH, "subPath": CONFIG_KEY, "readOnly": true,
     })];
     for f in secret_files_for(&bs.spec, kind) {
+        let m = f.mount;
         volumes.push(json!({
-            "name": f.volume,
+            "name": m.volume,
             "secret": {
-                "secretName": f.secret,
+                "secretName": m.secret,
                 "defaultMode": 0o400,
-                "items": f.items.iter().map(|(k, p)| json!({"key": k, "path": p})).collect::<Vec<_>>(),
+                "items": m.items.iter().map(|(k, p)| json!({"key": k, "path": p})).collect::<Vec<_>>(),
             },
         }));
         mounts.push(json!({
-            "name": f.volume, "mountPath": format!("{SECRETS_DIR}/{}", f.volume), "readOnly": true,
+            "name": m.volume, "mountPath": format!("{SECRETS_DIR}/{}", m.volume), "readOnly": true,
         }));
     }
-    if let Some(pvc) = &bs.spec.destination.persistent_volume_claim {
-        volumes.push(json!({
-            "name": "backups", "persistentVolumeClaim": {"claimName": pvc.claim_name},
-        }));
-        mounts.push(json!({"name": "backups", "mountPath": PVC_MOUNT}));
+    // The destination's own volumes (a PersistentVolumeClaim, …).
+    for v in destination::job_mounts(&bs.spec.destination).volumes {
+        volumes.push(v.volume);
+        mounts.push(v.mount);
     }
     volumes.push(json!({"name": "tmp", "emptyDir": {}}));
     mounts.push(json!({"name": "tmp", "mountPath": "/tmp"}));

@@ -327,8 +327,12 @@ impl S3Server {
     }
 
     /// Settings for the engine.
-    pub fn settings(&self, bucket: &str, prefix: &str) -> palisade::backup::storage::S3Settings {
-        palisade::backup::storage::S3Settings {
+    pub fn settings(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> palisade::backup::destination::s3::S3Settings {
+        palisade::backup::destination::s3::S3Settings {
             bucket: bucket.into(),
             prefix: prefix.into(),
             region: Some("us-east-1".into()),
