@@ -1,5 +1,5 @@
 //! Caches of the children Palisade manages, filtered to objects labelled
-//! `app.kubernetes.io/managed-by=palisade` (RolePolicies: all of them).
+//! `app.kubernetes.io/managed-by=palisade`.
 //!
 //! Memory is the constraint at scale (a thousand tenants own ~25,000
 //! children), so this is not kube's reflector `Store<DynamicObject>`, whose
@@ -221,11 +221,6 @@ pub fn tenant_child_kinds() -> Vec<ApiResource> {
 /// Palisade may read only inside the namespaces it manages.
 pub fn is_watched_per_namespace(ar: &ApiResource) -> bool {
     ar.group.is_empty() && (ar.kind == "Secret" || ar.kind == "ConfigMap")
-}
-
-/// RolePolicies, cached beside the children: every Tenant's roles depend on them.
-pub fn policy_kind() -> ApiResource {
-    ar::<crate::crd::RolePolicy>()
 }
 
 /// Reduces a watched object to what is cached: no managedFields, no
@@ -587,12 +582,7 @@ impl ChildCache {
                 );
             } else {
                 let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-                // Palisade's own policies are inputs, not children: watch them all.
-                let cfg = if ar.kind == policy_kind().kind {
-                    watcher::Config::default()
-                } else {
-                    watcher::Config::default().labels(labels::MANAGED_SELECTOR)
-                };
+                let cfg = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
                 let synced = synced_tx.clone();
                 let on_change: Option<OnChange> = if Some(kind) == ns_index {
                     let ns_tx = ns_tx.clone();
@@ -710,21 +700,6 @@ impl ChildCache {
     ) -> Option<String> {
         let entry = self.entry(self.kind_index(ar)?, &key_of(namespace, name))?;
         entry.tenant.as_deref().map(str::to_string)
-    }
-
-    /// Every cached RolePolicy (empty when the cache does not hold them).
-    pub fn policies(&self) -> Vec<crate::crd::RolePolicy> {
-        let Some(kind) = self.kind_index(&policy_kind()) else {
-            return Vec::new();
-        };
-        let entries: Vec<Arc<Entry>> = match self.inner.read() {
-            Ok(inner) => inner.kinds[kind].values().cloned().collect(),
-            Err(_) => return Vec::new(),
-        };
-        entries
-            .iter()
-            .filter_map(|e| serde_json::from_str(&e.json).ok())
-            .collect()
     }
 
     /// Every cached object of every kind managed for `tenant`, metadata only

@@ -119,6 +119,7 @@ pub async fn run(
     let readiness: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
     let readiness_slot = readiness.clone();
     let (h, m) = (health.clone(), metrics.clone());
+    let ready_ctx = ctx.clone();
     let controllers = tenant::run_observed(
         ctx,
         streams,
@@ -154,7 +155,7 @@ pub async fn run(
                         Err(_) => continue,
                     }
                 }
-                cache.wait_ready().await;
+                ready_ctx.wait_ready().await;
                 info!("caches synced; ready");
                 h.set_ready(true);
             });

@@ -2,14 +2,17 @@
 //! of children, the child caches, the garbage collection watches, and the
 //! journal of this process's own Tenant writes (see [`crate::apply::journal`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use kube::Client;
+use futures::StreamExt;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
 
 use crate::apply::{Applier, OwnWrites};
 use crate::controller::driver::Shared;
 use crate::controller::{ChildCache, Clock, Settings, gc, parse_service_account_user};
-use crate::crd::Tenant;
+use crate::crd::{RolePolicy, Tenant};
 
 /// The Tenant controller's context.
 pub struct Context {
@@ -18,6 +21,12 @@ pub struct Context {
     pub cache: ChildCache,
     /// Shared garbage collection watches (started per kind on first use).
     pub gc: gc::GcWatches,
+    /// Every RolePolicy: inputs of every Tenant's roles, not children.
+    pub policies: Store<RolePolicy>,
+    /// Taken by the controller to fill `policies` (see [`Context::policy_stream`]).
+    policy_writer: Mutex<Option<Writer<RolePolicy>>>,
+    /// True once the RolePolicy watch has listed.
+    policies_listed: tokio::sync::watch::Sender<bool>,
     /// The ServiceAccount this process runs as (resolved once).
     identity: tokio::sync::OnceCell<Option<(String, String)>>,
     /// This process's own writes to Tenants (finalizer, status): their watch
@@ -46,7 +55,11 @@ impl Context {
     }
 
     pub fn with_shared(shared: Shared, cache: ChildCache) -> Self {
+        let (policies, writer) = reflector::store::<RolePolicy>();
         Self {
+            policies,
+            policy_writer: Mutex::new(Some(writer)),
+            policies_listed: tokio::sync::watch::Sender::new(false),
             applier: Applier::new(shared.client.clone()),
             gc: gc::GcWatches::new(shared.client.clone(), Some(cache.clone())),
             shared,
@@ -55,6 +68,46 @@ impl Context {
             own_writes: OwnWrites::default(),
             reconciles: Default::default(),
         }
+    }
+
+    /// Waits until every cache a decision reads from has listed (a restarted
+    /// controller must never act on what it cannot see yet).
+    pub async fn wait_ready(&self) {
+        self.cache.wait_ready().await;
+        let mut listed = self.policies_listed.subscribe();
+        let _ = listed.wait_for(|l| *l).await;
+    }
+
+    /// Every cached RolePolicy.
+    pub fn policies(&self) -> Vec<RolePolicy> {
+        self.policies
+            .state()
+            .iter()
+            .map(|p| p.as_ref().clone())
+            .collect()
+    }
+
+    /// The RolePolicy watch that fills [`Context::policies`] (once: `None` after
+    /// the first call).
+    pub(super) fn policy_stream(
+        &self,
+    ) -> Option<impl futures::Stream<Item = Result<RolePolicy, watcher::Error>> + Send + 'static>
+    {
+        let writer = self.policy_writer.lock().ok()?.take()?;
+        let listed = self.policies_listed.clone();
+        let api: Api<RolePolicy> = Api::all(self.client.clone());
+        Some(
+            reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default()).default_backoff(),
+            )
+            .inspect(move |event| {
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    listed.send_replace(true);
+                }
+            })
+            .touched_objects(),
+        )
     }
 
     /// Records this context's reconciles in `metrics` (the process-wide set).

@@ -29,7 +29,7 @@ pub struct Desired {
 /// Builds the desired state from the caches (quota usage, RolePolicies).
 pub(super) fn build(ctx: &Context, tenant: &Tenant, usable: &[String]) -> Result<Desired, Error> {
     let usage = quota_usage(ctx, usable);
-    let plan = plan_for(tenant, &ctx.cache.policies());
+    let plan = plan_for(tenant, &ctx.policies());
     let objects = builder::build(tenant, &usage, &plan)?;
     let quota = tenant
         .spec

@@ -44,6 +44,7 @@ use super::driver::{self, Reconcile, Shared};
 use super::error::{Error, Failed};
 use super::events::event;
 use super::gc;
+use crate::crd::RolePolicy;
 use crate::crd::tenant::Tenant;
 use crate::resources::labels;
 use crate::resources::tenant::{self as builder, Valid, Who};
@@ -112,7 +113,7 @@ impl Reconcile for Context {
 pub async fn reconcile(ctx: &Context, tenant: &Tenant) -> Result<Action, Error> {
     // Decisions are made from the caches: never from half-listed ones (a
     // restarted controller would otherwise re-create what it cannot see yet).
-    ctx.cache.wait_ready().await;
+    ctx.wait_ready().await;
     if tenant.metadata.deletion_timestamp.is_some() {
         lifecycle::cleanup(ctx, tenant).await?;
         return Ok(Action::await_change());
@@ -361,28 +362,18 @@ pub fn controller(
             !ctx.own_writes.is_echo(&name, rv.as_deref())
         }
     });
-    let mut c = Controller::for_stream(tenant_stream, reader).with_config(
-        kube::runtime::controller::Config::default().concurrency(ctx.settings.concurrency),
-    );
+    let mut c = Controller::for_stream(tenant_stream, reader);
     let tenant_store = c.store();
-    for (ar, stream) in child_streams {
-        if ar.kind == crate::controller::cache::policy_kind().kind {
-            // A policy can select any tenant (and stop selecting one): every
-            // tenant re-derives its roles; a converged tenant writes nothing.
+    match ctx.policy_stream() {
+        // A policy can select any tenant (and stop selecting one): every
+        // tenant re-derives its roles; a converged tenant writes nothing.
+        Some(policies) => {
             let store = tenant_store.clone();
-            c = c.watches_stream_with(
-                stream,
-                move |_: DynamicObject| {
-                    store
-                        .state()
-                        .iter()
-                        .map(|t| ObjectRef::from_obj(t.as_ref()))
-                        .collect::<Vec<_>>()
-                },
-                ar,
-            );
-            continue;
+            c = c.watches_stream(policies, move |_: RolePolicy| driver::all(&store));
         }
+        None => warn!("the RolePolicy watch was taken by an earlier controller of this context"),
+    }
+    for (ar, stream) in child_streams {
         let echo_ctx = ctx.clone();
         let kind = ar.clone();
         // Wait for our own write of the object to be answered (the event may
@@ -464,7 +455,5 @@ pub async fn run_observed(
 
 /// The child caches of the Tenant controller plus the streams that fill them.
 pub fn child_cache(client: &kube::Client) -> (ChildCache, Vec<(ApiResource, ChildStream)>) {
-    let mut kinds = crate::controller::cache::tenant_child_kinds();
-    kinds.push(crate::controller::cache::policy_kind());
-    ChildCache::new(client, kinds)
+    ChildCache::new(client, crate::controller::cache::tenant_child_kinds())
 }
