@@ -254,6 +254,17 @@ impl ControllerArgs {
         }
     }
 
+    /// How the controller process logs, listens and talks to the API server.
+    pub fn process(&self) -> crate::runtime::process::Process {
+        crate::runtime::process::Process {
+            log_format: self.log_format,
+            log_level: self.log_level.clone(),
+            admin_addr: self.admin_addr,
+            kube_qps: self.kube_qps,
+            kube_burst: self.kube_burst,
+        }
+    }
+
     /// Leader election identity: the pod name, or a random one outside a pod.
     fn identity(&self) -> String {
         self.pod_name

@@ -75,3 +75,40 @@ pub fn write_dir(dir: &Path, crds: &[GeneratedCrd]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Why `palisade crds` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CrdsError {
+    #[error(transparent)]
+    Generate(#[from] serde_yaml::Error),
+    #[error("writing {}", .path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl CrdsError {
+    fn write(path: &Path) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        |source| CrdsError::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// `palisade crds`: writes the API reference to `api_doc` when asked, then
+/// every CRD into `dir` (one file each), or to stdout as one stream.
+pub fn command(dir: Option<&Path>, api_doc: Option<&Path>) -> Result<(), CrdsError> {
+    if let Some(path) = api_doc {
+        std::fs::write(path, crate::apidoc::render(&crate::crd::all()))
+            .map_err(CrdsError::write(path))?;
+    }
+    let crds = generate()?;
+    match dir {
+        Some(dir) => write_dir(dir, &crds).map_err(CrdsError::write(dir))?,
+        None => print!("{}", to_stream(&crds)),
+    }
+    Ok(())
+}

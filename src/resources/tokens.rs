@@ -7,8 +7,12 @@
 //! `palisade.dev/token-expires-at` and `palisade.dev/token-digest` (a hash of
 //! the claims that decide re-issuing: sub, aud, tenant, scope, ttl) say when
 //! and why it must be re-issued without ever reading the token back.
+//!
+//! The one exception to "pure" is [`verify_command`], the `palisade token
+//! verify` subcommand, which reads the JWKS file (and stdin) around [`verify`].
 
 use std::collections::BTreeMap;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use jsonwebtoken::jwk::JwkSet;
@@ -264,6 +268,38 @@ pub fn verify(token: &str, jwks_json: &str, audience: Option<&str>) -> Result<Cl
     jsonwebtoken::decode::<Claims>(token, &key, &v)
         .map(|d| d.claims)
         .map_err(|e| TokenError::Invalid(e.to_string()))
+}
+
+/// `palisade token verify`: prints the claims of a valid token as JSON. The
+/// only input/output of this module: the JWKS file, and the token from stdin
+/// when `token` is `-`. Errors go to stderr (never the token).
+pub fn verify_command(jwks: &std::path::Path, audience: Option<&str>, token: &str) -> ExitCode {
+    let jwks = match std::fs::read_to_string(jwks) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("error: reading {}: {e}", jwks.display())),
+    };
+    let token = if token == "-" {
+        let mut buf = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf) {
+            return fail(format!("error: reading the token from stdin: {e}"));
+        }
+        buf.trim().to_string()
+    } else {
+        token.to_string()
+    };
+    match verify(&token, &jwks, audience).map(|c| serde_json::to_string_pretty(&c)) {
+        Ok(Ok(claims)) => {
+            println!("{claims}");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) => fail(format!("error: {e}")),
+        Err(e) => fail(format!("invalid token: {e}")),
+    }
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::FAILURE
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod client;
 pub mod leader;
+pub mod process;
 pub mod redact;
 pub mod telemetry;
 

@@ -72,6 +72,20 @@ where
 
 /// Installs the global subscriber writing to stdout.
 pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
-    let s = subscriber(format, filter, std::io::stdout)?;
+    install(subscriber(format, filter, std::io::stdout)?)
+}
+
+/// The log filter of the one-shot subcommands (`palisade backup`).
+pub const CLI_LOG_ENV: &str = "PALISADE_LOG";
+
+/// Installs the global subscriber of a one-shot subcommand: text on stderr
+/// (stdout carries its result, e.g. `--output json`), through the same
+/// redaction as the controller's; filter from `PALISADE_LOG`, default `warn`.
+pub fn init_stderr() -> Result<(), TelemetryError> {
+    let filter = std::env::var(CLI_LOG_ENV).unwrap_or_else(|_| "warn".to_string());
+    install(subscriber(LogFormat::Text, &filter, std::io::stderr)?)
+}
+
+fn install(s: Box<dyn Subscriber + Send + Sync>) -> Result<(), TelemetryError> {
     tracing::subscriber::set_global_default(s).map_err(|_| TelemetryError::AlreadyInstalled)
 }
