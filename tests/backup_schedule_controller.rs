@@ -10,7 +10,7 @@ use std::time::Duration;
 use k8s_openapi::jiff::Timestamp;
 use palisade::backup::schedule::Schedule;
 use palisade::controller::Clock;
-use palisade_testkit::FakeApiServer;
+use palisade_testkit::{FakeApiServer, RequestRecord, Verb};
 use serde_json::{Value, json};
 use support::{ManualClock, WAIT, events_with_reason, fast_settings, server};
 use tokio::sync::{mpsc, oneshot};
@@ -1054,5 +1054,124 @@ async fn removed_job_template_fields_are_refused_by_name() {
     })
     .await;
     assert!(jobs_of(&s, "oldtpl").is_empty());
+    c.stop().await;
+}
+
+fn job_creates(r: &RequestRecord) -> bool {
+    r.resource == "jobs" && r.verb == Verb::Create
+}
+
+/// Issue #16: a step that fails reaches status. Creating the due run's Job is
+/// refused (403), then fails (500): each time `Ready` turns False with the
+/// step's reason and the API's answer, with a Warning Event (the second counted
+/// as a repeat of the first in its events.k8s.io series); nothing is recorded
+/// as started, so once the API works the retry starts the run and `Ready` is
+/// True again.
+#[tokio::test]
+async fn a_failing_job_create_reaches_status_and_recovers() {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, "guarded", json!({}));
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "Ready", |s| {
+        cond(s, "guarded", "Ready")["status"] == "True"
+    })
+    .await;
+    let forbidden = s.fail_when(403, None, job_creates);
+    let due = next_due(&clock, "0 3 * * *");
+    set_clock(&clock, due);
+    c.resync();
+    let says = |s: &FakeApiServer, text: &str| {
+        let r = cond(s, "guarded", "Ready");
+        r["status"] == "False"
+            && r["reason"] == "JobCreateFailed"
+            && r["message"].as_str().is_some_and(|m| m.contains(text))
+    };
+    wait(&s, "Ready=False (Forbidden)", |s| says(s, "(Forbidden)")).await;
+    let ready = cond(&s, "guarded", "Ready");
+    let job = format!("guarded-{}", due.as_second() / 60);
+    assert!(
+        ready["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("starting backup Job {job} failed"))),
+        "{ready}"
+    );
+    // RBAC needs a human: kstatus Stalled.
+    assert_eq!(cond(&s, "guarded", "Stalled")["status"], "True");
+    let warned = |s: &FakeApiServer, text: &str| {
+        events_with_reason(s, "JobCreateFailed")
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["note"].as_str().is_some_and(|n| n.contains(text)))
+    };
+    wait(&s, "Warning (Forbidden)", |s| warned(s, "(Forbidden)")).await;
+    assert!(jobs_of(&s, "guarded").is_empty());
+    assert!(status(&s, "guarded")["lastScheduleTime"].is_null());
+
+    // The retry fails differently: said so, once more.
+    s.clear_fault(forbidden);
+    let broken = s.fail_when(500, None, job_creates);
+    wait(&s, "Ready=False (ServerError)", |s| {
+        says(s, "(ServerError)")
+    })
+    .await;
+    assert_eq!(cond(&s, "guarded", "Reconciling")["status"], "True");
+    assert!(cond(&s, "guarded", "Stalled").is_null());
+    // The Event recorder counts a Warning of the same reason as a repeat of
+    // the first (an events.k8s.io series); the condition has the new message.
+    wait(&s, "Warning again", |s| {
+        events_with_reason(s, "JobCreateFailed")
+            .iter()
+            .any(|e| e["type"] == "Warning" && e["series"]["count"] == 2)
+    })
+    .await;
+
+    // Fixed: the run starts and Ready is True again.
+    s.clear_fault(broken);
+    s.wait_for_json(JOBS, Some(NS), &job, WAIT, |_| true)
+        .await
+        .expect("the run starts once the API works");
+    wait(&s, "Ready again", |s| {
+        cond(s, "guarded", "Ready")["reason"] == "Scheduled"
+            && status(s, "guarded")["lastScheduleTime"] == json!(due.to_string())
+    })
+    .await;
+    assert!(cond(&s, "guarded", "Reconciling").is_null());
+    assert_eq!(events_with_reason(&s, "BackupStarted").len(), 1);
+    c.stop().await;
+}
+
+/// Issue #16: a child the schedule owns that cannot be applied (the run egress
+/// NetworkPolicy) reaches status the same way, and recovers.
+#[tokio::test]
+async fn a_failing_egress_policy_reaches_status_and_recovers() {
+    let s = setup();
+    let clock = clock_now();
+    let fault = s.fail_when(500, None, |r| {
+        r.resource == "networkpolicies" && r.is_write()
+    });
+    create_schedule(&s, "walled", json!({}));
+    let c = Controller::start(&s, clock.clone());
+    wait(&s, "Ready=False", |s| {
+        cond(s, "walled", "Ready")["reason"] == "NetworkPolicyFailed"
+    })
+    .await;
+    assert_eq!(cond(&s, "walled", "Ready")["status"], "False");
+    wait(&s, "Warning", |s| {
+        events_with_reason(s, "NetworkPolicyFailed")
+            .iter()
+            .any(|e| e["type"] == "Warning")
+    })
+    .await;
+    s.clear_fault(fault);
+    wait(&s, "Ready", |s| {
+        cond(s, "walled", "Ready")["status"] == "True"
+    })
+    .await;
+    assert!(
+        s.list_json_in("networkpolicies", Some(NS))
+            .iter()
+            .any(|p| p["metadata"]["labels"]["palisade.dev/backup-schedule"] == "walled"),
+        "the egress policy is applied"
+    );
     c.stop().await;
 }
