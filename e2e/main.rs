@@ -21,7 +21,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::wait::{Condition, conditions};
 use kube::{Client, Resource, ResourceExt};
 use palisade::controller::tenant::{self, Context};
 use palisade::controller::{Settings, SystemClock};
@@ -205,6 +205,39 @@ async fn finish_job_pods(client: &Client, ns: &str, job: &str, exit_code: i32, m
     )
     .await
     .expect("pod status, as the kubelet reports it");
+}
+
+/// Waits until `name` satisfies `cond` (`None`: it does not exist), like kube's
+/// `await_condition`, except that a failed watch is restarted (with backoff)
+/// instead of failing the test: on a real API server a watch can end with
+/// `410 Gone` (its resourceVersion compacted away, e.g. while another test
+/// reinstalls CRDs), which kube's helper returns as an error.
+async fn await_condition<K>(
+    api: Api<K>,
+    name: &str,
+    cond: impl Condition<K>,
+) -> Result<Option<K>, std::convert::Infallible>
+where
+    K: Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + kube::Resource + 'static,
+{
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    let mut updates = std::pin::pin!(
+        kube::runtime::watcher::watch_object(api, name)
+            .default_backoff()
+            .filter_map(|update| async move {
+                update
+                    .inspect_err(|e| eprintln!("watch restarted: {e}"))
+                    .ok()
+            })
+    );
+    while let Some(obj) = updates.next().await {
+        if cond.matches_object(obj.as_ref()) {
+            return Ok(obj);
+        }
+    }
+    // A watch with backoff does not end; if it did, the caller's timeout says so.
+    std::future::pending().await
 }
 
 async fn wait<T, E: std::fmt::Debug>(fut: impl std::future::Future<Output = Result<T, E>>) -> T {
@@ -420,6 +453,15 @@ fn start_controller(client: &Client) -> (Controller, Arc<Context>) {
         futures::stream::pending(),
     ));
     (Controller { stop: Some(tx) }, ctx)
+}
+
+/// The chassis of the RolePolicy and BackupSchedule controllers, as the operator.
+fn operator_shared(operator: &Client) -> palisade::controller::driver::Shared {
+    palisade::controller::driver::Shared::new(
+        operator.clone(),
+        Arc::new(SystemClock),
+        Settings::default(),
+    )
 }
 
 fn tenant_ready(generation_of: Option<i64>) -> impl Fn(Option<&Tenant>) -> bool {
@@ -995,9 +1037,7 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     let (tx, rx) = oneshot::channel::<()>();
     let _controller = Controller { stop: Some(tx) };
     tokio::spawn(palisade::controller::backup_schedule::run(
-        operator.clone(),
-        Arc::new(SystemClock),
-        Settings::default(),
+        operator_shared(&operator),
         async move {
             let _ = rx.await;
         },
@@ -1166,14 +1206,12 @@ async fn rolepolicy_grants_exactly_what_it_says() {
     let (_controller, _) = start_controller(&operator);
     let stop = {
         let (tx, rx) = oneshot::channel::<()>();
-        let shared = palisade::controller::driver::Shared::new(
-            operator.clone(),
-            Arc::new(SystemClock),
-            Settings::default(),
-        );
-        tokio::spawn(palisade::controller::rolepolicy::run(shared, async move {
-            let _ = rx.await;
-        }));
+        tokio::spawn(palisade::controller::rolepolicy::run(
+            operator_shared(&operator),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         tx
     };
     let name = unique("e2p");
@@ -2184,9 +2222,7 @@ async fn diff_reports_created_changed_pruned_unchanged_and_escalations() {
     let (tx, rx) = oneshot::channel::<()>();
     let _schedules = Controller { stop: Some(tx) };
     tokio::spawn(palisade::controller::backup_schedule::run(
-        operator.clone(),
-        Arc::new(SystemClock),
-        Settings::default(),
+        operator_shared(&operator),
         async move {
             let _ = rx.await;
         },

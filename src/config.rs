@@ -222,7 +222,6 @@ impl ControllerArgs {
             reporter: "palisade".to_string(),
             instance: self.pod_name.clone(),
             job_image: self.job_image.clone(),
-            metrics: None,
             min_forced_rotation_interval: self.min_forced_rotation_interval,
             tenant_namespace_role: self.tenant_namespace_role.clone(),
             service_account: self.service_account.clone(),

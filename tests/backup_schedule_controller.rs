@@ -32,10 +32,10 @@ impl Controller {
         let stream = futures::stream::unfold(resync_rx, |mut rx| async move {
             rx.recv().await.map(|()| ((), rx))
         });
+        let shared =
+            palisade::controller::driver::Shared::new(server.client(), clock, fast_settings());
         let handle = tokio::spawn(palisade::controller::backup_schedule::run_with_resync(
-            server.client(),
-            clock,
-            fast_settings(),
+            shared,
             stream,
             async move {
                 let _ = rx.await;

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -48,16 +48,9 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(client: Client, clock: Arc<dyn Clock>, settings: Settings) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: settings.reporter.clone(),
-                instance: settings.instance.clone(),
-            },
-        );
         Self {
+            recorder: settings.recorder(client.clone()),
             client,
-            recorder,
             clock,
             metrics: Default::default(),
             settings,

@@ -6,11 +6,9 @@ pub mod cache;
 pub mod driver;
 pub mod error;
 pub mod events;
-pub mod gc;
 pub mod rolepolicy;
 pub mod tenant;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
@@ -72,9 +70,6 @@ pub struct Settings {
     pub instance: Option<String>,
     /// Image of the BackupSchedule run Jobs (the only source of it: schedules cannot name one).
     pub job_image: String,
-    /// The process-wide metrics (backup and restore-test gauges); `None` in
-    /// tests that do not look at them.
-    pub metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Minimum age of a Secret's current version before `palisade.dev/rotate-now`
     /// replaces it (forced rotations of one Secret are at least this far apart).
     pub min_forced_rotation_interval: std::time::Duration,
@@ -116,7 +111,6 @@ impl Default for Settings {
                 "ghcr.io/palisade-dev/palisade:{}",
                 env!("CARGO_PKG_VERSION")
             ),
-            metrics: None,
             min_forced_rotation_interval: crate::resources::secrets::MIN_FORCED_ROTATION_INTERVAL,
             tenant_namespace_role: crate::operator_rbac::TENANT_NAMESPACE_ROLE.to_string(),
             service_account: None,

@@ -109,14 +109,16 @@ pub async fn run(
     let stop = shutdown.child_token();
     let stop_signal = stop.clone();
     let (policy_stop, backup_stop) = (stop.clone(), stop.clone());
-    let mut with_metrics = settings.controller.clone();
-    with_metrics.metrics = Some(metrics.clone());
     let policies =
-        crate::controller::rolepolicy::run(shared, async move { policy_stop.cancelled().await });
+        crate::controller::rolepolicy::run(
+            shared.clone(),
+            async move { policy_stop.cancelled().await },
+        );
     let backups =
-        crate::controller::backup_schedule::run(client, clock, with_metrics, async move {
-            backup_stop.cancelled().await
-        });
+        crate::controller::backup_schedule::run(
+            shared,
+            async move { backup_stop.cancelled().await },
+        );
     let readiness: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
     let readiness_slot = readiness.clone();
     let (h, m) = (health.clone(), metrics.clone());

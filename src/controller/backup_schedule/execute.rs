@@ -281,9 +281,7 @@ async fn fail(
 }
 
 fn record_metrics(ctx: &BackupContext, observed: &Observed, metrics: &[RunMetric]) {
-    let Some(m) = ctx.settings.metrics.as_deref() else {
-        return;
-    };
+    let m = &ctx.metrics;
     let (ns, name) = (observed.namespace(), observed.name());
     for r in metrics {
         match (r.kind, r.ok) {

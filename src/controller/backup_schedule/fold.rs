@@ -244,6 +244,7 @@ fn fold_verify(
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // case tables: one tuple per row reads best
 mod tests {
     use super::super::observe::fixtures::*;
     use super::*;

@@ -29,19 +29,17 @@ mod validate;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
+use kube::Resource;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
-use tracing::{Instrument, info_span, warn};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 
-use super::{Clock, Settings};
+use super::driver::{self, Reconcile, Shared};
 use crate::apply::{Applier, ApplyError};
 use crate::crd::backup_run::BackupRun;
 use crate::crd::backup_schedule::BackupSchedule;
@@ -80,11 +78,8 @@ impl Error {
 
 /// What the BackupSchedule controller needs.
 pub struct BackupContext {
-    pub client: Client,
+    pub shared: Shared,
     pub applier: Applier,
-    pub recorder: Recorder,
-    pub clock: Arc<dyn Clock>,
-    pub settings: Settings,
     pub schedules: Store<BackupSchedule>,
     pub jobs: Store<Job>,
     pub pods: Store<Pod>,
@@ -92,21 +87,48 @@ pub struct BackupContext {
     pub requests: Store<BackupRun>,
 }
 
-async fn reconcile(bs: Arc<BackupSchedule>, ctx: Arc<BackupContext>) -> Result<Action, Error> {
-    let span = info_span!("reconcile", kind = "BackupSchedule",
-        namespace = %bs.namespace().unwrap_or_default(), name = %bs.name_any());
-    async move {
+/// The chassis fields (`client`, `recorder`, `clock`, `metrics`, `settings`)
+/// read as the context's own.
+impl std::ops::Deref for BackupContext {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Reconcile for BackupContext {
+    type Object = BackupSchedule;
+    type Error = Error;
+    const NAME: &'static str = "backupschedule";
+
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn reason(error: &Error) -> &'static str {
+        error.reason()
+    }
+
+    fn writes(&self) -> u64 {
+        self.applier.writes()
+    }
+
+    /// A deleted schedule's backup and restore-test series go with it.
+    fn forget(&self, namespace: Option<&str>, name: &str) {
+        self.metrics
+            .remove_schedule(namespace.unwrap_or_default(), name);
+    }
+
+    async fn reconcile(self: Arc<Self>, bs: Arc<BackupSchedule>) -> Result<Action, Error> {
         if bs.metadata.deletion_timestamp.is_some() {
             return Ok(Action::await_change());
         }
-        let observed = observe::observe(&ctx, bs).await;
+        let observed = observe::observe(&self, bs).await;
         let valid = validate::validate(&observed);
         let plan = plan::plan(&observed, &valid);
-        execute::execute(&ctx, &observed, &plan).await?;
-        Ok(requeue(plan.wake, ctx.clock.now()))
+        execute::execute(&self, &observed, &plan).await?;
+        Ok(requeue(plan.wake, self.clock.now()))
     }
-    .instrument(span)
-    .await
 }
 
 /// Wakes up at `at` (at least 100 ms from `now`), or on the next change only.
@@ -121,17 +143,6 @@ fn requeue(at: Option<Timestamp>, now: Timestamp) -> Action {
     }
 }
 
-fn error_policy(bs: Arc<BackupSchedule>, error: &Error, ctx: Arc<BackupContext>) -> Action {
-    warn!(
-        namespace = bs.namespace().unwrap_or_default(),
-        name = %bs.name_any(),
-        reason = error.reason(),
-        error = %error,
-        "reconcile failed"
-    );
-    Action::requeue(ctx.settings.backoff.delay(2, rand::random::<f64>()))
-}
-
 fn schedule_ref(o: &impl Resource) -> Option<ObjectRef<BackupSchedule>> {
     let name = o.meta().labels.as_ref()?.get(SCHEDULE_LABEL)?;
     Some(ObjectRef::new(name).within(o.meta().namespace.as_deref()?))
@@ -139,79 +150,45 @@ fn schedule_ref(o: &impl Resource) -> Option<ObjectRef<BackupSchedule>> {
 
 /// Runs the BackupSchedule controller until `shutdown` resolves.
 pub async fn run(
-    client: Client,
-    clock: Arc<dyn Clock>,
-    settings: Settings,
+    shared: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    run_with_resync(
-        client,
-        clock,
-        settings,
-        futures::stream::pending(),
-        shutdown,
-    )
-    .await
+    run_with_resync(shared, futures::stream::pending(), shutdown).await
 }
 
 /// Like [`run`]; every item of `resync` reconciles every BackupSchedule (tests use it
 /// after moving their clock; the runtime may use it for a periodic resync).
 pub async fn run_with_resync(
-    client: Client,
-    clock: Arc<dyn Clock>,
-    settings: Settings,
+    shared: Shared,
     resync: impl Stream<Item = ()> + Send + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let client = shared.client.clone();
     let selector = watcher::Config::default().labels(SCHEDULE_LABEL);
-    let (jobs_store, jobs_writer) = reflector::store::<Job>();
-    let job_stream = reflector::reflector(
-        jobs_writer,
-        watcher(Api::<Job>::all(client.clone()), selector.clone()).default_backoff(),
-    )
-    .touched_objects();
-    let (pods_store, pods_writer) = reflector::store::<Pod>();
-    let pod_stream = reflector::reflector(
-        pods_writer,
-        watcher(Api::<Pod>::all(client.clone()), selector).default_backoff(),
-    )
-    .touched_objects();
-    let (requests_store, requests_writer) = reflector::store::<BackupRun>();
-    let request_stream = reflector::reflector(
-        requests_writer,
-        watcher(
-            Api::<BackupRun>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .touched_objects();
-    let controller = Controller::new(
+    let (jobs, job_stream) = driver::watch(Api::<Job>::all(client.clone()), selector.clone());
+    let (pods, pod_stream) = driver::watch(Api::<Pod>::all(client.clone()), selector);
+    let (requests, request_stream) = driver::watch(
+        Api::<BackupRun>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (schedules, schedule_stream) = driver::watch(
         Api::<BackupSchedule>::all(client.clone()),
         watcher::Config::default(),
     );
-    let schedules = controller.store();
-    let ctx = Arc::new(BackupContext {
-        applier: Applier::new(client.clone()),
-        recorder: settings.recorder(client.clone()),
-        client,
-        clock,
-        schedules,
-        jobs: jobs_store,
-        pods: pods_store,
-        requests: requests_store,
-        settings: settings.clone(),
-    });
-    controller
+    let controller = Controller::for_stream(schedule_stream, schedules.clone())
         .watches_stream(job_stream, |j: Job| schedule_ref(&j))
         .watches_stream(pod_stream, |p: Pod| schedule_ref(&p))
         .watches_stream(request_stream, |r: BackupRun| {
             Some(ObjectRef::new(&r.spec.schedule_name).within(r.metadata.namespace.as_deref()?))
         })
-        .reconcile_all_on(resync)
-        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
-        .await;
+        .reconcile_all_on(resync);
+    let ctx = Arc::new(BackupContext {
+        applier: Applier::new(client),
+        shared,
+        schedules,
+        jobs,
+        pods,
+        requests,
+    });
+    driver::run(controller, ctx, shutdown).await;
 }

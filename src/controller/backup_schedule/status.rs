@@ -164,6 +164,7 @@ pub fn patch(status: &BackupScheduleStatus, previous: &BackupScheduleStatus) -> 
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // case tables: one tuple per row reads best
 mod tests {
     use super::super::{LAST_BACKUP_SUCCEEDED, LAST_RESTORE_TEST_SUCCEEDED};
     use super::*;

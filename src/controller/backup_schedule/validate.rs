@@ -76,28 +76,7 @@ pub fn validate(observed: &Observed) -> Result<Valid, Invalid> {
 
 /// A stable identity of where snapshots go (two schedules must not share one).
 pub fn destination_key(ns: &str, d: &Destination) -> Option<String> {
-    if let Some(s3) = &d.s3 {
-        let prefix = s3.prefix.trim_matches('/');
-        return Some(format!(
-            "s3://{}/{}/{}",
-            s3.endpoint
-                .as_deref()
-                .unwrap_or("aws")
-                .trim_end_matches('/'),
-            s3.bucket,
-            prefix
-        ));
-    }
-    if let Some(p) = &d.persistent_volume_claim {
-        return Some(format!(
-            "pvc://{ns}/{}/{}",
-            p.claim_name,
-            p.sub_path.as_deref().unwrap_or("").trim_matches('/')
-        ));
-    }
-    d.path
-        .as_ref()
-        .map(|p| format!("path://{ns}/{}", p.trim_end_matches('/')))
+    crate::backup::destination::key(ns, d)
 }
 
 /// The older schedule (by creation time, then namespace/name) that already uses
@@ -125,6 +104,7 @@ fn destination_owner(bs: &BackupSchedule, all: &[Arc<BackupSchedule>]) -> Option
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)] // case tables: one tuple per row reads best
 mod tests {
     use super::super::observe::fixtures::*;
     use super::*;
@@ -224,7 +204,7 @@ mod tests {
             let mut obs = observed(schedule(json!({})), now, vec![]);
             obs.schedules
                 .push(other("first", "2026-02-01T00:00:00Z", "/backups/orders"));
-            validate(&obs).err().expect("conflict")
+            validate(&obs).expect_err("conflict")
         };
         assert!(conflict.message.contains("team-a/first"), "{conflict:?}");
         let restore = validate(&observed(

@@ -9,9 +9,10 @@ use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
+use super::gc;
 use crate::apply::{Applier, OwnWrites};
 use crate::controller::driver::Shared;
-use crate::controller::{ChildCache, Clock, Settings, gc, parse_service_account_user};
+use crate::controller::{ChildCache, Clock, Settings, parse_service_account_user};
 use crate::crd::{RolePolicy, Tenant};
 
 /// The Tenant controller's context.

@@ -6,7 +6,7 @@
 //! observe the caches → validate once ([`builder::validate`], parsed values in
 //! [`Valid`]) → [`desired`] (pure builders) → [`namespaces`] → [`children`]
 //! (apply only what differs) → [`secrets`] → garbage collection
-//! ([`crate::controller::gc`]) → [`tokens`] → prune ([`children::prune`]) →
+//! ([`gc`]) → [`tokens`] → prune ([`children::prune`]) →
 //! [`status`] (pure, from what the steps did; written only when it changed).
 //! A step that fails still reaches status: `Ready=False` with the step's
 //! reason (and a Warning Event for the transition), then the error goes to the
@@ -15,6 +15,7 @@
 mod children;
 mod context;
 mod desired;
+pub mod gc;
 mod lifecycle;
 mod namespaces;
 pub mod secrets;
@@ -43,7 +44,6 @@ use super::cache::{ChildCache, ChildStream};
 use super::driver::{self, Reconcile, Shared};
 use super::error::{Error, Failed};
 use super::events::event;
-use super::gc;
 use crate::crd::RolePolicy;
 use crate::crd::tenant::Tenant;
 use crate::resources::labels;

@@ -13,9 +13,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::{Context, children, namespaces, secrets, tokens};
+use super::{Context, children, gc, namespaces, secrets, tokens};
 use crate::controller::error::{Error, Failed, kube_err};
-use crate::controller::gc;
 use crate::crd::condition::{Observed, merge_conditions, progress};
 use crate::crd::tenant::{QuotaStatus, Tenant, TenantStatus};
 use crate::crd::{Condition, ConditionStatus};

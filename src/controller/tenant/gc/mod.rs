@@ -48,8 +48,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::error::Error;
-use super::tenant::Context;
+use super::Context;
+use crate::controller::error::Error;
 use crate::crd::condition::Observed;
 use crate::crd::tenant::{AgeFrom, GarbageCollectionSpec, GcStatus, Tenant};
 use crate::resources::gc::{self as model, Candidate, KindKey};
@@ -463,5 +463,5 @@ fn ev(type_: EventType, reason: &str, note: String, about: Option<ObjectReferenc
 }
 
 async fn publish(ctx: &Context, on: &ObjectReference, e: Event) {
-    super::events::publish(&ctx.recorder, on, e).await;
+    crate::controller::events::publish(&ctx.recorder, on, e).await;
 }
