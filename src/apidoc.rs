@@ -52,7 +52,7 @@ pub fn render(crds: &[CustomResourceDefinition]) -> String {
                 continue;
             };
             let mut schema = schema;
-            crate::crdgen::shorten_quantity_docs(&mut schema);
+            crate::crd::shorten_quantity_docs(&mut schema);
             let _ = write!(out, "\n### {} {}\n", names.kind, version.name);
             if let Some(d) = description(&schema) {
                 let _ = write!(out, "\n{d}\n");

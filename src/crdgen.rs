@@ -15,33 +15,11 @@ pub fn generate() -> Result<Vec<GeneratedCrd>, serde_yaml::Error> {
     crate::crd::all().iter().map(render_one).collect()
 }
 
-/// Short text for `resource.Quantity` fields: the upstream description is a page
-/// of grammar repeated under every quantity, which buries `kubectl explain`.
-const QUANTITY_DESCRIPTION: &str =
-    "A Kubernetes quantity: a number with an optional suffix, e.g. 500m, 2, 1.5Gi, 10G.";
-
-pub(crate) fn shorten_quantity_docs(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(map) => {
-            let is_quantity = map
-                .get("description")
-                .and_then(|d| d.as_str())
-                .is_some_and(|d| d.starts_with("Quantity is a fixed-point representation"));
-            if is_quantity {
-                map.insert("description".into(), QUANTITY_DESCRIPTION.into());
-            }
-            map.values_mut().for_each(shorten_quantity_docs);
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(shorten_quantity_docs),
-        _ => {}
-    }
-}
-
 fn render_one(crd: &CustomResourceDefinition) -> Result<GeneratedCrd, serde_yaml::Error> {
     let name = crd.metadata.name.clone().unwrap_or_default();
     let mut value =
         serde_json::to_value(crd).map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
-    shorten_quantity_docs(&mut value);
+    crate::crd::shorten_quantity_docs(&mut value);
     let yaml = serde_yaml::to_string(&value)?;
     Ok(GeneratedCrd {
         file_name: format!("{name}.yaml"),

@@ -92,3 +92,26 @@ fn restrict_name(crd: &mut CustomResourceDefinition, max_length: i64, pattern: &
         );
     }
 }
+
+/// Short text for `resource.Quantity` fields: the upstream description is a page
+/// of grammar repeated under every quantity, which buries `kubectl explain`.
+const QUANTITY_DESCRIPTION: &str =
+    "A Kubernetes quantity: a number with an optional suffix, e.g. 500m, 2, 1.5Gi, 10G.";
+
+/// Replaces that description in a CRD schema (`palisade crds`, docs/API.md).
+pub fn shorten_quantity_docs(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let is_quantity = map
+                .get("description")
+                .and_then(|d| d.as_str())
+                .is_some_and(|d| d.starts_with("Quantity is a fixed-point representation"));
+            if is_quantity {
+                map.insert("description".into(), QUANTITY_DESCRIPTION.into());
+            }
+            map.values_mut().for_each(shorten_quantity_docs);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(shorten_quantity_docs),
+        _ => {}
+    }
+}

@@ -19,8 +19,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
+use super::fold::{Note, RunMetric};
 use super::observe::Observed;
-use super::plan::{NewJob, Note, Plan, RequestStep, RunMetric, Step};
+use super::plan::{NewJob, Plan, RequestStep, Step};
 use super::{BackupContext, Error, status};
 use crate::controller::events;
 use crate::crd::backup_run::BackupRun;

@@ -10,7 +10,6 @@
 //! without one.
 
 use super::observe::{Finished, Observed, Report, Run, folded_minute};
-use super::plan::{Note, RunMetric};
 use super::status::kept;
 use super::{LAST_BACKUP_SUCCEEDED, LAST_RESTORE_TEST_SUCCEEDED};
 use crate::backup::result::JobResult;
@@ -18,6 +17,43 @@ use crate::crd::ConditionStatus;
 use crate::crd::backup_schedule::BackupScheduleStatus;
 use crate::crd::condition::Observed as Observation;
 use crate::resources::backup_jobs::RunKind;
+use kube::runtime::events::EventType;
+
+/// An Event to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub type_: EventType,
+    /// Bounded CamelCase reason.
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl Note {
+    pub fn normal(reason: &'static str, note: String) -> Self {
+        Self {
+            type_: EventType::Normal,
+            reason,
+            note,
+        }
+    }
+
+    pub fn warning(reason: &'static str, note: String) -> Self {
+        Self {
+            type_: EventType::Warning,
+            reason,
+            note,
+        }
+    }
+}
+
+/// A finished run, for the backup and restore-test gauges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunMetric {
+    pub kind: RunKind,
+    pub ok: bool,
+    /// Unix seconds.
+    pub finished_at: f64,
+}
 
 /// How long a finished Job's result may lag behind the Job (the Pod's watch event
 /// arriving after the Job's) before the run is recorded without one.

@@ -51,6 +51,22 @@ pub const READY: &str = "Ready";
 pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
 pub const LAST_RESTORE_TEST_SUCCEEDED: &str = "LastRestoreTestSucceeded";
 
+/// Why the schedule cannot run (a condition reason and an actionable message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Invalid {
+    /// Whether only an edit of the spec can fix it (nothing to re-check until
+    /// the schedule changes): a bad cron expression or time zone. A missing
+    /// Secret or a destination conflict is fixed elsewhere, unwatched.
+    pub fn fixed_by_spec_only(&self) -> bool {
+        matches!(self.reason, "InvalidSchedule" | "InvalidTimeZone")
+    }
+}
+
 /// A failed reconcile (retried with backoff).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -19,7 +19,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 
 use super::BackupContext;
-use super::validate::Invalid;
+use super::Invalid;
 use crate::backup::format::EncryptionKey;
 use crate::backup::result::{self, JobResult, ResultError};
 use crate::crd::backup_run::BackupRun;

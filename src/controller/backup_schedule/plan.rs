@@ -21,14 +21,15 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::runtime::events::EventType;
+
 use serde_json::Value;
 
+use super::Invalid;
 use super::READY;
-use super::fold;
+use super::fold::{self, Note, RunMetric};
 use super::observe::{Finished, Observed, Run, folded_minute};
 use super::status;
-use super::validate::{Invalid, Valid};
+use super::validate::Valid;
 use crate::backup::schedule::{self, Action as RunAction, DecisionInput, Schedule};
 use crate::controller::backup_run::{self as requests, JobState};
 use crate::crd::Condition;
@@ -45,42 +46,6 @@ const DEFAULT_FAILED_HISTORY: u32 = 1;
 pub const RECHECK: Duration = Duration::from_secs(30);
 /// How soon to look again for a finished run's result that is on its way.
 pub const RESULT_POLL: Duration = Duration::from_secs(5);
-
-/// An Event to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Note {
-    pub type_: EventType,
-    /// Bounded CamelCase reason.
-    pub reason: &'static str,
-    pub note: String,
-}
-
-impl Note {
-    pub fn normal(reason: &'static str, note: String) -> Self {
-        Self {
-            type_: EventType::Normal,
-            reason,
-            note,
-        }
-    }
-
-    pub fn warning(reason: &'static str, note: String) -> Self {
-        Self {
-            type_: EventType::Warning,
-            reason,
-            note,
-        }
-    }
-}
-
-/// A finished run, for the backup and restore-test gauges.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RunMetric {
-    pub kind: RunKind,
-    pub ok: bool,
-    /// Unix seconds.
-    pub finished_at: f64,
-}
 
 /// A run Job to create (create-only: a 409 means it was started before, by this
 /// or another replica).

@@ -12,8 +12,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::Invalid;
 use super::READY;
-use super::validate::Invalid;
 use crate::crd::backup_schedule::BackupScheduleStatus;
 use crate::crd::condition::{Observed, find, merge_conditions, progress};
 use crate::crd::{Condition, ConditionStatus};

@@ -15,21 +15,7 @@ use super::observe::Observed;
 use crate::backup::schedule::Schedule;
 use crate::crd::backup_schedule::{BackupSchedule, Destination};
 
-/// Why the schedule cannot run (a condition reason and an actionable message).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Invalid {
-    /// Whether only an edit of the spec can fix it (nothing to re-check until
-    /// the schedule changes): a bad cron expression or time zone. A missing
-    /// Secret or a destination conflict is fixed elsewhere, unwatched.
-    pub fn fixed_by_spec_only(&self) -> bool {
-        matches!(self.reason, "InvalidSchedule" | "InvalidTimeZone")
-    }
-}
+use super::Invalid;
 
 /// A schedule that can run: its parsed cron schedules.
 #[derive(Debug, Clone)]
