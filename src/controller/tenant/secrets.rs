@@ -143,6 +143,31 @@ pub async fn reconcile(
     Ok(out)
 }
 
+/// One managed secret in one namespace: what the steps below work on.
+struct Target<'a> {
+    tenant: &'a Tenant,
+    spec: &'a ManagedSecret,
+    ns: &'a str,
+    every: Duration,
+    now: Timestamp,
+}
+
+impl Target<'_> {
+    fn blocked_conflict(&self, kind: &str, name: &str) -> Blocked {
+        let (ns, entry) = (self.ns, &self.spec.name);
+        Blocked::Conflict(format!(
+            "{kind} {ns}/{name} exists and is not managed by Palisade; it was not overwritten: rename spec.secrets entry '{entry}' or delete that {kind}"
+        ))
+    }
+
+    fn corrupt(&self, why: impl std::fmt::Display) -> Blocked {
+        Blocked::Corrupt(format!("Secret {}/{}: {why}", self.ns, self.spec.name))
+    }
+}
+
+/// `Err(Blocked)` inside `Ok`: reported in status, not retried as a failure.
+type Step<T> = Result<Result<T, Blocked>, Error>;
+
 /// One secret in one namespace. `Ok(Ok(Some(version)))` when it was rotated.
 async fn one(
     ctx: &Context,
@@ -152,170 +177,189 @@ async fn one(
     every: Duration,
     now: Timestamp,
     out: &mut Outcome,
-) -> Result<Result<Option<String>, Blocked>, Error> {
-    let tenant_name = tenant.name_any();
-    let secret_ar = ar::<Secret>();
+) -> Step<Option<String>> {
+    let t = Target {
+        tenant,
+        spec,
+        ns,
+        every,
+        now,
+    };
     // Wanted even when blocked below: a managed Secret is never pruned because
     // it could not be read.
     out.wanted.insert(ObjectKey::new("Secret", ns, &spec.name));
     if spec.type_ == SecretType::JwtSigningKey {
-        out.wanted.insert(ObjectKey::new(
-            "ConfigMap",
-            ns,
-            &model::jwks_name(&spec.name),
-        ));
-        let cm_ar = ar::<ConfigMap>();
         let jwks = model::jwks_name(&spec.name);
+        out.wanted.insert(ObjectKey::new("ConfigMap", ns, &jwks));
+        let cm_ar = ar::<ConfigMap>();
         if ctx.cache.get(&cm_ar, Some(ns), &jwks).is_none()
             && foreign_exists(ctx, &cm_ar, ns, &jwks).await?
         {
-            return Ok(Err(Blocked::Conflict(format!(
-                "ConfigMap {ns}/{jwks} exists and is not managed by Palisade; it was not overwritten: rename spec.secrets entry '{}' or delete that ConfigMap",
-                spec.name
-            ))));
+            return Ok(Err(t.blocked_conflict("ConfigMap", &jwks)));
         }
     }
-    let cached = ctx.cache.get(&secret_ar, Some(ns), &spec.name);
-    let (state, force) = match &cached {
-        Some(obj) => {
-            let secret: Secret = match serde_json::from_value(to_value(obj.as_ref())?) {
-                Ok(s) => s,
-                Err(_) => {
-                    return Ok(Err(Blocked::Corrupt(format!(
-                        "Secret {ns}/{} cannot be read",
-                        spec.name
-                    ))));
-                }
-            };
-            match model::parse_state(spec, &secret) {
-                Ok(state) => (
-                    Some(state),
-                    obj.annotations().contains_key(model::ROTATE_NOW),
-                ),
-                Err(e) => {
-                    return Ok(Err(Blocked::Corrupt(format!(
-                        "Secret {ns}/{}: {e}; it is left untouched so no version is lost: restore it or delete it to start over",
-                        spec.name
-                    ))));
-                }
-            }
-        }
-        None => {
-            if foreign_exists(ctx, &secret_ar, ns, &spec.name).await? {
-                return Ok(Err(Blocked::Conflict(format!(
-                    "Secret {ns}/{} exists and is not managed by Palisade; it was not overwritten: rename spec.secrets entry '{}' or delete that Secret",
-                    spec.name, spec.name
-                ))));
-            }
-            (None, false)
-        }
+    let cached = ctx.cache.get(&ar::<Secret>(), Some(ns), &spec.name);
+    let (state, force) = match current(ctx, &t, cached.as_deref()).await? {
+        Ok(current) => current,
+        Err(blocked) => return Ok(Err(blocked)),
     };
-    // A forced rotation waits for the minimum interval (the annotation stays and
-    // the tenant is requeued for then).
-    let mut message = None;
-    let force = match (force, &state) {
-        (true, Some(st)) if !tenant.spec.cordoned => {
-            match model::forced_rotation_deferred(
-                st,
-                now,
-                ctx.settings.min_forced_rotation_interval,
-            ) {
-                Some(at) => {
-                    let m = model::deferred_message(at, ctx.settings.min_forced_rotation_interval);
-                    let before = tenant
-                        .status
-                        .as_ref()
-                        .and_then(|s| {
-                            s.secrets
-                                .iter()
-                                .find(|x| x.namespace == ns && x.name == spec.name)
-                        })
-                        .and_then(|x| x.message.as_deref());
-                    if before != Some(m.as_str()) {
-                        out.deferred.push(format!("Secret {ns}/{}: {m}", spec.name));
-                    }
-                    out.next_deadline = Some(out.next_deadline.map_or(at, |d| d.min(at)));
-                    message = Some(m);
-                    false
-                }
-                None => true,
-            }
-        }
-        (f, _) => f,
-    };
+    let (force, message) = forced(ctx, &t, state.as_ref(), force, out);
     let decision = model::decide(state.as_ref(), every, now, force, tenant.spec.cordoned);
-    let (state, rotated) = match decision {
-        Decision::Keep => (state.unwrap_or_default(), None),
-        Decision::Create | Decision::Rotate(_) => {
-            let version = match new_version(spec, state.as_ref(), now).await {
-                Ok(v) => v,
-                Err(e) => {
-                    return Ok(Err(Blocked::KeyGeneration(format!(
-                        "Secret {ns}/{}: {e}",
-                        spec.name
-                    ))));
-                }
-            };
-            let id = version.meta.id.clone();
-            let new_state = model::rotated(state, version, spec.keep_previous);
-            let object = to_value(&model::secret_object(
-                &tenant_name,
-                ns,
-                spec,
-                Some(&new_state),
-                every,
-            ))?;
-            match (&cached, decision) {
-                (Some(current), _) => {
-                    ctx.applier.replace(&secret_ar, object, current).await?;
-                }
-                (None, _) => {
-                    ctx.applier.create(&secret_ar, object).await?;
-                }
-            }
-            let why = match decision {
-                Decision::Rotate(Reason::Forced) => "forced by palisade.dev/rotate-now",
-                Decision::Rotate(Reason::Due) => "rotateEvery elapsed",
-                _ => "created",
-            };
-            out.rotations.push(format!(
-                "Secret {ns}/{} is now at version {id} ({why})",
-                spec.name
-            ));
-            (new_state, Some(id))
-        }
+    let (state, rotated) = match write(ctx, &t, decision, state, cached.as_deref(), out).await? {
+        Ok(written) => written,
+        Err(blocked) => return Ok(Err(blocked)),
     };
     if spec.type_ == SecretType::JwtSigningKey {
         let keys = match model::public_keys(spec, &state) {
             Ok(k) => k,
-            Err(e) => {
-                return Ok(Err(Blocked::Corrupt(format!(
-                    "Secret {ns}/{}: {e}",
-                    spec.name
-                ))));
-            }
+            Err(e) => return Ok(Err(t.corrupt(e))),
         };
-        publish_jwks(ctx, &tenant_name, spec, ns, keys).await?;
+        publish_jwks(ctx, &tenant.name_any(), spec, ns, keys).await?;
     }
-    let next = if tenant.spec.cordoned {
+    report(&t, &state, message, out);
+    Ok(Ok(rotated.filter(|_| decision != Decision::Create)))
+}
+
+/// The managed secret's current versions and whether a rotation is asked for
+/// (`palisade.dev/rotate-now`); blocked when it cannot be read, or when an
+/// unmanaged Secret of that name is in the way.
+async fn current(
+    ctx: &Context,
+    t: &Target<'_>,
+    cached: Option<&DynamicObject>,
+) -> Step<(Option<model::SecretState>, bool)> {
+    let Some(obj) = cached else {
+        if foreign_exists(ctx, &ar::<Secret>(), t.ns, &t.spec.name).await? {
+            return Ok(Err(t.blocked_conflict("Secret", &t.spec.name)));
+        }
+        return Ok(Ok((None, false)));
+    };
+    let Ok(secret) = serde_json::from_value::<Secret>(to_value(obj)?) else {
+        let (ns, name) = (t.ns, &t.spec.name);
+        return Ok(Err(Blocked::Corrupt(format!(
+            "Secret {ns}/{name} cannot be read"
+        ))));
+    };
+    Ok(match model::parse_state(t.spec, &secret) {
+        Ok(state) => Ok((
+            Some(state),
+            obj.annotations().contains_key(model::ROTATE_NOW),
+        )),
+        Err(e) => Err(t.corrupt(format!(
+            "{e}; it is left untouched so no version is lost: restore it or delete it to start over"
+        ))),
+    })
+}
+
+/// A forced rotation waits for the minimum interval (the annotation stays and
+/// the tenant is requeued for then): whether to force now, and the message
+/// for status while it waits (a Warning Event the first time).
+fn forced(
+    ctx: &Context,
+    t: &Target<'_>,
+    state: Option<&model::SecretState>,
+    force: bool,
+    out: &mut Outcome,
+) -> (bool, Option<String>) {
+    let (true, Some(st), false) = (force, state, t.tenant.spec.cordoned) else {
+        return (force, None);
+    };
+    let min = ctx.settings.min_forced_rotation_interval;
+    let Some(at) = model::forced_rotation_deferred(st, t.now, min) else {
+        return (true, None);
+    };
+    let m = model::deferred_message(at, min);
+    let before = t
+        .tenant
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.secrets
+                .iter()
+                .find(|x| x.namespace == t.ns && x.name == t.spec.name)
+        })
+        .and_then(|x| x.message.as_deref());
+    if before != Some(m.as_str()) {
+        out.deferred
+            .push(format!("Secret {}/{}: {m}", t.ns, t.spec.name));
+    }
+    out.next_deadline = Some(out.next_deadline.map_or(at, |d| d.min(at)));
+    (false, Some(m))
+}
+
+/// Carries out `decision`: a new version written (created, or replaced guarded
+/// by the cached resourceVersion) and announced; the state now, and the new
+/// version's id when there is one.
+async fn write(
+    ctx: &Context,
+    t: &Target<'_>,
+    decision: Decision,
+    state: Option<model::SecretState>,
+    cached: Option<&DynamicObject>,
+    out: &mut Outcome,
+) -> Step<(model::SecretState, Option<String>)> {
+    if decision == Decision::Keep {
+        return Ok(Ok((state.unwrap_or_default(), None)));
+    }
+    let version = match new_version(t.spec, state.as_ref(), t.now).await {
+        Ok(v) => v,
+        Err(e) => {
+            return Ok(Err(Blocked::KeyGeneration(format!(
+                "Secret {}/{}: {e}",
+                t.ns, t.spec.name
+            ))));
+        }
+    };
+    let id = version.meta.id.clone();
+    let new_state = model::rotated(state, version, t.spec.keep_previous);
+    let object = to_value(&model::secret_object(
+        &t.tenant.name_any(),
+        t.ns,
+        t.spec,
+        Some(&new_state),
+        t.every,
+    ))?;
+    let secret_ar = ar::<Secret>();
+    match cached {
+        Some(current) => {
+            ctx.applier.replace(&secret_ar, object, current).await?;
+        }
+        None => {
+            ctx.applier.create(&secret_ar, object).await?;
+        }
+    }
+    let why = match decision {
+        Decision::Rotate(Reason::Forced) => "forced by palisade.dev/rotate-now",
+        Decision::Rotate(Reason::Due) => "rotateEvery elapsed",
+        _ => "created",
+    };
+    out.rotations.push(format!(
+        "Secret {}/{} is now at version {id} ({why})",
+        t.ns, t.spec.name
+    ));
+    Ok(Ok((new_state, Some(id))))
+}
+
+/// The secret's status entry and its next deadline.
+fn report(t: &Target<'_>, state: &model::SecretState, message: Option<String>, out: &mut Outcome) {
+    let next = if t.tenant.spec.cordoned {
         None
     } else {
-        model::next_rotation(&state, every)
+        model::next_rotation(state, t.every)
     };
     if let Some(n) = next {
         out.next_deadline = Some(out.next_deadline.map_or(n, |d| d.min(n)));
     }
     if let Some(current) = state.current() {
         out.statuses.push(SecretStatus {
-            name: spec.name.clone(),
-            namespace: ns.to_string(),
+            name: t.spec.name.clone(),
+            namespace: t.ns.to_string(),
             version: current.meta.id.clone(),
             rotated_at: Some(Time(current.meta.created_at)),
             next_rotation: next.map(Time),
             message,
         });
     }
-    Ok(Ok(rotated.filter(|_| decision != Decision::Create)))
 }
 
 /// [`model::new_version`] on the blocking thread pool: RSA key generation takes
