@@ -14,8 +14,8 @@ use kube::core::ApiResource;
 use super::{Context, ObjectKey};
 use crate::controller::error::{Error, to_value};
 use crate::crd::condition::Observed;
-use crate::crd::tenant::{SecretType, Tenant};
-use crate::resources::rolepolicy::RbacPlan;
+use crate::crd::tenant::{JwtAlgorithm, ManagedSecret, SecretType, Tenant};
+use crate::resources::rolepolicy::{RbacPlan, TokenRequest};
 use crate::resources::secrets as secret_model;
 use crate::resources::tokens::{self as model, Issued, Wanted};
 
@@ -71,85 +71,27 @@ pub async fn reconcile(
             ));
             continue;
         };
-        let alg = key_spec
-            .algorithm
-            .unwrap_or(crate::crd::tenant::JwtAlgorithm::ES256);
-        let namespaces: Vec<&String> = ready_ns
+        let request = Request {
+            tenant: &tenant_name,
+            req,
+            key_spec,
+            alg: key_spec.algorithm.unwrap_or(JwtAlgorithm::ES256),
+            scope: plan
+                .scopes
+                .get(&req.role)
+                .map(|s| s.iter().cloned().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default(),
+            now,
+        };
+        let namespaces = ready_ns
             .iter()
-            .filter(|ns| req.sa_namespace.as_ref().is_none_or(|n| n == *ns))
-            .collect();
+            .filter(|ns| req.sa_namespace.as_ref().is_none_or(|n| n == *ns));
         for ns in namespaces {
-            let Some(key_state) = ctx
-                .cache
-                .get(&secret_ar(), Some(ns), &key_spec.name)
-                .and_then(|o| to_secret(&o))
-                .and_then(|s| secret_model::parse_state(key_spec, &s).ok())
-            else {
-                if model::key_published_in(key_spec, ns) {
-                    // Created in this very reconcile: its watch event brings us back.
-                    pending = true;
-                } else {
-                    problems.push(format!(
-                        "signing key {} is not published in namespace {ns} (spec.secrets[].namespaces); tokens for {} cannot be signed there",
-                        key_spec.name, req.service_account
-                    ));
-                }
-                continue;
-            };
-            let Some(current) = key_state.current() else {
-                continue;
-            };
-            let name = model::secret_name(&req.service_account);
-            out.wanted.insert(ObjectKey::new("Secret", ns, &name));
-            let wanted = Wanted {
-                sub: format!("system:serviceaccount:{ns}:{}", req.service_account),
-                aud: req.audience.clone().unwrap_or_else(|| tenant_name.clone()),
-                tenant: tenant_name.clone(),
-                scope: plan
-                    .scopes
-                    .get(&req.role)
-                    .map(|s| s.iter().cloned().collect::<Vec<_>>().join(" "))
-                    .unwrap_or_default(),
-                ttl: req.ttl,
-            };
-            let cached = ctx.cache.get(&secret_ar(), Some(ns), &name);
-            let issued = cached
-                .as_ref()
-                .and_then(|o| Issued::from_annotations(o.annotations()));
-            let issued = if model::needs_issue(issued.as_ref(), &wanted, &current.meta.id, now) {
-                let (token, issued) =
-                    match model::issue(&wanted, alg, &current.meta.id, &current.material, now) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            problems.push(format!("token for {ns}/{}: {e}", req.service_account));
-                            continue;
-                        }
-                    };
-                let object = to_value(
-                    "token secret",
-                    &model::token_secret(&tenant_name, ns, &req.service_account, &token, &issued),
-                )?;
-                match &cached {
-                    Some(c) => {
-                        ctx.applier.replace(&secret_ar(), object, c).await?;
-                    }
-                    None => {
-                        ctx.applier.create(&secret_ar(), object).await?;
-                    }
-                }
-                out.issued.push(format!(
-                    "token for {ns}/{} issued (kid {}, expires {})",
-                    req.service_account, issued.kid, issued.expires_at
-                ));
-                issued
-            } else {
-                match issued {
-                    Some(i) => i,
-                    None => continue,
-                }
-            };
-            let refresh = issued.refresh_at();
-            out.next_deadline = Some(out.next_deadline.map_or(refresh, |d| d.min(refresh)));
+            match in_namespace(ctx, &request, ns, &mut out).await? {
+                InNamespace::Done => {}
+                InNamespace::KeyPending => pending = true,
+                InNamespace::Problem(p) => problems.push(p),
+            }
         }
     }
     if pending {
@@ -168,4 +110,102 @@ pub async fn reconcile(
         ),
     });
     Ok(out)
+}
+
+/// One binding's token request, resolved against the tenant's signing keys.
+struct Request<'a> {
+    tenant: &'a str,
+    req: &'a TokenRequest,
+    key_spec: &'a ManagedSecret,
+    alg: JwtAlgorithm,
+    /// The role's scopes, space-separated (the `scope` claim).
+    scope: String,
+    now: Timestamp,
+}
+
+/// What one namespace came to.
+enum InNamespace {
+    /// The token is current (issued now or before), or there is nothing to sign with yet.
+    Done,
+    /// The signing key was created in this very reconcile: its watch event brings us back.
+    KeyPending,
+    /// Reported in `TokensIssued`, not retried as a failure.
+    Problem(String),
+}
+
+/// Issues (or keeps) the token of `r` in `ns`.
+async fn in_namespace(
+    ctx: &Context,
+    r: &Request<'_>,
+    ns: &str,
+    out: &mut Outcome,
+) -> Result<InNamespace, Error> {
+    let (req, key_spec) = (r.req, r.key_spec);
+    let Some(key_state) = ctx
+        .cache
+        .get(&secret_ar(), Some(ns), &key_spec.name)
+        .and_then(|o| to_secret(&o))
+        .and_then(|s| secret_model::parse_state(key_spec, &s).ok())
+    else {
+        if model::key_published_in(key_spec, ns) {
+            return Ok(InNamespace::KeyPending);
+        }
+        return Ok(InNamespace::Problem(format!(
+            "signing key {} is not published in namespace {ns} (spec.secrets[].namespaces); tokens for {} cannot be signed there",
+            key_spec.name, req.service_account
+        )));
+    };
+    let Some(current) = key_state.current() else {
+        return Ok(InNamespace::Done);
+    };
+    let name = model::secret_name(&req.service_account);
+    out.wanted.insert(ObjectKey::new("Secret", ns, &name));
+    let wanted = Wanted {
+        sub: format!("system:serviceaccount:{ns}:{}", req.service_account),
+        aud: req.audience.clone().unwrap_or_else(|| r.tenant.to_string()),
+        tenant: r.tenant.to_string(),
+        scope: r.scope.clone(),
+        ttl: req.ttl,
+    };
+    let cached = ctx.cache.get(&secret_ar(), Some(ns), &name);
+    let issued = cached
+        .as_ref()
+        .and_then(|o| Issued::from_annotations(o.annotations()));
+    let issued = if model::needs_issue(issued.as_ref(), &wanted, &current.meta.id, r.now) {
+        let (token, issued) =
+            match model::issue(&wanted, r.alg, &current.meta.id, &current.material, r.now) {
+                Ok(t) => t,
+                Err(e) => {
+                    return Ok(InNamespace::Problem(format!(
+                        "token for {ns}/{}: {e}",
+                        req.service_account
+                    )));
+                }
+            };
+        let object = to_value(
+            "token secret",
+            &model::token_secret(r.tenant, ns, &req.service_account, &token, &issued),
+        )?;
+        match &cached {
+            Some(c) => {
+                ctx.applier.replace(&secret_ar(), object, c).await?;
+            }
+            None => {
+                ctx.applier.create(&secret_ar(), object).await?;
+            }
+        }
+        out.issued.push(format!(
+            "token for {ns}/{} issued (kid {}, expires {})",
+            req.service_account, issued.kid, issued.expires_at
+        ));
+        issued
+    } else {
+        match issued {
+            Some(i) => i,
+            None => return Ok(InNamespace::Done),
+        }
+    };
+    let refresh = issued.refresh_at();
+    out.next_deadline = Some(out.next_deadline.map_or(refresh, |d| d.min(refresh)));
+    Ok(InNamespace::Done)
 }
