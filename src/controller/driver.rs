@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -257,6 +258,20 @@ pub async fn run<R: Reconcile>(
         .await;
 }
 
+/// Requeue exactly at `deadline` (a rotation, an expiry, a scheduled run), or
+/// wait for a change. A deadline already past means "now" (at least 100 ms:
+/// a zero requeue spins).
+pub fn requeue_at(deadline: Option<Timestamp>, now: Timestamp) -> Action {
+    match deadline {
+        Some(at) => Action::requeue(
+            Duration::try_from(at.duration_since(now))
+                .unwrap_or_default()
+                .max(Duration::from_millis(100)),
+        ),
+        None => Action::await_change(),
+    }
+}
+
 /// The reference of every object in `store` (a change that concerns them all).
 pub fn all<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<ObjectRef<K>> {
     store
@@ -269,6 +284,21 @@ pub fn all<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<Objec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requeues_at_the_deadline_never_sooner_than_100ms() {
+        let now = Timestamp::from_second(1_000).expect("ts");
+        let at = |s| Some(Timestamp::from_second(s).expect("ts"));
+        assert_eq!(
+            requeue_at(at(1_060), now),
+            Action::requeue(Duration::from_secs(60))
+        );
+        assert_eq!(
+            requeue_at(at(900), now),
+            Action::requeue(Duration::from_millis(100))
+        );
+        assert_eq!(requeue_at(None, now), Action::await_change());
+    }
 
     #[test]
     fn keys_name_namespaced_and_cluster_objects_apart() {

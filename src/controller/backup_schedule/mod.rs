@@ -27,12 +27,11 @@ mod status;
 mod validate;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::Stream;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::jiff::Timestamp;
+
 use kube::Resource;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
@@ -143,19 +142,7 @@ impl Reconcile for BackupContext {
         let valid = validate::validate(&observed);
         let plan = plan::plan(&observed, &valid);
         execute::execute(&self, &observed, &plan).await?;
-        Ok(requeue(plan.wake, self.clock.now()))
-    }
-}
-
-/// Wakes up at `at` (at least 100 ms from `now`), or on the next change only.
-fn requeue(at: Option<Timestamp>, now: Timestamp) -> Action {
-    match at {
-        Some(at) => Action::requeue(
-            Duration::try_from(at.duration_since(now))
-                .unwrap_or_default()
-                .max(Duration::from_millis(100)),
-        ),
-        None => Action::await_change(),
+        Ok(driver::requeue_at(plan.wake, self.clock.now()))
     }
 }
 

@@ -111,12 +111,6 @@ impl Context {
         )
     }
 
-    /// Records this context's reconciles in `metrics` (the process-wide set).
-    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        self.shared.metrics = metrics;
-        self
-    }
-
     /// The ServiceAccount this process runs as, `(namespace, name)`: the
     /// setting, else what the API server says (SelfSubjectReview, once).
     /// `None` for an identity that is not a ServiceAccount, or when the server

@@ -32,7 +32,7 @@ use kube::core::ApiResource;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::Value;
 use tracing::warn;
@@ -277,7 +277,7 @@ async fn steps(
         // only when the object is gone; poll gently meanwhile.
         Action::requeue(Duration::from_secs(5))
     } else {
-        requeue_at(ctx, deadline)
+        driver::requeue_at(deadline, ctx.clock.now())
     }))
 }
 
@@ -315,21 +315,6 @@ async fn announce_rotations(ctx: &Context, tenant: &Tenant, secrets: &secrets::O
     }
 }
 
-/// Requeue exactly at the next deadline (a rotation), or wait for a change.
-fn requeue_at(ctx: &Context, deadline: Option<k8s_openapi::jiff::Timestamp>) -> Action {
-    match deadline {
-        Some(at) => {
-            let wait = at.duration_since(ctx.clock.now());
-            // A deadline already past means "now"; never requeue with zero, which spins.
-            let wait = Duration::try_from(wait)
-                .unwrap_or_default()
-                .max(Duration::from_millis(100));
-            Action::requeue(wait)
-        }
-        None => Action::await_change(),
-    }
-}
-
 /// Builds the Tenant controller over `child_streams` (from [`ChildCache::new`]).
 ///
 /// Watch events that are only the echo of this process's own writes (a
@@ -340,14 +325,9 @@ pub fn controller(
     child_streams: Vec<(ApiResource, ChildStream)>,
 ) -> Controller<Tenant> {
     let tenants: Api<Tenant> = Api::all(ctx.client.clone());
-    let (reader, writer) = kube::runtime::reflector::store::<Tenant>();
+    let (reader, tenant_stream) = driver::watch(tenants, watcher::Config::default().any_semantic());
     let echo_ctx = ctx.clone();
-    let tenant_stream = kube::runtime::reflector::reflector(
-        writer,
-        watcher(tenants, watcher::Config::default().any_semantic()).default_backoff(),
-    )
-    .touched_objects()
-    .filter(move |res| {
+    let tenant_stream = tenant_stream.filter(move |res| {
         let ctx = echo_ctx.clone();
         let echo = res
             .as_ref()

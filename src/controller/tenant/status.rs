@@ -8,16 +8,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Context, children, gc, namespaces, secrets, tokens};
 use crate::controller::error::{Error, Failed, kube_err};
+use crate::crd::ConditionStatus;
 use crate::crd::condition::{Observed, merge_conditions, progress};
 use crate::crd::tenant::{QuotaStatus, Tenant, TenantStatus};
-use crate::crd::{Condition, ConditionStatus};
 use crate::resources::tenant::InvalidTenant;
 
 /// What one reconcile pass found and did; `None` for a step that did not run.
@@ -277,7 +276,12 @@ pub(super) async fn write(
     observed: Vec<Observed>,
 ) -> Result<(), Error> {
     let previous = tenant.status.clone().unwrap_or_default();
-    status.conditions = merged(&previous.conditions, &observed, tenant, ctx.clock.now());
+    status.conditions = merge_conditions(
+        &previous.conditions,
+        &observed,
+        tenant.metadata.generation,
+        ctx.clock.now(),
+    );
     status.observed_generation = tenant.metadata.generation;
     if status == previous {
         return Ok(());
@@ -304,15 +308,6 @@ pub(super) async fn write(
         .map_err(kube_err("update tenant status"))?;
     ctx.own_writes.note(written);
     Ok(())
-}
-
-fn merged(
-    previous: &[Condition],
-    observed: &[Observed],
-    tenant: &Tenant,
-    now: Timestamp,
-) -> Vec<Condition> {
-    merge_conditions(previous, observed, tenant.metadata.generation, now)
 }
 
 /// The status of a Tenant whose spec is invalid: nothing is applied until it
