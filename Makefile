@@ -57,6 +57,7 @@ cluster-down:
 
 ## Benchmarks (release builds; not part of CI). SIZE_GB sizes the snapshot databases.
 SIZE_GB ?= 1
+REPEAT ?= 3
 TENANTS ?= 100,1000
 bench: bench-convergence bench-backup bench-gc
 
@@ -80,7 +81,7 @@ bench-gc:
 ## Snapshot engine vs pg_dump baselines (docs/BACKUP.md).
 bench-backup:
 	$(CARGO) build --release --bin palisade --example backup_s3_server
-	python3 benches/backup_bench.py --size-gb $(SIZE_GB)
+	python3 benches/backup_bench.py --size-gb $(SIZE_GB) --repeat $(REPEAT) $(if $(SKIP),--skip $(SKIP)) $(if $(BENCH_JSON),--json $(BENCH_JSON))
 
 render:
 	$(CARGO) run --quiet -- render -f config/samples/

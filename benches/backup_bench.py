@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,13 +109,22 @@ def generate(pg, variant, size_gb):
         subprocess.check_call([f"{PG_BIN}/pgbench", "-i", "-q", "-s", str(scale), db], env=pg.env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     else:
-        rows = int(8_000_000 * size_gb)  # ≈ 950 MB per 8 M rows
-        pg.psql(db, "CREATE TABLE noise (id bigint PRIMARY KEY, a text, b text)")
-        step = 1_000_000
-        for lo in range(1, rows + 1, step):
-            hi = min(rows, lo + step - 1)
-            pg.psql(db, f"INSERT INTO noise SELECT g, md5(random()::text) || md5(random()::text), "
-                        f"md5(random()::text) FROM generate_series({lo}, {hi}) g")
+        # Random hex text, the distribution of `md5(random()::text)` (4 bits of entropy per
+        # byte), written by this process into COPY: about 10x faster than INSERT … md5().
+        rows = int(8_000_000 * size_gb)  # ≈ 1.2 GiB per 8 M rows
+        pg.psql(db, "CREATE TABLE noise (id bigint, a text, b text)")
+        copy = subprocess.Popen([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db,
+                                 "-c", "COPY noise FROM STDIN"], env=pg.env, stdin=subprocess.PIPE)
+        batch = 10_000
+        for lo in range(1, rows + 1, batch):
+            n = min(batch, rows + 1 - lo)
+            raw = os.urandom(48 * n).hex()
+            copy.stdin.write("".join(f"{lo + i}\t{raw[96 * i:96 * i + 64]}\t{raw[96 * i + 64:96 * i + 96]}\n"
+                                     for i in range(n)).encode())
+        copy.stdin.close()
+        if copy.wait() != 0:
+            sys.exit("COPY into noise failed")
+        pg.psql(db, "ALTER TABLE noise ADD PRIMARY KEY (id)")
         pg.psql(db, "VACUUM ANALYZE noise")
     size = int(pg.psql(db, f"SELECT pg_database_size('{db}')"))
     print(f"  generated {db}: {size / 2**20:.0f} MiB in {time.monotonic() - t0:.0f}s", flush=True)
@@ -210,6 +220,20 @@ ROWS = [
 ]
 
 # ratio key, numerator, denominator, what, target (ratio ≤ target), or None
+def median_of(xs):
+    """The measurement with the median wall time (the lower middle one of an even count)."""
+    return sorted(xs, key=lambda x: x["seconds"])[(len(xs) - 1) // 2]
+
+
+def paired_ratios(samples, a, b, what):
+    """a ÷ b per round when both were measured every round (paired: same load), else the
+    ratio of the medians."""
+    xa, xb = samples[a], samples[b]
+    if len(xa) == len(xb):
+        return [x[what] / y[what] for x, y in zip(xa, xb)]
+    return [median_of(xa)[what] / median_of(xb)[what]]
+
+
 def ratio_rows(variant):
     dump_target = 1.05 if variant == "compressible" else 1.15
     return [
@@ -257,9 +281,14 @@ PROFILE_RESTORE = [
 
 
 def markdown(results):
-    """The tables of docs/BACKUP.md's "Measured" section."""
+    """The tables of docs/BACKUP.md's "Measured" section. With several rounds, times are
+    medians with the range, ratios the median of the per-round ratios with their range."""
     vs = results["variants"]
     names = list(vs)
+
+    def spread(xs, fmt):
+        return f" ({fmt.format(min(xs))}–{fmt.format(max(xs))})" if len(xs) > 1 else ""
+
     out = ["| variant | command | time s | CPU s | output MiB | peak RSS MiB |", "|---|---|---:|---:|---:|---:|"]
     for v in names:
         first = True
@@ -270,20 +299,26 @@ def markdown(results):
             head = f"{v} ({vs[v]['databaseBytes'] / 2**20:.0f} MiB)" if first else ""
             first = False
             size = f"{x['bytes'] / 2**20:.1f}" if "bytes" in x else "–"
-            out.append(f"| {head} | {label} | {x['seconds']:.2f} | {x['cpuSeconds']:.2f} | {size} | {x['rssMiB']:.1f} |")
+            t = f"{x['seconds']:.2f}" + spread(x.get("samples", []), "{:.1f}")
+            out.append(f"| {head} | {label} | {t} | {x['cpuSeconds']:.2f} | {size} | {x['rssMiB']:.1f} |")
     out += ["", "| ratio (target) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for k, _, _, _, label, _ in ratio_rows(names[0]):
+        if not all(k in vs[v]["ratios"] for v in names):
+            continue
         cells = []
         for v in names:
             target = {r[0]: r[5] for r in ratio_rows(v)}[k]
             val = vs[v]["ratios"][k]
             mark = "" if target is None else (" ✓" if val <= target else " ✗")
-            cells.append(f"{val:.3f}{mark}" + ("" if target is None else f" (≤ {target})"))
+            cells.append(f"{val:.3f}{mark}" + ("" if target is None else f" (≤ {target})")
+                         + spread(vs[v].get("ratioSamples", {}).get(k, []), "{:.2f}"))
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     rss = [max(vs[v][k]["rssMiB"] for k, _ in ROWS if k.startswith("palisade") and k in vs[v]) for v in names]
     out.append("| peak RSS of palisade (≤ 128 MiB) | " + " | ".join(f"{x:.1f} MiB {'✓' if x <= 128 else '✗'}" for x in rss) + " |")
     for title, key, stages in (("run", "palisade_run", PROFILE_RUN), ("restore", "palisade_restore", PROFILE_RESTORE),
                                ("restore --jobs 2", "palisade_restore_j2", PROFILE_RESTORE)):
+        if not all(key in vs[v] for v in names):
+            continue
         out += ["", f"| profile: {title}, seconds | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
         for stage, what in stages:
             if not any(stage in vs[v][key]["profile"] for v in names):
@@ -297,6 +332,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gb", type=float, default=1.0)
     ap.add_argument("--variants", default="compressible,incompressible")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of the compared commands (dump, hand pipeline, run; pg_restore, restore), "
+                         "interleaved; medians and paired ratios are reported")
+    ap.add_argument("--skip", default="", help="comma list of once-only rows to leave out: "
+                    "pg_dump_Fc, palisade_run_mt, palisade_run_dir, pgbackrest, jobs")
     ap.add_argument("--palisade", default=os.path.join(TARGET, "release/palisade"))
     ap.add_argument("--s3-server", default=os.path.join(TARGET, "release/examples/backup_s3_server"))
     ap.add_argument("--no-pgbackrest", action="store_true", help="skip the pgBackRest context rows")
@@ -304,6 +344,7 @@ def main():
     ap.add_argument("--markdown", help="write the tables of docs/BACKUP.md's Measured section here")
     ap.add_argument("--render", help="only render --markdown from this earlier --json")
     args = ap.parse_args()
+    args.skip = set(filter(None, args.skip.split(",")))
     if args.render:
         with open(args.render) as f:
             text = markdown(json.load(f))
@@ -337,7 +378,7 @@ def main():
             "--sslmode", "disable", "--key-file", key_file, "--output", "json", "--quiet", "--profile"]
     s3_args = ["--s3-bucket", "bench", "--s3-endpoint", endpoint, "--s3-force-path-style"] + conn
     dir_store = os.path.join(tmp, "snapshots")
-    results = {"sizeGb": args.size_gb, "cores": os.cpu_count(), "pgbackrest": why_not or "measured",
+    results = {"sizeGb": args.size_gb, "repeat": args.repeat, "cores": os.cpu_count(), "pgbackrest": why_not or "measured",
                "load": os.getloadavg(), "variants": {}}
 
     def palisade(label, argv):
@@ -348,50 +389,101 @@ def main():
 
     try:
         for variant in args.variants.split(","):
-            print(f"== {variant} (~{args.size_gb} GB)", flush=True)
+            print(f"== {variant} (~{args.size_gb} GB, {args.repeat} round(s))", flush=True)
             db, dbsize = generate(pg, variant, args.size_gb)
             r = {"databaseBytes": dbsize}
+            samples = {}  # key -> one measurement per round
+
+            def keep(key, x):
+                samples.setdefault(key, []).append(x)
+
             f_default = os.path.join(tmp, f"{db}.default.dump")
             f_z0 = os.path.join(tmp, f"{db}.z0.dump")
             f_zstd = os.path.join(tmp, f"{db}.z0.dump.zst")
-            subprocess.call(["sync"])
-            t, rss, _ = run_measured("pg_dump -Z0 > /dev/null", f"{PG_BIN}/pg_dump -Fc -Z0 {db} > /dev/null",
-                                     env=pg.env, shell=True)
-            r["pg_dump_Z0_null"] = {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU}
-            t, rss, _ = run_measured("pg_dump -Fc", [f"{PG_BIN}/pg_dump", "-Fc", "-f", f_default, db], env=pg.env)
-            r["pg_dump_Fc"] = {"seconds": t, "bytes": os.path.getsize(f_default), "rssMiB": rss, "cpuSeconds": LAST_CPU}
-            os.remove(f_default)
-            t, rss, _ = run_measured("pg_dump -Z0 | zstd -1",
-                                     f"{PG_BIN}/pg_dump -Fc -Z0 {db} | zstd -1 -q -o {f_zstd}",
-                                     env=pg.env, shell=True)
-            r["pg_dump_Z0_zstd1"] = {"seconds": t, "bytes": os.path.getsize(f_zstd), "rssMiB": rss, "cpuSeconds": LAST_CPU}
             run = ["run", "--database", db, "--compression-level", "1"]
-            r["palisade_run"], res = palisade("palisade backup run", run + ["--s3-prefix", db] + s3_args)
-            snapshot = res["id"]
-            r["palisade_run_mt"], _ = palisade("palisade backup run -T1",
-                                               run + ["--compression-threads", "1", "--s3-prefix", f"{db}-mt"] + s3_args)
-            shutil.rmtree(os.path.join(s3_root, "bench", f"{db}-mt"), ignore_errors=True)
-            r["palisade_run_dir"], _ = palisade("palisade backup run --dir", run + ["--dir", dir_store] + conn)
-            shutil.rmtree(dir_store, ignore_errors=True)
-            if pgbackrest:
-                r.update(pgbackrest_rows(pg, tmp, pgbackrest, variant))
+            subprocess.call(["sync"])
+
+            def dump_null():
+                t, rss, _ = run_measured("pg_dump -Z0 > /dev/null", f"{PG_BIN}/pg_dump -Fc -Z0 {db} > /dev/null",
+                                         env=pg.env, shell=True)
+                keep("pg_dump_Z0_null", {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU})
+
+            def hand_pipeline():
+                t, rss, _ = run_measured("pg_dump -Z0 | zstd -1",
+                                         f"{PG_BIN}/pg_dump -Fc -Z0 {db} | zstd -1 -q -f -o {f_zstd}",
+                                         env=pg.env, shell=True)
+                keep("pg_dump_Z0_zstd1", {"seconds": t, "bytes": os.path.getsize(f_zstd), "rssMiB": rss,
+                                          "cpuSeconds": LAST_CPU})
+
+            snapshots = []
+
+            def engine_run():
+                prefix = f"{db}-{len(snapshots)}"
+                x, res = palisade("palisade backup run", run + ["--s3-prefix", prefix] + s3_args)
+                keep("palisade_run", x)
+                # Keep only the newest snapshot (the one restored below): disk, not time.
+                for old, _ in snapshots:
+                    shutil.rmtree(os.path.join(s3_root, "bench", old), ignore_errors=True)
+                snapshots.append((prefix, res["id"]))
+
+            # The commands the targets compare, interleaved round by round and in reversed
+            # order every other round, so a change of load hits both sides of a ratio.
+            trio = [dump_null, hand_pipeline, engine_run]
+            for i in range(args.repeat):
+                for step in (trio if i % 2 == 0 else trio[::-1]):
+                    step()
+            if "pg_dump_Fc" not in args.skip:
+                t, rss, _ = run_measured("pg_dump -Fc", [f"{PG_BIN}/pg_dump", "-Fc", "-f", f_default, db], env=pg.env)
+                keep("pg_dump_Fc", {"seconds": t, "bytes": os.path.getsize(f_default), "rssMiB": rss,
+                                    "cpuSeconds": LAST_CPU})
+                os.remove(f_default)
+            if "palisade_run_mt" not in args.skip:
+                x, _ = palisade("palisade backup run -T1",
+                                run + ["--compression-threads", "1", "--s3-prefix", f"{db}-mt"] + s3_args)
+                keep("palisade_run_mt", x)
+                shutil.rmtree(os.path.join(s3_root, "bench", f"{db}-mt"), ignore_errors=True)
+            if "palisade_run_dir" not in args.skip:
+                x, _ = palisade("palisade backup run --dir", run + ["--dir", dir_store] + conn)
+                keep("palisade_run_dir", x)
+                shutil.rmtree(dir_store, ignore_errors=True)
+            if pgbackrest and "pgbackrest" not in args.skip:
+                for k, x in pgbackrest_rows(pg, tmp, pgbackrest, variant).items():
+                    keep(k, x)
             # Restore baselines: pg_restore of a local uncompressed custom-format file.
             subprocess.check_call(f"zstd -d -q -f {f_zstd} -o {f_z0}", shell=True)
             os.remove(f_zstd)
-            for key, extra in (("pg_restore_file", []), ("pg_restore_j2", ["-j", "2"])):
+            prefix, snapshot = snapshots[-1]
+            restore = ["restore", "--database", db, "--s3-prefix", prefix, "--snapshot", snapshot,
+                       "--target-database", f"{db}_r2", "--create"] + s3_args
+
+            def pg_restore(key, extra):
                 pg.psql("postgres", f"CREATE DATABASE {db}_r1")
                 t, rss, _ = run_measured(key, [f"{PG_BIN}/pg_restore", "-d", f"{db}_r1"] + extra + [f_z0], env=pg.env)
-                r[key] = {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU}
+                keep(key, {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU})
                 pg.psql("postgres", f"DROP DATABASE {db}_r1")
-            os.remove(f_z0)
-            restore = ["restore", "--database", db, "--s3-prefix", db, "--snapshot", snapshot,
-                       "--target-database", f"{db}_r2", "--create"] + s3_args
-            for key, extra in (("palisade_restore", []), ("palisade_restore_j2", ["--jobs", "2", "--scratch-dir", tmp])):
-                r[key], _ = palisade(key, restore + extra)
+
+            def engine_restore(key, extra):
+                x, _ = palisade(key, restore + extra)
+                keep(key, x)
                 pg.psql("postgres", f"DROP DATABASE {db}_r2")
+
+            pair = [lambda: pg_restore("pg_restore_file", []), lambda: engine_restore("palisade_restore", [])]
+            for i in range(args.repeat):
+                for step in (pair if i % 2 == 0 else pair[::-1]):
+                    step()
+            if "jobs" not in args.skip:
+                pg_restore("pg_restore_j2", ["-j", "2"])
+                engine_restore("palisade_restore_j2", ["--jobs", "2", "--scratch-dir", tmp])
+            os.remove(f_z0)
             pg.psql("postgres", f"DROP DATABASE {db}")
-            shutil.rmtree(os.path.join(s3_root, "bench", db), ignore_errors=True)
-            r["ratios"] = {k: r[a][what] / r[b][what] for k, a, b, what, _, _ in ratio_rows(variant)}
+            shutil.rmtree(os.path.join(s3_root, "bench", prefix), ignore_errors=True)
+            for key, xs in samples.items():
+                # Median wall time; peak RSS is the largest of any round.
+                r[key] = dict(median_of(xs), samples=[x["seconds"] for x in xs],
+                              rssMiB=max(x["rssMiB"] for x in xs))
+            r["ratioSamples"] = {k: paired_ratios(samples, a, b, what) for k, a, b, what, _, _ in ratio_rows(variant)
+                                 if a in samples and b in samples}
+            r["ratios"] = {k: statistics.median(xs) for k, xs in r["ratioSamples"].items()}
             results["variants"][variant] = r
             print(f"  {'command':<22} {'time s':>8} {'cpu s':>7} {'output MiB':>11} {'peak RSS MiB':>13}")
             for k, _ in ROWS:
@@ -401,18 +493,23 @@ def main():
                 size = f"{v['bytes'] / 2**20:.1f}" if "bytes" in v else "-"
                 print(f"  {k:<22} {v['seconds']:>8.2f} {v['cpuSeconds']:>7.2f} {size:>11} {v['rssMiB']:>13.1f}")
             for k, _, _, _, label, target in ratio_rows(variant):
+                if k not in r["ratios"]:
+                    continue
                 mark = "" if target is None else (" ok" if r["ratios"][k] <= target else f" MISS (target {target})")
-                print(f"  ratio {k:<34} {r['ratios'][k]:.3f}{mark}")
+                spread = " ".join(f"{x:.3f}" for x in r["ratioSamples"][k])
+                print(f"  ratio {k:<34} {r['ratios'][k]:.3f}{mark}  [{spread}]")
             for k in ("palisade_run", "palisade_restore", "palisade_restore_j2"):
-                print(f"  profile {k}: " + ", ".join(f"{n} {x:.2f}" for n, x in sorted(r[k]["profile"].items())))
+                if k in r:
+                    print(f"  profile {k}: " + ", ".join(f"{n} {x:.2f}" for n, x in sorted(r[k]["profile"].items())))
+            results["loadEnd"] = os.getloadavg()
+            if args.json:  # after each variant, so a late failure keeps what was measured
+                with open(args.json, "w") as f:
+                    json.dump(results, f, indent=2)
             sys.stdout.flush()
     finally:
         s3.kill()
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
     print(markdown(results))
     if args.markdown:
         with open(args.markdown, "w") as f:
