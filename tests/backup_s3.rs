@@ -166,7 +166,8 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
         "compress.cpu",
         "seal.encrypt",
         "seal.hash",
-        "rowCounts.wall",
+        "rowCounts.stream",
+        "rowCounts.sqlTables",
     ] {
         assert!(
             run.profile.contains_key(stage),

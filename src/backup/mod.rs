@@ -23,6 +23,7 @@ pub mod pg;
 pub mod profile;
 pub mod result;
 pub mod retention;
+pub mod rows;
 pub mod schedule;
 pub mod secret_file;
 pub mod verify;

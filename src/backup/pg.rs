@@ -418,27 +418,54 @@ const TABLES_SQL: &str = "SELECT n.nspname, c.relname FROM pg_class c \
                        AND d.objid = c.oid AND d.deptype = 'e') \
      ORDER BY 1, 2";
 
-/// Exact row count of every ordinary user table, keyed `schema.table`.
-pub async fn row_counts(client: &Client) -> Result<BTreeMap<String, i64>, PgError> {
-    let tables = client
+/// An ordinary user table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    pub schema: String,
+    pub name: String,
+}
+
+impl Table {
+    /// `schema.table`, the key of row counts in a manifest.
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// Every ordinary user table (not the catalogs', not an extension's), in name order.
+pub async fn user_tables(client: &Client) -> Result<Vec<Table>, PgError> {
+    let rows = client
         .query(TABLES_SQL, &[])
         .await
         .map_err(query_err("list tables"))?;
+    Ok(rows
+        .iter()
+        .map(|row| Table {
+            schema: row.get(0),
+            name: row.get(1),
+        })
+        .collect())
+}
+
+/// Exact row count of one table (a full scan).
+pub async fn count_rows(client: &Client, table: &Table) -> Result<i64, PgError> {
+    let sql = format!(
+        "SELECT count(*) FROM {}.{}",
+        quote_ident(&table.schema),
+        quote_ident(&table.name)
+    );
+    Ok(client
+        .query_one(&sql, &[])
+        .await
+        .map_err(query_err("count rows"))?
+        .get(0))
+}
+
+/// Exact row count of every ordinary user table, keyed `schema.table`.
+pub async fn row_counts(client: &Client) -> Result<BTreeMap<String, i64>, PgError> {
     let mut counts = BTreeMap::new();
-    for row in tables {
-        let schema: String = row.get(0);
-        let table: String = row.get(1);
-        let sql = format!(
-            "SELECT count(*) FROM {}.{}",
-            quote_ident(&schema),
-            quote_ident(&table)
-        );
-        let n: i64 = client
-            .query_one(&sql, &[])
-            .await
-            .map_err(query_err("count rows"))?
-            .get(0);
-        counts.insert(format!("{schema}.{table}"), n);
+    for table in user_tables(client).await? {
+        counts.insert(table.key(), count_rows(client, &table).await?);
     }
     Ok(counts)
 }
