@@ -9,7 +9,7 @@ about --size-gb each, and measures in the same run:
            pg_dump -Fc                      (PostgreSQL's default, gzip level 6)
            pg_dump -Fc -Z0 | zstd -1 > file (the hand pipeline)
            palisade backup run (zstd -1, AES-256-GCM, S3 multipart upload), with its
-             per-stage profile (--profile); again with --compression-threads 1; and
+             per-stage profile (--profile); again with --compression-threads 0 (--mt-threads: one thread, the default before issue #18); and
              to a local directory instead of S3 (what the S3 hop costs)
   restore: palisade backup restore from S3, streamed and with --jobs 2
            pg_restore and pg_restore -j 2 of the local pg_dump -Fc -Z0 file
@@ -34,6 +34,7 @@ import tempfile
 import time
 
 LAST_CPU = 0.0
+LAST_MACHINE_CPU = 0.0
 PG_BIN = os.environ.get("PALISADE_PG_BIN", "/usr/lib/postgresql/15/bin")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
@@ -53,10 +54,21 @@ def as_pg(cmd):
     return cmd
 
 
+def machine_cpu():
+    """CPU seconds the whole machine has spent busy (all cores; /proc/stat's user, nice,
+    system, irq, softirq and steal), so a command's share includes the PostgreSQL server
+    backends that work for it, which its own process tree does not."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def run_measured(label, cmd, env=None, shell=False):
     """Run, returning (wall seconds, peak RSS MiB, stdout); the CPU seconds of the
-    command's tree are in LAST_CPU."""
-    global LAST_CPU
+    command's tree are in LAST_CPU, those of the whole machine in LAST_MACHINE_CPU."""
+    global LAST_CPU, LAST_MACHINE_CPU
+    m0 = machine_cpu()
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env=env, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # Read stdout/stderr fully (both are small), then reap with wait4 for rusage.
@@ -66,6 +78,7 @@ def run_measured(label, cmd, env=None, shell=False):
     p.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - t0
     LAST_CPU = ru.ru_utime + ru.ru_stime
+    LAST_MACHINE_CPU = machine_cpu() - m0
     if p.returncode != 0:
         sys.stderr.write(f"{label} failed ({p.returncode}):\n{stderr.decode(errors='replace')}\n{stdout.decode(errors='replace')}\n")
         sys.exit(1)
@@ -192,13 +205,13 @@ def pgbackrest_rows(pg, tmp, binary, variant):
     t, rss, _ = run_measured("pgbackrest backup", as_pg(cmd + ["--type=full", "backup"]))
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(repo, "backup"))
                for f in fs)
-    out["pgbackrest_backup"] = {"seconds": t, "bytes": size, "rssMiB": rss, "cpuSeconds": LAST_CPU}
+    out["pgbackrest_backup"] = {"seconds": t, "bytes": size, "rssMiB": rss, "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU}
     os.makedirs(restore_dir)
     if os.geteuid() == 0:
         subprocess.check_call(["chown", "-R", "postgres:postgres", restore_dir])
     os.chmod(restore_dir, 0o700)
     t, rss, _ = run_measured("pgbackrest restore", as_pg(cmd + [f"--pg1-path={restore_dir}", "restore"]))
-    out["pgbackrest_restore"] = {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU}
+    out["pgbackrest_restore"] = {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU}
     shutil.rmtree(base, ignore_errors=True)
     return out
 
@@ -209,7 +222,7 @@ ROWS = [
     ("pg_dump_Fc", "`pg_dump -Fc`"),
     ("pg_dump_Z0_zstd1", "`pg_dump -Fc -Z0 \\| zstd -1 > file`"),
     ("palisade_run", "**palisade backup run** (S3)"),
-    ("palisade_run_mt", "palisade backup run `--compression-threads 1` (S3)"),
+    ("palisade_run_mt", "palisade backup run `--compression-threads {mt}` (S3)"),
     ("palisade_run_dir", "palisade backup run (`--dir`, no S3)"),
     ("pgbackrest_backup", "pgBackRest full backup (context)"),
     ("pg_restore_file", "`pg_restore` (local file)"),
@@ -244,7 +257,7 @@ def ratio_rows(variant):
         ("run_vs_zstd_size", "palisade_run", "pg_dump_Z0_zstd1", "bytes",
          "run ÷ `zstd -1` output size", 1.05),
         ("run_mt_vs_dump_null", "palisade_run_mt", "pg_dump_Z0_null", "seconds",
-         "run `--compression-threads 1` ÷ `-Z0 > /dev/null` time", None),
+         "run `--compression-threads {mt}` ÷ `-Z0 > /dev/null` time", None),
         ("run_dir_vs_dump_null", "palisade_run_dir", "pg_dump_Z0_null", "seconds",
          "run `--dir` ÷ `-Z0 > /dev/null` time", None),
         ("restore_vs_pg_restore_time", "palisade_restore", "pg_restore_file", "seconds",
@@ -288,11 +301,13 @@ def markdown(results):
     medians with the range, ratios the median of the per-round ratios with their range."""
     vs = results["variants"]
     names = list(vs)
+    mt = results.get("mtThreads", 1)  # runs before --mt-threads used one worker
 
     def spread(xs, fmt):
         return f" ({fmt.format(min(xs))}–{fmt.format(max(xs))})" if len(xs) > 1 else ""
 
-    out = ["| variant | command | time s | CPU s | output MiB | peak RSS MiB |", "|---|---|---:|---:|---:|---:|"]
+    out = ["| variant | command | time s | CPU s | machine CPU s | output MiB | peak RSS MiB |",
+           "|---|---|---:|---:|---:|---:|---:|"]
     for v in names:
         first = True
         for k, label in ROWS:
@@ -302,8 +317,10 @@ def markdown(results):
             head = f"{v} ({vs[v]['databaseBytes'] / 2**20:.0f} MiB)" if first else ""
             first = False
             size = f"{x['bytes'] / 2**20:.1f}" if "bytes" in x else "–"
-            t = f"{x['seconds']:.2f}" + spread(x.get("samples", []), "{:.1f}")
-            out.append(f"| {head} | {label} | {t} | {x['cpuSeconds']:.2f} | {size} | {x['rssMiB']:.1f} |")
+            t = f"{x['seconds']:.2f}" + spread(x.get("samples", []), "{:.2f}")
+            machine = f"{x['machineCpuSeconds']:.2f}" if "machineCpuSeconds" in x else "–"
+            out.append(f"| {head} | {label.format(mt=mt)} | {t} | {x['cpuSeconds']:.2f} | {machine} | {size} "
+                       f"| {x['rssMiB']:.1f} |")
     out += ["", "| ratio (target) | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for k, _, _, _, label, _ in ratio_rows(names[0]):
         if not all(k in vs[v]["ratios"] for v in names):
@@ -315,7 +332,7 @@ def markdown(results):
             mark = "" if target is None else (" ✓" if val <= target else " ✗")
             cells.append(f"{val:.3f}{mark}" + ("" if target is None else f" (≤ {target})")
                          + spread(vs[v].get("ratioSamples", {}).get(k, []), "{:.2f}"))
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
+        out.append(f"| {label.format(mt=mt)} | " + " | ".join(cells) + " |")
     rss = [max(vs[v][k]["rssMiB"] for k, _ in ROWS if k.startswith("palisade") and k in vs[v]) for v in names]
     out.append("| peak RSS of palisade (≤ 128 MiB) | " + " | ".join(f"{x:.1f} MiB {'✓' if x <= 128 else '✗'}" for x in rss) + " |")
     for title, key, stages in (("run", "palisade_run", PROFILE_RUN), ("restore", "palisade_restore", PROFILE_RESTORE),
@@ -338,8 +355,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of the compared commands (dump, hand pipeline, run; pg_restore, restore), "
                          "interleaved; medians and paired ratios are reported")
+    ap.add_argument("--run-args", default="", help="extra flags for every `palisade backup run`")
+    ap.add_argument("--mt-threads", type=int, default=0,
+                    help="zstd workers of the --compression-threads row (the default run uses 2 on 2+ cores)")
     ap.add_argument("--skip", default="", help="comma list of once-only rows to leave out: "
-                    "pg_dump_Fc, palisade_run_mt, palisade_run_dir, pgbackrest, jobs")
+                    "pg_dump_Fc, palisade_run_mt, palisade_run_dir, pgbackrest, jobs, restore (every restore row)")
     ap.add_argument("--palisade", default=os.path.join(TARGET, "release/palisade"))
     ap.add_argument("--s3-server", default=os.path.join(TARGET, "release/examples/backup_s3_server"))
     ap.add_argument("--no-pgbackrest", action="store_true", help="skip the pgBackRest context rows")
@@ -381,13 +401,14 @@ def main():
             "--sslmode", "disable", "--key-file", key_file, "--output", "json", "--quiet", "--profile"]
     s3_args = ["--s3-bucket", "bench", "--s3-endpoint", endpoint, "--s3-force-path-style"] + conn
     dir_store = os.path.join(tmp, "snapshots")
-    results = {"sizeGb": args.size_gb, "repeat": args.repeat, "cores": os.cpu_count(), "pgbackrest": why_not or "measured",
+    results = {"sizeGb": args.size_gb, "repeat": args.repeat, "mtThreads": args.mt_threads, "cores": os.cpu_count(), "pgbackrest": why_not or "measured",
                "load": os.getloadavg(), "variants": {}}
 
     def palisade(label, argv):
         t, rss, out = run_measured(label, [args.palisade, "backup"] + argv, env=penv)
         res = json.loads(out.decode().strip().splitlines()[-1])
-        return {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU, "profile": res.get("profile", {}),
+        return {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU,
+                "profile": res.get("profile", {}),
                 **({"bytes": res["bytes"]} if "rawBytes" in res else {})}, res
 
     try:
@@ -403,20 +424,20 @@ def main():
             f_default = os.path.join(tmp, f"{db}.default.dump")
             f_z0 = os.path.join(tmp, f"{db}.z0.dump")
             f_zstd = os.path.join(tmp, f"{db}.z0.dump.zst")
-            run = ["run", "--database", db, "--compression-level", "1"]
+            run = ["run", "--database", db, "--compression-level", "1"] + args.run_args.split()
             subprocess.call(["sync"])
 
             def dump_null():
                 t, rss, _ = run_measured("pg_dump -Z0 > /dev/null", f"{PG_BIN}/pg_dump -Fc -Z0 {db} > /dev/null",
                                          env=pg.env, shell=True)
-                keep("pg_dump_Z0_null", {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU})
+                keep("pg_dump_Z0_null", {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU})
 
             def hand_pipeline():
                 t, rss, _ = run_measured("pg_dump -Z0 | zstd -1",
                                          f"{PG_BIN}/pg_dump -Fc -Z0 {db} | zstd -1 -q -f -o {f_zstd}",
                                          env=pg.env, shell=True)
                 keep("pg_dump_Z0_zstd1", {"seconds": t, "bytes": os.path.getsize(f_zstd), "rssMiB": rss,
-                                          "cpuSeconds": LAST_CPU})
+                                          "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU})
 
             snapshots = []
 
@@ -438,11 +459,12 @@ def main():
             if "pg_dump_Fc" not in args.skip:
                 t, rss, _ = run_measured("pg_dump -Fc", [f"{PG_BIN}/pg_dump", "-Fc", "-f", f_default, db], env=pg.env)
                 keep("pg_dump_Fc", {"seconds": t, "bytes": os.path.getsize(f_default), "rssMiB": rss,
-                                    "cpuSeconds": LAST_CPU})
+                                    "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU})
                 os.remove(f_default)
             if "palisade_run_mt" not in args.skip:
-                x, _ = palisade("palisade backup run -T1",
-                                run + ["--compression-threads", "1", "--s3-prefix", f"{db}-mt"] + s3_args)
+                x, _ = palisade("palisade backup run -T",
+                                run + ["--compression-threads", str(args.mt_threads), "--s3-prefix", f"{db}-mt"]
+                                + s3_args)
                 keep("palisade_run_mt", x)
                 shutil.rmtree(os.path.join(s3_root, "bench", f"{db}-mt"), ignore_errors=True)
             if "palisade_run_dir" not in args.skip:
@@ -462,7 +484,7 @@ def main():
             def pg_restore(key, extra):
                 pg.psql("postgres", f"CREATE DATABASE {db}_r1")
                 t, rss, _ = run_measured(key, [f"{PG_BIN}/pg_restore", "-d", f"{db}_r1"] + extra + [f_z0], env=pg.env)
-                keep(key, {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU})
+                keep(key, {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU})
                 pg.psql("postgres", f"DROP DATABASE {db}_r1")
 
             def engine_restore(key, extra):
@@ -471,10 +493,10 @@ def main():
                 pg.psql("postgres", f"DROP DATABASE {db}_r2")
 
             pair = [lambda: pg_restore("pg_restore_file", []), lambda: engine_restore("palisade_restore", [])]
-            for i in range(args.repeat):
+            for i in range(0 if "restore" in args.skip else args.repeat):
                 for step in (pair if i % 2 == 0 else pair[::-1]):
                     step()
-            if "jobs" not in args.skip:
+            if not {"jobs", "restore"} & args.skip:
                 pg_restore("pg_restore_j2", ["-j", "2"])
                 engine_restore("palisade_restore_j2", ["--jobs", "2", "--scratch-dir", tmp])
             os.remove(f_z0)
@@ -488,20 +510,21 @@ def main():
                                  if a in samples and b in samples}
             r["ratios"] = {k: statistics.median(xs) for k, xs in r["ratioSamples"].items()}
             results["variants"][variant] = r
-            print(f"  {'command':<22} {'time s':>8} {'cpu s':>7} {'output MiB':>11} {'peak RSS MiB':>13}")
+            print(f"  {'command':<22} {'time s':>8} {'cpu s':>7} {'machine':>8} {'output MiB':>11} {'peak RSS MiB':>13}")
             for k, _ in ROWS:
                 if k not in r:
                     continue
                 v = r[k]
                 size = f"{v['bytes'] / 2**20:.1f}" if "bytes" in v else "-"
-                print(f"  {k:<22} {v['seconds']:>8.2f} {v['cpuSeconds']:>7.2f} {size:>11} {v['rssMiB']:>13.1f}")
+                print(f"  {k:<22} {v['seconds']:>8.2f} {v['cpuSeconds']:>7.2f} {v['machineCpuSeconds']:>8.2f} "
+                      f"{size:>11} {v['rssMiB']:>13.1f}")
             for k, _, _, _, label, target in ratio_rows(variant):
                 if k not in r["ratios"]:
                     continue
                 mark = "" if target is None else (" ok" if r["ratios"][k] <= target else f" MISS (target {target})")
                 spread = " ".join(f"{x:.3f}" for x in r["ratioSamples"][k])
                 print(f"  ratio {k:<34} {r['ratios'][k]:.3f}{mark}  [{spread}]")
-            for k in ("palisade_run", "palisade_restore", "palisade_restore_j2"):
+            for k in ("palisade_run", "palisade_run_mt", "palisade_restore", "palisade_restore_j2"):
                 if k in r:
                     print(f"  profile {k}: " + ", ".join(f"{n} {x:.2f}" for n, x in sorted(r[k]["profile"].items())))
             results["loadEnd"] = os.getloadavg()

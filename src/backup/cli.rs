@@ -166,9 +166,10 @@ pub struct RunArgs {
     /// zstd level (1–19).
     #[arg(long)]
     pub compression_level: Option<i32>,
-    /// zstd worker threads (0: compress on the pipeline's own thread).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
-    pub compression_threads: u32,
+    /// zstd worker threads (0: compress on the pipeline's own thread). Default: 2 when
+    /// the process may use two CPUs or more and the level is 9 or lower, else 0.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub compression_threads: Option<u32>,
     /// Snapshot id (default: `YYYYMMDDTHHMMSSZ-xxxx`). A run with the id of an
     /// existing snapshot reports it and does nothing.
     #[arg(long)]
@@ -781,7 +782,10 @@ fn run_options(common: &CommonArgs, r: &Resolved, a: &RunArgs) -> Result<RunOpti
         pg: pg_conn(common, spec)?,
         pg_bin: common.pg_bin.clone(),
         compression_level: level,
-        compression_threads: a.compression_threads,
+        compression_threads: a.compression_threads.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            engine::default_compression_threads(level, cpus)
+        }),
         key: if a.no_encryption {
             None
         } else {

@@ -80,6 +80,18 @@ pub struct RunReport {
     pub profile: Profile,
 }
 
+/// zstd workers when none are asked for: two when the process may use two CPUs or more
+/// (`cpus` from `available_parallelism`, which follows a container's CPU quota) and the
+/// level is 9 or lower, else none. Two workers at level ≤ 3 keep up with pg_dump
+/// (one needs about 4 s of CPU per GB of incompressible text, the dump itself about
+/// 4.5 s per GB), and on two cores they measured 3–8 % faster than compressing on the
+/// pipeline's own thread (issue #18), whose reads then overlap with compression. Higher
+/// levels keep one thread: each worker holds a window and a job of input (tens of MiB
+/// at level 19), and the run's memory budget is 128 MiB.
+pub fn default_compression_threads(level: i32, cpus: usize) -> u32 {
+    if cpus >= 2 && level <= 9 { 2 } else { 0 }
+}
+
 /// A new id: `YYYYMMDDTHHMMSSZ-xxxx`.
 pub fn new_id(now: chrono::DateTime<Utc>) -> String {
     use ring::rand::SecureRandom;
@@ -168,9 +180,14 @@ impl Write for ChunkSink {
     }
 }
 
-/// Bytes per read from pg_dump's stdout, and the pipe capacity asked for (Linux's
-/// default 64 KiB pipe means a wake-up per 64 KiB; 1 MiB is `pipe-max-size`'s default).
+/// The pipe capacity asked for (Linux's default is 64 KiB; 1 MiB is `pipe-max-size`'s
+/// default), so pg_dump keeps writing while a read's worth is counted and compressed.
 const PIPE_READ: usize = 1 << 20;
+
+/// Bytes per read from pg_dump's stdout: zstd's own input block (`ZSTD_CStreamInSize`),
+/// so what the row counter just read is still in the L2 cache when zstd reads it.
+/// Reading 1 MiB at a time measured 9 % slower on compressible data (issue #18).
+const READ_SIZE: usize = 128 << 10;
 
 /// Raises the capacity of the pipe behind `fd` (best effort: the default still works).
 fn widen_pipe(fd: &impl std::os::fd::AsRawFd) {
@@ -216,7 +233,7 @@ fn compress_stage(
         enc.multithread(workers).map_err(EngineError::Zstd)?;
     }
     widen_pipe(&src);
-    let mut buf = vec![0u8; PIPE_READ];
+    let mut buf = vec![0u8; READ_SIZE];
     let (mut raw, mut read_wait, mut compress) = (0u64, Acc::default(), Acc::default());
     let (mut rows, mut count) = (RowCounter::new(), Acc::default());
     loop {
@@ -382,7 +399,7 @@ pub async fn run(
         manifest,
         duration,
         already_existed: false,
-        profile: run_profile(duration, &dumped),
+        profile: run_profile(duration, &dumped, opts.compression_threads),
     })
 }
 
@@ -627,7 +644,7 @@ fn snapshot_manifest(
 }
 
 /// Seconds per stage and wait of a run (`--profile`).
-fn run_profile(duration: Duration, d: &Dumped) -> Profile {
+fn run_profile(duration: Duration, d: &Dumped, threads: u32) -> Profile {
     let (compressed, seal) = (&d.compressed, &d.seal);
     let (cpu_self, cpu_children) = profile::process_cpu();
     let mut prof = Profile::new();
@@ -651,6 +668,7 @@ fn run_profile(duration: Duration, d: &Dumped) -> Profile {
             ("seal.cpu", seal.cpu.as_secs_f64()),
             ("upload.waitSlot", d.slot_wait.secs()),
             ("upload.finish", d.upload_finish.as_secs_f64()),
+            ("compress.threads", f64::from(threads)),
             ("rowCounts.stream", compressed.count.secs()),
             ("rowCounts.sql", d.counting_sql.as_secs_f64()),
             ("rowCounts.sqlTables", d.counted_by_sql as f64),
@@ -1171,4 +1189,19 @@ async fn restore_spooled(
         ],
     );
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_compression_threads;
+
+    #[test]
+    fn two_zstd_workers_only_with_two_cpus_and_a_low_level() {
+        assert_eq!(default_compression_threads(1, 2), 2);
+        assert_eq!(default_compression_threads(3, 64), 2);
+        assert_eq!(default_compression_threads(9, 2), 2);
+        assert_eq!(default_compression_threads(3, 1), 0);
+        assert_eq!(default_compression_threads(10, 8), 0);
+        assert_eq!(default_compression_threads(19, 8), 0);
+    }
 }
