@@ -126,9 +126,9 @@ impl RowCounter {
                 State::Toc => {
                     self.pending.extend_from_slice(data);
                     data = &[];
-                    let rest = match self.parse_toc() {
-                        Ok(Some(rest)) => rest,
-                        Ok(None) => {
+                    match self.parse_toc() {
+                        Ok(true) => {}
+                        Ok(false) => {
                             if self.pending.len() > MAX_ENTRY {
                                 self.fail(format!(
                                     "a TOC entry is larger than {} MiB",
@@ -138,10 +138,10 @@ impl RowCounter {
                             return;
                         }
                         Err(why) => return self.fail(why),
-                    };
+                    }
                     // The data blocks begin right after the TOC.
                     self.state = State::BlockType;
-                    let rest = std::mem::take(&mut self.pending).split_off(rest);
+                    let rest = std::mem::take(&mut self.pending);
                     self.feed(&rest);
                 }
                 State::Chunk { left, blobs } => {
@@ -311,9 +311,9 @@ impl RowCounter {
         };
     }
 
-    /// Parses the header (once) and as many TOC entries as `pending` holds. Returns
-    /// the offset where the data blocks begin once the TOC is complete.
-    fn parse_toc(&mut self) -> Result<Option<usize>, String> {
+    /// Parses the header (once) and as many TOC entries as `pending` holds, draining
+    /// what it parsed. True once the TOC is complete (`pending` then starts with data).
+    fn parse_toc(&mut self) -> Result<bool, String> {
         let mut r = Reader {
             buf: &self.pending,
             pos: 0,
@@ -321,7 +321,7 @@ impl RowCounter {
         };
         if self.entries_left < 0 {
             let Some(header) = self.header(&mut r)? else {
-                return Ok(None);
+                return Ok(false);
             };
             (self.minor, self.int_size, self.off_size, self.entries_left) = header;
             let consumed = r.pos;
@@ -343,9 +343,8 @@ impl RowCounter {
             consumed = r.pos;
             self.entries_left -= 1;
         }
-        let done = self.entries_left == 0;
         self.pending.drain(..consumed);
-        Ok(done.then_some(0))
+        Ok(self.entries_left == 0)
     }
 
     /// `PGDMP`, version, int and offset sizes, format, compression, creation time,
