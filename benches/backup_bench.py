@@ -269,7 +269,8 @@ def ratio_rows(variant):
 
 PROFILE_RUN = [
     ("dumpRead.wait", "compress thread blocked on pg_dump's pipe"),
-    ("compress.work", "zstd (wall, incl. preemption)"),
+    ("compress.threads", "zstd workers (number)"),
+    ("compress.work", "in zstd (wall; with workers: handing them input)"),
     ("compress.cpu", "compress thread CPU"),
     ("seal.encrypt", "AES-256-GCM"),
     ("seal.hash", "SHA-256 of the stored stream"),
