@@ -355,31 +355,15 @@ async fn an_archive_the_counter_cannot_read_is_counted_with_sql() {
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&wrapper, perms).expect("chmod");
     let dir = tmp.path().join("snapshots");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args([
-            "backup",
-            "run",
-            "--database",
-            "awkward",
-            "--profile",
-            "--id",
-            "s2",
-        ])
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--user",
-            "postgres",
-            "--sslmode",
-            "disable",
-        ])
-        .args(["--port", &pg.port.to_string(), "--output", "json", "--dir"])
-        .arg(&dir)
-        .arg("--pg-bin")
-        .arg(&bin)
-        .env("PGPASSWORD", backup_support::PG_PASSWORD)
-        .output()
-        .expect("run palisade");
+    let out = backup_support::palisade_command_with(
+        &pg,
+        &bin,
+        &["run", "--database", "awkward", "--profile", "--id", "s2"],
+    )
+    .args(["--output", "json", "--dir"])
+    .arg(&dir)
+    .output()
+    .expect("run palisade");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     let run: serde_json::Value =

@@ -360,6 +360,11 @@ pub const TEST_RUN: &str = "test-run-1";
 /// `palisade backup ARGS` connecting to `pg` as the superuser without TLS (password in
 /// `PGPASSWORD`).
 pub fn palisade_command(pg: &PgServer, args: &[&str]) -> Command {
+    palisade_command_with(pg, &pg.bin, args)
+}
+
+/// [`palisade_command`] with the PostgreSQL client programs taken from `pg_bin`.
+pub fn palisade_command_with(pg: &PgServer, pg_bin: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
     cmd.arg("backup")
         .args(args)
@@ -373,7 +378,7 @@ pub fn palisade_command(pg: &PgServer, args: &[&str]) -> Command {
         ])
         .args(["--port", &pg.port.to_string()])
         .arg("--pg-bin")
-        .arg(&pg.bin)
+        .arg(pg_bin)
         .env("PGPASSWORD", PG_PASSWORD)
         .env("PALISADE_RUN", TEST_RUN);
     cmd
