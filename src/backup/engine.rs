@@ -472,20 +472,7 @@ async fn settle_row_counts(
         tracing::warn!(reason = %why, "row counts not read from the dump; counting with SQL");
         BTreeMap::new()
     });
-    let mut counts = BTreeMap::new();
-    let mut by_sql = 0;
-    for table in tables {
-        let key = table.key();
-        let n = match streamed.get(&key) {
-            Some(&n) => n,
-            None => {
-                by_sql += 1;
-                pg::count_rows(&exported.client, table).await?
-            }
-        };
-        counts.insert(key, n);
-    }
-    Ok((counts, by_sql))
+    pg::complete_counts(&exported.client, tables, streamed).await
 }
 
 /// Streams pg_dump through the compress and seal stages into one upload of the data

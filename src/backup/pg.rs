@@ -448,7 +448,7 @@ pub async fn user_tables(client: &Client) -> Result<Vec<Table>, PgError> {
 }
 
 /// Exact row count of one table (a full scan).
-pub async fn count_rows(client: &Client, table: &Table) -> Result<i64, PgError> {
+async fn count_rows(client: &Client, table: &Table) -> Result<i64, PgError> {
     let sql = format!(
         "SELECT count(*) FROM {}.{}",
         quote_ident(&table.schema),
@@ -463,11 +463,31 @@ pub async fn count_rows(client: &Client, table: &Table) -> Result<i64, PgError> 
 
 /// Exact row count of every ordinary user table, keyed `schema.table`.
 pub async fn row_counts(client: &Client) -> Result<BTreeMap<String, i64>, PgError> {
+    let tables = user_tables(client).await?;
+    Ok(complete_counts(client, &tables, BTreeMap::new()).await?.0)
+}
+
+/// The row count of every table in `tables`: from `known` where it has the table,
+/// else by `count(*)`. Returns the counts and how many needed `count(*)`.
+pub async fn complete_counts(
+    client: &Client,
+    tables: &[Table],
+    known: BTreeMap<String, i64>,
+) -> Result<(BTreeMap<String, i64>, usize), PgError> {
     let mut counts = BTreeMap::new();
-    for table in user_tables(client).await? {
-        counts.insert(table.key(), count_rows(client, &table).await?);
+    let mut counted = 0;
+    for table in tables {
+        let key = table.key();
+        let n = match known.get(&key) {
+            Some(&n) => n,
+            None => {
+                counted += 1;
+                count_rows(client, table).await?
+            }
+        };
+        counts.insert(key, n);
     }
-    Ok(counts)
+    Ok((counts, counted))
 }
 
 /// About what `pg_dump -Z0` will write, for the progress ETA: the database's size less

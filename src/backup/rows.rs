@@ -297,7 +297,10 @@ impl RowCounter {
                     if self.tail_len == COPY_END.len() && self.tail == *COPY_END {
                         rows -= 3;
                     }
-                    self.counts.insert(table, rows);
+                    // A second block under the same key: two tables collide.
+                    if self.counts.insert(table.clone(), rows).is_some() {
+                        self.ambiguous.insert(table);
+                    }
                 }
                 State::BlockType
             }
@@ -333,9 +336,6 @@ impl RowCounter {
             match self.entry(&mut r)? {
                 Some(None) => {}
                 Some(Some((id, table))) => {
-                    if self.tables.values().any(|t| *t == table) {
-                        self.ambiguous.insert(table.clone());
-                    }
                     self.tables.insert(id, table);
                 }
                 None => break,
@@ -661,6 +661,26 @@ mod tests {
         assert_eq!(
             counted(&a.out, 3),
             Ok([("public.nocols".to_string(), 4)].into())
+        );
+    }
+
+    #[test]
+    fn colliding_keys_are_left_out_for_sql() {
+        // `"a.b"."c"` and `"a"."b.c"` are both `a.b.c`: neither count can be trusted.
+        let mut a = Archive::new(
+            16,
+            &[
+                (3, "TABLE DATA", "a.b", "c"),
+                (4, "TABLE DATA", "a", "b.c"),
+                (5, "TABLE DATA", "public", "t"),
+            ],
+        );
+        a.table(3, &["1\n"], false);
+        a.table(4, &["1\n", "2\n"], false);
+        a.table(5, &["1\n"], false);
+        assert_eq!(
+            counted(&a.out, 64),
+            Ok([("public.t".to_string(), 1)].into())
         );
     }
 
