@@ -33,8 +33,6 @@ import sys
 import tempfile
 import time
 
-LAST_CPU = 0.0
-LAST_MACHINE_CPU = 0.0
 PG_BIN = os.environ.get("PALISADE_PG_BIN", "/usr/lib/postgresql/15/bin")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
@@ -65,9 +63,8 @@ def machine_cpu():
 
 
 def run_measured(label, cmd, env=None, shell=False):
-    """Run, returning (wall seconds, peak RSS MiB, stdout); the CPU seconds of the
-    command's tree are in LAST_CPU, those of the whole machine in LAST_MACHINE_CPU."""
-    global LAST_CPU, LAST_MACHINE_CPU
+    """Run, returning its measurement (wall seconds, peak RSS MiB, CPU seconds of the
+    command's tree and of the whole machine) and its stdout."""
     m0 = machine_cpu()
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env=env, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -76,13 +73,12 @@ def run_measured(label, cmd, env=None, shell=False):
     stderr = p.stderr.read()
     _, status, ru = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.monotonic() - t0
-    LAST_CPU = ru.ru_utime + ru.ru_stime
-    LAST_MACHINE_CPU = machine_cpu() - m0
+    measured = {"seconds": time.monotonic() - t0, "rssMiB": ru.ru_maxrss / 1024.0,
+                "cpuSeconds": ru.ru_utime + ru.ru_stime, "machineCpuSeconds": machine_cpu() - m0}
     if p.returncode != 0:
         sys.stderr.write(f"{label} failed ({p.returncode}):\n{stderr.decode(errors='replace')}\n{stdout.decode(errors='replace')}\n")
         sys.exit(1)
-    return wall, ru.ru_maxrss / 1024.0, stdout
+    return measured, stdout
 
 
 class Pg:
@@ -202,16 +198,15 @@ def pgbackrest_rows(pg, tmp, binary, variant):
     cmd = [binary, f"--config={conf}", "--stanza=bench"]
     subprocess.check_call(as_pg(cmd + ["stanza-create"]), stdout=subprocess.DEVNULL)
     out = {}
-    t, rss, _ = run_measured("pgbackrest backup", as_pg(cmd + ["--type=full", "backup"]))
-    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(repo, "backup"))
-               for f in fs)
-    out["pgbackrest_backup"] = {"seconds": t, "bytes": size, "rssMiB": rss, "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU}
+    out["pgbackrest_backup"], _ = run_measured("pgbackrest backup", as_pg(cmd + ["--type=full", "backup"]))
+    out["pgbackrest_backup"]["bytes"] = sum(os.path.getsize(os.path.join(d, f))
+                                            for d, _, fs in os.walk(os.path.join(repo, "backup")) for f in fs)
     os.makedirs(restore_dir)
     if os.geteuid() == 0:
         subprocess.check_call(["chown", "-R", "postgres:postgres", restore_dir])
     os.chmod(restore_dir, 0o700)
-    t, rss, _ = run_measured("pgbackrest restore", as_pg(cmd + [f"--pg1-path={restore_dir}", "restore"]))
-    out["pgbackrest_restore"] = {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU}
+    out["pgbackrest_restore"], _ = run_measured("pgbackrest restore",
+                                                as_pg(cmd + [f"--pg1-path={restore_dir}", "restore"]))
     shutil.rmtree(base, ignore_errors=True)
     return out
 
@@ -406,11 +401,9 @@ def main():
                "load": os.getloadavg(), "variants": {}}
 
     def palisade(label, argv):
-        t, rss, out = run_measured(label, [args.palisade, "backup"] + argv, env=penv)
+        x, out = run_measured(label, [args.palisade, "backup"] + argv, env=penv)
         res = json.loads(out.decode().strip().splitlines()[-1])
-        return {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU,
-                "profile": res.get("profile", {}),
-                **({"bytes": res["bytes"]} if "rawBytes" in res else {})}, res
+        return dict(x, profile=res.get("profile", {}), **({"bytes": res["bytes"]} if "rawBytes" in res else {})), res
 
     try:
         for variant in args.variants.split(","):
@@ -429,16 +422,15 @@ def main():
             subprocess.call(["sync"])
 
             def dump_null():
-                t, rss, _ = run_measured("pg_dump -Z0 > /dev/null", f"{PG_BIN}/pg_dump -Fc -Z0 {db} > /dev/null",
-                                         env=pg.env, shell=True)
-                keep("pg_dump_Z0_null", {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU})
+                x, _ = run_measured("pg_dump -Z0 > /dev/null", f"{PG_BIN}/pg_dump -Fc -Z0 {db} > /dev/null",
+                                    env=pg.env, shell=True)
+                keep("pg_dump_Z0_null", x)
 
             def hand_pipeline():
-                t, rss, _ = run_measured("pg_dump -Z0 | zstd -1",
-                                         f"{PG_BIN}/pg_dump -Fc -Z0 {db} | zstd -1 -q -f -o {f_zstd}",
-                                         env=pg.env, shell=True)
-                keep("pg_dump_Z0_zstd1", {"seconds": t, "bytes": os.path.getsize(f_zstd), "rssMiB": rss,
-                                          "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU})
+                x, _ = run_measured("pg_dump -Z0 | zstd -1",
+                                    f"{PG_BIN}/pg_dump -Fc -Z0 {db} | zstd -1 -q -f -o {f_zstd}",
+                                    env=pg.env, shell=True)
+                keep("pg_dump_Z0_zstd1", dict(x, bytes=os.path.getsize(f_zstd)))
 
             snapshots = []
 
@@ -458,9 +450,8 @@ def main():
                 for step in (trio if i % 2 == 0 else trio[::-1]):
                     step()
             if "pg_dump_Fc" not in args.skip:
-                t, rss, _ = run_measured("pg_dump -Fc", [f"{PG_BIN}/pg_dump", "-Fc", "-f", f_default, db], env=pg.env)
-                keep("pg_dump_Fc", {"seconds": t, "bytes": os.path.getsize(f_default), "rssMiB": rss,
-                                    "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU})
+                x, _ = run_measured("pg_dump -Fc", [f"{PG_BIN}/pg_dump", "-Fc", "-f", f_default, db], env=pg.env)
+                keep("pg_dump_Fc", dict(x, bytes=os.path.getsize(f_default)))
                 os.remove(f_default)
             if "palisade_run_mt" not in args.skip:
                 x, _ = palisade("palisade backup run -T",
@@ -484,8 +475,8 @@ def main():
 
             def pg_restore(key, extra):
                 pg.psql("postgres", f"CREATE DATABASE {db}_r1")
-                t, rss, _ = run_measured(key, [f"{PG_BIN}/pg_restore", "-d", f"{db}_r1"] + extra + [f_z0], env=pg.env)
-                keep(key, {"seconds": t, "rssMiB": rss, "cpuSeconds": LAST_CPU, "machineCpuSeconds": LAST_MACHINE_CPU})
+                x, _ = run_measured(key, [f"{PG_BIN}/pg_restore", "-d", f"{db}_r1"] + extra + [f_z0], env=pg.env)
+                keep(key, x)
                 pg.psql("postgres", f"DROP DATABASE {db}_r1")
 
             def engine_restore(key, extra):
