@@ -30,6 +30,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
+mod fail_closed;
+
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn enabled() -> bool {
@@ -2373,9 +2375,10 @@ async fn diff_reports_created_changed_pruned_unchanged_and_escalations() {
         diff_object(&report, "ConfigMap", Some(&prod), "extra")["action"],
         "created"
     );
+    // deletionPolicy defaults to Retain: the namespace is released, kept.
     assert_eq!(
         diff_object(&report, "Namespace", None, &dev)["action"],
-        "pruned"
+        "released"
     );
     assert_eq!(
         diff_object(

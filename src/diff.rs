@@ -37,14 +37,17 @@ use kube::{Client, ResourceExt};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::apply::Applier;
+use crate::apply::{self, Applier, api_message};
 use crate::config::{DiffArgs, DiffOutput};
 use crate::crd::{BackupSchedule, RolePolicy, Tenant};
 use crate::render::{Document, Input, RenderError};
+use crate::resources::disposal::{self, Disposal, Wants};
 use crate::resources::labels::{self, FIELD_MANAGER};
 use crate::resources::quota::{QUOTA_NAME, Usage};
 use crate::resources::tenant::{NsState, Who, classify_namespace};
-use crate::resources::{Invalid, backup_jobs, backup_network, rolepolicy, tenant, tokens};
+use crate::resources::{
+    Invalid, ObjectKey, backup_jobs, backup_network, rolepolicy, tenant, tokens,
+};
 
 /// Exit code when something would change.
 pub const EXIT_CHANGES: u8 = 1;
@@ -126,6 +129,9 @@ pub enum Action {
     Created,
     Changed,
     Pruned,
+    /// Kept, no longer managed (`deletionPolicy: Retain`): a namespace and the
+    /// data Palisade generated in it.
+    Released,
     Unchanged,
 }
 
@@ -135,6 +141,7 @@ impl Action {
             Action::Created => "created",
             Action::Changed => "changed",
             Action::Pruned => "pruned",
+            Action::Released => "released",
             Action::Unchanged => "unchanged",
         }
     }
@@ -224,10 +231,11 @@ impl Report {
             .filter(|f| f.severity == Severity::Rejected)
             .count();
         format!(
-            "{} created, {} changed, {} pruned, {} unchanged; {} finding(s), {} rejected",
+            "{} created, {} changed, {} pruned, {} released, {} unchanged; {} finding(s), {} rejected",
             self.count(Action::Created),
             self.count(Action::Changed),
             self.count(Action::Pruned),
+            self.count(Action::Released),
             self.count(Action::Unchanged),
             self.findings.len(),
             rejected
@@ -286,6 +294,7 @@ impl Report {
             Action::Created,
             Action::Changed,
             Action::Pruned,
+            Action::Released,
             Action::Unchanged,
         ]
         .into_iter()
@@ -472,21 +481,6 @@ pub fn tenant_findings(t: &Tenant) -> Vec<Finding> {
     }
 }
 
-/// True when the Tenant controller would prune a live child: not wanted, not
-/// already going, and not a namespace the spec still lists (those it keeps).
-pub fn would_prune(
-    kind: &str,
-    namespace: &str,
-    name: &str,
-    deleting: bool,
-    wanted: &BTreeSet<(String, String, String)>,
-    spec_namespaces: &[String],
-) -> bool {
-    let key = (kind.to_string(), namespace.to_string(), name.to_string());
-    let listed_namespace = kind == "Namespace" && spec_namespaces.iter().any(|n| n == name);
-    !(deleting || listed_namespace || wanted.contains(&key))
-}
-
 /// The RolePolicies a Tenant controller would see once the input is applied:
 /// the cluster's, with those of the input in place of the same names (keeping
 /// the live metadata, which orders policies, and status).
@@ -531,13 +525,6 @@ pub async fn connect() -> Result<Client, DiffError> {
             message: e.to_string(),
         })?;
     Ok(client)
-}
-
-fn api_message(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
-        other => other.to_string(),
-    }
 }
 
 fn api_err(verb: &'static str, kind: &str, name: &str) -> impl FnOnce(kube::Error) -> DiffError {
@@ -679,9 +666,37 @@ impl Differ {
         }
         match api.patch(&t.name, &pp, &Patch::Apply(&t.value)).await {
             Ok(dry) => {
-                let dry = serde_json::to_value(dry).map_err(ser_err("the dry-run result"))?;
+                let mut dry = serde_json::to_value(dry).map_err(ser_err("the dry-run result"))?;
+                let mut note = None;
+                // A child someone widened: the apply keeps the fields another
+                // manager added; the controller then removes them. Preview that.
+                if let Some(live) = live.as_ref().filter(|_| {
+                    !t.strict && apply::owns_content(t.ar) && apply::widened(&dry, &t.value)
+                }) {
+                    let patch = apply::revert_patch(live, &t.value)
+                        .map_err(ser_err("the patch that restores the object"))?;
+                    let pp = PatchParams {
+                        field_manager: Some(FIELD_MANAGER.to_string()),
+                        dry_run: true,
+                        ..Default::default()
+                    };
+                    let healed = api
+                        .patch(&t.name, &pp, &Patch::<()>::Json(patch))
+                        .await
+                        .map_err(api_err("dry-run restore", &t.ar.kind, &t.name))?;
+                    dry = serde_json::to_value(healed).map_err(ser_err("the dry-run result"))?;
+                    let managers = apply::other_managers(live);
+                    note = Some(format!(
+                        "holds fields Palisade does not set (changed by {}); the controller removes them",
+                        if managers.is_empty() {
+                            "an unrecorded manager".to_string()
+                        } else {
+                            managers.join(", ")
+                        }
+                    ));
+                }
                 let (action, fields) = classify(&t.ar.kind, live.as_ref(), &dry);
-                self.push(&t, action, fields, None);
+                self.push(&t, action, fields, note);
                 Ok(Some(dry))
             }
             Err(kube::Error::Api(s))
@@ -822,6 +837,9 @@ impl Differ {
         // tenant's namespaces (labelled or listed), then every kind inside
         // them; metadata only, so no Secret value is ever read.
         let mut live: Vec<(ApiResource, String, String, bool)> = Vec::new();
+        // Namespaces labelled with another Tenant's uid (an earlier Tenant of
+        // the same name): the controller never prunes or releases inside them.
+        let mut foreign: BTreeSet<String> = BTreeSet::new();
         let mut scan: BTreeSet<String> = tenant::namespace_names(&t.spec).into_iter().collect();
         let mut child_kinds = crate::controller::cache::tenant_child_kinds();
         child_kinds.sort_by_key(|ar| ar.kind != "Namespace"); // namespaces first
@@ -840,6 +858,12 @@ impl Differ {
                 for o in list.items {
                     if ar.kind == "Namespace" {
                         scan.insert(o.name_any());
+                        let uid = o.labels().get(labels::TENANT_UID);
+                        if let (Some(u), Some(mine)) = (uid, t.metadata.uid.as_deref())
+                            && u != mine
+                        {
+                            foreign.insert(o.name_any());
+                        }
                     }
                     live.push((
                         ar.clone(),
@@ -898,7 +922,7 @@ impl Differ {
                 };
             states.insert(ns.clone(), state);
         }
-        let mut wanted: BTreeSet<(String, String, String)> = BTreeSet::new();
+        let mut wanted: BTreeSet<ObjectKey> = BTreeSet::new();
         for value in values {
             let kind = value["kind"].as_str().unwrap_or_default().to_string();
             let Some(ar) = kinds.iter().find(|k| k.kind == kind) else {
@@ -976,7 +1000,7 @@ impl Differ {
             } else {
                 self.child(ar, value, &source, new_namespace).await?
             };
-            wanted.insert((kind, child_ns, child_name));
+            wanted.insert(ObjectKey::new(&kind, &child_ns, &child_name));
         }
         let ready = |ns: &str| !matches!(states.get(ns), Some(NsState::Conflict(_)));
         let exists = |kind: &str, ns: &str, n: &str| {
@@ -1004,7 +1028,7 @@ impl Differ {
             }
             let found = exists(&kind, &ns, &n);
             self.generated(ar, &ns, &n, found, &source);
-            wanted.insert((kind, ns, n));
+            wanted.insert(ObjectKey::new(&kind, &ns, &n));
         }
         // Application tokens of RolePolicy bindings, where the tenant's signing
         // key is published (elsewhere the controller reports TokenBlocked).
@@ -1021,32 +1045,42 @@ impl Differ {
                 let n = tokens::secret_name(&req.service_account);
                 let found = exists("Secret", ns, &n);
                 self.generated(&secret_ar, ns, &n, found, &source);
-                wanted.insert(("Secret".into(), ns.clone(), n));
+                wanted.insert(ObjectKey::new("Secret", ns, &n));
             }
         }
-        // Prune.
-        for (ar, ns, n, deleting) in &live {
-            if !would_prune(&ar.kind, ns, n, *deleting, &wanted, &names) {
-                continue;
-            }
-            let note = (ar.kind == "Namespace").then(|| match t.spec.deletion_policy {
-                crate::crd::tenant::DeletionPolicy::Retain => {
-                    "released (deletionPolicy: Retain): kept, no longer managed".to_string()
-                }
-                crate::crd::tenant::DeletionPolicy::Delete => {
-                    "deleted with everything in it (deletionPolicy: Delete)".to_string()
-                }
-            });
+        // Prune and release: the controller's rule.
+        let wants = Wants {
+            objects: &wanted,
+            namespaces: &names,
+            policy: t.spec.deletion_policy,
+        };
+        let owned: Vec<(ObjectKey, (&ApiResource, bool))> = live
+            .iter()
+            .map(|(ar, ns, n, deleting)| (ObjectKey::new(&ar.kind, ns, n), (ar, *deleting)))
+            .collect();
+        for (key, (ar, deleting)) in disposal::in_order(owned) {
+            let ns = if key.kind == "Namespace" {
+                &key.name
+            } else {
+                &key.namespace
+            };
+            let what = disposal::dispose(&key, deleting, foreign.contains(ns), &wants);
+            let action = match what {
+                Disposal::Keep => continue,
+                Disposal::Delete | Disposal::WithNamespace => Action::Pruned,
+                Disposal::ReleaseNamespace | Disposal::ReleaseData => Action::Released,
+            };
+            let note = (what != Disposal::Delete).then(|| what.describe().to_string());
             let t = Target {
                 ar,
-                namespace: (!ns.is_empty()).then(|| ns.clone()),
-                name: n.clone(),
+                namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),
+                name: key.name.clone(),
                 value: Value::Null,
                 manager: FIELD_MANAGER,
                 strict: false,
                 source: source.clone(),
             };
-            self.push(&t, Action::Pruned, Vec::new(), note);
+            self.push(&t, action, Vec::new(), note);
         }
         Ok(())
     }
@@ -1333,42 +1367,6 @@ mod tests {
     }
 
     #[test]
-    fn prune_spares_wanted_listed_namespaces_and_objects_going_away() {
-        let wanted = BTreeSet::from([(
-            "Role".to_string(),
-            "a".to_string(),
-            "palisade:viewer".to_string(),
-        )]);
-        let names = vec!["a".to_string()];
-        assert!(!would_prune(
-            "Role",
-            "a",
-            "palisade:viewer",
-            false,
-            &wanted,
-            &names
-        ));
-        assert!(would_prune(
-            "Role",
-            "a",
-            "palisade:old",
-            false,
-            &wanted,
-            &names
-        ));
-        assert!(!would_prune(
-            "Role",
-            "a",
-            "palisade:old",
-            true,
-            &wanted,
-            &names
-        ));
-        assert!(!would_prune("Namespace", "", "a", false, &wanted, &names));
-        assert!(would_prune("Namespace", "", "b", false, &wanted, &names));
-    }
-
-    #[test]
     fn input_policies_replace_live_specs_and_keep_their_order_keys() {
         let mut live = policy(json!({"tenants": ["a"]}));
         live.metadata.creation_timestamp =
@@ -1424,11 +1422,9 @@ mod tests {
             text.contains("changed   ConfigMap n/c (f.yaml#1)\n    ~ data.k: \"1\" -> \"2\"\n"),
             "{text}"
         );
-        assert!(
-            text.ends_with(
-                "0 created, 1 changed, 0 pruned, 1 unchanged; 0 finding(s), 0 rejected\n"
-            )
-        );
+        assert!(text.ends_with(
+            "0 created, 1 changed, 0 pruned, 0 released, 1 unchanged; 0 finding(s), 0 rejected\n"
+        ));
         let json: Value = serde_json::from_str(&r.to_json().expect("json")).expect("parse");
         assert_eq!(json["wouldChange"], true);
         assert_eq!(json["summary"]["changed"], 1);

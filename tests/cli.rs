@@ -146,6 +146,73 @@ fn render_errors_name_the_file_and_field() {
     );
 }
 
+/// Issue #30: every spec the API server would refuse a child of (or that
+/// opens a tenant to everything) fails `render` as it fails the controller,
+/// naming the field; before, `render` printed the objects and exited 0.
+#[test]
+fn render_fails_closed_on_specs_the_api_server_would_refuse() {
+    let tenant = |spec: &str| {
+        format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: t}}\nspec:\n  namespaces: [{{name: t-a}}]\n{spec}"
+        )
+    };
+    for (spec, field, reason) in [
+        (
+            "  quota: {hard: {pods: '1.5'}}\n",
+            "spec.quota.hard[pods]",
+            "InvalidQuantity",
+        ),
+        (
+            "  quota: {hard: {podz: '1'}}\n",
+            "spec.quota.hard[podz]",
+            "InvalidQuotaKey",
+        ),
+        (
+            "  limits: {default: {cpu: 500m}, max: {cpu: 200m}}\n",
+            "spec.limits.max[cpu]",
+            "InvalidLimits",
+        ),
+        (
+            "  network: {allowFromNamespaces: [{matchLabels: {team: 'a b'}}]}\n",
+            "spec.network.allowFromNamespaces[0]",
+            "InvalidSelector",
+        ),
+        (
+            "  network: {allowFromNamespaces: [{}]}\n",
+            "spec.network.allowFromNamespaces[0]",
+            "UnrestrictedPeer",
+        ),
+        (
+            "  network: {allowEgressCidrs: [{cidr: 0.0.0.0/0}]}\n",
+            "spec.network.allowEgressCidrs[0].cidr",
+            "UnrestrictedPeer",
+        ),
+        (
+            "  network: {allowEgressCidrs: [{cidr: 10.0.0.1/8}]}\n",
+            "spec.network.allowEgressCidrs[0].cidr",
+            "InvalidCidr",
+        ),
+        (
+            "  owners: [{kind: ServiceAccount, name: ci, namespace: Bad_NS}]\n",
+            "spec.owners[0].namespace",
+            "InvalidOwner",
+        ),
+    ] {
+        let err = render_error(&tenant(spec));
+        assert!(err.contains(field) && err.contains(reason), "{spec}: {err}");
+    }
+    // The documented opt-in admits the wide intents.
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("wide.yaml");
+    std::fs::write(
+        &file,
+        tenant("  network: {allowUnrestricted: true, allowFromNamespaces: [{}], allowEgressCidrs: [{cidr: 0.0.0.0/0}]}\n"),
+    )
+    .expect("write");
+    let out = palisade(&["render", "-f", file.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
 #[test]
 fn permissions_lists_catalog_and_builtin_roles() {
     let out = palisade(&["permissions"]);

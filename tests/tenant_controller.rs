@@ -206,6 +206,81 @@ async fn heals_children_deleted_or_edited_by_hand() {
         .expect("binding restored");
 }
 
+/// Issue #30: content someone else adds (rules appended to the default-deny
+/// policy, a key added to the quota, a verb added to a Role) is removed; the
+/// heal writes once per widened object and then rests.
+#[tokio::test]
+async fn heals_children_widened_by_hand() {
+    let server = server();
+    let running = start(&server, clock());
+    create(&server, ACME).await;
+    wait_ready(&server, "acme").await;
+
+    let np = "networkpolicies.networking.k8s.io";
+    let mut policy = server
+        .get_json(np, Some("acme-prod"), DEFAULT_DENY)
+        .expect("default deny");
+    policy["spec"]["ingress"] = json!([{}]);
+    policy["spec"]["egress"] = json!([{}]);
+    server.put_json(np, policy).expect("open it");
+    server
+        .wait_for_json(np, Some("acme-prod"), DEFAULT_DENY, WAIT, |p| {
+            p["spec"].get("ingress").is_none() && p["spec"].get("egress").is_none()
+        })
+        .await
+        .expect("default-deny closed again");
+
+    let mut rq = server
+        .get_json("resourcequotas", Some("acme-dev"), "palisade-quota")
+        .expect("quota");
+    rq["spec"]["hard"]["services"] = json!("100");
+    server.put_json("resourcequotas", rq).expect("add a key");
+    server
+        .wait_for_json(
+            "resourcequotas",
+            Some("acme-dev"),
+            "palisade-quota",
+            WAIT,
+            |q| q["spec"]["hard"].get("services").is_none() && q["spec"]["hard"]["pods"] == "50",
+        )
+        .await
+        .expect("quota key removed");
+
+    let roles = "roles.rbac.authorization.k8s.io";
+    let mut role = server
+        .get_json(roles, Some("acme-prod"), "palisade:viewer")
+        .expect("viewer role");
+    let before = role["rules"].clone();
+    role["rules"]
+        .as_array_mut()
+        .expect("rules")
+        .push(json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}));
+    server.put_json(roles, role).expect("widen the role");
+    server
+        .wait_for_json(roles, Some("acme-prod"), "palisade:viewer", WAIT, |r| {
+            r["rules"] == before
+        })
+        .await
+        .expect("role rules restored");
+
+    // Healed means converged: a resync writes nothing more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = running.ctx.reconciles();
+    let mark = server.mark();
+    running.resync();
+    server
+        .wait_until(WAIT, |_| running.ctx.reconciles() > before)
+        .await
+        .expect("resync reconciled the tenant");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes: Vec<_> = server
+        .log_since(mark)
+        .into_iter()
+        .filter(|r| r.is_write())
+        .collect();
+    assert!(writes.is_empty(), "a healed tenant rests: {writes:#?}");
+}
+
 #[tokio::test]
 async fn spec_edits_reconverge_and_prune() {
     let server = server();

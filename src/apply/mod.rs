@@ -3,9 +3,19 @@
 //! preconditions. Nothing else in Palisade writes a child object.
 //!
 //! Every applied object carries an annotation with a stable hash of what was
-//! applied; an apply is skipped when the cached object still carries that hash
-//! and still contains every desired field (so drift by someone else is healed,
-//! and a resync of a converged tenant makes no write at all).
+//! applied; an apply is skipped when the cached object still holds exactly the
+//! desired content (so a resync of a converged tenant makes no write at all).
+//!
+//! Drift is healed whole. A field someone else changed comes back with the
+//! next server-side apply; but a field someone else *added* (a rule appended
+//! to `palisade-default-deny`, a key added to a quota's `hard`) belongs to that
+//! other field manager, and no apply by Palisade removes it. So for every kind
+//! but Namespace (whose content is its metadata) the content of the live object
+//! (every top-level field but `metadata` and `status`) must equal the desired
+//! content, not merely contain it; when it holds more, [`Applier::apply_seen`]
+//! reads the object and sends a JSON patch from it to the desired content,
+//! guarded by its resourceVersion, and reports the managers that had changed
+//! it ([`Outcome::Reverted`]).
 
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
 use kube::core::ApiResource;
@@ -22,10 +32,21 @@ use crate::resources::labels::FIELD_MANAGER;
 /// Annotation holding the hash of the last applied desired state.
 pub const APPLIED_HASH: &str = "palisade.dev/applied-hash";
 
+/// A kube client error as people read it: the API server's own message and
+/// code (`ResourceQuota "q" is invalid: spec.hard[pods]: Invalid value: "1.5":
+/// must be an integer (422)`), never the client's Debug dump of the Status.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => format!("{} ({})", s.message, s.code),
+        kube::Error::Api(s) => format!("{} ({})", s.reason, s.code),
+        other => other.to_string(),
+    }
+}
+
 /// A failed write.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("{verb} {kind} {name}: {source}")]
+    #[error("{verb} {kind} {name}: {}", api_message(source))]
     Api {
         verb: &'static str,
         kind: String,
@@ -65,11 +86,18 @@ impl ApplyError {
 }
 
 /// What an apply did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Unchanged,
     Created,
     Updated,
+    /// The live object held content Palisade does not set (fields another
+    /// manager added); it was put back to exactly the desired content.
+    /// `changed_by`: the field managers other than Palisade that owned fields
+    /// of the live object, most recent first (empty when none is recorded).
+    Reverted {
+        changed_by: Vec<String>,
+    },
 }
 
 /// The apply path, shared by every controller.
@@ -95,6 +123,122 @@ pub fn holds(actual: &Value, desired: &Value) -> bool {
             }),
         _ => contains(actual, desired),
     }
+}
+
+/// Whether a top-level field is an object's content (what [`widened`]
+/// compares), rather than its type, metadata or status.
+fn is_content(key: &str) -> bool {
+    !matches!(key, "apiVersion" | "kind" | "metadata" | "status")
+}
+
+/// Whether Palisade owns the whole content of objects of this kind. Not a
+/// Namespace's: its `spec.finalizers` are the API server's, and what Palisade
+/// sets on a namespace is metadata (labels).
+pub fn owns_content(ar: &ApiResource) -> bool {
+    !(ar.group.is_empty() && ar.kind == "Namespace")
+}
+
+/// True when the content of `actual` (every top-level field but type,
+/// metadata and status) holds something `desired` does not: a rule, key or
+/// field another manager added. Values compare as in [`contains`]
+/// (quantities by value; empty collections as absent), so the API server's
+/// normal form is not a widening. The builders emit the fields the server
+/// would default (a LimitRange's default requests, a port's protocol), so
+/// that a converged object is never widened.
+pub fn widened(actual: &Value, desired: &Value) -> bool {
+    let (Some(a), Some(d)) = (actual.as_object(), desired.as_object()) else {
+        return false;
+    };
+    a.iter()
+        .filter(|(k, _)| is_content(k))
+        .any(|(k, av)| match d.get(k) {
+            Some(dv) => !contains(dv, av),
+            None => !is_empty(av),
+        })
+}
+
+/// `live` with its content replaced by the content of `desired` (fields
+/// absent from `desired` removed) and the desired labels and annotations set;
+/// everything else of `live` (other labels, owner references, finalizers)
+/// stays. What a whole-object heal writes and what `palisade diff` previews.
+pub fn reverted(live: &Value, desired: &Value) -> Value {
+    let mut out = live.clone();
+    let (Some(o), Some(d)) = (out.as_object_mut(), desired.as_object()) else {
+        return out;
+    };
+    o.retain(|k, _| !is_content(k));
+    for (k, v) in d.iter().filter(|(k, _)| is_content(k)) {
+        o.insert(k.clone(), v.clone());
+    }
+    let meta = o
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Some(meta) = meta.as_object_mut() {
+        meta.remove("managedFields");
+        for field in ["labels", "annotations"] {
+            let Some(want) = desired
+                .pointer(&format!("/metadata/{field}"))
+                .and_then(Value::as_object)
+            else {
+                continue;
+            };
+            let have = meta
+                .entry(field)
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(have) = have.as_object_mut() {
+                for (k, v) in want {
+                    have.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The JSON patch that takes `live` to [`reverted`]`(live, desired)`,
+/// conditional on `live`'s resourceVersion (a patch that sets it is refused
+/// with 409 when the object changed meanwhile).
+pub fn revert_patch(live: &Value, desired: &Value) -> Result<json_patch::Patch, serde_json::Error> {
+    let guard = serde_json::json!([{
+        "op": "replace",
+        "path": "/metadata/resourceVersion",
+        "value": live.pointer("/metadata/resourceVersion"),
+    }]);
+    let mut patch: json_patch::Patch = serde_json::from_value(guard)?;
+    patch
+        .0
+        .extend(json_patch::diff(live, &reverted(live, desired)).0);
+    Ok(patch)
+}
+
+/// The field managers other than Palisade recorded in `live`'s
+/// managedFields (status writers aside), most recent first.
+pub fn other_managers(live: &Value) -> Vec<String> {
+    let mut entries: Vec<(&str, &str)> = live
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e.get("subresource")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+        })
+        .filter_map(|e| {
+            let manager = e.get("manager").and_then(Value::as_str)?;
+            let time = e.get("time").and_then(Value::as_str).unwrap_or("");
+            (manager != FIELD_MANAGER).then_some((time, manager))
+        })
+        .collect();
+    entries.sort_by(|a, b| b.0.cmp(a.0));
+    let mut out: Vec<String> = Vec::new();
+    for (_, m) in entries {
+        if !out.iter().any(|o| o == m) {
+            out.push(m.to_string());
+        }
+    }
+    out
 }
 
 /// What the API server does not store (null, empty lists and maps).
@@ -218,7 +362,7 @@ impl Applier {
             // Our own write has not reached the cache yet.
             return h == hash;
         }
-        holds(actual, desired)
+        holds(actual, desired) && !(owns_content(ar) && widened(actual, desired))
     }
 
     /// Server-side applies `desired` unless `actual` (the object as JSON, from
@@ -248,6 +392,9 @@ impl Applier {
             Some(actual) if self.matches(ar, &desired, hash, &name, ns.as_deref(), actual) => {
                 return Ok(Outcome::Unchanged);
             }
+            Some(actual) if owns_content(ar) && widened(actual, &desired) => {
+                return self.revert(ar, &desired, hash, &name, ns.as_deref()).await;
+            }
             None if self
                 .journal
                 .recent_write(ar, ns.as_deref(), &name)
@@ -257,20 +404,92 @@ impl Applier {
             }
             _ => {}
         }
+        self.server_side_apply(ar, &desired, hash, &name, ns.as_deref(), actual.is_some())
+            .await
+    }
+
+    /// Puts the live object back to exactly `desired`'s content: reads it
+    /// (managedFields say who changed it), then sends the JSON patch from it
+    /// to [`reverted`], guarded by its resourceVersion (a 409 means someone
+    /// wrote in between: the reconcile is retried from fresh state). If the
+    /// live object turns out not to be widened after all (the cache was
+    /// behind), nothing is sent here and the caller's apply goes on.
+    async fn revert(
+        &self,
+        ar: &ApiResource,
+        desired: &Value,
+        hash: u64,
+        name: &str,
+        ns: Option<&str>,
+    ) -> Result<Outcome, ApplyError> {
+        let api = self.api(ar, ns);
+        let err = |verb: &'static str| {
+            move |source: kube::Error| ApplyError::Api {
+                verb,
+                kind: ar.kind.clone(),
+                name: name.to_string(),
+                source: Box::new(source),
+            }
+        };
+        let live = match api.get_opt(name).await.map_err(err("get"))? {
+            Some(live) => serde_json::to_value(live).map_err(|_| ApplyError::Malformed {
+                kind: ar.kind.clone(),
+                name: name.to_string(),
+            })?,
+            None => {
+                return self
+                    .server_side_apply(ar, desired, hash, name, ns, false)
+                    .await;
+            }
+        };
+        if !widened(&live, desired) {
+            return self
+                .server_side_apply(ar, desired, hash, name, ns, true)
+                .await;
+        }
+        let changed_by = other_managers(&live);
+        let patch = revert_patch(&live, desired).map_err(|_| ApplyError::Malformed {
+            kind: ar.kind.clone(),
+            name: name.to_string(),
+        })?;
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        let _in_flight = self.journal.in_flight(ar, ns, name);
+        let written = api
+            .patch(name, &pp, &Patch::<()>::Json(patch))
+            .await
+            .map_err(err("revert"))?;
+        self.journal.remember(ar, &written, hash);
+        Ok(Outcome::Reverted { changed_by })
+    }
+
+    /// The server-side apply of a prepared `desired` (forced: Palisade's
+    /// fields are Palisade's).
+    async fn server_side_apply(
+        &self,
+        ar: &ApiResource,
+        desired: &Value,
+        hash: u64,
+        name: &str,
+        ns: Option<&str>,
+        existed: bool,
+    ) -> Result<Outcome, ApplyError> {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let _in_flight = self.journal.in_flight(ar, ns.as_deref(), &name);
+        let _in_flight = self.journal.in_flight(ar, ns, name);
         let written = self
-            .api(ar, ns.as_deref())
-            .patch(&name, &pp, &Patch::Apply(&desired))
+            .api(ar, ns)
+            .patch(name, &pp, &Patch::Apply(desired))
             .await
             .map_err(|source| ApplyError::Api {
                 verb: "apply",
                 kind: ar.kind.clone(),
-                name: name.clone(),
+                name: name.to_string(),
                 source: Box::new(source),
             })?;
         self.journal.remember(ar, &written, hash);
-        Ok(if actual.is_some() {
+        Ok(if existed {
             Outcome::Updated
         } else {
             Outcome::Created
@@ -344,16 +563,17 @@ impl Applier {
         Ok(written)
     }
 
-    /// Merge-patches an object (used to release namespaces: drop Palisade's
-    /// ownership label, mark them released).
+    /// Merge-patches an object (used to release namespaces and the data in
+    /// them, and to adopt that data back); returns the object written.
     pub async fn merge_patch(
         &self,
         ar: &ApiResource,
         ns: Option<&str>,
         name: &str,
         patch: Value,
-    ) -> Result<(), ApplyError> {
-        self.api(ar, ns)
+    ) -> Result<DynamicObject, ApplyError> {
+        let written = self
+            .api(ar, ns)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|source| ApplyError::Api {
@@ -363,7 +583,7 @@ impl Applier {
                 source: Box::new(source),
             })?;
         self.journal.count();
-        Ok(())
+        Ok(written)
     }
 
     /// Deletes an object if it is still the one we saw (uid precondition), in the
@@ -452,6 +672,83 @@ mod tests {
         assert!(contains(
             &actual,
             &json!({"spec": {"ingress": [], "x": {}}})
+        ));
+    }
+
+    #[test]
+    fn api_errors_read_as_the_servers_message() {
+        let status = kube::core::Status::failure(
+            "ResourceQuota \"q\" is invalid: spec.hard[pods]: Invalid value: \"1.5\": must be an integer",
+            "Invalid",
+        )
+        .with_code(422);
+        let e = ApplyError::Api {
+            verb: "apply",
+            kind: "ResourceQuota".into(),
+            name: "q".into(),
+            source: Box::new(kube::Error::Api(status.boxed())),
+        };
+        assert_eq!(
+            e.to_string(),
+            "apply ResourceQuota q: ResourceQuota \"q\" is invalid: spec.hard[pods]: Invalid value: \"1.5\": must be an integer (422)"
+        );
+        assert!(!e.to_string().contains("Status {"));
+    }
+
+    /// Issue #30: a rule appended to the default-deny policy, a key added to a
+    /// quota: content Palisade does not set is drift, and the heal takes the
+    /// object back to exactly the desired content, keeping foreign metadata.
+    #[test]
+    fn added_content_is_widening_and_reverted_whole() {
+        let desired = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "palisade-default-deny", "labels": {"app.kubernetes.io/managed-by": "palisade"}},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}});
+        let live = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": "palisade-default-deny", "resourceVersion": "7",
+                "labels": {"app.kubernetes.io/managed-by": "palisade", "team": "x"},
+                "managedFields": [
+                    {"manager": "palisade", "operation": "Apply", "time": "2026-01-01T00:00:00Z"},
+                    {"manager": "kubectl-patch", "operation": "Update", "time": "2026-01-02T00:00:00Z"},
+                    {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "time": "2026-01-03T00:00:00Z"}]},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "ingress": [{}], "egress": [{}]}});
+        assert!(holds(&live, &desired), "contains every desired field");
+        assert!(widened(&live, &desired), "but also rules nobody asked for");
+        assert_eq!(other_managers(&live), ["kubectl-patch"]);
+        let healed = reverted(&live, &desired);
+        assert_eq!(healed["spec"], desired["spec"]);
+        assert_eq!(healed["metadata"]["labels"]["team"], "x");
+        assert!(healed["metadata"].get("managedFields").is_none());
+        assert!(!widened(&healed, &desired));
+        // The patch is guarded by the resourceVersion it was computed from.
+        let patch =
+            serde_json::to_value(revert_patch(&live, &desired).expect("patch")).expect("json");
+        assert_eq!(
+            patch[0],
+            json!({"op": "replace", "path": "/metadata/resourceVersion", "value": "7"})
+        );
+        // A key added to a quota's hard; the server's normal form is no widening.
+        let want = json!({"spec": {"hard": {"pods": "10", "requests.cpu": "2"}}});
+        assert!(widened(
+            &json!({"spec": {"hard": {"pods": "10", "requests.cpu": "2", "services": "50"}}}),
+            &want
+        ));
+        assert!(!widened(
+            &json!({"spec": {"hard": {"pods": "10", "requests.cpu": "2000m"}}, "status": {"used": {"pods": "1"}}}),
+            &want
+        ));
+        // A list grown by one item.
+        let want = json!({"rules": [{"verbs": ["get"]}]});
+        assert!(widened(
+            &json!({"rules": [{"verbs": ["get"]}, {"verbs": ["delete"]}]}),
+            &want
+        ));
+        assert!(widened(
+            &json!({"rules": [{"verbs": ["get", "delete"]}]}),
+            &want
+        ));
+        assert!(!widened(
+            &json!({"rules": [{"verbs": ["get"]}], "metadata": {"x": 1}}),
+            &want
         ));
     }
 

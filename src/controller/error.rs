@@ -13,7 +13,7 @@ pub enum Error {
     /// Validated before building, so only reachable if the two disagree.
     #[error(transparent)]
     Invalid(#[from] InvalidTenant),
-    #[error("{action}: {source}")]
+    #[error("{action}: {}", crate::apply::api_message(source))]
     Kube {
         action: &'static str,
         #[source]

@@ -21,7 +21,7 @@ use crate::resources::rolepolicy::{self as model, InvalidPolicy};
 
 /// A failed status write (retried with backoff).
 #[derive(Debug, thiserror::Error)]
-#[error("updating RolePolicy status: {0}")]
+#[error("updating RolePolicy status: {}", crate::apply::api_message(.0))]
 pub struct Error(#[source] Box<kube::Error>);
 
 impl Error {

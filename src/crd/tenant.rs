@@ -83,9 +83,13 @@ pub struct TenantSpec {
     pub garbage_collection: Option<GarbageCollectionSpec>,
 
     /// What happens to the namespaces when the Tenant is deleted or a namespace
-    /// is removed from spec.namespaces. Delete: the namespaces and everything in
-    /// them are deleted. Retain (default): the namespaces are kept (labelled
-    /// palisade.dev/released=true) and only Palisade's own policy objects are removed.
+    /// is removed from spec.namespaces. Delete: the namespaces are deleted, and
+    /// everything in them with them. Retain (default): the namespaces are kept
+    /// (labelled palisade.dev/released=true); Palisade's policy objects
+    /// (NetworkPolicies, ResourceQuota, LimitRange, Roles, RoleBindings) are
+    /// removed; the Secrets and JWKS ConfigMaps it generated stay with their
+    /// values, labelled palisade.dev/released=true and no longer rotated (the same
+    /// Tenant listing the namespace again adopts them back).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
@@ -157,6 +161,13 @@ pub struct NetworkSpec {
     /// stays denied).
     #[serde(default)]
     pub allow_internet_egress: bool,
+    /// Accept the intents that open the tenant to everything: an
+    /// allowFromNamespaces selector that matches every namespace (`{}`), and
+    /// allowEgressCidrs of 0.0.0.0/0 or ::/0 (every address, the cluster's
+    /// private ranges included, which allowInternetEgress keeps closed). Off by
+    /// default: without it such a spec is refused (Ready=False, UnrestrictedPeer).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_unrestricted: bool,
 }
 
 impl Default for NetworkSpec {
@@ -167,6 +178,7 @@ impl Default for NetworkSpec {
             allow_from_namespaces: Vec::new(),
             allow_egress_cidrs: Vec::new(),
             allow_internet_egress: false,
+            allow_unrestricted: false,
         }
     }
 }
@@ -295,9 +307,10 @@ impl SubjectKind {
 #[x_kube(validation = Rule::new("self.type != 'JwtSigningKey' || has(self.algorithm)").message("algorithm is required for type JwtSigningKey"))]
 #[x_kube(validation = Rule::new("self.type == oldSelf.type").message("type is immutable: remove the secret and add it under a new name"))]
 pub struct ManagedSecret {
-    /// Name of the Secret (and of the '<name>-jwks' ConfigMap for JWT keys).
+    /// Name of the Secret (and of the '<name>-jwks' ConfigMap for JWT keys). At
+    /// most 63 characters: the name is also a label value on what Palisade makes.
     #[schemars(
-        length(min = 1, max = 200),
+        length(min = 1, max = 63),
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub name: String,

@@ -4,6 +4,7 @@
 pub mod backup_jobs;
 pub mod backup_network;
 pub mod catalog;
+pub mod disposal;
 pub mod gc;
 pub mod keys;
 pub mod labels;
@@ -18,6 +19,35 @@ pub mod tokens;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+
+/// Which object: kind, namespace (empty for cluster-scoped) and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
+        Self {
+            kind: kind.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The key of a desired object (JSON).
+    pub fn of(value: &serde_json::Value) -> Self {
+        let s = |p: &str| {
+            value
+                .pointer(p)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+        };
+        Self::new(s("/kind"), s("/metadata/namespace"), s("/metadata/name"))
+    }
+}
 
 /// A spec that must not be applied, with the field at fault. One type for
 /// every kind's validation (a Tenant's, a RolePolicy's).

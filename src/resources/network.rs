@@ -9,7 +9,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::labels;
+use super::{Invalid, invalid, labels};
 use crate::crd::tenant::NetworkSpec;
 
 pub const DEFAULT_DENY: &str = "palisade-default-deny";
@@ -117,6 +117,83 @@ pub(crate) fn kube_dns_peer() -> NetworkPolicyPeer {
         }),
         ..Default::default()
     }
+}
+
+fn check_cidr(field: &str, cidr: &str) -> Result<ipnet::IpNet, Invalid> {
+    let net = cidr.parse::<ipnet::IpNet>().map_err(|_| {
+        invalid(
+            "InvalidCidr",
+            field,
+            format!("'{cidr}' is not a CIDR (expected e.g. 10.20.0.0/16 or 2001:db8::/32)"),
+        )
+    })?;
+    if net.trunc() != net {
+        return Err(invalid(
+            "InvalidCidr",
+            field,
+            format!(
+                "'{cidr}' has host bits set: the policy would open {} (write that if it is what you mean)",
+                net.trunc()
+            ),
+        ));
+    }
+    Ok(net)
+}
+
+fn unrestricted(field: String, what: &str) -> Invalid {
+    invalid(
+        "UnrestrictedPeer",
+        field,
+        format!("{what}; if that is really intended, set spec.network.allowUnrestricted: true"),
+    )
+}
+
+/// Every check the API server makes on the NetworkPolicies the intents
+/// become (selector syntax, CIDRs, ports), and the intents that open a
+/// tenant to everything, refused unless `allowUnrestricted` says so.
+pub fn check(spec: &NetworkSpec) -> Result<(), Invalid> {
+    for (i, sel) in spec.allow_from_namespaces.iter().enumerate() {
+        let field = format!("spec.network.allowFromNamespaces[{i}]");
+        labels::check_selector(&field, sel)
+            .map_err(|m| invalid("InvalidSelector", field.clone(), m))?;
+        if labels::selects_everything(sel) && !spec.allow_unrestricted {
+            return Err(unrestricted(
+                field,
+                "an empty selector admits traffic from every namespace of the cluster",
+            ));
+        }
+    }
+    for (i, c) in spec.allow_egress_cidrs.iter().enumerate() {
+        let field = format!("spec.network.allowEgressCidrs[{i}]");
+        let net = check_cidr(&format!("{field}.cidr"), &c.cidr)?;
+        if net.prefix_len() == 0 && !spec.allow_unrestricted {
+            return Err(unrestricted(
+                format!("{field}.cidr"),
+                &format!(
+                    "'{}' is every address, the cluster's private ranges included (allowInternetEgress opens the internet and keeps them closed)",
+                    c.cidr
+                ),
+            ));
+        }
+        for (j, e) in c.except.iter().enumerate() {
+            let inner = check_cidr(&format!("{field}.except[{j}]"), e)?;
+            if !net.contains(&inner) || inner == net {
+                return Err(invalid(
+                    "InvalidCidr",
+                    format!("{field}.except[{j}]"),
+                    format!("'{e}' is not strictly inside '{}'", c.cidr),
+                ));
+            }
+        }
+        if let Some(j) = c.ports.iter().position(|p| *p == 0) {
+            return Err(invalid(
+                "InvalidPort",
+                format!("{field}.ports[{j}]"),
+                "0 is not a port (1-65535)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The NetworkPolicies for one tenant namespace, in a stable order.

@@ -10,11 +10,193 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::labels;
+use super::{Invalid, invalid};
 use crate::crd::tenant::{LimitsSpec, QuotaScope, QuotaSpec};
 use crate::quantity::Milli;
 
 pub const QUOTA_NAME: &str = "palisade-quota";
 pub const LIMITS_NAME: &str = "palisade-limits";
+
+/// Quota keys the API server counts in whole objects (`IsIntegerResourceName`;
+/// extended resources and `count/…` are whole too, see [`is_integer_key`]).
+const INTEGER_KEYS: &[&str] = &[
+    "pods",
+    "resourcequotas",
+    "services",
+    "replicationcontrollers",
+    "secrets",
+    "configmaps",
+    "persistentvolumeclaims",
+    "services.nodeports",
+    "services.loadbalancers",
+];
+
+/// Unprefixed quota keys the API server knows (`IsStandardQuotaResourceName`),
+/// besides [`INTEGER_KEYS`] and the hugepages ones.
+const COMPUTE_KEYS: &[&str] = &[
+    "cpu",
+    "memory",
+    "ephemeral-storage",
+    "requests.cpu",
+    "requests.memory",
+    "requests.storage",
+    "requests.ephemeral-storage",
+    "limits.cpu",
+    "limits.memory",
+    "limits.ephemeral-storage",
+];
+
+/// Unprefixed resources a container LimitRange may name.
+const CONTAINER_KEYS: &[&str] = &["cpu", "memory", "ephemeral-storage"];
+
+/// Outside the `kubernetes.io/` namespace and qualified once prefixed with
+/// `requests.` (`IsExtendedResourceName`): a device plugin's resource, or a
+/// `count/…` or per-StorageClass quota key.
+fn is_extended(key: &str) -> bool {
+    key.contains('/')
+        && !key.contains("kubernetes.io/")
+        && !key.starts_with("requests.")
+        && labels::is_qualified_name(&format!("requests.{key}"))
+}
+
+fn is_integer_key(key: &str) -> bool {
+    INTEGER_KEYS.contains(&key) || is_extended(key)
+}
+
+fn is_quota_key(key: &str) -> bool {
+    if !labels::is_qualified_name(key) {
+        return false;
+    }
+    key.contains('/')
+        || INTEGER_KEYS.contains(&key)
+        || COMPUTE_KEYS.contains(&key)
+        || ["hugepages-", "requests.hugepages-", "limits.hugepages-"]
+            .iter()
+            .any(|p| key.starts_with(p))
+}
+
+fn is_container_key(key: &str) -> bool {
+    if !labels::is_qualified_name(key) {
+        return false;
+    }
+    match key.contains('/') {
+        false => CONTAINER_KEYS.contains(&key) || key.starts_with("hugepages-"),
+        true => key.contains("kubernetes.io/") || is_extended(key),
+    }
+}
+
+/// A quantity that is zero or more.
+fn nonnegative(path: &str, q: &Quantity) -> Result<Milli, Invalid> {
+    let value = Milli::parse(&q.0).map_err(|e| invalid("InvalidQuantity", path, e.to_string()))?;
+    if value.is_negative() {
+        return Err(invalid(
+            "NegativeQuantity",
+            path,
+            format!(
+                "'{}' is negative; quotas and limits must be zero or more",
+                q.0
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// Every check the API server makes on the ResourceQuota Palisade would
+/// build, made before anything is applied: known or qualified keys,
+/// quantities of zero or more, whole numbers for object counts.
+pub fn check_quota(spec: &QuotaSpec) -> Result<(), Invalid> {
+    for (key, q) in tenant_hard(spec) {
+        let path = if spec.hard.contains_key(&key) {
+            format!("spec.quota.hard[{key}]")
+        } else {
+            "spec.quota.storageClasses".to_string()
+        };
+        if !is_quota_key(&key) {
+            return Err(invalid(
+                "InvalidQuotaKey",
+                path,
+                format!(
+                    "'{key}' is not a resource a ResourceQuota can limit (e.g. pods, requests.cpu, limits.memory, requests.storage, count/deployments.apps, <class>.storageclass.storage.k8s.io/requests.storage)"
+                ),
+            ));
+        }
+        let value = nonnegative(&path, &q)?;
+        if is_integer_key(&key) && value.0 % 1000 != 0 {
+            return Err(invalid(
+                "InvalidQuantity",
+                path,
+                format!("'{}' is not a whole number; {key} counts objects", q.0),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every check the API server makes on the LimitRange Palisade would build,
+/// on its defaulted form ([`effective_limits`]): container resources only,
+/// quantities of zero or more, and min ≤ defaultRequest ≤ default ≤ max for
+/// each resource.
+pub fn check_limits(limits: &LimitsSpec) -> Result<(), Invalid> {
+    let fields = [
+        ("min", &limits.min),
+        ("defaultRequest", &limits.default_request),
+        ("default", &limits.default),
+        ("max", &limits.max),
+    ];
+    for (name, map) in fields {
+        for (key, q) in map {
+            let path = format!("spec.limits.{name}[{key}]");
+            if !is_container_key(key) {
+                return Err(invalid(
+                    "InvalidLimitKey",
+                    path,
+                    format!(
+                        "'{key}' is not a container resource (cpu, memory, ephemeral-storage, hugepages-<size> or an extended resource)"
+                    ),
+                ));
+            }
+            nonnegative(&path, q)?;
+        }
+    }
+    let e = effective_limits(limits);
+    let order = [
+        ("min", &e.min),
+        ("defaultRequest", &e.default_request),
+        ("default", &e.default),
+        ("max", &e.max),
+    ];
+    let keys: BTreeSet<&String> = order.iter().flat_map(|(_, m)| m.keys()).collect();
+    for key in keys {
+        let set: Vec<(&str, &Quantity)> = order
+            .iter()
+            .filter_map(|(n, m)| m.get(key).map(|q| (*n, q)))
+            .collect();
+        for (i, (low_name, low)) in set.iter().enumerate() {
+            for (high_name, high) in &set[i + 1..] {
+                let (Ok(l), Ok(h)) = (Milli::parse(&low.0), Milli::parse(&high.0)) else {
+                    continue;
+                };
+                if l > h {
+                    let given =
+                        |n: &str| fields.iter().any(|(f, m)| *f == n && m.contains_key(key));
+                    let origin = |n: &str| if given(n) { "" } else { " (defaulted)" };
+                    return Err(invalid(
+                        "InvalidLimits",
+                        format!("spec.limits.{high_name}[{key}]"),
+                        format!(
+                            "{low_name} {}{} is greater than {high_name} {}{}: limits must satisfy min <= defaultRequest <= default <= max (a missing default is taken from max, a missing defaultRequest from default, then min)",
+                            low.0,
+                            origin(low_name),
+                            high.0,
+                            origin(high_name)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Per-namespace usage, as reported by each namespace's ResourceQuota status.
 pub type Usage = BTreeMap<String, BTreeMap<String, Quantity>>;
@@ -134,8 +316,30 @@ pub fn resource_quota(
     }
 }
 
-/// The LimitRange for one namespace.
+/// A container LimitRange item's four maps as the API server stores them:
+/// `default` filled from `max`, then `defaultRequest` from `default`, then
+/// from `min` (kube-apiserver's `SetDefaults_LimitRangeItem`). Palisade
+/// applies, validates and compares this form, so what it checks is what the
+/// admission plugin enforces, and a converged LimitRange is never seen as
+/// drift.
+pub fn effective_limits(limits: &LimitsSpec) -> LimitsSpec {
+    let mut out = limits.clone();
+    for (k, v) in &limits.max {
+        out.default.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    let defaults = out.default.clone();
+    for (k, v) in defaults.iter().chain(&limits.min) {
+        out.default_request
+            .entry(k.clone())
+            .or_insert_with(|| v.clone());
+    }
+    out
+}
+
+/// The LimitRange for one namespace, in the API server's defaulted form
+/// ([`effective_limits`]).
 pub fn limit_range(tenant: &str, namespace: &str, limits: &LimitsSpec) -> LimitRange {
+    let limits = effective_limits(limits);
     let opt = |m: &BTreeMap<String, Quantity>| (!m.is_empty()).then(|| m.clone());
     LimitRange {
         metadata: ObjectMeta {
@@ -290,6 +494,125 @@ mod tests {
         let out = namespace_hard(&spec(QuotaScope::Tenant), &ns, &usage);
         assert_eq!(out["a"]["pods"], q("12"));
         assert_eq!(out["b"]["pods"], q("0"));
+    }
+
+    /// The API server's defaulting, as kube-apiserver v1.34 does it: max
+    /// fills default, default then min fill defaultRequest; given values stay.
+    #[test]
+    fn limits_take_the_api_servers_defaulted_form() {
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
+            pairs.iter().map(|(k, v)| (k.to_string(), q(v))).collect()
+        };
+        let spec = LimitsSpec {
+            default: m(&[("cpu", "500m")]),
+            default_request: m(&[("cpu", "100m")]),
+            max: m(&[("cpu", "2"), ("memory", "1Gi")]),
+            min: m(&[("ephemeral-storage", "1Mi")]),
+        };
+        let e = effective_limits(&spec);
+        assert_eq!(e.default, m(&[("cpu", "500m"), ("memory", "1Gi")]));
+        assert_eq!(
+            e.default_request,
+            m(&[
+                ("cpu", "100m"),
+                ("memory", "1Gi"),
+                ("ephemeral-storage", "1Mi")
+            ])
+        );
+        assert_eq!((e.max, e.min), (spec.max.clone(), spec.min.clone()));
+        let lr = limit_range("acme", "acme-a", &spec);
+        let item = &lr.spec.expect("spec").limits[0];
+        assert_eq!(item.default.as_ref(), Some(&e.default));
+        assert_eq!(item.default_request.as_ref(), Some(&e.default_request));
+    }
+
+    /// Issue #30: what kube-apiserver v1.34 refuses in a ResourceQuota or a
+    /// LimitRange is refused here first, naming the field.
+    #[test]
+    fn quota_and_limits_are_checked_as_the_api_server_checks_them() {
+        let quota = |pairs: &[(&str, &str)]| QuotaSpec {
+            hard: pairs.iter().map(|(k, v)| (k.to_string(), q(v))).collect(),
+            ..spec(QuotaScope::Namespace)
+        };
+        for ok in [
+            vec![
+                ("pods", "10"),
+                ("requests.cpu", "1.5"),
+                ("limits.memory", "2Gi"),
+            ],
+            vec![
+                ("count/deployments.apps", "5"),
+                ("requests.nvidia.com/gpu", "2"),
+            ],
+            vec![("services.nodeports", "0"), ("hugepages-2Mi", "1Gi")],
+        ] {
+            assert_eq!(check_quota(&quota(&ok)), Ok(()), "{ok:?}");
+        }
+        for (bad, reason, field) in [
+            (("pods", "1.5"), "InvalidQuantity", "spec.quota.hard[pods]"),
+            (
+                ("services", "500m"),
+                "InvalidQuantity",
+                "spec.quota.hard[services]",
+            ),
+            (
+                ("count/jobs.batch", "0.5"),
+                "InvalidQuantity",
+                "spec.quota.hard[count/jobs.batch]",
+            ),
+            (("podz", "1"), "InvalidQuotaKey", "spec.quota.hard[podz]"),
+            (("pods", "-1"), "NegativeQuantity", "spec.quota.hard[pods]"),
+            (("cpu", "lots"), "InvalidQuantity", "spec.quota.hard[cpu]"),
+        ] {
+            let e = check_quota(&quota(&[bad])).expect_err("refused");
+            assert_eq!((e.reason, e.field.as_str()), (reason, field), "{bad:?}");
+        }
+        let m = |pairs: &[(&str, &str)]| -> BTreeMap<String, Quantity> {
+            pairs.iter().map(|(k, v)| (k.to_string(), q(v))).collect()
+        };
+        let limits = |default: &[(&str, &str)],
+                      request: &[(&str, &str)],
+                      max: &[(&str, &str)],
+                      min: &[(&str, &str)]| LimitsSpec {
+            default: m(default),
+            default_request: m(request),
+            max: m(max),
+            min: m(min),
+        };
+        assert_eq!(
+            check_limits(&limits(
+                &[("cpu", "500m")],
+                &[("cpu", "100m")],
+                &[("cpu", "1")],
+                &[("cpu", "50m")]
+            )),
+            Ok(())
+        );
+        for (l, field) in [
+            (
+                limits(&[("cpu", "500m")], &[], &[("cpu", "200m")], &[]),
+                "spec.limits.max[cpu]",
+            ),
+            (
+                limits(&[("cpu", "100m")], &[("cpu", "200m")], &[], &[]),
+                "spec.limits.default[cpu]",
+            ),
+            // min above max's defaulted default and request.
+            (
+                limits(&[], &[], &[("memory", "1Gi")], &[("memory", "2Gi")]),
+                "spec.limits.defaultRequest[memory]",
+            ),
+        ] {
+            let e = check_limits(&l).expect_err("refused");
+            assert_eq!(
+                (e.reason, e.field.as_str()),
+                ("InvalidLimits", field),
+                "{}",
+                e.message
+            );
+        }
+        let e = check_limits(&limits(&[("pods", "1")], &[], &[], &[])).expect_err("refused");
+        assert_eq!(e.reason, "InvalidLimitKey");
     }
 
     #[test]

@@ -3,13 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::quota::{self, Usage};
 use super::{TenantObjects, labels, network, rbac};
 use crate::crd::tenant::{SecretType, SubjectKind, Tenant, TenantSpec};
-use crate::{duration, quantity::Milli};
+use crate::duration;
 
 /// A Tenant spec that cannot be reconciled, with the field at fault.
 pub use super::Invalid as InvalidTenant;
@@ -33,38 +32,6 @@ const RESERVED_NAMESPACE_PREFIX: &str = "kube-";
 /// and an unbounded one overflows time arithmetic.
 const MAX_ROTATION: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
 
-fn check_quantities<'a>(
-    field: &str,
-    items: impl IntoIterator<Item = (&'a String, &'a Quantity)>,
-) -> Result<(), InvalidTenant> {
-    for (key, q) in items {
-        let path = format!("{field}[{key}]");
-        let value =
-            Milli::parse(&q.0).map_err(|e| invalid("InvalidQuantity", &path, e.to_string()))?;
-        if value.is_negative() {
-            return Err(invalid(
-                "NegativeQuantity",
-                path,
-                format!(
-                    "'{}' is negative; quotas and limits must be zero or more",
-                    q.0
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn check_cidr(field: &str, cidr: &str) -> Result<ipnet::IpNet, InvalidTenant> {
-    cidr.parse::<ipnet::IpNet>().map_err(|_| {
-        invalid(
-            "InvalidCidr",
-            field,
-            format!("'{cidr}' is not a CIDR (expected e.g. 10.20.0.0/16 or 2001:db8::/32)"),
-        )
-    })
-}
-
 /// What validation parsed, so that no later step parses (and falls back) again.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Valid {
@@ -72,19 +39,48 @@ pub struct Valid {
     pub rotate_every: Vec<std::time::Duration>,
 }
 
-/// Checks everything the schema cannot; the first problem wins. A valid spec's
-/// parsed values come back in [`Valid`].
+/// Checks everything the schema cannot, and everything the API server will
+/// check on the objects the spec becomes, so that an invalid spec changes
+/// nothing (no child is applied until the whole spec is valid). The first
+/// problem wins, one section of the spec after the other; a valid spec's
+/// parsed values come back in [`Valid`]. `palisade render` and `palisade diff`
+/// run the same checks.
 pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
-    let mut valid = Valid::default();
-    if !is_dns_label(name) {
-        return Err(invalid(
-            "InvalidTenantName",
-            "metadata.name",
-            format!(
-                "'{name}' is not a valid tenant name: it becomes a label value and a namespace prefix (lowercase letters, digits and '-', at most 63, no dots)"
-            ),
-        ));
+    check_name(name)?;
+    let listed = check_namespaces(name, spec)?;
+    network::check(&spec.network)?;
+    if let Some(q) = &spec.quota {
+        quota::check_quota(q)?;
     }
+    if let Some(l) = &spec.limits {
+        quota::check_limits(l)?;
+    }
+    check_owners(spec)?;
+    let rotate_every = check_secrets(spec, &listed)?;
+    check_gc(spec)?;
+    Ok(Valid { rotate_every })
+}
+
+fn check_name(name: &str) -> Result<(), InvalidTenant> {
+    if is_dns_label(name) {
+        return Ok(());
+    }
+    Err(invalid(
+        "InvalidTenantName",
+        "metadata.name",
+        format!(
+            "'{name}' is not a valid tenant name: it becomes a label value and a namespace prefix (lowercase letters, digits and '-', at most 63, no dots)"
+        ),
+    ))
+}
+
+/// `spec.namespaces`: names, reserved names, the prefix rule, duplicates, and
+/// the extra labels and annotations (valid keys and values, none of
+/// Palisade's). Returns the names.
+fn check_namespaces<'a>(
+    name: &str,
+    spec: &'a TenantSpec,
+) -> Result<BTreeSet<&'a str>, InvalidTenant> {
     let mut seen = BTreeSet::new();
     for (i, ns) in spec.namespaces.iter().enumerate() {
         let field = format!("spec.namespaces[{i}].name");
@@ -127,7 +123,8 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
                 format!("'{}' is listed twice", ns.name),
             ));
         }
-        for key in ns.labels.keys() {
+        for (key, value) in &ns.labels {
+            let field = format!("spec.namespaces[{i}].labels[{key}]");
             if labels::RESERVED_LABEL_PREFIXES
                 .iter()
                 .any(|p| key.starts_with(p))
@@ -135,61 +132,64 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
             {
                 return Err(invalid(
                     "ReservedLabel",
-                    format!("spec.namespaces[{i}].labels[{key}]"),
+                    field,
                     format!("label '{key}' is managed by Palisade; remove it from the spec"),
                 ));
             }
-        }
-    }
-    for (i, c) in spec.network.allow_egress_cidrs.iter().enumerate() {
-        let field = format!("spec.network.allowEgressCidrs[{i}]");
-        let net = check_cidr(&format!("{field}.cidr"), &c.cidr)?;
-        for (j, e) in c.except.iter().enumerate() {
-            let inner = check_cidr(&format!("{field}.except[{j}]"), e)?;
-            if !net.contains(&inner) || inner.trunc() == net.trunc() {
+            if !labels::is_qualified_name(key) || !labels::is_label_value(value) {
                 return Err(invalid(
-                    "InvalidCidr",
-                    format!("{field}.except[{j}]"),
-                    format!("'{e}' is not strictly inside '{}'", c.cidr),
+                    "InvalidLabel",
+                    field,
+                    format!(
+                        "'{key}: {value}' is not a valid label (key: [prefix/]name; value: at most 63 characters, alphanumerics, '-', '_', '.')"
+                    ),
                 ));
             }
         }
-        if let Some(j) = c.ports.iter().position(|p| *p == 0) {
+        if let Some(key) = ns
+            .annotations
+            .keys()
+            .find(|k| !labels::is_qualified_name(k))
+        {
             return Err(invalid(
-                "InvalidPort",
-                format!("{field}.ports[{j}]"),
-                "0 is not a port (1-65535)",
+                "InvalidAnnotation",
+                format!("spec.namespaces[{i}].annotations[{key}]"),
+                format!("'{key}' is not a valid annotation key ([prefix/]name)"),
             ));
         }
     }
-    if let Some(q) = &spec.quota {
-        check_quantities("spec.quota.hard", &q.hard)?;
-        for (i, sc) in q.storage_classes.iter().enumerate() {
-            let field = format!("spec.quota.storageClasses[{i}]");
-            let items = [
-                ("requestsStorage", &sc.requests_storage),
-                ("persistentvolumeclaims", &sc.persistentvolumeclaims),
-            ];
-            for (key, value) in items {
-                if let Some(v) = value {
-                    let k = key.to_string();
-                    check_quantities(&field, [(&k, v)])?;
-                }
-            }
-        }
-    }
-    if let Some(l) = &spec.limits {
-        check_quantities("spec.limits.default", &l.default)?;
-        check_quantities("spec.limits.defaultRequest", &l.default_request)?;
-        check_quantities("spec.limits.max", &l.max)?;
-        check_quantities("spec.limits.min", &l.min)?;
-    }
+    Ok(seen)
+}
+
+/// `spec.owners`: a namespace exactly for ServiceAccounts (a DNS label, like
+/// every namespace name), valid ServiceAccount names, no subject that stands
+/// for everyone.
+fn check_owners(spec: &TenantSpec) -> Result<(), InvalidTenant> {
     for (i, o) in spec.owners.iter().enumerate() {
         if (o.kind == SubjectKind::ServiceAccount) != o.namespace.is_some() {
             return Err(invalid(
                 "InvalidOwner",
                 format!("spec.owners[{i}]"),
                 "namespace is required for ServiceAccount owners and not allowed for users and groups",
+            ));
+        }
+        if let Some(ns) = o.namespace.as_deref().filter(|ns| !is_dns_label(ns)) {
+            return Err(invalid(
+                "InvalidOwner",
+                format!("spec.owners[{i}].namespace"),
+                format!(
+                    "'{ns}' is not a namespace name (lowercase letters, digits and '-', at most 63)"
+                ),
+            ));
+        }
+        if o.kind == SubjectKind::ServiceAccount && !labels::is_dns_subdomain(&o.name) {
+            return Err(invalid(
+                "InvalidOwner",
+                format!("spec.owners[{i}].name"),
+                format!(
+                    "'{}' is not a ServiceAccount name (lowercase DNS subdomain)",
+                    o.name
+                ),
             ));
         }
         if super::rolepolicy::is_public_subject(o.kind, &o.name) {
@@ -204,8 +204,29 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
             ));
         }
     }
+    Ok(())
+}
+
+/// `spec.secrets`: rotation periods (parsed and returned in spec order),
+/// kept versions, algorithms, namespaces of the tenant, and names that fit
+/// where they go (a 63-character label value).
+fn check_secrets(
+    spec: &TenantSpec,
+    listed: &BTreeSet<&str>,
+) -> Result<Vec<std::time::Duration>, InvalidTenant> {
+    let mut rotate_every = Vec::with_capacity(spec.secrets.len());
     for (i, s) in spec.secrets.iter().enumerate() {
         let field = format!("spec.secrets[{i}]");
+        if !labels::is_label_value(&s.name) || !labels::is_dns_subdomain(&s.name) {
+            return Err(invalid(
+                "InvalidSecretName",
+                format!("{field}.name"),
+                format!(
+                    "'{}' cannot name a managed secret: at most 63 lowercase letters, digits, '-' and '.' (the name is also a label value)",
+                    s.name
+                ),
+            ));
+        }
         let every = duration::parse_positive(&s.rotate_every).map_err(|e| {
             invalid(
                 "InvalidRotation",
@@ -220,7 +241,7 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
                 format!("'{}' is longer than 3650d", s.rotate_every),
             ));
         }
-        valid.rotate_every.push(every);
+        rotate_every.push(every);
         if s.keep_previous > 10 {
             return Err(invalid(
                 "InvalidRotation",
@@ -236,7 +257,7 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
             ));
         }
         for ns in &s.namespaces {
-            if !seen.contains(ns.as_str()) {
+            if !listed.contains(ns.as_str()) {
                 return Err(invalid(
                     "UnknownNamespace",
                     format!("{field}.namespaces"),
@@ -245,6 +266,10 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
             }
         }
     }
+    Ok(rotate_every)
+}
+
+fn check_gc(spec: &TenantSpec) -> Result<(), InvalidTenant> {
     if let Some(gc) = &spec.garbage_collection {
         for (i, r) in gc.rules.iter().enumerate() {
             if let Some(age) = &r.max_age {
@@ -265,7 +290,7 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
             }
         }
     }
-    Ok(valid)
+    Ok(())
 }
 
 /// Namespace names of the tenant, in spec order.

@@ -71,7 +71,7 @@ impl Invalid {
 pub enum Error {
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    #[error("{0}: {1}")]
+    #[error("{}: {}", .0, crate::apply::api_message(.1))]
     Kube(&'static str, #[source] Box<kube::Error>),
     #[error("building the configuration file: {0}")]
     Config(#[from] serde_yaml::Error),

@@ -11,13 +11,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use serde_json::Value;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Context, ObjectKey, namespaces};
 use crate::apply::Outcome;
 use crate::controller::error::{Error, Failed};
 use crate::controller::events::event;
-use crate::crd::tenant::{DeletionPolicy, Tenant};
+use crate::crd::tenant::Tenant;
+use crate::resources::disposal::{self, Disposal, Wants};
 
 /// What applying the children did.
 #[derive(Debug, Default)]
@@ -28,12 +29,27 @@ pub struct Applied {
     pub wanted: BTreeSet<ObjectKey>,
     /// The first failure: the reconcile's error (retried with backoff).
     pub error: Option<Error>,
+    /// Objects that held content Palisade does not set (a rule or key someone
+    /// added), put back to exactly the desired content, with the field
+    /// managers that had changed them.
+    pub reverted: Vec<(ObjectKey, Vec<String>)>,
 }
 
-/// Applies `values` (the desired children, namespaces excluded) that live in
-/// the `ready` namespaces; only what differs from the cache is written.
+/// Kinds that isolate a namespace: in place before anyone is granted access.
+const ISOLATION: &[&str] = &["NetworkPolicy", "ResourceQuota", "LimitRange"];
+/// Kinds that grant access to a namespace.
+const ACCESS: &[&str] = &["Role", "RoleBinding"];
+
+/// Applies `values` (the desired children, namespaces excluded, isolation
+/// kinds before access kinds, as [`crate::resources::TenantObjects::to_values`]
+/// orders them) that live in the `ready` namespaces; only what differs from
+/// the cache is written. Isolation before access: in a namespace where a
+/// NetworkPolicy, the ResourceQuota or the LimitRange could not be applied,
+/// no Role or RoleBinding is written (existing ones stay; the failure is in
+/// status and the reconcile is retried).
 pub(super) async fn apply(ctx: &Context, values: Vec<Value>, ready: &BTreeSet<String>) -> Applied {
     let mut out = Applied::default();
+    let mut unisolated: BTreeSet<String> = BTreeSet::new();
     for ns in ready {
         out.wanted.insert(ObjectKey::new("Namespace", "", ns));
     }
@@ -46,6 +62,10 @@ pub(super) async fn apply(ctx: &Context, values: Vec<Value>, ready: &BTreeSet<St
             continue;
         };
         out.wanted.insert(key.clone());
+        if ACCESS.contains(&key.kind.as_str()) && unisolated.contains(&key.namespace) {
+            warn!(kind = %key.kind, namespace = %key.namespace, name = %key.name, "not granted: the namespace's isolation is not in place");
+            continue;
+        }
         let cached = ctx
             .cache
             .get_value(&kind.ar, Some(&key.namespace), &key.name);
@@ -57,8 +77,15 @@ pub(super) async fn apply(ctx: &Context, values: Vec<Value>, ready: &BTreeSet<St
             Ok(Outcome::Updated) => {
                 info!(kind = %key.kind, namespace = %key.namespace, name = %key.name, "restored drifted object");
             }
+            Ok(Outcome::Reverted { changed_by }) => {
+                info!(kind = %key.kind, namespace = %key.namespace, name = %key.name, changed_by = ?changed_by, "removed content someone else added");
+                out.reverted.push((key, changed_by));
+            }
             Ok(_) => {}
             Err(e) => {
+                if ISOLATION.contains(&key.kind.as_str()) {
+                    unisolated.insert(key.namespace.clone());
+                }
                 let e = Error::Apply(e);
                 let failed = Failed::new(format!("apply {}", key.kind), &e);
                 out.failed.entry(key.kind.clone()).or_insert(failed);
@@ -69,38 +96,23 @@ pub(super) async fn apply(ctx: &Context, values: Vec<Value>, ready: &BTreeSet<St
     out
 }
 
-/// Deletes (or releases, for namespaces under `Retain`) what `tenant` owns and
-/// no longer wants. `names`: the spec's namespaces (one not yet ready is kept).
+/// Deletes or releases what `tenant` owns and no longer wants, by the one
+/// rule of [`disposal`] (`names`: the spec's namespaces; a namespace not yet
+/// ready is kept). An Event per namespace that leaves.
 pub(super) async fn prune(
     ctx: &Context,
     tenant: &Tenant,
     names: &[String],
     wanted: &BTreeSet<ObjectKey>,
 ) -> Result<(), Error> {
-    for (ar, obj) in ctx.cache.owned_by(&tenant.name_any()) {
-        let key = ObjectKey::new(
-            &ar.kind,
-            &obj.namespace().unwrap_or_default(),
-            &obj.name_any(),
-        );
-        let is_ns = ar.kind == "Namespace";
-        let ns_pending = is_ns && names.contains(&key.name);
-        if wanted.contains(&key) || ns_pending || obj.metadata.deletion_timestamp.is_some() {
+    let wants = Wants {
+        objects: wanted,
+        namespaces: names,
+        policy: tenant.spec.deletion_policy,
+    };
+    for (key, what) in dispose_owned(ctx, tenant, &wants).await? {
+        if key.kind != "Namespace" {
             continue;
-        }
-        let ns = if is_ns { &key.name } else { &key.namespace };
-        if namespaces::foreign(ctx, tenant, ns) {
-            continue;
-        }
-        if !is_ns {
-            ctx.applier.delete(&ar, &obj).await?;
-            continue;
-        }
-        match tenant.spec.deletion_policy {
-            DeletionPolicy::Delete => ctx.applier.delete(&ar, &obj).await?,
-            DeletionPolicy::Retain => {
-                namespaces::release(ctx, &obj, tenant.metadata.uid.as_deref()).await?
-            }
         }
         super::publish(
             ctx,
@@ -110,13 +122,62 @@ pub(super) async fn prune(
                 "NamespaceRemoved",
                 "Prune",
                 format!(
-                    "namespace {} left the tenant ({:?})",
-                    obj.name_any(),
-                    tenant.spec.deletion_policy
+                    "namespace {} left the tenant: {}",
+                    key.name,
+                    what.describe()
                 ),
             ),
         )
         .await;
     }
     Ok(())
+}
+
+/// Carries out [`disposal::dispose`] for every object `tenant` owns (the
+/// contents of a namespace before the namespace); returns what changed.
+pub(super) async fn dispose_owned(
+    ctx: &Context,
+    tenant: &Tenant,
+    wants: &Wants<'_>,
+) -> Result<Vec<(ObjectKey, Disposal)>, Error> {
+    let owned: Vec<_> = ctx
+        .cache
+        .owned_by(&tenant.name_any())
+        .into_iter()
+        .map(|(ar, obj)| {
+            let key = ObjectKey::new(
+                &ar.kind,
+                &obj.namespace().unwrap_or_default(),
+                &obj.name_any(),
+            );
+            (key, (ar, obj))
+        })
+        .collect();
+    let mut done = Vec::new();
+    for (key, (ar, obj)) in disposal::in_order(owned) {
+        let ns = if key.kind == "Namespace" {
+            &key.name
+        } else {
+            &key.namespace
+        };
+        let foreign = namespaces::foreign(ctx, tenant, ns);
+        let what = disposal::dispose(
+            &key,
+            obj.metadata.deletion_timestamp.is_some(),
+            foreign,
+            wants,
+        );
+        match what {
+            Disposal::Keep | Disposal::WithNamespace => {}
+            Disposal::Delete => ctx.applier.delete(&ar, &obj).await?,
+            Disposal::ReleaseNamespace => {
+                namespaces::release(ctx, &obj, tenant.metadata.uid.as_deref()).await?
+            }
+            Disposal::ReleaseData => namespaces::release_data(ctx, &ar, &obj).await?,
+        }
+        if what.changes() {
+            done.push((key, what));
+        }
+    }
+    Ok(done)
 }

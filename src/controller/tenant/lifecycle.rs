@@ -7,9 +7,10 @@ use serde_json::json;
 use tracing::info;
 
 use super::Context;
-use super::namespaces;
+use super::children;
 use crate::controller::error::{Error, kube_err};
-use crate::crd::tenant::{DeletionPolicy, Tenant};
+use crate::crd::tenant::Tenant;
+use crate::resources::disposal::Wants;
 use crate::resources::labels;
 
 fn finalizer_patch(patch: serde_json::Value) -> Result<json_patch::Patch, Error> {
@@ -79,30 +80,20 @@ async fn remove_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
     }
 }
 
-/// Removes what Palisade manages for a tenant, per `deletionPolicy`: all
-/// namespaces (Delete), or only the policy objects, releasing the namespaces
-/// (Retain). Idempotent; tolerates apply never having run.
+/// Removes what Palisade manages for a tenant, per `deletionPolicy` and the
+/// rule of [`crate::resources::disposal`]: the namespaces (Delete: their
+/// contents go with them), or Palisade's policy objects only, keeping the
+/// generated data and releasing the namespaces (Retain). Idempotent;
+/// tolerates apply never having run.
 pub(super) async fn cleanup(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {
-    let name = tenant.name_any();
     let policy = tenant.spec.deletion_policy;
-    for (ar, obj) in ctx.cache.owned_by(&name) {
-        let is_ns = ar.kind == "Namespace";
-        let ns = if is_ns {
-            obj.name_any()
-        } else {
-            obj.namespace().unwrap_or_default()
-        };
-        if namespaces::foreign(ctx, tenant, &ns) {
-            continue;
-        }
-        match (is_ns, policy) {
-            (true, DeletionPolicy::Delete) => ctx.applier.delete(&ar, &obj).await?,
-            (true, DeletionPolicy::Retain) => {
-                namespaces::release(ctx, &obj, tenant.metadata.uid.as_deref()).await?
-            }
-            (false, _) => ctx.applier.delete(&ar, &obj).await?,
-        }
-    }
-    info!(tenant = %name, ?policy, "tenant cleaned up");
+    let nothing = Default::default();
+    let wants = Wants {
+        objects: &nothing,
+        namespaces: &[],
+        policy,
+    };
+    let done = children::dispose_owned(ctx, tenant, &wants).await?;
+    info!(tenant = %tenant.name_any(), ?policy, changed = done.len(), "tenant cleaned up");
     remove_finalizer(ctx, tenant).await
 }

@@ -34,7 +34,6 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use serde_json::Value;
 use tracing::warn;
 
 pub use context::Context;
@@ -53,29 +52,7 @@ fn tenant_ar() -> ApiResource {
     ApiResource::erase::<Tenant>(&())
 }
 
-/// Which object: kind, namespace (empty for cluster-scoped) and name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ObjectKey {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ObjectKey {
-    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
-        Self {
-            kind: kind.to_string(),
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-        }
-    }
-
-    /// The key of a desired object (JSON).
-    pub fn of(value: &Value) -> Self {
-        let s = |p: &str| value.pointer(p).and_then(Value::as_str).unwrap_or_default();
-        Self::new(s("/kind"), s("/metadata/namespace"), s("/metadata/name"))
-    }
-}
+pub use crate::resources::ObjectKey;
 
 async fn publish(ctx: &Context, tenant: &Tenant, ev: kube::runtime::events::Event) {
     super::events::publish(&ctx.recorder, &tenant.object_ref(&()), ev).await;
@@ -242,6 +219,7 @@ async fn steps(
         .filter(|v| v["kind"] != "Namespace")
         .collect();
     let applied = children::apply(ctx, values, &ready).await;
+    announce_reverts(ctx, tenant, &applied.reverted).await;
     let mut wanted = applied.wanted.clone();
     facts.children = Some(applied);
 
@@ -283,6 +261,23 @@ async fn steps(
 
 fn at(step: &'static str) -> impl Fn(Error) -> (&'static str, Error) {
     move |e| (step, e)
+}
+
+/// A Warning Event per object that was widened by someone else and put back,
+/// naming who changed it (from its managedFields).
+async fn announce_reverts(ctx: &Context, tenant: &Tenant, reverted: &[(ObjectKey, Vec<String>)]) {
+    for (key, changed_by) in reverted {
+        let who = match changed_by.as_slice() {
+            [] => "a client that recorded no field manager".to_string(),
+            managers => managers.join(", "),
+        };
+        let note = format!(
+            "{} {}/{} held fields Palisade does not set (changed by {who}); restored to the desired spec",
+            key.kind, key.namespace, key.name
+        );
+        let ev = event(EventType::Warning, "DriftReverted", "Heal", note);
+        publish(ctx, tenant, ev).await;
+    }
 }
 
 /// Events for rotations (and deferred forced ones), and the next-rotation gauges.

@@ -190,6 +190,71 @@ pub(super) fn foreign(ctx: &Context, tenant: &Tenant, ns: &str) -> bool {
         .is_some_and(|u| u != uid)
 }
 
+/// Keeps a Secret or ConfigMap Palisade generated in a namespace it lets go
+/// of (Retain): values untouched, no longer managed (so no cache, rotation or
+/// prune sees it), labelled released; its `palisade.dev/tenant` label stays,
+/// so the same Tenant adopting the namespace again adopts it too
+/// ([`adopt_released`]).
+pub(super) async fn release_data(
+    ctx: &Context,
+    ar: &ApiResource,
+    obj: &DynamicObject,
+) -> Result<(), Error> {
+    let patch = json!({ "metadata": { "labels": {
+        labels::MANAGED_BY: null,
+        labels::RELEASED: "true",
+    }}});
+    match ctx
+        .applier
+        .merge_patch(ar, obj.namespace().as_deref(), &obj.name_any(), patch)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(404) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An object of this name that Palisade does not manage, found in one of the
+/// tenant's namespaces (the caches hold only managed objects).
+pub(crate) enum Unmanaged {
+    /// None.
+    Absent,
+    /// Released earlier by this Tenant (Retain) and now managed again, as returned
+    /// by the write that adopted it.
+    Adopted(Box<DynamicObject>),
+    /// Someone else's: never overwritten.
+    Foreign,
+}
+
+/// Looks up `name` in `ns` (a namespace of `tenant` that is ready, so ours by
+/// uid); data this Tenant released there earlier is adopted back with its
+/// values.
+pub(crate) async fn adopt_released(
+    ctx: &Context,
+    tenant: &str,
+    ar: &ApiResource,
+    ns: &str,
+    name: &str,
+) -> Result<Unmanaged, Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, ar);
+    let Some(found) = api.get_metadata_opt(name).await.map_err(kube_err("get"))? else {
+        return Ok(Unmanaged::Absent);
+    };
+    let l = found.labels();
+    let released = l.get(labels::RELEASED).map(String::as_str) == Some("true")
+        && l.get(labels::TENANT).map(String::as_str) == Some(tenant);
+    if !released {
+        return Ok(Unmanaged::Foreign);
+    }
+    let patch = json!({ "metadata": { "labels": {
+        labels::MANAGED_BY: labels::MANAGED_BY_VALUE,
+        labels::RELEASED: null,
+    }}});
+    let adopted = ctx.applier.merge_patch(ar, Some(ns), name, patch).await?;
+    Ok(Unmanaged::Adopted(Box::new(adopted)))
+}
+
 /// Marks a namespace as released: no longer managed (so never pruned), still
 /// labelled with its tenant's name (for people), without the tenant's uid label
 /// (so it is no peer of the tenant's network policy and no new Tenant of the same

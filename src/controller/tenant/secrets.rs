@@ -19,6 +19,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::info;
 
+use super::namespaces::{Unmanaged, adopt_released};
 use super::{Context, ObjectKey};
 use crate::controller::error::{Error, kube_err};
 use crate::crd::condition::Observed;
@@ -43,19 +44,6 @@ pub struct Outcome {
 
 fn ar<K: Resource<DynamicType = ()>>() -> ApiResource {
     ApiResource::erase::<K>(&())
-}
-
-/// Does an object exist that Palisade does not manage? (The caches only hold
-/// managed objects, so this is asked only when the cache has nothing.)
-async fn foreign_exists(
-    ctx: &Context,
-    ar: &ApiResource,
-    ns: &str,
-    name: &str,
-) -> Result<bool, Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, ar);
-    let found = api.get_metadata_opt(name).await.map_err(kube_err("get"))?;
-    Ok(found.is_some())
 }
 
 fn to_value<T: serde::Serialize>(obj: &T) -> Result<Value, Error> {
@@ -193,13 +181,22 @@ async fn one(
         out.wanted.insert(ObjectKey::new("ConfigMap", ns, &jwks));
         let cm_ar = ar::<ConfigMap>();
         if ctx.cache.get(&cm_ar, Some(ns), &jwks).is_none()
-            && foreign_exists(ctx, &cm_ar, ns, &jwks).await?
+            && let Unmanaged::Foreign =
+                adopt_released(ctx, &tenant.name_any(), &cm_ar, ns, &jwks).await?
         {
             return Ok(Err(t.blocked_conflict("ConfigMap", &jwks)));
         }
     }
-    let cached = ctx.cache.get(&ar::<Secret>(), Some(ns), &spec.name);
-    let (state, force) = match current(ctx, &t, cached.as_deref()).await? {
+    let secret_ar = ar::<Secret>();
+    let cached = match ctx.cache.get(&secret_ar, Some(ns), &spec.name) {
+        Some(cached) => Some(cached),
+        None => match adopt_released(ctx, &tenant.name_any(), &secret_ar, ns, &spec.name).await? {
+            Unmanaged::Absent => None,
+            Unmanaged::Adopted(obj) => Some(std::sync::Arc::new(*obj)),
+            Unmanaged::Foreign => return Ok(Err(t.blocked_conflict("Secret", &spec.name))),
+        },
+    };
+    let (state, force) = match current(&t, cached.as_deref())? {
         Ok(current) => current,
         Err(blocked) => return Ok(Err(blocked)),
     };
@@ -221,17 +218,12 @@ async fn one(
 }
 
 /// The managed secret's current versions and whether a rotation is asked for
-/// (`palisade.dev/rotate-now`); blocked when it cannot be read, or when an
-/// unmanaged Secret of that name is in the way.
-async fn current(
-    ctx: &Context,
+/// (`palisade.dev/rotate-now`); blocked when it cannot be read.
+fn current(
     t: &Target<'_>,
     cached: Option<&DynamicObject>,
 ) -> Step<(Option<model::SecretState>, bool)> {
     let Some(obj) = cached else {
-        if foreign_exists(ctx, &ar::<Secret>(), t.ns, &t.spec.name).await? {
-            return Ok(Err(t.blocked_conflict("Secret", &t.spec.name)));
-        }
         return Ok(Ok((None, false)));
     };
     let Ok(secret) = serde_json::from_value::<Secret>(to_value(obj)?) else {

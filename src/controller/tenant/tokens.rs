@@ -11,6 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::ApiResource;
 
+use super::namespaces::{Unmanaged, adopt_released};
 use super::{Context, ObjectKey};
 use crate::controller::error::{Error, to_value};
 use crate::crd::condition::Observed;
@@ -167,7 +168,18 @@ async fn in_namespace(
         scope: r.scope.clone(),
         ttl: req.ttl,
     };
-    let cached = ctx.cache.get(&secret_ar(), Some(ns), &name);
+    let cached = match ctx.cache.get(&secret_ar(), Some(ns), &name) {
+        Some(cached) => Some(cached),
+        None => match adopt_released(ctx, r.tenant, &secret_ar(), ns, &name).await? {
+            Unmanaged::Absent => None,
+            Unmanaged::Adopted(obj) => Some(std::sync::Arc::new(*obj)),
+            Unmanaged::Foreign => {
+                return Ok(InNamespace::Problem(format!(
+                    "Secret {ns}/{name} exists and is not managed by Palisade; it was not overwritten: delete it or rename the ServiceAccount"
+                )));
+            }
+        },
+    };
     let issued = cached
         .as_ref()
         .and_then(|o| Issued::from_annotations(o.annotations()));

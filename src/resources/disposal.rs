@@ -1,0 +1,297 @@
+//! What becomes of an object a Tenant owns and no longer wants (pure). One
+//! rule for the controller's prune (a namespace or object left the spec), its
+//! cleanup (the Tenant is deleted) and `palisade diff`'s preview of both.
+//!
+//! - `deletionPolicy: Delete`: a namespace that leaves is deleted, and what is
+//!   inside goes with it (no request per child: one namespace deletion, which
+//!   the namespace controller carries out).
+//! - `deletionPolicy: Retain`: a namespace that leaves is released. Palisade's
+//!   policy objects in it (NetworkPolicies, ResourceQuota, LimitRange, Roles,
+//!   RoleBindings) are deleted; the data it generated there (rotated Secrets
+//!   with every kept version, JWKS ConfigMaps, token Secrets) stays with its
+//!   values, labelled `palisade.dev/released=true` and no longer managed, so
+//!   nothing rotates or prunes it. The same Tenant listing the namespace again
+//!   adopts both back.
+//! - An object the Tenant no longer wants in a namespace it keeps is deleted.
+//! - Nothing in a namespace labelled with another Tenant's uid (an earlier
+//!   Tenant of the same name) is touched, and nothing already being deleted.
+
+use std::collections::BTreeSet;
+
+use super::ObjectKey;
+use crate::crd::tenant::DeletionPolicy;
+
+/// What happens to one owned object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposal {
+    /// Still wanted, already going, or not this Tenant's to touch.
+    Keep,
+    /// Deleted now.
+    Delete,
+    /// Goes with its namespace, which is being deleted: no request of its own.
+    WithNamespace,
+    /// A namespace let go of (Retain): labelled released, Palisade's own
+    /// RoleBinding in it revoked.
+    ReleaseNamespace,
+    /// Data kept in a namespace let go of (Retain): labelled released, values
+    /// untouched, never rotated again.
+    ReleaseData,
+}
+
+impl Disposal {
+    /// Whether this is a change (something is deleted or released).
+    pub fn changes(self) -> bool {
+        self != Disposal::Keep
+    }
+
+    /// How `palisade diff` and the Events describe it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Disposal::Keep => "kept",
+            Disposal::Delete => "deleted",
+            Disposal::WithNamespace => "deleted with its namespace (deletionPolicy: Delete)",
+            Disposal::ReleaseNamespace => {
+                "released (deletionPolicy: Retain): kept with its data, no longer managed"
+            }
+            Disposal::ReleaseData => {
+                "kept with its values (deletionPolicy: Retain), labelled released, no longer rotated"
+            }
+        }
+    }
+}
+
+/// Kinds whose objects are tenant data that Retain keeps: what Palisade
+/// generated and cannot generate again (random values, signing keys).
+pub fn is_data(kind: &str) -> bool {
+    matches!(kind, "Secret" | "ConfigMap")
+}
+
+/// What the Tenant wants now.
+pub struct Wants<'a> {
+    /// Every object wanted (applied or not). Empty when the Tenant is deleted.
+    pub objects: &'a BTreeSet<ObjectKey>,
+    /// The namespaces of the spec (one not ready yet is kept). Empty when the
+    /// Tenant is deleted.
+    pub namespaces: &'a [String],
+    pub policy: DeletionPolicy,
+}
+
+/// The disposal of one owned object; `deleting`: it is already being deleted;
+/// `foreign`: its namespace (or itself, for a namespace) is labelled with
+/// another Tenant's uid.
+pub fn dispose(key: &ObjectKey, deleting: bool, foreign: bool, wants: &Wants<'_>) -> Disposal {
+    let is_ns = key.kind == "Namespace";
+    let ns = if is_ns { &key.name } else { &key.namespace };
+    let listed = wants.namespaces.iter().any(|n| n == ns);
+    if deleting || foreign || wants.objects.contains(key) || (is_ns && listed) {
+        return Disposal::Keep;
+    }
+    match (is_ns, listed, wants.policy) {
+        (true, _, DeletionPolicy::Delete) => Disposal::Delete,
+        (true, _, DeletionPolicy::Retain) => Disposal::ReleaseNamespace,
+        (false, true, _) => Disposal::Delete,
+        (false, false, DeletionPolicy::Delete) => Disposal::WithNamespace,
+        (false, false, DeletionPolicy::Retain) if is_data(&key.kind) => Disposal::ReleaseData,
+        (false, false, DeletionPolicy::Retain) => Disposal::Delete,
+    }
+}
+
+/// Objects in the order their disposals must run: everything inside a
+/// namespace before the namespace itself (releasing a namespace revokes the
+/// RoleBinding Palisade needs to act in it).
+pub fn in_order<T>(mut items: Vec<(ObjectKey, T)>) -> Vec<(ObjectKey, T)> {
+    items.sort_by_key(|(k, _)| k.kind == "Namespace");
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(kind: &str, ns: &str, name: &str) -> ObjectKey {
+        ObjectKey::new(kind, ns, name)
+    }
+
+    /// The table of the issue "Fail closed": Retain keeps generated data, Delete
+    /// lets the namespace take its contents, kept namespaces lose what is unwanted.
+    #[test]
+    fn every_case_of_the_rule() {
+        let wanted: BTreeSet<ObjectKey> = [key("NetworkPolicy", "a", "keep")].into();
+        let listed = ["a".to_string()];
+        let none = BTreeSet::new();
+        for (policy, k, deleting, foreign, tenant_deleted, want) in [
+            // A namespace the spec lists, and what it still wants: kept.
+            (
+                DeletionPolicy::Delete,
+                key("Namespace", "", "a"),
+                false,
+                false,
+                false,
+                Disposal::Keep,
+            ),
+            (
+                DeletionPolicy::Delete,
+                key("NetworkPolicy", "a", "keep"),
+                false,
+                false,
+                false,
+                Disposal::Keep,
+            ),
+            // Unwanted in a kept namespace: deleted, whatever the policy.
+            (
+                DeletionPolicy::Retain,
+                key("NetworkPolicy", "a", "old"),
+                false,
+                false,
+                false,
+                Disposal::Delete,
+            ),
+            (
+                DeletionPolicy::Retain,
+                key("Secret", "a", "old"),
+                false,
+                false,
+                false,
+                Disposal::Delete,
+            ),
+            // A namespace that left: deleted or released.
+            (
+                DeletionPolicy::Delete,
+                key("Namespace", "", "b"),
+                false,
+                false,
+                false,
+                Disposal::Delete,
+            ),
+            (
+                DeletionPolicy::Retain,
+                key("Namespace", "", "b"),
+                false,
+                false,
+                false,
+                Disposal::ReleaseNamespace,
+            ),
+            // Its contents: with the namespace, or policy deleted and data kept.
+            (
+                DeletionPolicy::Delete,
+                key("Secret", "b", "db"),
+                false,
+                false,
+                false,
+                Disposal::WithNamespace,
+            ),
+            (
+                DeletionPolicy::Delete,
+                key("RoleBinding", "b", "x"),
+                false,
+                false,
+                false,
+                Disposal::WithNamespace,
+            ),
+            (
+                DeletionPolicy::Retain,
+                key("Secret", "b", "db"),
+                false,
+                false,
+                false,
+                Disposal::ReleaseData,
+            ),
+            (
+                DeletionPolicy::Retain,
+                key("ConfigMap", "b", "db-jwks"),
+                false,
+                false,
+                false,
+                Disposal::ReleaseData,
+            ),
+            (
+                DeletionPolicy::Retain,
+                key("ResourceQuota", "b", "q"),
+                false,
+                false,
+                false,
+                Disposal::Delete,
+            ),
+            // The Tenant deleted: nothing is wanted or listed.
+            (
+                DeletionPolicy::Retain,
+                key("Namespace", "", "a"),
+                false,
+                false,
+                true,
+                Disposal::ReleaseNamespace,
+            ),
+            (
+                DeletionPolicy::Retain,
+                key("Secret", "a", "db"),
+                false,
+                false,
+                true,
+                Disposal::ReleaseData,
+            ),
+            (
+                DeletionPolicy::Delete,
+                key("NetworkPolicy", "a", "keep"),
+                false,
+                false,
+                true,
+                Disposal::WithNamespace,
+            ),
+            // Going already, or another Tenant's namespace: untouched.
+            (
+                DeletionPolicy::Delete,
+                key("Namespace", "", "b"),
+                true,
+                false,
+                false,
+                Disposal::Keep,
+            ),
+            (
+                DeletionPolicy::Delete,
+                key("Secret", "b", "db"),
+                false,
+                true,
+                false,
+                Disposal::Keep,
+            ),
+            (
+                DeletionPolicy::Retain,
+                key("Namespace", "", "b"),
+                false,
+                true,
+                false,
+                Disposal::Keep,
+            ),
+        ] {
+            let wants = if tenant_deleted {
+                Wants {
+                    objects: &none,
+                    namespaces: &[],
+                    policy,
+                }
+            } else {
+                Wants {
+                    objects: &wanted,
+                    namespaces: &listed,
+                    policy,
+                }
+            };
+            assert_eq!(
+                dispose(&k, deleting, foreign, &wants),
+                want,
+                "{policy:?} {k:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn namespaces_come_last() {
+        let items = vec![
+            (key("Namespace", "", "b"), ()),
+            (key("Secret", "b", "s"), ()),
+            (key("NetworkPolicy", "b", "p"), ()),
+        ];
+        let kinds: Vec<String> = in_order(items).into_iter().map(|(k, _)| k.kind).collect();
+        assert_eq!(kinds, ["Secret", "NetworkPolicy", "Namespace"]);
+    }
+}
