@@ -341,15 +341,10 @@ async fn invalid_specs_change_nothing() {
             "InvalidSelector",
             "allowFromNamespaces[0]",
         ),
-        (
-            "every-ns",
-            json!({"network": {"allowFromNamespaces": [{}]}}),
-            "UnrestrictedPeer",
-            "allowUnrestricted",
-        ),
+        // Not a literal the CRD rule refuses (0.0.0.0/0, ::/0): every address all the same.
         (
             "every-ip",
-            json!({"network": {"allowEgressCidrs": [{"cidr": "0.0.0.0/0"}]}}),
+            json!({"network": {"allowEgressCidrs": [{"cidr": "::0/0"}]}}),
             "UnrestrictedPeer",
             "allowUnrestricted",
         ),
@@ -405,17 +400,60 @@ async fn invalid_specs_change_nothing() {
         delete_tenant(&client, &name).await;
     }
 
-    // A secret name that cannot be a label value: refused at admission.
-    let name = unique("e2v");
-    let mut t = sample(&name, "Delete");
-    t.spec.secrets = serde_json::from_value(json!([
-        {"name": "s".repeat(64), "type": "Random", "rotateEvery": "720h"}
-    ]))
-    .expect("secrets");
-    match tenants.create(&PostParams::default(), &t).await {
-        Err(kube::Error::Api(s)) => assert_eq!(s.code, 422, "{s:?}"),
-        other => panic!("a 64-character secret name was admitted: {other:?}"),
+    // Refused by the API server itself (CRD schema and CEL rules): a secret
+    // name that cannot be a label value, and the intents that open the tenant
+    // to everything without the opt-in.
+    for (what, patch, says) in [
+        (
+            "secret-name",
+            json!({"secrets": [{"name": "s".repeat(64), "type": "Random", "rotateEvery": "720h"}]}),
+            "spec.secrets[0].name",
+        ),
+        (
+            "every-ns",
+            json!({"network": {"allowFromNamespaces": [{}]}}),
+            "allowUnrestricted",
+        ),
+        (
+            "every-ip",
+            json!({"network": {"allowEgressCidrs": [{"cidr": "0.0.0.0/0"}]}}),
+            "allowUnrestricted",
+        ),
+    ] {
+        let name = unique("e2v");
+        let mut t = serde_json::to_value(sample(&name, "Delete")).expect("json");
+        json_patch::merge(&mut t["spec"], &patch);
+        let t: Tenant = serde_json::from_value(t).expect("tenant");
+        match tenants.create(&PostParams::default(), &t).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{what}: {s:?}");
+                assert!(s.message.contains(says), "{what}: {}", s.message);
+            }
+            other => {
+                cleanup.tenant(&name);
+                panic!("{what} was admitted: {other:?}");
+            }
+        }
     }
+
+    // With the documented opt-in, the same intent is admitted and applied.
+    let name = unique("e2v");
+    cleanup.tenant(&name);
+    let mut t = sample(&name, "Delete");
+    t.spec.network.allow_unrestricted = true;
+    t.spec.network.allow_from_namespaces = vec![Default::default()];
+    tenants
+        .create(&PostParams::default(), &t)
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    let np: Api<NetworkPolicy> = Api::namespaced(client.clone(), &format!("{name}-a"));
+    let from = np
+        .get("palisade-allow-from-namespaces")
+        .await
+        .expect("the policy of the opted-in intent");
+    assert!(from.spec.is_some());
+    delete_tenant(&client, &name).await;
 
     // A converged tenant edited into an invalid spec: nothing moves.
     let name = unique("e2v");

@@ -1461,6 +1461,16 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
         ),
         (
             "Tenant",
+            "an empty allowFromNamespaces selector admits every namespace",
+            tenant(json!({"network": {"allowFromNamespaces": [{}]}})),
+        ),
+        (
+            "Tenant",
+            "an allowEgressCidrs entry of 0.0.0.0/0 or ::/0",
+            tenant(json!({"network": {"allowEgressCidrs": [{"cidr": "::/0"}]}})),
+        ),
+        (
+            "Tenant",
             "a rule needs maxAge, keepLast or both",
             tenant(json!({"garbageCollection": {"rules": [{"name": "r", "kinds": ["Job"]}]}})),
         ),
@@ -2420,7 +2430,7 @@ async fn diff_reports_created_changed_pruned_unchanged_and_escalations() {
     assert!(
         text.contains(&format!("changed   Tenant {name} ("))
             && text.contains("~ spec.quota.hard.pods: \"50\" -> \"60\"")
-            && text.contains(&format!("pruned    Namespace {dev} (Tenant {name})"))
+            && text.contains(&format!("released  Namespace {dev} (Tenant {name})"))
             && text.contains(&format!(
                 "finding   RolePolicy {name}-escalate: EscalationVerb"
             )),

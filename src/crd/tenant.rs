@@ -141,6 +141,8 @@ impl PodSecurityLevel {
 /// Network intents. Each intent that is on becomes one NetworkPolicy named after it.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.allowUnrestricted) && self.allowUnrestricted) || !has(self.allowFromNamespaces) || self.allowFromNamespaces.all(s, (has(s.matchLabels) && size(s.matchLabels) > 0) || (has(s.matchExpressions) && size(s.matchExpressions) > 0))").message("an empty allowFromNamespaces selector admits every namespace of the cluster: set allowUnrestricted: true if that is intended"))]
+#[x_kube(validation = Rule::new("(has(self.allowUnrestricted) && self.allowUnrestricted) || !has(self.allowEgressCidrs) || self.allowEgressCidrs.all(c, !(c.cidr in ['0.0.0.0/0', '::/0']))").message("an allowEgressCidrs entry of 0.0.0.0/0 or ::/0 opens every address, private ranges included: use allowInternetEgress, or set allowUnrestricted: true if that is intended"))]
 pub struct NetworkSpec {
     /// Allow traffic between all namespaces of this tenant (ingress from and egress
     /// to pods in the tenant's namespaces). Default: true.
@@ -152,9 +154,11 @@ pub struct NetworkSpec {
     /// Allow ingress from namespaces matching any of these selectors (for example
     /// the ingress controller's or the monitoring namespace).
     #[serde(default)]
+    #[schemars(length(max = 32))]
     pub allow_from_namespaces: Vec<LabelSelector>,
     /// Allow egress to these CIDRs (for example a managed database or object store).
     #[serde(default)]
+    #[schemars(length(max = 32))]
     pub allow_egress_cidrs: Vec<EgressCidr>,
     /// Allow egress to the public internet (0.0.0.0/0 and ::/0 except the private
     /// ranges 10/8, 172.16/12, 192.168/16, fc00::/7, so cluster-internal traffic
