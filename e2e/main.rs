@@ -30,6 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
+mod diff_modes;
 mod fail_closed;
 
 const TIMEOUT: Duration = Duration::from_secs(120);

@@ -61,12 +61,16 @@ pub struct DiffArgs {
     /// `kubectl apply -f`; any kind, not only Palisade's.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,
-    /// Field manager the input is applied with: the one of the pipeline that
-    /// applies it (`kubectl` for `kubectl apply --server-side`,
-    /// `argocd-controller` for Argo CD, `kustomize-controller` for Flux), so
-    /// that fields removed from the input show as removed.
-    #[arg(long, default_value = "kubectl")]
-    pub field_manager: String,
+    /// How the input is applied is read from each live object: created when
+    /// absent; server-side applied by the manager of its `Apply` entry in
+    /// `managedFields` (Flux's kustomize-controller, Argo CD's
+    /// argocd-controller, `kubectl apply --server-side`), conflicts forced;
+    /// otherwise `kubectl apply`'s three-way merge against the
+    /// last-applied-configuration annotation. Pass a field manager only to
+    /// override that, for a pipeline that will take over from another: the
+    /// input is then server-side applied by it.
+    #[arg(long)]
+    pub field_manager: Option<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = DiffOutput::Text)]
     pub output: DiffOutput,

@@ -76,9 +76,9 @@ pub struct Wants<'a> {
     pub policy: DeletionPolicy,
 }
 
-/// The disposal of one owned object; `deleting`: it is already being deleted;
-/// `foreign`: its namespace (or itself, for a namespace) is labelled with
-/// another Tenant's uid.
+/// The disposal of one owned object; `deleting`: it, or the namespace it is
+/// in, is already being deleted (it goes either way); `foreign`: its namespace
+/// (or itself, for a namespace) is labelled with another Tenant's uid.
 pub fn dispose(key: &ObjectKey, deleting: bool, foreign: bool, wants: &Wants<'_>) -> Disposal {
     let is_ns = key.kind == "Namespace";
     let ns = if is_ns { &key.name } else { &key.namespace };

@@ -161,12 +161,8 @@ pub(super) async fn dispose_owned(
             &key.namespace
         };
         let foreign = namespaces::foreign(ctx, tenant, ns);
-        let what = disposal::dispose(
-            &key,
-            obj.metadata.deletion_timestamp.is_some(),
-            foreign,
-            wants,
-        );
+        let going = obj.metadata.deletion_timestamp.is_some() || namespaces::terminating(ctx, ns);
+        let what = disposal::dispose(&key, going, foreign, wants);
         match what {
             Disposal::Keep | Disposal::WithNamespace => {}
             Disposal::Delete => ctx.applier.delete(&ar, &obj).await?,

@@ -175,6 +175,14 @@ async fn revoke_self(ctx: &Context, ns: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether the managed namespace `ns` is being deleted (what is in it goes
+/// with it).
+pub(super) fn terminating(ctx: &Context, ns: &str) -> bool {
+    ctx.cache
+        .get(&ns_ar(), None, ns)
+        .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
+}
+
 /// Whether `ns` is labelled with the uid of another Tenant (an earlier one of the
 /// same name whose objects were left behind): its objects are not this Tenant's
 /// to prune, release or delete.

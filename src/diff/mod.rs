@@ -4,11 +4,12 @@
 //! Two layers are compared, both with server-side apply dry-runs (nothing is
 //! written) against the live objects:
 //! - **the input**: every document (Tenants, RolePolicies, BackupSchedules and
-//!   any other kind, e.g. the Secrets a BackupSchedule needs), applied with the
-//!   field manager of the pipeline that applies them (`--field-manager`,
-//!   default `kubectl` as `kubectl apply --server-side` uses; `argocd-controller`
-//!   for Argo CD, `kustomize-controller` for Flux), conflicts forced as those
-//!   tools do, unknown fields refused (`fieldValidation=Strict`);
+//!   any other kind, e.g. the Secrets a BackupSchedule needs), dry-run the way
+//!   it will really be applied, read from the live object ([`mode`]): created,
+//!   server-side applied by the manager that applied it (Flux's, Argo CD's,
+//!   kubectl's; conflicts forced as those tools do), or `kubectl apply`'s
+//!   three-way merge; `--field-manager` overrides; unknown fields refused
+//!   (`fieldValidation=Strict`);
 //! - **what Palisade would manage for it**: the children the controllers would
 //!   apply, built with the controllers' own builders (the same ones `palisade
 //!   render` prints) from the input and the cluster's RolePolicies and quota
@@ -17,12 +18,14 @@
 //!   would delete (or release) are reported as pruned.
 //!
 //! Each object is `created`, `changed` (with the fields that change),
-//! `pruned` or `unchanged`. RolePolicy escalations (and invalid Tenants) are
+//! `pruned`, `released` or `unchanged`. RolePolicy escalations (and invalid Tenants) are
 //! reported as findings by the controllers' own validation. Secret values
 //! never appear: fields under a Secret's `data`/`stringData` print as hidden.
 //!
 //! Exit codes follow `kubectl diff`: 0 nothing would change, 1 something would
 //! change (or the controller would reject an input), 2 an error.
+
+mod mode;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -54,7 +57,7 @@ pub const EXIT_CHANGES: u8 = 1;
 /// Exit code on an error (input, cluster, API).
 pub const EXIT_ERROR: u8 = 2;
 
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+pub(crate) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Metadata the API server writes on every object: never part of a diff.
 const SERVER_METADATA: &[&str] = &[
     "managedFields",
@@ -170,6 +173,11 @@ pub struct ObjectDiff {
     /// `FILE#DOC` for an input document, `Tenant NAME` / `BackupSchedule NS/NAME`
     /// for what Palisade manages for it.
     pub source: String,
+    /// For an input document: how it is applied (`as kubectl client-side
+    /// apply`, `as server-side apply by kustomize-controller`, …), as read
+    /// from the live object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_as: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldChange>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -252,8 +260,13 @@ impl Report {
                 .as_deref()
                 .map(|n| format!("{n}/"))
                 .unwrap_or_default();
+            let how = o
+                .applied_as
+                .as_deref()
+                .map(|a| format!(", {a}"))
+                .unwrap_or_default();
             out.push_str(&format!(
-                "{:<9} {} {ns}{} ({})",
+                "{:<9} {} {ns}{} ({}{how})",
                 o.action.as_str(),
                 o.kind,
                 o.name,
@@ -505,8 +518,9 @@ pub fn merged_policies(live: Vec<RolePolicy>, input: &[RolePolicy]) -> Vec<RoleP
 /// Options of one diff.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Field manager for the input documents.
-    pub field_manager: String,
+    /// Field manager for the input documents; `None`: as each live object
+    /// says it is applied ([`mode::detect`]).
+    pub field_manager: Option<String>,
 }
 
 /// Builds a client from the current kubeconfig (or in-cluster config) and
@@ -552,10 +566,19 @@ struct Target<'a> {
     namespace: Option<String>,
     name: String,
     value: Value,
-    manager: &'a str,
-    /// Refuse unknown fields (the input); children are Palisade's own.
-    strict: bool,
+    how: How<'a>,
     source: String,
+}
+
+/// Whose request a dry-run previews.
+#[derive(Clone, Copy)]
+enum How<'a> {
+    /// A child, as the controller applies it: server-side apply by
+    /// `palisade`, forced.
+    Child,
+    /// An input document, as its pipeline applies it ([`mode::detect`]):
+    /// unknown fields refused; `Some`: the `--field-manager` override.
+    Input(Option<&'a str>),
 }
 
 struct Differ {
@@ -637,7 +660,19 @@ impl Differ {
         fields: Vec<FieldChange>,
         note: Option<String>,
     ) {
+        self.push_as(t, action, fields, note, None);
+    }
+
+    fn push_as(
+        &mut self,
+        t: &Target<'_>,
+        action: Action,
+        fields: Vec<FieldChange>,
+        note: Option<String>,
+        applied_as: Option<String>,
+    ) {
         self.report.objects.push(ObjectDiff {
+            applied_as,
             action,
             api_version: t.ar.api_version.clone(),
             kind: t.ar.kind.clone(),
@@ -647,6 +682,48 @@ impl Differ {
             fields,
             note,
         });
+    }
+
+    /// The dry-run of an input document as it will really be applied
+    /// ([`mode::Mode`]): a server-side apply by its pipeline's manager
+    /// (forced), or the merge patch of `kubectl apply` (strategic for
+    /// built-in kinds), unknown fields refused either way.
+    async fn dry_run_input(
+        &self,
+        api: &Api<DynamicObject>,
+        t: &Target<'_>,
+        how: &mode::Mode,
+    ) -> Result<DynamicObject, kube::Error> {
+        match how {
+            mode::Mode::Create => {
+                let pp = PatchParams::apply(mode::CREATE_MANAGER)
+                    .force()
+                    .dry_run()
+                    .validation(ValidationDirective::Strict);
+                api.patch(&t.name, &pp, &Patch::Apply(&t.value)).await
+            }
+            mode::Mode::ServerSide { manager, .. } => {
+                let pp = PatchParams::apply(manager)
+                    .force()
+                    .dry_run()
+                    .validation(ValidationDirective::Strict);
+                api.patch(&t.name, &pp, &Patch::Apply(&t.value)).await
+            }
+            mode::Mode::ClientSide { original } => {
+                let patch = mode::client_side_patch(original.as_ref(), &t.value);
+                let pp = PatchParams {
+                    dry_run: true,
+                    field_manager: Some(mode::CLIENT_SIDE_MANAGER.to_string()),
+                    field_validation: Some(ValidationDirective::Strict),
+                    ..Default::default()
+                };
+                if mode::is_built_in(&t.ar.group) {
+                    api.patch(&t.name, &pp, &Patch::Strategic(&patch)).await
+                } else {
+                    api.patch(&t.name, &pp, &Patch::Merge(&patch)).await
+                }
+            }
+        }
     }
 
     /// Dry-run applies one object and records how it compares with the live
@@ -660,18 +737,26 @@ impl Differ {
             .map_err(api_err("get", &t.ar.kind, &t.name))?
             .map(|o| serde_json::to_value(o).map_err(ser_err("the live object")))
             .transpose()?;
-        let mut pp = PatchParams::apply(t.manager).force().dry_run();
-        if t.strict {
-            pp = pp.validation(ValidationDirective::Strict);
-        }
-        match api.patch(&t.name, &pp, &Patch::Apply(&t.value)).await {
+        let (result, applied_as) = match t.how {
+            How::Child => {
+                let pp = PatchParams::apply(FIELD_MANAGER).force().dry_run();
+                (api.patch(&t.name, &pp, &Patch::Apply(&t.value)).await, None)
+            }
+            How::Input(manager) => {
+                let how = mode::detect(live.as_ref(), manager);
+                let result = self.dry_run_input(&api, &t, &how).await;
+                (result, Some(how.describe()))
+            }
+        };
+        match result {
             Ok(dry) => {
                 let mut dry = serde_json::to_value(dry).map_err(ser_err("the dry-run result"))?;
                 let mut note = None;
+                let strict = matches!(t.how, How::Input(_));
                 // A child someone widened: the apply keeps the fields another
                 // manager added; the controller then removes them. Preview that.
                 if let Some(live) = live.as_ref().filter(|_| {
-                    !t.strict && apply::owns_content(t.ar) && apply::widened(&dry, &t.value)
+                    !strict && apply::owns_content(t.ar) && apply::widened(&dry, &t.value)
                 }) {
                     let patch = apply::revert_patch(live, &t.value)
                         .map_err(ser_err("the patch that restores the object"))?;
@@ -696,7 +781,7 @@ impl Differ {
                     ));
                 }
                 let (action, fields) = classify(&t.ar.kind, live.as_ref(), &dry);
-                self.push(&t, action, fields, note);
+                self.push_as(&t, action, fields, note, applied_as);
                 Ok(Some(dry))
             }
             Err(kube::Error::Api(s))
@@ -710,7 +795,7 @@ impl Differ {
                     "namespace {} does not exist yet (this input creates it); not checked by the server",
                     t.namespace.as_deref().unwrap_or_default()
                 );
-                self.push(&t, Action::Created, Vec::new(), Some(note));
+                self.push_as(&t, Action::Created, Vec::new(), Some(note), applied_as);
                 Ok(None)
             }
             Err(e) => Err(api_err("dry-run apply", &t.ar.kind, &t.name)(e)),
@@ -719,7 +804,11 @@ impl Differ {
 
     /// One input document, with the pipeline's field manager; returns it as
     /// the server would store it (see [`Differ::compare`]).
-    async fn input(&mut self, d: &Document, manager: &str) -> Result<Option<Value>, DiffError> {
+    async fn input(
+        &mut self,
+        d: &Document,
+        manager: Option<&str>,
+    ) -> Result<Option<Value>, DiffError> {
         let (ar, namespaced) = self.resolve(d).await?;
         let mut value = d.value.clone();
         let name = value
@@ -759,8 +848,7 @@ impl Differ {
             namespace,
             name,
             value,
-            manager,
-            strict: true,
+            how: How::Input(manager),
             source: source_of(&d.path, d.doc),
         })
         .await
@@ -784,8 +872,7 @@ impl Differ {
             namespace,
             name,
             value,
-            manager: FIELD_MANAGER,
-            strict: false,
+            how: How::Child,
             source: source.to_string(),
         };
         if new_namespace {
@@ -809,8 +896,7 @@ impl Differ {
             namespace: Some(ns.to_string()),
             name: name.to_string(),
             value: Value::Null,
-            manager: FIELD_MANAGER,
-            strict: false,
+            how: How::Child,
             source: source.to_string(),
         };
         let action = if exists {
@@ -840,6 +926,8 @@ impl Differ {
         // Namespaces labelled with another Tenant's uid (an earlier Tenant of
         // the same name): the controller never prunes or releases inside them.
         let mut foreign: BTreeSet<String> = BTreeSet::new();
+        // Namespaces being deleted: what is in them is going already.
+        let mut terminating: BTreeSet<String> = BTreeSet::new();
         let mut scan: BTreeSet<String> = tenant::namespace_names(&t.spec).into_iter().collect();
         let mut child_kinds = crate::controller::cache::tenant_child_kinds();
         child_kinds.sort_by_key(|ar| ar.kind != "Namespace"); // namespaces first
@@ -858,6 +946,9 @@ impl Differ {
                 for o in list.items {
                     if ar.kind == "Namespace" {
                         scan.insert(o.name_any());
+                        if o.metadata.deletion_timestamp.is_some() {
+                            terminating.insert(o.name_any());
+                        }
                         let uid = o.labels().get(labels::TENANT_UID);
                         if let (Some(u), Some(mine)) = (uid, t.metadata.uid.as_deref())
                             && u != mine
@@ -963,8 +1054,7 @@ impl Differ {
                         namespace: None,
                         name: ns.clone(),
                         value: Value::Null,
-                        manager: FIELD_MANAGER,
-                        strict: false,
+                        how: How::Child,
                         source: source.clone(),
                     };
                     self.push(
@@ -991,8 +1081,7 @@ impl Differ {
                     namespace: None,
                     name: n.clone(),
                     value: Value::Null,
-                    manager: FIELD_MANAGER,
-                    strict: false,
+                    how: How::Child,
                     source: source.clone(),
                 };
                 self.push(&t, Action::Created, Vec::new(), None);
@@ -1064,7 +1153,8 @@ impl Differ {
             } else {
                 &key.namespace
             };
-            let what = disposal::dispose(&key, deleting, foreign.contains(ns), &wants);
+            let going = deleting || terminating.contains(ns);
+            let what = disposal::dispose(&key, going, foreign.contains(ns), &wants);
             let action = match what {
                 Disposal::Keep => continue,
                 Disposal::Delete | Disposal::WithNamespace => Action::Pruned,
@@ -1076,8 +1166,7 @@ impl Differ {
                 namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),
                 name: key.name.clone(),
                 value: Value::Null,
-                manager: FIELD_MANAGER,
-                strict: false,
+                how: How::Child,
                 source: source.clone(),
             };
             self.push(&t, action, Vec::new(), note);
@@ -1122,8 +1211,7 @@ impl Differ {
                     namespace,
                     name,
                     value: Value::Null,
-                    manager: FIELD_MANAGER,
-                    strict: false,
+                    how: How::Child,
                     source: source.clone(),
                 };
                 self.push(&t, Action::Created, Vec::new(), Some(note.into()));
@@ -1169,7 +1257,7 @@ pub async fn diff(client: Client, docs: &[Document], opts: &Options) -> Result<R
     let mut tenants: Vec<Tenant> = Vec::new();
     let mut schedules: Vec<BackupSchedule> = Vec::new();
     for d in docs {
-        let stored = differ.input(d, &opts.field_manager).await?;
+        let stored = differ.input(d, opts.field_manager.as_deref()).await?;
         match &d.input {
             Some(Input::RolePolicy(p)) => input_policies.push(as_stored(stored, p)),
             Some(Input::Tenant(t)) => tenants.push(as_stored(stored, t)),
@@ -1391,6 +1479,7 @@ mod tests {
             namespace: Some("n".into()),
             name: "c".into(),
             source: "f.yaml#1".into(),
+            applied_as: Some("as kubectl client-side apply".into()),
             fields: vec![FieldChange {
                 path: "data.k".into(),
                 before: Some(json!("1")),
@@ -1419,7 +1508,7 @@ mod tests {
         assert_eq!(r.exit_code(), 1);
         let text = r.to_text();
         assert!(
-            text.contains("changed   ConfigMap n/c (f.yaml#1)\n    ~ data.k: \"1\" -> \"2\"\n"),
+            text.contains("changed   ConfigMap n/c (f.yaml#1, as kubectl client-side apply)\n    ~ data.k: \"1\" -> \"2\"\n"),
             "{text}"
         );
         assert!(text.ends_with(
