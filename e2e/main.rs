@@ -31,6 +31,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 mod fail_closed;
+mod fail_closed_policy;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -1485,6 +1486,18 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
             policy(
                 json!({"bindings": [{"role": "viewer", "token": {"ttl": "15m"},
                           "subjects": [{"kind": "User", "name": "u"}]}]}),
+            ),
+        ),
+        (
+            "RolePolicy",
+            "reserved role name",
+            policy(json!({"roles": [{"name": "operator", "permissions": ["config:read"]}]})),
+        ),
+        (
+            "RolePolicy",
+            "reserved role name",
+            policy(
+                json!({"bindings": [{"role": "operator", "subjects": [{"kind": "User", "name": "u"}]}]}),
             ),
         ),
         (
