@@ -45,8 +45,6 @@ use crate::duration;
 pub const TTL: &str = "palisade.dev/ttl";
 /// Annotation: the RFC 3339 instant after which the object may be deleted.
 pub const EXPIRES: &str = "palisade.dev/expires";
-/// Annotation: `"true"` protects an object from garbage collection.
-pub const KEEP: &str = "palisade.dev/keep";
 
 /// Kinds honouring the annotations when `annotationKinds` is empty (plus the
 /// kinds the rules name).
@@ -231,7 +229,6 @@ fn plus(t: Timestamp, d: Duration) -> Timestamp {
 /// could write.
 pub fn protected(c: &Candidate, managed: &BTreeSet<ManagedKey>) -> bool {
     c.deleting
-        || c.annotations.get(KEEP).map(String::as_str) == Some("true")
         || c.palisade_owned
         || managed.contains(&(c.kind.clone(), c.namespace.clone(), c.name.clone()))
 }
@@ -591,7 +588,8 @@ mod tests {
     }
 
     /// Issue #30: what Palisade really manages is protected (by name, or by a
-    /// palisade.dev owner); a managed-by label or tenant label alone is not.
+    /// palisade.dev owner); a managed-by label, a tenant label or the former
+    /// `palisade.dev/keep` annotation is not.
     #[test]
     fn protected_objects_and_other_namespaces_are_never_candidates() {
         let rules = vec![rule("{name: all, kinds: [ConfigMap], maxAge: 1s}", &[CM])];
@@ -601,7 +599,7 @@ mod tests {
         let mut backup_config = obj(CM, "a", "nightly-config", 0);
         backup_config.palisade_owned = true;
         let objs = vec![
-            with_ann(obj(CM, "a", "kept", 0), KEEP, "true"),
+            with_ann(obj(CM, "a", "kept", 0), "palisade.dev/keep", "true"),
             with_label(obj(CM, "a", "labelled", 0), labels::MANAGED_BY, "palisade"),
             with_label(
                 with_label(
@@ -617,14 +615,13 @@ mod tests {
             backup_config,
             deleting,
             obj(CM, "other-tenant", "theirs", 0),
-            with_ann(obj(CM, "a", "keep-false", 0), KEEP, "false"),
         ];
         let managed: BTreeSet<ManagedKey> =
             [(CM.to_string(), "a".to_string(), "key-jwks".to_string())].into();
         let s = select(&objs, &rules, &kinds, &ns(&["a", "b"]), &managed, t(100));
         assert_eq!(
             due_names(&objs, &s),
-            vec!["keep-false", "key-jwks", "labelled", "tenant-labelled"]
+            vec!["kept", "key-jwks", "labelled", "tenant-labelled"]
         );
         assert_eq!(
             objs[s.due[1].index].namespace, "b",
