@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 
 mod diff_modes;
 mod fail_closed;
+mod fail_closed_policy;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -994,7 +995,8 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
     .await;
 
     for (cm_name, uid) in &created {
-        if ["ttl", "expires", "scratch"].contains(cm_name) {
+        // palisade.dev/keep does not exempt from the rule (issue #30).
+        if ["ttl", "expires", "scratch", "kept"].contains(cm_name) {
             wait(await_condition(
                 cms.clone(),
                 cm_name,
@@ -1003,7 +1005,7 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
             .await;
         }
     }
-    for survivor in ["kept", "invalid", "plain"] {
+    for survivor in ["invalid", "plain"] {
         assert!(
             cms.get_opt(survivor).await.expect("get").is_some(),
             "{survivor} must survive"
@@ -1014,7 +1016,7 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
         &name,
         |t: Option<&Tenant>| {
             t.and_then(|t| t.status.as_ref()?.garbage_collection.as_ref())
-                .is_some_and(|g| g.deleted >= 4)
+                .is_some_and(|g| g.deleted >= 5)
         },
     ))
     .await;
@@ -1486,6 +1488,18 @@ async fn crds_and_samples_install_and_every_cel_rule_refuses() {
             policy(
                 json!({"bindings": [{"role": "viewer", "token": {"ttl": "15m"},
                           "subjects": [{"kind": "User", "name": "u"}]}]}),
+            ),
+        ),
+        (
+            "RolePolicy",
+            "reserved role name",
+            policy(json!({"roles": [{"name": "operator", "permissions": ["config:read"]}]})),
+        ),
+        (
+            "RolePolicy",
+            "reserved role name",
+            policy(
+                json!({"bindings": [{"role": "operator", "subjects": [{"kind": "User", "name": "u"}]}]}),
             ),
         ),
         (

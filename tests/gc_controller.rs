@@ -129,7 +129,7 @@ async fn expiry_at_the_exact_time_keep_last_annotations_and_safety() {
 
     let run = json!({"labels": {"kind": "run"}});
     let run1 = put(&server, "configmaps", "gc-a", "run-1", run.clone());
-    put(
+    let kept = put(
         &server,
         "configmaps",
         "gc-a",
@@ -154,7 +154,7 @@ async fn expiry_at_the_exact_time_keep_last_annotations_and_safety() {
         "expires",
         json!({"annotations": {"palisade.dev/expires": expires_at.to_string()}}),
     );
-    put(
+    let bad = put(
         &server,
         "configmaps",
         "gc-b",
@@ -219,14 +219,21 @@ async fn expiry_at_the_exact_time_keep_last_annotations_and_safety() {
     set(&clock, run_deadline);
     resync_and_settle(&server, &running).await;
     gone(&server, "configmaps", "gc-a", "run-1").await;
+    // An invalid palisade.dev/ttl counts as absent: the rule still applies
+    // (issue #30: a tenant-written annotation never exempts an object).
+    set(&clock, at(created(&bad), 3600));
+    resync_and_settle(&server, &running).await;
+    gone(&server, "configmaps", "gc-b", "bad").await;
+    // palisade.dev/keep is a tenant-written annotation too: the rule applies.
+    set(&clock, at(created(&kept), 3600));
+    resync_and_settle(&server, &running).await;
+    gone(&server, "configmaps", "gc-a", "run-kept").await;
 
-    // Survivors: kept, unmatched, invalid, other tenants' and foreign namespaces.
+    // Survivors: unmatched, other tenants' and foreign namespaces.
     set(&clock, at(run_deadline, 30 * 86_400));
     resync_and_settle(&server, &running).await;
     for (ns, name) in [
-        ("gc-a", "run-kept"),
         ("gc-a", "config"),
-        ("gc-b", "bad"),
         ("gc-a", "r3"),
         ("gc-a", "r4"),
         ("other-a", "run-theirs"),
@@ -247,10 +254,10 @@ async fn expiry_at_the_exact_time_keep_last_annotations_and_safety() {
 
     // Status and Events: one Event per deletion, naming the object and the rule.
     let status = gc_status(&server, "gc");
-    assert_eq!(status["deleted"], 5, "{status}");
+    assert_eq!(status["deleted"], 7, "{status}");
     assert_eq!(status["pending"], 0, "{status}");
     let deleted = events_with_reason(&server, "ObjectDeleted");
-    assert_eq!(deleted.len(), 5, "{deleted:?}");
+    assert_eq!(deleted.len(), 7, "{deleted:?}");
     let notes: Vec<String> = deleted
         .iter()
         .map(|e| e["note"].as_str().unwrap_or_default().to_string())
@@ -271,6 +278,12 @@ async fn expiry_at_the_exact_time_keep_last_annotations_and_safety() {
         notes
             .iter()
             .any(|n| n.contains("gc-b/ttl") && n.contains("palisade.dev/ttl")),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("gc-b/bad") && n.contains("rule old-runs")),
         "{notes:?}"
     );
     wait_condition(&server, "gc", "GarbageCollected", "True", Some("Collected")).await;

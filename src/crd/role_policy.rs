@@ -3,12 +3,38 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 #[allow(unused_imports)] // used inside the KubeSchema attributes
-use kube::core::{ListMerge, Rule};
+use kube::core::{ListMerge, Message, Rule};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::Condition;
 use super::tenant::SubjectKind;
+
+/// Role names Palisade uses for its own RBAC in every tenant namespace (the
+/// operator's RoleBinding `palisade:operator`): a RolePolicy may neither define
+/// nor bind them. Refused at admission (a CEL rule on the names) and by
+/// validation (`ReservedRoleName`), for render, diff and older objects.
+pub const RESERVED_ROLE_NAMES: &[&str] = &["operator"];
+
+/// Role `r` of a RolePolicy becomes the Role and RoleBinding
+/// `palisade:<r>` in each tenant namespace.
+pub const ROLE_NAME_PREFIX: &str = "palisade:";
+
+/// The CEL rule refusing [`RESERVED_ROLE_NAMES`] on a role name.
+fn not_reserved() -> Rule {
+    let names: Vec<String> = RESERVED_ROLE_NAMES
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect();
+    let own: Vec<String> = RESERVED_ROLE_NAMES
+        .iter()
+        .map(|n| format!("{ROLE_NAME_PREFIX}{n}"))
+        .collect();
+    Rule::new(format!("!(self in [{}])", names.join(", "))).message(Message::Message(format!(
+        "reserved role name: Palisade uses {} for its own RBAC in every tenant namespace; choose another name",
+        own.join(", ")
+    )))
+}
 
 #[allow(clippy::duplicated_attributes)] // printcolumn(type_ = ...) repeats by design
 /// A RolePolicy: roles built from Palisade's permission catalog (and raw rules),
@@ -58,14 +84,20 @@ pub struct RolePolicySpec {
     /// editor, viewer, auditor, backup-operator).
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 128))]
     pub roles: Vec<RoleDefinition>,
     /// Who gets which role in every namespace of every selected tenant.
     #[serde(default)]
     #[schemars(length(max = 128))]
     pub bindings: Vec<RoleBindingSpec>,
-    /// Accept rules that would escalate privileges (wildcards, escalate, bind,
-    /// impersonate, cluster-scoped resources, writes to palisade.dev). Off by default;
-    /// turn on only for a reviewed break-glass policy.
+    /// Accept raw rules beyond the allowlist of namespaced resources Palisade
+    /// knows to be safe for a tenant: wildcards, escalate, bind, impersonate and
+    /// other special verbs (use, approve, mis-cased verbs), cluster-scoped or
+    /// custom resources, serviceaccounts/token, changing or deleting Events,
+    /// writes on the kinds Palisade manages (NetworkPolicies, ResourceQuotas,
+    /// LimitRanges, Roles, RoleBindings) and on palisade.dev. Off by default;
+    /// turn on only for a reviewed break-glass policy. Reserved role names stay
+    /// refused.
     #[serde(default)]
     pub allow_privileged: bool,
 }
@@ -75,6 +107,8 @@ pub struct RolePolicySpec {
 #[serde(rename_all = "camelCase")]
 pub struct RoleDefinition {
     /// Role name; becomes the Role 'palisade:<name>' in each tenant namespace.
+    /// 'operator' is reserved (Palisade's own RoleBinding 'palisade:operator').
+    #[x_kube(validation = not_reserved())]
     #[schemars(
         length(min = 1, max = 63),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -84,8 +118,9 @@ pub struct RoleDefinition {
     /// e.g. workloads:read, config:write, backups:run.
     #[serde(default)]
     pub permissions: Vec<String>,
-    /// Raw Kubernetes PolicyRules for needs the catalog does not cover. Checked for
-    /// escalation like everything else.
+    /// Raw Kubernetes PolicyRules for needs the catalog does not cover. Without
+    /// allowPrivileged, each rule may grant only RBAC's lowercase resource verbs
+    /// on namespaced resources Palisade knows to be safe (see allowPrivileged).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<PolicyRule>,
     /// Application scopes (e.g. vault:read, validator:run) written into the scope
@@ -117,7 +152,9 @@ pub struct PolicyRule {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.token) || self.subjects.all(s, s.kind == 'ServiceAccount')").message("token can only be requested for ServiceAccount subjects"))]
 pub struct RoleBindingSpec {
-    /// Role name: a built-in role or one defined in spec.roles.
+    /// Role name: a built-in role or one defined in spec.roles ('operator' is
+    /// reserved).
+    #[x_kube(validation = not_reserved())]
     #[schemars(length(min = 1, max = 63))]
     pub role: String,
     /// Users, groups or service accounts. A ServiceAccount without a namespace

@@ -387,7 +387,9 @@ pub struct GarbageCollectionSpec {
     /// Report what would be deleted (status and Events) without deleting anything.
     #[serde(default)]
     pub dry_run: bool,
-    /// Rules selecting objects to delete after an age.
+    /// Rules selecting objects to delete after an age. What Palisade itself
+    /// writes in the tenant's namespaces, and what a palisade.dev object owns, is
+    /// never deleted; labels (managed-by included) do not protect an object.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     #[schemars(length(max = 32))]
@@ -395,6 +397,8 @@ pub struct GarbageCollectionSpec {
     /// Kinds whose objects honour the palisade.dev/ttl and palisade.dev/expires
     /// annotations, as 'kind', 'kind.group' or 'plural.group'. Default: the kinds
     /// named by the rules plus ConfigMap, Secret, Job, PersistentVolumeClaim, Pod.
+    /// An annotation can only shorten an object's life: an invalid value counts
+    /// as absent (a Warning Event says so) and the rules still apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub annotation_kinds: Vec<String>,
     /// At most this many deletions per minute for the tenant. Default 60.

@@ -8,10 +8,17 @@
 //! Semantics:
 //! - Only objects in the tenant's namespaces are considered (the caller passes
 //!   them; anything else is ignored here too).
-//! - Never candidates: objects labelled `app.kubernetes.io/managed-by: palisade`,
-//!   objects annotated `palisade.dev/keep: "true"`, objects already being deleted,
-//!   and objects carrying an invalid `palisade.dev/ttl` or `palisade.dev/expires`
-//!   (reported, never deleted until fixed: a typo must not delete anything).
+//! - Never candidates: objects Palisade itself manages (passed in by the
+//!   controller by kind, namespace and name: its children, rotated Secrets, JWKS
+//!   ConfigMaps, token Secrets, its own RoleBinding), objects with an
+//!   ownerReference to a `palisade.dev` object (what BackupSchedules and
+//!   BackupRuns own), and objects already being deleted. Labels do not protect:
+//!   anyone who may write an object may label it `app.kubernetes.io/managed-by:
+//!   palisade`.
+//! - Annotations written on the object can only shorten its life, never exempt
+//!   it from the Tenant's rules: an invalid `palisade.dev/ttl` or
+//!   `palisade.dev/expires` counts as absent (and is reported), so the rules
+//!   still apply to it.
 //! - A rule covers its kinds and (optional) label selector. Its age is counted from
 //!   `creationTimestamp`, or with `ageFrom: Completion` from `status.completionTime`
 //!   (an object without one is still running and never due under that rule).
@@ -31,7 +38,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::core::{Selector, SelectorExt};
 
-use super::labels;
 use crate::crd::tenant::{AgeFrom, GcRule};
 use crate::duration;
 
@@ -39,8 +45,6 @@ use crate::duration;
 pub const TTL: &str = "palisade.dev/ttl";
 /// Annotation: the RFC 3339 instant after which the object may be deleted.
 pub const EXPIRES: &str = "palisade.dev/expires";
-/// Annotation: `"true"` protects an object from garbage collection.
-pub const KEEP: &str = "palisade.dev/keep";
 
 /// Kinds honouring the annotations when `annotationKinds` is empty (plus the
 /// kinds the rules name).
@@ -74,7 +78,21 @@ pub struct Candidate {
     pub completed: Option<Timestamp>,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
+    /// An ownerReference names a `palisade.dev` object (see [`palisade_owner`]).
+    pub palisade_owned: bool,
 }
+
+/// Whether an ownerReference's `apiVersion` is of Palisade's API group: the
+/// object belongs to a BackupSchedule, BackupRun or Tenant, whose controller
+/// manages its life.
+pub fn palisade_owner(api_version: &str) -> bool {
+    api_version
+        .split_once('/')
+        .is_some_and(|(group, _)| group == crate::crd::GROUP)
+}
+
+/// An object Palisade itself writes in a tenant namespace: kind, namespace, name.
+pub type ManagedKey = (KindKey, String, String);
 
 /// A rule ready for selection: kinds resolved, durations and selector parsed.
 #[derive(Clone, Debug)]
@@ -205,19 +223,24 @@ fn plus(t: Timestamp, d: Duration) -> Timestamp {
         .unwrap_or(Timestamp::MAX)
 }
 
-/// Whether an object may never be collected, whatever the rules say.
-pub fn protected(c: &Candidate) -> bool {
+/// Whether an object may never be collected, whatever the rules say: being
+/// deleted already, or managed by Palisade (in `managed`, or owned by a
+/// `palisade.dev` object). Never because of a label or annotation the tenant
+/// could write.
+pub fn protected(c: &Candidate, managed: &BTreeSet<ManagedKey>) -> bool {
     c.deleting
-        || c.annotations.get(KEEP).map(String::as_str) == Some("true")
-        || c.labels.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE)
+        || c.palisade_owned
+        || managed.contains(&(c.kind.clone(), c.namespace.clone(), c.name.clone()))
 }
 
-/// Selects what is due at `now`.
+/// Selects what is due at `now`; `managed` is what Palisade itself writes in
+/// the tenant's namespaces (never collected).
 pub fn select(
     candidates: &[Candidate],
     rules: &[Rule],
     annotation_kinds: &BTreeSet<KindKey>,
     namespaces: &BTreeSet<String>,
+    managed: &BTreeSet<ManagedKey>,
     now: Timestamp,
 ) -> Selection {
     let mut out = Selection::default();
@@ -231,16 +254,16 @@ pub fn select(
     };
     let mut eligible = vec![false; candidates.len()];
     for (i, c) in candidates.iter().enumerate() {
-        if !namespaces.contains(&c.namespace) || protected(c) {
+        if !namespaces.contains(&c.namespace) || protected(c, managed) {
             continue;
         }
-        let mut ok = true;
+        // An invalid annotation is reported and counts as absent: the rules
+        // still apply (a tenant-written value never exempts an object).
         if annotation_kinds.contains(&c.kind) {
             if let Some(v) = c.annotations.get(TTL) {
                 match duration::parse_positive(v) {
                     Ok(d) => consider(i, plus(c.created, d), Why::Ttl(v.clone())),
                     Err(e) => {
-                        ok = false;
                         out.invalid.push(InvalidAnnotation {
                             index: i,
                             annotation: TTL,
@@ -254,7 +277,6 @@ pub fn select(
                 match v.trim().parse::<Timestamp>() {
                     Ok(at) => consider(i, at, Why::Expires(v.clone())),
                     Err(_) => {
-                        ok = false;
                         out.invalid.push(InvalidAnnotation {
                             index: i,
                             annotation: EXPIRES,
@@ -267,7 +289,7 @@ pub fn select(
                 }
             }
         }
-        eligible[i] = ok;
+        eligible[i] = true;
     }
     for rule in rules {
         // Matching objects per namespace, newest first.
@@ -392,6 +414,9 @@ impl RateWindow {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::labels;
+
+    static NONE_MANAGED: BTreeSet<ManagedKey> = BTreeSet::new();
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + s).expect("time")
@@ -408,6 +433,7 @@ mod tests {
             created: t(created),
             completed: None,
             deleting: false,
+            palisade_owned: false,
         }
     }
 
@@ -448,11 +474,11 @@ mod tests {
             (9999, vec!["x"], None),
         ];
         for (now, due, next) in table {
-            let s = select(&objs, &rules, &none, &ns(&["a"]), t(now));
+            let s = select(&objs, &rules, &none, &ns(&["a"]), &NONE_MANAGED, t(now));
             assert_eq!(due_names(&objs, &s), due, "now +{now}s");
             assert_eq!(s.next_expiry, next, "now +{now}s");
         }
-        let s = select(&objs, &rules, &none, &ns(&["a"]), t(3600));
+        let s = select(&objs, &rules, &none, &ns(&["a"]), &NONE_MANAGED, t(3600));
         assert_eq!(
             s.due[0].why,
             Why::MaxAge {
@@ -476,7 +502,7 @@ mod tests {
         let both = ns(&["a", "b"]);
         // keepLast alone: everything beyond the 2 newest is due now.
         let rules = vec![rule("{name: k, kinds: [ConfigMap], keepLast: 2}", &[CM])];
-        let s = select(&objs, &rules, &none, &both, t(30));
+        let s = select(&objs, &rules, &none, &both, &NONE_MANAGED, t(30));
         assert_eq!(due_names(&objs, &s), vec!["r1", "r2"]);
         assert!(s.due.iter().all(|d| objs[d.index].namespace == "a"));
         // With maxAge: beyond the newest 2 and older than 15s.
@@ -484,11 +510,11 @@ mod tests {
             "{name: k, kinds: [ConfigMap], keepLast: 2, maxAge: 15s}",
             &[CM],
         )];
-        let s = select(&objs, &rules, &none, &both, t(20));
+        let s = select(&objs, &rules, &none, &both, &NONE_MANAGED, t(20));
         assert_eq!(due_names(&objs, &s), vec!["r1"]);
         assert_eq!(s.next_expiry, Some(t(25)), "r2 expires at 10+15");
         // keepLast protects even past maxAge.
-        let s = select(&objs, &rules, &none, &both, t(10_000));
+        let s = select(&objs, &rules, &none, &both, &NONE_MANAGED, t(10_000));
         assert_eq!(due_names(&objs, &s), vec!["r1", "r2"]);
     }
 
@@ -506,21 +532,25 @@ mod tests {
         ];
         let kinds: BTreeSet<KindKey> = [CM.to_string()].into();
         // t(0) = 2027-01-15T08:00:00Z
-        let s = select(&objs, &[], &kinds, &ns(&["a"]), t(30));
+        let s = select(&objs, &[], &kinds, &ns(&["a"]), &NONE_MANAGED, t(30));
         assert_eq!(due_names(&objs, &s), vec!["both"]);
         assert_eq!(s.due[0].why, Why::Expires("2027-01-15T08:00:30Z".into()));
         assert_eq!(s.next_expiry, Some(t(60)));
-        let s = select(&objs, &[], &kinds, &ns(&["a"]), t(90));
+        let s = select(&objs, &[], &kinds, &ns(&["a"]), &NONE_MANAGED, t(90));
         assert_eq!(due_names(&objs, &s), vec!["both", "exp", "ttl"]);
         assert_eq!(s.due[2].why, Why::Ttl("90s".into()));
     }
 
+    /// Issue #30: an invalid annotation is reported and counts as absent: it
+    /// never exempts the object from the Tenant's rules (nor deletes it alone).
     #[test]
-    fn invalid_annotations_are_reported_and_never_delete() {
-        let rules = vec![rule("{name: all, kinds: [ConfigMap], maxAge: 1s}", &[CM])];
+    fn invalid_annotations_are_reported_and_count_as_absent() {
+        let rules = vec![rule("{name: all, kinds: [ConfigMap], maxAge: 1h}", &[CM])];
         let kinds: BTreeSet<KindKey> = [CM.to_string()].into();
         let table = [
             (TTL, "soon"),
+            (TTL, "abc"),
+            (TTL, "1.5h"),
             (TTL, "0s"),
             (TTL, "-5m"),
             (EXPIRES, "tomorrow"),
@@ -528,29 +558,89 @@ mod tests {
         ];
         for (ann, value) in table {
             let objs = vec![with_ann(obj(CM, "a", "x", 0), ann, value)];
-            let s = select(&objs, &rules, &kinds, &ns(&["a"]), t(1_000_000));
-            assert!(s.due.is_empty(), "{ann}={value} must not delete");
+            // Before the rule's maxAge: not due (the value deletes nothing by itself).
+            let s = select(&objs, &rules, &kinds, &ns(&["a"]), &NONE_MANAGED, t(3599));
+            assert!(s.due.is_empty(), "{ann}={value} deleted early");
+            assert_eq!(s.next_expiry, Some(t(3600)), "{ann}={value}");
             assert_eq!(s.invalid.len(), 1, "{ann}={value}");
             assert_eq!(s.invalid[0].annotation, ann);
             assert_eq!(s.invalid[0].value, value);
+            // At the rule's maxAge: due under the rule, as without the annotation.
+            let s = select(&objs, &rules, &kinds, &ns(&["a"]), &NONE_MANAGED, t(3600));
+            assert_eq!(due_names(&objs, &s), vec!["x"], "{ann}={value} exempted");
+            assert_eq!(
+                s.due[0].why,
+                Why::MaxAge {
+                    rule: "all".into(),
+                    max_age: "1h".into()
+                }
+            );
         }
+        // A valid annotation still shortens the life; a long one does not extend it.
+        let objs = vec![
+            with_ann(obj(CM, "a", "short", 0), TTL, "10m"),
+            with_ann(obj(CM, "a", "long", 0), TTL, "30d"),
+        ];
+        let s = select(&objs, &rules, &kinds, &ns(&["a"]), &NONE_MANAGED, t(600));
+        assert_eq!(due_names(&objs, &s), vec!["short"]);
+        let s = select(&objs, &rules, &kinds, &ns(&["a"]), &NONE_MANAGED, t(3600));
+        assert_eq!(due_names(&objs, &s), vec!["short", "long"]);
     }
 
+    /// Issue #30: what Palisade really manages is protected (by name, or by a
+    /// palisade.dev owner); a managed-by label, a tenant label or the former
+    /// `palisade.dev/keep` annotation is not.
     #[test]
     fn protected_objects_and_other_namespaces_are_never_candidates() {
         let rules = vec![rule("{name: all, kinds: [ConfigMap], maxAge: 1s}", &[CM])];
         let kinds: BTreeSet<KindKey> = [CM.to_string()].into();
         let mut deleting = obj(CM, "a", "deleting", 0);
         deleting.deleting = true;
+        let mut backup_config = obj(CM, "a", "nightly-config", 0);
+        backup_config.palisade_owned = true;
         let objs = vec![
-            with_ann(obj(CM, "a", "kept", 0), KEEP, "true"),
-            with_label(obj(CM, "a", "ours", 0), labels::MANAGED_BY, "palisade"),
+            with_ann(obj(CM, "a", "kept", 0), "palisade.dev/keep", "true"),
+            with_label(obj(CM, "a", "labelled", 0), labels::MANAGED_BY, "palisade"),
+            with_label(
+                with_label(
+                    obj(CM, "a", "tenant-labelled", 0),
+                    labels::MANAGED_BY,
+                    "palisade",
+                ),
+                labels::TENANT,
+                "acme",
+            ),
+            obj(CM, "a", "key-jwks", 0),
+            obj(CM, "b", "key-jwks", 0),
+            backup_config,
             deleting,
             obj(CM, "other-tenant", "theirs", 0),
-            with_ann(obj(CM, "a", "keep-false", 0), KEEP, "false"),
         ];
-        let s = select(&objs, &rules, &kinds, &ns(&["a"]), t(100));
-        assert_eq!(due_names(&objs, &s), vec!["keep-false"]);
+        let managed: BTreeSet<ManagedKey> =
+            [(CM.to_string(), "a".to_string(), "key-jwks".to_string())].into();
+        let s = select(&objs, &rules, &kinds, &ns(&["a", "b"]), &managed, t(100));
+        assert_eq!(
+            due_names(&objs, &s),
+            vec!["kept", "key-jwks", "labelled", "tenant-labelled"]
+        );
+        assert_eq!(
+            objs[s.due[1].index].namespace, "b",
+            "a managed name is protected in its own namespace only"
+        );
+    }
+
+    #[test]
+    fn only_palisade_dev_owners_count() {
+        assert!(palisade_owner("palisade.dev/v1alpha1"));
+        for other in [
+            "v1",
+            "batch/v1",
+            "palisade.dev",
+            "palisade.dev.evil/v1",
+            "x.palisade.dev/v1",
+        ] {
+            assert!(!palisade_owner(other), "{other}");
+        }
     }
 
     #[test]
@@ -564,7 +654,14 @@ mod tests {
             with_label(obj(CM, "a", "config", 0), "kind", "config"),
             with_label(obj(JOB, "a", "job", 0), "kind", "run"),
         ];
-        let s = select(&objs, &rules, &BTreeSet::new(), &ns(&["a"]), t(100));
+        let s = select(
+            &objs,
+            &rules,
+            &BTreeSet::new(),
+            &ns(&["a"]),
+            &NONE_MANAGED,
+            t(100),
+        );
         assert_eq!(due_names(&objs, &s), vec!["run"]);
     }
 
@@ -578,10 +675,24 @@ mod tests {
         done.completed = Some(t(1800));
         let running = obj(JOB, "a", "running", 0);
         let objs = vec![done, running];
-        let s = select(&objs, &rules, &BTreeSet::new(), &ns(&["a"]), t(3600));
+        let s = select(
+            &objs,
+            &rules,
+            &BTreeSet::new(),
+            &ns(&["a"]),
+            &NONE_MANAGED,
+            t(3600),
+        );
         assert!(s.due.is_empty());
         assert_eq!(s.next_expiry, Some(t(5400)));
-        let s = select(&objs, &rules, &BTreeSet::new(), &ns(&["a"]), t(5400));
+        let s = select(
+            &objs,
+            &rules,
+            &BTreeSet::new(),
+            &ns(&["a"]),
+            &NONE_MANAGED,
+            t(5400),
+        );
         assert_eq!(due_names(&objs, &s), vec!["done"]);
     }
 

@@ -6,6 +6,7 @@ pub mod backup_network;
 pub mod catalog;
 pub mod disposal;
 pub mod gc;
+pub mod grants;
 pub mod keys;
 pub mod labels;
 pub mod network;

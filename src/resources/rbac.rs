@@ -10,7 +10,7 @@ use super::labels;
 
 /// `palisade:<role>`: the name of a Role (and its RoleBinding) in a tenant namespace.
 pub fn role_name(role: &str) -> String {
-    format!("palisade:{role}")
+    format!("{}{role}", crate::crd::role_policy::ROLE_NAME_PREFIX)
 }
 
 fn meta(name: String, namespace: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
@@ -124,4 +124,22 @@ pub fn plan_bindings(
             role_binding(labels::managed(tenant), namespace, role_name, subjects)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::role_policy::RESERVED_ROLE_NAMES;
+
+    /// Every RBAC name Palisade gives its own objects in a tenant namespace is
+    /// `palisade:<name>` of a reserved role name, so no RolePolicy can take it.
+    #[test]
+    fn palisades_own_rbac_names_are_reserved() {
+        assert!(
+            RESERVED_ROLE_NAMES
+                .iter()
+                .any(|r| role_name(r) == OPERATOR_BINDING),
+            "{OPERATOR_BINDING} is not reserved"
+        );
+    }
 }

@@ -18,7 +18,9 @@ use k8s_openapi::api::rbac::v1::PolicyRule as K8sPolicyRule;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::catalog;
-use crate::crd::role_policy::{PolicyRule, RolePolicySpec, Subject};
+use crate::crd::role_policy::{
+    PolicyRule, RESERVED_ROLE_NAMES, ROLE_NAME_PREFIX, RolePolicySpec, Subject,
+};
 use crate::crd::tenant::Owner;
 use crate::duration;
 
@@ -27,96 +29,20 @@ pub const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24
 pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// A policy that must not be applied, and why. Reasons: UnknownPermission,
-/// WildcardVerb, WildcardResource, EscalationVerb, ClusterScopedResource,
-/// PalisadeWrite, UnknownRole, DuplicateRole, InvalidToken, RoleConflict.
+/// ReservedRoleName, DuplicateRole, UnknownRole, PublicSubject, InvalidToken,
+/// RoleConflict, and those of [`check_rule`] (see [`super::grants`]).
 pub use super::Invalid as InvalidPolicy;
+pub use super::grants::check_rule;
 use super::invalid;
 
-/// Resources that are cluster-scoped: a namespaced Role cannot grant them, and
-/// asking is a sign of a policy written for the wrong tool.
-const CLUSTER_SCOPED: &[&str] = &[
-    "namespaces",
-    "nodes",
-    "persistentvolumes",
-    "clusterroles",
-    "clusterrolebindings",
-    "customresourcedefinitions",
-    "storageclasses",
-    "priorityclasses",
-    "runtimeclasses",
-    "mutatingwebhookconfigurations",
-    "validatingwebhookconfigurations",
-    "validatingadmissionpolicies",
-    "certificatesigningrequests",
-    "apiservices",
-    "tokenreviews",
-    "subjectaccessreviews",
-    "selfsubjectaccessreviews",
-    "selfsubjectrulesreviews",
-    "volumeattachments",
-    "csidrivers",
-    "csinodes",
-    "ingressclasses",
-    "tenants",
-    "rolepolicies",
-];
-const ESCALATING_VERBS: &[&str] = &["escalate", "bind", "impersonate"];
-const WRITE_VERBS: &[&str] = &[
-    "create",
-    "update",
-    "patch",
-    "delete",
-    "deletecollection",
-    "*",
-];
-
-/// Checks one raw rule; `field` is its JSON path.
-pub fn check_rule(rule: &PolicyRule, field: &str) -> Result<(), InvalidPolicy> {
-    let verbs: Vec<&str> = rule.verbs.iter().map(String::as_str).collect();
-    if verbs.contains(&"*") {
+fn reserved(name: &str, field: String) -> Result<(), InvalidPolicy> {
+    if RESERVED_ROLE_NAMES.contains(&name) {
         return Err(invalid(
-            "WildcardVerb",
+            "ReservedRoleName",
             field,
-            "verbs: '*' grants every verb, including escalate and bind; list the verbs",
-        ));
-    }
-    if let Some(v) = verbs.iter().find(|v| ESCALATING_VERBS.contains(v)) {
-        return Err(invalid(
-            "EscalationVerb",
-            field,
-            format!("verb '{v}' lets the holder gain privileges it was not given"),
-        ));
-    }
-    if rule
-        .resources
-        .iter()
-        .any(|r| r == "*" || r.starts_with("*/"))
-        || rule.api_groups.iter().any(|g| g == "*")
-    {
-        return Err(invalid(
-            "WildcardResource",
-            field,
-            "'*' in resources or apiGroups grants everything, including what does not exist yet; list them",
-        ));
-    }
-    if let Some(r) = rule
-        .resources
-        .iter()
-        .find(|r| CLUSTER_SCOPED.contains(&r.split('/').next().unwrap_or_default()))
-    {
-        return Err(invalid(
-            "ClusterScopedResource",
-            field,
-            format!("'{r}' is cluster-scoped; tenant roles are namespaced"),
-        ));
-    }
-    if rule.api_groups.iter().any(|g| g == crate::crd::GROUP)
-        && verbs.iter().any(|v| WRITE_VERBS.contains(v))
-    {
-        return Err(invalid(
-            "PalisadeWrite",
-            field,
-            "writes to palisade.dev resources would let tenants change their own isolation; use the backups:run permission to request backup runs (BackupRuns)",
+            format!(
+                "role name '{name}' is reserved: Palisade names its own RoleBinding '{ROLE_NAME_PREFIX}{name}' in every tenant namespace; choose another name"
+            ),
         ));
     }
     Ok(())
@@ -127,6 +53,7 @@ pub fn check_rule(rule: &PolicyRule, field: &str) -> Result<(), InvalidPolicy> {
 pub fn validate(spec: &RolePolicySpec) -> Result<(), InvalidPolicy> {
     let mut names = BTreeSet::new();
     for (i, role) in spec.roles.iter().enumerate() {
+        reserved(&role.name, format!("spec.roles[{i}].name"))?;
         if !names.insert(role.name.as_str()) {
             return Err(invalid(
                 "DuplicateRole",
@@ -150,6 +77,7 @@ pub fn validate(spec: &RolePolicySpec) -> Result<(), InvalidPolicy> {
         }
     }
     for (i, b) in spec.bindings.iter().enumerate() {
+        reserved(&b.role, format!("spec.bindings[{i}].role"))?;
         if catalog::builtin_role(&b.role).is_none() && !names.contains(b.role.as_str()) {
             return Err(invalid(
                 "UnknownRole",
@@ -569,6 +497,103 @@ mod tests {
             )))
             .is_ok()
         );
+    }
+
+    /// Issue #30: a role named `operator` would become `palisade:operator`, the
+    /// operator's own RoleBinding; refused whatever allowPrivileged says.
+    #[test]
+    fn reserved_role_names_are_refused_even_when_privileged() {
+        let table = [
+            (
+                json_spec(
+                    serde_json::json!({"roles": [{"name": "operator", "permissions": ["config:read"]}]}),
+                ),
+                "spec.roles[0].name",
+            ),
+            (
+                json_spec(
+                    serde_json::json!({"bindings": [{"role": "operator", "subjects": [{"kind": "User", "name": "a"}]}]}),
+                ),
+                "spec.bindings[0].role",
+            ),
+        ];
+        for (mut spec, field) in table {
+            for privileged in [false, true] {
+                spec.allow_privileged = privileged;
+                let e = validate(&spec).expect_err("reserved");
+                assert_eq!((e.reason, e.field.as_str()), ("ReservedRoleName", field));
+                assert!(e.message.contains("palisade:operator"), "{}", e.message);
+            }
+        }
+        assert!(validate(&json_spec(serde_json::json!({"roles": [{"name": "operators", "permissions": ["config:read"]}]}))).is_ok());
+    }
+
+    fn json_spec(v: serde_json::Value) -> RolePolicySpec {
+        serde_json::from_value(v).expect("spec")
+    }
+
+    /// Issue #30: the refused rules of the issue, each with its reason; all
+    /// accepted with allowPrivileged.
+    #[test]
+    fn the_issues_refused_rules_need_allow_privileged() {
+        let table = [
+            (
+                rule(&[""], &["serviceaccounts/token"], &["create"]),
+                "SensitiveResource",
+            ),
+            (rule(&[""], &["configmaps"], &["CREATE"]), "UnknownVerb"),
+            (rule(&[""], &["events"], &["delete"]), "SensitiveResource"),
+            (
+                rule(&["policy"], &["podsecuritypolicies"], &["use"]),
+                "UnknownVerb",
+            ),
+            (
+                rule(
+                    &["admissionregistration.k8s.io"],
+                    &["validatingadmissionpolicybindings"],
+                    &["get"],
+                ),
+                "ClusterScopedResource",
+            ),
+            (
+                rule(&["networking.k8s.io"], &["networkpolicies"], &["create"]),
+                "ManagedKindWrite",
+            ),
+            (
+                rule(&[""], &["resourcequotas"], &["patch"]),
+                "ManagedKindWrite",
+            ),
+            (
+                rule(&[""], &["limitranges"], &["delete"]),
+                "ManagedKindWrite",
+            ),
+            (
+                rule(&["rbac.authorization.k8s.io"], &["roles"], &["update"]),
+                "ManagedKindWrite",
+            ),
+            (
+                rule(
+                    &["rbac.authorization.k8s.io"],
+                    &["rolebindings"],
+                    &["create"],
+                ),
+                "ManagedKindWrite",
+            ),
+        ];
+        for (r, reason) in table {
+            let e = validate(&policy_with_rule(r.clone())).expect_err(reason);
+            assert_eq!(
+                (e.reason, e.field.as_str()),
+                (reason, "spec.roles[0].rules[0]"),
+                "{r:?}"
+            );
+            let mut privileged = policy_with_rule(r);
+            privileged.allow_privileged = true;
+            assert!(
+                validate(&privileged).is_ok(),
+                "allowPrivileged accepts {reason}"
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! One reconcile is the pipeline in [`reconcile`], one file per step:
 //! observe the caches → validate once ([`builder::validate`], parsed values in
 //! [`Valid`]) → [`desired`] (pure builders) → [`namespaces`] → [`children`]
-//! (apply only what differs) → [`secrets`] → garbage collection
-//! ([`gc`]) → [`tokens`] → prune ([`children::prune`]) →
+//! (apply only what differs) → [`secrets`] → [`tokens`] → garbage
+//! collection ([`gc`], sparing all of the above) → prune ([`children::prune`]) →
 //! [`status`] (pure, from what the steps did; written only when it changed).
 //! A step that fails still reaches status: `Ready=False` with the step's
 //! reason (and a Warning Event for the transition), then the error goes to the
@@ -231,18 +231,20 @@ async fn steps(
     let deadline = secrets.next_deadline;
     facts.secrets = Some(secrets);
 
-    let gc = gc::reconcile(ctx, tenant, &listed)
-        .await
-        .map_err(at("collect garbage"))?;
-    let deadline = deadline.into_iter().chain(gc.next_deadline).min();
-    facts.gc = Some(gc);
-
     let tokens = tokens::reconcile(ctx, tenant, &listed, &desired.plan)
         .await
         .map_err(at("issue tokens"))?;
     wanted.extend(tokens.wanted.iter().cloned());
     let deadline = deadline.into_iter().chain(tokens.next_deadline).min();
     facts.tokens = Some(tokens);
+
+    // After every step that writes: what Palisade wants is never collected,
+    // whatever labels a tenant puts on its own objects.
+    let gc = gc::reconcile(ctx, tenant, &listed, &wanted)
+        .await
+        .map_err(at("collect garbage"))?;
+    let deadline = deadline.into_iter().chain(gc.next_deadline).min();
+    facts.gc = Some(gc);
 
     children::prune(ctx, tenant, &facts.names, &wanted)
         .await

@@ -48,7 +48,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::Context;
+use super::{Context, ObjectKey};
 use crate::controller::error::Error;
 use crate::crd::condition::Observed;
 use crate::crd::tenant::{AgeFrom, GarbageCollectionSpec, GcStatus, Tenant};
@@ -87,11 +87,13 @@ impl Outcome {
     }
 }
 
-/// Collects what is due in `tenant`'s ready namespaces.
+/// Collects what is due in `tenant`'s ready namespaces; `wanted` is what the
+/// Tenant's other steps write there (never collected).
 pub async fn reconcile(
     ctx: &Context,
     tenant: &Tenant,
     ready_ns: &BTreeSet<String>,
+    wanted: &BTreeSet<ObjectKey>,
 ) -> Result<Outcome, Error> {
     let name = tenant.name_any();
     let Some(spec) = &tenant.spec.garbage_collection else {
@@ -118,6 +120,7 @@ pub async fn reconcile(
         &kinds.rules,
         &kinds.annotation_kinds,
         ready_ns,
+        &managed(wanted, ready_ns),
         now,
     );
     let plan = ctx.gc.with_tenant(&name, |st| {
@@ -186,6 +189,35 @@ async fn resolve_kinds(ctx: &Context, spec: &GarbageCollectionSpec) -> Result<Ki
         annotation_kinds,
         problems,
     })
+}
+
+/// What Palisade itself writes in the tenant's namespaces, as GC keys: what
+/// the Tenant's steps want, and its own RoleBinding in each namespace.
+fn managed(
+    wanted: &BTreeSet<ObjectKey>,
+    ready_ns: &BTreeSet<String>,
+) -> BTreeSet<model::ManagedKey> {
+    let key = |k: &ObjectKey| (managed_kind(&k.kind), k.namespace.clone(), k.name.clone());
+    let operator = ready_ns.iter().map(|ns| {
+        (
+            managed_kind("RoleBinding"),
+            ns.clone(),
+            crate::resources::rbac::OPERATOR_BINDING.to_string(),
+        )
+    });
+    wanted.iter().map(key).chain(operator).collect()
+}
+
+/// The GC kind key of a kind Palisade writes into tenant namespaces (its
+/// `ObjectKey`s carry the kind only).
+fn managed_kind(kind: &str) -> KindKey {
+    let group = match kind {
+        "NetworkPolicy" => "networking.k8s.io",
+        "Role" | "RoleBinding" => "rbac.authorization.k8s.io",
+        // Secret, ConfigMap, ResourceQuota, LimitRange, Namespace.
+        _ => "",
+    };
+    model::kind_key(group, kind)
 }
 
 /// The cache of one kind in one namespace.
@@ -306,6 +338,10 @@ fn candidate(key: &KindKey, obj: &DynamicObject) -> Option<Candidate> {
             .and_then(Value::as_str)
             .and_then(|s| s.parse().ok()),
         deleting: obj.metadata.deletion_timestamp.is_some(),
+        palisade_owned: obj
+            .owner_references()
+            .iter()
+            .any(|o| model::palisade_owner(&o.api_version)),
     })
 }
 
@@ -350,7 +386,7 @@ fn plan(
             .insert((candidates[inv.index].uid.clone(), what))
         {
             let note = format!(
-                "{}: {}; ignored, and the object is not garbage collected until it is fixed",
+                "{}: {}; ignored (the Tenant's garbage collection rules still apply to the object)",
                 inv.annotation, inv.message
             );
             reports.push(Report {

@@ -4,9 +4,10 @@
 //! becomes a trigger for that tenant's reconcile.
 //!
 //! - Watches are metadata-only (`PartialObjectMetadata`), with `managedFields`,
-//!   owner references, finalizers and every annotation except Palisade's
-//!   stripped before they reach the store ([`slim`]), so thousands of objects
-//!   cost a few hundred bytes each.
+//!   owner references (but those to `palisade.dev` objects, which protect the
+//!   object), finalizers and every annotation except Palisade's stripped before
+//!   they reach the store ([`slim`]), so thousands of objects cost a few
+//!   hundred bytes each.
 //! - A rule with `ageFrom: Completion` needs `status.completionTime`, which
 //!   metadata watches do not carry. For such a kind (Jobs, or any custom "run"
 //!   kind with `status.completionTime`) a full watch is started instead, and
@@ -91,7 +92,12 @@ impl Drop for GcWatches {
 /// Reduces an object's metadata to what GC needs.
 fn slim(mut meta: ObjectMeta, completed: Option<Value>, ar: &ApiResource) -> DynamicObject {
     meta.managed_fields = None;
-    meta.owner_references = None;
+    if let Some(refs) = meta.owner_references.as_mut() {
+        refs.retain(|o| model::palisade_owner(&o.api_version));
+        if refs.is_empty() {
+            meta.owner_references = None;
+        }
+    }
     meta.finalizers = None;
     if let Some(a) = meta.annotations.as_mut() {
         a.retain(|k, _| k.starts_with("palisade.dev/"));
@@ -335,5 +341,22 @@ mod tests {
         assert!(o.metadata.owner_references.is_none());
         assert_eq!(o.labels().len(), 1);
         assert_eq!(o.data["status"]["completionTime"], "2027-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn slim_keeps_palisade_owners_only() {
+        let ar = ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&());
+        let meta: ObjectMeta = serde_json::from_value(json!({
+            "name": "x", "namespace": "a", "uid": "u",
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "X", "name": "o", "uid": "p"},
+                {"apiVersion": "palisade.dev/v1alpha1", "kind": "BackupSchedule", "name": "s", "uid": "q"},
+            ],
+        }))
+        .expect("meta");
+        let o = slim(meta, None, &ar);
+        let refs = o.metadata.owner_references.expect("palisade owner kept");
+        assert_eq!(refs.len(), 1);
+        assert_eq!(refs[0].kind, "BackupSchedule");
     }
 }
