@@ -30,6 +30,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
+mod backup_pod_labels;
 mod diff_modes;
 mod fail_closed;
 mod fail_closed_policy;

@@ -213,7 +213,7 @@ start() {
     --authentication-kubeconfig "$STATE/kcm.kubeconfig" \
     --authorization-kubeconfig "$STATE/kcm.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port 0 \
-    --controllers namespace,garbagecollector,resourcequota,job,serviceaccount,serviceaccount-token \
+    --controllers namespace,garbagecollector,resourcequota,job,serviceaccount,serviceaccount-token,validatingadmissionpolicy-status-controller \
     --use-service-account-credentials \
     --service-account-private-key-file "$STATE/pki/sa.key" \
     --root-ca-file "$STATE/pki/ca.crt" \

@@ -33,6 +33,13 @@
 //! ServiceAccount that write namespaced objects are admitted only in
 //! namespaces labelled `app.kubernetes.io/managed-by=palisade`, and it may
 //! change or delete only namespaces that carry a `palisade.dev/tenant` label.
+//!
+//! The [`tenant_policies`] (also installed with the RBAC) apply to everyone's
+//! requests in tenant namespaces, not to the operator's: they are where
+//! rules about what tenants' objects may say live (e.g. only Palisade's backup
+//! pods may carry the label the backup egress NetworkPolicy selects).
+
+pub mod tenant_policies;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde::Serialize;
@@ -457,12 +464,14 @@ struct JsonRbac {
     garbage_collection_default_kinds: Vec<JsonGcKind>,
     release_namespace_role: Vec<DocRule>,
     admission_policy: JsonAdmission,
+    tenant_policies: Vec<tenant_policies::JsonTenantPolicy>,
 }
 
 /// The table as pretty JSON (`palisade rbac`, `charts/palisade/files/rbac.json`):
 /// `{clusterRole, tenantNamespaceRole, garbageCollectionDefaultKinds,
-/// releaseNamespaceRole, admissionPolicy}`; rules are
-/// `{apiGroups, resources, verbs, resourceNames?, why}`.
+/// releaseNamespaceRole, admissionPolicy, tenantPolicies}`; rules are
+/// `{apiGroups, resources, verbs, resourceNames?, why}`; tenant policies
+/// `{nameSuffix, why, spec, variables}` (the chart adds the operator variable).
 pub fn to_json() -> String {
     let doc = JsonRbac {
         cluster_role: cluster_rules(),
@@ -491,6 +500,7 @@ pub fn to_json() -> String {
                 })
                 .collect(),
         },
+        tenant_policies: tenant_policies::json_rows(),
     };
     let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
     s.push('\n');
@@ -526,7 +536,8 @@ pub fn service_account_user(namespace: &str, name: &str) -> String {
 /// The kustomize base's RBAC (`config/default/rbac.yaml`), for the
 /// ServiceAccount `palisade` in `palisade-system`: the two ClusterRoles and
 /// the ClusterRoleBinding, the leader-election Role and RoleBinding, and the
-/// admission policy with its binding; a comment on every rule.
+/// admission policy with its binding, then the [`tenant_policies`] with theirs;
+/// a comment on every rule.
 pub fn to_kustomize_yaml() -> String {
     use std::fmt::Write;
     let mut out = String::from(
@@ -554,10 +565,9 @@ pub fn to_kustomize_yaml() -> String {
          roleRef:\n  apiGroup: rbac.authorization.k8s.io\n  kind: Role\n  name: palisade-leader-election\n\
          subjects:\n  - kind: ServiceAccount\n    name: palisade\n    namespace: palisade-system\n",
     );
-    out.push_str(&admission_policy(
-        "palisade",
-        &service_account_user("palisade-system", "palisade"),
-    ));
+    let user = service_account_user("palisade-system", "palisade");
+    out.push_str(&admission_policy("palisade", &user));
+    out.push_str(&tenant_policies::to_yaml("palisade", &user));
     out
 }
 

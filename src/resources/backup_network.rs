@@ -8,6 +8,12 @@
 //! destination; to narrow that, add the server's CIDR to the Tenant's
 //! `spec.network.allowEgressCidrs` and use the IP address in the schedule.
 //! Without `endpoint`, S3 is AWS: TCP 443 to anywhere.
+//!
+//! Such a rule is internet egress for whatever the policy selects, so the
+//! selector's [`SCHEDULE_LABEL`] is reserved for the run pods: the
+//! `backup-labels-*` admission policies
+//! ([`crate::operator_rbac::tenant_policies`]) refuse it on any other pod or
+//! pod template in tenant namespaces.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

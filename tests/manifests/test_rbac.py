@@ -77,8 +77,8 @@ def test_chart_cluster_roles_are_the_rust_table(values_file):
     assert env["PALISADE_TENANT_NAMESPACE_ROLE"] == tenant["metadata"]["name"]
     assert env["PALISADE_GC_KINDS"] == ",".join(f"{k['apiGroup']}/{k['resource']}" for k in table["garbageCollectionDefaultKinds"])
     # The admission policy confines exactly this ServiceAccount.
-    (vap,) = objects(objs, "ValidatingAdmissionPolicy")
-    (vapb,) = objects(objs, "ValidatingAdmissionPolicyBinding")
+    (vap,) = [o for o in objects(objs, "ValidatingAdmissionPolicy") if o["metadata"]["name"].endswith("-confinement")]
+    (vapb,) = [o for o in objects(objs, "ValidatingAdmissionPolicyBinding") if o["metadata"]["name"].endswith("-confinement")]
     assert vapb["spec"]["policyName"] == vap["metadata"]["name"]
     assert vapb["spec"]["validationActions"] == ["Deny"]
     user = f"system:serviceaccount:{NAMESPACE}:{sa['metadata']['name']}"
@@ -107,10 +107,76 @@ def test_gc_switch_and_allow_list():
     assert tenant["rules"][-1] == gc_rules(kinds)[0]
 
 
+def admission_names(values: dict) -> list[str]:
+    out = render(values)
+    return [
+        d["metadata"]["name"]
+        for d in yaml.safe_load_all(out["palisade/templates/rbac.yaml"])
+        if d and d["kind"] == "ValidatingAdmissionPolicy"
+    ]
+
+
 def test_admission_policy_switch():
-    out = render({"rbac": {"admissionPolicy": False}})
-    kinds = [d["kind"] for d in yaml.safe_load_all(out["palisade/templates/rbac.yaml"]) if d]
-    assert "ValidatingAdmissionPolicy" not in kinds and "ClusterRole" in kinds
+    names = admission_names({"rbac": {"admissionPolicy": False}})
+    assert "palisade-confinement" not in names
+    assert len(names) == len(rbac_table()["tenantPolicies"])
+
+
+def test_tenant_policies_switch():
+    assert admission_names({"rbac": {"tenantPolicies": False}}) == ["palisade-confinement"]
+
+
+def tenant_policy_objects(objs) -> dict[str, dict]:
+    """The tenant-namespace policies and bindings by name, without the chart's labels."""
+    suffixes = [p["nameSuffix"] for p in rbac_table()["tenantPolicies"]]
+    out = {}
+    for o in objs:
+        if o["kind"] in ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding") and any(
+            o["metadata"]["name"] == f"palisade-{s}" for s in suffixes
+        ):
+            out[f'{o["kind"]}/{o["metadata"]["name"]}'] = {"kind": o["kind"], "name": o["metadata"]["name"], "spec": o["spec"]}
+    return out
+
+
+@pytest.mark.parametrize("values_file", VALUES_FILES)
+def test_chart_tenant_policies_are_the_kustomize_ones(values_file):
+    """Rendered by the chart (release `palisade` in palisade-system) and by
+    `palisade rbac --yaml`, every tenant-namespace policy and binding is the
+    same object: the two install paths cannot differ."""
+    table = rbac_table()["tenantPolicies"]
+    assert table, "no tenant policies in `palisade rbac`"
+    chart = tenant_policy_objects(rendered(values_file))
+    base = tenant_policy_objects(kustomize("config/default"))
+    assert len(base) == 2 * len(table), sorted(base)
+    assert chart == base
+    user = f"system:serviceaccount:{NAMESPACE}:palisade"
+    for row in table:
+        spec = chart[f"ValidatingAdmissionPolicy/palisade-{row['nameSuffix']}"]["spec"]
+        assert spec["failurePolicy"] == "Fail"
+        assert spec["matchConstraints"]["namespaceSelector"] == {"matchLabels": {"app.kubernetes.io/managed-by": "palisade"}}
+        assert spec["variables"] == [{"name": "operator", "expression": f"'{user}'"}]
+        assert spec["validations"] == row["spec"]["validations"]
+        binding = chart[f"ValidatingAdmissionPolicyBinding/palisade-{row['nameSuffix']}"]["spec"]
+        assert binding == {"policyName": f"palisade-{row['nameSuffix']}", "validationActions": ["Deny"]}
+
+
+def test_backup_label_policies_cover_every_pod_template_kind():
+    """Pods and every built-in kind with a pod template, CREATE and UPDATE,
+    in tenant namespaces; every refusal says what and why."""
+    covered = set()
+    for row in rbac_table()["tenantPolicies"]:
+        if not row["nameSuffix"].startswith("backup-labels-"):
+            continue
+        for r in row["spec"]["matchConstraints"]["resourceRules"]:
+            assert r["operations"] == (["UPDATE"] if r["resources"] == ["pods/ephemeralcontainers"] else ["CREATE", "UPDATE"]), r
+            covered |= {(g, res) for g in r["apiGroups"] for res in r["resources"]}
+        for v in row["spec"]["validations"]:
+            assert v["message"].startswith(
+                "only Palisade's backup Jobs may label pods palisade.dev/backup-schedule: the label opens the backup egress policy"
+            ), v
+    assert covered == {("", "pods"), ("", "pods/ephemeralcontainers"), ("", "podtemplates"), ("", "replicationcontrollers"),
+                       ("apps", "deployments"), ("apps", "replicasets"), ("apps", "statefulsets"), ("apps", "daemonsets"),
+                       ("batch", "jobs"), ("batch", "cronjobs")}
 
 
 def test_nothing_sensitive_is_cluster_wide():
@@ -160,4 +226,5 @@ def test_kustomize_rbac_is_the_rust_table(directory):
     assert role["metadata"]["namespace"] == NAMESPACE
     for binding in objects(objs, "ClusterRoleBinding") + objects(objs, "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "palisade", "namespace": NAMESPACE}]
-    assert len(objects(objs, "ValidatingAdmissionPolicy")) == 1
+    assert len(objects(objs, "ValidatingAdmissionPolicy")) == 1 + len(table["tenantPolicies"])
+    assert len(objects(objs, "ValidatingAdmissionPolicyBinding")) == 1 + len(table["tenantPolicies"])
