@@ -116,7 +116,7 @@ async fn assert_policies_type_check(client: &Client) {
             .map(|p| format!("palisade-{}", p.name_suffix)),
     );
     for name in names {
-        let policy = wait(await_condition(
+        let checked = await_condition(
             api.clone(),
             &name,
             |p: Option<&ValidatingAdmissionPolicy>| {
@@ -126,9 +126,18 @@ async fn assert_policies_type_check(client: &Client) {
                     })
                 })
             },
-        ))
-        .await
-        .expect("policy");
+        );
+        let policy = tokio::time::timeout(TIMEOUT, checked)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{name} was never type-checked: kube-controller-manager must run \
+                     validatingadmissionpolicy-status-controller (scripts/test-cluster.sh does)"
+                )
+            })
+            .ok()
+            .flatten()
+            .expect("policy");
         let warnings = policy
             .status
             .and_then(|s| s.type_checking)
