@@ -33,6 +33,16 @@ async fn wait_event(client: &Client, name: &str, check: impl Fn(&Event) -> bool)
     }
 }
 
+/// Creates `tenant` and waits until it is Ready.
+async fn create_ready(tenants: &Api<Tenant>, tenant: &Tenant) {
+    let name = tenant.name_any();
+    tenants
+        .create(&PostParams::default(), tenant)
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+}
+
 fn condition_true(t: Option<&Tenant>, ty: &str) -> bool {
     t.and_then(|t| t.status.as_ref())
         .is_some_and(|s| palisade::crd::condition::is_true(&s.conditions, ty))
@@ -58,11 +68,7 @@ async fn widened_objects_are_restored_whole() {
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
     let ns_a = format!("{name}-a");
     let by_hand = PatchParams {
         field_manager: Some("kubectl-patch".into()),
@@ -211,11 +217,7 @@ async fn retain_keeps_generated_secrets_and_jwks() {
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name).namespace(&ns_a).namespace(&ns_b);
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &with_secrets(&name, "Retain"))
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &with_secrets(&name, "Retain")).await;
     let (secret_b, jwks_b) = data_of(&client, &ns_b).await;
 
     // The namespace leaves the tenant.
@@ -442,11 +444,7 @@ async fn invalid_specs_change_nothing() {
     let mut t = sample(&name, "Delete");
     t.spec.network.allow_unrestricted = true;
     t.spec.network.allow_from_namespaces = vec![Default::default()];
-    tenants
-        .create(&PostParams::default(), &t)
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &t).await;
     let np: Api<NetworkPolicy> = Api::namespaced(client.clone(), &format!("{name}-a"));
     let from = np
         .get("palisade-allow-from-namespaces")
@@ -458,11 +456,7 @@ async fn invalid_specs_change_nothing() {
     // A converged tenant edited into an invalid spec: nothing moves.
     let name = unique("e2v");
     cleanup.tenant(&name);
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
     let names = vec![format!("{name}-a"), format!("{name}-b")];
     for ns in &names {
         let rq: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
