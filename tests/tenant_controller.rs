@@ -281,6 +281,57 @@ async fn heals_children_widened_by_hand() {
     assert!(writes.is_empty(), "a healed tenant rests: {writes:#?}");
 }
 
+/// Issue #30: isolation before access. While the ResourceQuota of a new
+/// namespace cannot be written, no Role or RoleBinding goes into it (the
+/// owner gets nothing to work with in an unquota'd namespace); the other
+/// namespace converges; once the quota lands, the bindings follow.
+#[tokio::test]
+async fn no_access_is_granted_before_a_namespace_is_isolated() {
+    let server = server();
+    let fault = server.fail_when(500, None, |r| {
+        r.resource == "resourcequotas"
+            && r.verb.is_write()
+            && r.namespace.as_deref() == Some("acme-dev")
+    });
+    let _running = start(&server, clock());
+    create(&server, ACME).await;
+    let rb = "rolebindings.rbac.authorization.k8s.io";
+    server
+        .wait_for_json(rb, Some("acme-prod"), "palisade:admin", WAIT, |_| true)
+        .await
+        .expect("the isolated namespace gets its bindings");
+    wait_condition(
+        &server,
+        "acme",
+        "QuotaEnforced",
+        "False",
+        Some("ServerError"),
+    )
+    .await;
+    assert!(
+        server
+            .get_json(rb, Some("acme-dev"), "palisade:admin")
+            .is_none(),
+        "no binding in a namespace without its quota"
+    );
+    assert!(
+        server
+            .get_json(
+                "roles.rbac.authorization.k8s.io",
+                Some("acme-dev"),
+                "palisade:admin"
+            )
+            .is_none(),
+        "no role either"
+    );
+    server.clear_fault(fault);
+    server
+        .wait_for_json(rb, Some("acme-dev"), "palisade:admin", WAIT, |_| true)
+        .await
+        .expect("granted once isolated");
+    wait_ready(&server, "acme").await;
+}
+
 #[tokio::test]
 async fn spec_edits_reconverge_and_prune() {
     let server = server();
@@ -836,4 +887,38 @@ async fn cold_start_reconciles_each_tenant_once_without_reads_or_events() {
         .count();
     assert_eq!(events, 0, "healthy new tenants need no Event");
     running.stop().await;
+}
+
+/// A namespace labelled for this Tenant's name but with another Tenant's uid
+/// (left by an earlier Tenant of the same name) is neither pruned nor
+/// blocks the Tenant's deletion.
+#[tokio::test]
+async fn a_foreign_uid_namespace_is_kept_and_does_not_block_deletion() {
+    let server = server();
+    let _running = start(&server, clock());
+    server
+        .put_json(
+            "namespaces",
+            json!({"metadata": {"name": "acme-old", "labels": {
+                "app.kubernetes.io/managed-by": "palisade",
+                "palisade.dev/tenant": "acme",
+                "palisade.dev/tenant-uid": "someone-else",
+            }}}),
+        )
+        .expect("left-over namespace");
+    create(
+        &server,
+        &ACME.replace("owners:", "deletionPolicy: Delete\n  owners:"),
+    )
+    .await;
+    wait_ready(&server, "acme").await;
+    let api: Api<Tenant> = Api::all(server.client());
+    api.delete("acme", &DeleteParams::default())
+        .await
+        .expect("delete");
+    server
+        .wait_for_absent("tenants.palisade.dev", None, "acme", WAIT)
+        .await
+        .expect("finalizer removed, tenant gone");
+    assert!(server.get_json("namespaces", None, "acme-old").is_some());
 }
