@@ -29,7 +29,7 @@ pub enum Command {
     },
     /// Print, offline, every object Palisade would create for the given resources.
     Render {
-        /// A YAML file or a directory of them (repeatable).
+        /// A YAML file or a directory of them (repeatable); `-` reads standard input.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
     },
@@ -57,7 +57,7 @@ pub enum Command {
 /// Flags of `palisade diff`.
 #[derive(Debug, Clone, Args)]
 pub struct DiffArgs {
-    /// A YAML file or a directory of them (repeatable), as for `render` and
+    /// A YAML file or a directory of them (repeatable; `-` reads standard input), as for `render` and
     /// `kubectl apply -f`; any kind, not only Palisade's.
     #[arg(short = 'f', long = "filename", required = true)]
     pub files: Vec<PathBuf>,

@@ -227,10 +227,22 @@ pub struct Document {
     pub input: Option<Input>,
 }
 
-/// The text of every file under `paths` (files or directories), in order.
+/// The text of every file under `paths` (files or directories), in order;
+/// `-` is standard input (as for `kubectl apply -f -`).
 fn read_all(paths: &[PathBuf]) -> Result<Vec<(PathBuf, String)>, RenderError> {
     let mut out = Vec::new();
     for root in paths {
+        if root.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|source| {
+                RenderError::Read {
+                    path: root.clone(),
+                    source,
+                }
+            })?;
+            out.push((root.clone(), text));
+            continue;
+        }
         for file in collect_files(root)? {
             let text = std::fs::read_to_string(&file).map_err(|source| RenderError::Read {
                 path: file.clone(),

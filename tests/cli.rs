@@ -213,6 +213,31 @@ fn render_fails_closed_on_specs_the_api_server_would_refuse() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
+/// Issue #31 item 8: `-f -` reads standard input, for render (and diff,
+/// which loads documents the same way).
+#[test]
+fn render_reads_standard_input() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["render", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run palisade");
+    let tenant = std::fs::read_to_string("config/samples/tenant-acme.yaml").expect("sample");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(tenant.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("name: acme-prod") && stdout.contains("palisade-default-deny"));
+}
+
 #[test]
 fn permissions_lists_catalog_and_builtin_roles() {
     let out = palisade(&["permissions"]);
