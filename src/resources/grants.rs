@@ -27,6 +27,8 @@ use crate::crd::role_policy::PolicyRule;
 
 /// Reads.
 const READ: &[&str] = &["get", "list", "watch"];
+/// The verbs a `/scale` subresource serves.
+const SCALE: &[&str] = &["get", "update", "patch"];
 /// RBAC's resource verbs: reads and writes. Anything else is special.
 const ALL: &[&str] = &[
     "get",
@@ -111,38 +113,18 @@ const SAFE: &[Safe] = &[
     safe("", "secrets", ALL, UNSERVED),
     safe("", "persistentvolumeclaims", ALL, UNSERVED),
     safe("", "replicationcontrollers", ALL, UNSERVED),
-    safe(
-        "",
-        "replicationcontrollers/scale",
-        &["get", "update", "patch"],
-        UNSERVED,
-    ),
+    safe("", "replicationcontrollers/scale", SCALE, UNSERVED),
     safe("", "podtemplates", ALL, UNSERVED),
     safe("", "events", &["get", "list", "watch", "create"], EVENTS),
     safe("", "resourcequotas", READ, MANAGED),
     safe("", "limitranges", READ, MANAGED),
     safe("apps", "deployments", ALL, UNSERVED),
-    safe(
-        "apps",
-        "deployments/scale",
-        &["get", "update", "patch"],
-        UNSERVED,
-    ),
+    safe("apps", "deployments/scale", SCALE, UNSERVED),
     safe("apps", "statefulsets", ALL, UNSERVED),
-    safe(
-        "apps",
-        "statefulsets/scale",
-        &["get", "update", "patch"],
-        UNSERVED,
-    ),
+    safe("apps", "statefulsets/scale", SCALE, UNSERVED),
     safe("apps", "daemonsets", ALL, UNSERVED),
     safe("apps", "replicasets", ALL, UNSERVED),
-    safe(
-        "apps",
-        "replicasets/scale",
-        &["get", "update", "patch"],
-        UNSERVED,
-    ),
+    safe("apps", "replicasets/scale", SCALE, UNSERVED),
     safe("apps", "controllerrevisions", ALL, UNSERVED),
     safe("batch", "jobs", ALL, UNSERVED),
     safe("batch", "cronjobs", ALL, UNSERVED),
