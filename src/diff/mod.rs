@@ -949,10 +949,7 @@ impl Differ {
                         if o.metadata.deletion_timestamp.is_some() {
                             terminating.insert(o.name_any());
                         }
-                        let uid = o.labels().get(labels::TENANT_UID);
-                        if let (Some(u), Some(mine)) = (uid, t.metadata.uid.as_deref())
-                            && u != mine
-                        {
+                        if disposal::is_foreign(o.labels(), t.metadata.uid.as_deref()) {
                             foreign.insert(o.name_any());
                         }
                     }

@@ -66,6 +66,20 @@ pub fn is_data(kind: &str) -> bool {
     matches!(kind, "Secret" | "ConfigMap")
 }
 
+/// Whether a namespace with these labels belongs to another Tenant than the
+/// one of uid `tenant_uid` (an earlier Tenant of the same name left it
+/// labelled with its own uid): nothing in it is this Tenant's to prune,
+/// release or delete. Offline (no uid) nothing is foreign.
+pub fn is_foreign(
+    namespace_labels: &std::collections::BTreeMap<String, String>,
+    tenant_uid: Option<&str>,
+) -> bool {
+    match (namespace_labels.get(super::labels::TENANT_UID), tenant_uid) {
+        (Some(theirs), Some(ours)) => theirs != ours,
+        _ => false,
+    }
+}
+
 /// What the Tenant wants now.
 pub struct Wants<'a> {
     /// Every object wanted (applied or not). Empty when the Tenant is deleted.
@@ -282,6 +296,20 @@ mod tests {
                 "{policy:?} {k:?}"
             );
         }
+    }
+
+    #[test]
+    fn foreign_goes_by_uid_and_never_offline() {
+        let l = |uid: &str| {
+            std::collections::BTreeMap::from([(
+                crate::resources::labels::TENANT_UID.to_string(),
+                uid.to_string(),
+            )])
+        };
+        assert!(is_foreign(&l("old"), Some("new")));
+        assert!(!is_foreign(&l("new"), Some("new")));
+        assert!(!is_foreign(&Default::default(), Some("new")));
+        assert!(!is_foreign(&l("old"), None));
     }
 
     #[test]

@@ -187,15 +187,9 @@ pub(super) fn terminating(ctx: &Context, ns: &str) -> bool {
 /// same name whose objects were left behind): its objects are not this Tenant's
 /// to prune, release or delete.
 pub(super) fn foreign(ctx: &Context, tenant: &Tenant, ns: &str) -> bool {
-    let (Some(uid), Some(obj)) = (
-        tenant.metadata.uid.as_deref(),
-        ctx.cache.get(&ns_ar(), None, ns),
-    ) else {
-        return false;
-    };
-    obj.labels()
-        .get(labels::TENANT_UID)
-        .is_some_and(|u| u != uid)
+    ctx.cache.get(&ns_ar(), None, ns).is_some_and(|obj| {
+        crate::resources::disposal::is_foreign(obj.labels(), tenant.metadata.uid.as_deref())
+    })
 }
 
 /// Keeps a Secret or ConfigMap Palisade generated in a namespace it lets go
