@@ -345,8 +345,8 @@ async fn a_namespace_of_another_tenant_uid_is_never_pruned_nor_reported() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let still = namespaces.get(&left).await.expect("kept");
     assert!(still.metadata.deletion_timestamp.is_none());
-    // Deleting the Tenant is left to the Cleanup guard: on the real API
-    // server the Tenant's deletion does not finish while this namespace
-    // exists (its finalizer stays; reported on #31). The fake API server's
-    // `a_foreign_uid_namespace_is_kept_and_does_not_block_deletion` passes.
+    // Deleting the Tenant finishes and leaves the other Tenant's namespace.
+    delete_tenant(&client, &name).await;
+    let still = namespaces.get(&left).await.expect("kept");
+    assert!(still.metadata.deletion_timestamp.is_none());
 }

@@ -34,6 +34,7 @@ mod backup_pod_labels;
 mod diff_modes;
 mod fail_closed;
 mod fail_closed_policy;
+mod signals;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -436,6 +437,11 @@ async fn operator_client(admin: &Client) -> Client {
 /// Starts the Tenant controller in this process, as the operator's
 /// ServiceAccount (`client` must come from [`operator_client`]).
 fn start_controller(client: &Client) -> (Controller, Arc<Context>) {
+    // `PALISADE_LOG=palisade=debug` shows the in-process controller's log
+    // (stderr, redacted as in production) when a test needs tracing.
+    if std::env::var_os(palisade::runtime::telemetry::CLI_LOG_ENV).is_some() {
+        let _ = palisade::runtime::telemetry::init_stderr();
+    }
     let (cache, streams) = tenant::child_cache(client);
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -139,12 +139,14 @@ pub fn owns_content(ar: &ApiResource) -> bool {
 }
 
 /// True when the content of `actual` (every top-level field but type,
-/// metadata and status) holds something `desired` does not: a rule, key or
-/// field another manager added. Values compare as in [`contains`]
-/// (quantities by value; empty collections as absent), so the API server's
-/// normal form is not a widening. The builders emit the fields the server
-/// would default (a LimitRange's default requests, a port's protocol), so
-/// that a converged object is never widened.
+/// metadata and status) holds something `desired` does not: a rule, key,
+/// list item or field another manager added, which a server-side apply would
+/// leave in place. A value that merely differs (a quota raised by hand, a
+/// field the spec changed) is not a widening: Palisade's forced apply owns
+/// that field and sets it back. Empty collections count as absent, so the
+/// API server's normal form is not a widening. The builders emit the fields
+/// the server would default (a LimitRange's default requests, a port's
+/// protocol), so that a converged object is never widened.
 pub fn widened(actual: &Value, desired: &Value) -> bool {
     let (Some(a), Some(d)) = (actual.as_object(), desired.as_object()) else {
         return false;
@@ -152,9 +154,25 @@ pub fn widened(actual: &Value, desired: &Value) -> bool {
     a.iter()
         .filter(|(k, _)| is_content(k))
         .any(|(k, av)| match d.get(k) {
-            Some(dv) => !contains(dv, av),
+            Some(dv) => holds_more(av, dv),
             None => !is_empty(av),
         })
+}
+
+/// Whether `live` has a key or list item that `desired` lacks, at any depth.
+fn holds_more(live: &Value, desired: &Value) -> bool {
+    match (live, desired) {
+        (Value::Object(l), Value::Object(d)) => l.iter().any(|(k, lv)| match d.get(k) {
+            Some(dv) => holds_more(lv, dv),
+            None => !is_empty(lv),
+        }),
+        (Value::Array(l), Value::Array(d)) => {
+            l.len() > d.len() || l.iter().zip(d).any(|(lv, dv)| holds_more(lv, dv))
+        }
+        // A collection where a scalar (or nothing) is wanted.
+        (Value::Object(_) | Value::Array(_), _) => !is_empty(live),
+        _ => false,
+    }
 }
 
 /// `live` with its content replaced by the content of `desired` (fields
@@ -734,6 +752,13 @@ mod tests {
         ));
         assert!(!widened(
             &json!({"spec": {"hard": {"pods": "10", "requests.cpu": "2000m"}}, "status": {"used": {"pods": "1"}}}),
+            &want
+        ));
+        // A value that differs (the spec changed, or a hand edit) is not added
+        // content: the forced apply sets it back, and no DriftReverted Event
+        // blames an edit of the Tenant on someone else.
+        assert!(!widened(
+            &json!({"spec": {"hard": {"pods": "11", "requests.cpu": "2"}}}),
             &want
         ));
         // A list grown by one item.

@@ -29,7 +29,8 @@ use kube::core::ApiResource;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
-use crate::resources::labels;
+use crate::apply::api_message;
+use crate::resources::{labels, rbac};
 
 /// Touched objects waiting for the controller, per kind.
 const TRIGGER_BUFFER: usize = 1024;
@@ -97,6 +98,8 @@ struct Inner {
     /// reconcile finds its own children without scanning every cache.
     by_tenant: HashMap<Box<str>, HashSet<(usize, Box<str>)>>,
     bytes: usize,
+    /// Cluster-wide kinds that have received their first full listing.
+    listed: HashSet<usize>,
 }
 
 impl Inner {
@@ -156,6 +159,7 @@ impl Inner {
     }
 
     fn replace_kind(&mut self, kind: usize, objects: HashMap<Box<str>, Arc<Entry>>) {
+        self.listed.insert(kind);
         let old = std::mem::take(&mut self.kinds[kind]);
         for (key, entry) in &old {
             self.unindex(kind, key, entry);
@@ -192,7 +196,16 @@ pub struct ChildCache {
     listed: Vec<Arc<Mutex<HashSet<String>>>>,
     /// Namespaces a reconcile found unlisted: their listing wakes the tenant.
     waiting: Arc<Mutex<HashSet<String>>>,
+    /// Whether a namespace's Secrets and ConfigMaps are watched only once
+    /// Palisade's own RoleBinding is in it (see [`ChildCache::grant_gate`]).
+    gate: Arc<tokio::sync::watch::Sender<Option<bool>>>,
+    /// How the watches fare (errors are kept here, never sent on).
+    pub health: Arc<WatchHealth>,
 }
+
+/// The managed namespaces, each with whether Palisade's own RoleBinding
+/// ([`rbac::OPERATOR_BINDING`]) is in it; `None` until both kinds listed.
+type Managed = Option<Vec<(String, bool)>>;
 
 /// The objects one child kind's watch touched (metadata only), for the
 /// controller's triggers; the cache is kept by a task of its own.
@@ -274,6 +287,7 @@ struct KindFeed {
     on_change: Option<OnChange>,
     /// Objects of a (re)listing in progress; swapped in at its end.
     listing: Option<HashMap<Box<str>, Arc<Entry>>>,
+    health: Arc<WatchHealth>,
 }
 
 impl KindFeed {
@@ -389,18 +403,113 @@ impl KindFeed {
     }
 }
 
+/// The API server's own words for a failed list or watch (never the client's
+/// Debug dump of the response).
+pub fn watch_message(e: &watcher::Error) -> String {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => api_message(e),
+        watcher::Error::WatchError(s) => format!("{} ({})", s.message, s.code),
+        watcher::Error::NoResourceVersion => e.to_string(),
+    }
+}
+
+/// Whether a watch error is routine: the server's watch cache moved on
+/// (410 Gone), and the watcher lists again.
+fn is_routine(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
+}
+
+/// Retry delays of a failing watch, on top of kube's own (which restarts at
+/// under a second on every relist, so a 403 would be retried every second
+/// forever). The cap bounds how long a fixed permission goes unnoticed.
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// How the cache's watches fare: how many fail right now, and every error
+/// by HTTP status (0: no status, e.g. a connection error) since start.
+#[derive(Default)]
+pub struct WatchHealth {
+    failing: std::sync::atomic::AtomicI64,
+    errors: Mutex<std::collections::BTreeMap<u16, u64>>,
+}
+
+impl WatchHealth {
+    /// Watches failing now (each retrying).
+    pub fn failing(&self) -> i64 {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Errors seen with HTTP status `code` since start.
+    pub fn errors(&self, code: u16) -> u64 {
+        self.errors
+            .lock()
+            .map(|m| m.get(&code).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    fn count(&self, e: &watcher::Error) {
+        let code = match e {
+            watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+            watcher::Error::WatchError(s) => s.code,
+            _ => 0,
+        };
+        if let Ok(mut m) = self.errors.lock() {
+            *m.entry(code).or_default() += 1;
+        }
+    }
+}
+
+/// Marks one watch as failing while it lives (a watch stopped mid-failure,
+/// its namespace gone, no longer counts).
+struct Failing(Arc<WatchHealth>);
+
+impl Failing {
+    fn new(health: &Arc<WatchHealth>) -> Self {
+        health.failing.fetch_add(1, Ordering::Relaxed);
+        Self(health.clone())
+    }
+}
+
+impl Drop for Failing {
+    fn drop(&mut self) {
+        self.0.failing.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl KindFeed {
+    /// What this feed watches, for logs: `Secret in acme-dev`, `Namespace`.
+    fn describe(&self, ar: &ApiResource) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} in {ns}", ar.kind),
+            None => ar.kind.clone(),
+        }
+    }
+
     /// Applies a watch stream to the cache and forwards touched objects
     /// (metadata only) to the controller until either side ends.
     /// `on_first_error` runs once, on the first error of the stream.
+    ///
+    /// Errors stay here: they are logged (once per distinct message, then at
+    /// debug until the watch recovers) and retried with a growing delay, and
+    /// never reach the controller. kube's controller shares one peekable
+    /// queue between its triggers and its error output, and a trigger stream
+    /// that keeps failing (a namespace Palisade may not list) starves the
+    /// Tenant watch behind it: a deleted Tenant went unnoticed for minutes.
     async fn pump(
         mut self,
+        what: String,
         mut events: std::pin::Pin<
             Box<dyn Stream<Item = Result<watcher::Event<DynamicObject>, watcher::Error>> + Send>,
         >,
         tx: tokio::sync::mpsc::Sender<Result<DynamicObject, watcher::Error>>,
         mut on_first_error: Option<impl FnOnce()>,
     ) {
+        let mut failing: Option<(String, Failing)> = None;
+        let mut delay = RETRY_MIN;
         loop {
             let ev = tokio::select! {
                 () = tx.closed() => return,
@@ -408,19 +517,51 @@ impl KindFeed {
             };
             let touched = match ev {
                 None => return,
-                Some(Ok(ev)) => self.apply(ev).map(|mut o| {
-                    o.data = serde_json::Value::Null;
-                    Ok(o)
-                }),
+                Some(Ok(ev)) => {
+                    if !matches!(ev, watcher::Event::Init)
+                        && let Some((was, _)) = failing.take()
+                    {
+                        tracing::info!(watch = %what, was = %was, "watch recovered");
+                        delay = RETRY_MIN;
+                    }
+                    self.apply(ev).map(|mut o| {
+                        o.data = serde_json::Value::Null;
+                        o
+                    })
+                }
+                Some(Err(e)) if is_routine(&e) => {
+                    tracing::debug!(watch = %what, error = %watch_message(&e), "watch restarts");
+                    None
+                }
                 Some(Err(e)) => {
                     if let Some(f) = on_first_error.take() {
                         f();
                     }
-                    Some(Err(e))
+                    self.health.count(&e);
+                    let message = watch_message(&e);
+                    match &mut failing {
+                        Some((was, _)) if *was == message => {
+                            tracing::debug!(watch = %what, error = %message, retry_in = ?delay, "watch still failing");
+                        }
+                        Some((was, _)) => {
+                            tracing::warn!(watch = %what, error = %message, retry_in = ?delay, "watch failing; retrying");
+                            *was = message;
+                        }
+                        None => {
+                            tracing::warn!(watch = %what, error = %message, retry_in = ?delay, "watch failing; retrying");
+                            failing = Some((message, Failing::new(&self.health)));
+                        }
+                    }
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                    None
                 }
             };
             if let Some(t) = touched
-                && tx.send(t).await.is_err()
+                && tx.send(Ok(t)).await.is_err()
             {
                 return;
             }
@@ -441,6 +582,7 @@ struct PerNamespace {
     synced: Arc<tokio::sync::watch::Sender<usize>>,
     listed: Arc<Mutex<HashSet<String>>>,
     tx: tokio::sync::mpsc::Sender<Result<DynamicObject, watcher::Error>>,
+    health: Arc<WatchHealth>,
 }
 
 impl PerNamespace {
@@ -470,9 +612,12 @@ impl PerNamespace {
             })),
             on_change: None,
             listing: None,
+            health: self.health.clone(),
         };
         let events = watcher(api, cfg).default_backoff().boxed();
+        let what = feed.describe(&self.ar);
         tokio::spawn(feed.pump(
+            what,
             events,
             self.tx.clone(),
             // A namespace that cannot be listed yet (its RoleBinding is not in
@@ -493,23 +638,41 @@ impl PerNamespace {
         }
     }
 
-    /// Follows the managed namespaces until the controller goes away.
-    async fn run(self, mut namespaces: tokio::sync::watch::Receiver<Option<Vec<String>>>) {
+    /// Follows the managed namespaces until the controller goes away. Under
+    /// `gate` `Some(true)` (Palisade runs as a ServiceAccount) a namespace is
+    /// watched once Palisade's RoleBinding is in it, so that a new namespace
+    /// is not listed before it may be (a 403 on the happy path); `Some(false)`
+    /// watches every managed namespace; `None` (not known yet) waits.
+    async fn run(
+        self,
+        mut namespaces: tokio::sync::watch::Receiver<Managed>,
+        mut gate: tokio::sync::watch::Receiver<Option<bool>>,
+    ) {
         let (settled_tx, mut settled_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
         let mut watches: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut settled: HashSet<String> = HashSet::new();
         let mut reported = false;
         loop {
-            let current: Option<Vec<String>> = namespaces.borrow_and_update().clone();
-            if let Some(names) = &current {
-                let wanted: HashSet<&str> = names.iter().map(String::as_str).collect();
+            let wanted: Option<Vec<String>> =
+                match (&*namespaces.borrow_and_update(), *gate.borrow_and_update()) {
+                    (Some(managed), Some(gated)) => Some(
+                        managed
+                            .iter()
+                            .filter(|(_, bound)| *bound || !gated)
+                            .map(|(ns, _)| ns.clone())
+                            .collect(),
+                    ),
+                    _ => None,
+                };
+            if let Some(names) = &wanted {
+                let keep: HashSet<&str> = names.iter().map(String::as_str).collect();
                 watches.retain(|ns, task| {
-                    let keep = wanted.contains(ns.as_str());
-                    if !keep {
+                    let kept = keep.contains(ns.as_str());
+                    if !kept {
                         task.abort();
                         self.forget(ns);
                     }
-                    keep
+                    kept
                 });
                 for ns in names {
                     if !watches.contains_key(ns) {
@@ -524,6 +687,7 @@ impl PerNamespace {
             tokio::select! {
                 () = self.tx.closed() => break,
                 changed = namespaces.changed() => if changed.is_err() { break },
+                changed = gate.changed() => if changed.is_err() { break },
                 Some(ns) = settled_rx.recv() => { settled.insert(ns); }
             }
         }
@@ -531,6 +695,31 @@ impl PerNamespace {
             task.abort();
         }
     }
+}
+
+/// The managed namespaces and whether Palisade's RoleBinding is in each, once
+/// the Namespace kind (and the RoleBinding kind, when cached) have listed.
+fn managed_namespaces(
+    inner: &Inner,
+    namespace_kind: usize,
+    binding_kind: Option<usize>,
+) -> Managed {
+    if !inner.listed.contains(&namespace_kind)
+        || binding_kind.is_some_and(|k| !inner.listed.contains(&k))
+    {
+        return None;
+    }
+    let mut out: Vec<(String, bool)> = inner.kinds[namespace_kind]
+        .keys()
+        .map(|ns| {
+            let bound = binding_kind.is_some_and(|k| {
+                inner.kinds[k].contains_key(key_of(Some(ns), rbac::OPERATOR_BINDING).as_str())
+            });
+            (ns.to_string(), bound)
+        })
+        .collect();
+    out.sort_unstable();
+    Some(out)
 }
 
 impl ChildCache {
@@ -550,8 +739,13 @@ impl ChildCache {
         let ns_index = kinds
             .iter()
             .position(|k| k.kind == "Namespace" && k.group.is_empty());
-        let (ns_tx, ns_rx) = tokio::sync::watch::channel::<Option<Vec<String>>>(None);
+        let binding_index = kinds
+            .iter()
+            .position(|k| k.kind == "RoleBinding" && k.group == "rbac.authorization.k8s.io");
+        let (ns_tx, ns_rx) = tokio::sync::watch::channel::<Managed>(None);
         let ns_tx = Arc::new(ns_tx);
+        let (gate_tx, gate_rx) = tokio::sync::watch::channel::<Option<bool>>(None);
+        let health = Arc::new(WatchHealth::default());
         let mut cached = Vec::new();
         let mut streams = Vec::new();
         let mut listed = Vec::new();
@@ -577,29 +771,35 @@ impl ChildCache {
                         synced: synced_tx.clone(),
                         listed: namespaces,
                         tx,
+                        health: health.clone(),
                     }
-                    .run(ns_rx.clone()),
+                    .run(ns_rx.clone(), gate_rx.clone()),
                 );
             } else {
                 let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
                 let cfg = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
                 let synced = synced_tx.clone();
-                let on_change: Option<OnChange> = if Some(kind) == ns_index {
-                    let ns_tx = ns_tx.clone();
-                    Some(Box::new(move |inner: &Inner| {
-                        let mut names: Vec<String> =
-                            inner.kinds[kind].keys().map(|k| k.to_string()).collect();
-                        names.sort_unstable();
-                        ns_tx.send_if_modified(|cur| {
-                            let changed = cur.as_ref() != Some(&names);
-                            if changed {
-                                *cur = Some(names);
+                // Namespaces and Palisade's RoleBindings decide which
+                // namespaces the per-namespace kinds watch.
+                let on_change: Option<OnChange> = match ns_index {
+                    Some(namespace_kind)
+                        if kind == namespace_kind || Some(kind) == binding_index =>
+                    {
+                        let ns_tx = ns_tx.clone();
+                        Some(Box::new(move |inner: &Inner| {
+                            let managed = managed_namespaces(inner, namespace_kind, binding_index);
+                            if managed.is_some() {
+                                ns_tx.send_if_modified(|cur| {
+                                    let changed = *cur != managed;
+                                    if changed {
+                                        cur.clone_from(&managed);
+                                    }
+                                    changed
+                                });
                             }
-                            changed
-                        });
-                    }))
-                } else {
-                    None
+                        }))
+                    }
+                    _ => None,
                 };
                 let feed = KindFeed {
                     kind,
@@ -611,9 +811,10 @@ impl ChildCache {
                     on_first_listing: Some(Box::new(move || synced.send_modify(|n| *n += 1))),
                     on_change,
                     listing: None,
+                    health: health.clone(),
                 };
                 let events = watcher(api, cfg).default_backoff().boxed();
-                tokio::spawn(feed.pump(events, tx, None::<fn()>));
+                tokio::spawn(feed.pump(ar.kind.clone(), events, tx, None::<fn()>));
             }
             let stream =
                 futures::stream::unfold(
@@ -634,9 +835,19 @@ impl ChildCache {
                 synced,
                 listed,
                 waiting,
+                gate: Arc::new(gate_tx),
+                health,
             },
             streams,
         )
+    }
+
+    /// Says whether Palisade runs as a ServiceAccount that gets a RoleBinding
+    /// in each tenant namespace: then a namespace's Secrets and ConfigMaps are
+    /// watched once that binding is there. Until this is called the
+    /// per-namespace watches wait (and the cache is not ready).
+    pub fn grant_gate(&self, bound: bool) {
+        self.gate.send_replace(Some(bound));
     }
 
     /// True once every per-namespace kind has listed `namespace` (always true
@@ -814,6 +1025,8 @@ mod tests {
             synced,
             listed: Vec::new(),
             waiting: Arc::default(),
+            gate: Arc::new(tokio::sync::watch::channel(None).0),
+            health: Arc::default(),
         };
         let tx = Arc::new(tx);
         let feed = KindFeed {
@@ -826,6 +1039,7 @@ mod tests {
             on_first_listing: Some(Box::new(move || tx.send_modify(|n| *n += 1))),
             on_change: None,
             listing: None,
+            health: Arc::default(),
         };
         (feed, cache)
     }

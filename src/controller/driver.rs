@@ -181,7 +181,15 @@ async fn reconcile<R: Reconcile>(
         .reconcile(R::NAME, move || writes.writes());
     let (namespace, name) = (obj.namespace(), obj.name_any());
     let span = info_span!("reconcile", kind = R::NAME, namespace = namespace.as_deref().unwrap_or_default(), name = %name);
-    let mut task = AbortOnDrop(tokio::spawn(inner.reconcile(obj).instrument(span)));
+    let mut task = AbortOnDrop(tokio::spawn(
+        async move {
+            debug!("reconcile started");
+            let out = inner.reconcile(obj).await;
+            debug!(ok = out.is_ok(), "reconcile finished");
+            out
+        }
+        .instrument(span),
+    ));
     let result = match (&mut task.0).await {
         Ok(Ok(action)) => Ok(action),
         Ok(Err(e)) => Err(Failure::Reconcile(e)),

@@ -88,9 +88,11 @@ pub async fn controller(
     let admin = AdminServer::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
+    // The address actually bound (`--admin-addr 127.0.0.1:0` picks a port).
+    let bound = admin.local_addr().unwrap_or(addr);
     let admin_stop = CancellationToken::new();
     let admin = tokio::spawn(admin.serve(health.clone(), metrics.clone(), admin_stop.clone()));
-    tracing::info!(admin = %addr, "palisade controller starting");
+    tracing::info!(admin = %bound, "palisade controller starting; /livez, /readyz and /metrics served");
     let result = super::run(
         client,
         metrics,

@@ -94,7 +94,10 @@ static URL_USERINFO: LazyLock<Regex> =
 /// optionally wrapped as `Some(...)`.
 static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| {
     re(concat!(
-        r"(?i)(?P<key>[a-z0-9_.-]*(?:password|passwd|passphrase|token|secret|key|credential|",
+        // A Rust module path (a log line's target, `palisade::…::secrets:`)
+        // is matched with its path, so that it can be kept.
+        r"(?i)(?P<path>(?:[a-z0-9_]+::)+)?",
+        r"(?P<key>[a-z0-9_.-]*(?:password|passwd|passphrase|token|secret|key|credential|",
         r"authorization|auth|cookie|private|signature)[a-z0-9_.-]*)",
         r#"(?P<sep>\\?"?\s*[:=]\s*)"#,
         r#"(?P<val>(?:[A-Za-z]+\((?:\s|\\n)*)?(?:\\"(?:[^"\\]|\\[^"])*\\"|"(?:[^"\\]|\\.)*"|\[[^\]]*\]|[^\s,;}\])&"]+))"#,
@@ -140,7 +143,10 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     apply(&URL_USERINFO, &|c| format!("{}{REDACTED}@", &c[1]));
     apply(&KEY_VALUE, &|c| {
         let (key, sep, val) = (&c["key"], &c["sep"], &c["val"]);
-        if is_exempt(key) || val.contains(REDACTED) && val.len() <= REDACTED.len() + 4 {
+        if c.name("path").is_some()
+            || is_exempt(key)
+            || val.contains(REDACTED) && val.len() <= REDACTED.len() + 4
+        {
             return c[0].to_string();
         }
         // Keep the value's quoting so JSON stays JSON (`Some(` prefixes go).
@@ -250,6 +256,22 @@ mod tests {
         scrubbed("Authorization: Basic dXNlcjpodW50ZXIy", "dXNlcjpodW50ZXIy");
         let out = scrubbed(r#"{"secretKey":"s3cr3t","n":2}"#, "s3cr3t");
         assert!(out.contains(r#""n":2"#), "{out}");
+    }
+
+    /// Issue #31: names are not secrets. A log line's target
+    /// (`…::tenant::secrets:`), its message, secret names and counts stay
+    /// readable; a value next to a sensitive key still goes.
+    #[test]
+    fn targets_messages_names_and_counts_are_kept() {
+        let line = "2026-12-07T00:00:00Z  INFO reconcile{kind=\"tenant\"}: palisade::controller::tenant::secrets: secrets rotated tenant=ve secret_count=2 rotated=[\"Secret ve-a/one is now at version v1 (created)\"]";
+        assert_eq!(redact(line), line);
+        let json = r#"{"target":"palisade::controller::tenant::secrets","message":"secrets current","secret_count":64,"secret_names":["ve-a/one"]}"#;
+        assert_eq!(redact(json), json);
+        let out = scrubbed(
+            "palisade::controller::tenant::secrets: secrets current token=abc123",
+            "abc123",
+        );
+        assert!(out.contains("secrets current"), "{out}");
     }
 
     #[test]

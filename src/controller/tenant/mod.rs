@@ -426,6 +426,13 @@ pub async fn run_observed(
 ) {
     let c = controller(ctx.clone(), child_streams);
     on_start(c.store());
+    // Who Palisade is decides where its per-namespace watches may start
+    // (see `ChildCache::grant_gate`); asked once, before any reconcile.
+    let who = ctx.clone();
+    tokio::spawn(async move {
+        let bound = who.service_account().await.is_some();
+        who.cache.grant_gate(bound);
+    });
     let c = c.reconcile_all_on(resync).reconcile_on(ctx.gc.triggers());
     driver::run(c, ctx, shutdown).await;
 }

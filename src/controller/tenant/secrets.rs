@@ -127,7 +127,13 @@ pub async fn reconcile(
             format!("{} secret(s) current", out.statuses.len()),
         ),
     };
-    info!(tenant = %name, secrets = out.statuses.len(), rotations = out.rotations.len(), "secrets reconciled");
+    // Once per change: what rotated is said at INFO (and in Events); a pass
+    // that changed nothing is debug.
+    if out.rotations.is_empty() {
+        tracing::debug!(tenant = %name, secret_count = out.statuses.len(), "secrets current");
+    } else {
+        info!(tenant = %name, secret_count = out.statuses.len(), rotated = ?out.rotations, "secrets rotated");
+    }
     Ok(out)
 }
 
