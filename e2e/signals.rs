@@ -144,3 +144,113 @@ async fn watches_never_403_on_the_happy_path_and_recover_without_restart() {
     delete_tenant(&client, &second).await;
     delete_tenant(&client, &first).await;
 }
+
+/// Events in `namespace` about the object `kind/name`.
+async fn events_about(client: &Client, namespace: &str, kind: &str, name: &str) -> Vec<String> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let lp = kube::api::ListParams::default()
+        .fields(&format!("regarding.kind={kind},regarding.name={name}"));
+    api.list(&lp)
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter_map(|e| {
+            let count = e.series.as_ref().map_or(1, |s| s.count);
+            Some(format!("{} x{count}", e.note?))
+        })
+        .collect()
+}
+
+/// #31 item 3: each rotation is an Event about its own Secret, so a series
+/// never merges different Secrets or versions; the Tenant gets one Event per
+/// reconcile with the count.
+#[tokio::test]
+async fn rotation_events_are_about_each_secret_and_never_merge() {
+    if !enabled() {
+        return;
+    }
+    use k8s_openapi::api::core::v1::Secret;
+    let (client, operator) = clients().await;
+    let (_controller, _ctx) = start_controller(&operator);
+    let name = unique("sev");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
+    let (a, b) = (format!("{name}-a"), format!("{name}-b"));
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {
+            "namespaces": [{"name": a}, {"name": b}],
+            "deletionPolicy": "Delete",
+            "secrets": [{"name": "one", "type": "Random", "rotateEvery": "720h"}]
+        }
+    }))
+    .expect("tenant");
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &tenant)
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+
+    // Force two rotations of the Secret in `a`, one after the other.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &a);
+    for want in ["v2", "v3"] {
+        secrets
+            .patch(
+                "one",
+                &PatchParams::default(),
+                &Patch::Merge(
+                    json!({"metadata": {"annotations": {"palisade.dev/rotate-now": "true"}}}),
+                ),
+            )
+            .await
+            .expect("annotate");
+        let start = std::time::Instant::now();
+        loop {
+            let s = secrets.get("one").await.expect("secret");
+            let v = s
+                .data
+                .as_ref()
+                .and_then(|d| d.get("version"))
+                .map(|v| v.0.clone());
+            if v.as_deref() == Some(want.as_bytes()) {
+                break;
+            }
+            assert!(start.elapsed() < TIMEOUT, "no rotation to {want}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let start = std::time::Instant::now();
+    let on_a = loop {
+        let on_a = events_about(&client, &a, "Secret", "one").await;
+        if on_a.len() >= 3 || start.elapsed() > TIMEOUT {
+            break on_a;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let on_b = events_about(&client, &b, "Secret", "one").await;
+    // One Event per version, each saying which one; none a series.
+    for v in ["v1", "v2", "v3"] {
+        assert_eq!(
+            on_a.iter()
+                .filter(|n| n.contains(&format!("{a}/one is now at version {v} ")))
+                .count(),
+            1,
+            "{v} in {on_a:?}"
+        );
+    }
+    assert!(on_a.iter().all(|n| n.ends_with(" x1")), "{on_a:?}");
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    assert!(on_b[0].contains(&format!("{b}/one is now at version v1 (created)")));
+    // The Tenant's Events say how many, per reconcile.
+    let on_tenant = events_about(&client, "default", "Tenant", &name).await;
+    assert!(
+        on_tenant
+            .iter()
+            .any(|n| n.starts_with("2 secret(s) rotated: ")),
+        "{on_tenant:?}"
+    );
+    delete_tenant(&client, &name).await;
+}

@@ -112,7 +112,7 @@ spec:
 
     let logs = String::from_utf8_lossy(&capture.0.lock().expect("capture")).into_owned();
     assert!(
-        logs.contains("secrets reconciled"),
+        logs.contains("secrets rotated"),
         "the capture saw the controller's logs"
     );
     let events = serde_json::to_string(&server.list_json("events.events.k8s.io")).expect("events");

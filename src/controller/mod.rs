@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
+
+use crate::controller::events::Recorder;
 
 pub use cache::ChildCache;
 

@@ -297,18 +297,58 @@ async fn announce_rotations(ctx: &Context, tenant: &Tenant, secrets: &secrets::O
         })
         .collect();
     ctx.metrics.set_secret_rotations(&tenant.name_any(), &due);
-    for note in &secrets.rotations {
-        let ev = event(EventType::Normal, "SecretRotated", "Rotate", note.clone());
-        publish(ctx, tenant, ev).await;
+    announce(
+        ctx,
+        tenant,
+        EventType::Normal,
+        "SecretRotated",
+        "rotated",
+        &secrets.rotations,
+    )
+    .await;
+    announce(
+        ctx,
+        tenant,
+        EventType::Warning,
+        "RotationDeferred",
+        "deferred",
+        &secrets.deferred,
+    )
+    .await;
+}
+
+/// Events a reconcile publishes about single Secrets, at most: the rest are
+/// counted in the Tenant's Event (a first reconcile of 256 namespaces × 64
+/// secrets would otherwise publish 16,384 Events, one API call each).
+const SECRET_EVENTS_PER_RECONCILE: usize = 10;
+
+/// Notes quoted in the Tenant's Event.
+const QUOTED: usize = 5;
+
+/// One Event on the Tenant for what a reconcile did to its Secrets, with the
+/// count; and an Event on each Secret (the first
+/// [`SECRET_EVENTS_PER_RECONCILE`]), about that Secret only.
+async fn announce(
+    ctx: &Context,
+    tenant: &Tenant,
+    type_: EventType,
+    reason: &str,
+    verb: &str,
+    what: &[secrets::Announcement],
+) {
+    if what.is_empty() {
+        return;
     }
-    for note in &secrets.deferred {
-        let ev = event(
-            EventType::Warning,
-            "RotationDeferred",
-            "Rotate",
-            note.clone(),
-        );
-        publish(ctx, tenant, ev).await;
+    let quoted: Vec<&str> = what.iter().take(QUOTED).map(|a| a.note.as_str()).collect();
+    let more = what.len() - quoted.len();
+    let mut note = format!("{} secret(s) {verb}: {}", what.len(), quoted.join("; "));
+    if more > 0 {
+        note.push_str(&format!("; and {more} more"));
+    }
+    publish(ctx, tenant, event(type_, reason, "Rotate", note)).await;
+    for a in what.iter().take(SECRET_EVENTS_PER_RECONCILE) {
+        let ev = event(type_, reason, "Rotate", a.note.clone());
+        super::events::publish(&ctx.recorder, &a.secret, ev).await;
     }
 }
 

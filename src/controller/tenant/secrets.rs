@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ListParams};
@@ -35,11 +35,32 @@ pub struct Outcome {
     pub next_deadline: Option<Timestamp>,
     /// Every object this step wants kept (never pruned).
     pub wanted: BTreeSet<ObjectKey>,
-    /// Human-readable rotations, for Events.
-    pub rotations: Vec<String>,
+    /// Rotations, for Events.
+    pub rotations: Vec<Announcement>,
     /// Forced rotations that wait for the minimum interval (new ones only), for
     /// Warning Events.
-    pub deferred: Vec<String>,
+    pub deferred: Vec<Announcement>,
+}
+
+/// Something that happened to one Secret, for an Event about it.
+#[derive(Clone, Debug)]
+pub struct Announcement {
+    pub secret: ObjectReference,
+    pub note: String,
+}
+
+/// The reference of a written Secret (with its uid: `kubectl describe
+/// secret` finds its Events by it).
+fn secret_reference(obj: &DynamicObject) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Secret".into()),
+        namespace: obj.namespace(),
+        name: Some(obj.name_any()),
+        uid: obj.uid(),
+        resource_version: obj.resource_version(),
+        ..Default::default()
+    }
 }
 
 fn ar<K: Resource<DynamicType = ()>>() -> ApiResource {
@@ -132,7 +153,8 @@ pub async fn reconcile(
     if out.rotations.is_empty() {
         tracing::debug!(tenant = %name, secret_count = out.statuses.len(), "secrets current");
     } else {
-        info!(tenant = %name, secret_count = out.statuses.len(), rotated = ?out.rotations, "secrets rotated");
+        let rotated: Vec<&str> = out.rotations.iter().map(|a| a.note.as_str()).collect();
+        info!(tenant = %name, secret_count = out.statuses.len(), ?rotated, "secrets rotated");
     }
     Ok(out)
 }
@@ -278,8 +300,16 @@ fn forced(
         })
         .and_then(|x| x.message.as_deref());
     if before != Some(m.as_str()) {
-        out.deferred
-            .push(format!("Secret {}/{}: {m}", t.ns, t.spec.name));
+        out.deferred.push(Announcement {
+            secret: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Secret".into()),
+                namespace: Some(t.ns.to_string()),
+                name: Some(t.spec.name.clone()),
+                ..Default::default()
+            },
+            note: format!("Secret {}/{}: {m}", t.ns, t.spec.name),
+        });
     }
     out.next_deadline = Some(out.next_deadline.map_or(at, |d| d.min(at)));
     (false, Some(m))
@@ -318,23 +348,22 @@ async fn write(
         t.every,
     ))?;
     let secret_ar = ar::<Secret>();
-    match cached {
-        Some(current) => {
-            ctx.applier.replace(&secret_ar, object, current).await?;
-        }
-        None => {
-            ctx.applier.create(&secret_ar, object).await?;
-        }
-    }
+    let written = match cached {
+        Some(current) => ctx.applier.replace(&secret_ar, object, current).await?,
+        None => ctx.applier.create(&secret_ar, object).await?,
+    };
     let why = match decision {
         Decision::Rotate(Reason::Forced) => "forced by palisade.dev/rotate-now",
         Decision::Rotate(Reason::Due) => "rotateEvery elapsed",
         _ => "created",
     };
-    out.rotations.push(format!(
-        "Secret {}/{} is now at version {id} ({why})",
-        t.ns, t.spec.name
-    ));
+    out.rotations.push(Announcement {
+        secret: secret_reference(&written),
+        note: format!(
+            "Secret {}/{} is now at version {id} ({why})",
+            t.ns, t.spec.name
+        ),
+    });
     Ok(Ok((new_state, Some(id))))
 }
 
