@@ -129,7 +129,21 @@ async fn creation_rotation_at_deadline_overlap_and_restart_safety() {
     let t = server
         .get_json("tenants.palisade.dev", None, "keys")
         .expect("tenant");
-    assert_eq!(t["status"]["secrets"].as_array().map(Vec::len), Some(3));
+    // One entry per secret, with counts (not one per secret per namespace).
+    let statuses = t["status"]["secrets"].as_array().expect("secrets");
+    assert_eq!(statuses.len(), 2, "{statuses:?}");
+    let api_key = statuses
+        .iter()
+        .find(|x| x["name"] == "api-key")
+        .expect("api-key");
+    assert_eq!(
+        (
+            &api_key["namespaces"],
+            &api_key["current"],
+            &api_key["version"]
+        ),
+        (&json!(2), &json!(2), &json!("v1"))
+    );
     assert_eq!(
         condition(&server, "keys", "SecretsRotated").expect("condition")["status"],
         "True"
@@ -312,8 +326,10 @@ async fn forced_rotation_and_debounced_restarts_touch_only_consumers() {
             .and_then(|t| {
                 t["status"]["secrets"].as_array().and_then(|a| {
                     a.iter()
-                        .find(|x| x["namespace"] == "keys-b" && x["name"] == "api-key")
-                        .and_then(|x| x["message"].as_str().map(str::to_string))
+                        .find(|x| x["name"] == "api-key")
+                        .and_then(|x| x["pending"].as_array())
+                        .and_then(|p| p.iter().find(|p| p["namespace"] == "keys-b"))
+                        .and_then(|p| p["message"].as_str().map(str::to_string))
                 })
             })
             .unwrap_or_default()
@@ -323,9 +339,17 @@ async fn forced_rotation_and_debounced_restarts_touch_only_consumers() {
         .await
         .expect("deferral reported in status");
     assert!(deferred(&server).contains("10m"), "{}", deferred(&server));
+    // One Warning about the Secret, and one on the Tenant counting them.
     let warnings = events_with_reason(&server, "RotationDeferred");
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert_eq!(warnings[0]["type"], "Warning");
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings.iter().all(|w| w["type"] == "Warning"));
+    let about = |kind: &str| {
+        warnings
+            .iter()
+            .filter(|w| w["regarding"]["kind"] == kind)
+            .count()
+    };
+    assert_eq!((about("Secret"), about("Tenant")), (1, 1), "{warnings:?}");
     running.resync();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let still = secret(&server, "keys-b", "api-key");
@@ -337,8 +361,8 @@ async fn forced_rotation_and_debounced_restarts_touch_only_consumers() {
     assert!(still["metadata"]["annotations"]["palisade.dev/rotate-now"].is_string());
     assert_eq!(
         events_with_reason(&server, "RotationDeferred").len(),
-        1,
-        "one Event, not one per reconcile"
+        2,
+        "the same Events, not new ones per reconcile"
     );
     // Once the interval has passed it happens; the rotation clears the annotation.
     clock.advance(Duration::from_secs(600));

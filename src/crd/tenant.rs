@@ -477,8 +477,10 @@ pub struct TenantStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub namespaces: Vec<NamespaceStatus>,
-    /// State of each managed secret, per namespace.
+    /// State of each managed secret (one entry per spec.secrets entry,
+    /// whatever the number of namespaces).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
     pub secrets: Vec<SecretStatus>,
     /// Aggregate quota usage (scope: Tenant only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -501,27 +503,47 @@ pub struct NamespaceStatus {
     pub message: String,
 }
 
-/// State of one managed secret in one namespace.
+/// State of one managed secret across the tenant's namespaces: counts, and
+/// only the namespaces where it is not current (bounded at any size).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretStatus {
-    /// Secret name.
+    /// Secret name (as in spec.secrets).
     pub name: String,
-    /// Namespace of the Secret.
-    pub namespace: String,
-    /// Current version: the JWT kid, or 'v<N>' for Random secrets.
-    pub version: String,
-    /// When the current version was created.
+    /// Namespaces that should hold it.
+    #[serde(default)]
+    pub namespaces: u32,
+    /// Of those, the namespaces where it is current: written, readable, and no
+    /// requested rotation waiting.
+    #[serde(default)]
+    pub current: u32,
+    /// The version every namespace is at ('v<N>' for Random secrets), when
+    /// they agree; absent otherwise (JWT kids differ per namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// When the oldest current version was created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotated_at: Option<Time>,
-    /// When the next rotation is due.
+    /// When the next rotation is due (the earliest across namespaces).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_rotation: Option<Time>,
-    /// Why a requested rotation has not happened yet (e.g. a `palisade.dev/rotate-now`
-    /// that waits for the minimum interval between forced rotations).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Namespaces where it is not current, and why (e.g. a
+    /// `palisade.dev/rotate-now` that waits for the minimum interval between
+    /// forced rotations): the first ten; `namespaces - current` counts them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub pending: Vec<SecretPending>,
+}
+
+/// Why a managed secret is not current in one namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretPending {
+    /// The namespace.
+    pub namespace: String,
+    /// Why.
     #[schemars(length(max = 1024))]
-    pub message: Option<String>,
+    pub message: String,
 }
 
 /// Aggregate quota usage for scope: Tenant.

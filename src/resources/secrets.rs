@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use super::keys::{self, KeyError, SecretString};
 use super::labels;
-use crate::crd::tenant::{Alphabet, ManagedSecret, SecretType};
+use crate::crd::tenant::{Alphabet, ManagedSecret, SecretPending, SecretStatus, SecretType};
 
 pub const VERSIONS: &str = "palisade.dev/versions";
 pub const ROTATED_AT: &str = "palisade.dev/rotated-at";
@@ -616,6 +616,115 @@ mod tests {
         assert_eq!(
             parse_state(&s, &secret),
             Err(StateError::Material("value.v1".into()))
+        );
+    }
+}
+
+/// What one reconcile found for one managed secret in one namespace.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Report {
+    pub name: String,
+    pub namespace: String,
+    /// The current version's id, when there is one.
+    pub version: Option<String>,
+    pub rotated_at: Option<Timestamp>,
+    pub next_rotation: Option<Timestamp>,
+    /// Why it is not current (blocked, or a rotation waits); `None` when it is.
+    pub message: Option<String>,
+}
+
+/// Namespaces listed per secret in status as not current, at most.
+pub const PENDING_LISTED: usize = 10;
+
+/// The status of each secret of `specs` (in spec order) from the reports of
+/// every namespace: counts, and the first [`PENDING_LISTED`] namespaces where
+/// it is not current. Its size depends on the number of secrets only (a
+/// status of 256 namespaces × 64 secrets listed one by one exceeded etcd's
+/// request limit).
+pub fn summarize(specs: &[ManagedSecret], reports: &[Report]) -> Vec<SecretStatus> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    specs
+        .iter()
+        .map(|spec| {
+            let mine: Vec<&Report> = reports.iter().filter(|r| r.name == spec.name).collect();
+            let current = mine.iter().filter(|r| r.message.is_none()).count();
+            let mut versions = mine.iter().map(|r| r.version.as_deref());
+            let first = versions.next().flatten();
+            let version = first
+                .filter(|v| versions.all(|x| x == Some(*v)))
+                .map(str::to_string);
+            SecretStatus {
+                name: spec.name.clone(),
+                namespaces: u32::try_from(mine.len()).unwrap_or(u32::MAX),
+                current: u32::try_from(current).unwrap_or(u32::MAX),
+                version,
+                rotated_at: mine.iter().filter_map(|r| r.rotated_at).min().map(Time),
+                next_rotation: mine.iter().filter_map(|r| r.next_rotation).min().map(Time),
+                pending: mine
+                    .iter()
+                    .filter_map(|r| {
+                        Some(SecretPending {
+                            namespace: r.namespace.clone(),
+                            message: r.message.clone()?,
+                        })
+                    })
+                    .take(PENDING_LISTED)
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::*;
+
+    fn spec(name: &str) -> ManagedSecret {
+        serde_json::from_value(json!({"name": name, "type": "Random", "rotateEvery": "720h"}))
+            .expect("spec")
+    }
+
+    /// #31: 256 namespaces × 64 secrets give 64 entries, each listing at most
+    /// ten namespaces, whatever goes wrong where.
+    #[test]
+    fn status_size_follows_secrets_not_namespaces() {
+        let specs: Vec<ManagedSecret> = (0..64).map(|i| spec(&format!("s{i}"))).collect();
+        let t = |s| Timestamp::from_second(s).expect("ts");
+        let mut reports = Vec::new();
+        for s in &specs {
+            for n in 0..256 {
+                reports.push(Report {
+                    name: s.name.clone(),
+                    namespace: format!("ns-{n}"),
+                    version: Some("v2".into()),
+                    rotated_at: Some(t(1_000 + n)),
+                    next_rotation: Some(t(9_000 - n)),
+                    message: (n % 2 == 0).then(|| format!("waits {n}")),
+                });
+            }
+        }
+        let status = summarize(&specs, &reports);
+        assert_eq!(status.len(), 64);
+        let first = &status[0];
+        assert_eq!((first.namespaces, first.current), (256, 128));
+        assert_eq!(first.pending.len(), PENDING_LISTED);
+        assert_eq!(first.pending[0].message, "waits 0");
+        assert_eq!(first.version.as_deref(), Some("v2"));
+        assert_eq!(first.rotated_at.as_ref().map(|x| x.0), Some(t(1_000)));
+        assert_eq!(
+            first.next_rotation.as_ref().map(|x| x.0),
+            Some(t(9_000 - 255))
+        );
+        let bytes = serde_json::to_vec(&status).expect("json").len();
+        assert!(bytes < 128 * 1024, "{bytes} bytes of status");
+        // Versions that differ (JWT kids) are not listed.
+        reports[1].version = Some("kid-2".into());
+        assert_eq!(summarize(&specs, &reports)[0].version, None);
+        // A secret in no ready namespace yet.
+        let none = summarize(&[spec("new")], &[]);
+        assert_eq!(
+            (none[0].namespaces, none[0].current, none[0].version.clone()),
+            (0, 0, None)
         );
     }
 }

@@ -285,15 +285,11 @@ async fn announce_reverts(ctx: &Context, tenant: &Tenant, reverted: &[(ObjectKey
 /// Events for rotations (and deferred forced ones), and the next-rotation gauges.
 async fn announce_rotations(ctx: &Context, tenant: &Tenant, secrets: &secrets::Outcome) {
     let due: Vec<(String, String, f64)> = secrets
-        .statuses
+        .reports
         .iter()
-        .filter_map(|st| {
-            let next = st.next_rotation.as_ref()?;
-            Some((
-                st.namespace.clone(),
-                st.name.clone(),
-                next.0.as_second() as f64,
-            ))
+        .filter_map(|r| {
+            let next = r.next_rotation?;
+            Some((r.namespace.clone(), r.name.clone(), next.as_second() as f64))
         })
         .collect();
     ctx.metrics.set_secret_rotations(&tenant.name_any(), &due);

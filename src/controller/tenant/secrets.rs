@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::core::ApiResource;
@@ -30,7 +29,10 @@ use crate::resources::tenant::Valid;
 /// What secret reconciliation concluded.
 pub struct Outcome {
     pub observed: Observed,
+    /// One entry per secret (see [`model::summarize`]).
     pub statuses: Vec<SecretStatus>,
+    /// What each namespace holds (for the next-rotation gauges).
+    pub reports: Vec<model::Report>,
     /// The earliest rotation deadline: the controller requeues exactly then.
     pub next_deadline: Option<Timestamp>,
     /// Every object this step wants kept (never pruned).
@@ -90,6 +92,7 @@ pub async fn reconcile(
     let mut out = Outcome {
         observed: Observed::new("SecretsRotated", true, "NoSecrets", "spec.secrets is empty"),
         statuses: Vec::new(),
+        reports: Vec::new(),
         next_deadline: None,
         wanted: BTreeSet::new(),
         rotations: Vec::new(),
@@ -118,10 +121,19 @@ pub async fn reconcile(
                         .push((spec.name.clone(), version));
                 }
                 Ok(_) => {}
-                Err(b) => blocked.push(b),
+                Err(b) => {
+                    out.reports.push(model::Report {
+                        name: spec.name.clone(),
+                        namespace: ns.clone(),
+                        message: Some(b.message().to_string()),
+                        ..Default::default()
+                    });
+                    blocked.push(b);
+                }
             }
         }
     }
+    out.statuses = model::summarize(&tenant.spec.secrets, &out.reports);
     for (ns, rotated) in &restarts {
         restart_consumers(ctx, ns, rotated).await?;
     }
@@ -145,16 +157,20 @@ pub async fn reconcile(
             "SecretsRotated",
             true,
             "SecretsCurrent",
-            format!("{} secret(s) current", out.statuses.len()),
+            format!(
+                "{} secret(s) current in {} place(s)",
+                out.statuses.len(),
+                out.reports.len()
+            ),
         ),
     };
     // Once per change: what rotated is said at INFO (and in Events); a pass
     // that changed nothing is debug.
     if out.rotations.is_empty() {
-        tracing::debug!(tenant = %name, secret_count = out.statuses.len(), "secrets current");
+        tracing::debug!(tenant = %name, secret_count = out.reports.len(), "secrets current");
     } else {
         let rotated: Vec<&str> = out.rotations.iter().map(|a| a.note.as_str()).collect();
-        info!(tenant = %name, secret_count = out.statuses.len(), ?rotated, "secrets rotated");
+        info!(tenant = %name, secret_count = out.reports.len(), ?rotated, "secrets rotated");
     }
     Ok(out)
 }
@@ -178,6 +194,14 @@ impl Target<'_> {
 
     fn corrupt(&self, why: impl std::fmt::Display) -> Blocked {
         Blocked::Corrupt(format!("Secret {}/{}: {why}", self.ns, self.spec.name))
+    }
+}
+
+impl Blocked {
+    fn message(&self) -> &str {
+        match self {
+            Blocked::Conflict(m) | Blocked::Corrupt(m) | Blocked::KeyGeneration(m) => m,
+        }
     }
 }
 
@@ -293,12 +317,9 @@ fn forced(
         .tenant
         .status
         .as_ref()
-        .and_then(|s| {
-            s.secrets
-                .iter()
-                .find(|x| x.namespace == t.ns && x.name == t.spec.name)
-        })
-        .and_then(|x| x.message.as_deref());
+        .and_then(|s| s.secrets.iter().find(|x| x.name == t.spec.name))
+        .and_then(|x| x.pending.iter().find(|p| p.namespace == t.ns))
+        .map(|p| p.message.as_str());
     if before != Some(m.as_str()) {
         out.deferred.push(Announcement {
             secret: ObjectReference {
@@ -377,16 +398,15 @@ fn report(t: &Target<'_>, state: &model::SecretState, message: Option<String>, o
     if let Some(n) = next {
         out.next_deadline = Some(out.next_deadline.map_or(n, |d| d.min(n)));
     }
-    if let Some(current) = state.current() {
-        out.statuses.push(SecretStatus {
-            name: t.spec.name.clone(),
-            namespace: t.ns.to_string(),
-            version: current.meta.id.clone(),
-            rotated_at: Some(Time(current.meta.created_at)),
-            next_rotation: next.map(Time),
-            message,
-        });
-    }
+    let current = state.current();
+    out.reports.push(model::Report {
+        name: t.spec.name.clone(),
+        namespace: t.ns.to_string(),
+        version: current.map(|c| c.meta.id.clone()),
+        rotated_at: current.map(|c| c.meta.created_at),
+        next_rotation: next,
+        message,
+    });
 }
 
 /// [`model::new_version`] on the blocking thread pool: RSA key generation takes
