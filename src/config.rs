@@ -180,6 +180,11 @@ pub struct ControllerArgs {
     /// How long a graceful shutdown waits for in-flight reconciles.
     #[arg(long, env = "PALISADE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// How long a leader may take to sync its caches (be ready) before it
+    /// gives up: /livez fails, the Lease is released for a standby, and the
+    /// process exits non-zero to be restarted (0 = wait forever).
+    #[arg(long, env = "PALISADE_SYNC_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub sync_timeout: Duration,
 }
 
 /// The garbage-collection allow-list, `(apiGroup, resource)`.
@@ -254,6 +259,7 @@ impl ControllerArgs {
             resync_interval: self.resync_interval,
             leader,
             shutdown_timeout: self.shutdown_timeout,
+            sync_timeout: self.sync_timeout,
         }
     }
 

@@ -1116,14 +1116,10 @@ async fn a_failing_job_create_reaches_status_and_recovers() {
     .await;
     assert_eq!(cond(&s, "guarded", "Reconciling")["status"], "True");
     assert!(cond(&s, "guarded", "Stalled").is_null());
-    // The Event recorder counts a Warning of the same reason as a repeat of
-    // the first (an events.k8s.io series); the condition has the new message.
-    wait(&s, "Warning again", |s| {
-        events_with_reason(s, "JobCreateFailed")
-            .iter()
-            .any(|e| e["type"] == "Warning" && e["series"]["count"] == 2)
-    })
-    .await;
+    // A different failure is a new Warning with its own note (a series only
+    // ever counts the same note: #31), and the first one is still there.
+    wait(&s, "Warning (ServerError)", |s| warned(s, "(ServerError)")).await;
+    assert!(warned(&s, "(Forbidden)"));
 
     // Fixed: the run starts and Ready is True again.
     s.clear_fault(broken);

@@ -69,6 +69,15 @@ struct Process {
 /// What `palisade controller` does, with a client on the in-process server
 /// behind the same layers as production.
 async fn start(server: &FakeApiServer, leader: Option<&str>) -> Process {
+    start_with(server, leader, Duration::from_secs(300)).await
+}
+
+/// [`start`] with a deadline for the caches to sync.
+async fn start_with(
+    server: &FakeApiServer,
+    leader: Option<&str>,
+    sync_timeout: Duration,
+) -> Process {
     let metrics = Arc::new(Metrics::new());
     let health = Health::default();
     let client = runtime::client::layered(
@@ -97,6 +106,7 @@ async fn start(server: &FakeApiServer, leader: Option<&str>) -> Process {
             retry_period: Duration::from_millis(50),
         }),
         shutdown_timeout: Duration::from_secs(5),
+        sync_timeout,
     };
     let runtime = tokio::spawn(runtime::run(
         client,
@@ -166,6 +176,35 @@ async fn readyz_waits_for_every_cache_to_sync() {
     let _ = tokio::time::timeout(WAIT, &mut { p.runtime }).await;
     let (ready, _) = get(p.addr, "/readyz").await;
     assert_eq!(ready, 503);
+    p.admin_stop.cancel();
+}
+
+/// #31 item 1: a leader whose caches cannot sync does not stay not-ready
+/// forever behind a green /livez: past `--sync-timeout` it is not live, gives
+/// its Lease up for a standby and stops with an error (the process exits).
+#[tokio::test]
+async fn a_leader_that_cannot_sync_gives_up_its_lease() {
+    let server = server();
+    let _fault = server.fail_when(500, None, |r| r.resource == "roles");
+    let p = start_with(&server, Some("a"), Duration::from_secs(1)).await;
+    let result = tokio::time::timeout(WAIT, p.runtime)
+        .await
+        .expect("the runtime gives up")
+        .expect("joined");
+    assert!(
+        matches!(result, Err(RuntimeError::NotSynced(_))),
+        "{result:?}"
+    );
+    let (live, _) = get(p.addr, "/livez").await;
+    assert_eq!(live, 503);
+    let lease = server
+        .get_json(
+            "leases.coordination.k8s.io",
+            Some("default"),
+            "palisade-leader",
+        )
+        .expect("lease");
+    assert_ne!(lease["spec"]["holderIdentity"], "a", "{lease}");
     p.admin_stop.cancel();
 }
 

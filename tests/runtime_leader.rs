@@ -216,6 +216,7 @@ fn start_instance(server: &FakeApiServer, identity: &str) -> Instance {
         resync_interval: Duration::ZERO,
         leader: Some(lease(identity)),
         shutdown_timeout: Duration::from_secs(5),
+        sync_timeout: Duration::from_secs(300),
     };
     let task = tokio::spawn(runtime::run(
         server.client(),

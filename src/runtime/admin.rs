@@ -2,7 +2,8 @@
 //! (default `0.0.0.0:8080`).
 //!
 //! * `/livez` is 200 while the process runs its loops; 503 once it has decided
-//!   to exit (lost leadership, shutting down), so a wedged process is restarted.
+//!   to exit (lost leadership, shutting down, or caches that did not sync
+//!   within `--sync-timeout`, default 5m), so a wedged process is restarted.
 //! * `/readyz` is 200 when this replica does what it should: a **standby** is
 //!   ready once it has reached the API server and read the Lease (it serves
 //!   metrics, with `palisade_leader 0`); the **leader** (or the only replica,

@@ -37,6 +37,9 @@ pub struct RuntimeSettings {
     pub leader: Option<LeaseSettings>,
     /// How long a graceful shutdown waits for in-flight reconciles.
     pub shutdown_timeout: Duration,
+    /// How long the caches may take to sync once leading; past it the
+    /// replica is not live, gives its Lease up and stops (zero: no limit).
+    pub sync_timeout: Duration,
 }
 
 /// Why the runtime stopped other than by a requested shutdown.
@@ -46,6 +49,12 @@ pub enum RuntimeError {
     /// restarted as a standby.
     #[error(transparent)]
     LostLeadership(#[from] LostLeadership),
+    /// The caches did not sync in time (the API server refuses a list, or
+    /// never answers): the replica gave its Lease up for a standby.
+    #[error(
+        "the caches did not sync within {0:?}; gave up leadership (check the operator's RBAC and the API server)"
+    )]
+    NotSynced(Duration),
 }
 
 /// A tick every `interval` (never when zero): a safety net that re-checks every
@@ -120,6 +129,9 @@ pub async fn run(
             async move { backup_stop.cancelled().await },
         );
     let readiness: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>> = Arc::default();
+    // Fired when the caches miss the sync deadline.
+    let unsynced = CancellationToken::new();
+    let (unsynced_signal, sync_timeout) = (unsynced.clone(), settings.sync_timeout);
     let readiness_slot = readiness.clone();
     let (h, m) = (health.clone(), metrics.clone());
     let ready_ctx = ctx.clone();
@@ -158,8 +170,18 @@ pub async fn run(
                         Err(_) => continue,
                     }
                 }
-                ready_ctx.wait_ready().await;
-                info!("caches synced; ready");
+                let synced = async {
+                    ready_ctx.wait_ready().await;
+                };
+                if sync_timeout.is_zero() {
+                    synced.await;
+                } else if tokio::time::timeout(sync_timeout, synced).await.is_err() {
+                    error!(timeout = ?sync_timeout, "caches did not sync in time: not live, giving up leadership");
+                    h.set_live(false);
+                    unsynced_signal.cancel();
+                    return;
+                }
+                info!(objects = ready_ctx.cache.len(), "caches synced; ready");
                 h.set_ready(true);
             });
             if let Ok(mut slot) = readiness_slot.lock() {
@@ -180,15 +202,19 @@ pub async fn run(
             }
         }
     };
-    let lost = match &elector {
-        Some(elector) => tokio::select! {
-            () = drained => None,
-            lost = elector.hold() => Some(lost),
-        },
-        None => {
-            drained.await;
-            None
+    let unsynced_wait = unsynced.clone();
+    let drained = async move {
+        tokio::select! {
+            () = drained => false,
+            () = unsynced_wait.cancelled() => true,
         }
+    };
+    let (lost, gave_up) = match &elector {
+        Some(elector) => tokio::select! {
+            gave_up = drained => (None, gave_up),
+            lost = elector.hold() => (Some(lost), false),
+        },
+        None => (None, drained.await),
     };
     // The controllers have finished (or their future was dropped above).
     stop.cancel();
@@ -208,6 +234,10 @@ pub async fn run(
         && let Err(e) = elector.release().await
     {
         warn!(error = %e, "could not release the leader lease; a standby takes over when it expires");
+    }
+    if gave_up {
+        health.set_live(false);
+        return Err(RuntimeError::NotSynced(settings.sync_timeout));
     }
     info!("controllers stopped");
     Ok(())
