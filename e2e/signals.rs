@@ -254,3 +254,88 @@ async fn rotation_events_are_about_each_secret_and_never_merge() {
     );
     delete_tenant(&client, &name).await;
 }
+
+/// #31 item 5: status follows what happens to a namespace in conflict. A
+/// Tenant re-created under a name whose namespaces an earlier Tenant left
+/// (Retain) finds them in conflict; once an administrator hands one over as
+/// the status message says, the Tenant becomes Ready by itself (no edit, no
+/// 10 h resync), and the namespace no longer carries the release marks.
+#[tokio::test]
+async fn a_namespace_conflict_resolves_by_itself_after_the_hand_over() {
+    if !enabled() {
+        return;
+    }
+    let (client, operator) = clients().await;
+    let (_controller, _ctx) = start_controller(&operator);
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let name = unique("sho");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {"namespaces": [{"name": format!("{name}-a")}], "deletionPolicy": "Retain"}
+    }))
+    .expect("tenant");
+    let ns = format!("{name}-a");
+    cleanup.namespace(&ns);
+    tenants
+        .create(&PostParams::default(), &tenant)
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    delete_tenant(&client, &name).await;
+
+    // The same name again: a new uid, and the namespace is not its own.
+    tenants
+        .create(&PostParams::default(), &tenant)
+        .await
+        .expect("re-create");
+    wait(await_condition(
+        tenants.clone(),
+        &name,
+        tenant_reason("NamespaceConflict"),
+    ))
+    .await;
+    let uid = tenants.get(&name).await.expect("get").uid().expect("uid");
+    let released = namespaces.get(&ns).await.expect("ns");
+    assert_eq!(
+        released
+            .labels()
+            .get("palisade.dev/released")
+            .map(String::as_str),
+        Some("true")
+    );
+
+    // The hand-over the message describes.
+    namespaces
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"palisade.dev/tenant-uid": uid}}})),
+        )
+        .await
+        .expect("label");
+    let start = std::time::Instant::now();
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "Ready {took:?} after the hand-over"
+    );
+    let adopted = namespaces.get(&ns).await.expect("ns");
+    assert!(
+        !adopted.labels().contains_key("palisade.dev/released"),
+        "{:?}",
+        adopted.labels()
+    );
+    assert!(
+        !adopted
+            .annotations()
+            .contains_key("palisade.dev/released-by-uid"),
+        "{:?}",
+        adopted.annotations()
+    );
+    eprintln!("Ready {took:?} after the hand-over");
+    delete_tenant(&client, &name).await;
+}

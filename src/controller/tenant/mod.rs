@@ -183,6 +183,7 @@ async fn steps(
         return Ok(Next::Again(Duration::from_secs(1)));
     };
     let (ready, terminating) = (ns.ready.clone(), !ns.terminating.is_empty());
+    let conflicted = !ns.conflicts.is_empty();
     let created = ns.created.clone();
     facts.namespaces = Some(ns);
     // Palisade's powers inside a namespace come from the RoleBinding it
@@ -257,9 +258,17 @@ async fn steps(
         // only when the object is gone; poll gently meanwhile.
         Action::requeue(Duration::from_secs(5))
     } else {
-        driver::requeue_at(deadline, ctx.clock.now())
+        // A namespace in conflict is not Palisade's: nothing it watches
+        // changes when its owner lets it go (another Tenant deleted, or an
+        // administrator labels it over to this one): look again regularly.
+        let now = ctx.clock.now();
+        let recheck = conflicted.then(|| now + CONFLICT_RECHECK);
+        driver::requeue_at(deadline.into_iter().chain(recheck).min(), now)
     }))
 }
+
+/// How often a Tenant with a namespace in conflict looks at it again.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
 
 fn at(step: &'static str) -> impl Fn(Error) -> (&'static str, Error) {
     move |e| (step, e)

@@ -98,6 +98,12 @@ pub(super) async fn apply(
                 ctx.applier
                     .apply_seen(&ar, value, cached.as_ref(), ctx.cache.seen_rv(&ar))
                     .await?;
+                // Adopted back after a release (not in the managed cache
+                // then): the release marks were written by a patch, which a
+                // server-side apply does not take away.
+                if cached.is_none_or(|c| c.pointer(RELEASED_LABEL).is_some()) {
+                    unmark_released(ctx, &ar, None, &name).await?;
+                }
                 ("Ready", String::new())
             }
             NsState::Terminating => {
@@ -255,6 +261,24 @@ pub(crate) async fn adopt_released(
     }}});
     let adopted = ctx.applier.merge_patch(ar, Some(ns), name, patch).await?;
     Ok(Unmanaged::Adopted(Box::new(adopted)))
+}
+
+/// JSON pointer of the released label in a cached object.
+const RELEASED_LABEL: &str = "/metadata/labels/palisade.dev~1released";
+
+/// Takes the marks of a release off an object adopted back.
+async fn unmark_released(
+    ctx: &Context,
+    ar: &ApiResource,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<(), Error> {
+    let patch = json!({ "metadata": {
+        "labels": { labels::RELEASED: null },
+        "annotations": { labels::RELEASED_BY_UID: null },
+    }});
+    ctx.applier.merge_patch(ar, ns, name, patch).await?;
+    Ok(())
 }
 
 /// Marks a namespace as released: no longer managed (so never pruned), still
