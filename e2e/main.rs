@@ -2310,22 +2310,12 @@ async fn diff_reports_created_changed_pruned_unchanged_and_escalations() {
         "{stdout}"
     );
 
-    // Apply as `kubectl apply --server-side` would; let the controllers converge.
-    // (The samples' tenant is not Ready: its RolePolicy asks for tokens in a
-    // namespace its signing key is not published in — TokenBlocked. Its
-    // namespaces are, which is what the schedule needs.)
+    // Apply as `kubectl apply --server-side` would; let the controllers
+    // converge: the samples work together (#31 item 6: the sample policy once
+    // asked for a token where the signing key was not published).
     apply_files(&client, dir.path(), &["Tenant", "RolePolicy"]).await;
     let tenants: Api<Tenant> = Api::all(client.clone());
-    wait(await_condition(
-        tenants.clone(),
-        &name,
-        |t: Option<&Tenant>| {
-            t.and_then(|t| t.status.as_ref()).is_some_and(|s| {
-                palisade::crd::condition::is_true(&s.conditions, "NamespacesReady")
-            })
-        },
-    ))
-    .await;
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
     apply_files(&client, dir.path(), &["Secret", "BackupSchedule"]).await;
 
     // Unchanged once the controllers are done (they converge asynchronously:
