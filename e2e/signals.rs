@@ -339,3 +339,81 @@ async fn a_namespace_conflict_resolves_by_itself_after_the_hand_over() {
     eprintln!("Ready {took:?} after the hand-over");
     delete_tenant(&client, &name).await;
 }
+
+/// #31 item 6: a JwtSigningKey whose consumer-facing `private.pem` is
+/// replaced by garbage is put back from its kept version within seconds (not
+/// at the next rotation, 30 days later), with a Warning Event on the Secret.
+#[tokio::test]
+async fn a_tampered_signing_key_is_restored() {
+    if !enabled() {
+        return;
+    }
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let (client, operator) = clients().await;
+    let (_controller, _ctx) = start_controller(&operator);
+    let name = unique("skey");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
+    let ns = format!("{name}-a");
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {
+            "namespaces": [{"name": ns}],
+            "deletionPolicy": "Delete",
+            "secrets": [{"name": "signing", "type": "JwtSigningKey", "algorithm": "ES256", "rotateEvery": "720h"}]
+        }
+    }))
+    .expect("tenant");
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &tenant)
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let data = |s: &Secret, k: &str| s.data.as_ref().and_then(|d| d.get(k)).map(|v| v.0.clone());
+    let before = secrets.get("signing").await.expect("secret");
+    let kid = String::from_utf8(data(&before, "kid").expect("kid")).expect("utf8");
+    let kept = data(&before, &format!("private.{kid}.pem")).expect("kept version");
+    assert_eq!(data(&before, "private.pem").as_ref(), Some(&kept));
+
+    let mut tampered = before.clone();
+    tampered
+        .data
+        .get_or_insert_default()
+        .insert("private.pem".into(), ByteString(b"garbage".to_vec()));
+    tampered.metadata.managed_fields = None;
+    secrets
+        .replace("signing", &PostParams::default(), &tampered)
+        .await
+        .expect("tamper");
+    let start = std::time::Instant::now();
+    loop {
+        let s = secrets.get("signing").await.expect("secret");
+        if data(&s, "private.pem").as_ref() == Some(&kept) {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "private.pem not restored");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("restored in {:?}", start.elapsed());
+    let after = secrets.get("signing").await.expect("secret");
+    assert_eq!(data(&after, "kid"), data(&before, "kid"), "no rotation");
+    let start = std::time::Instant::now();
+    loop {
+        let notes = events_about(&client, &ns, "Secret", "signing").await;
+        if notes
+            .iter()
+            .any(|n| n.contains("did not match its current version"))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "no SecretRestored Event: {notes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    delete_tenant(&client, &name).await;
+}

@@ -320,6 +320,15 @@ async fn announce_rotations(ctx: &Context, tenant: &Tenant, secrets: &secrets::O
         &secrets.deferred,
     )
     .await;
+    announce(
+        ctx,
+        tenant,
+        EventType::Warning,
+        "SecretRestored",
+        "restored",
+        &secrets.restored,
+    )
+    .await;
 }
 
 /// Events a reconcile publishes about single Secrets, at most: the rest are

@@ -42,6 +42,8 @@ pub struct Outcome {
     /// Forced rotations that wait for the minimum interval (new ones only), for
     /// Warning Events.
     pub deferred: Vec<Announcement>,
+    /// Secrets whose data was edited by hand and put back, for Warning Events.
+    pub restored: Vec<Announcement>,
 }
 
 /// Something that happened to one Secret, for an Event about it.
@@ -97,6 +99,7 @@ pub async fn reconcile(
         wanted: BTreeSet::new(),
         rotations: Vec::new(),
         deferred: Vec::new(),
+        restored: Vec::new(),
     };
     if tenant.spec.secrets.is_empty() {
         return Ok(out);
@@ -348,7 +351,11 @@ async fn write(
     out: &mut Outcome,
 ) -> Step<(model::SecretState, Option<String>)> {
     if decision == Decision::Keep {
-        return Ok(Ok((state.unwrap_or_default(), None)));
+        let state = state.unwrap_or_default();
+        if let Some(current) = cached {
+            restore_data(ctx, t, &state, current, out).await?;
+        }
+        return Ok(Ok((state, None)));
     }
     let version = match new_version(t.spec, state.as_ref(), t.now).await {
         Ok(v) => v,
@@ -386,6 +393,54 @@ async fn write(
         ),
     });
     Ok(Ok((new_state, Some(id))))
+}
+
+/// Puts a managed Secret's data back when it no longer matches its current
+/// version: a `private.pem`, `kid` or `value` edited by hand (consumers read
+/// those) would otherwise stay until the next rotation, up to `rotateEvery`.
+/// The kept versions (`private.<id>.pem`) are the truth; they were read and
+/// checked before this.
+async fn restore_data(
+    ctx: &Context,
+    t: &Target<'_>,
+    state: &model::SecretState,
+    current: &DynamicObject,
+    out: &mut Outcome,
+) -> Result<(), Error> {
+    let Some(version) = state.current() else {
+        return Ok(());
+    };
+    // A kept key that does not parse is reported as corrupt, never copied.
+    if t.spec.type_ == SecretType::JwtSigningKey && model::public_keys(t.spec, state).is_err() {
+        return Ok(());
+    }
+    let mut object = to_value(&model::secret_object(
+        &t.tenant.name_any(),
+        t.ns,
+        t.spec,
+        Some(state),
+        t.every,
+    ))?;
+    if object.get("data") == current.data.get("data") {
+        return Ok(());
+    }
+    // A forced rotation that waits keeps its request.
+    if let Some(asked) = current.annotations().get(model::ROTATE_NOW) {
+        object["metadata"]["annotations"][model::ROTATE_NOW] = asked.clone().into();
+    }
+    let written = ctx
+        .applier
+        .replace(&ar::<Secret>(), object, current)
+        .await?;
+    info!(namespace = %t.ns, secret_name = %t.spec.name, "restored a managed Secret's data");
+    out.restored.push(Announcement {
+        secret: secret_reference(&written),
+        note: format!(
+            "Secret {}/{}: its data did not match its current version {} (a key, kid or value edited by hand); restored",
+            t.ns, t.spec.name, version.meta.id
+        ),
+    });
+    Ok(())
 }
 
 /// The secret's status entry and its next deadline.
