@@ -417,3 +417,135 @@ async fn a_tampered_signing_key_is_restored() {
     }
     delete_tenant(&client, &name).await;
 }
+
+/// The Ready reason of BackupSchedule `ns/name`, if it has one.
+async fn schedule_reason(client: &Client, ns: &str, name: &str) -> Option<String> {
+    use palisade::crd::BackupSchedule;
+    let api: Api<BackupSchedule> = Api::namespaced(client.clone(), ns);
+    let bs = api.get_opt(name).await.ok()??;
+    let conditions = serde_json::to_value(bs.status?).ok()?["conditions"].clone();
+    conditions
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .and_then(|c| c["reason"].as_str().map(str::to_string))
+}
+
+/// The sample BackupSchedule, in namespace `ns`.
+fn sample_schedule(ns: &str) -> palisade::crd::BackupSchedule {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config/samples/backupschedule-acme-orders.yaml"))
+        .expect("sample")
+        .replace("acme-prod", ns)
+        .replace("prefix: prod/orders/", &format!("prefix: {ns}/orders/"));
+    serde_yaml::from_str(&text).expect("BackupSchedule")
+}
+
+/// #31 item 5: a BackupSchedule waiting for its Secret is Ready within
+/// seconds of the Secret's creation (it was 25-30 s: Secrets are not
+/// watched), and one outside any tenant namespace says so.
+#[tokio::test]
+async fn a_backup_schedule_sees_its_secret_at_once_and_says_where_it_cannot_run() {
+    if !enabled() {
+        return;
+    }
+    use k8s_openapi::api::core::v1::Secret;
+    use palisade::crd::BackupSchedule;
+    let (client, operator) = clients().await;
+    let (_tenants, _) = start_controller(&operator);
+    let (tx, rx) = oneshot::channel::<()>();
+    let _schedules = Controller { stop: Some(tx) };
+    tokio::spawn(palisade::controller::backup_schedule::run(
+        operator_shared(&operator),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let name = unique("sbs");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
+    let ns = format!("{name}-a");
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {"namespaces": [{"name": ns}], "deletionPolicy": "Delete"}
+    }))
+    .expect("tenant");
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .create(&PostParams::default(), &tenant)
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+
+    let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &ns);
+    schedules
+        .create(&PostParams::default(), &sample_schedule(&ns))
+        .await
+        .expect("schedule");
+    let reason = || schedule_reason(&client, &ns, "orders");
+    let start = std::time::Instant::now();
+    while reason().await.as_deref() != Some("SecretNotFound") {
+        assert!(start.elapsed() < TIMEOUT, "{:?}", reason().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    for (secret, data) in [
+        ("orders-db", json!({"password": "e2e-db-password"})),
+        (
+            "backup-s3",
+            json!({"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "e2e-s3-secret"}),
+        ),
+        (
+            "backup-key",
+            json!({"value": "e2e-encryption-key-0123456789"}),
+        ),
+    ] {
+        let s: Secret = serde_json::from_value(json!({
+            "metadata": {"name": secret}, "stringData": data
+        }))
+        .expect("secret");
+        secrets
+            .create(&PostParams::default(), &s)
+            .await
+            .expect("secret");
+        // Created one by one, as a person would: each wait is woken.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let start = std::time::Instant::now();
+    loop {
+        let r = reason().await;
+        if !matches!(
+            r.as_deref(),
+            Some("SecretNotFound" | "SecretKeyMissing") | None
+        ) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "still {r:?} {:?} after the last Secret",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "schedule saw its Secrets {:?} after the last one",
+        start.elapsed()
+    );
+
+    // Outside every tenant namespace: a message that says so.
+    let outside = scratch_namespace(&client, "sbs-out", &mut cleanup).await;
+    let away: Api<BackupSchedule> = Api::namespaced(client.clone(), &outside);
+    away.create(&PostParams::default(), &sample_schedule(&outside))
+        .await
+        .expect("schedule");
+    let start = std::time::Instant::now();
+    loop {
+        let r = schedule_reason(&client, &outside, "orders").await;
+        if r.as_deref() == Some("NotATenantNamespace") {
+            break;
+        }
+        assert!(start.elapsed() < TIMEOUT, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    delete_tenant(&client, &name).await;
+}

@@ -25,6 +25,7 @@ mod observe;
 mod plan;
 mod status;
 mod validate;
+pub mod waits;
 
 use std::sync::Arc;
 
@@ -100,6 +101,8 @@ pub struct BackupContext {
     pub pods: Store<Pod>,
     /// BackupRun requests (every namespace).
     pub requests: Store<BackupRun>,
+    /// Watches on the missing Secrets blocked schedules wait for.
+    pub secret_waits: waits::SecretWaits,
 }
 
 /// The chassis fields (`client`, `recorder`, `clock`, `metrics`, `settings`)
@@ -178,14 +181,22 @@ pub async fn run_with_resync(
         Api::<BackupSchedule>::all(client.clone()),
         watcher::Config::default(),
     );
+    let (wake_tx, wake_rx) = tokio::sync::mpsc::unbounded_channel();
+    let woken =
+        futures::stream::unfold(
+            wake_rx,
+            |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+        );
     let controller = Controller::for_stream(schedule_stream, schedules.clone())
         .watches_stream(job_stream, |j: Job| schedule_ref(&j))
         .watches_stream(pod_stream, |p: Pod| schedule_ref(&p))
         .watches_stream(request_stream, |r: BackupRun| {
             Some(ObjectRef::new(&r.spec.schedule_name).within(r.metadata.namespace.as_deref()?))
         })
-        .reconcile_all_on(resync);
+        .reconcile_all_on(resync)
+        .reconcile_on(woken);
     let ctx = Arc::new(BackupContext {
+        secret_waits: waits::SecretWaits::new(client.clone(), wake_tx),
         applier: Applier::new(client),
         shared,
         schedules,

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::Api;
+use kube::runtime::reflector::ObjectRef;
 
 use super::BackupContext;
 use super::Invalid;
@@ -28,6 +29,7 @@ use crate::resources::backup_jobs::{
     self as jobs, RUN_KIND_LABEL, RUN_LABEL, RunKind, SCHEDULE_LABEL, SCHEDULED_TIME_ANNOTATION,
     TRIGGER_ANNOTATION, Trigger,
 };
+use crate::resources::labels;
 
 /// What one reconcile sees.
 #[derive(Debug, Clone)]
@@ -337,15 +339,31 @@ async fn check_secrets(ctx: &BackupContext, bs: &BackupSchedule) -> Result<(), I
     let ns = bs.namespace().unwrap_or_default();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let mut seen: BTreeMap<String, Option<Secret>> = BTreeMap::new();
+    let this = ObjectRef::from_obj(bs);
     for (name, key) in jobs::referenced_secret_keys(&bs.spec) {
         if !seen.contains_key(&name) {
-            let got = api.get_opt(&name).await.map_err(|e| Invalid {
-                reason: "SecretUnreadable",
-                message: format!("cannot read Secret {ns}/{name}: {e}"),
-            })?;
+            let got = match api.get_opt(&name).await {
+                Ok(got) => got,
+                Err(e) => {
+                    // Refused: most often a schedule outside any tenant
+                    // namespace, where Palisade has no role; say so.
+                    if matches!(&e, kube::Error::Api(s) if s.code == 403) {
+                        tenant_namespace(ctx, &ns).await?;
+                    }
+                    return Err(Invalid {
+                        reason: "SecretUnreadable",
+                        message: format!(
+                            "cannot read Secret {ns}/{name}: {}",
+                            crate::apply::api_message(&e)
+                        ),
+                    });
+                }
+            };
             seen.insert(name.clone(), got);
         }
         let Some(secret) = seen.get(&name).and_then(Option::as_ref) else {
+            ctx.secret_waits
+                .wait(&ns, &name, super::waits::Until::Created, this);
             return Err(Invalid {
                 reason: "SecretNotFound",
                 message: format!(
@@ -359,6 +377,8 @@ async fn check_secrets(ctx: &BackupContext, bs: &BackupSchedule) -> Result<(), I
                 .as_ref()
                 .is_some_and(|d| d.contains_key(&key));
         if !has_key {
+            ctx.secret_waits
+                .wait(&ns, &name, super::waits::Until::Changed, this);
             return Err(Invalid {
                 reason: "SecretKeyMissing",
                 message: format!(
@@ -368,6 +388,33 @@ async fn check_secrets(ctx: &BackupContext, bs: &BackupSchedule) -> Result<(), I
         }
     }
     Ok(())
+}
+
+/// Backups run only in a Tenant's namespaces: Palisade's role (its Jobs, the
+/// Secrets they read, the backup egress policy) is granted there alone.
+async fn tenant_namespace(ctx: &BackupContext, ns: &str) -> Result<(), Invalid> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    let found = api.get_metadata_opt(ns).await.map_err(|e| Invalid {
+        reason: "NamespaceUnreadable",
+        message: format!(
+            "cannot read namespace {ns}: {}",
+            crate::apply::api_message(&e)
+        ),
+    })?;
+    let labels = found.as_ref().map(|n| n.labels());
+    let managed = labels.is_some_and(|l| {
+        l.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE)
+            && l.contains_key(labels::TENANT)
+    });
+    if managed {
+        return Ok(());
+    }
+    Err(Invalid {
+        reason: "NotATenantNamespace",
+        message: format!(
+            "namespace {ns} belongs to no Tenant: Palisade runs backups only in a Tenant's namespaces (its role there lets it read the schedule's Secrets and run the Jobs); move the BackupSchedule into one, or add {ns} to a Tenant's spec.namespaces"
+        ),
+    })
 }
 
 /// Test fixtures shared by the pure steps' tests: a schedule, run Jobs and an
