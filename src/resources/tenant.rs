@@ -56,6 +56,7 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
         quota::check_limits(l)?;
     }
     check_owners(spec)?;
+    super::admission::check(spec)?;
     let rotate_every = check_secrets(spec, &listed)?;
     check_gc(spec)?;
     Ok(Valid { rotate_every })
@@ -145,6 +146,19 @@ fn check_namespaces<'a>(
                     ),
                 ));
             }
+        }
+        if let Some(key) = ns
+            .annotations
+            .keys()
+            .find(|k| k.starts_with(labels::PALISADE_PREFIX))
+        {
+            return Err(invalid(
+                "ReservedAnnotation",
+                format!("spec.namespaces[{i}].annotations[{key}]"),
+                format!(
+                    "annotation '{key}' is managed by Palisade (its admission policies read it); remove it from the spec"
+                ),
+            ));
         }
         if let Some(key) = ns
             .annotations
@@ -317,11 +331,14 @@ fn namespace(
             "latest".to_string(),
         );
     }
+    let (settings, mut annotations) = super::admission::namespace_metadata(spec);
+    l.extend(settings);
+    annotations.extend(ns.annotations.clone());
     Namespace {
         metadata: ObjectMeta {
             name: Some(ns.name.clone()),
             labels: Some(l),
-            annotations: (!ns.annotations.is_empty()).then(|| ns.annotations.clone()),
+            annotations: (!annotations.is_empty()).then_some(annotations),
             ..Default::default()
         },
         ..Default::default()
