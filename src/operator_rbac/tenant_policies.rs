@@ -387,9 +387,14 @@ fn images_row(
     template: Option<&str>,
     which: &str,
 ) -> TenantPolicy {
+    // Palisade's own writes pass: its backup Jobs pull Always anyway, and its
+    // restart of a workload after a secret rotation (an annotation in the
+    // template) must not depend on what the tenant's containers say.
     let unchanged = match template {
-        Some(t) => format!("(request.operation == 'UPDATE' && object.{t} == oldObject.{t}) || "),
-        None => String::new(),
+        Some(t) => format!(
+            "request.userInfo.username == variables.{OPERATOR_VARIABLE} || (request.operation == 'UPDATE' && object.{t} == oldObject.{t}) || "
+        ),
+        None => format!("request.userInfo.username == variables.{OPERATOR_VARIABLE} || "),
     };
     let allow_any = namespace_allows(crate::resources::admission::ALLOW_ANY_PULL_POLICY);
     let registries = crate::resources::admission::ALLOWED_REGISTRIES;
@@ -1057,7 +1062,7 @@ mod tests {
         assert!(
             by_suffix("images-workloads").validations[0]
                 .expression
-                .starts_with("(request.operation == 'UPDATE' && object.spec.template == oldObject.spec.template) || ")
+                .starts_with("request.userInfo.username == variables.operator || (request.operation == 'UPDATE' && object.spec.template == oldObject.spec.template) || ")
         );
     }
 
