@@ -443,6 +443,77 @@ mod tests {
         }
     }
 
+    /// Issue #25: self-service adds to the owners' admin Role exactly the
+    /// writes it names, and `bind` on the tenant's own Roles by name (custom
+    /// RolePolicy roles included); nothing without it.
+    #[test]
+    fn self_service_extends_the_admin_role_only_when_asked() {
+        let tenant = |self_service: serde_json::Value| -> crate::crd::Tenant {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant",
+                "metadata": {"name": "acme"},
+                "spec": {"owners": [{"kind": "User", "name": "alice"}], "selfService": self_service}
+            }))
+            .expect("tenant")
+        };
+        let policy: crate::crd::RolePolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "RolePolicy",
+            "metadata": {"name": "p"},
+            "spec": {"tenants": ["acme"], "roles": [{"name": "deployer", "permissions": ["workloads:write"]}]}
+        }))
+        .expect("policy");
+        let writes = |plan: &RbacPlan, resource: &str| {
+            plan.roles["admin"].iter().any(|r| {
+                r.resources.as_deref() == Some(&[resource.to_string()][..])
+                    && r.verbs.iter().any(|v| v == "create")
+            })
+        };
+        let plain = plan_for(
+            &tenant(serde_json::json!({})),
+            std::slice::from_ref(&policy),
+        );
+        assert!(!writes(&plain, "networkpolicies") && !writes(&plain, "rolebindings"));
+        assert!(
+            plain
+                .roles
+                .values()
+                .flatten()
+                .all(|r| !r.verbs.iter().any(|v| v == "bind"))
+        );
+        let nps = plan_for(
+            &tenant(serde_json::json!({"networkPolicies": true})),
+            std::slice::from_ref(&policy),
+        );
+        assert!(writes(&nps, "networkpolicies") && !writes(&nps, "rolebindings"));
+        let rbs = plan_for(
+            &tenant(serde_json::json!({"roleBindings": true})),
+            std::slice::from_ref(&policy),
+        );
+        assert!(writes(&rbs, "rolebindings") && !writes(&rbs, "networkpolicies"));
+        let bind = rbs.roles["admin"]
+            .iter()
+            .find(|r| r.verbs == ["bind"])
+            .expect("bind");
+        assert_eq!(bind.resources.as_deref(), Some(&["roles".to_string()][..]));
+        assert_eq!(
+            bind.resource_names.clone().unwrap_or_default(),
+            [
+                "palisade:admin",
+                "palisade:auditor",
+                "palisade:backup-operator",
+                "palisade:deployer",
+                "palisade:editor",
+                "palisade:viewer"
+            ]
+        );
+        // Only the owners' role grows.
+        for (name, rules) in &rbs.roles {
+            if name != "admin" {
+                assert_eq!(Some(rules), plain.roles.get(name), "{name}");
+            }
+        }
+    }
+
     #[test]
     fn a_forged_last_valid_spec_is_validated_again() {
         let escalating = policy_with_rule(rule(&[""], &["secrets"], &["*"]));

@@ -709,6 +709,34 @@ mod tests {
         }
         let secret = |every: &str| json!({"secrets": [{"name": "k", "type": "Random", "rotateEvery": every}]});
         assert!(validate("acme", &spec(secret("720h"))).is_ok());
+        // Palisade's annotations (the admission settings among them) are
+        // not the spec's to set on a namespace (#25).
+        assert_eq!(
+            reason(
+                "acme",
+                json!({"namespaces": [{"name": "acme-a", "annotations": {"palisade.dev/allowed-registries": ""}}]})
+            ),
+            (
+                "ReservedAnnotation".to_string(),
+                "spec.namespaces[0].annotations[palisade.dev/allowed-registries]".to_string()
+            )
+        );
+        assert_eq!(
+            reason(
+                "acme",
+                json!({"namespaces": [{"name": "acme-a", "labels": {"palisade.dev/allow-node-port": "true"}}]})
+            )
+            .0,
+            "ReservedLabel"
+        );
+        assert_eq!(
+            reason(
+                "acme",
+                json!({"images": {"allowedRegistries": ["https://x.io"]}})
+            )
+            .0,
+            "InvalidRegistry"
+        );
         assert_eq!(reason("acme", secret("3651d")).0, "InvalidRotation");
         assert_eq!(reason("acme", secret("420000w")).0, "InvalidRotation");
         // Overflowing u64 milliseconds is a parse error, not a panic.
