@@ -130,11 +130,11 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct ServicesSpec {
     /// Allow Services of type NodePort (a port on every node, which no
-    /// NetworkPolicy guards and tenants would compete for). Default: false.
+    /// NetworkPolicy guards and tenants would compete for).
     #[serde(default)]
     pub allow_node_port: bool,
     /// Allow Services of type LoadBalancer (which also open node ports unless
-    /// allocateLoadBalancerNodePorts is false). Default: false.
+    /// allocateLoadBalancerNodePorts is false).
     #[serde(default)]
     pub allow_load_balancer: bool,
 }
