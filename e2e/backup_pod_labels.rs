@@ -273,9 +273,13 @@ async fn only_backup_jobs_may_label_pods_for_backup_egress() {
         );
 
         // (d) An existing plain pod may not be labelled afterwards; another
-        // label is fine.
+        // label is fine. (Not labelled managed-by=palisade either: since #25
+        // only Palisade changes objects that carry it, the `managed-objects`
+        // policy.)
         let plain = format!("plain-{role}");
-        pods.create(&PostParams::default(), &probe_pod(&plain, false))
+        let mut plain_pod = probe_pod(&plain, false);
+        plain_pod.metadata.labels = Some([("app".to_string(), "probe".to_string())].into());
+        pods.create(&PostParams::default(), &plain_pod)
             .await
             .unwrap_or_else(|e| panic!("{role}: create a plain pod: {e}"));
         assert_refused(
@@ -370,14 +374,15 @@ async fn only_backup_jobs_may_label_pods_for_backup_egress() {
     );
 
     // The backup pod's label opens the egress policy: nobody may swap its
-    // image or move the label; an unrelated annotation is fine.
-    let as_editor: Api<Pod> = Api::namespaced(impersonating(&editor).await, &ns);
+    // image or move the label, not even an administrator (whom the
+    // `managed-objects` policy lets change Palisade's objects otherwise).
+    let as_admin: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let container = backup_pod.spec.as_ref().expect("spec").containers[0]
         .name
         .clone();
     assert_refused(
-        "editor: swapping the backup pod's image",
-        as_editor
+        "admin: swapping the backup pod's image",
+        as_admin
             .patch(
                 &pod_name,
                 &dry_patch(),
@@ -389,8 +394,8 @@ async fn only_backup_jobs_may_label_pods_for_backup_egress() {
         "backup-labels-pods",
     );
     assert_refused(
-        "editor: moving the backup pod to another schedule's egress",
-        as_editor
+        "admin: moving the backup pod to another schedule's egress",
+        as_admin
             .patch(
                 &pod_name,
                 &dry_patch(),
@@ -400,6 +405,19 @@ async fn only_backup_jobs_may_label_pods_for_backup_egress() {
         "backup-labels-pods",
     );
     assert_admitted(
+        "admin: annotating the backup pod",
+        as_admin
+            .patch(
+                &pod_name,
+                &dry_patch(),
+                &Patch::Merge(json!({"metadata": {"annotations": {"example.com/note": "x"}}})),
+            )
+            .await,
+    );
+    // The backup pod is Palisade's (labelled managed-by=palisade): since #25
+    // an editor changes nothing on it, not even an annotation.
+    let as_editor: Api<Pod> = Api::namespaced(impersonating(&editor).await, &ns);
+    let message = refusal(
         "editor: annotating the backup pod",
         as_editor
             .patch(
@@ -408,6 +426,10 @@ async fn only_backup_jobs_may_label_pods_for_backup_egress() {
                 &Patch::Merge(json!({"metadata": {"annotations": {"example.com/note": "x"}}})),
             )
             .await,
+    );
+    assert!(
+        message.contains(&tenant_policies::managed_refusal()),
+        "{message}"
     );
     delete_tenant(&client, &name).await;
 }

@@ -34,6 +34,8 @@ mod backup_pod_labels;
 mod diff_modes;
 mod fail_closed;
 mod fail_closed_policy;
+mod mtb;
+mod self_service;
 mod signals;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -977,7 +979,7 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
         "spec": {"backoffLimit": 0, "template": {"spec": {
             "restartPolicy": "Never",
             "securityContext": {"runAsNonRoot": true, "runAsUser": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{"name": "c", "image": "busybox:1.36", "command": ["true"],
+            "containers": [{"name": "c", "image": "busybox:1.36", "imagePullPolicy": "Always", "command": ["true"],
                 "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]
         }}}
     }))
@@ -1776,7 +1778,8 @@ async fn kstatus_reads_current_in_progress_and_failed() {
     drop(controller);
 }
 
-/// A minimal Pod the restricted Pod Security level admits; it stays Pending
+/// A minimal Pod the restricted Pod Security level admits (and the
+/// `images-pods` admission policy: imagePullPolicy Always); it stays Pending
 /// (there are no nodes) and counts against the `pods` quota.
 fn pending_pod(name: &str) -> k8s_openapi::api::core::v1::Pod {
     serde_json::from_value(json!({
@@ -1786,7 +1789,7 @@ fn pending_pod(name: &str) -> k8s_openapi::api::core::v1::Pod {
             "securityContext": {"runAsNonRoot": true, "runAsUser": 65532,
                                 "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
-                "name": "c", "image": "registry.invalid/none:1",
+                "name": "c", "image": "registry.invalid/none:1", "imagePullPolicy": "Always",
                 "securityContext": {"allowPrivilegeEscalation": false,
                                     "capabilities": {"drop": ["ALL"]}}
             }]

@@ -248,6 +248,22 @@ pub const RULES: &[Rule] = &[
         grant: Grant::TenantNamespace,
     },
     Rule {
+        api_groups: &["networking.k8s.io", "rbac.authorization.k8s.io"],
+        resources: &["networkpolicies", "rolebindings"],
+        verbs: crate::resources::rolepolicy::SELF_SERVICE_VERBS,
+        resource_names: ALL,
+        why: "self-service (a Tenant's spec.selfService): Palisade may put into an owner's Role only what it holds there",
+        grant: Grant::TenantNamespace,
+    },
+    Rule {
+        api_groups: &["rbac.authorization.k8s.io"],
+        resources: &["roles"],
+        verbs: &["bind"],
+        resource_names: ALL,
+        why: "self-service RoleBindings: owners get `bind` on the tenant's catalog Roles by name, which Palisade may grant only holding it",
+        grant: Grant::TenantNamespace,
+    },
+    Rule {
         api_groups: &[""],
         resources: &["secrets", "configmaps"],
         verbs: &[
@@ -661,8 +677,16 @@ mod tests {
                 assert!(!r.verbs.iter().any(|x| x == v), "{v} in {r:?}");
             }
             if r.verbs.iter().any(|x| x == "bind") {
-                assert_eq!(r.resources, ["clusterroles"]);
-                assert_eq!(r.resource_names, [TENANT_NAMESPACE_ROLE]);
+                // Cluster-wide: exactly the one ClusterRole; in tenant
+                // namespaces: their Roles (all Palisade's), which self-service
+                // owners get `bind` on by name.
+                let tenant_roles = r.resources == ["roles"]
+                    && tenant_namespace_rules().iter().any(|t| t == r)
+                    && !cluster_rules().iter().any(|c| c == r);
+                if !tenant_roles {
+                    assert_eq!(r.resources, ["clusterroles"]);
+                    assert_eq!(r.resource_names, [TENANT_NAMESPACE_ROLE]);
+                }
             }
             assert!(!r.why.is_empty());
         }

@@ -97,6 +97,114 @@ pub struct TenantSpec {
     /// pods: 0) and secrets are not rotated. Existing pods keep running.
     #[serde(default)]
     pub cordoned: bool,
+
+    /// Service types beyond ClusterIP. NodePort and LoadBalancer Services are
+    /// refused in the tenant's namespaces unless allowed here.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub services: ServicesSpec,
+
+    /// Container images: imagePullPolicy Always is required on every container
+    /// (init and ephemeral too) unless allowAnyPullPolicy is set, and images may
+    /// be restricted to a list of registries.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub images: ImagesSpec,
+
+    /// StorageClasses and IngressClasses the tenant may use (every class when a
+    /// list is empty).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub allowed_classes: AllowedClassesSpec,
+
+    /// What the tenant's owners may manage themselves in the tenant's namespaces
+    /// (off by default: Palisade manages NetworkPolicies and RoleBindings).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub self_service: SelfServiceSpec,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// Service types the tenant may create. Enforced in the API server by the
+/// ValidatingAdmissionPolicy `palisade-service-types`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesSpec {
+    /// Allow Services of type NodePort (a port on every node, which no
+    /// NetworkPolicy guards and tenants would compete for).
+    #[serde(default)]
+    pub allow_node_port: bool,
+    /// Allow Services of type LoadBalancer (which also open node ports unless
+    /// allocateLoadBalancerNodePorts is false).
+    #[serde(default)]
+    pub allow_load_balancer: bool,
+}
+
+/// Container image rules. Enforced in the API server by the
+/// ValidatingAdmissionPolicies `palisade-image-pull-policy` and
+/// `palisade-image-registries`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagesSpec {
+    /// Accept any imagePullPolicy. By default every container (init and
+    /// ephemeral containers too, and pod templates) must say imagePullPolicy:
+    /// Always, so a private image cached on a node is pulled again with the
+    /// credentials of whoever runs it, never reused by another tenant.
+    #[serde(default)]
+    pub allow_any_pull_policy: bool,
+    /// Registries images must come from, as '<host>[:port][/path]' (e.g.
+    /// registry.example.com, ghcr.io/acme). An image is allowed when it starts
+    /// with '<entry>/'; write images fully qualified (docker.io/library/nginx,
+    /// not nginx). Every registry when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(inner(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?(/[a-z0-9]([-a-z0-9._]*[a-z0-9])?)*$"
+        )
+    ))]
+    pub allowed_registries: Vec<String>,
+}
+
+/// Classes the tenant may use. Enforced in the API server by the
+/// ValidatingAdmissionPolicy `palisade-allowed-classes`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedClassesSpec {
+    /// StorageClasses PersistentVolumeClaims may name (storageClassName). When
+    /// set, a claim must name one of them. Every class when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(inner(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    ))]
+    pub storage: Vec<String>,
+    /// IngressClasses Ingresses may name (ingressClassName). When set, an
+    /// Ingress must name one of them. Every class when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(inner(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    ))]
+    pub ingress: Vec<String>,
+}
+
+/// Self-service for the tenant's owners (the subjects of spec.owners).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfServiceSpec {
+    /// Owners may create, change and delete their own NetworkPolicies (to add
+    /// allows). Palisade's policies, default-deny included, stay Palisade's:
+    /// nobody else may change or delete them.
+    #[serde(default)]
+    pub network_policies: bool,
+    /// Owners may create, change and delete RoleBindings to the tenant's
+    /// catalog roles (the Roles 'palisade:<role>' Palisade writes), and to
+    /// nothing else. Roles stay Palisade's.
+    #[serde(default)]
+    pub role_bindings: bool,
 }
 
 /// One tenant namespace.

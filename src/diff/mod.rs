@@ -1451,6 +1451,36 @@ mod tests {
         assert!(policy_findings(&policy(json!({"tenants": ["a"], "roles": [{"name": "r", "permissions": ["workloads:read"]}]}))).is_empty());
     }
 
+    /// Issue #25: writes on each kind Palisade manages are `rejected` without
+    /// allowPrivileged (a tenant could delete palisade-default-deny), and still
+    /// listed with it: the same verdict as the RolePolicy controller's.
+    #[test]
+    fn writes_on_managed_kinds_are_rejected_findings() {
+        for (group, resource, verb) in [
+            ("networking.k8s.io", "networkpolicies", "delete"),
+            ("", "resourcequotas", "update"),
+            ("", "limitranges", "create"),
+            ("rbac.authorization.k8s.io", "roles", "patch"),
+            ("rbac.authorization.k8s.io", "rolebindings", "create"),
+        ] {
+            let rule =
+                json!({"apiGroups": [group], "resources": [resource], "verbs": ["get", verb]});
+            let f = policy_findings(&policy(
+                json!({"tenants": ["a"], "roles": [{"name": "r", "rules": [rule.clone()]}]}),
+            ));
+            let got: Vec<_> = f.iter().map(|f| (f.severity, f.reason.as_str())).collect();
+            assert_eq!(
+                got,
+                [(Severity::Rejected, "ManagedKindWrite")],
+                "{resource}"
+            );
+            let f = policy_findings(&policy(json!({"tenants": ["a"], "allowPrivileged": true,
+                "roles": [{"name": "r", "rules": [rule]}]})));
+            let got: Vec<_> = f.iter().map(|f| (f.severity, f.reason.as_str())).collect();
+            assert_eq!(got, [(Severity::Allowed, "ManagedKindWrite")], "{resource}");
+        }
+    }
+
     #[test]
     fn input_policies_replace_live_specs_and_keep_their_order_keys() {
         let mut live = policy(json!({"tenants": ["a"]}));

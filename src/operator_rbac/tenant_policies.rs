@@ -112,11 +112,31 @@ fn named(name: &str, expression: String) -> Named {
     }
 }
 
-/// A rule and the message of its refusal.
+/// A rule and the message of its refusal; `reason` is the HTTP status
+/// reason of the refusal (the API server's default, `Invalid`, is a 422).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Validation {
     pub expression: String,
     pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+fn validation(expression: String, message: String) -> Validation {
+    Validation {
+        expression,
+        message,
+        reason: None,
+    }
+}
+
+/// A validation whose refusal is `403 Forbidden` (who may write what), not
+/// `422 Invalid` (what an object may say).
+fn forbidden(expression: String, message: String) -> Validation {
+    Validation {
+        reason: Some("Forbidden"),
+        ..validation(expression, message)
+    }
 }
 
 /// One ValidatingAdmissionPolicy over tenant namespaces, with its binding.
@@ -246,6 +266,7 @@ fn backup_labels_pods() -> TenantPolicy {
                 message: format!(
                     "{refusal} (a pod may carry it only when the Job controller creates it for a Job; it cannot be added or changed later)"
                 ),
+                reason: None,
             },
             Validation {
                 expression: format!(
@@ -256,6 +277,7 @@ fn backup_labels_pods() -> TenantPolicy {
                 message: format!(
                     "{refusal}, so the container images of a pod labelled {SCHEDULE_LABEL} cannot be changed"
                 ),
+                reason: None,
             },
         ],
     }
@@ -275,6 +297,7 @@ fn backup_labels_ephemeral_containers() -> TenantPolicy {
                 "{}, so a pod labelled {SCHEDULE_LABEL} gets no ephemeral containers",
                 backup_label_refusal()
             ),
+            reason: None,
         }],
     }
 }
@@ -304,7 +327,338 @@ fn backup_labels_template(
                 kept(&labels)
             ),
             message: format!("{} ({which})", backup_label_refusal()),
+            reason: None,
         }],
+    }
+}
+
+// --- Tenant settings: safe defaults a Tenant may loosen or narrow -----------
+//
+// Each Tenant setting reaches these rows as a label or annotation Palisade
+// writes on the tenant's namespaces (`namespaceObject`, see
+// `resources::admission`): a missing label keeps the safe default, a missing
+// or empty annotation means "no allowlist".
+
+/// CEL: the namespace carries label `key` = "true".
+fn namespace_allows(key: &str) -> String {
+    format!(
+        "(has(namespaceObject.metadata.labels) && '{key}' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['{key}'] == 'true')"
+    )
+}
+
+/// CEL: the namespace carries a non-empty annotation `key` (an allowlist).
+fn namespace_lists(key: &str) -> String {
+    format!(
+        "(has(namespaceObject.metadata.annotations) && '{key}' in namespaceObject.metadata.annotations && namespaceObject.metadata.annotations['{key}'] != '')"
+    )
+}
+
+/// CEL: the entries of the allowlist annotation `key`.
+fn namespace_list(key: &str) -> String {
+    format!("namespaceObject.metadata.annotations['{key}'].split(',')")
+}
+
+/// CEL: `pred` (over `c`) holds for every container, init and ephemeral
+/// container of the pod spec at `spec`.
+fn every_container(spec: &str, pred: &str) -> String {
+    format!(
+        "{spec}.containers.all(c, {pred}) && (!has({spec}.initContainers) || {spec}.initContainers.all(c, {pred})) && (!has({spec}.ephemeralContainers) || {spec}.ephemeralContainers.all(c, {pred}))"
+    )
+}
+
+/// What the image rows tell: the pull policy and the registries.
+pub fn pull_policy_refusal() -> String {
+    "imagePullPolicy must be Always on every container (init and ephemeral containers included) in tenant namespaces, so an image cached on a node never runs without its pull credentials: set spec.images.allowAnyPullPolicy: true on the Tenant to allow other pull policies".to_string()
+}
+
+pub fn registry_refusal() -> String {
+    "every container image must come from a registry listed in the Tenant's spec.images.allowedRegistries (written '<registry>/<repository>'): add the registry there to allow it".to_string()
+}
+
+/// An image row for the pod spec at `pod_spec` (`object.spec`,
+/// `object.spec.template.spec`, …) of `resource_rules`. On UPDATE of a
+/// template (`template` set) only a changed template is checked, so objects
+/// from before the policy stay updatable (scaling, relabelling) until their
+/// pods change.
+fn images_row(
+    name_suffix: &'static str,
+    resource_rules: Vec<ResourceRule>,
+    pod_spec: &str,
+    template: Option<&str>,
+    which: &str,
+) -> TenantPolicy {
+    // Palisade's own writes pass: its backup Jobs pull Always anyway, and its
+    // restart of a workload after a secret rotation (an annotation in the
+    // template) must not depend on what the tenant's containers say.
+    let unchanged = match template {
+        Some(t) => format!(
+            "request.userInfo.username == variables.{OPERATOR_VARIABLE} || (request.operation == 'UPDATE' && object.{t} == oldObject.{t}) || "
+        ),
+        None => format!("request.userInfo.username == variables.{OPERATOR_VARIABLE} || "),
+    };
+    let allow_any = namespace_allows(crate::resources::admission::ALLOW_ANY_PULL_POLICY);
+    let registries = crate::resources::admission::ALLOWED_REGISTRIES;
+    TenantPolicy {
+        name_suffix,
+        why: format!(
+            "Every container of {which} pulls its image Always (unless the Tenant sets spec.images.allowAnyPullPolicy) from the Tenant's allowed registries (spec.images.allowedRegistries, when set)."
+        ),
+        resource_rules,
+        match_conditions: vec![],
+        validations: vec![
+            validation(
+                format!(
+                    "{unchanged}{allow_any} || {}",
+                    every_container(
+                        pod_spec,
+                        "has(c.imagePullPolicy) && c.imagePullPolicy == 'Always'"
+                    )
+                ),
+                pull_policy_refusal(),
+            ),
+            validation(
+                format!(
+                    "{unchanged}!{} || {}",
+                    namespace_lists(registries),
+                    every_container(
+                        pod_spec,
+                        &format!(
+                            "{}.exists(r, c.image.startsWith(r + '/'))",
+                            namespace_list(registries)
+                        )
+                    )
+                ),
+                registry_refusal(),
+            ),
+        ],
+    }
+}
+
+/// Service types beyond ClusterIP: NodePort and LoadBalancer open ports on
+/// every node, which no NetworkPolicy guards.
+fn service_types() -> TenantPolicy {
+    use crate::resources::admission::{ALLOW_LOAD_BALANCER, ALLOW_NODE_PORT};
+    // An update that keeps the type stays admitted: Services from before the
+    // policy (or the Tenant's change) remain editable.
+    let kept = "(request.operation == 'UPDATE' && has(oldObject.spec.type) && oldObject.spec.type == object.spec.type)";
+    TenantPolicy {
+        name_suffix: "service-types",
+        why: "Services of type NodePort or LoadBalancer only where the Tenant allows them (spec.services).".to_string(),
+        resource_rules: vec![rule("", &["services"], WRITE)],
+        match_conditions: vec![],
+        validations: vec![
+            validation(
+                format!(
+                    "!has(object.spec.type) || object.spec.type != 'NodePort' || {kept} || {}",
+                    namespace_allows(ALLOW_NODE_PORT)
+                ),
+                "Services of type NodePort are refused in tenant namespaces (a port on every node, which no NetworkPolicy guards): set spec.services.allowNodePort: true on the Tenant to allow them".to_string(),
+            ),
+            validation(
+                format!(
+                    "!has(object.spec.type) || object.spec.type != 'LoadBalancer' || {kept} || {}",
+                    namespace_allows(ALLOW_LOAD_BALANCER)
+                ),
+                "Services of type LoadBalancer are refused in tenant namespaces (they expose the tenant outside the cluster and open node ports): set spec.services.allowLoadBalancer: true on the Tenant to allow them".to_string(),
+            ),
+        ],
+    }
+}
+
+/// StorageClasses of PersistentVolumeClaims (`spec.storageClassName`, set at
+/// creation only).
+fn allowed_storage_classes() -> TenantPolicy {
+    let key = crate::resources::admission::ALLOWED_STORAGE_CLASSES;
+    TenantPolicy {
+        name_suffix: "allowed-storage-classes",
+        why: "PersistentVolumeClaims name a StorageClass of the Tenant's spec.allowedClasses.storage, when set.".to_string(),
+        resource_rules: vec![rule("", &["persistentvolumeclaims"], &["CREATE"])],
+        match_conditions: vec![],
+        validations: vec![validation(
+            format!(
+                "!{} || (has(object.spec.storageClassName) && object.spec.storageClassName in {})",
+                namespace_lists(key),
+                namespace_list(key)
+            ),
+            "a PersistentVolumeClaim must name (storageClassName) a StorageClass listed in the Tenant's spec.allowedClasses.storage: add the class there to allow it".to_string(),
+        )],
+    }
+}
+
+/// IngressClasses of Ingresses (`spec.ingressClassName`, and the legacy
+/// annotation, which must not name another class).
+fn allowed_ingress_classes() -> TenantPolicy {
+    let key = crate::resources::admission::ALLOWED_INGRESS_CLASSES;
+    let legacy = "kubernetes.io/ingress.class";
+    TenantPolicy {
+        name_suffix: "allowed-ingress-classes",
+        why: "Ingresses name an IngressClass of the Tenant's spec.allowedClasses.ingress, when set.".to_string(),
+        resource_rules: vec![rule("networking.k8s.io", &["ingresses"], WRITE)],
+        match_conditions: vec![],
+        validations: vec![validation(
+            format!(
+                "!{} || (has(object.spec.ingressClassName) && object.spec.ingressClassName in {list} && (!has(object.metadata.annotations) || !('{legacy}' in object.metadata.annotations) || object.metadata.annotations['{legacy}'] in {list}))",
+                namespace_lists(key),
+                list = namespace_list(key)
+            ),
+            "an Ingress must name (ingressClassName) an IngressClass listed in the Tenant's spec.allowedClasses.ingress: add the class there to allow it".to_string(),
+        )],
+    }
+}
+
+// --- Palisade's own objects ------------------------------------------------------
+
+/// Who may change Palisade's objects: the operator; the cluster's own
+/// controllers and nodes (the namespace controller empties a deleted
+/// namespace, the garbage collector follows ownerReferences, the Job
+/// controller and the kubelet finish backup pods); and `system:masters`
+/// (break glass: they could remove the policy anyway).
+pub const CLUSTER_COMPONENTS: &str = "request.userInfo.username.startsWith('system:serviceaccount:kube-system:') || request.userInfo.username in ['system:kube-controller-manager', 'system:kube-scheduler'] || request.userInfo.groups.exists(g, g in ['system:masters', 'system:nodes'])";
+
+fn privileged() -> String {
+    format!("request.userInfo.username == variables.{OPERATOR_VARIABLE} || {CLUSTER_COMPONENTS}")
+}
+
+/// The sentence a refused change of Palisade's objects starts with.
+pub fn managed_refusal() -> String {
+    format!(
+        "objects labelled {MANAGED_BY}={MANAGED_BY_VALUE} in tenant namespaces are Palisade's: only Palisade's ServiceAccount may change or delete them"
+    )
+}
+
+/// `(has(object.F) == has(oldObject.F)) && (same value)`, for dynamic objects.
+fn same_dyn(path: &str) -> String {
+    format!(
+        "(has(object.{path}) == has(oldObject.{path}) && (!has(object.{path}) || object.{path} == oldObject.{path}))"
+    )
+}
+
+/// Palisade's objects (labelled managed-by=palisade) in tenant namespaces:
+/// their isolation, quota, RBAC, rotated Secrets, backup Jobs. RBAC already
+/// keeps most of them from tenants; this holds whatever a role grants (a
+/// self-service RoleBinding or NetworkPolicy writer, a Secret writer).
+fn managed_objects() -> TenantPolicy {
+    let rotate = crate::resources::secrets::ROTATE_NOW;
+    // The one change tenants may make: ask for a rotation now.
+    let annotations_but_rotate = |a: &str, b: &str| {
+        format!(
+            "(!has({a}.metadata.annotations) || {a}.metadata.annotations.all(k, k == '{rotate}' || (has({b}.metadata.annotations) && k in {b}.metadata.annotations && {b}.metadata.annotations[k] == {a}.metadata.annotations[k])))"
+        )
+    };
+    let rotate_now = format!(
+        "(request.operation == 'UPDATE' && request.resource.group == '' && request.resource.resource == 'secrets' && {} && {} && {} && {} && {} && {} && {} && {})",
+        same_dyn("metadata.labels"),
+        same_dyn("metadata.ownerReferences"),
+        same_dyn("metadata.finalizers"),
+        same_dyn("data"),
+        same_dyn("type"),
+        same_dyn("immutable"),
+        annotations_but_rotate("object", "oldObject"),
+        annotations_but_rotate("oldObject", "object"),
+    );
+    TenantPolicy {
+        name_suffix: "managed-objects",
+        why: format!(
+            "Only Palisade's ServiceAccount changes or deletes objects labelled {MANAGED_BY}={MANAGED_BY_VALUE} in tenant namespaces (tenants may only annotate a rotated Secret {rotate})."
+        ),
+        resource_rules: vec![ResourceRule {
+            api_groups: vec!["*".to_string()],
+            api_versions: vec!["*".to_string()],
+            operations: vec!["UPDATE".to_string(), "DELETE".to_string()],
+            resources: vec!["*".to_string()],
+            scope: "Namespaced".to_string(),
+        }],
+        match_conditions: vec![named(
+            "palisade-object",
+            format!(
+                "has(oldObject.metadata) && has(oldObject.metadata.labels) && '{MANAGED_BY}' in oldObject.metadata.labels && oldObject.metadata.labels['{MANAGED_BY}'] == '{MANAGED_BY_VALUE}'"
+            ),
+        )],
+        validations: vec![forbidden(
+            format!("{} || {rotate_now}", privileged()),
+            format!(
+                "{}; change the Tenant or RolePolicy instead (a rotated Secret takes only the annotation {rotate})",
+                managed_refusal()
+            ),
+        )],
+    }
+}
+
+// --- Self-service (spec.selfService) ------------------------------------------------
+
+/// Subjects that stand for everyone: never bound in a tenant namespace.
+const PUBLIC_SUBJECTS: &[&str] = &[
+    "system:authenticated",
+    "system:unauthenticated",
+    "system:anonymous",
+    "system:serviceaccounts",
+];
+
+/// What tenants' own RoleBindings may say (RBAC lets owners write them only
+/// with spec.selfService.roleBindings, and `bind` only the catalog Roles by
+/// name; without this row they could still bind any role whose permissions
+/// they hold, ClusterRoles included).
+fn self_service_role_bindings() -> TenantPolicy {
+    let prefix = crate::crd::role_policy::ROLE_NAME_PREFIX;
+    let public = PUBLIC_SUBJECTS
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let p = privileged();
+    TenantPolicy {
+        name_suffix: "self-service-role-bindings",
+        why: format!(
+            "Tenants' RoleBindings bind only the tenant's catalog Roles ({prefix}<role>), never everyone, and never under Palisade's names."
+        ),
+        resource_rules: vec![rule("rbac.authorization.k8s.io", &["rolebindings"], WRITE)],
+        match_conditions: vec![],
+        validations: vec![
+            forbidden(
+                format!(
+                    "{p} || (object.roleRef.kind == 'Role' && object.roleRef.name.startsWith('{prefix}'))"
+                ),
+                format!(
+                    "a tenant RoleBinding may bind only a catalog Role of the tenant ('{prefix}<role>', e.g. {prefix}viewer), not a ClusterRole or another Role (self-service: the Tenant's spec.selfService.roleBindings; roles: the RolePolicies)"
+                ),
+            ),
+            forbidden(
+                format!("{p} || !object.metadata.name.startsWith('{prefix}')"),
+                format!(
+                    "RoleBinding names starting with '{prefix}' are Palisade's: name yours otherwise"
+                ),
+            ),
+            forbidden(
+                format!(
+                    "{p} || !has(object.subjects) || object.subjects.all(s, !(s.name in [{public}]))"
+                ),
+                format!(
+                    "a tenant RoleBinding may not bind a subject that stands for everyone ({})",
+                    PUBLIC_SUBJECTS.join(", ")
+                ),
+            ),
+        ],
+    }
+}
+
+/// What tenants' own NetworkPolicies may say (RBAC lets owners write them
+/// only with spec.selfService.networkPolicies): not Palisade's names or label,
+/// so they never pose as (or get pruned as) Palisade's.
+fn self_service_network_policies() -> TenantPolicy {
+    let p = privileged();
+    TenantPolicy {
+        name_suffix: "self-service-network-policies",
+        why: "Tenants' NetworkPolicies add allows under their own names; Palisade's names and label stay Palisade's.".to_string(),
+        resource_rules: vec![rule("networking.k8s.io", &["networkpolicies"], WRITE)],
+        match_conditions: vec![],
+        validations: vec![forbidden(
+            format!(
+                "{p} || (!object.metadata.name.startsWith('palisade-') && !(has(object.metadata.labels) && '{MANAGED_BY}' in object.metadata.labels && object.metadata.labels['{MANAGED_BY}'] == '{MANAGED_BY_VALUE}'))"
+            ),
+            format!(
+                "NetworkPolicies named 'palisade-*' or labelled {MANAGED_BY}={MANAGED_BY_VALUE} are Palisade's: name and label yours otherwise (self-service: the Tenant's spec.selfService.networkPolicies)"
+            ),
+        )],
     }
 }
 
@@ -342,6 +696,51 @@ pub fn tenant_policies() -> Vec<TenantPolicy> {
             "false",
             "no PodTemplate may carry it",
         ),
+        images_row(
+            "images-pods",
+            vec![
+                rule("", &["pods"], &["CREATE"]),
+                rule("", &["pods/ephemeralcontainers"], &["UPDATE"]),
+            ],
+            "object.spec",
+            None,
+            "a Pod",
+        ),
+        images_row(
+            "images-workloads",
+            vec![
+                rule(
+                    "apps",
+                    &["deployments", "replicasets", "statefulsets", "daemonsets"],
+                    WRITE,
+                ),
+                rule("batch", &["jobs"], WRITE),
+                rule("", &["replicationcontrollers"], WRITE),
+            ],
+            "object.spec.template.spec",
+            Some("spec.template"),
+            "a workload's pod template",
+        ),
+        images_row(
+            "images-cronjobs",
+            vec![rule("batch", &["cronjobs"], WRITE)],
+            "object.spec.jobTemplate.spec.template.spec",
+            Some("spec.jobTemplate"),
+            "a CronJob's pod template",
+        ),
+        images_row(
+            "images-podtemplates",
+            vec![rule("", &["podtemplates"], WRITE)],
+            "object.template.spec",
+            Some("template"),
+            "a PodTemplate",
+        ),
+        service_types(),
+        allowed_storage_classes(),
+        allowed_ingress_classes(),
+        managed_objects(),
+        self_service_role_bindings(),
+        self_service_network_policies(),
     ]
 }
 
@@ -384,6 +783,13 @@ pub fn to_yaml(prefix: &str, operator: &str) -> String {
 mod tests {
     use super::*;
 
+    fn backup_rows() -> Vec<TenantPolicy> {
+        tenant_policies()
+            .into_iter()
+            .filter(|p| p.name_suffix.starts_with("backup-labels-"))
+            .collect()
+    }
+
     fn by_suffix(suffix: &str) -> TenantPolicy {
         tenant_policies()
             .into_iter()
@@ -408,7 +814,7 @@ mod tests {
     /// meet these policies).
     #[test]
     fn pods_and_every_pod_template_kind_are_matched_once() {
-        let mut all: Vec<(String, String)> = tenant_policies().iter().flat_map(resources).collect();
+        let mut all: Vec<(String, String)> = backup_rows().iter().flat_map(resources).collect();
         all.sort();
         let mut want: Vec<(String, String)> = [
             ("", "pods"),
@@ -427,7 +833,16 @@ mod tests {
         .collect();
         want.sort();
         assert_eq!(all, want);
-        for p in tenant_policies() {
+        // The image rows cover the same kinds (pods on create only: a pod's
+        // images cannot change, and pods from before the policy stay editable).
+        let mut images: Vec<(String, String)> = tenant_policies()
+            .iter()
+            .filter(|p| p.name_suffix.starts_with("images-"))
+            .flat_map(resources)
+            .collect();
+        images.sort();
+        assert_eq!(images, want);
+        for p in backup_rows() {
             for r in &p.resource_rules {
                 let ops = if r.resources == ["pods/ephemeralcontainers"] {
                     vec!["UPDATE"]
@@ -452,6 +867,7 @@ mod tests {
         );
         for p in tenant_policies() {
             let [policy, binding] = p.objects("palisade", "system:serviceaccount:ns:sa");
+            let backup = p.name_suffix.starts_with("backup-labels-");
             let name = format!("palisade-{}", p.name_suffix);
             assert_eq!(policy["metadata"]["name"], name);
             let spec = &policy["spec"];
@@ -466,7 +882,7 @@ mod tests {
             );
             let validations = spec["validations"].as_array().expect("validations");
             assert!(!validations.is_empty());
-            for v in validations {
+            for v in validations.iter().filter(|_| backup) {
                 let message = v["message"].as_str().expect("message");
                 assert!(message.starts_with(&refusal), "{message}");
                 // Field paths live in the validations (type-checked), not in variables.
@@ -503,7 +919,7 @@ mod tests {
         // Anyone may set the other selector label (managed-by): the guarded one
         // is what makes the selection Palisade's.
         assert!(selector.contains_key(SCHEDULE_LABEL), "{selector:?}");
-        for p in tenant_policies() {
+        for p in backup_rows() {
             assert!(
                 p.validations[0]
                     .expression
@@ -573,5 +989,146 @@ mod tests {
                     .to_vec()
             );
         }
+    }
+
+    /// Every refusal of a Tenant setting names the Tenant field that allows
+    /// it, and reads the label or annotation Palisade writes for that field.
+    #[test]
+    fn tenant_settings_name_their_field_and_read_their_namespace_key() {
+        use crate::resources::admission::*;
+        let cases: &[(&str, usize, &str, &str)] = &[
+            (
+                "service-types",
+                0,
+                "spec.services.allowNodePort",
+                ALLOW_NODE_PORT,
+            ),
+            (
+                "service-types",
+                1,
+                "spec.services.allowLoadBalancer",
+                ALLOW_LOAD_BALANCER,
+            ),
+            (
+                "images-pods",
+                0,
+                "spec.images.allowAnyPullPolicy",
+                ALLOW_ANY_PULL_POLICY,
+            ),
+            (
+                "images-pods",
+                1,
+                "spec.images.allowedRegistries",
+                ALLOWED_REGISTRIES,
+            ),
+            (
+                "allowed-storage-classes",
+                0,
+                "spec.allowedClasses.storage",
+                ALLOWED_STORAGE_CLASSES,
+            ),
+            (
+                "allowed-ingress-classes",
+                0,
+                "spec.allowedClasses.ingress",
+                ALLOWED_INGRESS_CLASSES,
+            ),
+        ];
+        for (suffix, i, field, key) in cases {
+            let v = &by_suffix(suffix).validations[*i];
+            assert!(v.message.contains(field), "{suffix}: {}", v.message);
+            assert!(
+                v.expression
+                    .contains(&format!("'{key}' in namespaceObject.metadata.")),
+                "{suffix}: {}",
+                v.expression
+            );
+        }
+        let pods = by_suffix("images-pods");
+        for c in ["containers", "initContainers", "ephemeralContainers"] {
+            assert!(
+                pods.validations[0]
+                    .expression
+                    .contains(&format!("object.spec.{c}.all(c, has(c.imagePullPolicy) && c.imagePullPolicy == 'Always')")),
+                "{c}"
+            );
+        }
+        assert!(
+            pods.validations[1]
+                .expression
+                .contains("c.image.startsWith(r + '/')")
+        );
+        // Templates: only a changed template is checked on update.
+        assert!(
+            by_suffix("images-workloads").validations[0]
+                .expression
+                .starts_with("request.userInfo.username == variables.operator || (request.operation == 'UPDATE' && object.spec.template == oldObject.spec.template) || ")
+        );
+    }
+
+    /// Palisade's objects: every namespaced kind, update and delete, whoever
+    /// asks but the operator and the cluster's own components; refused as
+    /// Forbidden (403, what MTB expects).
+    #[test]
+    fn palisades_objects_are_palisades() {
+        let p = by_suffix("managed-objects");
+        let r = &p.resource_rules[0];
+        assert_eq!(
+            (
+                r.api_groups.clone(),
+                r.resources.clone(),
+                r.operations.clone()
+            ),
+            (
+                vec!["*".to_string()],
+                vec!["*".to_string()],
+                vec!["UPDATE".to_string(), "DELETE".to_string()]
+            )
+        );
+        assert!(
+            p.match_conditions[0].expression.contains(
+                "oldObject.metadata.labels['app.kubernetes.io/managed-by'] == 'palisade'"
+            )
+        );
+        let v = &p.validations[0];
+        assert_eq!(v.reason, Some("Forbidden"));
+        assert!(v.message.starts_with(&managed_refusal()), "{}", v.message);
+        assert!(
+            v.expression
+                .starts_with("request.userInfo.username == variables.operator || ")
+        );
+        assert!(v.expression.contains("'system:masters'"));
+        assert!(v.expression.contains("k == 'palisade.dev/rotate-now'"));
+        let spec = p.spec();
+        assert_eq!(spec["validations"][0]["reason"], "Forbidden");
+        assert!(
+            by_suffix("service-types").spec()["validations"][0]
+                .get("reason")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn self_service_bindings_reach_only_catalog_roles() {
+        let p = by_suffix("self-service-role-bindings");
+        assert!(p.validations[0].expression.ends_with(
+            "(object.roleRef.kind == 'Role' && object.roleRef.name.startsWith('palisade:'))"
+        ));
+        assert!(
+            p.validations[2]
+                .expression
+                .contains("'system:authenticated'")
+        );
+        assert!(p.validations.iter().all(|v| v.reason == Some("Forbidden")));
+        let np = by_suffix("self-service-network-policies");
+        assert!(
+            np.validations[0]
+                .expression
+                .contains("startsWith('palisade-')")
+        );
+        assert!(
+            crate::resources::network::DEFAULT_DENY.starts_with("palisade-"),
+            "Palisade's policy names are the ones refused"
+        );
     }
 }

@@ -347,6 +347,9 @@ pub fn job(
         "name": kind.as_str(),
         // The operator's image, whatever the schedule says (issue #15).
         "image": image,
+        // Tenant namespaces require it (the `images-*` admission policies,
+        // unless the Tenant opts out): the same for every tenant.
+        "imagePullPolicy": "Always",
         "command": ["palisade"],
         "args": job_args(&bs.spec, kind),
         // PALISADE_RUN: the engine names its run in the (signed) result, so a result

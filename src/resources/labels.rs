@@ -24,6 +24,8 @@ pub const TENANT_FINALIZER: &str = "palisade.dev/tenant-cleanup";
 /// Label selector matching everything Palisade manages.
 pub const MANAGED_SELECTOR: &str = "app.kubernetes.io/managed-by=palisade";
 
+/// Palisade's own label and annotation prefix.
+pub const PALISADE_PREFIX: &str = "palisade.dev/";
 /// Label prefixes users may not set on tenant namespaces (Palisade owns them).
 pub const RESERVED_LABEL_PREFIXES: &[&str] = &["palisade.dev/", "pod-security.kubernetes.io/"];
 

@@ -1,6 +1,7 @@
 //! Pure builders: a spec in, the desired Kubernetes objects out. No client, no
 //! clock reads; the controller and `palisade render` share every one of them.
 
+pub mod admission;
 pub mod backup_jobs;
 pub mod backup_network;
 pub mod catalog;

@@ -345,7 +345,55 @@ pub fn plan_for(tenant: &crate::crd::Tenant, policies: &[crate::crd::RolePolicy]
             spec: s,
         })
         .collect();
-    compile(&tenant.spec.owners, &inputs)
+    let mut plan = compile(&tenant.spec.owners, &inputs);
+    let extra = self_service_rules(&tenant.spec.self_service, plan.roles.keys());
+    if let Some(admin) = plan.roles.get_mut("admin")
+        && !extra.is_empty()
+    {
+        admin.extend(extra);
+    }
+    plan
+}
+
+/// The writes self-service hands owners (what MTB's OPS-3/OPS-4 ask for).
+pub const SELF_SERVICE_VERBS: &[&str] =
+    &["create", "update", "patch", "delete", "deletecollection"];
+
+/// What a Tenant's `spec.selfService` adds to its `admin` Role (the owners'):
+/// NetworkPolicy writes; RoleBinding writes with `bind` on the tenant's own
+/// Roles by name (`roles`: the plan's role names), so owners bind nothing
+/// else (the `self-service-role-bindings` admission policy refuses
+/// ClusterRoles they could otherwise bind by holding their permissions).
+/// Palisade's own NetworkPolicies and RoleBindings stay Palisade's (the
+/// `managed-objects` admission policy).
+pub fn self_service_rules<'a>(
+    spec: &crate::crd::tenant::SelfServiceSpec,
+    roles: impl Iterator<Item = &'a String>,
+) -> Vec<K8sPolicyRule> {
+    let rule =
+        |group: &str, resource: &str, verbs: &[&str], names: Option<Vec<String>>| K8sPolicyRule {
+            api_groups: Some(vec![group.to_string()]),
+            resources: Some(vec![resource.to_string()]),
+            resource_names: names,
+            verbs: verbs.iter().map(|v| v.to_string()).collect(),
+            non_resource_urls: None,
+        };
+    let rbac = "rbac.authorization.k8s.io";
+    let mut out = Vec::new();
+    if spec.network_policies {
+        out.push(rule(
+            "networking.k8s.io",
+            "networkpolicies",
+            SELF_SERVICE_VERBS,
+            None,
+        ));
+    }
+    if spec.role_bindings {
+        out.push(rule(rbac, "rolebindings", SELF_SERVICE_VERBS, None));
+        let names: Vec<String> = roles.map(|r| format!("{ROLE_NAME_PREFIX}{r}")).collect();
+        out.push(rule(rbac, "roles", &["bind"], Some(names)));
+    }
+    out
 }
 
 fn subject_tuple(s: &Subject) -> (String, String, Option<String>) {
@@ -392,6 +440,77 @@ mod tests {
                 ..Default::default()
             }],
             ..Default::default()
+        }
+    }
+
+    /// Issue #25: self-service adds to the owners' admin Role exactly the
+    /// writes it names, and `bind` on the tenant's own Roles by name (custom
+    /// RolePolicy roles included); nothing without it.
+    #[test]
+    fn self_service_extends_the_admin_role_only_when_asked() {
+        let tenant = |self_service: serde_json::Value| -> crate::crd::Tenant {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant",
+                "metadata": {"name": "acme"},
+                "spec": {"owners": [{"kind": "User", "name": "alice"}], "selfService": self_service}
+            }))
+            .expect("tenant")
+        };
+        let policy: crate::crd::RolePolicy = serde_json::from_value(serde_json::json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "RolePolicy",
+            "metadata": {"name": "p"},
+            "spec": {"tenants": ["acme"], "roles": [{"name": "deployer", "permissions": ["workloads:write"]}]}
+        }))
+        .expect("policy");
+        let writes = |plan: &RbacPlan, resource: &str| {
+            plan.roles["admin"].iter().any(|r| {
+                r.resources.as_deref() == Some(&[resource.to_string()][..])
+                    && r.verbs.iter().any(|v| v == "create")
+            })
+        };
+        let plain = plan_for(
+            &tenant(serde_json::json!({})),
+            std::slice::from_ref(&policy),
+        );
+        assert!(!writes(&plain, "networkpolicies") && !writes(&plain, "rolebindings"));
+        assert!(
+            plain
+                .roles
+                .values()
+                .flatten()
+                .all(|r| !r.verbs.iter().any(|v| v == "bind"))
+        );
+        let nps = plan_for(
+            &tenant(serde_json::json!({"networkPolicies": true})),
+            std::slice::from_ref(&policy),
+        );
+        assert!(writes(&nps, "networkpolicies") && !writes(&nps, "rolebindings"));
+        let rbs = plan_for(
+            &tenant(serde_json::json!({"roleBindings": true})),
+            std::slice::from_ref(&policy),
+        );
+        assert!(writes(&rbs, "rolebindings") && !writes(&rbs, "networkpolicies"));
+        let bind = rbs.roles["admin"]
+            .iter()
+            .find(|r| r.verbs == ["bind"])
+            .expect("bind");
+        assert_eq!(bind.resources.as_deref(), Some(&["roles".to_string()][..]));
+        assert_eq!(
+            bind.resource_names.clone().unwrap_or_default(),
+            [
+                "palisade:admin",
+                "palisade:auditor",
+                "palisade:backup-operator",
+                "palisade:deployer",
+                "palisade:editor",
+                "palisade:viewer"
+            ]
+        );
+        // Only the owners' role grows.
+        for (name, rules) in &rbs.roles {
+            if name != "admin" {
+                assert_eq!(Some(rules), plain.roles.get(name), "{name}");
+            }
         }
     }
 

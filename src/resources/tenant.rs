@@ -56,6 +56,7 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
         quota::check_limits(l)?;
     }
     check_owners(spec)?;
+    super::admission::check(spec)?;
     let rotate_every = check_secrets(spec, &listed)?;
     check_gc(spec)?;
     Ok(Valid { rotate_every })
@@ -145,6 +146,19 @@ fn check_namespaces<'a>(
                     ),
                 ));
             }
+        }
+        if let Some(key) = ns
+            .annotations
+            .keys()
+            .find(|k| k.starts_with(labels::PALISADE_PREFIX))
+        {
+            return Err(invalid(
+                "ReservedAnnotation",
+                format!("spec.namespaces[{i}].annotations[{key}]"),
+                format!(
+                    "annotation '{key}' is managed by Palisade (its admission policies read it); remove it from the spec"
+                ),
+            ));
         }
         if let Some(key) = ns
             .annotations
@@ -317,11 +331,14 @@ fn namespace(
             "latest".to_string(),
         );
     }
+    let (settings, mut annotations) = super::admission::namespace_metadata(spec);
+    l.extend(settings);
+    annotations.extend(ns.annotations.clone());
     Namespace {
         metadata: ObjectMeta {
             name: Some(ns.name.clone()),
             labels: Some(l),
-            annotations: (!ns.annotations.is_empty()).then(|| ns.annotations.clone()),
+            annotations: (!annotations.is_empty()).then_some(annotations),
             ..Default::default()
         },
         ..Default::default()
@@ -692,6 +709,34 @@ mod tests {
         }
         let secret = |every: &str| json!({"secrets": [{"name": "k", "type": "Random", "rotateEvery": every}]});
         assert!(validate("acme", &spec(secret("720h"))).is_ok());
+        // Palisade's annotations (the admission settings among them) are
+        // not the spec's to set on a namespace (#25).
+        assert_eq!(
+            reason(
+                "acme",
+                json!({"namespaces": [{"name": "acme-a", "annotations": {"palisade.dev/allowed-registries": ""}}]})
+            ),
+            (
+                "ReservedAnnotation".to_string(),
+                "spec.namespaces[0].annotations[palisade.dev/allowed-registries]".to_string()
+            )
+        );
+        assert_eq!(
+            reason(
+                "acme",
+                json!({"namespaces": [{"name": "acme-a", "labels": {"palisade.dev/allow-node-port": "true"}}]})
+            )
+            .0,
+            "ReservedLabel"
+        );
+        assert_eq!(
+            reason(
+                "acme",
+                json!({"images": {"allowedRegistries": ["https://x.io"]}})
+            )
+            .0,
+            "InvalidRegistry"
+        );
         assert_eq!(reason("acme", secret("3651d")).0, "InvalidRotation");
         assert_eq!(reason("acme", secret("420000w")).0, "InvalidRotation");
         // Overflowing u64 milliseconds is a parse error, not a panic.

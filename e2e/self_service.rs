@@ -1,0 +1,318 @@
+//! Issue #25: what a Tenant loosens or narrows, enforced in the API server by
+//! ValidatingAdmissionPolicies that read the labels and annotations Palisade
+//! writes on the tenant's namespaces (`resources::admission`), tested as the
+//! owner (allowed and refused, messages naming the Tenant field); and the
+//! RolePolicy guard against writes on the kinds Palisade manages. The
+//! self-service RoleBindings and NetworkPolicies themselves are MTB's
+//! PL2-BC-OPS-3/OPS-4, in `mtb.rs`.
+
+use super::mtb::{
+    admitted, authenticated, dry_run, eventually_refused, impersonating, probe, ready_tenant,
+    refused, service,
+};
+use super::*;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use palisade::resources::admission;
+
+fn pod_from(image: &str, pull: &str) -> Pod {
+    let mut p = probe();
+    p["spec"]["containers"][0]["image"] = json!(image);
+    p["spec"]["containers"][0]["imagePullPolicy"] = json!(pull);
+    serde_json::from_value(p).expect("pod")
+}
+
+fn claim(class: Option<&str>) -> PersistentVolumeClaim {
+    let mut spec =
+        json!({"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}});
+    if let Some(c) = class {
+        spec["storageClassName"] = json!(c);
+    }
+    serde_json::from_value(json!({"metadata": {"name": "data"}, "spec": spec})).expect("pvc")
+}
+
+fn ingress(class: &str) -> Ingress {
+    serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"ingressClassName": class, "rules": [{"host": "web.example.com", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}}
+        ]}}]}
+    }))
+    .expect("ingress")
+}
+
+/// A Tenant that allows NodePort Services and any pull policy, and narrows
+/// registries, StorageClasses and IngressClasses: as the owner, what it
+/// allows is admitted, the rest refused with the field to change; the
+/// settings reach each namespace as Palisade's labels and annotations, which
+/// the owner cannot write; changing the Tenant changes admission.
+#[tokio::test]
+async fn tenant_settings_loosen_and_narrow_admission() {
+    if !enabled() {
+        return;
+    }
+    let (client, _controller) = setup().await;
+    let mut cleanup = Cleanup::default();
+    let t = ready_tenant(
+        &client,
+        "ss",
+        json!({
+            "services": {"allowNodePort": true},
+            "images": {"allowAnyPullPolicy": true,
+                       "allowedRegistries": ["registry.example.com", "ghcr.io/acme"]},
+            "allowedClasses": {"storage": ["fast-ssd"], "ingress": ["nginx"]},
+        }),
+        &mut cleanup,
+    )
+    .await;
+    let nsapi: Api<Namespace> = Api::all(client.clone());
+    for ns in &t.namespaces {
+        let n = nsapi.get(ns).await.expect("namespace");
+        assert_eq!(
+            n.labels()
+                .get(admission::ALLOW_NODE_PORT)
+                .map(String::as_str),
+            Some("true")
+        );
+        assert_eq!(
+            n.labels()
+                .get(admission::ALLOW_LOAD_BALANCER)
+                .map(String::as_str),
+            Some("false")
+        );
+        assert_eq!(
+            n.annotations()
+                .get(admission::ALLOWED_REGISTRIES)
+                .map(String::as_str),
+            Some("registry.example.com,ghcr.io/acme")
+        );
+        for verb in ["update", "patch"] {
+            assert!(
+                !can_i(
+                    &client,
+                    &t.owner,
+                    &authenticated(),
+                    verb,
+                    "namespaces",
+                    None,
+                    Some(ns)
+                )
+                .await,
+                "the owner may {verb} its namespace (and so its settings)"
+            );
+        }
+    }
+    let owner = impersonating(&t.owner).await;
+
+    // Services: NodePort allowed, LoadBalancer still not.
+    let services: Api<Service> = Api::namespaced(owner.clone(), &t.ns);
+    let status = eventually_refused("LoadBalancer", || async {
+        services
+            .create(&dry_run(), &service("web", "LoadBalancer"))
+            .await
+    })
+    .await;
+    assert!(
+        status.message.contains("spec.services.allowLoadBalancer"),
+        "{}",
+        status.message
+    );
+    admitted(
+        "NodePort (spec.services.allowNodePort)",
+        services
+            .create(&dry_run(), &service("web", "NodePort"))
+            .await,
+    );
+
+    // Images: any pull policy, listed registries only.
+    let pods: Api<Pod> = Api::namespaced(owner.clone(), &t.ns);
+    admitted(
+        "IfNotPresent from registry.example.com (spec.images.allowAnyPullPolicy)",
+        pods.create(
+            &dry_run(),
+            &pod_from("registry.example.com/app:1", "IfNotPresent"),
+        )
+        .await,
+    );
+    admitted(
+        "ghcr.io/acme/…",
+        pods.create(&dry_run(), &pod_from("ghcr.io/acme/app:1", "Always"))
+            .await,
+    );
+    for image in [
+        "docker.io/library/nginx:1",
+        "ghcr.io/acmeevil/app:1",
+        "nginx",
+    ] {
+        let status = refused(
+            image,
+            pods.create(&dry_run(), &pod_from(image, "Always")).await,
+        );
+        assert!(
+            status.message.contains("palisade-images-pods")
+                && status.message.contains("spec.images.allowedRegistries"),
+            "{image}: {}",
+            status.message
+        );
+    }
+
+    // StorageClasses.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(owner.clone(), &t.ns);
+    admitted(
+        "a claim of fast-ssd",
+        claims.create(&dry_run(), &claim(Some("fast-ssd"))).await,
+    );
+    for class in [Some("slow-hdd"), None] {
+        let status = refused(
+            &format!("a claim of {class:?}"),
+            claims.create(&dry_run(), &claim(class)).await,
+        );
+        assert!(
+            status.message.contains("palisade-allowed-storage-classes")
+                && status.message.contains("spec.allowedClasses.storage"),
+            "{}",
+            status.message
+        );
+    }
+
+    // IngressClasses.
+    let ingresses: Api<Ingress> = Api::namespaced(owner.clone(), &t.ns);
+    admitted(
+        "an Ingress of nginx",
+        ingresses.create(&dry_run(), &ingress("nginx")).await,
+    );
+    let status = refused(
+        "an Ingress of traefik",
+        ingresses.create(&dry_run(), &ingress("traefik")).await,
+    );
+    assert!(
+        status.message.contains("palisade-allowed-ingress-classes")
+            && status.message.contains("spec.allowedClasses.ingress"),
+        "{}",
+        status.message
+    );
+
+    // The Tenant changes: NodePort no longer allowed, registries open, pull
+    // policy Always again. The namespaces follow, and admission with them.
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    tenants
+        .patch(
+            &t.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "services": null,
+                "images": {"allowAnyPullPolicy": false, "allowedRegistries": null},
+            }})),
+        )
+        .await
+        .expect("patch tenant");
+    let status = eventually_refused("NodePort after the Tenant took it back", || async {
+        services
+            .create(&dry_run(), &service("web", "NodePort"))
+            .await
+    })
+    .await;
+    assert!(
+        status.message.contains("spec.services.allowNodePort"),
+        "{}",
+        status.message
+    );
+    let status = refused(
+        "IfNotPresent after the Tenant took it back",
+        pods.create(
+            &dry_run(),
+            &pod_from("registry.example.com/app:1", "IfNotPresent"),
+        )
+        .await,
+    );
+    assert!(
+        status.message.contains("spec.images.allowAnyPullPolicy"),
+        "{}",
+        status.message
+    );
+    admitted(
+        "docker.io once the registries are open",
+        pods.create(&dry_run(), &pod_from("docker.io/library/nginx:1", "Always"))
+            .await,
+    );
+}
+
+/// Item 3 of #25: a RolePolicy whose raw rules grant writes on a kind
+/// Palisade manages (here: deleting NetworkPolicies, which would let a tenant
+/// delete palisade-default-deny) is `Valid=False/ManagedKindWrite` without
+/// `allowPrivileged`, and its role never reaches the tenant's namespaces.
+#[tokio::test]
+async fn rolepolicy_writes_on_managed_kinds_are_rejected() {
+    if !enabled() {
+        return;
+    }
+    let (client, operator) = clients().await;
+    let (_tenants, _) = start_controller(&operator);
+    let (tx, rx) = oneshot::channel::<()>();
+    let _policies = Controller { stop: Some(tx) };
+    tokio::spawn(palisade::controller::rolepolicy::run(
+        operator_shared(&operator),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let mut cleanup = Cleanup::default();
+    let t = ready_tenant(&client, "ssr", json!({}), &mut cleanup).await;
+    cleanup.policy(&t.name);
+    let policy: palisade::crd::RolePolicy = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "RolePolicy", "metadata": {"name": t.name},
+        "spec": {"tenants": [t.name],
+                 "roles": [{"name": "netops", "rules": [{"apiGroups": ["networking.k8s.io"],
+                            "resources": ["networkpolicies"], "verbs": ["get", "delete"]}]}],
+                 "bindings": [{"role": "netops", "subjects": [{"kind": "User", "name": "mallory@example.com"}]}]}
+    }))
+    .expect("policy");
+    let policies: Api<palisade::crd::RolePolicy> = Api::all(client.clone());
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("create RolePolicy");
+    let rejected = wait(await_condition(
+        policies.clone(),
+        &t.name,
+        |p: Option<&palisade::crd::RolePolicy>| {
+            p.and_then(|p| p.status.as_ref())
+                .and_then(|s| palisade::crd::condition::find(&s.conditions, "Valid"))
+                .is_some_and(|c| c.status == "False" && c.reason == "ManagedKindWrite")
+        },
+    ))
+    .await
+    .expect("policy");
+    let valid = rejected
+        .status
+        .as_ref()
+        .and_then(|s| palisade::crd::condition::find(&s.conditions, "Valid"))
+        .expect("Valid")
+        .clone();
+    println!("Valid=False/ManagedKindWrite: {}", valid.message);
+    assert!(
+        valid.message.contains("spec.roles[0].rules[0]"),
+        "{}",
+        valid.message
+    );
+    assert!(
+        !can_i(
+            &client,
+            "mallory@example.com",
+            &authenticated(),
+            "delete",
+            "networkpolicies.networking.k8s.io",
+            Some(&t.ns),
+            None
+        )
+        .await,
+        "the rejected role reached the tenant"
+    );
+    assert!(
+        Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(client.clone(), &t.ns)
+            .get_opt("palisade:netops")
+            .await
+            .expect("get")
+            .is_none()
+    );
+}
