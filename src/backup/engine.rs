@@ -365,11 +365,29 @@ pub async fn run(
         None => new_id(started_at),
     };
     validate_id(&id)?;
+    // Held until the manifest is written: a second run with this id fails at once
+    // instead of replacing the first one's files (directory stores; see BACKUP.md).
+    let _lock = storage.lock(&manifest::lock_name(&id)).await?;
     let signer = opts.key.as_ref().or(opts.mac_key.as_ref());
     if let Ok(existing) = load_manifest(storage, &id).await {
         // A manifest someone else put under our id is not "our" snapshot.
         let keys: Vec<EncryptionKey> = signer.into_iter().cloned().collect();
         authenticate_manifest(&existing, &keys, false)?;
+        // Nor is a snapshot of another database: a retry reuses only its own.
+        let (was, now) = (&existing.source, &opts.pg);
+        if (was.host.as_str(), was.port, was.database.as_str())
+            != (now.host.as_str(), now.port, now.database.as_str())
+        {
+            return Err(EngineError::IdInUse {
+                id,
+                of: format!(
+                    "{}:{}/{}",
+                    pg::bounded(&was.host, 100),
+                    was.port,
+                    pg::bounded(&was.database, 100)
+                ),
+            });
+        }
         return Ok(RunReport {
             key: storage.key(&existing.object),
             manifest: existing,
@@ -817,20 +835,37 @@ impl Read for ChannelReader {
 /// Counts (and times) bytes going to pg_restore or the spool file.
 struct CountingWriter<W> {
     inner: W,
+    /// What `inner` is, for errors (`pg_restore's input`, `spool file /path`).
+    what: String,
     progress: Arc<Progress>,
     wait: Acc,
+}
+
+impl<W: Write> CountingWriter<W> {
+    fn sink_error(&self, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            return e;
+        }
+        io::Error::other(SinkError {
+            what: self.what.clone(),
+            source: e,
+        })
+    }
 }
 
 impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let inner = &mut self.inner;
-        let n = self.wait.time(|| inner.write(data))?;
+        let n = match self.wait.time(|| inner.write(data)) {
+            Ok(n) => n,
+            Err(e) => return Err(self.sink_error(e)),
+        };
         self.progress.raw.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner.flush().map_err(|e| self.sink_error(e))
     }
 }
 
@@ -847,8 +882,47 @@ impl<R: Read> Read for TimedReader<R> {
     }
 }
 
+/// A write to the restore's sink (pg_restore's stdin or the spool file) that failed,
+/// told apart from decoding errors so that e.g. a full scratch directory is reported
+/// as such, with its path, and not as a compression error.
+#[derive(Debug, thiserror::Error)]
+#[error("writing {what}: {source}")]
+struct SinkError {
+    what: String,
+    source: io::Error,
+}
+
+/// The storage error somewhere in `e`'s chain (a download that failed mid-way is
+/// wrapped by the decryption and decompression layers).
+fn storage_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a StorageError> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(s) = err.downcast_ref::<StorageError>() {
+            return Some(s);
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            cur = Some(inner);
+            continue;
+        }
+        if let Some(FormatError::Io(io)) = err.downcast_ref::<FormatError>() {
+            cur = Some(io);
+            continue;
+        }
+        cur = err.source();
+    }
+    None
+}
+
 fn map_decode_error(e: io::Error) -> EngineError {
+    if let Some(s) = storage_cause(&e) {
+        return EngineError::Download(s.to_string());
+    }
     if let Some(inner) = e.get_ref() {
+        if let Some(w) = inner.downcast_ref::<SinkError>() {
+            return EngineError::Scratch(w.to_string());
+        }
         if let Some(f) = inner.downcast_ref::<FormatError>() {
             return EngineError::Format(match f {
                 FormatError::Authentication(i) => FormatError::Authentication(*i),
@@ -878,12 +952,13 @@ fn decode_stage<W: Write>(
     mut reader: ChannelReader,
     keys: Vec<EncryptionKey>,
     encrypted: bool,
-    sink: W,
+    (sink, what): (W, String),
     manifest: &Manifest,
     progress: Arc<Progress>,
 ) -> (Result<Profile, EngineError>, Option<W>) {
     let cpu0 = profile::thread_cpu();
     let mut out = CountingWriter {
+        what,
         inner: sink,
         progress,
         wait: Acc::default(),
@@ -891,12 +966,18 @@ fn decode_stage<W: Write>(
     let result = (|| -> Result<Profile, EngineError> {
         let (mut copy, decrypt) = {
             let plain: Box<dyn Read + '_> = if encrypted {
-                Box::new(format::OpenReader::new(
-                    &mut reader,
-                    &keys,
-                    &manifest.id,
-                    manifest.format_version < MANIFEST_VERSION,
-                )?)
+                Box::new(
+                    format::OpenReader::new(
+                        &mut reader,
+                        &keys,
+                        &manifest.id,
+                        manifest.format_version < MANIFEST_VERSION,
+                    )
+                    .map_err(|e| match e {
+                        FormatError::Io(io) => map_decode_error(io),
+                        other => other.into(),
+                    })?,
+                )
             } else {
                 Box::new(&mut reader)
             };
@@ -931,7 +1012,7 @@ fn decode_stage<W: Write>(
                 actual,
             });
         }
-        out.flush().map_err(|e| EngineError::Pipe(e.to_string()))?;
+        out.flush().map_err(map_decode_error)?;
         let below_decrypt = reader.wait.0 + reader.hash.0;
         let mut p = Profile::new();
         profile::record(
@@ -984,7 +1065,7 @@ impl Spool {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| EngineError::Pipe(format!("spool file {}: {e}", path.display())))?;
+            .map_err(|e| EngineError::Scratch(format!("spool file {}: {e}", path.display())))?;
         Ok((Spool(path), file))
     }
 }
@@ -996,6 +1077,10 @@ impl Drop for Spool {
 }
 
 fn pg_restore_failed(status: std::process::ExitStatus, stderr: String) -> EngineError {
+    let stderr = match pg::restore_hint(&stderr) {
+        Some(hint) => format!("{stderr}\nwhat to do: {hint}"),
+        None => stderr,
+    };
     PgError::ChildFailed {
         program: "pg_restore",
         status: status.to_string(),
@@ -1078,7 +1163,7 @@ async fn decode<W: Write + Send + 'static>(
     reader: ChannelReader,
     manifest: &Manifest,
     keys: &[EncryptionKey],
-    sink: W,
+    sink: (W, String),
     progress: Arc<Progress>,
 ) -> Result<(Result<Profile, EngineError>, Option<W>), EngineError> {
     let (keys, encrypted, m) = (
@@ -1115,7 +1200,8 @@ async fn restore_streamed(
         return Err(EngineError::Pipe("pg_restore pipes missing".into()));
     };
     let stderr = StderrTail::spawn(stderr);
-    let (decoded, stdin_left) = decode(reader, manifest, &opts.keys, stdin, progress).await?;
+    let sink = (stdin, "pg_restore's input".to_string());
+    let (decoded, stdin_left) = decode(reader, manifest, &opts.keys, sink, progress).await?;
     if decoded.is_err() {
         // Kill pg_restore before its stdin closes so a bad stream is never
         // committed.
@@ -1148,7 +1234,11 @@ async fn restore_spooled(
     let dir = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let (spool, file) = Spool::create(&dir, &manifest.id)?;
     let sink = io::BufWriter::with_capacity(1 << 20, file);
-    let (decoded, _) = decode(reader, manifest, &opts.keys, sink, progress).await?;
+    let what = format!(
+        "spool file {} (in --scratch-dir; is it full?)",
+        spool.0.display()
+    );
+    let (decoded, _) = decode(reader, manifest, &opts.keys, (sink, what), progress).await?;
     // Nothing reaches PostgreSQL unless the whole object verified.
     let mut p = decoded?;
     let spooled = t0.elapsed();

@@ -30,8 +30,11 @@ pub enum AuthError {
     /// Its MAC key is not among the configured keys.
     #[error("is authenticated with key {0:?}, which was not provided")]
     UnknownKey(String),
-    /// The MAC does not match: a field was changed, or the whole object forged.
-    #[error("has an invalid MAC (modified or forged)")]
+    /// The MAC does not match: a different key under the same id, a changed field, or
+    /// a forged object.
+    #[error(
+        "has a MAC that does not verify under the given key of that id (the wrong key material for this id, or the object was modified or forged)"
+    )]
     Invalid,
     /// It could not be serialized for checking.
     #[error("cannot be encoded: {0}")]
@@ -90,6 +93,26 @@ pub fn data_name(id: &str) -> String {
 /// Object name of a snapshot's manifest.
 pub fn manifest_name(id: &str) -> String {
     format!("{id}.manifest.json")
+}
+
+/// The row-count key of table `name` in `schema`: `schema.table`, each part written
+/// as is unless it contains `.` or `"`, then double-quoted (`"a.b".c`, `a."b.c"`), so
+/// that no two tables share a key (issue #32). Plain names keep the keys manifests
+/// always had.
+pub fn table_key(schema: &str, name: &str) -> String {
+    fn part(s: &str) -> String {
+        if s.contains(['.', '"']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    }
+    format!("{}.{}", part(schema), part(name))
+}
+
+/// Name of the lock a run holds while it writes snapshot `id`.
+pub fn lock_name(id: &str) -> String {
+    format!("{id}.lock")
 }
 
 /// Object name of a snapshot's newest verification record.
@@ -428,6 +451,16 @@ mod tests {
         ] {
             assert_eq!(id_from_manifest_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn table_keys_never_collide() {
+        assert_eq!(table_key("public", "Weird Name"), "public.Weird Name");
+        assert_eq!(table_key("a.b", "c"), "\"a.b\".c");
+        assert_eq!(table_key("a", "b.c"), "a.\"b.c\"");
+        assert_ne!(table_key("a.b", "c"), table_key("a", "b.c"));
+        assert_eq!(table_key("x", "q\"t"), "x.\"q\"\"t\"");
+        assert_ne!(table_key("a\".\"b", "c"), table_key("a", "b\".\"c"));
     }
 
     #[test]

@@ -426,9 +426,9 @@ pub struct Table {
 }
 
 impl Table {
-    /// `schema.table`, the key of row counts in a manifest.
+    /// The key of its row count in a manifest ([`super::manifest::table_key`]).
     pub fn key(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+        super::manifest::table_key(&self.schema, &self.name)
     }
 }
 
@@ -447,10 +447,11 @@ pub async fn user_tables(client: &Client) -> Result<Vec<Table>, PgError> {
         .collect())
 }
 
-/// Exact row count of one table (a full scan).
+/// Exact row count of one table, its own rows only (`ONLY`: an inheritance parent's
+/// count must not include its children's rows, which pg_dump dumps with the children).
 async fn count_rows(client: &Client, table: &Table) -> Result<i64, PgError> {
     let sql = format!(
-        "SELECT count(*) FROM {}.{}",
+        "SELECT count(*) FROM ONLY {}.{}",
         quote_ident(&table.schema),
         quote_ident(&table.name)
     );
@@ -597,14 +598,17 @@ pub async fn drop_database(client: &Client, name: &str) -> Result<(), PgError> {
         .map_err(query_err("drop database"))
 }
 
-/// Runs a check: passes when the query returns a single `true`.
+/// Runs a check: passes when the query returns a single `true`. A failure is described
+/// generically (the SQLSTATE, never the server's message: it may quote the data, e.g.
+/// `invalid input syntax for type integer: "123-45-6789"`, and the description ends
+/// up in plaintext records, results and logs).
 pub async fn run_check(client: &Client, sql: &str) -> Result<bool, String> {
-    let rows = client.simple_query(sql).await.map_err(|e| {
-        let m = e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string());
-        bounded(&m, 200)
+    let rows = client.simple_query(sql).await.map_err(|e| match e.code() {
+        Some(code) => format!(
+            "query failed with SQLSTATE {} (message withheld: it may contain data)",
+            code.code()
+        ),
+        None => "query failed (connection error)".to_string(),
     })?;
     let values: Vec<Option<String>> = rows
         .iter()
@@ -699,6 +703,23 @@ pub fn spawn_pg_dump(
         program: bin.display().to_string(),
         source,
     })
+}
+
+/// What to do about a pg_restore failure, recognized from its stderr.
+pub fn restore_hint(stderr: &str) -> Option<&'static str> {
+    if stderr.contains("role \"") && stderr.contains("does not exist") {
+        Some(
+            "a role that owns objects or holds privileges in the snapshot does not exist on the target (roles are not part of a snapshot): create it there first, or restore and verify with --no-owner",
+        )
+    } else if stderr.contains("out of shared memory")
+        || stderr.contains("max_locks_per_transaction")
+    {
+        Some(
+            "the single-transaction restore ran out of lock slots (many large objects, tables or partitions): raise max_locks_per_transaction on the target server, or restore and verify with --jobs N (not one transaction)",
+        )
+    } else {
+        None
+    }
 }
 
 /// How `pg_restore` runs.

@@ -1,6 +1,12 @@
-//! `backup verify`, the restore test: restore into a scratch database, run the checks,
-//! compare every table's row count with the manifest, always drop the scratch database,
-//! and store a verification record beside the snapshot.
+//! `backup verify`, the restore test: restore into a scratch database exactly as
+//! `backup restore` does by default (owners and privileges included, one transaction;
+//! `--no-owner` and `--jobs` test those restores instead), run the checks, compare
+//! every table's row count with the manifest, always drop the scratch database, and
+//! store a verification record beside the snapshot.
+//!
+//! Each test uses a scratch database of its own (`<scratch>_<random>`), so concurrent
+//! tests never drop each other's. The record is plaintext: it carries check names and
+//! generic reasons only, never a server message that could quote the data.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +20,7 @@ use super::engine::{self, Progress, RestoreOptions};
 use super::error::EngineError;
 use super::format::EncryptionKey;
 use super::manifest::{self, Manifest, VerificationRecord};
-use super::pg::{self, PgConn};
+use super::pg::{self, PgConn, PgError};
 use crate::crd::backup_schedule::{CheckResult, SqlCheck};
 
 const SCRATCH_COMMENT: &str = "palisade restore-test scratch database";
@@ -24,8 +30,14 @@ const SCRATCH_COMMENT: &str = "palisade restore-test scratch database";
 pub struct VerifyOptions {
     /// Server to restore into; `database` is the maintenance database (e.g. `postgres`).
     pub server: PgConn,
-    /// Scratch database name.
+    /// Scratch database name prefix (a random suffix makes each test's own).
     pub scratch_database: String,
+    /// Restore without owners and privileges, as `backup restore --no-owner` does.
+    pub no_owner: bool,
+    /// Restore with `pg_restore -j N`, as `backup restore --jobs N` does.
+    pub jobs: Option<u32>,
+    /// Directory of the spool file for `jobs`.
+    pub scratch_dir: Option<std::path::PathBuf>,
     /// SQL checks.
     pub checks: Vec<SqlCheck>,
     /// Compare row counts with the manifest.
@@ -69,6 +81,33 @@ fn passed(name: &str) -> CheckResult {
     }
 }
 
+/// What the record says about a failed restore: the reason and what to do, never
+/// pg_restore's own output (it can quote rows, e.g. `COPY …, line 3: "…"`), which is
+/// logged instead.
+fn restore_failure(e: &EngineError) -> String {
+    match e {
+        EngineError::Pg(PgError::ChildFailed { stderr, status, .. }) => {
+            tracing::warn!(%status, stderr = %stderr, "pg_restore failed in the restore test");
+            match pg::restore_hint(stderr) {
+                Some(hint) => format!("PgRestoreFailed: {hint}"),
+                None => format!(
+                    "PgRestoreFailed: pg_restore exited with {status}; its output is in this command's log (not stored here: it may quote data)"
+                ),
+            }
+        }
+        e => format!("{}: {e}", e.reason()),
+    }
+}
+
+/// A scratch database name of its own: `<prefix>_<8 random hex>` (at most 63 bytes).
+pub fn scratch_name(prefix: &str) -> String {
+    use rand::Rng;
+    let suffix = format!("_{:08x}", rand::rng().random::<u32>());
+    let mut base = pg::bounded(prefix, 63 - suffix.len());
+    base.push_str(&suffix);
+    base
+}
+
 /// Compares counts; returns mismatches `table → (expected, actual)`, `-1` for missing.
 pub fn compare_counts(
     expected: &BTreeMap<String, i64>,
@@ -104,11 +143,11 @@ async fn test_in_scratch(
         snapshot: Some(manifest.id.clone()),
         force: false,
         create: false,
-        no_owner: true,
+        no_owner: opts.no_owner,
         allow_unencrypted: opts.allow_unencrypted,
         allow_unauthenticated: opts.allow_unauthenticated,
-        jobs: None,
-        scratch_dir: None,
+        jobs: opts.jobs,
+        scratch_dir: opts.scratch_dir.clone(),
     };
     if let Err(e) = engine::restore_into(
         storage,
@@ -119,7 +158,7 @@ async fn test_in_scratch(
     )
     .await
     {
-        results.push(failed("restore", format!("{}: {e}", e.reason())));
+        results.push(failed("restore", restore_failure(&e)));
         return Ok(());
     }
     results.push(passed("restore"));
@@ -165,36 +204,29 @@ pub async fn verify(storage: &Storage, opts: &VerifyOptions) -> Result<VerifyRep
     .await?;
     engine::check_keys(&manifest, &opts.keys, opts.allow_unencrypted)?;
     let admin = opts.server.connect().await?;
-    if opts.scratch_database == opts.server.database {
+    let scratch_db = scratch_name(&opts.scratch_database);
+    if scratch_db == opts.server.database {
         return Err(EngineError::Invalid(
             "the scratch database must differ from the maintenance database".into(),
         ));
     }
-    if pg::database_exists(&admin, &opts.scratch_database).await? {
-        let comment: Option<String> = admin
-            .query_one(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
-                &[&opts.scratch_database],
-            )
-            .await
-            .ok()
-            .and_then(|r| r.get(0));
-        if comment.as_deref() != Some(SCRATCH_COMMENT) {
-            return Err(EngineError::Invalid(format!(
-                "scratch database {} already exists and was not created by palisade",
-                opts.scratch_database
-            )));
-        }
-        pg::drop_database(&admin, &opts.scratch_database).await?;
+    if pg::database_exists(&admin, &scratch_db).await? {
+        return Err(EngineError::Invalid(format!(
+            "scratch database {scratch_db} already exists; refused"
+        )));
     }
-    pg::create_database(&admin, &opts.scratch_database).await?;
+    pg::create_database(&admin, &scratch_db).await?;
     admin
         .batch_execute(&format!(
             "COMMENT ON DATABASE {} IS '{SCRATCH_COMMENT}'",
-            pg::quote_ident(&opts.scratch_database)
+            pg::quote_ident(&scratch_db)
         ))
         .await
         .map_err(|e| EngineError::Pipe(format!("comment on scratch database: {e}")))?;
+    let opts = &VerifyOptions {
+        scratch_database: scratch_db,
+        ..opts.clone()
+    };
 
     let mut results = Vec::new();
     let mut mismatches = BTreeMap::new();

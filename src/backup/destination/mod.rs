@@ -70,6 +70,8 @@ pub enum StorageError {
     UnsafeName(String),
     /// Flags and config file do not describe a usable destination.
     Config(String),
+    /// Another process holds the lock (another run with the same snapshot id).
+    Busy(String),
 }
 
 impl std::fmt::Display for StorageError {
@@ -83,6 +85,10 @@ impl std::fmt::Display for StorageError {
             StorageError::Task(e) => write!(f, "upload task failed: {e}"),
             StorageError::UnsafeName(n) => write!(f, "unsafe object name {n:?} refused"),
             StorageError::Config(m) => f.write_str(m),
+            StorageError::Busy(l) => write!(
+                f,
+                "another run with this snapshot id is in progress (it holds {l}); refused"
+            ),
         }
     }
 }
@@ -107,6 +113,7 @@ impl StorageError {
             StorageError::Task(_) => "UploadTaskFailed",
             StorageError::UnsafeName(_) => "UnsafeName",
             StorageError::Config(_) => "InvalidConfig",
+            StorageError::Busy(_) => "Busy",
         }
     }
 }
@@ -136,6 +143,42 @@ pub fn check_name(name: &str) -> Result<(), StorageError> {
         Ok(())
     } else {
         Err(StorageError::UnsafeName(name.chars().take(300).collect()))
+    }
+}
+
+/// The temporary name an object is written under before it is renamed into place:
+/// `<name>.<8 random hex>.partial`, unique per write, so that two writers of the same
+/// name never share (or unlink) one temporary file.
+pub fn partial_name(name: &str) -> String {
+    use rand::Rng;
+    format!("{name}.{:08x}.partial", rand::rng().random::<u32>())
+}
+
+/// Whether `name` is a temporary name made by [`partial_name`] (and so this engine's to
+/// remove when stale); anything else ending in `.partial` is left alone.
+pub fn is_partial_name(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".partial") else {
+        return false;
+    };
+    let Some((object, token)) = stem.rsplit_once('.') else {
+        return false;
+    };
+    token.len() == 8
+        && token.bytes().all(|b| b.is_ascii_hexdigit())
+        && check_name(object).is_ok()
+        && [".snap", ".manifest.json", ".verify.json"]
+            .iter()
+            .any(|s| object.ends_with(s))
+}
+
+/// An exclusive lock held by a run while it writes one snapshot ([`Storage::lock`]);
+/// released when dropped. `None` where the backend has no lock (S3).
+pub struct LockGuard(Option<Box<dyn Send + Sync>>);
+
+impl LockGuard {
+    /// Whether a lock is really held (false on backends without one).
+    pub fn held(&self) -> bool {
+        self.0.is_some()
     }
 }
 
@@ -325,6 +368,11 @@ trait Backend: Send + Sync + std::fmt::Debug {
         &self,
         older_than: chrono::DateTime<chrono::Utc>,
     ) -> BoxFuture<'_, Result<Vec<String>, StorageError>>;
+    /// Takes the exclusive lock `name`, failing with [`StorageError::Busy`] at once when
+    /// another process holds it. The default: no lock (see `docs/BACKUP.md`).
+    fn lock<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Result<LockGuard, StorageError>> {
+        Box::pin(async { Ok(LockGuard(None)) })
+    }
 }
 
 /// State of an object this process is writing.
@@ -476,8 +524,15 @@ impl Storage {
         removed
     }
 
+    /// Takes the exclusive lock `name` (one safe name, e.g. `<id>.lock`) for as long as
+    /// the guard lives; [`StorageError::Busy`] when another process holds it.
+    pub async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
+        check_name(name)?;
+        self.backend.lock(name).await
+    }
+
     /// Removes leftovers of interrupted runs that started before `older_than`:
-    /// `.partial` files in the directory, multipart uploads under the prefix (a store
+    /// this engine's own `.partial` files in the directory, multipart uploads under the prefix (a store
     /// that cannot list them is logged and skipped). Returns what it removed.
     pub async fn remove_stale_uploads(
         &self,
