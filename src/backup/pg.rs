@@ -709,13 +709,13 @@ pub fn spawn_pg_dump(
 pub fn restore_hint(stderr: &str) -> Option<&'static str> {
     if stderr.contains("role \"") && stderr.contains("does not exist") {
         Some(
-            "a role that owns objects or holds privileges in the snapshot does not exist on the target (roles are not part of a snapshot): create it there first, or restore and verify with --no-owner",
+            "a role named in the snapshot is missing on the target (roles are not in a snapshot): create it first, or use --no-owner",
         )
     } else if stderr.contains("out of shared memory")
         || stderr.contains("max_locks_per_transaction")
     {
         Some(
-            "the single-transaction restore ran out of lock slots (many large objects, tables or partitions): raise max_locks_per_transaction on the target server, or restore and verify with --jobs N (not one transaction)",
+            "one transaction ran out of lock slots (many large objects or tables): raise max_locks_per_transaction on the target, or use --jobs N",
         )
     } else {
         None
