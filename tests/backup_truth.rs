@@ -751,3 +751,131 @@ async fn errors_say_what_is_wrong() {
         "{res}"
     );
 }
+
+async fn encoding_of(pg: &PgServer, db: &str) -> (String, String) {
+    let row = pg
+        .client("postgres")
+        .await
+        .query_one(
+            "SELECT pg_encoding_to_char(encoding)::text, datcollate::text FROM pg_database WHERE datname = $1",
+            &[&db],
+        )
+        .await
+        .expect("encoding");
+    (row.get(0), row.get(1))
+}
+
+/// Finding 7: `restore --create` ignored the source's encoding and locale (LATIN1 came
+/// back as UTF8; SQL_ASCII with bytes invalid in UTF8 "restored" into UTF8). Now the
+/// manifest records them, `--create` and the restore test use them, and a restore into
+/// an existing database of another encoding is refused unless asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_create_keeps_the_source_encoding_and_locale() {
+    let Some(pg) = PgServer::start() else { return };
+    let admin = pg.client("postgres").await;
+    for (db, enc) in [("lat", "LATIN1"), ("ascii", "SQL_ASCII")] {
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {db} TEMPLATE template0 ENCODING '{enc}' LC_COLLATE 'C' LC_CTYPE 'C'"
+            ))
+            .await
+            .expect("database");
+    }
+    pg.client("lat")
+        .await
+        .batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('caf\u{e9}');")
+        .await
+        .expect("latin1 row");
+    // A byte that is not UTF-8: only a SQL_ASCII database takes it.
+    pg.client("ascii")
+        .await
+        .batch_execute("CREATE TABLE t (v bytea); CREATE TABLE s (v text);")
+        .await
+        .expect("ascii tables");
+    let out = Command::new(pg.bin.join("psql"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "ascii",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+        ])
+        .arg("INSERT INTO s SELECT convert_from('\\xff41'::bytea, 'SQL_ASCII')")
+        .args(["-p", &pg.port.to_string()])
+        .env("PGPASSWORD", backup_support::PG_PASSWORD)
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("snapshots");
+    for db in ["lat", "ascii"] {
+        let id = format!("{db}-1");
+        let (out, r) = cli(&pg, &dir, &["run", "--database", db, "--id", &id]);
+        assert!(out.status.success(), "{r}");
+        let m = read_json(&dir.join(format!("{id}.manifest.json")));
+        assert_eq!(m["database"]["collate"], "C", "{m}");
+        let copy = format!("{db}_copy");
+        let (out, res) = cli(
+            &pg,
+            &dir,
+            &[
+                "restore",
+                "--database",
+                db,
+                "--snapshot",
+                &id,
+                "--target-database",
+                &copy,
+                "--create",
+            ],
+        );
+        assert!(out.status.success(), "{res}");
+        let want = if db == "lat" { "LATIN1" } else { "SQL_ASCII" };
+        assert_eq!(
+            encoding_of(&pg, &copy).await,
+            (want.to_string(), "C".to_string())
+        );
+        let (out, ver) = cli(&pg, &dir, &["verify", "--database", db, "--snapshot", &id]);
+        assert!(out.status.success(), "{ver}");
+    }
+    assert_eq!(
+        pg.client("lat_copy")
+            .await
+            .query_one("SELECT v FROM t", &[])
+            .await
+            .expect("row")
+            .get::<_, String>(0),
+        "caf\u{e9}"
+    );
+    // Into an existing UTF8 database: refused unless asked for.
+    pg.create_db("utf").await;
+    let restore_into_utf = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "restore",
+            "--database",
+            "ascii",
+            "--snapshot",
+            "ascii-1",
+            "--target-database",
+            "utf",
+        ];
+        args.extend_from_slice(extra);
+        cli(&pg, &dir, &args)
+    };
+    let (out, res) = restore_into_utf(&[]);
+    assert_eq!(out.status.code(), Some(2), "{res}");
+    let msg = res["error"].as_str().expect("error");
+    assert!(
+        msg.contains("SQL_ASCII") && msg.contains("--allow-encoding-change"),
+        "{msg}"
+    );
+}

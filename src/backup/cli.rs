@@ -229,6 +229,9 @@ pub struct RestoreArgs {
     /// Directory of the `--jobs` spool file (default: `TMPDIR`, else /tmp).
     #[arg(long, requires = "jobs")]
     pub scratch_dir: Option<PathBuf>,
+    /// Restore into an existing database whose encoding differs from the source's.
+    #[arg(long)]
+    pub allow_encoding_change: bool,
 }
 
 // Flags of `backup verify`.
@@ -658,7 +661,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         Ok(code) => Ok(code),
         Err(e) => {
             let code = match e {
-                CliError::Config(_) => 2,
+                CliError::Config(_) | CliError::Engine(EngineError::Invalid(_)) => 2,
                 CliError::Engine(EngineError::Interrupted("SIGTERM")) => 143,
                 CliError::Engine(EngineError::Interrupted(_)) => 130,
                 CliError::Engine(_) => 1,
@@ -888,6 +891,7 @@ async fn restore_snapshot(
         allow_unauthenticated: a.allow_unauthenticated,
         jobs: a.jobs,
         scratch_dir: a.scratch_dir,
+        allow_encoding_change: a.allow_encoding_change,
     };
     let rep = with_progress(show_progress, Paced::Read, |p| {
         engine::restore(&r.storage, &opts, p)

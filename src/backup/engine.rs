@@ -428,6 +428,7 @@ struct Dumped {
     row_counts: BTreeMap<String, i64>,
     server_version: String,
     pg_dump_version: String,
+    database: manifest::DatabaseInfo,
     chunk: usize,
     /// Waiting for a free upload slot.
     slot_wait: Acc,
@@ -447,6 +448,7 @@ struct Dump {
     exported: pg::ExportedSnapshot,
     tables: Vec<pg::Table>,
     pg_dump_version: String,
+    database: manifest::DatabaseInfo,
 }
 
 /// Exports a snapshot, lists its tables and starts pg_dump on it.
@@ -458,6 +460,7 @@ async fn start_dump(opts: &RunOptions, progress: &Progress) -> Result<Dump, Engi
         progress.total.store(n, Ordering::Relaxed);
     }
     let tables = pg::user_tables(&exported.client).await?;
+    let database = pg::database_info(&exported.client).await?;
 
     let mut child = ChildGuard(Some(pg::spawn_pg_dump(&pg_dump, &opts.pg, &exported.name)?));
     let (stdout, stderr) = match child.child() {
@@ -475,6 +478,7 @@ async fn start_dump(opts: &RunOptions, progress: &Progress) -> Result<Dump, Engi
         exported,
         tables,
         pg_dump_version,
+        database,
     })
 }
 
@@ -508,6 +512,7 @@ async fn dump_and_store(
         exported,
         tables,
         pg_dump_version,
+        database,
     } = start_dump(opts, &progress).await?;
     let mut upload = storage.begin_upload(&manifest::data_name(id)).await?;
 
@@ -593,6 +598,7 @@ async fn dump_and_store(
         row_counts,
         server_version,
         pg_dump_version,
+        database,
         chunk,
         slot_wait,
         upload_finish: finish_start.elapsed(),
@@ -643,6 +649,7 @@ fn snapshot_manifest(
             },
         },
         row_counts: d.row_counts.clone(),
+        database: Some(d.database.clone()),
         mac_key_id: None,
         mac: None,
     }
@@ -707,6 +714,9 @@ pub struct RestoreOptions {
     pub jobs: Option<u32>,
     /// Directory of the spool file for `jobs` (default: the temp directory).
     pub scratch_dir: Option<PathBuf>,
+    /// Restore into an existing database whose encoding differs from the source's
+    /// (characters the target encoding lacks are lost or refused).
+    pub allow_encoding_change: bool,
 }
 
 /// Result of `backup restore`.
@@ -736,10 +746,8 @@ pub async fn restore(
     .await?;
     check_keys(&manifest, &opts.keys, opts.allow_unencrypted)?;
 
-    let exists = {
-        let admin = opts.target.with_database("postgres").connect().await?;
-        pg::database_exists(&admin, &opts.target.database).await?
-    };
+    let admin = opts.target.with_database("postgres").connect().await?;
+    let exists = pg::database_exists(&admin, &opts.target.database).await?;
     let mut clean = false;
     if !exists {
         if !opts.create {
@@ -748,10 +756,18 @@ pub async fn restore(
                 opts.target.database
             )));
         }
-        let admin = opts.target.with_database("postgres").connect().await?;
-        pg::create_database(&admin, &opts.target.database).await?;
+        pg::create_database(&admin, &opts.target.database, manifest.database.as_ref()).await?;
     } else {
         let client = opts.target.connect().await?;
+        if let Some(source) = &manifest.database {
+            let target = pg::database_info(&client).await?;
+            if target.encoding != source.encoding && !opts.allow_encoding_change {
+                return Err(EngineError::Invalid(format!(
+                    "snapshot {} is of a {} database, target {} is {}: characters may be lost or refused; restore with --create into a new database (it gets the source's encoding and locale), or pass --allow-encoding-change",
+                    manifest.id, source.encoding, opts.target.database, target.encoding
+                )));
+            }
+        }
         if !pg::is_empty(&client).await? {
             if !opts.force {
                 return Err(PgError::NotEmpty(opts.target.database.clone()).into());
@@ -759,7 +775,14 @@ pub async fn restore(
             clean = true;
         }
     }
-    let profile = restore_into(storage, &manifest, opts, clean, progress).await?;
+    let restored = restore_into(storage, &manifest, opts, clean, progress).await;
+    if restored.is_err() && !exists {
+        // A failed `--create` leaves no empty (or half-restored) database behind.
+        if let Err(e) = pg::drop_database(&admin, &opts.target.database).await {
+            tracing::warn!(error = %e, "cannot drop the database this restore created");
+        }
+    }
+    let profile = restored?;
     Ok(RestoreReport {
         manifest,
         duration: t0.elapsed(),

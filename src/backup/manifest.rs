@@ -173,6 +173,11 @@ pub struct Manifest {
     /// Exact row count of every table, keyed `schema.table`, counted in the same
     /// transaction snapshot that pg_dump dumped.
     pub row_counts: BTreeMap<String, i64>,
+    /// The source database's encoding and locale (absent in manifests written before
+    /// issue #32): `restore --create` and the restore test create their database with
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseInfo>,
     /// Key whose metadata MAC key signed this manifest (absent without a key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_key_id: Option<String>,
@@ -220,6 +225,18 @@ pub struct Source {
     pub database: String,
     /// Role used.
     pub user: String,
+}
+
+/// Database-level properties of the source that a logical dump does not carry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseInfo {
+    /// Server encoding (`UTF8`, `LATIN1`, `SQL_ASCII`, …).
+    pub encoding: String,
+    /// `LC_COLLATE`.
+    pub collate: String,
+    /// `LC_CTYPE`.
+    pub ctype: String,
 }
 
 /// Compression of a snapshot.
@@ -347,6 +364,11 @@ mod tests {
                 chunk_size: Some(1 << 20),
             },
             row_counts: [("public.a".to_string(), 3)].into(),
+            database: Some(DatabaseInfo {
+                encoding: "LATIN1".into(),
+                collate: "C".into(),
+                ctype: "C".into(),
+            }),
             mac_key_id: None,
             mac: None,
         }
@@ -380,6 +402,7 @@ mod tests {
             |m| m.encryption.algorithm = "none".into(),
             |m| m.encryption.key_id = None,
             |m| m.source.host = "evil".into(),
+            |m| m.database = None,
         ];
         for edit in edits {
             let mut forged = m.clone();

@@ -23,6 +23,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::{Client, NoTls};
 
+use super::manifest::DatabaseInfo;
 use crate::crd::backup_schedule::SslMode;
 
 /// Errors of the PostgreSQL side.
@@ -579,12 +580,49 @@ pub async fn database_exists(client: &Client, name: &str) -> Result<bool, PgErro
     Ok(n > 0)
 }
 
-/// `CREATE DATABASE`.
-pub async fn create_database(client: &Client, name: &str) -> Result<(), PgError> {
+/// `CREATE DATABASE`, with the encoding and locale of `like` when given (from
+/// `template0`, the only template that allows another encoding or locale).
+pub async fn create_database(
+    client: &Client,
+    name: &str,
+    like: Option<&DatabaseInfo>,
+) -> Result<(), PgError> {
+    let sql = match like {
+        None => format!("CREATE DATABASE {}", quote_ident(name)),
+        Some(d) => format!(
+            "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            quote_ident(name),
+            quote_literal(&d.encoding),
+            quote_literal(&d.collate),
+            quote_literal(&d.ctype)
+        ),
+    };
     client
-        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+        .batch_execute(&sql)
         .await
         .map_err(query_err("create database"))
+}
+
+/// Quotes an SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The encoding and locale of the connected database.
+pub async fn database_info(client: &Client) -> Result<DatabaseInfo, PgError> {
+    let row = client
+        .query_one(
+            "SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text \
+             FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(query_err("database encoding and locale"))?;
+    Ok(DatabaseInfo {
+        encoding: row.get(0),
+        collate: row.get(1),
+        ctype: row.get(2),
+    })
 }
 
 /// `DROP DATABASE IF EXISTS … WITH (FORCE)`.

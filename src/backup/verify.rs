@@ -148,6 +148,7 @@ async fn test_in_scratch(
         allow_unauthenticated: opts.allow_unauthenticated,
         jobs: opts.jobs,
         scratch_dir: opts.scratch_dir.clone(),
+        allow_encoding_change: false,
     };
     if let Err(e) = engine::restore_into(
         storage,
@@ -215,7 +216,8 @@ pub async fn verify(storage: &Storage, opts: &VerifyOptions) -> Result<VerifyRep
             "scratch database {scratch_db} already exists; refused"
         )));
     }
-    pg::create_database(&admin, &scratch_db).await?;
+    // The source's encoding and locale, as `restore --create` uses them.
+    pg::create_database(&admin, &scratch_db, manifest.database.as_ref()).await?;
     admin
         .batch_execute(&format!(
             "COMMENT ON DATABASE {} IS '{SCRATCH_COMMENT}'",
