@@ -879,3 +879,255 @@ async fn restore_create_keeps_the_source_encoding_and_locale() {
         "{msg}"
     );
 }
+
+/// The smaller items: a mistyped `--dir` is not created by read-only commands; after a
+/// key rotation, prune says which key the old snapshots need; a world-readable key file
+/// is used with a warning; an invalid argument exits 2 as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smaller_items() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(pg) = server_with("app", 200).await else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let typo = tmp.path().join("snapshtos");
+    for cmd in ["list", "prune", "verify", "restore"] {
+        let (out, res) = cli(&pg, &typo, &[cmd, "--database", "app"]);
+        assert_ne!(out.status.code(), Some(0), "{cmd}: {res}");
+        assert!(!typo.exists(), "{cmd} created the mistyped directory");
+    }
+
+    let dir = tmp.path().join("snapshots");
+    let k1 = tmp.path().join("k1");
+    let k2 = tmp.path().join("k2");
+    std::fs::write(&k1, KEY).expect("k1");
+    std::fs::write(&k2, "the rotated key, also long enough").expect("k2");
+    std::fs::set_permissions(&k1, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::set_permissions(&k2, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (k1_arg, k2_arg) = (
+        format!("v1={}", k1.display()),
+        format!("v2={}", k2.display()),
+    );
+    let (out, r) = cli(
+        &pg,
+        &dir,
+        &["run", "--database", "app", "--key-file", &k1_arg],
+    );
+    assert!(out.status.success(), "{r}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("readable by every user"),
+        "no warning about a world-readable key file"
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(KEY));
+    let (out, r) = cli(
+        &pg,
+        &dir,
+        &["run", "--database", "app", "--key-file", &k2_arg],
+    );
+    assert!(out.status.success(), "{r}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("readable by every user"));
+    let (out, pruned) = cli(
+        &pg,
+        &dir,
+        &[
+            "prune",
+            "--database",
+            "app",
+            "--keep-last",
+            "1",
+            "--key-file",
+            &k2_arg,
+        ],
+    );
+    assert!(out.status.success(), "{pruned}");
+    let hint = pruned["hint"].as_str().expect("hint");
+    assert!(
+        hint.contains("\"v1\"") && hint.contains("--key-file v1="),
+        "{hint}"
+    );
+
+    let (out, res) = cli(&pg, &dir, &["run", "--database", "app", "--id", "../evil"]);
+    assert_eq!(out.status.code(), Some(2), "{res}");
+}
+
+/// A loopback TCP proxy in front of the S3 server that cuts a connection once it has
+/// carried more than `cut_after` response bytes (armed with [`Proxy::arm`]): S3
+/// dropping mid-download.
+struct Proxy {
+    endpoint: String,
+    cut_after: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Proxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cut_after = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let limit = cut_after.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let limit = limit.load(Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    });
+                    let mut buf = vec![0u8; 64 << 10];
+                    let mut sent = 0u64;
+                    loop {
+                        let n = match sr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        if sent > limit {
+                            break;
+                        }
+                    }
+                    up.abort();
+                });
+            }
+        });
+        Proxy {
+            endpoint: format!("http://{addr}"),
+            cut_after,
+            task,
+        }
+    }
+
+    fn arm(&self, bytes: u64) {
+        self.cut_after
+            .store(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `palisade backup ARGS --output json` on the bucket `snapshots` (prefix `prod/`) at
+/// `endpoint`.
+fn s3_cli(pg: &PgServer, endpoint: &str, creds: &Path, args: &[&str]) -> (Output, Value) {
+    let out = palisade_command(pg, args)
+        .args([
+            "--output",
+            "json",
+            "--s3-bucket",
+            "snapshots",
+            "--s3-prefix",
+            "prod/",
+        ])
+        .args(["--s3-endpoint", endpoint, "--s3-region", "us-east-1"])
+        .args([
+            "--s3-force-path-style",
+            "--s3-max-attempts",
+            "1",
+            "--s3-credentials-file",
+        ])
+        .arg(creds)
+        .env_remove("PALISADE_BACKUP_KEY")
+        .output()
+        .expect("palisade");
+    let v = result(&out);
+    (out, v)
+}
+
+/// The findings that apply to S3, through s3s-fs: an id of another database is refused
+/// (3); a failing check leaks no data into the bucket's record (9); S3 dropping
+/// mid-restore is reported as a download failure, not as a corrupt snapshot ("BadHeader:
+/// not an encrypted Palisade snapshot").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_ids_records_and_dropped_downloads() {
+    use backup_support::{S3_ACCESS_KEY, S3_SECRET_KEY, S3Server};
+    const SSN: &str = "123-45-6789";
+    let Some(pg) = server_with("app", 100_000).await else {
+        return;
+    };
+    pg.create_db("other").await;
+    pg.client("app")
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE people (ssn text); INSERT INTO people VALUES ('{SSN}');"
+        ))
+        .await
+        .expect("people");
+    let s3 = S3Server::start().await;
+    s3.create_bucket("snapshots");
+    let proxy = Proxy::start(&s3.endpoint).await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let creds = tmp.path().join("creds");
+    std::fs::write(&creds, format!("{S3_ACCESS_KEY}\n{S3_SECRET_KEY}\n")).expect("creds");
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let key_file = tmp.path().join("key");
+    std::fs::write(&key_file, KEY).expect("key");
+    let key_arg = format!("v1={}", key_file.display());
+    let ep = proxy.endpoint.clone();
+    let s3cli = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--key-file", &key_arg]);
+        s3_cli(&pg, &ep, &creds, &all)
+    };
+
+    let (out, r) = s3cli(&[
+        "run",
+        "--database",
+        "app",
+        "--id",
+        "nightly",
+        "--compression-level",
+        "1",
+    ]);
+    assert!(out.status.success(), "{r}");
+    assert!(r["bytes"].as_u64().expect("bytes") > 2 << 20, "{r}");
+    let (out, r) = s3cli(&["run", "--database", "other", "--id", "nightly"]);
+    assert_eq!(out.status.code(), Some(1), "{r}");
+    assert_eq!(r["reason"], "IdInUse", "{r}");
+
+    let (out, ver) = s3cli(&[
+        "verify",
+        "--database",
+        "app",
+        "--check",
+        "ssn=SELECT bool_and(ssn::int > 0) FROM people",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{ver}");
+    assert!(!ver.to_string().contains(SSN), "{ver}");
+    let record = std::fs::read(s3.root.path().join("snapshots/prod/nightly.verify.json"))
+        .expect("record in the bucket");
+    assert!(!String::from_utf8_lossy(&record).contains(SSN));
+
+    proxy.arm(1 << 20);
+    let (out, res) = s3cli(&[
+        "restore",
+        "--database",
+        "app",
+        "--target-database",
+        "copy",
+        "--create",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{res}");
+    assert_eq!(res["reason"], "DownloadFailed", "{res}");
+    assert!(
+        res["error"]
+            .as_str()
+            .expect("error")
+            .contains("not corruption"),
+        "{res}"
+    );
+}

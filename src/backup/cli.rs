@@ -1098,18 +1098,24 @@ async fn prune_snapshots(
         .filter(|d| !d.keep)
         .map(|d| d.id.as_str())
         .collect();
-    emit(
-        common,
-        r.keys.first(),
-        json!({
-            "op": "prune", "ok": true, "dryRun": rep.dry_run,
-            "kept": rep.decisions.len() - deleted.len(),
-            "deletedCount": deleted.len(), "deleted": deleted,
-            "rejected": rejected_json(&rep.rejected),
-            "staleRemoved": rep.stale_removed.len(),
-        }),
-        || prune_text(&rep, deleted.len()),
-    );
+    let mut out = json!({
+        "op": "prune", "ok": true, "dryRun": rep.dry_run,
+        "kept": rep.decisions.len() - deleted.len(),
+        "deletedCount": deleted.len(), "deleted": deleted,
+        "rejected": rejected_json(&rep.rejected),
+        "staleRemoved": rep.stale_removed.len(),
+    });
+    let hint = other_key_hint(&rep.rejected, &r.keys);
+    if let Some(h) = &hint {
+        out["hint"] = json!(h);
+    }
+    emit(common, r.keys.first(), out, || {
+        let mut text = prune_text(&rep, deleted.len());
+        if let Some(h) = &hint {
+            text.push_str(&format!("\nhint: {h}"));
+        }
+        text
+    });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1177,6 +1183,30 @@ async fn prune_after_run(
                 .fold(0u64, |acc, e| acc.saturating_add(e.manifest.stored_bytes))
         );
     }
+}
+
+/// After a key rotation, snapshots signed with an old key are rejected and so never
+/// pruned: says which key ids they need.
+fn other_key_hint(rejected: &[catalog::Rejected], keys: &[EncryptionKey]) -> Option<String> {
+    let mut ids: Vec<&str> = rejected
+        .iter()
+        .filter(|r| r.reason == "Unauthenticated" && r.name.ends_with(".manifest.json"))
+        .filter_map(|r| r.mac_key_id.as_deref())
+        .filter(|id| !keys.iter().any(|k| k.id() == *id))
+        .collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    let first = ids.first()?;
+    let ids: Vec<String> = ids
+        .iter()
+        .map(|i| format!("{:?}", pg::bounded(i, 64)))
+        .collect();
+    Some(format!(
+        "{n} snapshot(s) signed with key(s) {} are neither counted nor pruned without that key: give it too (--key-file {}=PATH)",
+        ids.join(", "),
+        pg::bounded(first, 64)
+    ))
 }
 
 /// Rejected objects for JSON results (bounded: at most 20, names and messages cut).

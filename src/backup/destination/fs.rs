@@ -133,18 +133,11 @@ impl Kind for Fs {
 }
 
 impl Storage {
-    /// A filesystem store (the directory is created when missing).
+    /// A filesystem store. The directory is created (0700) by the first write when
+    /// missing, never by a read: a mistyped `--dir` given to `list`, `restore`,
+    /// `verify` or `prune` fails instead of leaving an empty directory behind.
     pub async fn filesystem(dir: impl Into<PathBuf>) -> Result<Self, StorageError> {
-        let dir = dir.into();
-        if tokio::fs::metadata(&dir).await.is_err() {
-            tokio::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .await
-                .map_err(fs_err("create directory", &dir))?;
-        }
-        Ok(Storage::new(FsStore { dir }))
+        Ok(Storage::new(FsStore { dir: dir.into() }))
     }
 }
 
@@ -155,6 +148,19 @@ struct FsStore {
 }
 
 impl FsStore {
+    /// Creates the directory when missing (writes only).
+    async fn ensure_dir(&self) -> Result<(), StorageError> {
+        if tokio::fs::metadata(&self.dir).await.is_err() {
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .await
+                .map_err(fs_err("create directory", &self.dir))?;
+        }
+        Ok(())
+    }
+
     async fn list(&self) -> Result<Vec<ObjectInfo>, StorageError> {
         let mut out = Vec::new();
         let mut rd = tokio::fs::read_dir(&self.dir)
@@ -235,6 +241,7 @@ impl Backend for FsStore {
         registration: Registration,
     ) -> BoxFuture<'a, Result<Upload, StorageError>> {
         async move {
+            self.ensure_dir().await?;
             let final_path = self.dir.join(name);
             let partial_name = super::partial_name(name);
             let partial = self.dir.join(&partial_name);
@@ -256,6 +263,7 @@ impl Backend for FsStore {
         body: Vec<u8>,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         async move {
+            self.ensure_dir().await?;
             let path = self.dir.join(name);
             let tmp = self.dir.join(super::partial_name(name));
             if let Err(e) = write_synced(&tmp, &body).await {
@@ -332,6 +340,7 @@ impl Backend for FsStore {
 
     fn lock<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<LockGuard, StorageError>> {
         async move {
+            self.ensure_dir().await?;
             let path = self.dir.join(name);
             let lock = tokio::task::spawn_blocking(move || lock_file(&path))
                 .await
