@@ -694,13 +694,13 @@ async fn errors_say_what_is_wrong() {
         );
     }
 
-    // #26: prune without a key on a signed store refuses.
+    // #26: prune without a key on a signed store refuses (exit 2: a missing argument).
     let (out, res) = cli(
         &pg,
         &dir,
         &["prune", "--database", "app", "--keep-last", "1"],
     );
-    assert_eq!(out.status.code(), Some(1), "{res}");
+    assert_eq!(out.status.code(), Some(2), "{res}");
     assert!(
         res["error"]
             .as_str()

@@ -494,7 +494,7 @@ async fn settle_row_counts(
         tracing::warn!(reason = %why, "row counts not read from the dump; counting with SQL");
         BTreeMap::new()
     });
-    pg::complete_counts(&exported.client, tables, streamed).await
+    pg::complete_counts(&exported.client, tables, streamed, &pg::Table::key).await
 }
 
 /// Streams pg_dump through the compress and seal stages into one upload of the data

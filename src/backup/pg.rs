@@ -463,23 +463,30 @@ async fn count_rows(client: &Client, table: &Table) -> Result<i64, PgError> {
         .get(0))
 }
 
-/// Exact row count of every ordinary user table, keyed `schema.table`.
-pub async fn row_counts(client: &Client) -> Result<BTreeMap<String, i64>, PgError> {
+/// Exact row count of every ordinary user table, keyed by `key` (normally
+/// [`Table::key`]).
+pub async fn row_counts(
+    client: &Client,
+    key: &(dyn Fn(&Table) -> String + Sync),
+) -> Result<BTreeMap<String, i64>, PgError> {
     let tables = user_tables(client).await?;
-    Ok(complete_counts(client, &tables, BTreeMap::new()).await?.0)
+    Ok(complete_counts(client, &tables, BTreeMap::new(), key)
+        .await?
+        .0)
 }
 
-/// The row count of every table in `tables`: from `known` where it has the table,
-/// else by `count(*)`. Returns the counts and how many needed `count(*)`.
+/// The row count of every table in `tables`, keyed by `key`: from `known` where it has
+/// the table, else by `count(*)`. Returns the counts and how many needed `count(*)`.
 pub async fn complete_counts(
     client: &Client,
     tables: &[Table],
     known: BTreeMap<String, i64>,
+    key: &(dyn Fn(&Table) -> String + Sync),
 ) -> Result<(BTreeMap<String, i64>, usize), PgError> {
     let mut counts = BTreeMap::new();
     let mut counted = 0;
     for table in tables {
-        let key = table.key();
+        let key = key(table);
         let n = match known.get(&key) {
             Some(&n) => n,
             None => {

@@ -172,7 +172,10 @@ async fn test_in_scratch(
         });
     }
     if opts.compare_row_counts {
-        let actual = pg::row_counts(&client).await?;
+        let actual = pg::row_counts(&client, &|t: &pg::Table| {
+            manifest.key_of(&t.schema, &t.name)
+        })
+        .await?;
         *mismatches = compare_counts(&manifest.row_counts, &actual);
         results.push(if mismatches.is_empty() {
             passed("rowCounts")
