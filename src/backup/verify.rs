@@ -99,13 +99,60 @@ fn restore_failure(e: &EngineError) -> String {
     }
 }
 
-/// A scratch database name of its own: `<prefix>_<8 random hex>` (at most 63 bytes).
-pub fn scratch_name(prefix: &str) -> String {
+/// A scratch database name of its own: `<prefix>_<unix seconds>_<4 random hex>` (at
+/// most 63 bytes; the prefix is cut to fit).
+pub fn scratch_name(prefix: &str, now: chrono::DateTime<Utc>) -> String {
     use rand::Rng;
-    let suffix = format!("_{:08x}", rand::rng().random::<u32>());
-    let mut base = pg::bounded(prefix, 63 - suffix.len());
-    base.push_str(&suffix);
-    base
+    let suffix = format!("_{}_{:04x}", now.timestamp(), rand::rng().random::<u16>());
+    format!("{}{suffix}", cut(prefix, 63 - suffix.len()))
+}
+
+/// The longest prefix of `s` of at most `max` bytes (on a char boundary).
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// When scratch database `name` (made by [`scratch_name`] with `prefix`) was created.
+pub fn scratch_created(prefix: &str, name: &str) -> Option<chrono::DateTime<Utc>> {
+    let mut parts = name.rsplitn(3, '_');
+    let (hex, secs, head) = (parts.next()?, parts.next()?, parts.next()?);
+    let suffix_len = name.len() - head.len();
+    if hex.len() != 4
+        || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || head != cut(prefix, 63usize.saturating_sub(suffix_len))
+    {
+        return None;
+    }
+    chrono::DateTime::from_timestamp(secs.parse().ok()?, 0)
+}
+
+/// Drops scratch databases of this prefix that an interrupted restore test left: those
+/// carrying Palisade's comment, created longer ago than any test may run. Concurrent
+/// tests' databases are younger and stay.
+async fn drop_stale_scratch(
+    admin: &tokio_postgres::Client,
+    prefix: &str,
+    older_than: chrono::DateTime<Utc>,
+) -> Result<(), EngineError> {
+    let rows = admin
+        .query(
+            "SELECT datname::text FROM pg_database WHERE shobj_description(oid, 'pg_database') = $1",
+            &[&SCRATCH_COMMENT],
+        )
+        .await
+        .map_err(|e| EngineError::Pipe(format!("list scratch databases: {e}")))?;
+    for row in rows {
+        let name: String = row.get(0);
+        if scratch_created(prefix, &name).is_some_and(|t| t < older_than) {
+            pg::drop_database(admin, &name).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Compares counts; returns mismatches `table → (expected, actual)`, `-1` for missing.
@@ -208,7 +255,15 @@ pub async fn verify(storage: &Storage, opts: &VerifyOptions) -> Result<VerifyRep
     .await?;
     engine::check_keys(&manifest, &opts.keys, opts.allow_unencrypted)?;
     let admin = opts.server.connect().await?;
-    let scratch_db = scratch_name(&opts.scratch_database);
+    let now = Utc::now();
+    let slack = chrono::Duration::from_std(opts.timeout)
+        .unwrap_or(chrono::Duration::MAX)
+        .checked_add(&chrono::Duration::hours(1))
+        .unwrap_or(chrono::Duration::MAX);
+    if let Some(cutoff) = now.checked_sub_signed(slack) {
+        drop_stale_scratch(&admin, &opts.scratch_database, cutoff).await?;
+    }
+    let scratch_db = scratch_name(&opts.scratch_database, now);
     if scratch_db == opts.server.database {
         return Err(EngineError::Invalid(
             "the scratch database must differ from the maintenance database".into(),
@@ -282,6 +337,31 @@ pub async fn verify(storage: &Storage, opts: &VerifyOptions) -> Result<VerifyRep
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_names_are_unique_bounded_and_dated() {
+        let now: chrono::DateTime<Utc> = "2026-12-07T01:00:00Z".parse().expect("time");
+        let a = scratch_name("palisade_restore_test", now);
+        let b = scratch_name("palisade_restore_test", now);
+        assert!(a.starts_with("palisade_restore_test_1796605200_"), "{a}");
+        assert_eq!(scratch_created("palisade_restore_test", &a), Some(now));
+        assert_eq!(
+            scratch_created("palisade_restore_test", "palisade_restore_test"),
+            None
+        );
+        assert_eq!(
+            scratch_created("palisade_restore_test", "palisade_restore_test_x_zz"),
+            None
+        );
+        let long = scratch_name(&"p".repeat(100), now);
+        assert!(long.len() <= 63, "{long}");
+        assert_eq!(scratch_created(&"p".repeat(100), &long), Some(now));
+        assert_eq!(scratch_created("q", &long), None);
+        // Random suffixes: two tests at the same second still differ (almost always).
+        let distinct: std::collections::BTreeSet<String> =
+            (0..20).map(|_| scratch_name("p", now)).collect();
+        assert!(distinct.len() > 1 && a.len() == b.len());
+    }
 
     #[test]
     fn count_comparison() {
