@@ -14,6 +14,33 @@ use serde_json::Value;
 
 const KEY: &str = "a-tenant-rotated-random-secret-value";
 
+/// The result of a command that must succeed.
+fn ok((out, v): (Output, Value)) -> Value {
+    assert!(out.status.success(), "{v}");
+    v
+}
+
+/// A temporary directory and the snapshot directory in it.
+fn store() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("snapshots");
+    (tmp, dir)
+}
+
+/// `restore --database app --target-database TARGET --create EXTRA…`.
+fn restore_new(pg: &PgServer, dir: &Path, target: &str, extra: &[&str]) -> (Output, Value) {
+    let mut args = vec![
+        "restore",
+        "--database",
+        "app",
+        "--target-database",
+        target,
+        "--create",
+    ];
+    args.extend_from_slice(extra);
+    cli(pg, dir, &args)
+}
+
 fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).expect("read")).expect("parse")
 }
@@ -59,14 +86,12 @@ async fn a_future_dated_snapshot_never_eats_the_new_one() {
     let Some(pg) = server_with("app", 2_000).await else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("snapshots");
-    let (out, r) = cli(
+    let (tmp, dir) = store();
+    ok(cli(
         &pg,
         &dir,
         &["run", "--database", "app", "--id", "bad-clock"],
-    );
-    assert!(out.status.success(), "{r}");
+    ));
     // What a node whose clock says 2099 writes (an unsigned store: no key involved).
     let mpath = dir.join("bad-clock.manifest.json");
     let mut m = read_json(&mpath);
@@ -76,8 +101,7 @@ async fn a_future_dated_snapshot_never_eats_the_new_one() {
 
     let cfg = config_file(&pg, &dir, &tmp.path().join("cfg.yaml"), "{keepLast: 1}");
     let cfg_arg = cfg.display().to_string();
-    let (out, run) = cli(&pg, &dir, &["run", "--prune", "--config", &cfg_arg]);
-    assert!(out.status.success(), "{run}");
+    let run = ok(cli(&pg, &dir, &["run", "--prune", "--config", &cfg_arg]));
     let id = run["id"].as_str().expect("id").to_string();
     assert!(
         dir.join(format!("{id}.manifest.json")).exists() && dir.join(format!("{id}.snap")).exists(),
@@ -91,23 +115,10 @@ async fn a_future_dated_snapshot_never_eats_the_new_one() {
     assert_eq!(flagged.len(), 1, "{list}");
     assert_eq!(flagged[0]["id"], "bad-clock");
     // A restore of "the newest" takes the real newest, not the 2099 one.
-    let (out, res) = cli(
-        &pg,
-        &dir,
-        &[
-            "restore",
-            "--database",
-            "app",
-            "--target-database",
-            "copy",
-            "--create",
-        ],
-    );
-    assert!(out.status.success(), "{res}");
+    let res = ok(restore_new(&pg, &dir, "copy", &[]));
     assert_eq!(res["snapshot"], id.as_str());
     // A second run with keepLast 1 prunes the first real one, never the new one.
-    let (out, run2) = cli(&pg, &dir, &["run", "--prune", "--config", &cfg_arg]);
-    assert!(out.status.success(), "{run2}");
+    let run2 = ok(cli(&pg, &dir, &["run", "--prune", "--config", &cfg_arg]));
     let id2 = run2["id"].as_str().expect("id");
     assert!(dir.join(format!("{id2}.manifest.json")).exists());
 }
@@ -190,7 +201,7 @@ async fn a_full_disk_while_metadata_is_written_fails_and_keeps_the_previous_reco
         return;
     };
     let dir = fs.0.join("snapshots");
-    let (out, first) = cli(
+    let first = ok(cli(
         &pg,
         &dir,
         &[
@@ -202,11 +213,9 @@ async fn a_full_disk_while_metadata_is_written_fails_and_keeps_the_previous_reco
             "--compression-level",
             "3",
         ],
-    );
-    assert!(out.status.success(), "{first}");
+    ));
     let stored = first["bytes"].as_u64().expect("bytes");
-    let (out, ver) = cli(&pg, &dir, &["verify", "--database", "app"]);
-    assert!(out.status.success(), "{ver}");
+    ok(cli(&pg, &dir, &["verify", "--database", "app"]));
     let record = std::fs::read(dir.join("first.verify.json")).expect("record");
 
     // The verification record cannot be written: verify fails, the old record stays.
@@ -244,8 +253,7 @@ async fn a_full_disk_while_metadata_is_written_fails_and_keeps_the_previous_reco
     assert_ne!(out.status.code(), Some(0), "{run}");
     assert_eq!(run["ok"], false, "{run}");
     std::fs::remove_file(fs.0.join("filler")).expect("rm filler");
-    let (out, list) = cli(&pg, &dir, &["list", "--database", "app"]);
-    assert!(out.status.success(), "{list}");
+    let list = ok(cli(&pg, &dir, &["list", "--database", "app"]));
     let ids: Vec<&str> = list["snapshots"]
         .as_array()
         .expect("snapshots")
@@ -273,10 +281,12 @@ async fn an_id_of_another_database_is_refused() {
         return;
     };
     pg.create_db("b").await;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("snapshots");
-    let (out, r) = cli(&pg, &dir, &["run", "--database", "a", "--id", "nightly"]);
-    assert!(out.status.success(), "{r}");
+    let (_tmp, dir) = store();
+    ok(cli(
+        &pg,
+        &dir,
+        &["run", "--database", "a", "--id", "nightly"],
+    ));
     let (out, r) = cli(&pg, &dir, &["run", "--database", "b", "--id", "nightly"]);
     assert_eq!(out.status.code(), Some(1), "{r}");
     assert_eq!(r["ok"], false);
@@ -284,8 +294,11 @@ async fn an_id_of_another_database_is_refused() {
     let msg = r["error"].as_str().expect("error");
     assert!(msg.contains("/a") && msg.contains("another --id"), "{msg}");
     // The same database again: an idempotent retry.
-    let (out, r) = cli(&pg, &dir, &["run", "--database", "a", "--id", "nightly"]);
-    assert!(out.status.success(), "{r}");
+    let r = ok(cli(
+        &pg,
+        &dir,
+        &["run", "--database", "a", "--id", "nightly"],
+    ));
     assert_eq!(r["alreadyExisted"], true);
 }
 
@@ -317,8 +330,7 @@ async fn two_runs_with_one_id_at_once_never_corrupt_the_snapshot() {
     let Some(pg) = server_with("app", 200_000).await else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("snapshots");
+    let (_tmp, dir) = store();
     std::fs::create_dir_all(&dir).expect("dir");
     let args = [
         "run",
@@ -379,27 +391,14 @@ async fn verify_fails_like_restore_when_the_owner_role_is_missing() {
     )
     .await
     .expect("seed");
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("snapshots");
-    let (out, r) = cli(&pg, &dir, &["run", "--database", "app"]);
-    assert!(out.status.success(), "{r}");
+    let (_tmp, dir) = store();
+    ok(cli(&pg, &dir, &["run", "--database", "app"]));
     app.batch_execute("ALTER TABLE haunted OWNER TO postgres")
         .await
         .expect("reown");
     admin.batch_execute("DROP ROLE ghost").await.expect("drop");
 
-    let (out, res) = cli(
-        &pg,
-        &dir,
-        &[
-            "restore",
-            "--database",
-            "app",
-            "--target-database",
-            "copy",
-            "--create",
-        ],
-    );
+    let (out, res) = restore_new(&pg, &dir, "copy", &[]);
     assert_eq!(out.status.code(), Some(1), "{res}");
     assert!(
         res["error"].as_str().expect("error").contains("--no-owner"),
@@ -423,22 +422,12 @@ async fn verify_fails_like_restore_when_the_owner_role_is_missing() {
         "{ver}"
     );
     // The restore a user can actually run: tested, and it works.
-    let (out, ver) = cli(&pg, &dir, &["verify", "--database", "app", "--no-owner"]);
-    assert!(out.status.success(), "{ver}");
-    let (out, res) = cli(
+    ok(cli(
         &pg,
         &dir,
-        &[
-            "restore",
-            "--database",
-            "app",
-            "--target-database",
-            "copy2",
-            "--create",
-            "--no-owner",
-        ],
-    );
-    assert!(out.status.success(), "{res}");
+        &["verify", "--database", "app", "--no-owner"],
+    ));
+    ok(restore_new(&pg, &dir, "copy2", &["--no-owner"]));
 }
 
 /// Finding 5b: 20,000 large objects: verify PASSED, restore failed with `out of shared
@@ -456,23 +445,10 @@ async fn verify_fails_like_restore_when_large_objects_exhaust_the_lock_table() {
         .await
         .expect("large objects");
     }
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("snapshots");
-    let (out, r) = cli(&pg, &dir, &["run", "--database", "app"]);
-    assert!(out.status.success(), "{r}");
+    let (_tmp, dir) = store();
+    ok(cli(&pg, &dir, &["run", "--database", "app"]));
 
-    let (out, res) = cli(
-        &pg,
-        &dir,
-        &[
-            "restore",
-            "--database",
-            "app",
-            "--target-database",
-            "copy",
-            "--create",
-        ],
-    );
+    let (out, res) = restore_new(&pg, &dir, "copy", &[]);
     assert_eq!(out.status.code(), Some(1), "{res}");
     assert!(
         res["error"]
@@ -492,8 +468,11 @@ async fn verify_fails_like_restore_when_large_objects_exhaust_the_lock_table() {
         msg.contains("max_locks_per_transaction") && msg.contains("--jobs"),
         "{ver}"
     );
-    let (out, ver) = cli(&pg, &dir, &["verify", "--database", "app", "--jobs", "2"]);
-    assert!(out.status.success(), "{ver}");
+    ok(cli(
+        &pg,
+        &dir,
+        &["verify", "--database", "app", "--jobs", "2"],
+    ));
 }
 
 /// Finding 6: verify failed every good snapshot of a database with table inheritance:
@@ -518,10 +497,8 @@ async fn row_counts_of_inherited_and_dotted_tables() {
         )
         .await
         .expect("seed");
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("snapshots");
-    let (out, r) = cli(&pg, &dir, &["run", "--database", "app", "--id", "s"]);
-    assert!(out.status.success(), "{r}");
+    let (_tmp, dir) = store();
+    let r = ok(cli(&pg, &dir, &["run", "--database", "app", "--id", "s"]));
     assert_eq!(r["tables"], 4, "{r}");
     assert_eq!(r["rows"], 2 + 3 + 1 + 4, "{r}");
     let m = read_json(&dir.join("s.manifest.json"));
@@ -530,8 +507,7 @@ async fn row_counts_of_inherited_and_dotted_tables() {
     assert_eq!(counts["public.child"], 3, "{m}");
     assert_eq!(counts["\"a.b\".c"], 1, "{m}");
     assert_eq!(counts["a.\"b.c\""], 4, "{m}");
-    let (out, ver) = cli(&pg, &dir, &["verify", "--database", "app"]);
-    assert!(out.status.success(), "{ver}");
+    let ver = ok(cli(&pg, &dir, &["verify", "--database", "app"]));
     assert_eq!(ver["result"], "Passed");
 }
 
@@ -549,17 +525,15 @@ async fn a_failing_check_leaks_no_data() {
         ))
         .await
         .expect("seed");
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("snapshots");
+    let (tmp, dir) = store();
     let key_file = tmp.path().join("key");
     std::fs::write(&key_file, KEY).expect("key");
     let key_arg = format!("v1={}", key_file.display());
-    let (out, r) = cli(
+    ok(cli(
         &pg,
         &dir,
         &["run", "--database", "app", "--key-file", &key_arg],
-    );
-    assert!(out.status.success(), "{r}");
+    ));
     let term = tmp.path().join("termination-log");
     let term_arg = term.display().to_string();
     let dir_arg = dir.display().to_string();
@@ -616,10 +590,8 @@ async fn concurrent_verifies_use_scratch_databases_of_their_own() {
     let Some(pg) = server_with("app", 100_000).await else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("snapshots");
-    let (out, r) = cli(&pg, &dir, &["run", "--database", "app", "--id", "s"]);
-    assert!(out.status.success(), "{r}");
+    let (_tmp, dir) = store();
+    ok(cli(&pg, &dir, &["run", "--database", "app", "--id", "s"]));
     let args = ["verify", "--database", "app", "--snapshot", "s"];
     let a = spawn(&pg, &dir, &args);
     let b = spawn(&pg, &dir, &args);
@@ -648,15 +620,14 @@ async fn errors_say_what_is_wrong() {
     let Some(pg) = server_with("app", 100_000).await else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("snapshots");
+    let (tmp, dir) = store();
     let key_file = tmp.path().join("key");
     std::fs::write(&key_file, KEY).expect("key");
     let key_arg = format!("v1={}", key_file.display());
     let wrong_file = tmp.path().join("wrong");
     std::fs::write(&wrong_file, "some other key material, long enough").expect("key");
     let wrong_arg = format!("v1={}", wrong_file.display());
-    let (out, r) = cli(
+    ok(cli(
         &pg,
         &dir,
         &[
@@ -668,8 +639,7 @@ async fn errors_say_what_is_wrong() {
             "--key-file",
             &key_arg,
         ],
-    );
-    assert!(out.status.success(), "{r}");
+    ));
 
     for snapshot in [None, Some("s")] {
         let mut args = vec![
@@ -708,7 +678,7 @@ async fn errors_say_what_is_wrong() {
             .contains("pass the key"),
         "{res}"
     );
-    let (out, res) = cli(
+    ok(cli(
         &pg,
         &dir,
         &[
@@ -719,23 +689,17 @@ async fn errors_say_what_is_wrong() {
             "1",
             "--allow-unauthenticated",
         ],
-    );
-    assert!(out.status.success(), "{res}");
+    ));
 
     let Some(fs) = Tmpfs::mount(&tmp.path().join("scratch"), "256k") else {
         return;
     };
     let scratch = fs.0.display().to_string();
-    let (out, res) = cli(
+    let (out, res) = restore_new(
         &pg,
         &dir,
+        "copy3",
         &[
-            "restore",
-            "--database",
-            "app",
-            "--target-database",
-            "copy3",
-            "--create",
             "--key-file",
             &key_arg,
             "--jobs",
@@ -815,16 +779,14 @@ async fn restore_create_keeps_the_source_encoding_and_locale() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let tmp = tempfile::tempdir().expect("tmp");
-    let dir = tmp.path().join("snapshots");
+    let (_tmp, dir) = store();
     for db in ["lat", "ascii"] {
         let id = format!("{db}-1");
-        let (out, r) = cli(&pg, &dir, &["run", "--database", db, "--id", &id]);
-        assert!(out.status.success(), "{r}");
+        ok(cli(&pg, &dir, &["run", "--database", db, "--id", &id]));
         let m = read_json(&dir.join(format!("{id}.manifest.json")));
         assert_eq!(m["database"]["collate"], "C", "{m}");
         let copy = format!("{db}_copy");
-        let (out, res) = cli(
+        ok(cli(
             &pg,
             &dir,
             &[
@@ -837,15 +799,17 @@ async fn restore_create_keeps_the_source_encoding_and_locale() {
                 &copy,
                 "--create",
             ],
-        );
-        assert!(out.status.success(), "{res}");
+        ));
         let want = if db == "lat" { "LATIN1" } else { "SQL_ASCII" };
         assert_eq!(
             encoding_of(&pg, &copy).await,
             (want.to_string(), "C".to_string())
         );
-        let (out, ver) = cli(&pg, &dir, &["verify", "--database", db, "--snapshot", &id]);
-        assert!(out.status.success(), "{ver}");
+        ok(cli(
+            &pg,
+            &dir,
+            &["verify", "--database", db, "--snapshot", &id],
+        ));
     }
     assert_eq!(
         pg.client("lat_copy")
@@ -926,7 +890,7 @@ async fn smaller_items() {
     );
     assert!(out.status.success(), "{r}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("readable by every user"));
-    let (out, pruned) = cli(
+    let pruned = ok(cli(
         &pg,
         &dir,
         &[
@@ -938,8 +902,7 @@ async fn smaller_items() {
             "--key-file",
             &k2_arg,
         ],
-    );
-    assert!(out.status.success(), "{pruned}");
+    ));
     let hint = pruned["hint"].as_str().expect("hint");
     assert!(
         hint.contains("\"v1\"") && hint.contains("--key-file v1="),
@@ -1084,7 +1047,7 @@ async fn s3_ids_records_and_dropped_downloads() {
         s3_cli(&pg, &ep, &creds, &all)
     };
 
-    let (out, r) = s3cli(&[
+    let r = ok(s3cli(&[
         "run",
         "--database",
         "app",
@@ -1092,8 +1055,7 @@ async fn s3_ids_records_and_dropped_downloads() {
         "nightly",
         "--compression-level",
         "1",
-    ]);
-    assert!(out.status.success(), "{r}");
+    ]));
     assert!(r["bytes"].as_u64().expect("bytes") > 2 << 20, "{r}");
     let (out, r) = s3cli(&["run", "--database", "other", "--id", "nightly"]);
     assert_eq!(out.status.code(), Some(1), "{r}");
