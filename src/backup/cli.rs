@@ -802,7 +802,7 @@ fn run_options(common: &CommonArgs, r: &Resolved, a: &RunArgs) -> Result<RunOpti
         compression_level: level,
         compression_threads: a.compression_threads.unwrap_or_else(|| {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            engine::default_compression_threads(level, cpus)
+            super::budget::default_compression_threads(level, cpus)
         }),
         key: if a.no_encryption {
             None

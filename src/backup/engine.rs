@@ -80,18 +80,6 @@ pub struct RunReport {
     pub profile: Profile,
 }
 
-/// zstd workers when none are asked for: two when the process may use two CPUs or more
-/// (`cpus` from `available_parallelism`, which follows a container's CPU quota) and the
-/// level is 9 or lower, else none. Two workers at level ≤ 3 keep up with pg_dump
-/// (one needs about 4 s of CPU per GB of incompressible text, the dump itself about
-/// 4.5 s per GB), and on two cores they measured 3–8 % faster than compressing on the
-/// pipeline's own thread (issue #18), whose reads then overlap with compression. Higher
-/// levels keep one thread: each worker holds a window and a job of input (tens of MiB
-/// at level 19), and the run's memory budget is 128 MiB.
-pub fn default_compression_threads(level: i32, cpus: usize) -> u32 {
-    if cpus >= 2 && level <= 9 { 2 } else { 0 }
-}
-
 /// A new id: `YYYYMMDDTHHMMSSZ-xxxx`.
 pub fn new_id(now: chrono::DateTime<Utc>) -> String {
     use ring::rand::SecureRandom;
@@ -1289,19 +1277,4 @@ async fn restore_spooled(
         ],
     );
     Ok(p)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::default_compression_threads;
-
-    #[test]
-    fn two_zstd_workers_only_with_two_cpus_and_a_low_level() {
-        assert_eq!(default_compression_threads(1, 2), 2);
-        assert_eq!(default_compression_threads(3, 64), 2);
-        assert_eq!(default_compression_threads(9, 2), 2);
-        assert_eq!(default_compression_threads(3, 1), 0);
-        assert_eq!(default_compression_threads(10, 8), 0);
-        assert_eq!(default_compression_threads(19, 8), 0);
-    }
 }
