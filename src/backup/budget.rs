@@ -31,7 +31,8 @@ pub fn default_compression_threads(level: i32, cpus: usize) -> u32 {
 }
 
 /// The memory (MiB) a run at `level` with `workers` zstd workers stays within, with a
-/// directory destination: the measured peaks above with a margin of about a quarter.
+/// directory destination: the measured peaks above with a margin (9 % at the tightest,
+/// level 3 with two workers; measured with a debug build).
 pub fn run_budget_mib(level: i32, workers: u32) -> u32 {
     let (base, per_worker) = match level {
         i32::MIN..=3 => (64, 32),
