@@ -348,8 +348,12 @@ async fn two_runs_with_one_id_at_once_never_corrupt_the_snapshot() {
         b.wait_with_output().expect("b"),
     );
     let (ra, rb) = (result(&a), result(&b));
-    let oks = [&ra, &rb].iter().filter(|r| r["ok"] == true).count();
-    assert!(oks >= 1, "{ra} / {rb}");
+    // Exactly one run stored the snapshot; the other was refused or found it stored.
+    let stored = [&ra, &rb]
+        .iter()
+        .filter(|r| r["ok"] == true && r["alreadyExisted"] == false)
+        .count();
+    assert_eq!(stored, 1, "{ra} / {rb}");
     for r in [&ra, &rb] {
         assert!(
             r["ok"] == true || r["reason"] == "Busy",
@@ -985,29 +989,95 @@ impl Drop for Proxy {
 
 /// `palisade backup ARGS --output json` on the bucket `snapshots` (prefix `prod/`) at
 /// `endpoint`.
+fn s3_command(pg: &PgServer, endpoint: &str, creds: &Path, args: &[&str]) -> Command {
+    let mut cmd = palisade_command(pg, args);
+    cmd.args([
+        "--output",
+        "json",
+        "--s3-bucket",
+        "snapshots",
+        "--s3-prefix",
+        "prod/",
+    ])
+    .args(["--s3-endpoint", endpoint, "--s3-region", "us-east-1"])
+    .args([
+        "--s3-force-path-style",
+        "--s3-max-attempts",
+        "1",
+        "--s3-credentials-file",
+    ])
+    .arg(creds)
+    .env_remove("PALISADE_BACKUP_KEY");
+    cmd
+}
+
 fn s3_cli(pg: &PgServer, endpoint: &str, creds: &Path, args: &[&str]) -> (Output, Value) {
-    let out = palisade_command(pg, args)
-        .args([
-            "--output",
-            "json",
-            "--s3-bucket",
-            "snapshots",
-            "--s3-prefix",
-            "prod/",
-        ])
-        .args(["--s3-endpoint", endpoint, "--s3-region", "us-east-1"])
-        .args([
-            "--s3-force-path-style",
-            "--s3-max-attempts",
-            "1",
-            "--s3-credentials-file",
-        ])
-        .arg(creds)
-        .env_remove("PALISADE_BACKUP_KEY")
+    let out = s3_command(pg, endpoint, creds, args)
         .output()
         .expect("palisade");
     let v = result(&out);
     (out, v)
+}
+
+/// S3 credentials for the test server, in a file.
+fn s3_creds(dir: &Path) -> PathBuf {
+    use backup_support::{S3_ACCESS_KEY, S3_SECRET_KEY};
+    let creds = dir.join("creds");
+    std::fs::write(&creds, format!("{S3_ACCESS_KEY}\n{S3_SECRET_KEY}\n")).expect("creds");
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    creds
+}
+
+/// Finding 4 on S3: of two runs with one id at once, the second to finish is refused
+/// (create-only completion, `If-None-Match: *`) instead of replacing the first's data
+/// under the first's manifest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_s3_runs_with_one_id_at_once_never_corrupt_the_snapshot() {
+    let Some(pg) = server_with("app", 200_000).await else {
+        return;
+    };
+    let s3 = backup_support::S3Server::start().await;
+    s3.create_bucket("snapshots");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let creds = s3_creds(tmp.path());
+    let args = [
+        "run",
+        "--database",
+        "app",
+        "--id",
+        "same",
+        "--compression-level",
+        "1",
+    ];
+    let spawn = || {
+        s3_command(&pg, &s3.endpoint, &creds, &args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let (a, b) = (spawn(), spawn());
+    let outs = [a, b].map(|c| c.wait_with_output().expect("run"));
+    let results: Vec<Value> = outs.iter().map(result).collect();
+    eprintln!("two S3 runs with one id: {results:?}");
+    // Exactly one run stored the snapshot; the other was refused or found it stored.
+    let stored = results
+        .iter()
+        .filter(|r| r["ok"] == true && r["alreadyExisted"] == false)
+        .count();
+    assert_eq!(stored, 1, "{results:?}");
+    for r in &results {
+        assert!(r["ok"] == true || r["reason"] == "Busy", "{r}");
+    }
+    let (out, ver) = s3_cli(
+        &pg,
+        &s3.endpoint,
+        &creds,
+        &["verify", "--database", "app", "--snapshot", "same"],
+    );
+    assert!(out.status.success(), "{ver} (runs: {results:?})");
+    assert!(s3.open_upload_parts().is_empty());
 }
 
 /// The findings that apply to S3, through s3s-fs: an id of another database is refused
@@ -1016,7 +1086,7 @@ fn s3_cli(pg: &PgServer, endpoint: &str, creds: &Path, args: &[&str]) -> (Output
 /// not an encrypted Palisade snapshot").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_ids_records_and_dropped_downloads() {
-    use backup_support::{S3_ACCESS_KEY, S3_SECRET_KEY, S3Server};
+    use backup_support::S3Server;
     const SSN: &str = "123-45-6789";
     let Some(pg) = server_with("app", 100_000).await else {
         return;
@@ -1033,10 +1103,7 @@ async fn s3_ids_records_and_dropped_downloads() {
     s3.create_bucket("snapshots");
     let proxy = Proxy::start(&s3.endpoint).await;
     let tmp = tempfile::tempdir().expect("tmp");
-    let creds = tmp.path().join("creds");
-    std::fs::write(&creds, format!("{S3_ACCESS_KEY}\n{S3_SECRET_KEY}\n")).expect("creds");
-    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod");
+    let creds = s3_creds(tmp.path());
     let key_file = tmp.path().join("key");
     std::fs::write(&key_file, KEY).expect("key");
     let key_arg = format!("v1={}", key_file.display());

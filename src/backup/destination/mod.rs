@@ -70,7 +70,8 @@ pub enum StorageError {
     UnsafeName(String),
     /// Flags and config file do not describe a usable destination.
     Config(String),
-    /// Another process holds the lock (another run with the same snapshot id).
+    /// Another run with the same snapshot id holds its lock (directory), or stored its
+    /// data first (S3: create-only completion refused).
     Busy(String),
 }
 
@@ -87,7 +88,7 @@ impl std::fmt::Display for StorageError {
             StorageError::Config(m) => f.write_str(m),
             StorageError::Busy(l) => write!(
                 f,
-                "another run with this snapshot id is in progress (it holds {l}); refused"
+                "another run with this snapshot id is in progress or stored it first ({l}); refused: use another id, or remove a leftover object of an interrupted run"
             ),
         }
     }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -802,20 +803,41 @@ impl S3Upload {
             }
             let mut parts = std::mem::take(&mut self.parts);
             parts.sort_by_key(|p| p.part_number());
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .upload_id(&self.upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(s3_err("CompleteMultipartUpload", &self.bucket, &self.key))?;
-            Ok(())
+            let complete = |if_none_match: bool| {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .upload_id(&self.upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts.clone()))
+                            .build(),
+                    )
+                    .set_if_none_match(if_none_match.then(|| "*".to_string()))
+                    .send()
+            };
+            // Create-only (`If-None-Match: *`): of two runs writing one snapshot id at
+            // once, the second to finish is refused instead of replacing the first's
+            // data under its manifest. A store that does not implement conditional
+            // writes gets the plain request (no protection, as before).
+            match complete(true).await {
+                Ok(_) => Ok(()),
+                Err(e) if ProvideErrorMetadata::code(&e) == Some("PreconditionFailed") => Err(StorageError::Busy(
+                    format!("s3://{}/{}", self.bucket, self.key),
+                )),
+                Err(e) if ProvideErrorMetadata::code(&e) == Some("NotImplemented") => {
+                    tracing::warn!(
+                        bucket = %self.bucket,
+                        "the store does not implement conditional writes; completing without If-None-Match"
+                    );
+                    complete(false)
+                        .await
+                        .map(|_| ())
+                        .map_err(s3_err("CompleteMultipartUpload", &self.bucket, &self.key))
+                }
+                Err(e) => Err(s3_err("CompleteMultipartUpload", &self.bucket, &self.key)(e)),
+            }
         }
         .await;
         if result.is_err() {
