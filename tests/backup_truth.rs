@@ -1034,7 +1034,7 @@ fn s3_creds(dir: &Path) -> PathBuf {
 /// under the first's manifest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_s3_runs_with_one_id_at_once_never_corrupt_the_snapshot() {
-    let Some(pg) = server_with("app", 200_000).await else {
+    let Some(pg) = server_with("app", 1_000_000).await else {
         return;
     };
     let s3 = backup_support::S3Server::start().await;
@@ -1057,7 +1057,15 @@ async fn two_s3_runs_with_one_id_at_once_never_corrupt_the_snapshot() {
             .spawn()
             .expect("spawn")
     };
-    let (a, b) = (spawn(), spawn());
+    // The second starts once the first is uploading, so the first finishes first: s3s-fs
+    // checks `If-None-Match` before it writes, not atomically as S3 does, so two
+    // completions in the same instant could both pass it there.
+    let a = spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while s3.open_upload_parts().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let b = spawn();
     let outs = [a, b].map(|c| c.wait_with_output().expect("run"));
     let results: Vec<Value> = outs.iter().map(result).collect();
     eprintln!("two S3 runs with one id: {results:?}");

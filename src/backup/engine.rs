@@ -392,9 +392,13 @@ pub async fn run(
     }
     let body = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| EngineError::BadManifest(id.clone(), e.to_string()))?;
-    if let Err(e) = storage.put_small(&manifest::manifest_name(&id), body).await {
-        // Without a manifest the data is not a snapshot: remove it.
-        let _ = storage.delete(&data_name).await;
+    // Create-only: of two runs with this id (S3 has no lock), only one commits.
+    if let Err(e) = storage.put_new(&manifest::manifest_name(&id), body).await {
+        // Without a manifest the data is not a snapshot: remove it — unless another
+        // run committed this id first; the data is then its to keep.
+        if !matches!(e, StorageError::Busy(_)) {
+            let _ = storage.delete(&data_name).await;
+        }
         storage.commit(&data_name);
         return Err(e.into());
     }

@@ -19,7 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
     Backend, BackendError, ChunkSource, DestinationArgs, JobMounts, Kind, LockGuard, ObjectInfo,
-    ObjectReader, PartPlan, Registration, Storage, StorageError, Upload, UploadSink, VolumeMount,
+    ObjectReader, PartPlan, Put, Registration, Storage, StorageError, Upload, UploadSink,
+    VolumeMount,
 };
 use crate::crd::backup_schedule::Destination;
 
@@ -261,6 +262,7 @@ impl Backend for FsStore {
         &'a self,
         name: &'a str,
         body: Vec<u8>,
+        mode: Put,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         async move {
             self.ensure_dir().await?;
@@ -271,10 +273,23 @@ impl Backend for FsStore {
                 let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(e);
             }
-            if let Err(e) = tokio::fs::rename(&tmp, &path).await {
+            let placed = match mode {
+                Put::Replace => tokio::fs::rename(&tmp, &path)
+                    .await
+                    .map_err(fs_err("rename", &path)),
+                // A hard link fails atomically when the name exists.
+                Put::CreateOnly => match tokio::fs::hard_link(&tmp, &path).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Err(StorageError::Busy(path.display().to_string()))
+                    }
+                    Err(e) => Err(fs_err("link", &path)(e)),
+                },
+            };
+            if placed.is_err() || mode == Put::CreateOnly {
                 let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(fs_err("rename", &path)(e));
             }
+            placed?;
             sync_dir(&self.dir).await
         }
         .boxed()

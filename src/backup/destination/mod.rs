@@ -172,6 +172,16 @@ pub fn is_partial_name(name: &str) -> bool {
             .any(|s| object.ends_with(s))
 }
 
+/// How a small object is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Replace what is there (verification records).
+    Replace,
+    /// Only if nothing is there (manifests): S3 `If-None-Match: *`, a hard link in a
+    /// directory.
+    CreateOnly,
+}
+
 /// An exclusive lock held by a run while it writes one snapshot ([`Storage::lock`]);
 /// released when dropped. `None` where the backend has no lock (S3).
 pub struct LockGuard(Option<Box<dyn Send + Sync>>);
@@ -345,11 +355,13 @@ trait Backend: Send + Sync + std::fmt::Debug {
         name: &'a str,
         registration: Registration,
     ) -> BoxFuture<'a, Result<Upload, StorageError>>;
-    /// Writes a small object whole.
+    /// Writes a small object whole; with [`Put::CreateOnly`] fails
+    /// [`StorageError::Busy`] when the object exists.
     fn put_small<'a>(
         &'a self,
         name: &'a str,
         body: Vec<u8>,
+        mode: Put,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
     /// Opens an object for streaming reads ([`StorageError::NotFound`] when missing).
     fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<ObjectReader, StorageError>>;
@@ -459,10 +471,17 @@ impl Storage {
         self.backend.begin_upload(name, registration).await
     }
 
-    /// Writes a small object whole (atomically on the filesystem).
+    /// Writes a small object whole (atomically on the filesystem), replacing it.
     pub async fn put_small(&self, name: &str, body: Vec<u8>) -> Result<(), StorageError> {
         check_name(name)?;
-        self.backend.put_small(name, body).await
+        self.backend.put_small(name, body, Put::Replace).await
+    }
+
+    /// Writes a small object whole only if it does not exist yet ([`StorageError::Busy`]
+    /// otherwise): a manifest, so that of two runs with one id only one commits.
+    pub async fn put_new(&self, name: &str, body: Vec<u8>) -> Result<(), StorageError> {
+        check_name(name)?;
+        self.backend.put_small(name, body, Put::CreateOnly).await
     }
 
     /// Reads a small object whole; `None` when it does not exist.
