@@ -108,10 +108,19 @@ async fn terminate(mut child: Child, ready: impl FnMut() -> bool) -> serde_json:
     v
 }
 
+/// Bytes in the run's temporary data file (`killed.snap.<random>.partial`).
 fn partial_bytes(dir: &Path) -> u64 {
-    std::fs::metadata(dir.join("killed.snap.partial"))
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            n.starts_with("killed.snap.") && n.ends_with(".partial")
+        })
+        .filter_map(|e| e.metadata().ok())
         .map(|m| m.len())
-        .unwrap_or(0)
+        .sum()
 }
 
 async fn seeded() -> Option<PgServer> {
@@ -185,28 +194,42 @@ async fn prune_removes_leftovers_older_than_a_day() {
     use palisade::backup::{catalog, destination::Storage, retention::Policy};
     let tmp = tempfile::tempdir().expect("tempdir");
     let storage = Storage::filesystem(tmp.path()).await.expect("storage");
-    let old = tmp.path().join("crashed.snap.partial");
-    let fresh = tmp.path().join("running.snap.partial");
+    let old = tmp.path().join("crashed.snap.0badc0de.partial");
+    let fresh = tmp.path().join("running.snap.12345678.partial");
+    // Issue #32: `*.partial` files that this engine did not name are not its to delete.
+    let foreign = tmp.path().join("someone-elses.partial");
     std::fs::write(&old, b"half a dump").expect("old");
     std::fs::write(&fresh, b"a dump in progress").expect("fresh");
-    let ok = Command::new("touch")
-        .args(["-d", "2 days ago"])
-        .arg(&old)
-        .status()
-        .expect("touch")
-        .success();
-    assert!(ok);
+    std::fs::write(&foreign, b"not ours").expect("foreign");
+    for f in [&old, &foreign] {
+        let ok = Command::new("touch")
+            .args(["-d", "2 days ago"])
+            .arg(f)
+            .status()
+            .expect("touch")
+            .success();
+        assert!(ok);
+    }
     let now = chrono::Utc::now();
-    let rep = catalog::prune(&storage, &[], &Policy::default(), now, true)
+    let dry = catalog::PruneOptions {
+        dry_run: true,
+        ..catalog::PruneOptions::at(now)
+    };
+    let rep = catalog::prune(&storage, &[], &Policy::default(), &dry)
         .await
         .expect("dry run");
     assert!(
         rep.stale_removed.is_empty() && old.exists(),
         "a dry run removes nothing"
     );
-    let rep = catalog::prune(&storage, &[], &Policy::default(), now, false)
-        .await
-        .expect("prune");
+    let rep = catalog::prune(
+        &storage,
+        &[],
+        &Policy::default(),
+        &catalog::PruneOptions::at(now),
+    )
+    .await
+    .expect("prune");
     assert_eq!(rep.stale_removed, vec![old.display().to_string()]);
-    assert!(!old.exists() && fresh.exists());
+    assert!(!old.exists() && fresh.exists() && foreign.exists());
 }

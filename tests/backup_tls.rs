@@ -242,6 +242,7 @@ async fn sslmodes_against_a_tls_only_server() {
             allow_unauthenticated: false,
             jobs: None,
             scratch_dir: None,
+            allow_encoding_change: false,
         },
         Arc::new(Progress::default()),
     )

@@ -75,9 +75,29 @@ pub fn authenticate_manifest(
         Ok(()) => Ok(()),
         Err(manifest::AuthError::Missing) if allow_unauthenticated => Ok(()),
         Err(why) => Err(EngineError::Unauthenticated {
-            what: format!("manifest {}", manifest::manifest_name(&m.id)),
+            what: format!(
+                "manifest {} (signed with key {}; keys given: {})",
+                manifest::manifest_name(&m.id),
+                m.mac_key_id
+                    .as_deref()
+                    .map_or("(none)".to_string(), |k| format!(
+                        "{:?}",
+                        pg::bounded(k, 64)
+                    )),
+                key_ids(keys)
+            ),
             why,
         }),
+    }
+}
+
+/// The ids of `keys`, for messages (`"v1", "v2"`).
+pub fn key_ids(keys: &[EncryptionKey]) -> String {
+    let ids: Vec<String> = keys.iter().map(|k| format!("{:?}", k.id())).collect();
+    if ids.is_empty() {
+        "(none)".into()
+    } else {
+        ids.join(", ")
     }
 }
 
@@ -94,15 +114,46 @@ pub async fn resolve(
         Some(id) => load_trusted(storage, id, keys, allow_unauthenticated).await,
         None => {
             let listing = list(storage, keys).await?;
-            match listing.entries.into_iter().next() {
+            let future = listing.entries.iter().filter(|e| e.future_dated).count();
+            match listing.entries.into_iter().find(|e| !e.future_dated) {
                 Some(e) => Ok(e.manifest),
+                None if future > 0 => Err(EngineError::NoSnapshot(format!(
+                    "(only {future} future-dated snapshot(s), written with a wrong clock; name one with --snapshot)"
+                ))),
                 None if listing.rejected.is_empty() => {
                     Err(EngineError::NoSnapshot("(none stored)".into()))
                 }
-                None => Err(EngineError::NoSnapshot(format!(
-                    "(none authenticated; {} rejected, see backup list)",
-                    listing.rejected.len()
-                ))),
+                None => {
+                    let unauth: Vec<&Rejected> = listing
+                        .rejected
+                        .iter()
+                        .filter(|r| r.reason == "Unauthenticated")
+                        .collect();
+                    let mut signed_with: Vec<String> = unauth
+                        .iter()
+                        .filter_map(|r| r.mac_key_id.as_deref())
+                        .map(|k| format!("{:?}", pg::bounded(k, 64)))
+                        .collect();
+                    signed_with.sort();
+                    signed_with.dedup();
+                    Err(EngineError::NoSnapshot(if unauth.is_empty() {
+                        format!(
+                            "(none readable; {} rejected, see backup list)",
+                            listing.rejected.len()
+                        )
+                    } else {
+                        format!(
+                            "(none authenticates under the given key(s) {}: {} manifest(s) are signed with key(s) {} and their MAC does not verify; give the key with that id and material, --key-file ID=PATH)",
+                            key_ids(keys),
+                            unauth.len(),
+                            if signed_with.is_empty() {
+                                "(none: unsigned)".to_string()
+                            } else {
+                                signed_with.join(", ")
+                            }
+                        )
+                    }))
+                }
             }
         }
     }
@@ -115,6 +166,9 @@ pub struct Entry {
     pub manifest: Manifest,
     /// Its newest restore test, if any (with a key: only an authenticated one).
     pub verification: Option<VerificationRecord>,
+    /// Dated more than [`retention::FUTURE_SKEW`] in the future (written with a wrong
+    /// clock): listed last, flagged, never taken as the newest.
+    pub future_dated: bool,
 }
 
 /// An object under the destination that was not trusted, and why.
@@ -126,6 +180,8 @@ pub struct Rejected {
     pub reason: &'static str,
     /// Human-readable detail.
     pub message: String,
+    /// The key id a rejected manifest says it is signed with (to name the key needed).
+    pub mac_key_id: Option<String>,
 }
 
 /// What `list` found.
@@ -137,9 +193,10 @@ pub struct Listing {
     pub rejected: Vec<Rejected>,
 }
 
-/// Every snapshot with a (with `keys`: authenticated) manifest, newest first, plus what
-/// was rejected.
+/// Every snapshot with a (with `keys`: authenticated) manifest, newest first (those
+/// dated in the future last, flagged), plus what was rejected.
 pub async fn list(storage: &Storage, keys: &[EncryptionKey]) -> Result<Listing, EngineError> {
+    let now = Utc::now();
     let objects = storage.list().await?;
     let mut out = Listing::default();
     for o in &objects {
@@ -151,18 +208,27 @@ pub async fn list(storage: &Storage, keys: &[EncryptionKey]) -> Result<Listing, 
                 name: o.name.clone(),
                 reason: "UnsafeName",
                 message: format!("{stem:?} is not a valid snapshot id"),
+                mac_key_id: None,
             });
             continue;
         };
-        let manifest = match load_trusted(storage, id, keys, false).await {
+        let loaded = match load_manifest(storage, id).await {
+            Ok(m) => match authenticate_manifest(&m, keys, false) {
+                Ok(()) => Ok(m),
+                Err(e) => Err((e, m.mac_key_id)),
+            },
+            Err(e) => Err((e, None)),
+        };
+        let manifest = match loaded {
             Ok(m) => m,
-            Err(EngineError::NoSnapshot(_)) => continue,
-            Err(e @ (EngineError::Storage(_) | EngineError::Pg(_))) => return Err(e),
-            Err(e) => {
+            Err((EngineError::NoSnapshot(_), _)) => continue,
+            Err((e @ (EngineError::Storage(_) | EngineError::Pg(_)), _)) => return Err(e),
+            Err((e, mac_key_id)) => {
                 out.rejected.push(Rejected {
                     name: o.name.clone(),
                     reason: e.reason(),
                     message: e.to_string(),
+                    mac_key_id,
                 });
                 continue;
             }
@@ -182,24 +248,28 @@ pub async fn list(storage: &Storage, keys: &[EncryptionKey]) -> Result<Listing, 
                         name: vname,
                         reason: "Unauthenticated",
                         message: format!("verification record {why}"),
+                        mac_key_id: r.mac_key_id.clone(),
                     }),
                 },
                 _ => out.rejected.push(Rejected {
                     name: vname,
                     reason: "BadRecord",
                     message: "verification record is unreadable or about another snapshot".into(),
+                    mac_key_id: None,
                 }),
             }
         }
+        let future_dated = retention::is_future_dated(manifest.started_at, now);
         out.entries.push(Entry {
             manifest,
             verification,
+            future_dated,
         });
     }
     out.entries.sort_by(|a, b| {
-        b.manifest
-            .started_at
-            .cmp(&a.manifest.started_at)
+        a.future_dated
+            .cmp(&b.future_dated)
+            .then_with(|| b.manifest.started_at.cmp(&a.manifest.started_at))
             .then_with(|| b.manifest.id.cmp(&a.manifest.id))
     });
     Ok(out)
@@ -219,17 +289,60 @@ pub struct PruneReport {
     pub stale_removed: Vec<String>,
 }
 
+/// How `prune` runs.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// The clock.
+    pub now: DateTime<Utc>,
+    /// Decide only; delete nothing.
+    pub dry_run: bool,
+    /// Snapshot ids kept whatever the policy says (a run's own prune: the snapshot it
+    /// just wrote).
+    pub protect: Vec<String>,
+    /// Prune without a key although the store holds signed manifests (every manifest is
+    /// then trusted, and a forged one can push real snapshots out).
+    pub allow_unauthenticated: bool,
+}
+
+impl PruneOptions {
+    /// Deletes at `now`, protects nothing, trusts unsigned stores only.
+    pub fn at(now: DateTime<Utc>) -> Self {
+        PruneOptions {
+            now,
+            dry_run: false,
+            protect: Vec::new(),
+            allow_unauthenticated: false,
+        }
+    }
+}
+
 /// Applies retention to the trusted snapshots. Deletes the manifest first (the snapshot
 /// stops being valid), then the data and the verification record; then removes
-/// leftovers of interrupted runs older than a day.
+/// leftovers of interrupted runs older than a day. Without keys on a store whose
+/// manifests are signed it refuses (unless `allow_unauthenticated`): it could not tell
+/// a forged manifest from a real one.
 pub async fn prune(
     storage: &Storage,
     keys: &[EncryptionKey],
     policy: &Policy,
-    now: DateTime<Utc>,
-    dry_run: bool,
+    opts: &PruneOptions,
 ) -> Result<PruneReport, EngineError> {
+    let (now, dry_run) = (opts.now, opts.dry_run);
     let listing = list(storage, keys).await?;
+    if keys.is_empty() && !opts.allow_unauthenticated {
+        let signed: Vec<&str> = listing
+            .entries
+            .iter()
+            .filter_map(|e| e.manifest.mac_key_id.as_deref())
+            .collect();
+        if let Some(kid) = signed.first() {
+            return Err(EngineError::Invalid(format!(
+                "this store is signed ({} manifest(s) signed with key {:?}); pass the key (--key-file) so that forged manifests are not trusted, or --allow-unauthenticated to prune trusting every manifest",
+                signed.len(),
+                pg::bounded(kid, 64)
+            )));
+        }
+    }
     let snaps: Vec<retention::Snapshot> = listing
         .entries
         .iter()
@@ -239,7 +352,8 @@ pub async fn prune(
             verified: e.verification.as_ref().is_some_and(|v| v.passed),
         })
         .collect();
-    let decisions = retention::select(&snaps, policy, now);
+    let protect: Vec<&str> = opts.protect.iter().map(String::as_str).collect();
+    let decisions = retention::select(&snaps, policy, now, &protect);
     let mut stale_removed = Vec::new();
     if !dry_run {
         for d in decisions.iter().filter(|d| !d.keep) {

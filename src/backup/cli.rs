@@ -229,6 +229,9 @@ pub struct RestoreArgs {
     /// Directory of the `--jobs` spool file (default: `TMPDIR`, else /tmp).
     #[arg(long, requires = "jobs")]
     pub scratch_dir: Option<PathBuf>,
+    /// Restore into an existing database whose encoding differs from the source's.
+    #[arg(long)]
+    pub allow_encoding_change: bool,
 }
 
 // Flags of `backup verify`.
@@ -252,6 +255,17 @@ pub struct VerifyArgs {
     /// Password file for `restoreTest.target` (default: the source password).
     #[arg(long)]
     pub target_password_file: Option<PathBuf>,
+    /// Test a restore without owners and privileges (`backup restore --no-owner`). By
+    /// default the test restores exactly as `backup restore` does by default.
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Test a `pg_restore -j N` restore (`backup restore --jobs N`): not one
+    /// transaction, so it needs no lock slot per object.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: Option<u32>,
+    /// Directory of the `--jobs` spool file (default: `TMPDIR`, else /tmp).
+    #[arg(long, requires = "jobs")]
+    pub scratch_dir: Option<PathBuf>,
     /// With a key configured, also test an unencrypted (but authenticated) snapshot.
     #[arg(long)]
     pub allow_unencrypted: bool,
@@ -282,6 +296,10 @@ pub struct PruneArgs {
     /// Only show what would be deleted.
     #[arg(long)]
     pub dry_run: bool,
+    /// Prune without a key although the store's manifests are signed (every manifest,
+    /// a forged one too, is then trusted).
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
 }
 
 impl BackupCommand {
@@ -643,7 +661,7 @@ pub async fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         Ok(code) => Ok(code),
         Err(e) => {
             let code = match e {
-                CliError::Config(_) => 2,
+                CliError::Config(_) | CliError::Engine(EngineError::Invalid(_)) => 2,
                 CliError::Engine(EngineError::Interrupted("SIGTERM")) => 143,
                 CliError::Engine(EngineError::Interrupted(_)) => 130,
                 CliError::Engine(_) => 1,
@@ -763,7 +781,7 @@ async fn run_snapshot(
     .await?;
     let mut out = run_json(&rep, common.profile);
     if a.prune {
-        prune_after_run(&r.storage, &r.keys, spec, &mut out).await;
+        prune_after_run(&r.storage, &r.keys, spec, &rep.manifest.id, &mut out).await;
     }
     emit(common, r.keys.first(), out, || run_text(&rep));
     Ok(ExitCode::SUCCESS)
@@ -784,7 +802,7 @@ fn run_options(common: &CommonArgs, r: &Resolved, a: &RunArgs) -> Result<RunOpti
         compression_level: level,
         compression_threads: a.compression_threads.unwrap_or_else(|| {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            engine::default_compression_threads(level, cpus)
+            super::budget::default_compression_threads(level, cpus)
         }),
         key: if a.no_encryption {
             None
@@ -873,6 +891,7 @@ async fn restore_snapshot(
         allow_unauthenticated: a.allow_unauthenticated,
         jobs: a.jobs,
         scratch_dir: a.scratch_dir,
+        allow_encoding_change: a.allow_encoding_change,
     };
     let rep = with_progress(show_progress, Paced::Read, |p| {
         engine::restore(&r.storage, &opts, p)
@@ -964,6 +983,9 @@ fn verify_options(
             .or(rt.map(|t| t.scratch_database.clone()))
             .unwrap_or_else(|| "palisade_restore_test".into()),
         checks,
+        no_owner: a.no_owner,
+        jobs: a.jobs,
+        scratch_dir: a.scratch_dir,
         compare_row_counts: !a.no_row_counts && rt.is_none_or(|t| t.compare_row_counts),
         timeout: retention::parse_duration(&timeout_s)
             .ok_or_else(|| cfg(format!("invalid timeout {timeout_s:?}")))?,
@@ -1005,12 +1027,16 @@ async fn list_snapshots(common: &CommonArgs, r: &Resolved) -> Result<ExitCode, C
         .entries
         .iter()
         .map(|e| {
-            json!({
+            let mut row = json!({
                 "id": e.manifest.id, "time": e.manifest.started_at,
                 "bytes": e.manifest.stored_bytes,
                 "encrypted": e.manifest.encryption.is_encrypted(),
                 "verified": verified_state(e),
-            })
+            });
+            if e.future_dated {
+                row["futureDated"] = json!(true);
+            }
+            row
         })
         .collect();
     emit(
@@ -1041,6 +1067,9 @@ fn list_text(listing: &catalog::Listing) -> String {
             },
             verified_state(e)
         ));
+        if e.future_dated {
+            s.push_str("  FUTURE-DATED (wrong clock? never taken as newest)");
+        }
     }
     s.push_str(&rejected_text(&listing.rejected));
     s
@@ -1057,25 +1086,36 @@ async fn prune_snapshots(
         [a.keep_last, a.keep_daily, a.keep_weekly, a.keep_monthly],
         a.max_age.as_deref(),
     )?;
-    let rep = catalog::prune(&r.storage, &r.keys, &policy, chrono::Utc::now(), a.dry_run).await?;
+    let opts = catalog::PruneOptions {
+        dry_run: a.dry_run,
+        allow_unauthenticated: a.allow_unauthenticated,
+        ..catalog::PruneOptions::at(chrono::Utc::now())
+    };
+    let rep = catalog::prune(&r.storage, &r.keys, &policy, &opts).await?;
     let deleted: Vec<&str> = rep
         .decisions
         .iter()
         .filter(|d| !d.keep)
         .map(|d| d.id.as_str())
         .collect();
-    emit(
-        common,
-        r.keys.first(),
-        json!({
-            "op": "prune", "ok": true, "dryRun": rep.dry_run,
-            "kept": rep.decisions.len() - deleted.len(),
-            "deletedCount": deleted.len(), "deleted": deleted,
-            "rejected": rejected_json(&rep.rejected),
-            "staleRemoved": rep.stale_removed.len(),
-        }),
-        || prune_text(&rep, deleted.len()),
-    );
+    let mut out = json!({
+        "op": "prune", "ok": true, "dryRun": rep.dry_run,
+        "kept": rep.decisions.len() - deleted.len(),
+        "deletedCount": deleted.len(), "deleted": deleted,
+        "rejected": rejected_json(&rep.rejected),
+        "staleRemoved": rep.stale_removed.len(),
+    });
+    let hint = other_key_hint(&rep.rejected, &r.keys);
+    if let Some(h) = &hint {
+        out["hint"] = json!(h);
+    }
+    emit(common, r.keys.first(), out, || {
+        let mut text = prune_text(&rep, deleted.len());
+        if let Some(h) = &hint {
+            text.push_str(&format!("\nhint: {h}"));
+        }
+        text
+    });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1109,18 +1149,23 @@ fn prune_text(rep: &catalog::PruneReport, deleted: usize) -> String {
     s
 }
 
-/// `backup run --prune`: retention after a successful snapshot. A failed prune is
+/// `backup run --prune`: retention after a successful snapshot, which always keeps the
+/// snapshot `written` (whatever other snapshots' clocks say). A failed prune is
 /// reported in the result (`pruned.error`) but does not fail the snapshot.
 async fn prune_after_run(
     storage: &Storage,
     keys: &[EncryptionKey],
     spec: Option<&BackupScheduleSpec>,
+    written: &str,
     out: &mut Value,
 ) {
+    let opts = catalog::PruneOptions {
+        protect: vec![written.to_string()],
+        ..catalog::PruneOptions::at(chrono::Utc::now())
+    };
     let pruned = match policy(spec.map(|s| &s.retention), [None; 4], None) {
         Err(e) => json!({"error": pg::bounded(&e.to_string(), 300)}),
-        Ok(policy) => match catalog::prune(storage, keys, &policy, chrono::Utc::now(), false).await
-        {
+        Ok(policy) => match catalog::prune(storage, keys, &policy, &opts).await {
             Ok(rep) => {
                 let deleted = rep.decisions.iter().filter(|d| !d.keep).count();
                 json!({"kept": rep.decisions.len() - deleted, "deletedCount": deleted})
@@ -1138,6 +1183,30 @@ async fn prune_after_run(
                 .fold(0u64, |acc, e| acc.saturating_add(e.manifest.stored_bytes))
         );
     }
+}
+
+/// After a key rotation, snapshots signed with an old key are rejected and so never
+/// pruned: says which key ids they need.
+fn other_key_hint(rejected: &[catalog::Rejected], keys: &[EncryptionKey]) -> Option<String> {
+    let mut ids: Vec<&str> = rejected
+        .iter()
+        .filter(|r| r.reason == "Unauthenticated" && r.name.ends_with(".manifest.json"))
+        .filter_map(|r| r.mac_key_id.as_deref())
+        .filter(|id| !keys.iter().any(|k| k.id() == *id))
+        .collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    let first = ids.first()?;
+    let ids: Vec<String> = ids
+        .iter()
+        .map(|i| format!("{:?}", pg::bounded(i, 64)))
+        .collect();
+    Some(format!(
+        "{n} snapshot(s) signed with key(s) {} are neither counted nor pruned without that key: give it too (--key-file {}=PATH)",
+        ids.join(", "),
+        pg::bounded(first, 64)
+    ))
 }
 
 /// Rejected objects for JSON results (bounded: at most 20, names and messages cut).

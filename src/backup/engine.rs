@@ -80,18 +80,6 @@ pub struct RunReport {
     pub profile: Profile,
 }
 
-/// zstd workers when none are asked for: two when the process may use two CPUs or more
-/// (`cpus` from `available_parallelism`, which follows a container's CPU quota) and the
-/// level is 9 or lower, else none. Two workers at level ≤ 3 keep up with pg_dump
-/// (one needs about 4 s of CPU per GB of incompressible text, the dump itself about
-/// 4.5 s per GB), and on two cores they measured 3–8 % faster than compressing on the
-/// pipeline's own thread (issue #18), whose reads then overlap with compression. Higher
-/// levels keep one thread: each worker holds a window and a job of input (tens of MiB
-/// at level 19), and the run's memory budget is 128 MiB.
-pub fn default_compression_threads(level: i32, cpus: usize) -> u32 {
-    if cpus >= 2 && level <= 9 { 2 } else { 0 }
-}
-
 /// A new id: `YYYYMMDDTHHMMSSZ-xxxx`.
 pub fn new_id(now: chrono::DateTime<Utc>) -> String {
     use ring::rand::SecureRandom;
@@ -365,11 +353,29 @@ pub async fn run(
         None => new_id(started_at),
     };
     validate_id(&id)?;
+    // Held until the manifest is written: a second run with this id fails at once
+    // instead of replacing the first one's files (directory stores; see BACKUP.md).
+    let _lock = storage.lock(&manifest::lock_name(&id)).await?;
     let signer = opts.key.as_ref().or(opts.mac_key.as_ref());
     if let Ok(existing) = load_manifest(storage, &id).await {
         // A manifest someone else put under our id is not "our" snapshot.
         let keys: Vec<EncryptionKey> = signer.into_iter().cloned().collect();
         authenticate_manifest(&existing, &keys, false)?;
+        // Nor is a snapshot of another database: a retry reuses only its own.
+        let (was, now) = (&existing.source, &opts.pg);
+        if (was.host.as_str(), was.port, was.database.as_str())
+            != (now.host.as_str(), now.port, now.database.as_str())
+        {
+            return Err(EngineError::IdInUse {
+                id,
+                of: format!(
+                    "{}:{}/{}",
+                    pg::bounded(&was.host, 100),
+                    was.port,
+                    pg::bounded(&was.database, 100)
+                ),
+            });
+        }
         return Ok(RunReport {
             key: storage.key(&existing.object),
             manifest: existing,
@@ -386,9 +392,13 @@ pub async fn run(
     }
     let body = serde_json::to_vec_pretty(&manifest)
         .map_err(|e| EngineError::BadManifest(id.clone(), e.to_string()))?;
-    if let Err(e) = storage.put_small(&manifest::manifest_name(&id), body).await {
-        // Without a manifest the data is not a snapshot: remove it.
-        let _ = storage.delete(&data_name).await;
+    // Create-only: of two runs with this id (S3 has no lock), only one commits.
+    if let Err(e) = storage.put_new(&manifest::manifest_name(&id), body).await {
+        // Without a manifest the data is not a snapshot: remove it — unless another
+        // run committed this id first; the data is then its to keep.
+        if !matches!(e, StorageError::Busy(_)) {
+            let _ = storage.delete(&data_name).await;
+        }
         storage.commit(&data_name);
         return Err(e.into());
     }
@@ -410,6 +420,7 @@ struct Dumped {
     row_counts: BTreeMap<String, i64>,
     server_version: String,
     pg_dump_version: String,
+    database: manifest::DatabaseInfo,
     chunk: usize,
     /// Waiting for a free upload slot.
     slot_wait: Acc,
@@ -429,6 +440,7 @@ struct Dump {
     exported: pg::ExportedSnapshot,
     tables: Vec<pg::Table>,
     pg_dump_version: String,
+    database: manifest::DatabaseInfo,
 }
 
 /// Exports a snapshot, lists its tables and starts pg_dump on it.
@@ -440,6 +452,7 @@ async fn start_dump(opts: &RunOptions, progress: &Progress) -> Result<Dump, Engi
         progress.total.store(n, Ordering::Relaxed);
     }
     let tables = pg::user_tables(&exported.client).await?;
+    let database = pg::database_info(&exported.client).await?;
 
     let mut child = ChildGuard(Some(pg::spawn_pg_dump(&pg_dump, &opts.pg, &exported.name)?));
     let (stdout, stderr) = match child.child() {
@@ -457,6 +470,7 @@ async fn start_dump(opts: &RunOptions, progress: &Progress) -> Result<Dump, Engi
         exported,
         tables,
         pg_dump_version,
+        database,
     })
 }
 
@@ -472,7 +486,7 @@ async fn settle_row_counts(
         tracing::warn!(reason = %why, "row counts not read from the dump; counting with SQL");
         BTreeMap::new()
     });
-    pg::complete_counts(&exported.client, tables, streamed).await
+    pg::complete_counts(&exported.client, tables, streamed, &pg::Table::key).await
 }
 
 /// Streams pg_dump through the compress and seal stages into one upload of the data
@@ -490,6 +504,7 @@ async fn dump_and_store(
         exported,
         tables,
         pg_dump_version,
+        database,
     } = start_dump(opts, &progress).await?;
     let mut upload = storage.begin_upload(&manifest::data_name(id)).await?;
 
@@ -575,6 +590,7 @@ async fn dump_and_store(
         row_counts,
         server_version,
         pg_dump_version,
+        database,
         chunk,
         slot_wait,
         upload_finish: finish_start.elapsed(),
@@ -625,6 +641,7 @@ fn snapshot_manifest(
             },
         },
         row_counts: d.row_counts.clone(),
+        database: Some(d.database.clone()),
         mac_key_id: None,
         mac: None,
     }
@@ -689,6 +706,9 @@ pub struct RestoreOptions {
     pub jobs: Option<u32>,
     /// Directory of the spool file for `jobs` (default: the temp directory).
     pub scratch_dir: Option<PathBuf>,
+    /// Restore into an existing database whose encoding differs from the source's
+    /// (characters the target encoding lacks are lost or refused).
+    pub allow_encoding_change: bool,
 }
 
 /// Result of `backup restore`.
@@ -718,10 +738,8 @@ pub async fn restore(
     .await?;
     check_keys(&manifest, &opts.keys, opts.allow_unencrypted)?;
 
-    let exists = {
-        let admin = opts.target.with_database("postgres").connect().await?;
-        pg::database_exists(&admin, &opts.target.database).await?
-    };
+    let admin = opts.target.with_database("postgres").connect().await?;
+    let exists = pg::database_exists(&admin, &opts.target.database).await?;
     let mut clean = false;
     if !exists {
         if !opts.create {
@@ -730,10 +748,18 @@ pub async fn restore(
                 opts.target.database
             )));
         }
-        let admin = opts.target.with_database("postgres").connect().await?;
-        pg::create_database(&admin, &opts.target.database).await?;
+        pg::create_database(&admin, &opts.target.database, manifest.database.as_ref()).await?;
     } else {
         let client = opts.target.connect().await?;
+        if let Some(source) = &manifest.database {
+            let target = pg::database_info(&client).await?;
+            if target.encoding != source.encoding && !opts.allow_encoding_change {
+                return Err(EngineError::Invalid(format!(
+                    "snapshot {} is of a {} database, target {} is {}: characters may be lost or refused; restore with --create into a new database (it gets the source's encoding and locale), or pass --allow-encoding-change",
+                    manifest.id, source.encoding, opts.target.database, target.encoding
+                )));
+            }
+        }
         if !pg::is_empty(&client).await? {
             if !opts.force {
                 return Err(PgError::NotEmpty(opts.target.database.clone()).into());
@@ -741,7 +767,14 @@ pub async fn restore(
             clean = true;
         }
     }
-    let profile = restore_into(storage, &manifest, opts, clean, progress).await?;
+    let restored = restore_into(storage, &manifest, opts, clean, progress).await;
+    if restored.is_err() && !exists {
+        // A failed `--create` leaves no empty (or half-restored) database behind.
+        if let Err(e) = pg::drop_database(&admin, &opts.target.database).await {
+            tracing::warn!(error = %e, "cannot drop the database this restore created");
+        }
+    }
+    let profile = restored?;
     Ok(RestoreReport {
         manifest,
         duration: t0.elapsed(),
@@ -817,20 +850,37 @@ impl Read for ChannelReader {
 /// Counts (and times) bytes going to pg_restore or the spool file.
 struct CountingWriter<W> {
     inner: W,
+    /// What `inner` is, for errors (`pg_restore's input`, `spool file /path`).
+    what: String,
     progress: Arc<Progress>,
     wait: Acc,
+}
+
+impl<W: Write> CountingWriter<W> {
+    fn sink_error(&self, e: io::Error) -> io::Error {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            return e;
+        }
+        io::Error::other(SinkError {
+            what: self.what.clone(),
+            source: e,
+        })
+    }
 }
 
 impl<W: Write> Write for CountingWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let inner = &mut self.inner;
-        let n = self.wait.time(|| inner.write(data))?;
+        let n = match self.wait.time(|| inner.write(data)) {
+            Ok(n) => n,
+            Err(e) => return Err(self.sink_error(e)),
+        };
         self.progress.raw.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner.flush().map_err(|e| self.sink_error(e))
     }
 }
 
@@ -847,8 +897,47 @@ impl<R: Read> Read for TimedReader<R> {
     }
 }
 
+/// A write to the restore's sink (pg_restore's stdin or the spool file) that failed,
+/// told apart from decoding errors so that e.g. a full scratch directory is reported
+/// as such, with its path, and not as a compression error.
+#[derive(Debug, thiserror::Error)]
+#[error("writing {what}: {source}")]
+struct SinkError {
+    what: String,
+    source: io::Error,
+}
+
+/// The storage error somewhere in `e`'s chain (a download that failed mid-way is
+/// wrapped by the decryption and decompression layers).
+fn storage_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a StorageError> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(s) = err.downcast_ref::<StorageError>() {
+            return Some(s);
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            cur = Some(inner);
+            continue;
+        }
+        if let Some(FormatError::Io(io)) = err.downcast_ref::<FormatError>() {
+            cur = Some(io);
+            continue;
+        }
+        cur = err.source();
+    }
+    None
+}
+
 fn map_decode_error(e: io::Error) -> EngineError {
+    if let Some(s) = storage_cause(&e) {
+        return EngineError::Download(s.to_string());
+    }
     if let Some(inner) = e.get_ref() {
+        if let Some(w) = inner.downcast_ref::<SinkError>() {
+            return EngineError::Scratch(w.to_string());
+        }
         if let Some(f) = inner.downcast_ref::<FormatError>() {
             return EngineError::Format(match f {
                 FormatError::Authentication(i) => FormatError::Authentication(*i),
@@ -878,12 +967,13 @@ fn decode_stage<W: Write>(
     mut reader: ChannelReader,
     keys: Vec<EncryptionKey>,
     encrypted: bool,
-    sink: W,
+    (sink, what): (W, String),
     manifest: &Manifest,
     progress: Arc<Progress>,
 ) -> (Result<Profile, EngineError>, Option<W>) {
     let cpu0 = profile::thread_cpu();
     let mut out = CountingWriter {
+        what,
         inner: sink,
         progress,
         wait: Acc::default(),
@@ -891,12 +981,18 @@ fn decode_stage<W: Write>(
     let result = (|| -> Result<Profile, EngineError> {
         let (mut copy, decrypt) = {
             let plain: Box<dyn Read + '_> = if encrypted {
-                Box::new(format::OpenReader::new(
-                    &mut reader,
-                    &keys,
-                    &manifest.id,
-                    manifest.format_version < MANIFEST_VERSION,
-                )?)
+                Box::new(
+                    format::OpenReader::new(
+                        &mut reader,
+                        &keys,
+                        &manifest.id,
+                        manifest.format_version < MANIFEST_VERSION,
+                    )
+                    .map_err(|e| match e {
+                        FormatError::Io(io) => map_decode_error(io),
+                        other => other.into(),
+                    })?,
+                )
             } else {
                 Box::new(&mut reader)
             };
@@ -931,7 +1027,7 @@ fn decode_stage<W: Write>(
                 actual,
             });
         }
-        out.flush().map_err(|e| EngineError::Pipe(e.to_string()))?;
+        out.flush().map_err(map_decode_error)?;
         let below_decrypt = reader.wait.0 + reader.hash.0;
         let mut p = Profile::new();
         profile::record(
@@ -984,7 +1080,7 @@ impl Spool {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| EngineError::Pipe(format!("spool file {}: {e}", path.display())))?;
+            .map_err(|e| EngineError::Scratch(format!("spool file {}: {e}", path.display())))?;
         Ok((Spool(path), file))
     }
 }
@@ -996,6 +1092,10 @@ impl Drop for Spool {
 }
 
 fn pg_restore_failed(status: std::process::ExitStatus, stderr: String) -> EngineError {
+    let stderr = match pg::restore_hint(&stderr) {
+        Some(hint) => format!("{stderr}\nwhat to do: {hint}"),
+        None => stderr,
+    };
     PgError::ChildFailed {
         program: "pg_restore",
         status: status.to_string(),
@@ -1078,7 +1178,7 @@ async fn decode<W: Write + Send + 'static>(
     reader: ChannelReader,
     manifest: &Manifest,
     keys: &[EncryptionKey],
-    sink: W,
+    sink: (W, String),
     progress: Arc<Progress>,
 ) -> Result<(Result<Profile, EngineError>, Option<W>), EngineError> {
     let (keys, encrypted, m) = (
@@ -1115,7 +1215,8 @@ async fn restore_streamed(
         return Err(EngineError::Pipe("pg_restore pipes missing".into()));
     };
     let stderr = StderrTail::spawn(stderr);
-    let (decoded, stdin_left) = decode(reader, manifest, &opts.keys, stdin, progress).await?;
+    let sink = (stdin, "pg_restore's input".to_string());
+    let (decoded, stdin_left) = decode(reader, manifest, &opts.keys, sink, progress).await?;
     if decoded.is_err() {
         // Kill pg_restore before its stdin closes so a bad stream is never
         // committed.
@@ -1148,7 +1249,11 @@ async fn restore_spooled(
     let dir = opts.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
     let (spool, file) = Spool::create(&dir, &manifest.id)?;
     let sink = io::BufWriter::with_capacity(1 << 20, file);
-    let (decoded, _) = decode(reader, manifest, &opts.keys, sink, progress).await?;
+    let what = format!(
+        "spool file {} (in --scratch-dir; is it full?)",
+        spool.0.display()
+    );
+    let (decoded, _) = decode(reader, manifest, &opts.keys, (sink, what), progress).await?;
     // Nothing reaches PostgreSQL unless the whole object verified.
     let mut p = decoded?;
     let spooled = t0.elapsed();
@@ -1176,19 +1281,4 @@ async fn restore_spooled(
         ],
     );
     Ok(p)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::default_compression_threads;
-
-    #[test]
-    fn two_zstd_workers_only_with_two_cpus_and_a_low_level() {
-        assert_eq!(default_compression_threads(1, 2), 2);
-        assert_eq!(default_compression_threads(3, 64), 2);
-        assert_eq!(default_compression_threads(9, 2), 2);
-        assert_eq!(default_compression_threads(3, 1), 0);
-        assert_eq!(default_compression_threads(10, 8), 0);
-        assert_eq!(default_compression_threads(19, 8), 0);
-    }
 }

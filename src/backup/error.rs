@@ -25,6 +25,13 @@ pub enum EngineError {
     /// Compression or decompression.
     #[error("zstd: {0}")]
     Zstd(io::Error),
+    /// Reading the snapshot from storage failed part way (a network or storage error,
+    /// not a sign of corruption).
+    #[error("reading the snapshot from storage failed (not corruption; retry): {0}")]
+    Download(String),
+    /// Writing the restore's scratch file (or pg_restore's input) failed.
+    #[error("{0}")]
+    Scratch(String),
     /// A pipe between stages broke.
     #[error("pipeline: {0}")]
     Pipe(String),
@@ -69,6 +76,16 @@ pub enum EngineError {
         "snapshot {0} is not encrypted although a key is configured; refused (use --allow-unencrypted to restore it anyway)"
     )]
     Unencrypted(String),
+    /// `--id` names an existing snapshot of another source database.
+    #[error(
+        "snapshot id {id} is already used by a snapshot of {of}; nothing was backed up: choose another --id"
+    )]
+    IdInUse {
+        /// The id.
+        id: String,
+        /// `host:port/database` of the existing snapshot.
+        of: String,
+    },
     /// SIGTERM / SIGINT.
     #[error("interrupted by {0}; child processes stopped, unfinished uploads removed")]
     Interrupted(&'static str),
@@ -88,6 +105,8 @@ impl EngineError {
             EngineError::Storage(e) => e.reason(),
             EngineError::Format(e) => e.reason(),
             EngineError::Zstd(_) => "CompressionError",
+            EngineError::Download(_) => "DownloadFailed",
+            EngineError::Scratch(_) => "ScratchWriteFailed",
             EngineError::Pipe(_) => "PipelineError",
             EngineError::Checksum { .. } => "ChecksumMismatch",
             EngineError::Size { .. } => "SizeMismatch",
@@ -97,6 +116,7 @@ impl EngineError {
             EngineError::Unauthenticated { .. } => "Unauthenticated",
             EngineError::UnsafeName(_) => "UnsafeName",
             EngineError::Unencrypted(_) => "Unencrypted",
+            EngineError::IdInUse { .. } => "IdInUse",
             EngineError::Interrupted(_) => "Interrupted",
             EngineError::Invalid(_) => "InvalidArgument",
             EngineError::Timeout(_) => "Timeout",

@@ -30,8 +30,11 @@ pub enum AuthError {
     /// Its MAC key is not among the configured keys.
     #[error("is authenticated with key {0:?}, which was not provided")]
     UnknownKey(String),
-    /// The MAC does not match: a field was changed, or the whole object forged.
-    #[error("has an invalid MAC (modified or forged)")]
+    /// The MAC does not match: a different key under the same id, a changed field, or
+    /// a forged object.
+    #[error(
+        "has a MAC that does not verify under the given key of that id (the wrong key material for this id, or the object was modified or forged)"
+    )]
     Invalid,
     /// It could not be serialized for checking.
     #[error("cannot be encoded: {0}")]
@@ -92,6 +95,46 @@ pub fn manifest_name(id: &str) -> String {
     format!("{id}.manifest.json")
 }
 
+/// The row-count key of table `name` in `schema`: `schema.table`, each part written
+/// as is unless it contains `.` or `"`, then double-quoted (`"a.b".c`, `a."b.c"`), so
+/// that no two tables share a key (issue #32). Plain names keep the keys manifests
+/// always had.
+pub fn table_key(schema: &str, name: &str) -> String {
+    fn part(s: &str) -> String {
+        if s.contains(['.', '"']) {
+            format!("\"{}\"", s.replace('"', "\"\""))
+        } else {
+            s.to_string()
+        }
+    }
+    format!("{}.{}", part(schema), part(name))
+}
+
+/// The key manifests written before issue #32 used (`schema.table`, as is), under
+/// which `"a.b".c` and `a."b.c"` collide. Restore tests of those manifests compare
+/// under it.
+pub fn legacy_table_key(schema: &str, name: &str) -> String {
+    format!("{schema}.{name}")
+}
+
+impl Manifest {
+    /// The row-count key of a table in this manifest ([`table_key`], or
+    /// [`legacy_table_key`] for a manifest written before issue #32, recognizable by
+    /// its missing `database`).
+    pub fn key_of(&self, schema: &str, name: &str) -> String {
+        if self.database.is_some() {
+            table_key(schema, name)
+        } else {
+            legacy_table_key(schema, name)
+        }
+    }
+}
+
+/// Name of the lock a run holds while it writes snapshot `id`.
+pub fn lock_name(id: &str) -> String {
+    format!("{id}.lock")
+}
+
 /// Object name of a snapshot's newest verification record.
 pub fn verification_name(id: &str) -> String {
     format!("{id}.verify.json")
@@ -150,6 +193,11 @@ pub struct Manifest {
     /// Exact row count of every table, keyed `schema.table`, counted in the same
     /// transaction snapshot that pg_dump dumped.
     pub row_counts: BTreeMap<String, i64>,
+    /// The source database's encoding and locale (absent in manifests written before
+    /// issue #32): `restore --create` and the restore test create their database with
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseInfo>,
     /// Key whose metadata MAC key signed this manifest (absent without a key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_key_id: Option<String>,
@@ -197,6 +245,18 @@ pub struct Source {
     pub database: String,
     /// Role used.
     pub user: String,
+}
+
+/// Database-level properties of the source that a logical dump does not carry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseInfo {
+    /// Server encoding (`UTF8`, `LATIN1`, `SQL_ASCII`, …).
+    pub encoding: String,
+    /// `LC_COLLATE`.
+    pub collate: String,
+    /// `LC_CTYPE`.
+    pub ctype: String,
 }
 
 /// Compression of a snapshot.
@@ -324,6 +384,11 @@ mod tests {
                 chunk_size: Some(1 << 20),
             },
             row_counts: [("public.a".to_string(), 3)].into(),
+            database: Some(DatabaseInfo {
+                encoding: "LATIN1".into(),
+                collate: "C".into(),
+                ctype: "C".into(),
+            }),
             mac_key_id: None,
             mac: None,
         }
@@ -357,6 +422,7 @@ mod tests {
             |m| m.encryption.algorithm = "none".into(),
             |m| m.encryption.key_id = None,
             |m| m.source.host = "evil".into(),
+            |m| m.database = None,
         ];
         for edit in edits {
             let mut forged = m.clone();
@@ -428,6 +494,21 @@ mod tests {
         ] {
             assert_eq!(id_from_manifest_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn table_keys_never_collide() {
+        assert_eq!(table_key("public", "Weird Name"), "public.Weird Name");
+        assert_eq!(table_key("a.b", "c"), "\"a.b\".c");
+        assert_eq!(table_key("a", "b.c"), "a.\"b.c\"");
+        assert_ne!(table_key("a.b", "c"), table_key("a", "b.c"));
+        assert_eq!(table_key("x", "q\"t"), "x.\"q\"\"t\"");
+        assert_ne!(table_key("a\".\"b", "c"), table_key("a", "b\".\"c"));
+        // Manifests written before these keys compare under the old ones.
+        let mut old = sample();
+        assert_eq!(old.key_of("a.b", "c"), "\"a.b\".c");
+        old.database = None;
+        assert_eq!(old.key_of("a.b", "c"), "a.b.c");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Layout, each module using only those listed before it:
 //! [`format`] (encrypted chunk format), [`manifest`] (JSON beside each snapshot),
-//! [`retention`] and [`schedule`] (pure decisions), [`profile`] (per-stage time),
+//! [`retention`], [`schedule`] and [`budget`] (pure decisions: retention, schedules,
+//! memory per compression level), [`profile`] (per-stage time),
 //! [`result`] (the signed one-line result the controller reads), [`secret_file`]
 //! (secrets from files), [`pg`] (PostgreSQL connections and client programs),
 //! [`destination`] (where snapshots live: one file per backend, with its key scheme,
@@ -12,6 +13,7 @@
 //! pipelines), [`verify`] (restore test), [`cli`] (flags, config, output). See
 //! `docs/BACKUP.md`.
 
+pub mod budget;
 pub mod catalog;
 pub mod cli;
 pub mod destination;

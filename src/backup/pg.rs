@@ -23,6 +23,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::{Client, NoTls};
 
+use super::manifest::DatabaseInfo;
 use crate::crd::backup_schedule::SslMode;
 
 /// Errors of the PostgreSQL side.
@@ -426,9 +427,9 @@ pub struct Table {
 }
 
 impl Table {
-    /// `schema.table`, the key of row counts in a manifest.
+    /// The key of its row count in a manifest ([`super::manifest::table_key`]).
     pub fn key(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+        super::manifest::table_key(&self.schema, &self.name)
     }
 }
 
@@ -447,10 +448,11 @@ pub async fn user_tables(client: &Client) -> Result<Vec<Table>, PgError> {
         .collect())
 }
 
-/// Exact row count of one table (a full scan).
+/// Exact row count of one table, its own rows only (`ONLY`: an inheritance parent's
+/// count must not include its children's rows, which pg_dump dumps with the children).
 async fn count_rows(client: &Client, table: &Table) -> Result<i64, PgError> {
     let sql = format!(
-        "SELECT count(*) FROM {}.{}",
+        "SELECT count(*) FROM ONLY {}.{}",
         quote_ident(&table.schema),
         quote_ident(&table.name)
     );
@@ -461,23 +463,30 @@ async fn count_rows(client: &Client, table: &Table) -> Result<i64, PgError> {
         .get(0))
 }
 
-/// Exact row count of every ordinary user table, keyed `schema.table`.
-pub async fn row_counts(client: &Client) -> Result<BTreeMap<String, i64>, PgError> {
+/// Exact row count of every ordinary user table, keyed by `key` (normally
+/// [`Table::key`]).
+pub async fn row_counts(
+    client: &Client,
+    key: &(dyn Fn(&Table) -> String + Sync),
+) -> Result<BTreeMap<String, i64>, PgError> {
     let tables = user_tables(client).await?;
-    Ok(complete_counts(client, &tables, BTreeMap::new()).await?.0)
+    Ok(complete_counts(client, &tables, BTreeMap::new(), key)
+        .await?
+        .0)
 }
 
-/// The row count of every table in `tables`: from `known` where it has the table,
-/// else by `count(*)`. Returns the counts and how many needed `count(*)`.
+/// The row count of every table in `tables`, keyed by `key`: from `known` where it has
+/// the table, else by `count(*)`. Returns the counts and how many needed `count(*)`.
 pub async fn complete_counts(
     client: &Client,
     tables: &[Table],
     known: BTreeMap<String, i64>,
+    key: &(dyn Fn(&Table) -> String + Sync),
 ) -> Result<(BTreeMap<String, i64>, usize), PgError> {
     let mut counts = BTreeMap::new();
     let mut counted = 0;
     for table in tables {
-        let key = table.key();
+        let key = key(table);
         let n = match known.get(&key) {
             Some(&n) => n,
             None => {
@@ -578,12 +587,49 @@ pub async fn database_exists(client: &Client, name: &str) -> Result<bool, PgErro
     Ok(n > 0)
 }
 
-/// `CREATE DATABASE`.
-pub async fn create_database(client: &Client, name: &str) -> Result<(), PgError> {
+/// `CREATE DATABASE`, with the encoding and locale of `like` when given (from
+/// `template0`, the only template that allows another encoding or locale).
+pub async fn create_database(
+    client: &Client,
+    name: &str,
+    like: Option<&DatabaseInfo>,
+) -> Result<(), PgError> {
+    let sql = match like {
+        None => format!("CREATE DATABASE {}", quote_ident(name)),
+        Some(d) => format!(
+            "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+            quote_ident(name),
+            quote_literal(&d.encoding),
+            quote_literal(&d.collate),
+            quote_literal(&d.ctype)
+        ),
+    };
     client
-        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+        .batch_execute(&sql)
         .await
         .map_err(query_err("create database"))
+}
+
+/// Quotes an SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The encoding and locale of the connected database.
+pub async fn database_info(client: &Client) -> Result<DatabaseInfo, PgError> {
+    let row = client
+        .query_one(
+            "SELECT pg_encoding_to_char(encoding)::text, datcollate::text, datctype::text \
+             FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(query_err("database encoding and locale"))?;
+    Ok(DatabaseInfo {
+        encoding: row.get(0),
+        collate: row.get(1),
+        ctype: row.get(2),
+    })
 }
 
 /// `DROP DATABASE IF EXISTS … WITH (FORCE)`.
@@ -597,14 +643,17 @@ pub async fn drop_database(client: &Client, name: &str) -> Result<(), PgError> {
         .map_err(query_err("drop database"))
 }
 
-/// Runs a check: passes when the query returns a single `true`.
+/// Runs a check: passes when the query returns a single `true`. A failure is described
+/// generically (the SQLSTATE, never the server's message: it may quote the data, e.g.
+/// `invalid input syntax for type integer: "123-45-6789"`, and the description ends
+/// up in plaintext records, results and logs).
 pub async fn run_check(client: &Client, sql: &str) -> Result<bool, String> {
-    let rows = client.simple_query(sql).await.map_err(|e| {
-        let m = e
-            .as_db_error()
-            .map(|d| d.message().to_string())
-            .unwrap_or_else(|| e.to_string());
-        bounded(&m, 200)
+    let rows = client.simple_query(sql).await.map_err(|e| match e.code() {
+        Some(code) => format!(
+            "query failed with SQLSTATE {} (message withheld: it may contain data)",
+            code.code()
+        ),
+        None => "query failed (connection error)".to_string(),
     })?;
     let values: Vec<Option<String>> = rows
         .iter()
@@ -699,6 +748,23 @@ pub fn spawn_pg_dump(
         program: bin.display().to_string(),
         source,
     })
+}
+
+/// What to do about a pg_restore failure, recognized from its stderr.
+pub fn restore_hint(stderr: &str) -> Option<&'static str> {
+    if stderr.contains("role \"") && stderr.contains("does not exist") {
+        Some(
+            "a role named in the snapshot is missing on the target (roles are not in a snapshot): create it first, or use --no-owner",
+        )
+    } else if stderr.contains("out of shared memory")
+        || stderr.contains("max_locks_per_transaction")
+    {
+        Some(
+            "one transaction ran out of lock slots (many large objects or tables): raise max_locks_per_transaction on the target, or use --jobs N",
+        )
+    } else {
+        None
+    }
 }
 
 /// How `pg_restore` runs.

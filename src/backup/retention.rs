@@ -6,7 +6,11 @@
 //!    selects it (`keepLast N`: the newest N; `keepDaily N`: the newest snapshot of each
 //!    of the newest N UTC days that have one; weekly by ISO week; monthly by month).
 //! 2. `maxAge` removes candidates older than `now - maxAge`.
-//! 3. The newest snapshot and the newest verified snapshot are always kept.
+//! 3. The newest snapshot and the newest verified snapshot are always kept, and so are
+//!    the snapshots named in `protect` (a run's own prune protects what it just wrote).
+//! 4. A snapshot dated more than [`FUTURE_SKEW`] after `now` (a node with a bad
+//!    clock) is flagged `future-dated`: kept, but never counted by a rule nor taken as
+//!    the newest, so it cannot push newer snapshots out.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -51,10 +55,37 @@ pub struct Decision {
     pub reasons: Vec<&'static str>,
 }
 
-/// Decides, newest first, which snapshots to keep.
-pub fn select(snapshots: &[Snapshot], policy: &Policy, now: DateTime<Utc>) -> Vec<Decision> {
+/// How far into the future a snapshot's time may be (clock skew between nodes) before
+/// it is flagged instead of trusted.
+pub const FUTURE_SKEW: chrono::Duration = chrono::Duration::minutes(5);
+
+/// Whether `time` lies more than [`FUTURE_SKEW`] after `now`.
+pub fn is_future_dated(time: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now.checked_add_signed(FUTURE_SKEW)
+        .is_some_and(|limit| time > limit)
+}
+
+/// Decides, newest first, which snapshots to keep. `protect` lists ids that are kept
+/// whatever the rules say (reason `protected`).
+pub fn select(
+    snapshots: &[Snapshot],
+    policy: &Policy,
+    now: DateTime<Utc>,
+    protect: &[&str],
+) -> Vec<Decision> {
     let mut sorted: Vec<&Snapshot> = snapshots.iter().collect();
     sorted.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    let (future, sorted): (Vec<&Snapshot>, Vec<&Snapshot>) = sorted
+        .into_iter()
+        .partition(|s| is_future_dated(s.time, now));
+    let mut out: Vec<Decision> = future
+        .iter()
+        .map(|s| Decision {
+            id: s.id.clone(),
+            keep: true,
+            reasons: vec!["future-dated"],
+        })
+        .collect();
 
     let any_count_rule = policy.keep_last.is_some()
         || policy.keep_daily.is_some()
@@ -96,37 +127,39 @@ pub fn select(snapshots: &[Snapshot], policy: &Policy, now: DateTime<Utc>) -> Ve
         .and_then(|age| now.checked_sub_signed(age));
 
     let newest_verified = sorted.iter().position(|s| s.verified);
-    sorted
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let mut why = std::mem::take(&mut reasons[i]);
-            let mut keep = !why.is_empty();
-            if keep && cutoff.is_some_and(|c| s.time < c) {
-                keep = false;
-                why = vec!["max-age"];
-            }
-            if i == 0 {
-                why.push("newest");
-                keep = true;
-            }
-            if Some(i) == newest_verified {
-                why.push("newest-verified");
-                keep = true;
-            }
-            if why.is_empty() {
-                why.push("unselected");
-            }
-            if keep {
-                why.retain(|r| *r != "max-age");
-            }
-            Decision {
-                id: s.id.clone(),
-                keep,
-                reasons: why,
-            }
-        })
-        .collect()
+    let present = sorted.iter().enumerate().map(|(i, s)| {
+        let mut why = std::mem::take(&mut reasons[i]);
+        let mut keep = !why.is_empty();
+        if keep && cutoff.is_some_and(|c| s.time < c) {
+            keep = false;
+            why = vec!["max-age"];
+        }
+        if i == 0 {
+            why.push("newest");
+            keep = true;
+        }
+        if Some(i) == newest_verified {
+            why.push("newest-verified");
+            keep = true;
+        }
+        if protect.contains(&s.id.as_str()) {
+            why.push("protected");
+            keep = true;
+        }
+        if why.is_empty() {
+            why.push("unselected");
+        }
+        if keep {
+            why.retain(|r| *r != "max-age");
+        }
+        Decision {
+            id: s.id.clone(),
+            keep,
+            reasons: why,
+        }
+    });
+    out.extend(present);
+    out
 }
 
 /// Parses durations like `90d`, `12h`, `1h30m`, `2w`, `45s` (units s, m, h, d, w).
@@ -299,7 +332,7 @@ mod tests {
             },
         ];
         for c in cases {
-            let d = select(&all, &c.policy, now);
+            let d = select(&all, &c.policy, now, &[]);
             assert_eq!(d.len(), n, "{}", c.name);
             let k = kept(&d);
             assert_eq!(k.len(), c.expect_kept, "{}: kept {k:?}", c.name);
@@ -325,13 +358,57 @@ mod tests {
             max_age: parse_duration("1d"),
             ..Policy::default()
         };
-        let d = select(&all, &policy, t + chrono::Duration::days(30));
+        let d = select(&all, &policy, t + chrono::Duration::days(30), &[]);
         assert_eq!(kept(&d), vec!["s2", "s0"]);
         let s0 = d.iter().find(|d| d.id == "s0").expect("s0");
         assert_eq!(s0.reasons, vec!["newest-verified"]);
         let s1 = d.iter().find(|d| d.id == "s1").expect("s1");
         assert_eq!(s1.reasons, vec!["unselected"]);
-        assert!(select(&[], &policy, t).is_empty());
+        assert!(select(&[], &policy, t, &[]).is_empty());
+    }
+
+    /// Issue #32, finding 1: one snapshot dated 2099 must not stay "newest" forever
+    /// and push out every new one.
+    #[test]
+    fn a_future_dated_snapshot_is_flagged_and_never_pushes_out_new_ones() {
+        let now = at(2026, 12, 7, 2);
+        let all = vec![
+            Snapshot {
+                id: "bad-clock".into(),
+                time: at(2099, 1, 1, 0),
+                verified: false,
+            },
+            Snapshot {
+                id: "yesterday".into(),
+                time: now - chrono::Duration::days(1),
+                verified: false,
+            },
+            Snapshot {
+                id: "just-now".into(),
+                time: now - chrono::Duration::minutes(1),
+                verified: false,
+            },
+            // Within the allowed skew: an ordinary snapshot.
+            Snapshot {
+                id: "skewed".into(),
+                time: now + chrono::Duration::minutes(2),
+                verified: false,
+            },
+        ];
+        let policy = Policy {
+            keep_last: Some(1),
+            ..Policy::default()
+        };
+        let d = select(&all, &policy, now, &[]);
+        assert_eq!(kept(&d), vec!["bad-clock", "skewed"]);
+        assert_eq!(d[0].reasons, vec!["future-dated"]);
+        // A run's own prune keeps what it just wrote whatever the clocks say.
+        let d = select(&all, &policy, now, &["just-now"]);
+        assert_eq!(kept(&d), vec!["bad-clock", "skewed", "just-now"]);
+        let just = d.iter().find(|d| d.id == "just-now").expect("just-now");
+        assert_eq!(just.reasons, vec!["protected"]);
+        assert!(is_future_dated(at(2099, 1, 1, 0), now));
+        assert!(!is_future_dated(now + chrono::Duration::minutes(5), now));
     }
 
     #[test]

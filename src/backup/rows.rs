@@ -436,7 +436,9 @@ impl RowCounter {
             return Ok(None);
         };
         Ok(Some(match (desc.as_deref(), namespace, tag) {
-            (Some("TABLE DATA"), Some(ns), Some(table)) => Some((id, format!("{ns}.{table}"))),
+            (Some("TABLE DATA"), Some(ns), Some(table)) => {
+                Some((id, super::manifest::table_key(&ns, &table)))
+            }
             _ => None,
         }))
     }
@@ -665,8 +667,8 @@ mod tests {
     }
 
     #[test]
-    fn colliding_keys_are_left_out_for_sql() {
-        // `"a.b"."c"` and `"a"."b.c"` are both `a.b.c`: neither count can be trusted.
+    fn dotted_names_have_keys_of_their_own() {
+        // `"a.b"."c"` and `"a"."b.c"` have keys of their own (issue #32): both counted.
         let mut a = Archive::new(
             16,
             &[
@@ -680,7 +682,12 @@ mod tests {
         a.table(5, &["1\n"], false);
         assert_eq!(
             counted(&a.out, 64),
-            Ok([("public.t".to_string(), 1)].into())
+            Ok([
+                ("\"a.b\".c".to_string(), 1),
+                ("a.\"b.c\"".to_string(), 2),
+                ("public.t".to_string(), 1)
+            ]
+            .into())
         );
     }
 

@@ -26,8 +26,24 @@ impl SecretFileError {
     }
 }
 
-/// Reads a secret file; one trailing newline (`\n` or `\r\n`) is removed.
+/// Whether a file of `mode` can be read by users other than its owner and group.
+pub fn world_readable(mode: u32) -> bool {
+    mode & 0o004 != 0
+}
+
+/// Reads a secret file; one trailing newline (`\n` or `\r\n`) is removed. A file
+/// that every user may read is used, with a warning on stderr (never its content).
 pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && world_readable(meta.permissions().mode())
+    {
+        eprintln!(
+            "warning: secret file {} is readable by every user (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
     let mut b = std::fs::read(path).map_err(|source| SecretFileError::Read {
         path: path.display().to_string(),
         source,

@@ -23,6 +23,23 @@ use crate::crd::backup_schedule::{BackupSchedule, BackupScheduleSpec, SecretKeyR
 
 /// Label: the schedule a Job, Pod or ConfigMap belongs to.
 pub const SCHEDULE_LABEL: &str = "palisade.dev/backup-schedule";
+/// The memory of a backup Job whose template sets no resources: the run's budget at the
+/// schedule's compression level with the default zstd workers of a two-CPU node, plus
+/// an S3 destination's parts in flight ([`crate::backup::budget`]), as both request
+/// and limit.
+pub fn default_backup_resources(spec: &BackupScheduleSpec) -> Value {
+    use crate::backup::budget;
+    let level = spec.compression.level;
+    let s3 = spec
+        .destination
+        .s3
+        .as_ref()
+        .map(|s| (s.part_size_mib, s.concurrency));
+    let mib = budget::job_budget_mib(level, budget::default_compression_threads(level, 2), s3);
+    let memory = format!("{mib}Mi");
+    json!({"requests": {"memory": memory}, "limits": {"memory": memory}})
+}
+
 /// Label: `backup` or `verify`.
 pub const RUN_KIND_LABEL: &str = "palisade.dev/run-kind";
 /// Label on the run pod: its Job's name (the pod's results are found by it).
@@ -368,8 +385,10 @@ pub fn job(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     });
-    if let Some(r) = &tpl.resources {
-        container["resources"] = json!(r);
+    match (&tpl.resources, kind) {
+        (Some(r), _) => container["resources"] = json!(r),
+        (None, RunKind::Backup) => container["resources"] = default_backup_resources(&bs.spec),
+        (None, RunKind::Verify) => {}
     }
     let mut pod_spec = json!({
         "restartPolicy": "Never",
@@ -485,6 +504,33 @@ spec:
             "ghcr.io/palisade-dev/palisade:test",
         );
         check_snapshot("backup_job.yaml", &job);
+    }
+
+    /// Issue #32: a backup Job without resources gets its level's memory budget.
+    #[test]
+    fn a_backup_job_without_resources_gets_its_memory_budget() {
+        let mut bs = schedule();
+        if let Some(t) = bs.spec.job_template.as_mut() {
+            t.resources = None;
+        }
+        let container = |bs: &BackupSchedule, kind| {
+            let job = job(
+                bs,
+                kind,
+                at(),
+                Trigger::Schedule,
+                "registry.example/palisade:v1",
+            );
+            job["spec"]["template"]["spec"]["containers"][0].clone()
+        };
+        // Level 3 (the default): two workers' budget, plus 8 MiB × (4 + 2) S3 parts.
+        let c = container(&bs, RunKind::Backup);
+        assert_eq!(c["resources"]["limits"]["memory"], "176Mi", "{c}");
+        assert_eq!(c["resources"]["requests"]["memory"], "176Mi", "{c}");
+        bs.spec.compression.level = 19;
+        let c = container(&bs, RunKind::Backup);
+        assert_eq!(c["resources"]["limits"]["memory"], "224Mi", "{c}");
+        assert!(container(&bs, RunKind::Verify).get("resources").is_none());
     }
 
     #[test]

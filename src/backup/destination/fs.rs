@@ -3,7 +3,11 @@
 //! [`PVC_MOUNT`], then a path) or `--dir`.
 //!
 //! Files are created 0600 (directories 0700), exclusively and without following
-//! symlinks; a large object is written to `<name>.partial` and renamed into place.
+//! symlinks; every object (data, manifest, verification record) is written to a
+//! temporary name of its own (`<name>.<random>.partial`, see [`super::partial_name`]),
+//! flushed, fsynced and renamed into place, so a failed write (ENOSPC) never replaces
+//! what was there and two writers never share a temporary file. A run holds an
+//! exclusive `flock` on `<id>.lock` ([`Storage::lock`]) while it writes a snapshot.
 
 use std::path::{Path, PathBuf};
 
@@ -14,8 +18,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{
-    Backend, BackendError, ChunkSource, DestinationArgs, JobMounts, Kind, ObjectInfo, ObjectReader,
-    PartPlan, Registration, Storage, StorageError, Upload, UploadSink, VolumeMount,
+    Backend, BackendError, ChunkSource, DestinationArgs, JobMounts, Kind, LockGuard, ObjectInfo,
+    ObjectReader, PartPlan, Put, Registration, Storage, StorageError, Upload, UploadSink,
+    VolumeMount,
 };
 use crate::crd::backup_schedule::Destination;
 
@@ -129,18 +134,11 @@ impl Kind for Fs {
 }
 
 impl Storage {
-    /// A filesystem store (the directory is created when missing).
+    /// A filesystem store. The directory is created (0700) by the first write when
+    /// missing, never by a read: a mistyped `--dir` given to `list`, `restore`,
+    /// `verify` or `prune` fails instead of leaving an empty directory behind.
     pub async fn filesystem(dir: impl Into<PathBuf>) -> Result<Self, StorageError> {
-        let dir = dir.into();
-        if tokio::fs::metadata(&dir).await.is_err() {
-            tokio::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .await
-                .map_err(fs_err("create directory", &dir))?;
-        }
-        Ok(Storage::new(FsStore { dir }))
+        Ok(Storage::new(FsStore { dir: dir.into() }))
     }
 }
 
@@ -151,6 +149,19 @@ struct FsStore {
 }
 
 impl FsStore {
+    /// Creates the directory when missing (writes only).
+    async fn ensure_dir(&self) -> Result<(), StorageError> {
+        if tokio::fs::metadata(&self.dir).await.is_err() {
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .await
+                .map_err(fs_err("create directory", &self.dir))?;
+        }
+        Ok(())
+    }
+
     async fn list(&self) -> Result<Vec<ObjectInfo>, StorageError> {
         let mut out = Vec::new();
         let mut rd = tokio::fs::read_dir(&self.dir)
@@ -186,7 +197,8 @@ impl FsStore {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if !name.ends_with(".partial") {
+            // Only this engine's own temporary files: never a foreign `*.partial`.
+            if !super::is_partial_name(&name) {
                 continue;
             }
             let path = entry.path();
@@ -230,10 +242,12 @@ impl Backend for FsStore {
         registration: Registration,
     ) -> BoxFuture<'a, Result<Upload, StorageError>> {
         async move {
+            self.ensure_dir().await?;
             let final_path = self.dir.join(name);
-            let partial = self.dir.join(format!("{name}.partial"));
+            let partial_name = super::partial_name(name);
+            let partial = self.dir.join(&partial_name);
             let file = create_exclusive(&partial).await?;
-            registration.open(None);
+            registration.open(Some(partial_name));
             Ok(Upload(Box::new(FsUpload {
                 file,
                 partial,
@@ -248,14 +262,34 @@ impl Backend for FsStore {
         &'a self,
         name: &'a str,
         body: Vec<u8>,
+        mode: Put,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
         async move {
+            self.ensure_dir().await?;
             let path = self.dir.join(name);
-            let tmp = self.dir.join(format!("{name}.partial"));
-            write_synced(&tmp, &body).await?;
-            tokio::fs::rename(&tmp, &path)
-                .await
-                .map_err(fs_err("rename", &path))?;
+            let tmp = self.dir.join(super::partial_name(name));
+            if let Err(e) = write_synced(&tmp, &body).await {
+                // The object under `name` (e.g. the previous record) stays as it was.
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+            let placed = match mode {
+                Put::Replace => tokio::fs::rename(&tmp, &path)
+                    .await
+                    .map_err(fs_err("rename", &path)),
+                // A hard link fails atomically when the name exists.
+                Put::CreateOnly => match tokio::fs::hard_link(&tmp, &path).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Err(StorageError::Busy(path.display().to_string()))
+                    }
+                    Err(e) => Err(fs_err("link", &path)(e)),
+                },
+            };
+            if placed.is_err() || mode == Put::CreateOnly {
+                let _ = tokio::fs::remove_file(&tmp).await;
+            }
+            placed?;
             sync_dir(&self.dir).await
         }
         .boxed()
@@ -298,11 +332,12 @@ impl Backend for FsStore {
 
     fn remove_open<'a>(
         &'a self,
-        name: &'a str,
-        _token: Option<String>,
+        _name: &'a str,
+        token: Option<String>,
     ) -> BoxFuture<'a, Option<String>> {
         async move {
-            let partial = self.dir.join(format!("{name}.partial"));
+            // The token is this upload's own temporary name.
+            let partial = self.dir.join(token?);
             tokio::fs::remove_file(&partial)
                 .await
                 .ok()
@@ -317,33 +352,93 @@ impl Backend for FsStore {
     ) -> BoxFuture<'_, Result<Vec<String>, StorageError>> {
         FsStore::remove_stale_uploads(self, older_than).boxed()
     }
-}
 
-/// Creates `path` 0600, exclusively and without following a symlink; a leftover file
-/// (or symlink) of that name from an interrupted run is unlinked first.
-async fn create_exclusive(path: &Path) -> Result<tokio::fs::File, StorageError> {
-    let mut options = tokio::fs::OpenOptions::new();
-    options
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW);
-    let open = || options.open(path);
-    match open().await {
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            // Unlinks the entry itself, never a symlink's target.
-            tokio::fs::remove_file(path)
+    fn lock<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<LockGuard, StorageError>> {
+        async move {
+            self.ensure_dir().await?;
+            let path = self.dir.join(name);
+            let lock = tokio::task::spawn_blocking(move || lock_file(&path))
                 .await
-                .map_err(fs_err("remove stale", path))?;
-            open().await.map_err(fs_err("create", path))
+                .map_err(|e| StorageError::Task(e.to_string()))??;
+            Ok(LockGuard(Some(Box::new(lock))))
         }
-        other => other.map_err(fs_err("create", path)),
+        .boxed()
     }
 }
 
+/// Creates `path` 0600, exclusively and without following a symlink. Temporary names
+/// are random ([`super::partial_name`]), so an existing entry is never ours to unlink.
+async fn create_exclusive(path: &Path) -> Result<tokio::fs::File, StorageError> {
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .await
+        .map_err(fs_err("create", path))
+}
+
+/// An exclusive `flock` on `<dir>/<name>`, released (and the file removed) on drop.
+/// The kernel releases it when the process dies, so a crashed run never blocks the
+/// next one.
+struct FsLock {
+    _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for FsLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock; a waiter that opened the old file sees
+        // that it is no longer the one at `path` and retries.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn lock_file(path: &Path) -> Result<FsLock, StorageError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    for _ in 0..16 {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(fs_err("create", path))?;
+        // SAFETY: flock on a descriptor we own; it only takes an advisory lock.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(StorageError::Busy(path.display().to_string()));
+            }
+            return Err(fs_err("lock", path)(e));
+        }
+        let held = file.metadata().map_err(fs_err("stat", path))?;
+        match std::fs::symlink_metadata(path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                return Ok(FsLock {
+                    _file: file,
+                    path: path.to_path_buf(),
+                });
+            }
+            // The holder removed it between our open and our lock: try again.
+            _ => continue,
+        }
+    }
+    Err(StorageError::Busy(path.display().to_string()))
+}
+
+/// Writes `body` to a new file and makes it durable. `flush` comes before `sync_all`:
+/// tokio's `File` hands a write to a blocking thread and reports that write's error
+/// only to the next write or flush (`sync_all` does not), so without it an ENOSPC
+/// would be lost and an empty file renamed into place.
 async fn write_synced(path: &Path, body: &[u8]) -> Result<(), StorageError> {
     let mut f = create_exclusive(path).await?;
     f.write_all(body).await.map_err(fs_err("write", path))?;
+    f.flush().await.map_err(fs_err("write", path))?;
     f.sync_all().await.map_err(fs_err("sync", path))?;
     Ok(())
 }

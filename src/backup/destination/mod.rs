@@ -70,6 +70,9 @@ pub enum StorageError {
     UnsafeName(String),
     /// Flags and config file do not describe a usable destination.
     Config(String),
+    /// Another run with the same snapshot id holds its lock (directory), or stored its
+    /// data first (S3: create-only completion refused).
+    Busy(String),
 }
 
 impl std::fmt::Display for StorageError {
@@ -83,6 +86,10 @@ impl std::fmt::Display for StorageError {
             StorageError::Task(e) => write!(f, "upload task failed: {e}"),
             StorageError::UnsafeName(n) => write!(f, "unsafe object name {n:?} refused"),
             StorageError::Config(m) => f.write_str(m),
+            StorageError::Busy(l) => write!(
+                f,
+                "another run with this snapshot id is in progress or stored it first ({l}); refused: use another id, or remove a leftover object of an interrupted run"
+            ),
         }
     }
 }
@@ -107,6 +114,7 @@ impl StorageError {
             StorageError::Task(_) => "UploadTaskFailed",
             StorageError::UnsafeName(_) => "UnsafeName",
             StorageError::Config(_) => "InvalidConfig",
+            StorageError::Busy(_) => "Busy",
         }
     }
 }
@@ -136,6 +144,52 @@ pub fn check_name(name: &str) -> Result<(), StorageError> {
         Ok(())
     } else {
         Err(StorageError::UnsafeName(name.chars().take(300).collect()))
+    }
+}
+
+/// The temporary name an object is written under before it is renamed into place:
+/// `<name>.<8 random hex>.partial`, unique per write, so that two writers of the same
+/// name never share (or unlink) one temporary file.
+pub fn partial_name(name: &str) -> String {
+    use rand::Rng;
+    format!("{name}.{:08x}.partial", rand::rng().random::<u32>())
+}
+
+/// Whether `name` is a temporary name made by [`partial_name`] (and so this engine's to
+/// remove when stale); anything else ending in `.partial` is left alone.
+pub fn is_partial_name(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".partial") else {
+        return false;
+    };
+    let Some((object, token)) = stem.rsplit_once('.') else {
+        return false;
+    };
+    token.len() == 8
+        && token.bytes().all(|b| b.is_ascii_hexdigit())
+        && check_name(object).is_ok()
+        && [".snap", ".manifest.json", ".verify.json"]
+            .iter()
+            .any(|s| object.ends_with(s))
+}
+
+/// How a small object is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Replace what is there (verification records).
+    Replace,
+    /// Only if nothing is there (manifests): S3 `If-None-Match: *`, a hard link in a
+    /// directory.
+    CreateOnly,
+}
+
+/// An exclusive lock held by a run while it writes one snapshot ([`Storage::lock`]);
+/// released when dropped. `None` where the backend has no lock (S3).
+pub struct LockGuard(Option<Box<dyn Send + Sync>>);
+
+impl LockGuard {
+    /// Whether a lock is really held (false on backends without one).
+    pub fn held(&self) -> bool {
+        self.0.is_some()
     }
 }
 
@@ -301,11 +355,13 @@ trait Backend: Send + Sync + std::fmt::Debug {
         name: &'a str,
         registration: Registration,
     ) -> BoxFuture<'a, Result<Upload, StorageError>>;
-    /// Writes a small object whole.
+    /// Writes a small object whole; with [`Put::CreateOnly`] fails
+    /// [`StorageError::Busy`] when the object exists.
     fn put_small<'a>(
         &'a self,
         name: &'a str,
         body: Vec<u8>,
+        mode: Put,
     ) -> BoxFuture<'a, Result<(), StorageError>>;
     /// Opens an object for streaming reads ([`StorageError::NotFound`] when missing).
     fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<ObjectReader, StorageError>>;
@@ -325,6 +381,11 @@ trait Backend: Send + Sync + std::fmt::Debug {
         &self,
         older_than: chrono::DateTime<chrono::Utc>,
     ) -> BoxFuture<'_, Result<Vec<String>, StorageError>>;
+    /// Takes the exclusive lock `name`, failing with [`StorageError::Busy`] at once when
+    /// another process holds it. The default: no lock (see `docs/BACKUP.md`).
+    fn lock<'a>(&'a self, _name: &'a str) -> BoxFuture<'a, Result<LockGuard, StorageError>> {
+        Box::pin(async { Ok(LockGuard(None)) })
+    }
 }
 
 /// State of an object this process is writing.
@@ -410,10 +471,17 @@ impl Storage {
         self.backend.begin_upload(name, registration).await
     }
 
-    /// Writes a small object whole (atomically on the filesystem).
+    /// Writes a small object whole (atomically on the filesystem), replacing it.
     pub async fn put_small(&self, name: &str, body: Vec<u8>) -> Result<(), StorageError> {
         check_name(name)?;
-        self.backend.put_small(name, body).await
+        self.backend.put_small(name, body, Put::Replace).await
+    }
+
+    /// Writes a small object whole only if it does not exist yet ([`StorageError::Busy`]
+    /// otherwise): a manifest, so that of two runs with one id only one commits.
+    pub async fn put_new(&self, name: &str, body: Vec<u8>) -> Result<(), StorageError> {
+        check_name(name)?;
+        self.backend.put_small(name, body, Put::CreateOnly).await
     }
 
     /// Reads a small object whole; `None` when it does not exist.
@@ -476,8 +544,15 @@ impl Storage {
         removed
     }
 
+    /// Takes the exclusive lock `name` (one safe name, e.g. `<id>.lock`) for as long as
+    /// the guard lives; [`StorageError::Busy`] when another process holds it.
+    pub async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
+        check_name(name)?;
+        self.backend.lock(name).await
+    }
+
     /// Removes leftovers of interrupted runs that started before `older_than`:
-    /// `.partial` files in the directory, multipart uploads under the prefix (a store
+    /// this engine's own `.partial` files in the directory, multipart uploads under the prefix (a store
     /// that cannot list them is logged and skipped). Returns what it removed.
     pub async fn remove_stale_uploads(
         &self,

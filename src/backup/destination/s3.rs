@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
@@ -18,7 +19,8 @@ use tokio::task::JoinSet;
 
 use super::{
     Backend, BackendError, ChunkSource, DestinationArgs, JobMounts, Kind, MAX_PARTS, ObjectInfo,
-    ObjectReader, PartPlan, Registration, SecretMount, Storage, StorageError, Upload, UploadSink,
+    ObjectReader, PartPlan, Put, Registration, SecretMount, Storage, StorageError, Upload,
+    UploadSink,
 };
 use crate::backup::secret_file::{read_secret_file, secret_string};
 use crate::crd::backup_schedule::{
@@ -124,6 +126,34 @@ where
         }
         .into()
     }
+}
+
+/// How a store answered a create-only (`If-None-Match: *`) write that failed.
+enum Conditional {
+    /// The object exists: another writer was first.
+    Refused,
+    /// The store does not implement conditional writes (logged; the write is then made
+    /// without the condition, unprotected as before).
+    Unsupported,
+    /// Any other failure.
+    Other,
+}
+
+fn conditional(e: &impl ProvideErrorMetadata) -> Conditional {
+    match e.code() {
+        Some("PreconditionFailed") => Conditional::Refused,
+        Some("NotImplemented") => {
+            tracing::warn!(
+                "the store does not implement conditional writes; writing without If-None-Match"
+            );
+            Conditional::Unsupported
+        }
+        _ => Conditional::Other,
+    }
+}
+
+fn busy(bucket: &str, key: &str) -> StorageError {
+    StorageError::Busy(format!("s3://{bucket}/{key}"))
 }
 
 fn cfg(msg: &str) -> StorageError {
@@ -502,24 +532,37 @@ impl S3Store {
         })))
     }
 
-    async fn put_small(&self, name: &str, body: Vec<u8>) -> Result<(), StorageError> {
+    async fn put_small(&self, name: &str, body: Vec<u8>, mode: Put) -> Result<(), StorageError> {
         let key = self.object_key(name);
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.settings.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(body));
-        if let Some((sse, kms)) = self.sse() {
-            req = req
-                .server_side_encryption(sse)
-                .set_ssekms_key_id(kms.cloned());
+        let put = |if_none_match: bool| {
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.settings.bucket)
+                .key(&key)
+                .content_type("application/json")
+                .body(ByteStream::from(body.clone()))
+                .set_if_none_match(if_none_match.then(|| "*".to_string()));
+            if let Some((sse, kms)) = self.sse() {
+                req = req
+                    .server_side_encryption(sse)
+                    .set_ssekms_key_id(kms.cloned());
+            }
+            req.send()
+        };
+        let bucket = &self.settings.bucket;
+        match mode {
+            Put::Replace => put(false).await.map(|_| ()),
+            Put::CreateOnly => match put(true).await {
+                Err(e) => match conditional(&e) {
+                    Conditional::Refused => return Err(busy(bucket, &key)),
+                    Conditional::Unsupported => put(false).await.map(|_| ()),
+                    Conditional::Other => Err(e),
+                },
+                ok => ok.map(|_| ()),
+            },
         }
-        req.send()
-            .await
-            .map_err(s3_err("PutObject", &self.settings.bucket, &key))?;
-        Ok(())
+        .map_err(s3_err("PutObject", bucket, &key))
     }
 
     async fn open(&self, name: &str) -> Result<ObjectReader, StorageError> {
@@ -657,8 +700,9 @@ impl Backend for S3Store {
         &'a self,
         name: &'a str,
         body: Vec<u8>,
+        mode: Put,
     ) -> BoxFuture<'a, Result<(), StorageError>> {
-        S3Store::put_small(self, name, body).boxed()
+        S3Store::put_small(self, name, body, mode).boxed()
     }
 
     fn open<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<ObjectReader, StorageError>> {
@@ -802,20 +846,37 @@ impl S3Upload {
             }
             let mut parts = std::mem::take(&mut self.parts);
             parts.sort_by_key(|p| p.part_number());
-            self.client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(&self.key)
-                .upload_id(&self.upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(s3_err("CompleteMultipartUpload", &self.bucket, &self.key))?;
-            Ok(())
+            let complete = |if_none_match: bool| {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(&self.key)
+                    .upload_id(&self.upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts.clone()))
+                            .build(),
+                    )
+                    .set_if_none_match(if_none_match.then(|| "*".to_string()))
+                    .send()
+            };
+            // Create-only (`If-None-Match: *`): of two runs writing one snapshot id at
+            // once, the second to finish is refused instead of replacing the first's
+            // data under its manifest. A store that does not implement conditional
+            // writes gets the plain request (no protection, as before).
+            match complete(true).await {
+                Ok(_) => Ok(()),
+                Err(e) => match conditional(&e) {
+                    Conditional::Refused => return Err(busy(&self.bucket, &self.key)),
+                    Conditional::Unsupported => complete(false).await.map(|_| ()),
+                    Conditional::Other => Err(e),
+                }
+                .map_err(s3_err(
+                    "CompleteMultipartUpload",
+                    &self.bucket,
+                    &self.key,
+                )),
+            }
         }
         .await;
         if result.is_err() {
