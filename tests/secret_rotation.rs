@@ -451,3 +451,53 @@ async fn cordoned_tenants_do_not_rotate() {
     assert_eq!(server.writes_since(mark), 0);
     assert_eq!(data(&secret(&server, "keys-a", "api-key"), "version"), "v1");
 }
+
+/// #31 item 2: a first reconcile with more Secrets to write than one pass
+/// writes reports its progress (Reconciling=True, SecretsInProgress, counts)
+/// between passes instead of a null status until the end, and converges.
+#[tokio::test]
+async fn many_secrets_are_written_in_passes_with_progress_in_status() {
+    let server = server();
+    let clock = clock();
+    let _running = start(&server, clock.clone());
+    let namespaces: Vec<Value> = (0..11)
+        .map(|i| json!({"name": format!("many-{i}")}))
+        .collect();
+    let secrets: Vec<Value> = (0..50)
+        .map(|i| json!({"name": format!("s{i}"), "type": "Random", "length": 16, "rotateEvery": "720h"}))
+        .collect();
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": "many"},
+        "spec": {"namespaces": namespaces, "secrets": secrets}
+    }))
+    .expect("tenant");
+    let api: Api<Tenant> = Api::all(server.client());
+    api.create(&PostParams::default(), &tenant)
+        .await
+        .expect("create");
+    assert!(550 > palisade::controller::tenant::secrets::WRITES_PER_PASS);
+    let progress = server
+        .wait_until(WAIT, |s| {
+            condition(s, "many", "Reconciling").is_some_and(|c| c["status"] == "True")
+                && condition(s, "many", "Ready").is_some_and(|c| c["reason"] == "SecretsInProgress")
+        })
+        .await;
+    assert!(progress.is_ok(), "no progress reported between passes");
+    let t = server
+        .get_json("tenants.palisade.dev", None, "many")
+        .expect("tenant");
+    let s0 = &t["status"]["secrets"][0];
+    assert_eq!(s0["namespaces"], 11, "{s0}");
+    wait_ready(&server, "many").await;
+    let t = server
+        .get_json("tenants.palisade.dev", None, "many")
+        .expect("tenant");
+    let all = t["status"]["secrets"].as_array().expect("secrets");
+    assert_eq!(all.len(), 50);
+    assert!(
+        all.iter()
+            .all(|s| s["current"] == 11 && s["pending"].is_null()),
+        "{all:?}"
+    );
+    assert_eq!(server.list_json("secrets").len(), 550);
+}

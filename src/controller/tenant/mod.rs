@@ -230,6 +230,7 @@ async fn steps(
     announce_rotations(ctx, tenant, &secrets).await;
     wanted.extend(secrets.wanted.iter().cloned());
     let deadline = secrets.next_deadline;
+    let more_secrets = secrets.remaining > 0;
     facts.secrets = Some(secrets);
 
     let tokens = tokens::reconcile(ctx, tenant, &listed, &desired.plan)
@@ -251,7 +252,10 @@ async fn steps(
         .await
         .map_err(at("prune objects the tenant no longer wants"))?;
 
-    Ok(Next::Wake(if facts.waiting_for_listing {
+    Ok(Next::Wake(if more_secrets {
+        // The status written after this pass says how far it got.
+        Action::requeue(Duration::from_millis(100))
+    } else if facts.waiting_for_listing {
         Action::requeue(Duration::from_secs(1))
     } else if terminating {
         // Namespace deletion completes without an event for our label selector

@@ -44,7 +44,14 @@ pub struct Outcome {
     pub deferred: Vec<Announcement>,
     /// Secrets whose data was edited by hand and put back, for Warning Events.
     pub restored: Vec<Announcement>,
+    /// Secrets left for the next pass (see [`WRITES_PER_PASS`]).
+    pub remaining: usize,
 }
+
+/// Secrets one reconcile writes at most; the rest follow in the next pass,
+/// right after the status says how far it got. A first reconcile at the
+/// documented maxima (256 namespaces x 64 secrets) is 33 passes.
+pub const WRITES_PER_PASS: usize = 500;
 
 /// Something that happened to one Secret, for an Event about it.
 #[derive(Clone, Debug)]
@@ -100,6 +107,7 @@ pub async fn reconcile(
         rotations: Vec::new(),
         deferred: Vec::new(),
         restored: Vec::new(),
+        remaining: 0,
     };
     if tenant.spec.secrets.is_empty() {
         return Ok(out);
@@ -116,6 +124,27 @@ pub async fn reconcile(
                 .collect()
         };
         for ns in namespaces {
+            // Bounded work per pass: the status (Reconciling, counts) is
+            // written between passes, not once at the end of thousands of
+            // writes. What waits is wanted all the same (never pruned).
+            if out.rotations.len() >= WRITES_PER_PASS {
+                out.wanted.insert(ObjectKey::new("Secret", ns, &spec.name));
+                if spec.type_ == SecretType::JwtSigningKey {
+                    out.wanted.insert(ObjectKey::new(
+                        "ConfigMap",
+                        ns,
+                        &model::jwks_name(&spec.name),
+                    ));
+                }
+                out.remaining += 1;
+                out.reports.push(model::Report {
+                    name: spec.name.clone(),
+                    namespace: ns.clone(),
+                    message: Some("not written yet: the next pass writes it".to_string()),
+                    ..Default::default()
+                });
+                continue;
+            }
             match one(ctx, tenant, spec, ns, every, now, &mut out).await? {
                 Ok(Some(version)) if spec.restart_workloads => {
                     restarts
@@ -150,6 +179,16 @@ pub async fn reconcile(
         Some(Blocked::KeyGeneration(m)) => {
             Observed::new("SecretsRotated", false, "KeyGenerationFailed", m.clone())
         }
+        None if out.remaining > 0 => Observed::new(
+            "SecretsRotated",
+            false,
+            "SecretsInProgress",
+            format!(
+                "{} secret(s) written in this pass, {} to go",
+                out.rotations.len(),
+                out.remaining
+            ),
+        ),
         None if tenant.spec.cordoned => Observed::new(
             "SecretsRotated",
             true,

@@ -210,7 +210,10 @@ fn ready_condition(facts: &Facts, all_ready: bool) -> (Observed, bool) {
     let ready = ready_unless_failed(facts, all_ready);
     let in_flight = matches!(
         ready.reason.as_str(),
-        "NamespaceTerminating" | "KeyGenerationFailed" | "NamespacesInitializing"
+        "NamespaceTerminating"
+            | "KeyGenerationFailed"
+            | "NamespacesInitializing"
+            | "SecretsInProgress"
     );
     (ready, in_flight)
 }
