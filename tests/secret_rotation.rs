@@ -475,7 +475,7 @@ async fn many_secrets_are_written_in_passes_with_progress_in_status() {
     api.create(&PostParams::default(), &tenant)
         .await
         .expect("create");
-    assert!(550 > palisade::controller::tenant::secrets::WRITES_PER_PASS);
+    const { assert!(550 > palisade::controller::tenant::secrets::WRITES_PER_PASS) };
     let progress = server
         .wait_until(WAIT, |s| {
             condition(s, "many", "Reconciling").is_some_and(|c| c["status"] == "True")
