@@ -18,7 +18,7 @@ if [ -z "${KUBECONFIG:-}" ]; then
   scripts/test-cluster.sh start >/dev/null
   eval "$(scripts/test-cluster.sh env)"
 fi
-kubectl apply --server-side -f crds/ >/dev/null
+kubectl apply --server-side --force-conflicts -f crds/ >/dev/null
 tmp=$(mktemp -d)
 pid=
 cleanup() {

@@ -53,6 +53,9 @@ pub struct Outcome {
 /// documented maxima (256 namespaces x 64 secrets) is 33 passes.
 pub const WRITES_PER_PASS: usize = 500;
 
+/// Rotations named in the log line of a pass.
+const LOGGED: usize = 5;
+
 /// Something that happened to one Secret, for an Event about it.
 #[derive(Clone, Debug)]
 pub struct Announcement {
@@ -211,8 +214,14 @@ pub async fn reconcile(
     if out.rotations.is_empty() {
         tracing::debug!(tenant = %name, secret_count = out.reports.len(), "secrets current");
     } else {
-        let rotated: Vec<&str> = out.rotations.iter().map(|a| a.note.as_str()).collect();
-        info!(tenant = %name, secret_count = out.reports.len(), ?rotated, "secrets rotated");
+        // The first few by name; the Events and status have the rest.
+        let rotated: Vec<&str> = out
+            .rotations
+            .iter()
+            .take(LOGGED)
+            .map(|a| a.note.as_str())
+            .collect();
+        info!(tenant = %name, secret_count = out.reports.len(), rotated_count = out.rotations.len(), ?rotated, "secrets rotated");
     }
     Ok(out)
 }
