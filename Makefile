@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PG_BIN ?= $(shell ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 
-.PHONY: all build fmt lint test unit generate check-generated e2e cluster-up cluster-down bench bench-backup bench-gc bench-convergence render image clean
+.PHONY: all build fmt lint test unit generate check-generated e2e cluster-up cluster-down bench bench-backup bench-gc bench-convergence bench-maxima render image clean
 
 all: build
 
@@ -80,6 +80,14 @@ bench-convergence:
 ## (requests per collected object, RSS, idle traffic) -> docs/PERFORMANCE-GC.md.
 bench-gc:
 	$(CARGO) run --quiet --example gc_bench -- docs/PERFORMANCE-GC.md
+
+## One Tenant at the documented maxima (256 namespaces x 64 secrets) with the
+## controller's shipped defaults: time to Ready, status size, deletion
+## (docs/PERFORMANCE.md, "At the documented maxima"). BIN= picks the binary.
+BIN ?= target/release/palisade
+bench-maxima:
+	@if [ "$(BIN)" = target/release/palisade ]; then $(CARGO) build --release --bin palisade; fi
+	scripts/bench-maxima.sh $(BIN)
 
 ## Snapshot engine vs pg_dump baselines (docs/BACKUP.md).
 bench-backup:

@@ -1004,6 +1004,10 @@ async fn serve_fake(path: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The heading of the section of docs/PERFORMANCE.md written from
+/// `make bench-maxima` (scripts/bench-maxima.sh), kept when this regenerates.
+const MAXIMA_SECTION: &str = "## At the documented maxima";
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -1062,7 +1066,16 @@ async fn main() -> anyhow::Result<()> {
             rows.push(r);
         }
     }
-    let md = report(&rows);
+    // The section `make bench-maxima` fills is kept across regenerations.
+    let kept = std::fs::read_to_string(&out)
+        .ok()
+        .and_then(|old| old.find(MAXIMA_SECTION).map(|i| old[i..].to_string()))
+        .unwrap_or_default();
+    let md = if kept.is_empty() {
+        report(&rows)
+    } else {
+        format!("{}\n{kept}", report(&rows).trim_end())
+    };
     std::fs::create_dir_all(
         std::path::Path::new(&out)
             .parent()
