@@ -421,6 +421,17 @@ fn is_routine(e: &watcher::Error) -> bool {
     matches!(e, watcher::Error::WatchError(s) if s.code == 410)
 }
 
+/// How long a new namespace's watch may be refused before that is reported.
+const BINDING_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn is_forbidden(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 403
+    )
+}
+
 /// Retry delays of a failing watch, on top of kube's own (which restarts at
 /// under a second on every relist, so a 403 would be retried every second
 /// forever). The cap bounds how long a fixed permission goes unnoticed.
@@ -510,6 +521,11 @@ impl KindFeed {
     ) {
         let mut failing: Option<(String, Failing)> = None;
         let mut delay = RETRY_MIN;
+        // A namespace's watch starts when Palisade's RoleBinding appears; the
+        // API server's authorizer learns of the binding a moment later, so a
+        // 403 right at the start is expected, not news.
+        let started = std::time::Instant::now();
+        let mut listed = false;
         loop {
             let ev = tokio::select! {
                 () = tx.closed() => return,
@@ -518,6 +534,7 @@ impl KindFeed {
             let touched = match ev {
                 None => return,
                 Some(Ok(ev)) => {
+                    listed |= matches!(ev, watcher::Event::InitDone);
                     if !matches!(ev, watcher::Event::Init)
                         && let Some((was, _)) = failing.take()
                     {
@@ -531,6 +548,19 @@ impl KindFeed {
                 }
                 Some(Err(e)) if is_routine(&e) => {
                     tracing::debug!(watch = %what, error = %watch_message(&e), "watch restarts");
+                    None
+                }
+                Some(Err(e))
+                    if self.namespace.is_some()
+                        && !listed
+                        && started.elapsed() < BINDING_GRACE
+                        && is_forbidden(&e) =>
+                {
+                    tracing::debug!(watch = %what, "waiting for Palisade's RoleBinding to take effect");
+                    tokio::select! {
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                    }
                     None
                 }
                 Some(Err(e)) => {
