@@ -742,6 +742,9 @@ impl Backend for S3Store {
     }
 }
 
+/// How long an aborted upload waits for its parts in flight.
+const PARTS_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 async fn abort_s3(client: &Client, bucket: &str, key: &str, upload_id: &str) {
     // The SDK retries transient failures; a final failure is logged, the caller's
     // error stays the one reported.
@@ -890,8 +893,17 @@ impl S3Upload {
     }
 
     async fn abort(mut self) {
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
+        // Parts in flight finish first: cancelling one on our side does not
+        // stop the server, and a part that lands after the abort stays as an
+        // orphan (S3 documents this race). A part that hangs is cut off.
+        let drained = tokio::time::timeout(PARTS_DRAIN, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
         abort_s3(&self.client, &self.bucket, &self.key, &self.upload_id).await;
         self.registration.forget();
     }
