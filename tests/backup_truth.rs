@@ -1057,13 +1057,17 @@ async fn two_s3_runs_with_one_id_at_once_never_corrupt_the_snapshot() {
             .spawn()
             .expect("spawn")
     };
-    // The second starts once the first is uploading, so the first finishes first: s3s-fs
-    // checks `If-None-Match` before it writes, not atomically as S3 does, so two
-    // completions in the same instant could both pass it there.
+    // The second starts once the first has completed its data object and is on its way
+    // to the manifest (the window where, before, the second replaced the first's data
+    // under the first's manifest). s3s-fs checks `If-None-Match` before it writes, not
+    // atomically as S3 does: two completions in the same instant (under load, a second
+    // run started mid-upload can catch up) could both pass it there, which says nothing
+    // about S3. Waiting for the object keeps the test about Palisade.
     let a = spawn();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while s3.open_upload_parts().is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let data = s3.root.path().join("snapshots/prod/same.snap");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !data.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let b = spawn();
     let outs = [a, b].map(|c| c.wait_with_output().expect("run"));
