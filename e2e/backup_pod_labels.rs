@@ -173,14 +173,7 @@ async fn only_backup_jobs_may_label_pods_for_backup_egress() {
             let _ = rx.await;
         },
     ));
-    let (tx, rx) = oneshot::channel::<()>();
-    let _backups = Controller { stop: Some(tx) };
-    tokio::spawn(palisade::controller::backup_schedule::run(
-        operator_shared(&operator),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let _backups = start_backup_controller(&operator);
 
     let name = unique("e2l");
     let ns = format!("{name}-a");

@@ -468,6 +468,19 @@ fn start_controller(client: &Client) -> (Controller, Arc<Context>) {
     (Controller { stop: Some(tx) }, ctx)
 }
 
+/// Starts the BackupSchedule controller in this process, as the operator's
+/// ServiceAccount; it stops when the returned guard is dropped.
+fn start_backup_controller(operator: &Client) -> Controller {
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(palisade::controller::backup_schedule::run(
+        operator_shared(operator),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Controller { stop: Some(tx) }
+}
+
 /// The chassis of the RolePolicy and BackupSchedule controllers, as the operator.
 fn operator_shared(operator: &Client) -> palisade::controller::driver::Shared {
     palisade::controller::driver::Shared::new(
@@ -1048,14 +1061,7 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     use palisade::crd::BackupSchedule;
 
     let (client, operator) = clients().await;
-    let (tx, rx) = oneshot::channel::<()>();
-    let _controller = Controller { stop: Some(tx) };
-    tokio::spawn(palisade::controller::backup_schedule::run(
-        operator_shared(&operator),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let _controller = start_backup_controller(&operator);
     // Backups run in tenant namespaces: that is where Palisade may read the
     // credentials Secret and create Jobs (crate::operator_rbac).
     let (_tenants, _) = start_controller(&operator);
@@ -2256,14 +2262,7 @@ async fn diff_reports_created_changed_pruned_unchanged_and_escalations() {
     }
     let (client, operator) = clients().await;
     let (_tenants, _) = start_controller(&operator);
-    let (tx, rx) = oneshot::channel::<()>();
-    let _schedules = Controller { stop: Some(tx) };
-    tokio::spawn(palisade::controller::backup_schedule::run(
-        operator_shared(&operator),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let _schedules = start_backup_controller(&operator);
     let name = unique("df");
     let mut cleanup = Cleanup::default();
     cleanup

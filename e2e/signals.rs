@@ -453,14 +453,7 @@ async fn a_backup_schedule_sees_its_secret_at_once_and_says_where_it_cannot_run(
     use palisade::crd::BackupSchedule;
     let (client, operator) = clients().await;
     let (_tenants, _) = start_controller(&operator);
-    let (tx, rx) = oneshot::channel::<()>();
-    let _schedules = Controller { stop: Some(tx) };
-    tokio::spawn(palisade::controller::backup_schedule::run(
-        operator_shared(&operator),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let _schedules = start_backup_controller(&operator);
     let name = unique("sbs");
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);
