@@ -33,16 +33,6 @@ async fn wait_event(client: &Client, name: &str, check: impl Fn(&Event) -> bool)
     }
 }
 
-/// Creates `tenant` and waits until it is Ready.
-async fn create_ready(tenants: &Api<Tenant>, tenant: &Tenant) {
-    let name = tenant.name_any();
-    tenants
-        .create(&PostParams::default(), tenant)
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
-}
-
 fn condition_true(t: Option<&Tenant>, ty: &str) -> bool {
     t.and_then(|t| t.status.as_ref())
         .is_some_and(|s| palisade::crd::condition::is_true(&s.conditions, ty))

@@ -524,6 +524,16 @@ fn sample(name: &str, policy: &str) -> Tenant {
     .expect("tenant")
 }
 
+/// Creates `tenant` and waits until it is Ready.
+async fn create_ready(tenants: &Api<Tenant>, tenant: &Tenant) {
+    let name = tenant.name_any();
+    tenants
+        .create(&PostParams::default(), tenant)
+        .await
+        .expect("create");
+    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+}
+
 async fn delete_tenant(client: &Client, name: &str) {
     let api: Api<Tenant> = Api::all(client.clone());
     let uid = api.get(name).await.ok().and_then(|t| t.uid());

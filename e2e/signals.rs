@@ -31,14 +31,34 @@ impl Drop for RestoreOperatorRbac {
     }
 }
 
-/// Waits (bounded by `limit`) until `check` holds; returns how long it took.
-async fn within(limit: Duration, what: &str, check: impl Fn() -> bool) -> Duration {
+/// Polls `probe` every 100 ms until `done` holds for what it returns; fails
+/// (naming `what` and the last value) past `limit`. Returns that value and
+/// how long it took.
+async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    limit: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> (T, Duration) {
     let start = std::time::Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+    loop {
+        let value = probe().await;
+        if done(&value) {
+            return (value, start.elapsed());
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?} (last: {value:?})"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    start.elapsed()
+}
+
+/// [`eventually`] for a check that needs no I/O.
+async fn within(limit: Duration, what: &str, check: impl Fn() -> bool) -> Duration {
+    eventually(limit, what, || std::future::ready(check()), |ok| *ok)
+        .await
+        .1
 }
 
 #[tokio::test]
@@ -54,11 +74,7 @@ async fn watches_never_403_on_the_happy_path_and_recover_without_restart() {
     // Happy path: two namespaces appear, each watched once it may be listed.
     let first = unique("sig");
     cleanup.tenant(&first);
-    tenants
-        .create(&PostParams::default(), &sample(&first, "Delete"))
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &first, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&first, "Delete")).await;
     assert_eq!(
         ctx.cache.health.errors(403),
         0,
@@ -188,11 +204,7 @@ async fn rotation_events_are_about_each_secret_and_never_merge() {
     }))
     .expect("tenant");
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &tenant)
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &tenant).await;
 
     // Force two rotations of the Secret in `a`, one after the other.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &a);
@@ -207,29 +219,25 @@ async fn rotation_events_are_about_each_secret_and_never_merge() {
             )
             .await
             .expect("annotate");
-        let start = std::time::Instant::now();
-        loop {
-            let s = secrets.get("one").await.expect("secret");
-            let v = s
-                .data
-                .as_ref()
-                .and_then(|d| d.get("version"))
-                .map(|v| v.0.clone());
-            if v.as_deref() == Some(want.as_bytes()) {
-                break;
-            }
-            assert!(start.elapsed() < TIMEOUT, "no rotation to {want}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let api = &secrets;
+        let version = || async move {
+            let s = api.get("one").await.expect("secret");
+            s.data
+                .and_then(|d| d.get("version").map(|v| v.0.clone()))
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        };
+        eventually(TIMEOUT, &format!("a rotation to {want}"), version, |v| {
+            v.as_deref() == Some(want)
+        })
+        .await;
     }
-    let start = std::time::Instant::now();
-    let on_a = loop {
-        let on_a = events_about(&client, &a, "Secret", "one").await;
-        if on_a.len() >= 3 || start.elapsed() > TIMEOUT {
-            break on_a;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let (on_a, _) = eventually(
+        TIMEOUT,
+        "an Event per version",
+        || events_about(&client, &a, "Secret", "one"),
+        |notes| notes.len() >= 3,
+    )
+    .await;
     let on_b = events_about(&client, &b, "Secret", "one").await;
     // One Event per version, each saying which one; none a series.
     for v in ["v1", "v2", "v3"] {
@@ -279,11 +287,7 @@ async fn a_namespace_conflict_resolves_by_itself_after_the_hand_over() {
     .expect("tenant");
     let ns = format!("{name}-a");
     cleanup.namespace(&ns);
-    tenants
-        .create(&PostParams::default(), &tenant)
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &tenant).await;
     delete_tenant(&client, &name).await;
 
     // The same name again: a new uid, and the namespace is not its own.
@@ -366,11 +370,7 @@ async fn a_tampered_signing_key_is_restored() {
     }))
     .expect("tenant");
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &tenant)
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &tenant).await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let data = |s: &Secret, k: &str| s.data.as_ref().and_then(|d| d.get(k)).map(|v| v.0.clone());
     let before = secrets.get("signing").await.expect("secret");
@@ -388,33 +388,27 @@ async fn a_tampered_signing_key_is_restored() {
         .replace("signing", &PostParams::default(), &tampered)
         .await
         .expect("tamper");
-    let start = std::time::Instant::now();
-    loop {
-        let s = secrets.get("signing").await.expect("secret");
-        if data(&s, "private.pem").as_ref() == Some(&kept) {
-            break;
-        }
-        assert!(start.elapsed() < TIMEOUT, "private.pem not restored");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!("restored in {:?}", start.elapsed());
+    // Compared here, never printed: it is key material.
+    let (api, kept_key) = (&secrets, &kept);
+    let restored = || async move {
+        let s = api.get("signing").await.expect("secret");
+        data(&s, "private.pem").as_ref() == Some(kept_key)
+    };
+    let (_, took) = eventually(TIMEOUT, "private.pem restored", restored, |ok| *ok).await;
+    eprintln!("restored in {took:?}");
     let after = secrets.get("signing").await.expect("secret");
     assert_eq!(data(&after, "kid"), data(&before, "kid"), "no rotation");
-    let start = std::time::Instant::now();
-    loop {
-        let notes = events_about(&client, &ns, "Secret", "signing").await;
-        if notes
-            .iter()
-            .any(|n| n.contains("did not match its current version"))
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "no SecretRestored Event: {notes:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        TIMEOUT,
+        "a SecretRestored Event",
+        || events_about(&client, &ns, "Secret", "signing"),
+        |notes| {
+            notes
+                .iter()
+                .any(|n| n.contains("did not match its current version"))
+        },
+    )
+    .await;
     delete_tenant(&client, &name).await;
 }
 
@@ -464,11 +458,7 @@ async fn a_backup_schedule_sees_its_secret_at_once_and_says_where_it_cannot_run(
     }))
     .expect("tenant");
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &tenant)
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &tenant).await;
 
     let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &ns);
     schedules
@@ -476,11 +466,10 @@ async fn a_backup_schedule_sees_its_secret_at_once_and_says_where_it_cannot_run(
         .await
         .expect("schedule");
     let reason = || schedule_reason(&client, &ns, "orders");
-    let start = std::time::Instant::now();
-    while reason().await.as_deref() != Some("SecretNotFound") {
-        assert!(start.elapsed() < TIMEOUT, "{:?}", reason().await);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(TIMEOUT, "SecretNotFound", reason, |r| {
+        r.as_deref() == Some("SecretNotFound")
+    })
+    .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     for (secret, data) in [
         ("orders-db", json!({"password": "e2e-db-password"})),
@@ -504,26 +493,19 @@ async fn a_backup_schedule_sees_its_secret_at_once_and_says_where_it_cannot_run(
         // Created one by one, as a person would: each wait is woken.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let start = std::time::Instant::now();
-    loop {
-        let r = reason().await;
-        if !matches!(
-            r.as_deref(),
-            Some("SecretNotFound" | "SecretKeyMissing") | None
-        ) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "still {r:?} {:?} after the last Secret",
-            start.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!(
-        "schedule saw its Secrets {:?} after the last one",
-        start.elapsed()
-    );
+    let (_, took) = eventually(
+        Duration::from_secs(10),
+        "the schedule past its missing Secrets",
+        reason,
+        |r| {
+            !matches!(
+                r.as_deref(),
+                Some("SecretNotFound" | "SecretKeyMissing") | None
+            )
+        },
+    )
+    .await;
+    eprintln!("schedule saw its Secrets {took:?} after the last one");
 
     // Outside every tenant namespace: a message that says so.
     let outside = scratch_namespace(&client, "sbs-out", &mut cleanup).await;
@@ -531,14 +513,12 @@ async fn a_backup_schedule_sees_its_secret_at_once_and_says_where_it_cannot_run(
     away.create(&PostParams::default(), &sample_schedule(&outside))
         .await
         .expect("schedule");
-    let start = std::time::Instant::now();
-    loop {
-        let r = schedule_reason(&client, &outside, "orders").await;
-        if r.as_deref() == Some("NotATenantNamespace") {
-            break;
-        }
-        assert!(start.elapsed() < TIMEOUT, "{r:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        TIMEOUT,
+        "NotATenantNamespace",
+        || schedule_reason(&client, &outside, "orders"),
+        |r| r.as_deref() == Some("NotATenantNamespace"),
+    )
+    .await;
     delete_tenant(&client, &name).await;
 }
