@@ -424,12 +424,19 @@ fn is_routine(e: &watcher::Error) -> bool {
 /// How long a new namespace's watch may be refused before that is reported.
 const BINDING_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn is_forbidden(e: &watcher::Error) -> bool {
-    matches!(
-        e,
+/// The HTTP status the API server answered a failed list or watch with.
+fn status_code(e: &watcher::Error) -> Option<u16> {
+    match e {
         watcher::Error::InitialListFailed(kube::Error::Api(s))
-            | watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 403
-    )
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+fn is_forbidden(e: &watcher::Error) -> bool {
+    status_code(e) == Some(403)
 }
 
 /// Retry delays of a failing watch, on top of kube's own (which restarts at
@@ -461,13 +468,7 @@ impl WatchHealth {
     }
 
     fn count(&self, e: &watcher::Error) {
-        let code = match e {
-            watcher::Error::InitialListFailed(kube::Error::Api(s))
-            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-            | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
-            watcher::Error::WatchError(s) => s.code,
-            _ => 0,
-        };
+        let code = status_code(e).unwrap_or(0);
         if let Ok(mut m) = self.errors.lock() {
             *m.entry(code).or_default() += 1;
         }

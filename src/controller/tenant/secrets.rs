@@ -63,16 +63,20 @@ pub struct Announcement {
     pub note: String,
 }
 
-/// The reference of a written Secret (with its uid: `kubectl describe
-/// secret` finds its Events by it).
-fn secret_reference(obj: &DynamicObject) -> ObjectReference {
+/// The reference of a Secret, for Events about it (with the uid of a written
+/// one: `kubectl describe secret` finds its Events by it).
+fn secret_reference(
+    namespace: &str,
+    name: &str,
+    written: Option<&DynamicObject>,
+) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Secret".into()),
-        namespace: obj.namespace(),
-        name: Some(obj.name_any()),
-        uid: obj.uid(),
-        resource_version: obj.resource_version(),
+        namespace: Some(namespace.to_string()),
+        name: Some(name.to_string()),
+        uid: written.and_then(|o| o.uid()),
+        resource_version: written.and_then(|o| o.resource_version()),
         ..Default::default()
     }
 }
@@ -373,13 +377,7 @@ fn forced(
         .map(|p| p.message.as_str());
     if before != Some(m.as_str()) {
         out.deferred.push(Announcement {
-            secret: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Secret".into()),
-                namespace: Some(t.ns.to_string()),
-                name: Some(t.spec.name.clone()),
-                ..Default::default()
-            },
+            secret: secret_reference(t.ns, &t.spec.name, None),
             note: format!("Secret {}/{}: {m}", t.ns, t.spec.name),
         });
     }
@@ -434,7 +432,7 @@ async fn write(
         _ => "created",
     };
     out.rotations.push(Announcement {
-        secret: secret_reference(&written),
+        secret: secret_reference(t.ns, &t.spec.name, Some(&written)),
         note: format!(
             "Secret {}/{} is now at version {id} ({why})",
             t.ns, t.spec.name
@@ -487,7 +485,7 @@ async fn restore_data(
         .await?;
     info!(namespace = %t.ns, secret_name = %t.spec.name, "restored a managed Secret's data");
     out.restored.push(Announcement {
-        secret: secret_reference(&written),
+        secret: secret_reference(t.ns, &t.spec.name, Some(&written)),
         note: format!(
             "Secret {}/{}: its data did not match its current version {} (a key, kid or value edited by hand); restored",
             t.ns, t.spec.name, version.meta.id
