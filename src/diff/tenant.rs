@@ -1,0 +1,285 @@
+//! What the Tenant controller would apply, generate and prune for an input
+//! Tenant: the same builders, namespace states and disposal rule.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use kube::core::ApiResource;
+use serde_json::Value;
+
+use super::{Action, DiffError, Differ, Finding, How, Severity, Target, api_err, ar_of, ser_err};
+use crate::apply::Applier;
+use crate::crd::{RolePolicy, Tenant};
+use crate::resources::disposal::{self, Disposal, Wants};
+use crate::resources::labels;
+use crate::resources::quota::{QUOTA_NAME, Usage};
+use crate::resources::tenant::{NsState, Who, classify_namespace};
+use crate::resources::{ObjectKey, rolepolicy, tenant, tokens};
+
+impl Differ {
+    /// What the Tenant controller would apply and prune for `t`.
+    pub(super) async fn tenant_children(
+        &mut self,
+        t: &Tenant,
+        policies: &[RolePolicy],
+    ) -> Result<(), DiffError> {
+        let name = t.name_any();
+        let source = format!("Tenant {name}");
+        let Ok(valid) = tenant::validate(&name, &t.spec) else {
+            return Ok(()); // reported as a finding; the controller builds nothing
+        };
+        let selector = ListParams::default().labels(&labels::tenant_selector(&name));
+        // Live children, read as narrowly as the controller reads them: the
+        // tenant's namespaces (labelled or listed), then every kind inside
+        // them; metadata only, so no Secret value is ever read.
+        let mut live: Vec<(ApiResource, String, String, bool)> = Vec::new();
+        // Namespaces labelled with another Tenant's uid (an earlier Tenant of
+        // the same name): the controller never prunes or releases inside them.
+        let mut foreign: BTreeSet<String> = BTreeSet::new();
+        // Namespaces being deleted: what is in them is going already.
+        let mut terminating: BTreeSet<String> = BTreeSet::new();
+        let mut scan: BTreeSet<String> = tenant::namespace_names(&t.spec).into_iter().collect();
+        let mut child_kinds = crate::controller::cache::tenant_child_kinds();
+        child_kinds.sort_by_key(|ar| ar.kind != "Namespace"); // namespaces first
+        for ar in child_kinds {
+            let namespaces: Vec<Option<String>> = if ar.kind == "Namespace" {
+                vec![None]
+            } else {
+                scan.iter().cloned().map(Some).collect()
+            };
+            for ns in namespaces {
+                let list = self
+                    .api(&ar, ns.as_deref())
+                    .list_metadata(&selector)
+                    .await
+                    .map_err(api_err("list", &ar.kind, &name))?;
+                for o in list.items {
+                    if ar.kind == "Namespace" {
+                        scan.insert(o.name_any());
+                        if o.metadata.deletion_timestamp.is_some() {
+                            terminating.insert(o.name_any());
+                        }
+                        if disposal::is_foreign(o.labels(), t.metadata.uid.as_deref()) {
+                            foreign.insert(o.name_any());
+                        }
+                    }
+                    live.push((
+                        ar.clone(),
+                        o.metadata.namespace.clone().unwrap_or_default(),
+                        o.name_any(),
+                        o.metadata.deletion_timestamp.is_some(),
+                    ));
+                }
+            }
+        }
+        // Quota usage, for `scope: Tenant` budgets.
+        let quota_ar = ar_of::<k8s_openapi::api::core::v1::ResourceQuota>();
+        let mut usage = Usage::new();
+        for ns in &scan {
+            let Some(q) = self
+                .api(&quota_ar, Some(ns))
+                .get_opt(QUOTA_NAME)
+                .await
+                .map_err(api_err("get", "ResourceQuota", QUOTA_NAME))?
+            else {
+                continue;
+            };
+            if let Some(used) = q
+                .data
+                .pointer("/status/used")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+            {
+                usage.insert(ns.clone(), used);
+            }
+        }
+        let plan = rolepolicy::plan_for(t, policies);
+        let Ok(objects) = tenant::build(t, &usage, &plan) else {
+            return Ok(());
+        };
+        let values = objects.to_values().map_err(ser_err("tenant objects"))?;
+        let kinds = crate::controller::cache::tenant_child_kinds();
+        let ns_api: Api<Namespace> = Api::all(self.client.clone());
+        let names = tenant::namespace_names(&t.spec);
+        let mut states: BTreeMap<String, NsState> = BTreeMap::new();
+        for ns in &names {
+            let state =
+                match ns_api
+                    .get_metadata_opt(ns)
+                    .await
+                    .map_err(api_err("get", "Namespace", ns))?
+                {
+                    Some(meta) => classify_namespace(
+                        Who {
+                            name: &name,
+                            uid: t.metadata.uid.as_deref(),
+                        },
+                        ns,
+                        &meta.metadata,
+                    ),
+                    None => NsState::Absent,
+                };
+            states.insert(ns.clone(), state);
+        }
+        let mut wanted: BTreeSet<ObjectKey> = BTreeSet::new();
+        for value in values {
+            let kind = value["kind"].as_str().unwrap_or_default().to_string();
+            let Some(ar) = kinds.iter().find(|k| k.kind == kind) else {
+                continue;
+            };
+            let (ns, obj) = if kind == "Namespace" {
+                let n = value
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                (n, None)
+            } else {
+                let n = value
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                (n, Some(()))
+            };
+            let state = states.get(&ns).cloned().unwrap_or(NsState::Absent);
+            match (&state, obj) {
+                (NsState::Conflict(msg), None) => {
+                    self.report.findings.push(Finding {
+                        severity: Severity::Rejected,
+                        kind: "Tenant".into(),
+                        name: name.clone(),
+                        reason: "NamespaceConflict".into(),
+                        field: "spec.namespaces".into(),
+                        message: msg.clone(),
+                    });
+                    continue;
+                }
+                (NsState::Conflict(_), Some(())) => continue,
+                (NsState::Terminating, None) => {
+                    let t = Target {
+                        ar,
+                        namespace: None,
+                        name: ns.clone(),
+                        value: Value::Null,
+                        how: How::Child,
+                        source: source.clone(),
+                    };
+                    self.push(
+                        &t,
+                        Action::Created,
+                        Vec::new(),
+                        Some("being deleted; created again once it is gone".into()),
+                    );
+                    continue;
+                }
+                _ => {}
+            }
+            let new_namespace = matches!(
+                state,
+                NsState::Absent | NsState::Terminating | NsState::Unseen
+            );
+            let (child_ns, child_name) = if kind == "Namespace" && new_namespace {
+                // Created, never applied over an existing one.
+                let (_, _, n, _) = Applier::prepare(ar, value).map_err(|e| {
+                    DiffError::Serialize(format!("a Namespace built for {source}: {e}"))
+                })?;
+                let t = Target {
+                    ar,
+                    namespace: None,
+                    name: n.clone(),
+                    value: Value::Null,
+                    how: How::Child,
+                    source: source.clone(),
+                };
+                self.push(&t, Action::Created, Vec::new(), None);
+                (String::new(), n)
+            } else {
+                self.child(ar, value, &source, new_namespace).await?
+            };
+            wanted.insert(ObjectKey::new(&kind, &child_ns, &child_name));
+        }
+        let ready = |ns: &str| !matches!(states.get(ns), Some(NsState::Conflict(_)));
+        let exists = |kind: &str, ns: &str, n: &str| {
+            live.iter()
+                .any(|(ar, lns, ln, _)| ar.kind == kind && lns == ns && ln == n)
+        };
+        // Rotated secrets and their JWKS.
+        for preview in tenant::secret_previews(t, &valid) {
+            let kind = preview["kind"].as_str().unwrap_or_default().to_string();
+            let ns = preview
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let n = preview
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let Some(ar) = kinds.iter().find(|k| k.kind == kind) else {
+                continue;
+            };
+            if !ready(&ns) {
+                continue;
+            }
+            let found = exists(&kind, &ns, &n);
+            self.generated(ar, &ns, &n, found, &source);
+            wanted.insert(ObjectKey::new(&kind, &ns, &n));
+        }
+        // Application tokens of RolePolicy bindings, where the tenant's signing
+        // key is published (elsewhere the controller reports TokenBlocked).
+        let secret_ar = ar_of::<k8s_openapi::api::core::v1::Secret>();
+        for req in &plan.tokens {
+            let Some(key) = tokens::signing_key(&t.spec, req) else {
+                continue;
+            };
+            for ns in names
+                .iter()
+                .filter(|ns| req.sa_namespace.as_ref().is_none_or(|n| n == *ns))
+                .filter(|ns| ready(ns) && tokens::key_published_in(key, ns))
+            {
+                let n = tokens::secret_name(&req.service_account);
+                let found = exists("Secret", ns, &n);
+                self.generated(&secret_ar, ns, &n, found, &source);
+                wanted.insert(ObjectKey::new("Secret", ns, &n));
+            }
+        }
+        // Prune and release: the controller's rule.
+        let wants = Wants {
+            objects: &wanted,
+            namespaces: &names,
+            policy: t.spec.deletion_policy,
+        };
+        let owned: Vec<(ObjectKey, (&ApiResource, bool))> = live
+            .iter()
+            .map(|(ar, ns, n, deleting)| (ObjectKey::new(&ar.kind, ns, n), (ar, *deleting)))
+            .collect();
+        for (key, (ar, deleting)) in disposal::in_order(owned) {
+            let ns = if key.kind == "Namespace" {
+                &key.name
+            } else {
+                &key.namespace
+            };
+            let going = deleting || terminating.contains(ns);
+            let what = disposal::dispose(&key, going, foreign.contains(ns), &wants);
+            let action = match what {
+                Disposal::Keep => continue,
+                Disposal::Delete | Disposal::WithNamespace => Action::Pruned,
+                Disposal::ReleaseNamespace | Disposal::ReleaseData => Action::Released,
+            };
+            let note = (what != Disposal::Delete).then(|| what.describe().to_string());
+            let t = Target {
+                ar,
+                namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),
+                name: key.name.clone(),
+                value: Value::Null,
+                how: How::Child,
+                source: source.clone(),
+            };
+            self.push(&t, action, Vec::new(), note);
+        }
+        Ok(())
+    }
+}
