@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::core::ApiResource;
@@ -34,12 +35,7 @@ impl Differ {
         // Live children, read as narrowly as the controller reads them: the
         // tenant's namespaces (labelled or listed), then every kind inside
         // them; metadata only, so no Secret value is ever read.
-        let mut live: Vec<(ApiResource, String, String, bool)> = Vec::new();
-        // Namespaces labelled with another Tenant's uid (an earlier Tenant of
-        // the same name): the controller never prunes or releases inside them.
-        let mut foreign: BTreeSet<String> = BTreeSet::new();
-        // Namespaces being deleted: what is in them is going already.
-        let mut terminating: BTreeSet<String> = BTreeSet::new();
+        let mut live = Listed::default();
         let mut scan: BTreeSet<String> = tenant::namespace_names(&t.spec).into_iter().collect();
         let mut child_kinds = crate::controller::cache::tenant_child_kinds();
         child_kinds.sort_by_key(|ar| ar.kind != "Namespace"); // namespaces first
@@ -58,19 +54,8 @@ impl Differ {
                 for o in list.items {
                     if ar.kind == "Namespace" {
                         scan.insert(o.name_any());
-                        if o.metadata.deletion_timestamp.is_some() {
-                            terminating.insert(o.name_any());
-                        }
-                        if disposal::is_foreign(o.labels(), t.metadata.uid.as_deref()) {
-                            foreign.insert(o.name_any());
-                        }
                     }
-                    live.push((
-                        ar.clone(),
-                        o.metadata.namespace.clone().unwrap_or_default(),
-                        o.name_any(),
-                        o.metadata.deletion_timestamp.is_some(),
-                    ));
+                    live.add(&ar, &o.metadata, t.metadata.uid.as_deref());
                 }
             }
         }
@@ -201,10 +186,7 @@ impl Differ {
             wanted.insert(ObjectKey::new(&kind, &child_ns, &child_name));
         }
         let ready = |ns: &str| !matches!(states.get(ns), Some(NsState::Conflict(_)));
-        let exists = |kind: &str, ns: &str, n: &str| {
-            live.iter()
-                .any(|(ar, lns, ln, _)| ar.kind == kind && lns == ns && ln == n)
-        };
+        let exists = |kind: &str, ns: &str, n: &str| live.exists(kind, ns, n);
         // Rotated secrets and their JWKS.
         for preview in tenant::secret_previews(t, &valid) {
             let kind = preview["kind"].as_str().unwrap_or_default().to_string();
@@ -252,18 +234,7 @@ impl Differ {
             namespaces: &names,
             policy: t.spec.deletion_policy,
         };
-        let owned: Vec<(ObjectKey, (&ApiResource, bool))> = live
-            .iter()
-            .map(|(ar, ns, n, deleting)| (ObjectKey::new(&ar.kind, ns, n), (ar, *deleting)))
-            .collect();
-        for (key, (ar, deleting)) in disposal::in_order(owned) {
-            let ns = if key.kind == "Namespace" {
-                &key.name
-            } else {
-                &key.namespace
-            };
-            let going = deleting || terminating.contains(ns);
-            let what = disposal::dispose(&key, going, foreign.contains(ns), &wants);
+        for (key, ar, what) in live.prune_preview(&wants) {
             let action = match what {
                 Disposal::Keep => continue,
                 Disposal::Delete | Disposal::WithNamespace => Action::Pruned,
@@ -281,5 +252,148 @@ impl Differ {
             self.push(&t, action, Vec::new(), note);
         }
         Ok(())
+    }
+}
+
+/// A tenant's children as `palisade diff` lists them (metadata only: kind,
+/// namespace, name, being deleted), and what their namespaces say.
+#[derive(Default)]
+struct Listed {
+    children: Vec<(ApiResource, String, String, bool)>,
+    namespaces: disposal::Namespaces,
+}
+
+impl Listed {
+    /// One listed object of kind `ar`.
+    fn add(&mut self, ar: &ApiResource, meta: &ObjectMeta, tenant_uid: Option<&str>) {
+        let name = meta.name.clone().unwrap_or_default();
+        if ar.kind == "Namespace" {
+            self.namespaces.note(&name, meta, tenant_uid);
+        }
+        self.children.push((
+            ar.clone(),
+            meta.namespace.clone().unwrap_or_default(),
+            name,
+            meta.deletion_timestamp.is_some(),
+        ));
+    }
+
+    fn exists(&self, kind: &str, ns: &str, name: &str) -> bool {
+        self.children
+            .iter()
+            .any(|(ar, lns, ln, _)| ar.kind == kind && lns == ns && ln == name)
+    }
+
+    /// What the controller's prune would do to each listed child, by
+    /// [`disposal::plan`].
+    fn prune_preview(&self, wants: &Wants<'_>) -> Vec<(ObjectKey, &ApiResource, Disposal)> {
+        let owned = self
+            .children
+            .iter()
+            .map(|(ar, ns, n, deleting)| (ObjectKey::new(&ar.kind, ns, n), *deleting, ar))
+            .collect();
+        disposal::plan(owned, &self.namespaces, wants)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kube::api::DynamicObject;
+    use serde_json::json;
+
+    use super::*;
+    use crate::controller::tenant::owned_disposals;
+    use crate::crd::tenant::DeletionPolicy;
+
+    fn object(ar: &ApiResource, ns: &str, name: &str, meta: Value) -> DynamicObject {
+        let mut v = json!({"apiVersion": ar.api_version, "kind": ar.kind, "metadata": meta});
+        v["metadata"]["name"] = name.into();
+        if !ns.is_empty() {
+            v["metadata"]["namespace"] = ns.into();
+        }
+        serde_json::from_value(v).expect("object")
+    }
+
+    /// `palisade diff` previews exactly the prunes and releases the
+    /// controller makes, from the same world: its metadata listing on one
+    /// side, the controller's cache on the other. Namespace `c` is labelled
+    /// with another Tenant's uid (never touched), `d` is being deleted.
+    #[test]
+    fn diff_and_controller_prune_alike() {
+        let ns_ar = ar_of::<Namespace>();
+        let np = ar_of::<k8s_openapi::api::networking::v1::NetworkPolicy>();
+        let secret = ar_of::<k8s_openapi::api::core::v1::Secret>();
+        let uid = |u: &str| json!({"labels": {"palisade.dev/tenant": "acme", "palisade.dev/tenant-uid": u}});
+        let going = json!({"deletionTimestamp": "2026-01-01T00:00:00Z",
+            "labels": {"palisade.dev/tenant": "acme", "palisade.dev/tenant-uid": "u1"}});
+        let world: Vec<(ApiResource, DynamicObject)> = vec![
+            (ns_ar.clone(), object(&ns_ar, "", "a", uid("u1"))),
+            (ns_ar.clone(), object(&ns_ar, "", "b", uid("u1"))),
+            (ns_ar.clone(), object(&ns_ar, "", "c", uid("u0"))),
+            (ns_ar.clone(), object(&ns_ar, "", "d", going)),
+            (np.clone(), object(&np, "a", "keep", json!({}))),
+            (np.clone(), object(&np, "a", "old", json!({}))),
+            (np.clone(), object(&np, "b", "x", json!({}))),
+            (np.clone(), object(&np, "c", "x", json!({}))),
+            (secret.clone(), object(&secret, "b", "db", json!({}))),
+            (secret.clone(), object(&secret, "c", "db", json!({}))),
+            (secret.clone(), object(&secret, "d", "db", json!({}))),
+        ];
+        let wanted: BTreeSet<ObjectKey> = [ObjectKey::new("NetworkPolicy", "a", "keep")].into();
+        let names = ["a".to_string()];
+        for policy in [DeletionPolicy::Delete, DeletionPolicy::Retain] {
+            let wants = Wants {
+                objects: &wanted,
+                namespaces: &names,
+                policy,
+            };
+            let mut listed = Listed::default();
+            for (ar, o) in &world {
+                listed.add(ar, &o.metadata, Some("u1"));
+            }
+            let diff: Vec<(ObjectKey, Disposal)> = listed
+                .prune_preview(&wants)
+                .into_iter()
+                .map(|(k, _, d)| (k, d))
+                .collect();
+            let cache: Vec<(ApiResource, Arc<DynamicObject>)> = world
+                .iter()
+                .map(|(ar, o)| (ar.clone(), Arc::new(o.clone())))
+                .collect();
+            let namespace = |n: &str| {
+                cache
+                    .iter()
+                    .find(|(ar, o)| ar.kind == "Namespace" && o.name_any() == n)
+                    .map(|(_, o)| o.clone())
+            };
+            let controller: Vec<(ObjectKey, Disposal)> =
+                owned_disposals(cache.clone(), namespace, Some("u1"), &wants)
+                    .into_iter()
+                    .map(|(k, _, d)| (k, d))
+                    .collect();
+            assert_eq!(diff, controller, "{policy:?}");
+            let changes: Vec<(String, Disposal)> = diff
+                .iter()
+                .filter(|(_, d)| d.changes())
+                .map(|(k, d)| (format!("{}/{}/{}", k.kind, k.namespace, k.name), *d))
+                .collect();
+            let expected = match policy {
+                DeletionPolicy::Delete => vec![
+                    ("NetworkPolicy/a/old".to_string(), Disposal::Delete),
+                    ("NetworkPolicy/b/x".to_string(), Disposal::WithNamespace),
+                    ("Secret/b/db".to_string(), Disposal::WithNamespace),
+                    ("Namespace//b".to_string(), Disposal::Delete),
+                ],
+                DeletionPolicy::Retain => vec![
+                    ("NetworkPolicy/a/old".to_string(), Disposal::Delete),
+                    ("NetworkPolicy/b/x".to_string(), Disposal::Delete),
+                    ("Secret/b/db".to_string(), Disposal::ReleaseData),
+                    ("Namespace//b".to_string(), Disposal::ReleaseNamespace),
+                ],
+            };
+            assert_eq!(changes, expected, "{policy:?}: c is foreign, d is going");
+        }
     }
 }

@@ -18,6 +18,8 @@
 
 use std::collections::BTreeSet;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 use super::ObjectKey;
 use crate::crd::tenant::DeletionPolicy;
 
@@ -116,6 +118,77 @@ pub fn dispose(key: &ObjectKey, deleting: bool, foreign: bool, wants: &Wants<'_>
 pub fn in_order<T>(mut items: Vec<(ObjectKey, T)>) -> Vec<(ObjectKey, T)> {
     items.sort_by_key(|(k, _)| k.kind == "Namespace");
     items
+}
+
+/// The namespace whose state decides an owned object's disposal: the one it
+/// is in, or itself for a namespace.
+pub fn namespace_of(key: &ObjectKey) -> &str {
+    if key.kind == "Namespace" {
+        &key.name
+    } else {
+        &key.namespace
+    }
+}
+
+/// What the namespaces a Tenant's objects live in say about disposing of
+/// them: which are being deleted (their contents go with them) and which are
+/// labelled with another Tenant's uid (never touched). The controller fills it
+/// from its cache, `palisade diff` from its listing: the same facts either way.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Namespaces {
+    going: BTreeSet<String>,
+    foreign: BTreeSet<String>,
+}
+
+impl Namespaces {
+    /// Notes the namespace `name` (its metadata as cached or listed) for the
+    /// Tenant of uid `tenant_uid`.
+    pub fn note(&mut self, name: &str, meta: &ObjectMeta, tenant_uid: Option<&str>) {
+        if meta.deletion_timestamp.is_some() {
+            self.going.insert(name.to_string());
+        }
+        if meta
+            .labels
+            .as_ref()
+            .is_some_and(|l| is_foreign(l, tenant_uid))
+        {
+            self.foreign.insert(name.to_string());
+        }
+    }
+
+    /// Whether `ns` is being deleted.
+    pub fn going(&self, ns: &str) -> bool {
+        self.going.contains(ns)
+    }
+
+    /// Whether `ns` carries another Tenant's uid.
+    pub fn foreign(&self, ns: &str) -> bool {
+        self.foreign.contains(ns)
+    }
+}
+
+/// The prune rule over everything a Tenant owns: each object (`deleting`: it
+/// is being deleted itself) with its [`dispose`] verdict, in the order the
+/// disposals must run ([`in_order`]). One function for the controller's prune
+/// and cleanup and for `palisade diff`'s preview of them.
+pub fn plan<T>(
+    owned: Vec<(ObjectKey, bool, T)>,
+    namespaces: &Namespaces,
+    wants: &Wants<'_>,
+) -> Vec<(ObjectKey, T, Disposal)> {
+    let items = owned
+        .into_iter()
+        .map(|(key, deleting, item)| (key, (deleting, item)))
+        .collect();
+    in_order(items)
+        .into_iter()
+        .map(|(key, (deleting, item))| {
+            let ns = namespace_of(&key);
+            let going = deleting || namespaces.going(ns);
+            let what = dispose(&key, going, namespaces.foreign(ns), wants);
+            (key, item, what)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
+use kube::api::DynamicObject;
+use kube::core::ApiResource;
 use kube::runtime::events::EventType;
 use serde_json::Value;
 use tracing::{info, warn};
@@ -133,36 +135,19 @@ pub(super) async fn prune(
     Ok(())
 }
 
-/// Carries out [`disposal::dispose`] for every object `tenant` owns (the
+/// Carries out [`disposal::plan`] for every object `tenant` owns (the
 /// contents of a namespace before the namespace); returns what changed.
 pub(super) async fn dispose_owned(
     ctx: &Context,
     tenant: &Tenant,
     wants: &Wants<'_>,
 ) -> Result<Vec<(ObjectKey, Disposal)>, Error> {
-    let owned: Vec<_> = ctx
-        .cache
-        .owned_by(&tenant.name_any())
-        .into_iter()
-        .map(|(ar, obj)| {
-            let key = ObjectKey::new(
-                &ar.kind,
-                &obj.namespace().unwrap_or_default(),
-                &obj.name_any(),
-            );
-            (key, (ar, obj))
-        })
-        .collect();
+    let owned = ctx.cache.owned_by(&tenant.name_any());
+    let ns_ar = namespaces::ns_ar();
+    let namespace = |ns: &str| ctx.cache.get(&ns_ar, None, ns);
     let mut done = Vec::new();
-    for (key, (ar, obj)) in disposal::in_order(owned) {
-        let ns = if key.kind == "Namespace" {
-            &key.name
-        } else {
-            &key.namespace
-        };
-        let foreign = namespaces::foreign(ctx, tenant, ns);
-        let going = obj.metadata.deletion_timestamp.is_some() || namespaces::terminating(ctx, ns);
-        let what = disposal::dispose(&key, going, foreign, wants);
+    for (key, (ar, obj), what) in owned_disposals(owned, namespace, tenant.uid().as_deref(), wants)
+    {
         match what {
             Disposal::Keep | Disposal::WithNamespace => {}
             Disposal::Delete => ctx.applier.delete(&ar, &obj).await?,
@@ -176,4 +161,34 @@ pub(super) async fn dispose_owned(
         }
     }
     Ok(done)
+}
+
+/// The prune rule over what the managed cache holds for a tenant (pure):
+/// `owned` as [`crate::controller::cache::ChildCache::owned_by`] lists it,
+/// `namespace` the cached namespace of a name. `palisade diff` previews the
+/// same [`disposal::plan`] from its own listing (see its agreement test).
+pub(crate) fn owned_disposals<O: std::ops::Deref<Target = DynamicObject>>(
+    owned: Vec<(ApiResource, O)>,
+    namespace: impl Fn(&str) -> Option<O>,
+    tenant_uid: Option<&str>,
+    wants: &Wants<'_>,
+) -> Vec<(ObjectKey, (ApiResource, O), Disposal)> {
+    let mut facts = disposal::Namespaces::default();
+    let owned: Vec<_> = owned
+        .into_iter()
+        .map(|(ar, obj)| {
+            let key = ObjectKey::new(
+                &ar.kind,
+                &obj.namespace().unwrap_or_default(),
+                &obj.name_any(),
+            );
+            let ns = disposal::namespace_of(&key);
+            if let Some(found) = namespace(ns) {
+                facts.note(ns, &found.metadata, tenant_uid);
+            }
+            let deleting = obj.metadata.deletion_timestamp.is_some();
+            (key, deleting, (ar, obj))
+        })
+        .collect();
+    disposal::plan(owned, &facts, wants)
 }

@@ -36,6 +36,8 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::warn;
 
+#[cfg(test)]
+pub(crate) use children::owned_disposals;
 pub use context::Context;
 use status::Facts;
 

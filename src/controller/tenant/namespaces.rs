@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::Context;
 use crate::controller::error::{Error, kube_err, to_value};
-use crate::crd::tenant::{NamespaceStatus, Tenant};
+use crate::crd::tenant::NamespaceStatus;
 use crate::resources::labels;
 use crate::resources::rbac;
 use crate::resources::tenant::{NsState, Who, classify_namespace};
@@ -179,23 +179,6 @@ async fn revoke_self(ctx: &Context, ns: &str) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// Whether the managed namespace `ns` is being deleted (what is in it goes
-/// with it).
-pub(super) fn terminating(ctx: &Context, ns: &str) -> bool {
-    ctx.cache
-        .get(&ns_ar(), None, ns)
-        .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
-}
-
-/// Whether `ns` is labelled with the uid of another Tenant (an earlier one of the
-/// same name whose objects were left behind): its objects are not this Tenant's
-/// to prune, release or delete.
-pub(super) fn foreign(ctx: &Context, tenant: &Tenant, ns: &str) -> bool {
-    ctx.cache.get(&ns_ar(), None, ns).is_some_and(|obj| {
-        crate::resources::disposal::is_foreign(obj.labels(), tenant.metadata.uid.as_deref())
-    })
 }
 
 /// Keeps a Secret or ConfigMap Palisade generated in a namespace it lets go
