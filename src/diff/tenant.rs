@@ -80,9 +80,7 @@ impl Differ {
             }
         }
         let plan = rolepolicy::plan_for(t, policies);
-        let Ok(objects) = tenant::build(t, &usage, &plan) else {
-            return Ok(());
-        };
+        let objects = tenant::objects(t, &valid, &usage, &plan);
         let values = objects.to_values().map_err(ser_err("tenant objects"))?;
         let kinds = crate::controller::cache::tenant_child_kinds();
         let ns_api: Api<Namespace> = Api::all(self.client.clone());

@@ -32,11 +32,14 @@ const RESERVED_NAMESPACE_PREFIX: &str = "kube-";
 /// and an unbounded one overflows time arithmetic.
 const MAX_ROTATION: std::time::Duration = std::time::Duration::from_secs(3650 * 86_400);
 
-/// What validation parsed, so that no later step parses (and falls back) again.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// A spec [`validate`] accepted, with what it parsed, so that no later step
+/// checks or parses (and falls back) again. Only [`validate`] makes one:
+/// [`objects`] takes it as the proof that the spec was checked.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Valid {
     /// `spec.secrets[i].rotateEvery`, parsed, in spec order.
     pub rotate_every: Vec<std::time::Duration>,
+    checked: (),
 }
 
 /// Checks everything the schema cannot, and everything the API server will
@@ -59,7 +62,10 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
     super::admission::check(spec)?;
     let rotate_every = check_secrets(spec, &listed)?;
     check_gc(spec)?;
-    Ok(Valid { rotate_every })
+    Ok(Valid {
+        rotate_every,
+        checked: (),
+    })
 }
 
 fn check_name(name: &str) -> Result<(), InvalidTenant> {
@@ -447,16 +453,30 @@ pub fn classify_namespace(tenant: Who<'_>, name: &str, meta: &ObjectMeta) -> NsS
     }
 }
 
-/// The objects a valid Tenant becomes. `usage` is each namespace's current quota
-/// usage (only read for `scope: Tenant`; empty offline).
+/// [`validate`], then [`objects`]: for callers that have not validated the
+/// spec yet (tests, benchmarks). The controller, `render` and `diff` validate
+/// once and call [`objects`].
 pub fn build(
     tenant: &Tenant,
     usage: &Usage,
     plan: &super::rolepolicy::RbacPlan,
 ) -> Result<TenantObjects, InvalidTenant> {
     let name = tenant.metadata.name.as_deref().unwrap_or_default();
+    let valid = validate(name, &tenant.spec)?;
+    Ok(objects(tenant, &valid, usage, plan))
+}
+
+/// The objects a Tenant becomes, its spec checked by [`validate`] (`_valid`).
+/// `usage` is each namespace's current quota usage (only read for
+/// `scope: Tenant`; empty offline).
+pub fn objects(
+    tenant: &Tenant,
+    _valid: &Valid,
+    usage: &Usage,
+    plan: &super::rolepolicy::RbacPlan,
+) -> TenantObjects {
+    let name = tenant.metadata.name.as_deref().unwrap_or_default();
     let spec = &tenant.spec;
-    validate(name, spec)?;
     let names = namespace_names(spec);
     let hard = spec
         .quota
@@ -484,7 +504,7 @@ pub fn build(
         out.role_bindings
             .extend(rbac::plan_bindings(name, &ns.name, plan));
     }
-    Ok(out)
+    out
 }
 
 /// The Secrets and JWKS ConfigMaps of `spec.secrets[]` as `palisade render`

@@ -9,13 +9,12 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::core::ApiResource;
 
 use super::Context;
-use crate::controller::error::Error;
 use crate::crd::tenant::{QuotaScope, QuotaStatus, Tenant};
 use crate::quantity::Milli;
 use crate::resources::TenantObjects;
 use crate::resources::quota::{self, Usage};
 use crate::resources::rolepolicy::{RbacPlan, plan_for};
-use crate::resources::tenant as builder;
+use crate::resources::tenant::{self as builder, Valid};
 
 /// The desired state of one tenant.
 pub struct Desired {
@@ -26,11 +25,12 @@ pub struct Desired {
     pub quota: Option<QuotaStatus>,
 }
 
-/// Builds the desired state from the caches (quota usage, RolePolicies).
-pub(super) fn build(ctx: &Context, tenant: &Tenant, usable: &[String]) -> Result<Desired, Error> {
+/// Builds the desired state of a validated tenant from the caches (quota
+/// usage, RolePolicies).
+pub(super) fn build(ctx: &Context, tenant: &Tenant, valid: &Valid, usable: &[String]) -> Desired {
     let usage = quota_usage(ctx, usable);
     let plan = plan_for(tenant, &ctx.policies());
-    let objects = builder::build(tenant, &usage, &plan)?;
+    let objects = builder::objects(tenant, valid, &usage, &plan);
     let quota = tenant
         .spec
         .quota
@@ -43,11 +43,11 @@ pub(super) fn build(ctx: &Context, tenant: &Tenant, usable: &[String]) -> Result
                 hard,
             }
         });
-    Ok(Desired {
+    Desired {
         objects,
         plan,
         quota,
-    })
+    }
 }
 
 fn quota_usage(ctx: &Context, namespaces: &[String]) -> Usage {

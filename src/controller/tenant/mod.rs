@@ -175,7 +175,7 @@ async fn steps(
         .filter(|(_, s)| matches!(s, builder::NsState::Owned | builder::NsState::Unseen))
         .map(|(n, _)| n.clone())
         .collect();
-    let desired = desired::build(ctx, tenant, &usable).map_err(at("build desired objects"))?;
+    let desired = desired::build(ctx, tenant, valid, &usable);
     facts.quota = desired.quota.clone();
 
     let Some(ns) = namespaces::apply(ctx, who, &desired.objects.namespaces, states)
