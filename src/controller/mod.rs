@@ -1,10 +1,8 @@
 //! The controllers: the only code (besides [`crate::apply`]) that calls the API.
 
-pub mod backup_run;
 pub mod backup_schedule;
 pub mod cache;
 pub mod driver;
-pub mod error;
 pub mod events;
 pub mod rolepolicy;
 pub mod tenant;

@@ -11,7 +11,7 @@
 //!    conflicts, Secrets;
 //! 3. [`plan`] (pure, table-tested): folds finished runs into status
 //!    ([`fold`]), decides what is due ([`crate::backup::schedule`]) and what
-//!    each request needs ([`super::backup_run`]), and computes the desired
+//!    each request needs ([`requests`]), and computes the desired
 //!    status ([`status`]), the Events, the Jobs to prune and the next wake-up;
 //! 4. [`execute`]: carries the plan out (create-only Jobs with deterministic
 //!    names, so a retry or a second replica gets 409 and converges), writes the
@@ -19,10 +19,12 @@
 //!    with that step's reason and a Warning Event before returning the error;
 //! 5. requeue exactly at the plan's wake-up (the next due time).
 
+mod error;
 mod execute;
 mod fold;
 mod observe;
 mod plan;
+pub mod requests;
 mod status;
 mod validate;
 pub mod waits;
@@ -40,57 +42,17 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 
 use super::driver::{self, Reconcile, Shared};
-use crate::apply::{Applier, ApplyError};
+use crate::apply::Applier;
 use crate::crd::backup_run::BackupRun;
 use crate::crd::backup_schedule::BackupSchedule;
 use crate::resources::backup_jobs::SCHEDULE_LABEL;
+pub use error::{Error, Invalid};
 pub use validate::destination_key;
 
 /// Condition types.
 pub const READY: &str = "Ready";
 pub const LAST_BACKUP_SUCCEEDED: &str = "LastBackupSucceeded";
 pub const LAST_RESTORE_TEST_SUCCEEDED: &str = "LastRestoreTestSucceeded";
-
-/// Why the schedule cannot run (a condition reason and an actionable message).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Invalid {
-    /// Whether only an edit of the spec can fix it (nothing to re-check until
-    /// the schedule changes): a bad cron expression or time zone. A missing
-    /// Secret or a destination conflict is fixed elsewhere, unwatched.
-    pub fn fixed_by_spec_only(&self) -> bool {
-        matches!(self.reason, "InvalidSchedule" | "InvalidTimeZone")
-    }
-}
-
-/// A failed reconcile (retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Apply(#[from] ApplyError),
-    #[error("{}: {}", .0, crate::apply::api_message(.1))]
-    Kube(&'static str, #[source] Box<kube::Error>),
-    #[error("building the configuration file: {0}")]
-    Config(#[from] serde_yaml::Error),
-    #[error("serializing {0}: {1}")]
-    Serialize(&'static str, #[source] serde_json::Error),
-}
-
-impl Error {
-    /// Bounded reason for logs and metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Apply(e) => e.reason(),
-            Error::Kube(..) => "ApiError",
-            Error::Config(_) => "InvalidConfig",
-            Error::Serialize(..) => "SerializeFailed",
-        }
-    }
-}
 
 /// What the BackupSchedule controller needs.
 pub struct BackupContext {

@@ -11,7 +11,7 @@
 //!
 //! The decisions themselves live where they are shared and tested:
 //! [`crate::backup::schedule::decide`] (what is due for one kind of run),
-//! [`crate::controller::backup_run`] (what a BackupRun request needs),
+//! [`super::requests`] (what a BackupRun request needs),
 //! [`super::fold`] (finished runs into status), [`super::status`] (`Ready`).
 
 use std::sync::Arc;
@@ -28,10 +28,10 @@ use super::Invalid;
 use super::READY;
 use super::fold::{self, Note, RunMetric};
 use super::observe::{Finished, Observed, Run, folded_minute};
+use super::requests::{self, JobState};
 use super::status;
 use super::validate::Valid;
 use crate::backup::schedule::{self, Action as RunAction, DecisionInput, Schedule};
-use crate::controller::backup_run::{self as requests, JobState};
 use crate::crd::Condition;
 use crate::crd::backup_run::{BackupRun, BackupRunStatus};
 use crate::crd::backup_schedule::{BackupSchedule, BackupScheduleStatus};

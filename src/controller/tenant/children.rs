@@ -15,9 +15,9 @@ use kube::runtime::events::EventType;
 use serde_json::Value;
 use tracing::{info, warn};
 
+use super::error::{Error, Failed};
 use super::{Context, ObjectKey, namespaces};
 use crate::apply::Outcome;
-use crate::controller::error::{Error, Failed};
 use crate::controller::events::event;
 use crate::crd::tenant::Tenant;
 use crate::resources::disposal::{self, Disposal, Wants};

@@ -8,7 +8,7 @@ use tracing::info;
 
 use super::Context;
 use super::children;
-use crate::controller::error::{Error, kube_err};
+use super::error::{Error, kube_err};
 use crate::crd::tenant::Tenant;
 use crate::resources::disposal::Wants;
 use crate::resources::labels;

@@ -15,6 +15,7 @@
 mod children;
 mod context;
 mod desired;
+pub mod error;
 pub mod gc;
 mod lifecycle;
 mod namespaces;
@@ -22,7 +23,6 @@ pub mod secrets;
 pub mod status;
 pub mod tokens;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,12 +43,12 @@ use status::Facts;
 
 use super::cache::{ChildCache, ChildStream};
 use super::driver::{self, Reconcile, Shared};
-use super::error::{Error, Failed};
 use super::events::event;
 use crate::crd::RolePolicy;
 use crate::crd::tenant::Tenant;
 use crate::resources::labels;
 use crate::resources::tenant::{self as builder, Valid, Who};
+use error::{Error, Failed};
 
 fn tenant_ar() -> ApiResource {
     ApiResource::erase::<Tenant>(&())
@@ -165,16 +165,8 @@ async fn steps(
         name: &name,
         uid: tenant.metadata.uid.as_deref(),
     };
-    let states: std::collections::BTreeMap<_, _> = facts
-        .names
-        .iter()
-        .map(|n| (n.clone(), namespaces::cached(ctx, who, n)))
-        .collect();
-    let usable: Vec<String> = states
-        .iter()
-        .filter(|(_, s)| matches!(s, builder::NsState::Owned | builder::NsState::Unseen))
-        .map(|(n, _)| n.clone())
-        .collect();
+    let states = namespaces::states(ctx, who, &facts.names);
+    let usable = namespaces::usable(&states);
     let desired = desired::build(ctx, tenant, valid, &usable);
     facts.quota = desired.quota.clone();
 
@@ -202,11 +194,7 @@ async fn steps(
     // Secrets and ConfigMaps are watched per namespace: decide about them only
     // where that watch has listed (never re-create what is not seen yet), or
     // in a namespace created by this very pass (nothing of ours in it yet).
-    let listed: BTreeSet<String> = ready
-        .iter()
-        .filter(|ns| created.contains(*ns) || ctx.cache.namespace_listed(ns))
-        .cloned()
-        .collect();
+    let listed = namespaces::listed(ctx, &ready, &created);
     facts.waiting_for_listing = listed.len() < ready.len();
 
     let values = desired
@@ -231,7 +219,6 @@ async fn steps(
         .map_err(at("rotate secrets"))?;
     announce_rotations(ctx, tenant, &secrets).await;
     wanted.extend(secrets.wanted.iter().cloned());
-    let deadline = secrets.next_deadline;
     let more_secrets = secrets.remaining > 0;
     facts.secrets = Some(secrets);
 
@@ -239,7 +226,6 @@ async fn steps(
         .await
         .map_err(at("issue tokens"))?;
     wanted.extend(tokens.wanted.iter().cloned());
-    let deadline = deadline.into_iter().chain(tokens.next_deadline).min();
     facts.tokens = Some(tokens);
 
     // After every step that writes: what Palisade wants is never collected,
@@ -247,7 +233,6 @@ async fn steps(
     let gc = gc::reconcile(ctx, tenant, &listed, &wanted)
         .await
         .map_err(at("collect garbage"))?;
-    let deadline = deadline.into_iter().chain(gc.next_deadline).min();
     facts.gc = Some(gc);
 
     children::prune(ctx, tenant, &facts.names, &wanted)
@@ -268,6 +253,7 @@ async fn steps(
         // changes when its owner lets it go (another Tenant deleted, or an
         // administrator labels it over to this one): look again regularly.
         let now = ctx.clock.now();
+        let deadline = facts.next_deadline();
         let recheck = conflicted.then(|| now + CONFLICT_RECHECK);
         driver::requeue_at(deadline.into_iter().chain(recheck).min(), now)
     }))

@@ -12,7 +12,7 @@ use kube::core::ApiResource;
 use serde_json::json;
 
 use super::Context;
-use crate::controller::error::{Error, kube_err, to_value};
+use super::error::{Error, kube_err, to_value};
 use crate::crd::tenant::NamespaceStatus;
 use crate::resources::labels;
 use crate::resources::rbac;
@@ -292,4 +292,37 @@ pub(super) async fn release(
         .merge_patch(&ns_ar(), None, &ns.name_any(), patch)
         .await?;
     Ok(())
+}
+
+/// The state of each of the spec's namespaces, from the managed cache.
+pub(super) fn states(ctx: &Context, who: Who<'_>, names: &[String]) -> BTreeMap<String, NsState> {
+    names
+        .iter()
+        .map(|n| (n.clone(), cached(ctx, who, n)))
+        .collect()
+}
+
+/// The namespaces whose contents may be built: this tenant's, or not seen yet
+/// (created by this pass).
+pub(super) fn usable(states: &BTreeMap<String, NsState>) -> Vec<String> {
+    states
+        .iter()
+        .filter(|(_, s)| matches!(s, NsState::Owned | NsState::Unseen))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// The ready namespaces where Secrets and ConfigMaps may be decided about:
+/// those whose per-namespace watch has listed (never re-create what is not
+/// seen yet), or created by this very pass (nothing of ours in them yet).
+pub(super) fn listed(
+    ctx: &Context,
+    ready: &BTreeSet<String>,
+    created: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    ready
+        .iter()
+        .filter(|ns| created.contains(*ns) || ctx.cache.namespace_listed(ns))
+        .cloned()
+        .collect()
 }

@@ -18,9 +18,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::info;
 
+use super::error::{Error, kube_err};
 use super::namespaces::{Unmanaged, adopt_released};
 use super::{Context, ObjectKey};
-use crate::controller::error::{Error, kube_err};
 use crate::crd::condition::Observed;
 use crate::crd::tenant::{ManagedSecret, SecretStatus, SecretType, Tenant};
 use crate::resources::secrets::{self as model, Decision, Reason};
@@ -86,7 +86,7 @@ fn ar<K: Resource<DynamicType = ()>>() -> ApiResource {
 }
 
 fn to_value<T: serde::Serialize>(obj: &T) -> Result<Value, Error> {
-    crate::controller::error::to_value("secret object", obj)
+    super::error::to_value("secret object", obj)
 }
 
 /// Problems that stop one secret in one namespace (reported, not retried).

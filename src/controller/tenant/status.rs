@@ -12,8 +12,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::error::{Error, Failed, kube_err};
 use super::{Context, children, gc, namespaces, secrets, tokens};
-use crate::controller::error::{Error, Failed, kube_err};
 use crate::crd::ConditionStatus;
 use crate::crd::condition::{Observed, merge_conditions, progress};
 use crate::crd::tenant::{QuotaStatus, Tenant, TenantStatus};
@@ -40,6 +40,19 @@ pub struct Facts {
 }
 
 impl Facts {
+    /// The earliest moment a step asked to decide again at (a rotation, a
+    /// token renewal, an expiry), if any.
+    pub fn next_deadline(&self) -> Option<k8s_openapi::jiff::Timestamp> {
+        [
+            self.secrets.as_ref().and_then(|s| s.next_deadline),
+            self.tokens.as_ref().and_then(|t| t.next_deadline),
+            self.gc.as_ref().and_then(|g| g.next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
     /// Child kinds that failed to apply, with why (the first failure of each).
     fn child_failures(&self) -> BTreeMap<&str, &Failed> {
         self.children

@@ -11,9 +11,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::ApiResource;
 
+use super::error::{Error, to_value};
 use super::namespaces::{Unmanaged, adopt_released};
 use super::{Context, ObjectKey};
-use crate::controller::error::{Error, to_value};
 use crate::crd::condition::Observed;
 use crate::crd::tenant::{JwtAlgorithm, ManagedSecret, SecretType, Tenant};
 use crate::resources::rolepolicy::{RbacPlan, TokenRequest};

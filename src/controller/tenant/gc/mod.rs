@@ -49,7 +49,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::{Context, ObjectKey};
-use crate::controller::error::Error;
+use crate::controller::tenant::error::Error;
 use crate::crd::condition::Observed;
 use crate::crd::tenant::{AgeFrom, GarbageCollectionSpec, GcStatus, Tenant};
 use crate::resources::gc::{self as model, Candidate, KindKey};

@@ -3,16 +3,12 @@
 //! without importing the Tenant controller that calls them.
 
 use crate::apply::ApplyError;
-use crate::resources::tenant::InvalidTenant;
 
 /// A reconcile step that failed; the reconcile is retried with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    /// Validated before building, so only reachable if the two disagree.
-    #[error(transparent)]
-    Invalid(#[from] InvalidTenant),
     #[error("{action}: {}", crate::apply::api_message(source))]
     Kube {
         action: &'static str,
@@ -33,7 +29,6 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Apply(e) => e.reason(),
-            Error::Invalid(e) => e.reason,
             Error::Kube { source, .. } => match source.as_ref() {
                 kube::Error::Api(s) if s.code == 403 => "Forbidden",
                 kube::Error::Api(s) if s.code >= 500 => "ServerError",
