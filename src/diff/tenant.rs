@@ -16,25 +16,76 @@ use crate::crd::{RolePolicy, Tenant};
 use crate::resources::disposal::{self, Disposal, Wants};
 use crate::resources::labels;
 use crate::resources::quota::{QUOTA_NAME, Usage};
-use crate::resources::tenant::{NsState, Who, classify_namespace};
+use crate::resources::rolepolicy::RbacPlan;
+use crate::resources::tenant::{NsState, Valid, Who, classify_namespace};
 use crate::resources::{ObjectKey, rolepolicy, tenant, tokens};
 
+/// One Tenant's preview: what its phases share.
+struct Preview<'a> {
+    t: &'a Tenant,
+    name: String,
+    /// How the report names where a child comes from.
+    source: String,
+    /// The namespaces of the spec.
+    names: Vec<String>,
+    states: BTreeMap<String, NsState>,
+    live: Listed,
+    /// Every child the controller would want (never pruned).
+    wanted: BTreeSet<ObjectKey>,
+}
+
 impl Differ {
-    /// What the Tenant controller would apply and prune for `t`.
+    /// What the Tenant controller would apply and prune for `t`, phase by
+    /// phase as the controller decides: the children as they are, the
+    /// desired ones (the same builders), the generated ones, then the prune
+    /// rule ([`disposal::plan`]).
     pub(super) async fn tenant_children(
         &mut self,
         t: &Tenant,
         policies: &[RolePolicy],
     ) -> Result<(), DiffError> {
         let name = t.name_any();
-        let source = format!("Tenant {name}");
         let Ok(valid) = tenant::validate(&name, &t.spec) else {
             return Ok(()); // reported as a finding; the controller builds nothing
         };
+        let (live, scan) = self.list_children(t).await?;
+        let usage = self.quota_usage(&scan).await?;
+        let plan = rolepolicy::plan_for(t, policies);
+        let values = tenant::objects(t, &valid, &usage, &plan)
+            .to_values()
+            .map_err(ser_err("tenant objects"))?;
+        let names = tenant::namespace_names(&t.spec);
+        let states = self.namespace_states(t, &names).await?;
+        let mut p = Preview {
+            t,
+            source: format!("Tenant {name}"),
+            name,
+            names,
+            states,
+            live,
+            wanted: BTreeSet::new(),
+        };
+        let kinds = crate::controller::cache::tenant_child_kinds();
+        for value in values {
+            let Some(ar) = kinds.iter().find(|k| value["kind"] == k.kind.as_str()) else {
+                continue;
+            };
+            if let Some(key) = self.desired_child(&p, ar, value).await? {
+                p.wanted.insert(key);
+            }
+        }
+        self.generated_children(&mut p, &valid, &plan);
+        self.prune_preview(&p);
+        Ok(())
+    }
+
+    /// The tenant's children as they are, read as narrowly as the controller
+    /// reads them: its namespaces (labelled or listed), then every kind
+    /// inside them; metadata only, so no Secret value is ever read. Also the
+    /// namespaces scanned.
+    async fn list_children(&self, t: &Tenant) -> Result<(Listed, BTreeSet<String>), DiffError> {
+        let name = t.name_any();
         let selector = ListParams::default().labels(&labels::tenant_selector(&name));
-        // Live children, read as narrowly as the controller reads them: the
-        // tenant's namespaces (labelled or listed), then every kind inside
-        // them; metadata only, so no Secret value is ever read.
         let mut live = Listed::default();
         let mut scan: BTreeSet<String> = tenant::namespace_names(&t.spec).into_iter().collect();
         let mut child_kinds = crate::controller::cache::tenant_child_kinds();
@@ -59,10 +110,14 @@ impl Differ {
                 }
             }
         }
-        // Quota usage, for `scope: Tenant` budgets.
+        Ok((live, scan))
+    }
+
+    /// Quota usage of `namespaces`, for `scope: Tenant` budgets.
+    async fn quota_usage(&self, namespaces: &BTreeSet<String>) -> Result<Usage, DiffError> {
         let quota_ar = ar_of::<k8s_openapi::api::core::v1::ResourceQuota>();
         let mut usage = Usage::new();
-        for ns in &scan {
+        for ns in namespaces {
             let Some(q) = self
                 .api(&quota_ar, Some(ns))
                 .get_opt(QUOTA_NAME)
@@ -79,14 +134,20 @@ impl Differ {
                 usage.insert(ns.clone(), used);
             }
         }
-        let plan = rolepolicy::plan_for(t, policies);
-        let objects = tenant::objects(t, &valid, &usage, &plan);
-        let values = objects.to_values().map_err(ser_err("tenant objects"))?;
-        let kinds = crate::controller::cache::tenant_child_kinds();
+        Ok(usage)
+    }
+
+    /// The state of each of the spec's namespaces, by the controller's rule
+    /// ([`classify_namespace`]).
+    async fn namespace_states(
+        &self,
+        t: &Tenant,
+        names: &[String],
+    ) -> Result<BTreeMap<String, NsState>, DiffError> {
+        let name = t.name_any();
         let ns_api: Api<Namespace> = Api::all(self.client.clone());
-        let names = tenant::namespace_names(&t.spec);
         let mut states: BTreeMap<String, NsState> = BTreeMap::new();
-        for ns in &names {
+        for ns in names {
             let state =
                 match ns_api
                     .get_metadata_opt(ns)
@@ -105,88 +166,99 @@ impl Differ {
                 };
             states.insert(ns.clone(), state);
         }
-        let mut wanted: BTreeSet<ObjectKey> = BTreeSet::new();
-        for value in values {
-            let kind = value["kind"].as_str().unwrap_or_default().to_string();
-            let Some(ar) = kinds.iter().find(|k| k.kind == kind) else {
-                continue;
-            };
-            let (ns, obj) = if kind == "Namespace" {
-                let n = value
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                (n, None)
-            } else {
-                let n = value
-                    .pointer("/metadata/namespace")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                (n, Some(()))
-            };
-            let state = states.get(&ns).cloned().unwrap_or(NsState::Absent);
-            match (&state, obj) {
-                (NsState::Conflict(msg), None) => {
-                    self.report.findings.push(Finding {
-                        severity: Severity::Rejected,
-                        kind: "Tenant".into(),
-                        name: name.clone(),
-                        reason: "NamespaceConflict".into(),
-                        field: "spec.namespaces".into(),
-                        message: msg.clone(),
-                    });
-                    continue;
-                }
-                (NsState::Conflict(_), Some(())) => continue,
-                (NsState::Terminating, None) => {
-                    let t = Target {
-                        ar,
-                        namespace: None,
-                        name: ns.clone(),
-                        value: Value::Null,
-                        how: How::Child,
-                        source: source.clone(),
-                    };
-                    self.push(
-                        &t,
-                        Action::Created,
-                        Vec::new(),
-                        Some("being deleted; created again once it is gone".into()),
-                    );
-                    continue;
-                }
-                _ => {}
+        Ok(states)
+    }
+
+    /// One desired child (namespaces included): created, compared, or left
+    /// out where its namespace is someone else's (a finding for the
+    /// namespace itself); its key when the controller would want it.
+    async fn desired_child(
+        &mut self,
+        p: &Preview<'_>,
+        ar: &ApiResource,
+        value: Value,
+    ) -> Result<Option<ObjectKey>, DiffError> {
+        let kind = ar.kind.clone();
+        let (ns, obj) = if kind == "Namespace" {
+            let n = value
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            (n, None)
+        } else {
+            let n = value
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            (n, Some(()))
+        };
+        let state = p.states.get(&ns).cloned().unwrap_or(NsState::Absent);
+        match (&state, obj) {
+            (NsState::Conflict(msg), None) => {
+                self.report.findings.push(Finding {
+                    severity: Severity::Rejected,
+                    kind: "Tenant".into(),
+                    name: p.name.clone(),
+                    reason: "NamespaceConflict".into(),
+                    field: "spec.namespaces".into(),
+                    message: msg.clone(),
+                });
+                return Ok(None);
             }
-            let new_namespace = matches!(
-                state,
-                NsState::Absent | NsState::Terminating | NsState::Unseen
-            );
-            let (child_ns, child_name) = if kind == "Namespace" && new_namespace {
-                // Created, never applied over an existing one.
-                let (_, _, n, _) = Applier::prepare(ar, value).map_err(|e| {
-                    DiffError::Serialize(format!("a Namespace built for {source}: {e}"))
-                })?;
+            (NsState::Conflict(_), Some(())) => return Ok(None),
+            (NsState::Terminating, None) => {
                 let t = Target {
                     ar,
                     namespace: None,
-                    name: n.clone(),
+                    name: ns.clone(),
                     value: Value::Null,
                     how: How::Child,
-                    source: source.clone(),
+                    source: p.source.clone(),
                 };
-                self.push(&t, Action::Created, Vec::new(), None);
-                (String::new(), n)
-            } else {
-                self.child(ar, value, &source, new_namespace).await?
-            };
-            wanted.insert(ObjectKey::new(&kind, &child_ns, &child_name));
+                self.push(
+                    &t,
+                    Action::Created,
+                    Vec::new(),
+                    Some("being deleted; created again once it is gone".into()),
+                );
+                return Ok(None);
+            }
+            _ => {}
         }
-        let ready = |ns: &str| !matches!(states.get(ns), Some(NsState::Conflict(_)));
-        let exists = |kind: &str, ns: &str, n: &str| live.exists(kind, ns, n);
+        let new_namespace = matches!(
+            state,
+            NsState::Absent | NsState::Terminating | NsState::Unseen
+        );
+        let (child_ns, child_name) = if kind == "Namespace" && new_namespace {
+            // Created, never applied over an existing one.
+            let (_, _, n, _) = Applier::prepare(ar, value).map_err(|e| {
+                DiffError::Serialize(format!("a Namespace built for {}: {e}", p.source))
+            })?;
+            let t = Target {
+                ar,
+                namespace: None,
+                name: n.clone(),
+                value: Value::Null,
+                how: How::Child,
+                source: p.source.clone(),
+            };
+            self.push(&t, Action::Created, Vec::new(), None);
+            (String::new(), n)
+        } else {
+            self.child(ar, value, &p.source, new_namespace).await?
+        };
+        Ok(Some(ObjectKey::new(&kind, &child_ns, &child_name)))
+    }
+
+    /// The children whose content the controller generates: rotated Secrets
+    /// and their JWKS, and the application tokens of RolePolicy bindings.
+    fn generated_children(&mut self, p: &mut Preview<'_>, valid: &Valid, plan: &RbacPlan) {
+        let kinds = crate::controller::cache::tenant_child_kinds();
+        let ready = |ns: &str| !matches!(p.states.get(ns), Some(NsState::Conflict(_)));
         // Rotated secrets and their JWKS.
-        for preview in tenant::secret_previews(t, &valid) {
+        for preview in tenant::secret_previews(p.t, valid) {
             let kind = preview["kind"].as_str().unwrap_or_default().to_string();
             let ns = preview
                 .pointer("/metadata/namespace")
@@ -204,35 +276,41 @@ impl Differ {
             if !ready(&ns) {
                 continue;
             }
-            let found = exists(&kind, &ns, &n);
-            self.generated(ar, &ns, &n, found, &source);
-            wanted.insert(ObjectKey::new(&kind, &ns, &n));
+            let found = p.live.exists(&kind, &ns, &n);
+            self.generated(ar, &ns, &n, found, &p.source);
+            p.wanted.insert(ObjectKey::new(&kind, &ns, &n));
         }
         // Application tokens of RolePolicy bindings, where the tenant's signing
         // key is published (elsewhere the controller reports TokenBlocked).
         let secret_ar = ar_of::<k8s_openapi::api::core::v1::Secret>();
         for req in &plan.tokens {
-            let Some(key) = tokens::signing_key(&t.spec, req) else {
+            let Some(key) = tokens::signing_key(&p.t.spec, req) else {
                 continue;
             };
-            for ns in names
+            for ns in p
+                .names
                 .iter()
                 .filter(|ns| req.sa_namespace.as_ref().is_none_or(|n| n == *ns))
                 .filter(|ns| ready(ns) && tokens::key_published_in(key, ns))
             {
                 let n = tokens::secret_name(&req.service_account);
-                let found = exists("Secret", ns, &n);
-                self.generated(&secret_ar, ns, &n, found, &source);
-                wanted.insert(ObjectKey::new("Secret", ns, &n));
+                let found = p.live.exists("Secret", ns, &n);
+                self.generated(&secret_ar, ns, &n, found, &p.source);
+                p.wanted.insert(ObjectKey::new("Secret", ns, &n));
             }
         }
+    }
+
+    /// What the controller would prune and release: [`disposal::plan`] over
+    /// the listed children.
+    fn prune_preview(&mut self, p: &Preview<'_>) {
         // Prune and release: the controller's rule.
         let wants = Wants {
-            objects: &wanted,
-            namespaces: &names,
-            policy: t.spec.deletion_policy,
+            objects: &p.wanted,
+            namespaces: &p.names,
+            policy: p.t.spec.deletion_policy,
         };
-        for (key, ar, what) in live.prune_preview(&wants) {
+        for (key, ar, what) in p.live.prune_preview(&wants) {
             let action = match what {
                 Disposal::Keep => continue,
                 Disposal::Delete | Disposal::WithNamespace => Action::Pruned,
@@ -245,11 +323,10 @@ impl Differ {
                 name: key.name.clone(),
                 value: Value::Null,
                 how: How::Child,
-                source: source.clone(),
+                source: p.source.clone(),
             };
             self.push(&t, action, Vec::new(), note);
         }
-        Ok(())
     }
 }
 

@@ -176,7 +176,15 @@ pub async fn reconcile(
     for (ns, rotated) in &restarts {
         restart_consumers(ctx, ns, rotated).await?;
     }
-    out.observed = match blocked.first() {
+    out.observed = observed(blocked.first(), &out, tenant.spec.cordoned);
+    log_rotations(&name, &out);
+    Ok(out)
+}
+
+/// The `SecretsRotated` condition after a pass (pure): the first secret that
+/// is blocked, else how far the pass got.
+fn observed(blocked: Option<&Blocked>, out: &Outcome, cordoned: bool) -> Observed {
+    match blocked {
         Some(Blocked::Conflict(m)) => {
             Observed::new("SecretsRotated", false, "SecretConflict", m.clone())
         }
@@ -196,7 +204,7 @@ pub async fn reconcile(
                 out.remaining
             ),
         ),
-        None if tenant.spec.cordoned => Observed::new(
+        None if cordoned => Observed::new(
             "SecretsRotated",
             true,
             "RotationPaused",
@@ -212,9 +220,12 @@ pub async fn reconcile(
                 out.reports.len()
             ),
         ),
-    };
-    // Once per change: what rotated is said at INFO (and in Events); a pass
-    // that changed nothing is debug.
+    }
+}
+
+/// Once per change: what rotated is said at INFO (and in Events); a pass that
+/// changed nothing is debug.
+fn log_rotations(name: &str, out: &Outcome) {
     if out.rotations.is_empty() {
         tracing::debug!(tenant = %name, secret_count = out.reports.len(), "secrets current");
     } else {
@@ -227,7 +238,6 @@ pub async fn reconcile(
             .collect();
         info!(tenant = %name, secret_count = out.reports.len(), rotated_count = out.rotations.len(), ?rotated, "secrets rotated");
     }
-    Ok(out)
 }
 
 /// One managed secret in one namespace: what the steps below work on.
