@@ -1,13 +1,13 @@
 //! The egress NetworkPolicy of a BackupSchedule's run Jobs, so backups work in
 //! a tenant namespace under default-deny without hand-written CIDRs: DNS, the
-//! PostgreSQL servers (source and restore target) and the S3 endpoint, each
-//! resolved from the spec.
+//! PostgreSQL servers (source and restore target) and the endpoints the
+//! destination names ([`destination::job_egress`]: each backend says its own),
+//! each resolved from the spec.
 //!
 //! A literal IP address becomes an `ipBlock` (/32 or /128). A host name cannot
 //! be resolved into a NetworkPolicy, so for it the rule allows its port to any
 //! destination; to narrow that, add the server's CIDR to the Tenant's
 //! `spec.network.allowEgressCidrs` and use the IP address in the schedule.
-//! Without `endpoint`, S3 is AWS: TCP 443 to anywhere.
 //!
 //! Such a rule is internet egress for whatever the policy selects, so the
 //! selector's [`SCHEDULE_LABEL`] is reserved for the run pods: the
@@ -27,6 +27,7 @@ use kube::{Resource, ResourceExt};
 use super::backup_jobs::SCHEDULE_LABEL;
 use super::labels::{MANAGED_BY, MANAGED_BY_VALUE};
 use super::network::{kube_dns_peer, port};
+use crate::backup::destination;
 use crate::crd::backup_schedule::BackupSchedule;
 
 /// Name of the egress policy of a schedule's Jobs.
@@ -51,12 +52,8 @@ pub fn egress_policy(bs: &BackupSchedule) -> NetworkPolicy {
     {
         rules.push(tcp_to(&t.host, t.port));
     }
-    if let Some(s3) = &bs.spec.destination.s3 {
-        let (host, port) = s3
-            .endpoint
-            .as_deref()
-            .and_then(endpoint_host_port)
-            .unwrap_or_else(|| (String::new(), 443));
+    // The destination's own endpoints (S3's; none for a mounted one).
+    for (host, port) in destination::job_egress(&bs.spec.destination) {
         rules.push(tcp_to(&host, port));
     }
     rules.dedup();
@@ -101,34 +98,6 @@ fn tcp_to(host: &str, number: u16) -> NetworkPolicyEgressRule {
         to,
         ports: Some(vec![port("TCP", i32::from(number))]),
     }
-}
-
-/// Host and port of an endpoint URL (`http://minio.storage:9000`,
-/// `https://10.0.0.5`, `[fd00::1]:9000`); the scheme's port when none is given.
-fn endpoint_host_port(endpoint: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("https", endpoint));
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    let default = if scheme.eq_ignore_ascii_case("http") {
-        80
-    } else {
-        443
-    };
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (host, tail) = v6.split_once(']')?;
-            (host, tail.strip_prefix(':'))
-        }
-        None => match authority.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (authority, None),
-        },
-    };
-    let port = match port {
-        Some(p) => p.parse().ok()?,
-        None => default,
-    };
-    Some((host.to_string(), port))
 }
 
 #[cfg(test)]
@@ -223,26 +192,5 @@ mod tests {
             serde_json::Value::Null,
         );
         assert_eq!(summary(&egress_policy(&local)).len(), 3);
-    }
-
-    #[test]
-    fn endpoints_parse_with_and_without_ports() {
-        assert_eq!(
-            endpoint_host_port("https://s3.example"),
-            Some(("s3.example".into(), 443))
-        );
-        assert_eq!(
-            endpoint_host_port("http://10.0.0.5/x"),
-            Some(("10.0.0.5".into(), 80))
-        );
-        assert_eq!(
-            endpoint_host_port("http://[fd00::1]:9000"),
-            Some(("fd00::1".into(), 9000))
-        );
-        assert_eq!(
-            endpoint_host_port("minio:9000"),
-            Some(("minio".into(), 9000))
-        );
-        assert_eq!(endpoint_host_port("http://h:notaport"), None);
     }
 }

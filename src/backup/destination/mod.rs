@@ -250,6 +250,12 @@ trait Kind: Sync {
     /// Rewrites `d` into what the Job's config file says (e.g. a PVC becomes the
     /// path it is mounted at).
     fn job_destination(&self, d: &mut Destination);
+    /// The TCP endpoints a backup Job connects to for `d` (`(host, port)`; an
+    /// empty host: any destination), which its egress NetworkPolicy allows.
+    /// Nothing for a destination the Job mounts.
+    fn job_egress(&self, _d: &Destination) -> Vec<(String, u16)> {
+        Vec::new()
+    }
     /// Whether the command line names this kind (it then wins over the config file).
     fn named_by_flags(&self, args: &DestinationArgs) -> bool;
     /// Opens the destination flags and config describe, `None` when they do not
@@ -309,6 +315,12 @@ pub fn job_mounts(d: &Destination) -> JobMounts {
         k.job_mounts(d, &mut out);
     }
     out
+}
+
+/// The TCP endpoints a backup Job connects to for `d`: `(host, port)`, an
+/// empty host meaning any destination (see [`crate::resources::backup_network`]).
+pub fn job_egress(d: &Destination) -> Vec<(String, u16)> {
+    KINDS.iter().flat_map(|k| k.job_egress(d)).collect()
 }
 
 /// `d` as the Job's config file states it (mounted destinations become paths).

@@ -203,6 +203,20 @@ impl Kind for S3 {
 
     fn job_destination(&self, _d: &mut Destination) {}
 
+    /// The endpoint's host and port; without `endpoint`, S3 is AWS: TCP 443
+    /// to anywhere.
+    fn job_egress(&self, d: &Destination) -> Vec<(String, u16)> {
+        let Some(s3) = &d.s3 else {
+            return Vec::new();
+        };
+        let endpoint = s3
+            .endpoint
+            .as_deref()
+            .and_then(endpoint_host_port)
+            .unwrap_or_else(|| (String::new(), 443));
+        vec![endpoint]
+    }
+
     fn named_by_flags(&self, args: &DestinationArgs) -> bool {
         args.s3.s3_bucket.is_some()
     }
@@ -944,5 +958,59 @@ impl ChunkSource for S3Reader {
             })
         }
         .boxed()
+    }
+}
+
+/// Host and port of an endpoint URL (`http://minio.storage:9000`,
+/// `https://10.0.0.5`, `[fd00::1]:9000`); the scheme's port when none is given.
+fn endpoint_host_port(endpoint: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("https", endpoint));
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let default = if scheme.eq_ignore_ascii_case("http") {
+        80
+    } else {
+        443
+    };
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, tail) = v6.split_once(']')?;
+            (host, tail.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default,
+    };
+    Some((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_with_and_without_ports() {
+        assert_eq!(
+            endpoint_host_port("https://s3.example"),
+            Some(("s3.example".into(), 443))
+        );
+        assert_eq!(
+            endpoint_host_port("http://10.0.0.5/x"),
+            Some(("10.0.0.5".into(), 80))
+        );
+        assert_eq!(
+            endpoint_host_port("http://[fd00::1]:9000"),
+            Some(("fd00::1".into(), 9000))
+        );
+        assert_eq!(
+            endpoint_host_port("minio:9000"),
+            Some(("minio".into(), 9000))
+        );
+        assert_eq!(endpoint_host_port("http://h:notaport"), None);
     }
 }
