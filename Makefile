@@ -35,8 +35,12 @@ generate:
 	mv config/default/rbac.yaml.tmp config/default/rbac.yaml
 	python3 scripts/gen-argocd-health.py
 
+## Every generated file against its source (what `make generate` writes): the
+## CRDs and docs/API.md, the chart's and kustomize's CRD copies, the operator
+## RBAC (chart JSON, kustomize YAML), the Argo CD health snippets.
 check-generated:
 	$(CARGO) test --test cli checked_in_
+	python3 scripts/gen-argocd-health.py --check
 
 ## The e2e suite on a real API server: the cluster of $KUBECONFIG when set,
 ## else the local control plane of scripts/test-cluster.sh (built from Go

@@ -48,5 +48,13 @@ OUTPUTS = {
 }
 
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--check"]:
+        # `make check-generated`: report stale snippets, write nothing.
+        stale = [p for p, render in OUTPUTS.items() if p.read_text() != render()]
+        for p in stale:
+            print(f"{p.relative_to(ROOT)} is stale: run `make generate`", file=sys.stderr)
+        sys.exit(1 if stale else 0)
     for path, render in OUTPUTS.items():
         path.write_text(render())

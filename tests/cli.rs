@@ -52,6 +52,51 @@ fn checked_in_api_doc_matches_the_crds() {
     );
 }
 
+/// The chart's and kustomize's copies of `crds/` (`make generate` copies them).
+#[test]
+fn checked_in_crd_copies_match_crds() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let names = |dir: &Path| -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dir)
+            .expect("directory exists")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".yaml"))
+            .collect();
+        n.sort();
+        n
+    };
+    let source = names(&root.join("crds"));
+    for copy in ["charts/palisade/crds", "config/default/crds"] {
+        let dir = root.join(copy);
+        assert_eq!(names(&dir), source, "{copy}: run `make generate`");
+        for name in &source {
+            let read = |d: &Path| std::fs::read_to_string(d.join(name)).expect("read");
+            assert!(
+                read(&dir) == read(&root.join("crds")),
+                "{copy}/{name} differs from crds/: run `make generate`"
+            );
+        }
+    }
+}
+
+/// The operator's RBAC in the chart and the kustomize base is `palisade rbac`.
+#[test]
+fn checked_in_rbac_matches_the_code() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (file, args) in [
+        ("charts/palisade/files/rbac.json", &["rbac"][..]),
+        ("config/default/rbac.yaml", &["rbac", "--yaml"][..]),
+    ] {
+        let out = palisade(args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let on_disk = std::fs::read_to_string(root.join(file)).expect("read");
+        assert!(
+            on_disk == text(&out.stdout),
+            "{file} is stale: run `make generate`"
+        );
+    }
+}
+
 #[test]
 fn crds_command_prints_every_crd() {
     let out = palisade(&["crds"]);
