@@ -288,3 +288,151 @@ fn the_reader_resolves_grouped_and_relative_imports() {
         Some(vec!["a".into(), "b".into(), "a".into()])
     );
 }
+
+/// docs/ARCHITECTURE.md, read once.
+fn architecture_md() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ARCHITECTURE.md");
+    std::fs::read_to_string(path).expect("docs/ARCHITECTURE.md")
+}
+
+/// The rows of the first markdown table after `heading`: its cells, header
+/// and separator left out.
+fn table_after(doc: &str, heading: &str) -> Vec<Vec<String>> {
+    let start = doc
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading} in ARCHITECTURE.md"));
+    doc[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+/// The layer table of docs/ARCHITECTURE.md is the import graph: every
+/// top-level module sits in exactly one row, and every import between
+/// top-level modules points to the same row or one below.
+#[test]
+fn the_layer_table_matches_the_imports() {
+    let doc = architecture_md();
+    let mut row_of: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, row) in table_after(&doc, "## Layers").iter().enumerate() {
+        for m in row[1].split(',').map(|m| m.trim().trim_matches('`')) {
+            let m = m.trim_end_matches('/').trim_end_matches(".rs");
+            assert!(row_of.insert(m.to_string(), i).is_none(), "{m} in two rows");
+        }
+    }
+    let graph = graph();
+    let mut wrong = Vec::new();
+    let top: BTreeSet<String> = graph.keys().filter_map(|m| m.first().cloned()).collect();
+    for m in &top {
+        if !row_of.contains_key(m) {
+            wrong.push(format!("{m} is in no row of the layer table"));
+        }
+    }
+    for (module, deps) in &graph {
+        let Some(from) = module.first() else { continue };
+        for d in deps {
+            let to = &d[0];
+            if let (Some(a), Some(b)) = (row_of.get(from), row_of.get(to))
+                && a > b
+            {
+                wrong.push(format!(
+                    "{} (row {a}) imports {} (row {b}): an arrow up",
+                    module.join("::"),
+                    d.join("::")
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "docs/ARCHITECTURE.md layers:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// Every function of `src/` over `max` lines (unit-test modules left out):
+/// `path::name` (path relative to `src/`, without `.rs` / `/mod.rs`).
+fn long_functions(max: usize) -> BTreeMap<String, usize> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    let mut out = BTreeMap::new();
+    for f in all {
+        let text = std::fs::read_to_string(&f).expect("read");
+        // Production code: up to the first `#[cfg(test)]` module.
+        let all: Vec<&str> = text.lines().collect();
+        let tests = (0..all.len()).find(|&i| {
+            all[i] == "#[cfg(test)]"
+                && all[i + 1..]
+                    .iter()
+                    .find(|l| !l.starts_with("#["))
+                    .is_some_and(|l| l.starts_with("mod "))
+        });
+        let lines = &all[..tests.unwrap_or(all.len())];
+        let module = module_of(&src, &f).join("/");
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let indent = line.len() - t.len();
+            let t = t
+                .trim_start_matches("pub(crate) ")
+                .trim_start_matches("pub(super) ")
+                .trim_start_matches("pub ")
+                .trim_start_matches("const ")
+                .trim_start_matches("async ");
+            let Some(rest) = t.strip_prefix("fn ") else {
+                continue;
+            };
+            if line.trim_end().ends_with(';') {
+                continue;
+            }
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            let close = format!("{}}}", " ".repeat(indent));
+            let Some(end) = lines[i + 1..].iter().position(|l| l.trim_end() == close) else {
+                continue;
+            };
+            let len = end + 2;
+            if len > max {
+                out.insert(format!("{module}::{name}"), len);
+            }
+        }
+    }
+    out
+}
+
+/// No function in `src/` is over 120 lines unless ARCHITECTURE.md lists it,
+/// with why, in its table of exceptions (and lists nothing that is not).
+#[test]
+fn long_functions_are_the_listed_exceptions() {
+    let doc = architecture_md();
+    let listed: BTreeSet<String> = table_after(&doc, "## Where this deviates")
+        .iter()
+        .map(|row| {
+            row[0]
+                .trim_matches('`')
+                .replace(".rs::", "::")
+                .replace("/mod::", "::")
+        })
+        .collect();
+    let long = long_functions(120);
+    let unlisted: Vec<String> = long
+        .iter()
+        .filter(|(f, _)| !listed.contains(*f))
+        .map(|(f, n)| format!("{f}: {n} lines"))
+        .collect();
+    let stale: Vec<&String> = listed.iter().filter(|f| !long.contains_key(*f)).collect();
+    assert!(
+        unlisted.is_empty() && stale.is_empty(),
+        "over 120 lines and not in ARCHITECTURE.md's exceptions: {unlisted:?}; listed but not over 120 lines: {stale:?}"
+    );
+}
