@@ -103,6 +103,24 @@ fn create_schedule(s: &FakeApiServer, name: &str, extra: Value) {
         .expect("schedule");
 }
 
+/// The common prologue: the namespace and its Secret, one schedule `name`
+/// (`extra`: spec fields over the defaults), a clock at the real time, the
+/// controller started.
+fn start_schedule(name: &str, extra: Value) -> (FakeApiServer, Arc<ManualClock>, Controller) {
+    let s = setup();
+    let clock = clock_now();
+    create_schedule(&s, name, extra);
+    let c = Controller::start(&s, clock.clone());
+    (s, clock, c)
+}
+
+/// [`start_schedule`], then waits until the schedule is `Ready`.
+async fn ready_schedule(name: &str, extra: Value) -> (FakeApiServer, Arc<ManualClock>, Controller) {
+    let (s, clock, c) = start_schedule(name, extra);
+    wait(&s, "Ready", |s| cond(s, name, "Ready")["status"] == "True").await;
+    (s, clock, c)
+}
+
 fn next_due(clock: &ManualClock, expr: &str) -> Timestamp {
     Schedule::parse(expr, None)
         .expect("schedule")
@@ -252,14 +270,7 @@ fn run_result(id: &str) -> String {
 
 #[tokio::test]
 async fn run_is_created_at_the_scheduled_minute_and_only_once() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(&s, "nightly", json!({}));
-    let c = Controller::start(&s, clock.clone());
-    wait(&s, "Ready", |s| {
-        cond(s, "nightly", "Ready")["status"] == "True"
-    })
-    .await;
+    let (s, clock, c) = ready_schedule("nightly", json!({})).await;
     assert!(jobs_of(&s, "nightly").is_empty());
     let due = next_due(&clock, "0 3 * * *");
     assert_eq!(
@@ -328,10 +339,7 @@ async fn run_is_created_at_the_scheduled_minute_and_only_once() {
 
 #[tokio::test]
 async fn only_the_jobs_own_pod_reports_its_result() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(&s, "orders", json!({}));
-    let c = Controller::start(&s, clock.clone());
+    let (s, clock, c) = start_schedule("orders", json!({}));
     let due = next_due(&clock, "0 3 * * *");
     let name = start_due_run(&s, &c, &clock, "orders", due).await;
     let uid = job_uid(&s, &name);
@@ -449,14 +457,7 @@ async fn results_must_be_signed_with_the_schedules_key() {
 
 #[tokio::test]
 async fn completed_job_result_updates_status() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(&s, "orders", json!({}));
-    let c = Controller::start(&s, clock.clone());
-    wait(&s, "Ready", |s| {
-        cond(s, "orders", "Ready")["status"] == "True"
-    })
-    .await;
+    let (s, clock, c) = ready_schedule("orders", json!({})).await;
     assert_eq!(
         cond(&s, "orders", "LastBackupSucceeded")["reason"],
         "NoRunYet"
@@ -490,10 +491,7 @@ async fn completed_job_result_updates_status() {
 
 #[tokio::test]
 async fn failed_job_sets_the_failure_condition() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(&s, "flaky", json!({}));
-    let c = Controller::start(&s, clock.clone());
+    let (s, clock, c) = start_schedule("flaky", json!({}));
     let due = next_due(&clock, "0 3 * * *");
     let name = start_due_run(&s, &c, &clock, "flaky", due).await;
     finish(
@@ -526,17 +524,9 @@ async fn failed_job_sets_the_failure_condition() {
 
 #[tokio::test]
 async fn forbid_skips_while_a_run_is_active() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(&s, "busy", json!({"schedule": "*/5 * * * *"}));
-    let c = Controller::start(&s, clock.clone());
+    let (s, clock, c) = start_schedule("busy", json!({"schedule": "*/5 * * * *"}));
     let first = next_due(&clock, "*/5 * * * *");
-    set_clock(&clock, first);
-    c.resync();
-    let first_name = format!("busy-{}", first.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &first_name, WAIT, |_| true)
-        .await
-        .expect("first job");
+    let first_name = start_due_run(&s, &c, &clock, "busy", first).await;
 
     // Next slot while the first still runs: skipped, and said so.
     let second = Timestamp::from_second(first.as_second() + 300).expect("t");
@@ -562,18 +552,8 @@ async fn forbid_skips_while_a_run_is_active() {
 
 #[tokio::test]
 async fn manual_annotations_trigger_one_run_and_are_cleared() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(
-        &s,
-        "manual",
-        json!({"restoreTest": {"schedule": "0 4 * * 0"}}),
-    );
-    let c = Controller::start(&s, clock.clone());
-    wait(&s, "Ready", |s| {
-        cond(s, "manual", "Ready")["status"] == "True"
-    })
-    .await;
+    let (s, _clock, c) =
+        ready_schedule("manual", json!({"restoreTest": {"schedule": "0 4 * * 0"}})).await;
     let mut bs = s.get_json(BS, Some(NS), "manual").expect("bs");
     bs["metadata"]["annotations"] =
         json!({"palisade.dev/run-now": "true", "palisade.dev/verify-now": "true"});
@@ -630,17 +610,10 @@ async fn manual_annotations_trigger_one_run_and_are_cleared() {
 
 #[tokio::test]
 async fn history_limits_delete_old_finished_jobs() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(
-        &s,
+    let (s, clock, c) = ready_schedule(
         "hist",
         json!({"successfulJobsHistoryLimit": 1, "failedJobsHistoryLimit": 1}),
-    );
-    let c = Controller::start(&s, clock.clone());
-    wait(&s, "Ready", |s| {
-        cond(s, "hist", "Ready")["status"] == "True"
-    })
+    )
     .await;
     let mut names = Vec::new();
     for i in 0..3 {
@@ -760,17 +733,10 @@ async fn bad_input_has_specific_reasons_and_keeps_state() {
 
 #[tokio::test]
 async fn missed_deadline_is_skipped_and_reported_and_suspend_clears_next_time() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(
-        &s,
+    let (s, clock, c) = ready_schedule(
         "late",
         json!({"schedule": "*/10 * * * *", "startingDeadlineSeconds": 60}),
-    );
-    let c = Controller::start(&s, clock.clone());
-    wait(&s, "Ready", |s| {
-        cond(s, "late", "Ready")["status"] == "True"
-    })
+    )
     .await;
     // Downtime: three slots pass, the newest is 5 minutes old (> 60 s).
     let first = next_due(&clock, "*/10 * * * *");
@@ -818,28 +784,14 @@ async fn missed_deadline_is_skipped_and_reported_and_suspend_clears_next_time() 
 
 #[tokio::test]
 async fn replace_stops_the_active_run() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(
-        &s,
+    let (s, clock, c) = start_schedule(
         "repl",
         json!({"schedule": "*/5 * * * *", "concurrencyPolicy": "Replace"}),
     );
-    let c = Controller::start(&s, clock.clone());
     let first = next_due(&clock, "*/5 * * * *");
-    set_clock(&clock, first);
-    c.resync();
-    let first_name = format!("repl-{}", first.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &first_name, WAIT, |_| true)
-        .await
-        .expect("first job");
+    let first_name = start_due_run(&s, &c, &clock, "repl", first).await;
     let second = Timestamp::from_second(first.as_second() + 300).expect("t");
-    set_clock(&clock, second);
-    c.resync();
-    let second_name = format!("repl-{}", second.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &second_name, WAIT, |_| true)
-        .await
-        .expect("second job");
+    start_due_run(&s, &c, &clock, "repl", second).await;
     s.wait_for_absent(JOBS, Some(NS), &first_name, WAIT)
         .await
         .expect("first job deleted");
@@ -849,26 +801,13 @@ async fn replace_stops_the_active_run() {
 
 #[tokio::test]
 async fn restore_test_results_update_status() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(
-        &s,
-        "rt",
-        json!({"restoreTest": {"schedule": "0 4 * * 0", "checks": [{"name": "orders", "sql": "select true"}]}}),
-    );
-    let c = Controller::start(&s, clock.clone());
-    wait(&s, "Ready", |s| cond(s, "rt", "Ready")["status"] == "True").await;
+    let (s, clock, c) = ready_schedule("rt", json!({"restoreTest": {"schedule": "0 4 * * 0", "checks": [{"name": "orders", "sql": "select true"}]}})).await;
     assert_eq!(
         cond(&s, "rt", "LastRestoreTestSucceeded")["reason"],
         "NoRunYet"
     );
     let due = next_due(&clock, "0 4 * * 0");
-    set_clock(&clock, due);
-    c.resync();
-    let name = format!("rt-verify-{}", due.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
-        .await
-        .expect("verify job");
+    let name = start_due_run(&s, &c, &clock, "rt-verify", due).await;
     assert_eq!(
         status(&s, "rt")["lastRestoreTestScheduleTime"],
         json!(due.to_string())
@@ -928,11 +867,7 @@ fn run_status(s: &FakeApiServer, name: &str) -> Value {
 /// its schedule, exactly like a manual trigger, and gets the outcome in its status.
 #[tokio::test]
 async fn backup_run_requests_start_a_run_and_record_its_outcome() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(&s, "req", json!({}));
-    let c = Controller::start(&s, clock.clone());
-    wait(&s, "Ready", |s| cond(s, "req", "Ready")["status"] == "True").await;
+    let (s, clock, c) = ready_schedule("req", json!({})).await;
 
     create_run_request(&s, "req-now", "req", "Backup");
     wait(&s, "accepted", |s| {
@@ -992,14 +927,7 @@ async fn backup_run_requests_start_a_run_and_record_its_outcome() {
 /// requests beyond the history are deleted.
 #[tokio::test]
 async fn backup_run_refusals_and_history() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(&s, "norestore", json!({}));
-    let c = Controller::start(&s, clock.clone());
-    wait(&s, "Ready", |s| {
-        cond(s, "norestore", "Ready")["status"] == "True"
-    })
-    .await;
+    let (s, clock, c) = ready_schedule("norestore", json!({})).await;
     for i in 0..7 {
         create_run_request(&s, &format!("verify-{i}"), "norestore", "RestoreTest");
         let name = format!("verify-{i}");
@@ -1029,14 +957,10 @@ async fn backup_run_refusals_and_history() {
 /// before the fields were removed) runs nothing and says which field to remove.
 #[tokio::test]
 async fn removed_job_template_fields_are_refused_by_name() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(
-        &s,
+    let (s, _clock, c) = start_schedule(
         "oldtpl",
         json!({"jobTemplate": {"image": "evil/image:1", "backoffLimit": 1}}),
     );
-    let c = Controller::start(&s, clock.clone());
     wait(&s, "RemovedField", |s| {
         cond(s, "oldtpl", "Ready")["reason"] == "RemovedField"
     })
@@ -1069,14 +993,7 @@ fn job_creates(r: &RequestRecord) -> bool {
 /// True again.
 #[tokio::test]
 async fn a_failing_job_create_reaches_status_and_recovers() {
-    let s = setup();
-    let clock = clock_now();
-    create_schedule(&s, "guarded", json!({}));
-    let c = Controller::start(&s, clock.clone());
-    wait(&s, "Ready", |s| {
-        cond(s, "guarded", "Ready")["status"] == "True"
-    })
-    .await;
+    let (s, clock, c) = ready_schedule("guarded", json!({})).await;
     let forbidden = s.fail_when(403, None, job_creates);
     let due = next_due(&clock, "0 3 * * *");
     set_clock(&clock, due);

@@ -9,19 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::Api;
-use kube::api::PostParams;
-use palisade::crd::Tenant;
 use palisade_testkit::{FakeApiServer, ResourceType, Verb};
 use serde_json::{Value, json};
+use support::create_tenant as create;
 use support::*;
-
-async fn create(server: &FakeApiServer, yaml: &str) {
-    let api: Api<Tenant> = Api::all(server.client());
-    api.create(&PostParams::default(), &tenant_from_yaml(yaml))
-        .await
-        .expect("create tenant");
-}
 
 fn put(server: &FakeApiServer, resource: &str, ns: &str, name: &str, meta: Value) -> Value {
     let mut obj = json!({"metadata": {"name": name, "namespace": ns}});

@@ -14,6 +14,7 @@ use kube::runtime::controller::Action;
 use palisade::crd::Tenant;
 use palisade_testkit::FakeApiServer;
 use serde_json::{Value, json};
+use support::create_tenant as create;
 use support::*;
 
 const TENANT: &str = r#"
@@ -26,13 +27,6 @@ spec:
     - {name: api-key, type: Random, length: 40, rotateEvery: 1h, keepPrevious: 1, restartWorkloads: true}
     - {name: signing, type: JwtSigningKey, algorithm: ES256, rotateEvery: 1h, keepPrevious: 1, namespaces: [keys-a], restartWorkloads: true}
 "#;
-
-async fn create(server: &FakeApiServer, yaml: &str) {
-    let api: Api<Tenant> = Api::all(server.client());
-    api.create(&PostParams::default(), &tenant_from_yaml(yaml))
-        .await
-        .expect("create tenant");
-}
 
 fn data(secret: &Value, key: &str) -> String {
     let b = secret["data"][key]

@@ -11,6 +11,7 @@ use palisade::resources::network::DEFAULT_DENY;
 use palisade::resources::quota::Usage;
 use palisade_testkit::{FakeApiServer, Verb};
 use serde_json::{Value, json};
+use support::create_tenant as create;
 use support::*;
 
 const ACME: &str = r#"
@@ -29,13 +30,6 @@ spec:
     default: {cpu: 500m, memory: 512Mi}
   owners: [{kind: User, name: alice}]
 "#;
-
-async fn create(server: &FakeApiServer, yaml: &str) -> Tenant {
-    let api: Api<Tenant> = Api::all(server.client());
-    api.create(&PostParams::default(), &tenant_from_yaml(yaml))
-        .await
-        .expect("create tenant")
-}
 
 /// Every object `palisade render` produces for the tenant exists on the server
 /// and contains what render says.

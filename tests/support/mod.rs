@@ -106,6 +106,14 @@ pub fn start_policies(server: &FakeApiServer, clock: Arc<dyn Clock>) -> oneshot:
     tx
 }
 
+/// Creates the Tenant of `yaml` as a client would; returns it as stored.
+pub async fn create_tenant(server: &FakeApiServer, yaml: &str) -> Tenant {
+    let api: kube::Api<Tenant> = kube::Api::all(server.client());
+    api.create(&kube::api::PostParams::default(), &tenant_from_yaml(yaml))
+        .await
+        .expect("create tenant")
+}
+
 /// A condition of any cluster-scoped Palisade object, as JSON.
 pub fn condition_of(
     server: &FakeApiServer,
