@@ -300,9 +300,9 @@ async fn expiry_at_the_exact_time_keep_last_annotations_and_safety() {
 async fn dry_run_reports_and_deletes_nothing() {
     let server = server();
     let clock = now_clock();
-    let running = start(&server, clock.clone());
-    create(
+    let running = start_ready(
         &server,
+        clock.clone(),
         r#"
 apiVersion: palisade.dev/v1alpha1
 kind: Tenant
@@ -315,7 +315,6 @@ spec:
 "#,
     )
     .await;
-    wait_ready(&server, "dry").await;
     let a = put(
         &server,
         "configmaps",
@@ -364,9 +363,9 @@ spec:
 async fn an_object_recreated_with_the_same_name_survives() {
     let server = server();
     let clock = now_clock();
-    let running = start(&server, clock.clone());
-    create(
+    let running = start_ready(
         &server,
+        clock.clone(),
         r#"
 apiVersion: palisade.dev/v1alpha1
 kind: Tenant
@@ -378,7 +377,6 @@ spec:
 "#,
     )
     .await;
-    wait_ready(&server, "same").await;
     let old = put(
         &server,
         "configmaps",
@@ -529,9 +527,9 @@ spec:
 async fn the_rate_limit_leaves_the_rest_pending_until_the_window_frees() {
     let server = server();
     let clock = now_clock();
-    let running = start(&server, clock.clone());
-    create(
+    let running = start_ready(
         &server,
+        clock.clone(),
         r#"
 apiVersion: palisade.dev/v1alpha1
 kind: Tenant
@@ -544,7 +542,6 @@ spec:
 "#,
     )
     .await;
-    wait_ready(&server, "slow").await;
     let mut first = None;
     for i in 0..5 {
         let o = put(

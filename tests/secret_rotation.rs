@@ -98,9 +98,7 @@ fn verifies(token: &str, set: &JwkSet) -> bool {
 async fn creation_rotation_at_deadline_overlap_and_restart_safety() {
     let server = server();
     let clock = clock();
-    let running = start(&server, clock.clone());
-    create(&server, TENANT).await;
-    wait_ready(&server, "keys").await;
+    let running = start_ready(&server, clock.clone(), TENANT).await;
 
     // First creation: a Secret per namespace, JWKS only where the key lives.
     let a1 = secret(&server, "keys-a", "api-key");
@@ -251,9 +249,7 @@ async fn creation_rotation_at_deadline_overlap_and_restart_safety() {
 async fn forced_rotation_and_debounced_restarts_touch_only_consumers() {
     let server = server();
     let clock = clock();
-    let running = start(&server, clock.clone());
-    create(&server, TENANT).await;
-    wait_ready(&server, "keys").await;
+    let running = start_ready(&server, clock.clone(), TENANT).await;
 
     let consumer = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",

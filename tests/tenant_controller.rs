@@ -106,11 +106,7 @@ async fn creates_converges_and_resyncs_without_writes() {
         .await
         .expect("resync reconciled the tenant");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let writes: Vec<_> = server
-        .log_since(mark)
-        .into_iter()
-        .filter(|r| r.is_write())
-        .collect();
+    let writes = writes_since(&server, mark);
     assert!(
         writes.is_empty(),
         "a resync of a converged tenant must not write: {writes:#?}"
@@ -125,11 +121,7 @@ async fn creates_converges_and_resyncs_without_writes() {
         .await
         .expect("reconciled after restart");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let writes: Vec<_> = server
-        .log_since(mark)
-        .into_iter()
-        .filter(|r| r.is_write())
-        .collect();
+    let writes = writes_since(&server, mark);
     assert!(writes.is_empty(), "a restart must not write: {writes:#?}");
     restarted.stop().await;
 }
@@ -206,9 +198,7 @@ async fn heals_children_deleted_or_edited_by_hand() {
 #[tokio::test]
 async fn heals_children_widened_by_hand() {
     let server = server();
-    let running = start(&server, clock());
-    create(&server, ACME).await;
-    wait_ready(&server, "acme").await;
+    let running = start_ready(&server, clock(), ACME).await;
 
     let np = "networkpolicies.networking.k8s.io";
     let mut policy = server
@@ -259,19 +249,7 @@ async fn heals_children_widened_by_hand() {
 
     // Healed means converged: a resync writes nothing more.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = running.ctx.reconciles();
-    let mark = server.mark();
-    running.resync();
-    server
-        .wait_until(WAIT, |_| running.ctx.reconciles() > before)
-        .await
-        .expect("resync reconciled the tenant");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let writes: Vec<_> = server
-        .log_since(mark)
-        .into_iter()
-        .filter(|r| r.is_write())
-        .collect();
+    let writes = resync_writes(&server, &running).await;
     assert!(writes.is_empty(), "a healed tenant rests: {writes:#?}");
 }
 
@@ -625,9 +603,7 @@ async fn api_errors_are_retried_with_backoff_not_hot_looped() {
 #[tokio::test]
 async fn a_failing_child_kind_reaches_status_and_recovers() {
     let server = server();
-    let running = start(&server, clock());
-    create(&server, ACME).await;
-    wait_ready(&server, "acme").await;
+    let running = start_ready(&server, clock(), ACME).await;
     for (code, reason) in [(403, "Forbidden"), (500, "ServerError")] {
         // Every write of a NetworkPolicy fails except our own delete below.
         let fault = server.fail_when(code, None, |r| {

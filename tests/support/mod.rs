@@ -114,6 +114,44 @@ pub async fn create_tenant(server: &FakeApiServer, yaml: &str) -> Tenant {
         .expect("create tenant")
 }
 
+/// The common prologue of a Tenant controller test: the controller started
+/// against `server` on `clock`, the Tenant of `yaml` created and `Ready`.
+pub async fn start_ready(server: &FakeApiServer, clock: Arc<dyn Clock>, yaml: &str) -> Running {
+    let running = start(server, clock);
+    let tenant = create_tenant(server, yaml).await;
+    wait_ready(server, tenant.metadata.name.as_deref().unwrap_or_default()).await;
+    running
+}
+
+/// The writes the server saw since `mark`.
+pub fn writes_since(
+    server: &FakeApiServer,
+    mark: palisade_testkit::LogMark,
+) -> Vec<palisade_testkit::RequestRecord> {
+    server
+        .log_since(mark)
+        .into_iter()
+        .filter(|r| r.is_write())
+        .collect()
+}
+
+/// Resyncs `running`, waits until it reconciled again and settled, and
+/// returns the writes that caused (none, for a converged tenant).
+pub async fn resync_writes(
+    server: &FakeApiServer,
+    running: &Running,
+) -> Vec<palisade_testkit::RequestRecord> {
+    let before = running.ctx.reconciles();
+    let mark = server.mark();
+    running.resync();
+    server
+        .wait_until(WAIT, |_| running.ctx.reconciles() > before)
+        .await
+        .expect("resync reconciled the tenant");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    writes_since(server, mark)
+}
+
 /// A condition of any cluster-scoped Palisade object, as JSON.
 pub fn condition_of(
     server: &FakeApiServer,
