@@ -14,6 +14,15 @@ use serde_json::{Value, json};
 use support::create_tenant as create;
 use support::*;
 
+/// A Tenant `name` with one namespace `<name>-a` and the
+/// `garbageCollection` section `gc` (YAML, indented as its own document).
+fn gc_tenant(name: &str, gc: &str) -> String {
+    let gc: String = gc.lines().map(|l| format!("    {l}\n")).collect();
+    format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {{name: {name}}}\nspec:\n  namespaces: [{{name: {name}-a}}]\n  garbageCollection:\n{gc}"
+    )
+}
+
 fn put(server: &FakeApiServer, resource: &str, ns: &str, name: &str, meta: Value) -> Value {
     let mut obj = json!({"metadata": {"name": name, "namespace": ns}});
     if let (Some(m), Some(extra)) = (obj["metadata"].as_object_mut(), meta.as_object()) {
@@ -300,21 +309,11 @@ async fn expiry_at_the_exact_time_keep_last_annotations_and_safety() {
 async fn dry_run_reports_and_deletes_nothing() {
     let server = server();
     let clock = now_clock();
-    let running = start_ready(
-        &server,
-        clock.clone(),
-        r#"
-apiVersion: palisade.dev/v1alpha1
-kind: Tenant
-metadata: {name: dry}
-spec:
-  namespaces: [{name: dry-a}]
-  garbageCollection:
-    dryRun: true
-    rules: [{name: minute, kinds: [ConfigMap], selector: {matchLabels: {kind: run}}, maxAge: 1m}]
-"#,
-    )
-    .await;
+    let tenant = gc_tenant(
+        "dry",
+        "dryRun: true\nrules: [{name: minute, kinds: [ConfigMap], selector: {matchLabels: {kind: run}}, maxAge: 1m}]\n",
+    );
+    let running = start_ready(&server, clock.clone(), &tenant).await;
     let a = put(
         &server,
         "configmaps",
@@ -363,20 +362,11 @@ spec:
 async fn an_object_recreated_with_the_same_name_survives() {
     let server = server();
     let clock = now_clock();
-    let running = start_ready(
-        &server,
-        clock.clone(),
-        r#"
-apiVersion: palisade.dev/v1alpha1
-kind: Tenant
-metadata: {name: same}
-spec:
-  namespaces: [{name: same-a}]
-  garbageCollection:
-    rules: [{name: minute, kinds: [ConfigMap], selector: {matchLabels: {kind: run}}, maxAge: 1m}]
-"#,
-    )
-    .await;
+    let tenant = gc_tenant(
+        "same",
+        "rules: [{name: minute, kinds: [ConfigMap], selector: {matchLabels: {kind: run}}, maxAge: 1m}]\n",
+    );
+    let running = start_ready(&server, clock.clone(), &tenant).await;
     let old = put(
         &server,
         "configmaps",
@@ -527,21 +517,11 @@ spec:
 async fn the_rate_limit_leaves_the_rest_pending_until_the_window_frees() {
     let server = server();
     let clock = now_clock();
-    let running = start_ready(
-        &server,
-        clock.clone(),
-        r#"
-apiVersion: palisade.dev/v1alpha1
-kind: Tenant
-metadata: {name: slow}
-spec:
-  namespaces: [{name: slow-a}]
-  garbageCollection:
-    maxDeletionsPerMinute: 2
-    rules: [{name: all, kinds: [ConfigMap], selector: {matchLabels: {kind: run}}, maxAge: 1s}]
-"#,
-    )
-    .await;
+    let tenant = gc_tenant(
+        "slow",
+        "maxDeletionsPerMinute: 2\nrules: [{name: all, kinds: [ConfigMap], selector: {matchLabels: {kind: run}}, maxAge: 1s}]\n",
+    );
+    let running = start_ready(&server, clock.clone(), &tenant).await;
     let mut first = None;
     for i in 0..5 {
         let o = put(

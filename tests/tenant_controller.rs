@@ -31,6 +31,23 @@ spec:
   owners: [{kind: User, name: alice}]
 "#;
 
+/// Someone edits the object `(resource, namespace, name)` by hand (`edit`);
+/// waits until the controller has put it back (`healed`).
+async fn edit_and_heal(
+    server: &FakeApiServer,
+    (resource, ns, name): (&str, &str, &str),
+    edit: impl FnOnce(&mut Value),
+    healed: impl Fn(&Value) -> bool,
+) {
+    let mut obj = server.get_json(resource, Some(ns), name).expect(name);
+    edit(&mut obj);
+    server.put_json(resource, obj).expect("edit by hand");
+    server
+        .wait_for_json(resource, Some(ns), name, WAIT, healed)
+        .await
+        .unwrap_or_else(|e| panic!("{resource} {ns}/{name} not healed: {e:?}"));
+}
+
 /// Every object `palisade render` produces for the tenant exists on the server
 /// and contains what render says.
 fn assert_matches_render(server: &FakeApiServer, tenant: &Tenant) {
@@ -152,44 +169,28 @@ async fn heals_children_deleted_or_edited_by_hand() {
         .expect("default-deny restored");
 
     // Someone loosens the quota by hand.
-    let mut rq = server
-        .get_json("resourcequotas", Some("acme-dev"), "palisade-quota")
-        .expect("quota");
-    rq["spec"]["hard"]["pods"] = json!("5000");
-    server.put_json("resourcequotas", rq).expect("edit");
-    server
-        .wait_for_json(
-            "resourcequotas",
-            Some("acme-dev"),
-            "palisade-quota",
-            WAIT,
-            |q| q["spec"]["hard"]["pods"] == "50",
-        )
-        .await
-        .expect("quota restored");
+    let quota = ("resourcequotas", "acme-dev", "palisade-quota");
+    edit_and_heal(
+        &server,
+        quota,
+        |q| q["spec"]["hard"]["pods"] = json!("5000"),
+        |q| q["spec"]["hard"]["pods"] == "50",
+    )
+    .await;
 
     // Someone removes the owner binding's subject.
-    let mut rb = server
-        .get_json(
-            "rolebindings.rbac.authorization.k8s.io",
-            Some("acme-prod"),
-            "palisade:admin",
-        )
-        .expect("binding");
-    rb["subjects"] = json!([]);
-    server
-        .put_json("rolebindings.rbac.authorization.k8s.io", rb)
-        .expect("edit");
-    server
-        .wait_for_json(
-            "rolebindings.rbac.authorization.k8s.io",
-            Some("acme-prod"),
-            "palisade:admin",
-            WAIT,
-            |b| b["subjects"][0]["name"] == "alice",
-        )
-        .await
-        .expect("binding restored");
+    let binding = (
+        "rolebindings.rbac.authorization.k8s.io",
+        "acme-prod",
+        "palisade:admin",
+    );
+    edit_and_heal(
+        &server,
+        binding,
+        |b| b["subjects"] = json!([]),
+        |b| b["subjects"][0]["name"] == "alice",
+    )
+    .await;
 }
 
 /// Issue #30: content someone else adds (rules appended to the default-deny
@@ -201,51 +202,46 @@ async fn heals_children_widened_by_hand() {
     let running = start_ready(&server, clock(), ACME).await;
 
     let np = "networkpolicies.networking.k8s.io";
-    let mut policy = server
-        .get_json(np, Some("acme-prod"), DEFAULT_DENY)
-        .expect("default deny");
-    policy["spec"]["ingress"] = json!([{}]);
-    policy["spec"]["egress"] = json!([{}]);
-    server.put_json(np, policy).expect("open it");
-    server
-        .wait_for_json(np, Some("acme-prod"), DEFAULT_DENY, WAIT, |p| {
-            p["spec"].get("ingress").is_none() && p["spec"].get("egress").is_none()
-        })
-        .await
-        .expect("default-deny closed again");
+    edit_and_heal(
+        &server,
+        (np, "acme-prod", DEFAULT_DENY),
+        |p| {
+            p["spec"]["ingress"] = json!([{}]);
+            p["spec"]["egress"] = json!([{}]);
+        },
+        |p| p["spec"].get("ingress").is_none() && p["spec"].get("egress").is_none(),
+    )
+    .await;
 
-    let mut rq = server
-        .get_json("resourcequotas", Some("acme-dev"), "palisade-quota")
-        .expect("quota");
-    rq["spec"]["hard"]["services"] = json!("100");
-    server.put_json("resourcequotas", rq).expect("add a key");
-    server
-        .wait_for_json(
-            "resourcequotas",
-            Some("acme-dev"),
-            "palisade-quota",
-            WAIT,
-            |q| q["spec"]["hard"].get("services").is_none() && q["spec"]["hard"]["pods"] == "50",
-        )
-        .await
-        .expect("quota key removed");
+    edit_and_heal(
+        &server,
+        ("resourcequotas", "acme-dev", "palisade-quota"),
+        |q| q["spec"]["hard"]["services"] = json!("100"),
+        |q| q["spec"]["hard"].get("services").is_none() && q["spec"]["hard"]["pods"] == "50",
+    )
+    .await;
 
-    let roles = "roles.rbac.authorization.k8s.io";
-    let mut role = server
-        .get_json(roles, Some("acme-prod"), "palisade:viewer")
-        .expect("viewer role");
-    let before = role["rules"].clone();
-    role["rules"]
-        .as_array_mut()
-        .expect("rules")
-        .push(json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}));
-    server.put_json(roles, role).expect("widen the role");
-    server
-        .wait_for_json(roles, Some("acme-prod"), "palisade:viewer", WAIT, |r| {
-            r["rules"] == before
-        })
-        .await
-        .expect("role rules restored");
+    let viewer = (
+        "roles.rbac.authorization.k8s.io",
+        "acme-prod",
+        "palisade:viewer",
+    );
+    let before = server
+        .get_json(viewer.0, Some(viewer.1), viewer.2)
+        .expect("viewer role")["rules"]
+        .clone();
+    edit_and_heal(
+        &server,
+        viewer,
+        |r| {
+            r["rules"]
+                .as_array_mut()
+                .expect("rules")
+                .push(json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}))
+        },
+        |r| r["rules"] == before,
+    )
+    .await;
 
     // Healed means converged: a resync writes nothing more.
     tokio::time::sleep(Duration::from_millis(300)).await;
