@@ -362,14 +362,7 @@ async fn delete_policy_removes_namespaces_and_finalizer() {
         )
         .expect("user data");
 
-    let api: Api<Tenant> = Api::all(server.client());
-    api.delete("acme", &DeleteParams::default())
-        .await
-        .expect("delete");
-    server
-        .wait_for_absent("tenants.palisade.dev", None, "acme", WAIT)
-        .await
-        .expect("finalizer removed, tenant gone");
+    delete_tenant(&server, "acme").await;
     for ns in ["acme-prod", "acme-dev"] {
         server
             .wait_for_absent("namespaces", None, ns, WAIT)
@@ -387,9 +380,7 @@ async fn delete_policy_removes_namespaces_and_finalizer() {
 #[tokio::test]
 async fn retain_policy_keeps_namespaces_and_removes_policy_objects() {
     let server = server();
-    let _running = start(&server, clock());
-    create(&server, ACME).await; // Retain is the default
-    wait_ready(&server, "acme").await;
+    let _running = start_ready(&server, clock(), ACME).await; // Retain is the default
     server
         .put_json(
             "configmaps",
@@ -397,14 +388,7 @@ async fn retain_policy_keeps_namespaces_and_removes_policy_objects() {
         )
         .expect("user data");
 
-    let api: Api<Tenant> = Api::all(server.client());
-    api.delete("acme", &DeleteParams::default())
-        .await
-        .expect("delete");
-    server
-        .wait_for_absent("tenants.palisade.dev", None, "acme", WAIT)
-        .await
-        .expect("tenant gone");
+    delete_tenant(&server, "acme").await;
     let ns = server
         .get_json("namespaces", None, "acme-prod")
         .expect("namespace retained");
@@ -878,13 +862,6 @@ async fn a_foreign_uid_namespace_is_kept_and_does_not_block_deletion() {
     )
     .await;
     wait_ready(&server, "acme").await;
-    let api: Api<Tenant> = Api::all(server.client());
-    api.delete("acme", &DeleteParams::default())
-        .await
-        .expect("delete");
-    server
-        .wait_for_absent("tenants.palisade.dev", None, "acme", WAIT)
-        .await
-        .expect("finalizer removed, tenant gone");
+    delete_tenant(&server, "acme").await;
     assert!(server.get_json("namespaces", None, "acme-old").is_some());
 }

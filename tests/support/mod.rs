@@ -123,6 +123,19 @@ pub async fn start_ready(server: &FakeApiServer, clock: Arc<dyn Clock>, yaml: &s
     running
 }
 
+/// Deletes the Tenant `name` as a client would and waits until it is gone
+/// (its finalizer removed).
+pub async fn delete_tenant(server: &FakeApiServer, name: &str) {
+    let api: kube::Api<Tenant> = kube::Api::all(server.client());
+    api.delete(name, &kube::api::DeleteParams::default())
+        .await
+        .expect("delete tenant");
+    server
+        .wait_for_absent("tenants.palisade.dev", None, name, WAIT)
+        .await
+        .expect("finalizer removed, tenant gone");
+}
+
 /// The writes the server saw since `mark`.
 pub fn writes_since(
     server: &FakeApiServer,
