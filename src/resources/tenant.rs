@@ -37,9 +37,14 @@ const MAX_ROTATION: std::time::Duration = std::time::Duration::from_secs(3650 * 
 /// [`objects`] takes it as the proof that the spec was checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Valid {
+    rotate_every: Vec<std::time::Duration>,
+}
+
+impl Valid {
     /// `spec.secrets[i].rotateEvery`, parsed, in spec order.
-    pub rotate_every: Vec<std::time::Duration>,
-    checked: (),
+    pub fn rotate_every(&self) -> &[std::time::Duration] {
+        &self.rotate_every
+    }
 }
 
 /// Checks everything the schema cannot, and everything the API server will
@@ -62,10 +67,7 @@ pub fn validate(name: &str, spec: &TenantSpec) -> Result<Valid, InvalidTenant> {
     super::admission::check(spec)?;
     let rotate_every = check_secrets(spec, &listed)?;
     check_gc(spec)?;
-    Ok(Valid {
-        rotate_every,
-        checked: (),
-    })
+    Ok(Valid { rotate_every })
 }
 
 fn check_name(name: &str) -> Result<(), InvalidTenant> {
@@ -515,7 +517,7 @@ pub fn secret_previews(tenant: &Tenant, valid: &Valid) -> Vec<serde_json::Value>
     let name = tenant.metadata.name.as_deref().unwrap_or_default();
     let all = namespace_names(&tenant.spec);
     let mut out = Vec::new();
-    for (spec, &every) in tenant.spec.secrets.iter().zip(&valid.rotate_every) {
+    for (spec, &every) in tenant.spec.secrets.iter().zip(valid.rotate_every()) {
         let namespaces = if spec.namespaces.is_empty() {
             &all
         } else {

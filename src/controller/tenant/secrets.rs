@@ -121,7 +121,7 @@ pub async fn reconcile(
     }
     let mut blocked = Vec::new();
     let mut restarts: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for (spec, &every) in tenant.spec.secrets.iter().zip(&valid.rotate_every) {
+    for (spec, &every) in tenant.spec.secrets.iter().zip(valid.rotate_every()) {
         let namespaces: Vec<&String> = if spec.namespaces.is_empty() {
             ready_ns.iter().collect()
         } else {
