@@ -178,25 +178,12 @@ impl Differ {
         ar: &ApiResource,
         value: Value,
     ) -> Result<Option<ObjectKey>, DiffError> {
-        let kind = ar.kind.clone();
-        let (ns, obj) = if kind == "Namespace" {
-            let n = value
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            (n, None)
-        } else {
-            let n = value
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            (n, Some(()))
-        };
+        let key = ObjectKey::of(&value);
+        let is_ns = key.kind == "Namespace";
+        let ns = disposal::namespace_of(&key).to_string();
         let state = p.states.get(&ns).cloned().unwrap_or(NsState::Absent);
-        match (&state, obj) {
-            (NsState::Conflict(msg), None) => {
+        match (&state, is_ns) {
+            (NsState::Conflict(msg), true) => {
                 self.report.findings.push(Finding {
                     severity: Severity::Rejected,
                     kind: "Tenant".into(),
@@ -207,8 +194,8 @@ impl Differ {
                 });
                 return Ok(None);
             }
-            (NsState::Conflict(_), Some(())) => return Ok(None),
-            (NsState::Terminating, None) => {
+            (NsState::Conflict(_), false) => return Ok(None),
+            (NsState::Terminating, true) => {
                 let t = Target {
                     ar,
                     namespace: None,
@@ -231,7 +218,7 @@ impl Differ {
             state,
             NsState::Absent | NsState::Terminating | NsState::Unseen
         );
-        let (child_ns, child_name) = if kind == "Namespace" && new_namespace {
+        let (child_ns, child_name) = if is_ns && new_namespace {
             // Created, never applied over an existing one.
             let (_, _, n, _) = Applier::prepare(ar, value).map_err(|e| {
                 DiffError::Serialize(format!("a Namespace built for {}: {e}", p.source))
@@ -249,7 +236,7 @@ impl Differ {
         } else {
             self.child(ar, value, &p.source, new_namespace).await?
         };
-        Ok(Some(ObjectKey::new(&kind, &child_ns, &child_name)))
+        Ok(Some(ObjectKey::new(&key.kind, &child_ns, &child_name)))
     }
 
     /// The children whose content the controller generates: rotated Secrets
@@ -259,26 +246,16 @@ impl Differ {
         let ready = |ns: &str| !matches!(p.states.get(ns), Some(NsState::Conflict(_)));
         // Rotated secrets and their JWKS.
         for preview in tenant::secret_previews(p.t, valid) {
-            let kind = preview["kind"].as_str().unwrap_or_default().to_string();
-            let ns = preview
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let n = preview
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let Some(ar) = kinds.iter().find(|k| k.kind == kind) else {
+            let key = ObjectKey::of(&preview);
+            let Some(ar) = kinds.iter().find(|k| k.kind == key.kind) else {
                 continue;
             };
-            if !ready(&ns) {
+            if !ready(&key.namespace) {
                 continue;
             }
-            let found = p.live.exists(&kind, &ns, &n);
-            self.generated(ar, &ns, &n, found, &p.source);
-            p.wanted.insert(ObjectKey::new(&kind, &ns, &n));
+            let found = p.live.exists(&key);
+            self.generated(ar, &key.namespace, &key.name, found, &p.source);
+            p.wanted.insert(key);
         }
         // Application tokens of RolePolicy bindings, where the tenant's signing
         // key is published (elsewhere the controller reports TokenBlocked).
@@ -293,10 +270,10 @@ impl Differ {
                 .filter(|ns| req.sa_namespace.as_ref().is_none_or(|n| n == *ns))
                 .filter(|ns| ready(ns) && tokens::key_published_in(key, ns))
             {
-                let n = tokens::secret_name(&req.service_account);
-                let found = p.live.exists("Secret", ns, &n);
-                self.generated(&secret_ar, ns, &n, found, &p.source);
-                p.wanted.insert(ObjectKey::new("Secret", ns, &n));
+                let key = ObjectKey::new("Secret", ns, &tokens::secret_name(&req.service_account));
+                let found = p.live.exists(&key);
+                self.generated(&secret_ar, ns, &key.name, found, &p.source);
+                p.wanted.insert(key);
             }
         }
     }
@@ -330,11 +307,12 @@ impl Differ {
     }
 }
 
-/// A tenant's children as `palisade diff` lists them (metadata only: kind,
-/// namespace, name, being deleted), and what their namespaces say.
+/// A tenant's children as `palisade diff` lists them (metadata only: each
+/// one's key, kind and whether it is being deleted), and what their
+/// namespaces say.
 #[derive(Default)]
 struct Listed {
-    children: Vec<(ApiResource, String, String, bool)>,
+    children: Vec<(ObjectKey, ApiResource, bool)>,
     namespaces: disposal::Namespaces,
 }
 
@@ -345,18 +323,17 @@ impl Listed {
         if ar.kind == "Namespace" {
             self.namespaces.note(&name, meta, tenant_uid);
         }
-        self.children.push((
-            ar.clone(),
-            meta.namespace.clone().unwrap_or_default(),
-            name,
-            meta.deletion_timestamp.is_some(),
-        ));
+        let key = ObjectKey::new(
+            &ar.kind,
+            meta.namespace.as_deref().unwrap_or_default(),
+            &name,
+        );
+        self.children
+            .push((key, ar.clone(), meta.deletion_timestamp.is_some()));
     }
 
-    fn exists(&self, kind: &str, ns: &str, name: &str) -> bool {
-        self.children
-            .iter()
-            .any(|(ar, lns, ln, _)| ar.kind == kind && lns == ns && ln == name)
+    fn exists(&self, key: &ObjectKey) -> bool {
+        self.children.iter().any(|(k, _, _)| k == key)
     }
 
     /// What the controller's prune would do to each listed child, by
@@ -365,7 +342,7 @@ impl Listed {
         let owned = self
             .children
             .iter()
-            .map(|(ar, ns, n, deleting)| (ObjectKey::new(&ar.kind, ns, n), *deleting, ar))
+            .map(|(key, ar, deleting)| (key.clone(), *deleting, ar))
             .collect();
         disposal::plan(owned, &self.namespaces, wants)
     }
