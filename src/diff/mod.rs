@@ -918,6 +918,23 @@ impl Differ {
         let Ok(valid) = tenant::validate(&name, &t.spec) else {
             return Ok(()); // reported as a finding; the controller builds nothing
         };
+        // Owners' own namespaces (spec.maxNamespaces), decided as the
+        // controller decides them: adopted ones are the tenant's like the
+        // listed ones (applied, never pruned).
+        let labelled = self
+            .api(&ar_of::<Namespace>(), None)
+            .list_metadata(&ListParams::default().labels(&format!("{}={name}", labels::TENANT)))
+            .await
+            .map_err(api_err("list", "Namespace", &name))?;
+        let owner = tenant::owner_namespaces(
+            Who {
+                name: &name,
+                uid: t.metadata.uid.as_deref(),
+            },
+            &t.spec,
+            labelled.items.iter().map(|n| &n.metadata),
+        );
+        let t = &tenant::with_owner_namespaces(t, &owner.adopted);
         let selector = ListParams::default().labels(&labels::tenant_selector(&name));
         // Live children, read as narrowly as the controller reads them: the
         // tenant's namespaces (labelled or listed), then every kind inside
@@ -932,7 +949,7 @@ impl Differ {
         let mut child_kinds = crate::controller::cache::tenant_child_kinds();
         child_kinds.sort_by_key(|ar| ar.kind != "Namespace"); // namespaces first
         for ar in child_kinds {
-            let namespaces: Vec<Option<String>> = if ar.kind == "Namespace" {
+            let namespaces: Vec<Option<String>> = if crate::controller::cache::is_cluster_scoped(&ar) {
                 vec![None]
             } else {
                 scan.iter().cloned().map(Some).collect()
@@ -1031,7 +1048,11 @@ impl Differ {
                     .to_string();
                 (n, Some(()))
             };
-            let state = states.get(&ns).cloned().unwrap_or(NsState::Absent);
+            let state = match (ns.is_empty(), obj) {
+                // Cluster-scoped (the owners' ClusterRole): compared with what is there.
+                (true, Some(())) => NsState::Owned,
+                _ => states.get(&ns).cloned().unwrap_or(NsState::Absent),
+            };
             match (&state, obj) {
                 (NsState::Conflict(msg), None) => {
                     self.report.findings.push(Finding {
