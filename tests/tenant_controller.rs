@@ -1010,8 +1010,14 @@ async fn owner_namespaces_are_adopted_and_refused_over_max() {
     let ns = server
         .get_json("namespaces", None, "acme-feature")
         .expect("namespace");
-    assert_eq!(ns["metadata"]["labels"]["palisade.dev/created-by-owner"], "true");
-    assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
+    assert_eq!(
+        ns["metadata"]["labels"]["palisade.dev/created-by-owner"],
+        "true"
+    );
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
     assert!(
         server
             .get_json(
@@ -1041,12 +1047,24 @@ async fn owner_namespaces_are_adopted_and_refused_over_max() {
     // One too many (the admission policy would have refused it unless two
     // owners raced): refused in status, never managed.
     create_labelled_namespace(&server, "acme-extra", "acme").await;
-    let c = wait_condition(&server, "acme", "NamespacesReady", "False", Some("NamespaceConflict")).await;
+    let c = wait_condition(
+        &server,
+        "acme",
+        "NamespacesReady",
+        "False",
+        Some("NamespaceConflict"),
+    )
+    .await;
     assert!(
-        c["message"].as_str().unwrap_or_default().contains("maxNamespaces"),
+        c["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("maxNamespaces"),
         "{c}"
     );
-    let extra = server.get_json("namespaces", None, "acme-extra").expect("namespace");
+    let extra = server
+        .get_json("namespaces", None, "acme-extra")
+        .expect("namespace");
     assert!(extra["metadata"]["labels"]["app.kubernetes.io/managed-by"].is_null());
 
     // A resync keeps both (the adopted one is never pruned) and writes nothing.

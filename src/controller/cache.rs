@@ -236,7 +236,11 @@ pub fn tenant_child_kinds() -> Vec<ApiResource> {
 pub fn is_cluster_scoped(ar: &ApiResource) -> bool {
     matches!(
         (ar.group.as_str(), ar.kind.as_str()),
-        ("", "Namespace") | ("rbac.authorization.k8s.io", "ClusterRole" | "ClusterRoleBinding")
+        ("", "Namespace")
+            | (
+                "rbac.authorization.k8s.io",
+                "ClusterRole" | "ClusterRoleBinding"
+            )
     )
 }
 

@@ -949,11 +949,12 @@ impl Differ {
         let mut child_kinds = crate::controller::cache::tenant_child_kinds();
         child_kinds.sort_by_key(|ar| ar.kind != "Namespace"); // namespaces first
         for ar in child_kinds {
-            let namespaces: Vec<Option<String>> = if crate::controller::cache::is_cluster_scoped(&ar) {
-                vec![None]
-            } else {
-                scan.iter().cloned().map(Some).collect()
-            };
+            let namespaces: Vec<Option<String>> =
+                if crate::controller::cache::is_cluster_scoped(&ar) {
+                    vec![None]
+                } else {
+                    scan.iter().cloned().map(Some).collect()
+                };
             for ns in namespaces {
                 let list = self
                     .api(&ar, ns.as_deref())

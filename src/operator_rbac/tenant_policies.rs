@@ -669,7 +669,6 @@ fn self_service_network_policies() -> TenantPolicy {
     }
 }
 
-/// Every tenant-namespace policy, in the order both manifests list them.
 // --- Owners' own namespaces (spec.maxNamespaces) ----------------------------
 //
 // RBAC cannot say "create namespaces, but only these": the owners' ClusterRole
@@ -679,7 +678,10 @@ fn self_service_network_policies() -> TenantPolicy {
 
 /// The label a namespace names its Tenant with, in CEL.
 fn tenant_label() -> String {
-    format!("object.metadata.labels['{}']", crate::resources::labels::TENANT)
+    format!(
+        "object.metadata.labels['{}']",
+        crate::resources::labels::TENANT
+    )
 }
 
 fn namespace_create() -> TenantPolicy {
@@ -741,6 +743,7 @@ fn namespace_create() -> TenantPolicy {
     }
 }
 
+/// Every tenant-namespace policy, in the order both manifests list them.
 pub fn tenant_policies() -> Vec<TenantPolicy> {
     vec![
         backup_labels_pods(),

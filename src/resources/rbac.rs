@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::labels;
 
@@ -118,15 +118,21 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str], names: &[&str]) -> Poli
 
 /// The Role and RoleBinding [`NAMESPACE_OWNER_ROLE`] in the owner-created
 /// namespace `namespace`, for `owners` (subjects).
-pub fn namespace_owner(
-    tenant: &str,
-    namespace: &str,
-    owners: Vec<Subject>,
-) -> (Role, RoleBinding) {
+pub fn namespace_owner(tenant: &str, namespace: &str, owners: Vec<Subject>) -> (Role, RoleBinding) {
     let rules = vec![rule("", &["namespaces"], &["get", "delete"], &[namespace])];
     (
-        role(labels::managed(tenant), namespace, NAMESPACE_OWNER_ROLE, rules),
-        role_binding(labels::managed(tenant), namespace, NAMESPACE_OWNER_ROLE, owners),
+        role(
+            labels::managed(tenant),
+            namespace,
+            NAMESPACE_OWNER_ROLE,
+            rules,
+        ),
+        role_binding(
+            labels::managed(tenant),
+            namespace,
+            NAMESPACE_OWNER_ROLE,
+            owners,
+        ),
     )
 }
 
@@ -146,14 +152,34 @@ pub const OWNER_MARKER_RESOURCE: &str = "tenantnamespaces";
 /// `palisade:owner:<tenant>`: the ClusterRole (and ClusterRoleBinding) of a
 /// tenant's owners.
 pub fn owner_cluster_role_name(tenant: &str) -> String {
-    format!("{}owner:{tenant}", crate::crd::role_policy::ROLE_NAME_PREFIX)
+    format!(
+        "{}owner:{tenant}",
+        crate::crd::role_policy::ROLE_NAME_PREFIX
+    )
+}
+
+/// Metadata of the owners' cluster-scoped objects: owned by the Tenant
+/// (`owner`, when its uid is known), so the garbage collector removes them
+/// with it even when its finalizer was taken off by hand.
+fn cluster_meta(tenant: &str, owner: Option<OwnerReference>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(owner_cluster_role_name(tenant)),
+        labels: Some(labels::managed(tenant)),
+        owner_references: owner.map(|o| vec![o]),
+        ..Default::default()
+    }
 }
 
 /// The cluster-wide grants of a tenant's owners: reading their Tenant; with
 /// `spec.maxNamespaces` (`self_service`), creating namespaces, which the
 /// namespace-create admission policy narrows to the tenant's own, while the
 /// tenant has `room`.
-pub fn owner_cluster_role(tenant: &str, self_service: bool, room: bool) -> ClusterRole {
+pub fn owner_cluster_role(
+    tenant: &str,
+    owner: Option<OwnerReference>,
+    self_service: bool,
+    room: bool,
+) -> ClusterRole {
     let mut rules = vec![rule(
         "palisade.dev",
         &["tenants"],
@@ -162,7 +188,12 @@ pub fn owner_cluster_role(tenant: &str, self_service: bool, room: bool) -> Clust
     )];
     if self_service {
         rules.push(rule("", &["namespaces"], &["create"], &[]));
-        rules.push(rule("palisade.dev", &[OWNER_MARKER_RESOURCE], &["create"], &[]));
+        rules.push(rule(
+            "palisade.dev",
+            &[OWNER_MARKER_RESOURCE],
+            &["create"],
+            &[],
+        ));
         if room {
             rules.push(rule(
                 "palisade.dev",
@@ -173,25 +204,21 @@ pub fn owner_cluster_role(tenant: &str, self_service: bool, room: bool) -> Clust
         }
     }
     ClusterRole {
-        metadata: ObjectMeta {
-            name: Some(owner_cluster_role_name(tenant)),
-            labels: Some(labels::managed(tenant)),
-            ..Default::default()
-        },
+        metadata: cluster_meta(tenant, owner),
         rules: Some(rules),
         ..Default::default()
     }
 }
 
 /// The ClusterRoleBinding of [`owner_cluster_role`] to the tenant's owners.
-pub fn owner_cluster_role_binding(tenant: &str, owners: Vec<Subject>) -> ClusterRoleBinding {
+pub fn owner_cluster_role_binding(
+    tenant: &str,
+    owner: Option<OwnerReference>,
+    owners: Vec<Subject>,
+) -> ClusterRoleBinding {
     let name = owner_cluster_role_name(tenant);
     ClusterRoleBinding {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            labels: Some(labels::managed(tenant)),
-            ..Default::default()
-        },
+        metadata: cluster_meta(tenant, owner),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".to_string(),
             kind: "ClusterRole".to_string(),

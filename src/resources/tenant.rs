@@ -174,7 +174,11 @@ fn check_namespaces<'a>(
     }
     // Adopted owner namespaces stay when maxNamespaces is lowered below
     // them (never dropped): only the listed ones must fit.
-    let listed = spec.namespaces.iter().filter(|n| !n.created_by_owner).count();
+    let listed = spec
+        .namespaces
+        .iter()
+        .filter(|n| !n.created_by_owner)
+        .count();
     if let Some(max) = spec.max_namespaces
         && (max as usize) < listed
     {
@@ -441,8 +445,10 @@ pub fn owner_namespaces<'a>(
 ) -> OwnerNamespaces {
     let listed: BTreeSet<&str> = spec.namespaces.iter().map(|n| n.name.as_str()).collect();
     let mut adopted = Vec::new();
-    let mut new: Vec<(Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>, String)> =
-        Vec::new();
+    let mut new: Vec<(
+        Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+        String,
+    )> = Vec::new();
     for meta in candidates {
         let Some(name) = meta.name.as_deref() else {
             continue;
@@ -505,13 +511,15 @@ pub fn owner_namespaces<'a>(
 /// work from, the same way for spec and owner namespaces.
 pub fn with_owner_namespaces(tenant: &Tenant, adopted: &[String]) -> Tenant {
     let mut out = tenant.clone();
-    out.spec
-        .namespaces
-        .extend(adopted.iter().map(|name| crate::crd::tenant::TenantNamespace {
-            name: name.clone(),
-            created_by_owner: true,
-            ..Default::default()
-        }));
+    out.spec.namespaces.extend(
+        adopted
+            .iter()
+            .map(|name| crate::crd::tenant::TenantNamespace {
+                name: name.clone(),
+                created_by_owner: true,
+                ..Default::default()
+            }),
+    );
     out
 }
 
@@ -621,14 +629,17 @@ pub fn build(
         }
     }
     if !spec.owners.is_empty() {
+        let owner = kube::Resource::owner_ref(tenant, &());
         out.cluster_roles.push(rbac::owner_cluster_role(
             name,
+            owner.clone(),
             spec.max_namespaces.is_some(),
             has_room(spec),
         ));
         out.cluster_role_bindings
             .push(rbac::owner_cluster_role_binding(
                 name,
+                owner,
                 owner_subjects(spec, ""),
             ));
     }
@@ -765,13 +776,18 @@ mod tests {
         assert_eq!(out.adopted, ["acme-old", "acme-b", "acme-a"]);
         let refused: Vec<&str> = out.refused.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(refused, ["other-x", "acme-c"]);
-        assert!(out.refused[0].1.contains("'acme-<name>'"), "{:?}", out.refused);
-        assert!(out.refused[1].1.contains("maxNamespaces (4"), "{:?}", out.refused);
-        // Full now: no room for another.
-        let full = with_owner_namespaces(
-            &Tenant::new("acme", s.clone()),
-            &out.adopted,
+        assert!(
+            out.refused[0].1.contains("'acme-<name>'"),
+            "{:?}",
+            out.refused
         );
+        assert!(
+            out.refused[1].1.contains("maxNamespaces (4"),
+            "{:?}",
+            out.refused
+        );
+        // Full now: no room for another.
+        let full = with_owner_namespaces(&Tenant::new("acme", s.clone()), &out.adopted);
         assert!(!has_room(&full.spec));
         assert!(validate("acme", &full.spec).is_ok());
         // maxNamespaces unset (or lowered): adopted ones stay, new ones are refused.
@@ -789,7 +805,10 @@ mod tests {
         let out = owner_namespaces(who, &lowered, &candidates);
         assert_eq!(out.adopted, ["acme-old"]);
         let kept = with_owner_namespaces(&Tenant::new("acme", lowered), &out.adopted);
-        assert!(validate("acme", &kept.spec).is_ok(), "an adopted namespace never invalidates the spec");
+        assert!(
+            validate("acme", &kept.spec).is_ok(),
+            "an adopted namespace never invalidates the spec"
+        );
         // The spec itself must fit.
         assert_eq!(
             reason(
@@ -816,10 +835,9 @@ mod tests {
             .namespaces
             .iter()
             .filter(|n| {
-                n.metadata
-                    .labels
-                    .as_ref()
-                    .is_some_and(|l| l.get(labels::CREATED_BY_OWNER).map(String::as_str) == Some("true"))
+                n.metadata.labels.as_ref().is_some_and(|l| {
+                    l.get(labels::CREATED_BY_OWNER).map(String::as_str) == Some("true")
+                })
             })
             .filter_map(|n| n.metadata.name.clone())
             .collect();
@@ -832,8 +850,21 @@ mod tests {
             .filter_map(|r| r.metadata.namespace.clone())
             .collect();
         assert_eq!(in_ns, ["acme-x"], "only owner-created namespaces");
-        let rule = &out.roles.iter().find(|r| r.metadata.namespace.as_deref() == Some("acme-x") && r.metadata.name.as_deref() == Some(owner_role.as_str())).expect("role").rules.clone().unwrap_or_default()[0];
-        assert_eq!(rule.resource_names.as_deref(), Some(&["acme-x".to_string()][..]));
+        let rule = &out
+            .roles
+            .iter()
+            .find(|r| {
+                r.metadata.namespace.as_deref() == Some("acme-x")
+                    && r.metadata.name.as_deref() == Some(owner_role.as_str())
+            })
+            .expect("role")
+            .rules
+            .clone()
+            .unwrap_or_default()[0];
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&["acme-x".to_string()][..])
+        );
         assert_eq!(rule.verbs, ["get", "delete"]);
         // Room left (2 of 3): the verb the admission policy asks about.
         let verbs = |out: &TenantObjects| -> Vec<String> {
@@ -851,7 +882,10 @@ mod tests {
         assert!(!verbs(&out).contains(&rbac::CREATE_NAMESPACES_VERB.to_string()));
         assert!(verbs(&out).contains(&"create".to_string()));
         // No maxNamespaces: owners only read their Tenant.
-        let plain = Tenant::new("acme", spec(json!({"owners": [{"kind": "User", "name": "alice"}]})));
+        let plain = Tenant::new(
+            "acme",
+            spec(json!({"owners": [{"kind": "User", "name": "alice"}]})),
+        );
         let out = build(&plain, &Usage::new(), &plan).expect("valid");
         assert_eq!(verbs(&out), ["get", "list", "watch"]);
     }

@@ -424,7 +424,9 @@ pub fn controller(
                     .map(|t| ObjectRef::<Tenant>::new(t))
             });
         }
-        None => warn!("the owner namespace watch was taken by an earlier controller of this context"),
+        None => {
+            warn!("the owner namespace watch was taken by an earlier controller of this context")
+        }
     }
     for (ar, stream) in child_streams {
         let echo_ctx = ctx.clone();
