@@ -501,6 +501,31 @@ async fn owners_create_and_delete_their_own_namespaces() {
     )
     .await;
 
+    // `palisade diff` decides as the controller does: the owner's namespace
+    // and its contents are the tenant's, nothing of it would be pruned.
+    let scratch = tempfile::tempdir().expect("tmp");
+    let yaml = serde_yaml::to_string(&super::mtb::sample_tenant(
+        &t.name,
+        json!({"maxNamespaces": 4}),
+    ))
+    .expect("yaml");
+    let file = super::diff_modes::write(scratch.path(), "tenant.yaml", &yaml);
+    let (_, report, _) = run_diff(file.parent().expect("dir"), true);
+    let about_mine: Vec<&serde_json::Value> = report["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter(|o| o["name"] == mine.as_str() || o["namespace"] == mine.as_str())
+        .collect();
+    assert!(
+        !about_mine.is_empty(),
+        "diff looked at the owner's namespace: {report:#}"
+    );
+    assert!(
+        about_mine.iter().all(|o| o["action"] == "unchanged"),
+        "{about_mine:#?}"
+    );
+
     // Room for one more (4 in all), then none.
     let last = format!("{}-last", t.name);
     cleanup.namespace(&last);
