@@ -266,6 +266,16 @@ async fn heals_children_widened_by_hand() {
         .expect("role rules restored");
 
     // Healed means converged: a resync writes nothing more.
+    let writes = resync_writes(&server, &running).await;
+    assert!(writes.is_empty(), "a healed tenant rests: {writes:#?}");
+}
+
+/// The writes of one forced resync of every tenant, after the watches had
+/// time to deliver the controller's own writes.
+async fn resync_writes(
+    server: &FakeApiServer,
+    running: &Running,
+) -> Vec<palisade_testkit::RequestRecord> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = running.ctx.reconciles();
     let mark = server.mark();
@@ -275,12 +285,11 @@ async fn heals_children_widened_by_hand() {
         .await
         .expect("resync reconciled the tenant");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let writes: Vec<_> = server
+    server
         .log_since(mark)
         .into_iter()
         .filter(|r| r.is_write())
-        .collect();
-    assert!(writes.is_empty(), "a healed tenant rests: {writes:#?}");
+        .collect()
 }
 
 /// Issue #30: isolation before access. While the ResourceQuota of a new
@@ -1068,20 +1077,7 @@ async fn owner_namespaces_are_adopted_and_refused_over_max() {
     assert!(extra["metadata"]["labels"]["app.kubernetes.io/managed-by"].is_null());
 
     // A resync keeps both (the adopted one is never pruned) and writes nothing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mark = server.mark();
-    let before = running.ctx.reconciles();
-    running.resync();
-    server
-        .wait_until(WAIT, |_| running.ctx.reconciles() > before)
-        .await
-        .expect("resynced");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let writes: Vec<_> = server
-        .log_since(mark)
-        .into_iter()
-        .filter(|r| r.is_write())
-        .collect();
+    let writes = resync_writes(&server, &running).await;
     assert!(writes.is_empty(), "{writes:#?}");
     assert!(status_namespace(&server, "acme", "acme-feature").is_some());
 
