@@ -128,7 +128,7 @@ fn tenant_yaml(name: &str, edited: bool) -> String {
     }
 }
 
-fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
+pub(super) fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
     let sub = dir.join(file.trim_end_matches(".yaml"));
     std::fs::create_dir_all(&sub).expect("dir");
     let path = sub.join(file);

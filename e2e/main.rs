@@ -567,7 +567,7 @@ async fn managed_rvs(
         out.insert(format!("ns/{ns}"), n.resource_version().unwrap_or_default());
         for ar in palisade::controller::cache::tenant_child_kinds()
             .into_iter()
-            .filter(|ar| ar.kind != "Namespace")
+            .filter(|ar| !palisade::controller::cache::is_cluster_scoped(ar))
         {
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
             for o in api.list(&lp).await.expect("list") {
@@ -576,6 +576,28 @@ async fn managed_rvs(
                     o.resource_version().unwrap_or_default(),
                 );
             }
+        }
+    }
+    // The owners' ClusterRole and binding (cluster-scoped) of the tenants
+    // of those namespaces.
+    let mut tenants = std::collections::BTreeSet::new();
+    for ns in namespaces {
+        let n = all.get(ns).await.expect("namespace");
+        tenants.extend(n.labels().get("palisade.dev/tenant").cloned());
+    }
+    for (ar, tenant) in palisade::controller::cache::tenant_child_kinds()
+        .into_iter()
+        .filter(|ar| ar.kind != "Namespace" && palisade::controller::cache::is_cluster_scoped(ar))
+        .flat_map(|ar| tenants.iter().map(move |t| (ar.clone(), t)))
+    {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let lp =
+            ListParams::default().labels(&palisade::resources::labels::tenant_selector(tenant));
+        for o in api.list(&lp).await.expect("list") {
+            out.insert(
+                format!("{}/{}", ar.kind, o.name_any()),
+                o.resource_version().unwrap_or_default(),
+            );
         }
     }
     out

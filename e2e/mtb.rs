@@ -152,6 +152,17 @@ pub(super) fn refused<T: std::fmt::Debug>(
     }
 }
 
+/// [`refused`], and the refusal's message says `says`.
+pub(super) fn refused_saying<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, kube::Error>,
+    says: &str,
+) -> kube::core::Status {
+    let status = refused(what, result);
+    assert!(status.message.contains(says), "{what}: {}", status.message);
+    status
+}
+
 pub(super) fn admitted<T>(what: &str, result: Result<T, kube::Error>) -> T {
     result.unwrap_or_else(|e| panic!("{what}: expected admission, got {e}"))
 }

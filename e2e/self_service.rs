@@ -8,8 +8,9 @@
 
 use super::mtb::{
     admitted, authenticated, dry_run, eventually_refused, impersonating, probe, ready_tenant,
-    refused, service,
+    refused, refused_saying, service,
 };
+use super::signals::eventually;
 use super::*;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -315,4 +316,284 @@ async fn rolepolicy_writes_on_managed_kinds_are_rejected() {
             .expect("get")
             .is_none()
     );
+}
+
+fn labelled_namespace(name: &str, tenant: &str, extra: &[(&str, &str)]) -> Namespace {
+    let mut labels = json!({palisade::resources::labels::TENANT: tenant});
+    for (k, v) in extra {
+        labels[*k] = json!(v);
+    }
+    serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+        .expect("namespace")
+}
+
+fn plain_namespace(name: &str) -> Namespace {
+    serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace")
+}
+
+/// Issue #25 item 5: an owner creates a namespace for its Tenant with
+/// `kubectl create namespace`, no webhook: the namespace-create admission
+/// policy admits it only from an owner (authorizer, on the Tenant by name),
+/// named '<tenant>-…', labelled only for the tenant, while the Tenant has room
+/// (spec.maxNamespaces); Palisade adopts it within seconds (isolation, the
+/// owner's RoleBindings, status), owners read their own Tenant (not another)
+/// and delete the namespaces they created, never the listed ones.
+#[tokio::test]
+async fn owners_create_and_delete_their_own_namespaces() {
+    if !enabled() {
+        return;
+    }
+    let (client, _controller) = setup().await;
+    let mut cleanup = Cleanup::default();
+    // The sample lists two namespaces: room for two of the owner's.
+    let t = ready_tenant(&client, "own", json!({"maxNamespaces": 4}), &mut cleanup).await;
+    let other = ready_tenant(&client, "oth", json!({}), &mut cleanup).await;
+    let owner = impersonating(&t.owner).await;
+    let stranger = impersonating(&other.owner).await;
+
+    // The owners' grants go with the Tenant (garbage collector), even when
+    // its finalizer is taken off by hand.
+    let role = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone())
+        .get(&palisade::resources::rbac::owner_cluster_role_name(&t.name))
+        .await
+        .expect("owners' ClusterRole");
+    let uid = Api::<Tenant>::all(client.clone())
+        .get(&t.name)
+        .await
+        .expect("tenant")
+        .uid();
+    assert_eq!(
+        role.owner_references().first().map(|o| Some(o.uid.clone())),
+        Some(uid)
+    );
+
+    // Owners read their own Tenant, not another one.
+    let as_owner: Api<Tenant> = Api::all(owner.clone());
+    admitted("get own tenant", as_owner.get(&t.name).await);
+    refused("get another tenant", as_owner.get(&other.name).await);
+
+    let namespaces: Api<Namespace> = Api::all(owner.clone());
+    let mine = format!("{}-feature", t.name);
+    cleanup.namespace(&mine);
+    // Refused: no tenant label, another's tenant, the wrong prefix, labels
+    // Palisade owns. Each refusal names what to do.
+    let status = eventually_refused("unlabelled", || async {
+        namespaces.create(&dry_run(), &plain_namespace(&mine)).await
+    })
+    .await;
+    assert!(
+        status.message.contains("palisade.dev/tenant=<tenant>"),
+        "{}",
+        status.message
+    );
+    refused_saying(
+        "for another tenant",
+        namespaces
+            .create(
+                &dry_run(),
+                &labelled_namespace(&format!("{}-x", other.name), &other.name, &[]),
+            )
+            .await,
+        "only an owner",
+    );
+    refused_saying(
+        "without the prefix",
+        namespaces
+            .create(&dry_run(), &labelled_namespace("feature-x", &t.name, &[]))
+            .await,
+        "'<tenant>-<name>'",
+    );
+    refused_saying(
+        "with Palisade's labels",
+        namespaces
+            .create(
+                &dry_run(),
+                &labelled_namespace(
+                    &mine,
+                    &t.name,
+                    &[("pod-security.kubernetes.io/enforce", "privileged")],
+                ),
+            )
+            .await,
+        "carries only the label",
+    );
+    // Another tenant's owner may not create one for this tenant.
+    refused(
+        "a stranger's namespace for this tenant",
+        Api::<Namespace>::all(stranger.clone())
+            .create(
+                &dry_run(),
+                &labelled_namespace(&format!("{}-y", t.name), &t.name, &[]),
+            )
+            .await,
+    );
+
+    // Admitted, then adopted within seconds.
+    let start = std::time::Instant::now();
+    admitted(
+        "an owner's namespace",
+        namespaces
+            .create(
+                &PostParams::default(),
+                &labelled_namespace(&mine, &t.name, &[]),
+            )
+            .await,
+    );
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let (_, took) = super::signals::eventually(
+        Duration::from_secs(30),
+        "adopted and listed in status",
+        || async { tenants.get(&t.name).await.expect("tenant") },
+        |tenant| {
+            tenant.status.as_ref().is_some_and(|s| {
+                s.namespaces
+                    .iter()
+                    .any(|n| n.name == mine && n.phase == "Ready" && n.created_by_owner)
+            })
+        },
+    )
+    .await;
+    println!(
+        "owner namespace adopted in {:?} ({:?} since create)",
+        took,
+        start.elapsed()
+    );
+    wait(await_condition(
+        tenants.clone(),
+        &t.name,
+        tenant_ready(None),
+    ))
+    .await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &mine);
+    admitted(
+        "default-deny in the owner's namespace",
+        policies
+            .get(palisade::resources::network::DEFAULT_DENY)
+            .await,
+    );
+    // The owner works in it as in the listed ones (admin RoleBinding).
+    wait(await_condition(
+        Api::<RoleBinding>::namespaced(client.clone(), &mine),
+        "palisade:admin",
+        |b: Option<&RoleBinding>| b.is_some(),
+    ))
+    .await;
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(owner.clone(), &mine);
+    let cm = serde_json::from_value(json!({"metadata": {"name": "app"}, "data": {"a": "b"}}))
+        .expect("configmap");
+    let _ = eventually(
+        Duration::from_secs(10),
+        "owner writes in its namespace",
+        || async { cms.create(&dry_run(), &cm).await.is_ok() },
+        |ok| *ok,
+    )
+    .await;
+
+    // `palisade diff` decides as the controller does: the owner's namespace
+    // and its contents are the tenant's, nothing of it would be pruned.
+    let scratch = tempfile::tempdir().expect("tmp");
+    let yaml = serde_yaml::to_string(&super::mtb::sample_tenant(
+        &t.name,
+        json!({"maxNamespaces": 4}),
+    ))
+    .expect("yaml");
+    let file = super::diff_modes::write(scratch.path(), "tenant.yaml", &yaml);
+    let (_, report, _) = run_diff(file.parent().expect("dir"), true);
+    let about_mine: Vec<&serde_json::Value> = report["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter(|o| o["name"] == mine.as_str() || o["namespace"] == mine.as_str())
+        .collect();
+    assert!(
+        !about_mine.is_empty(),
+        "diff looked at the owner's namespace: {report:#}"
+    );
+    assert!(
+        about_mine.iter().all(|o| o["action"] == "unchanged"),
+        "{about_mine:#?}"
+    );
+
+    // Room for one more (4 in all), then none.
+    let last = format!("{}-last", t.name);
+    cleanup.namespace(&last);
+    admitted(
+        "the fourth namespace",
+        namespaces
+            .create(
+                &PostParams::default(),
+                &labelled_namespace(&last, &t.name, &[]),
+            )
+            .await,
+    );
+    let status = eventually_refused("over maxNamespaces", || async {
+        namespaces
+            .create(
+                &dry_run(),
+                &labelled_namespace(&format!("{}-more", t.name), &t.name, &[]),
+            )
+            .await
+    })
+    .await;
+    assert!(
+        status.message.contains("maxNamespaces"),
+        "{}",
+        status.message
+    );
+
+    // Owners delete what they created, not what the spec lists.
+    refused(
+        "delete a listed namespace",
+        namespaces.delete(&t.ns, &DeleteParams::default()).await,
+    );
+    let _ = eventually(
+        Duration::from_secs(10),
+        "owner may delete its namespace",
+        || async {
+            namespaces
+                .delete(
+                    &mine,
+                    &DeleteParams {
+                        dry_run: true,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .is_ok()
+        },
+        |ok| *ok,
+    )
+    .await;
+    admitted(
+        "delete own namespace",
+        namespaces.delete(&mine, &DeleteParams::default()).await,
+    );
+    // Gone from status once deleted, room again.
+    super::signals::eventually(
+        Duration::from_secs(120),
+        "deleted namespace leaves the status",
+        || async { tenants.get(&t.name).await.expect("tenant") },
+        |tenant| {
+            tenant
+                .status
+                .as_ref()
+                .is_some_and(|s| !s.namespaces.iter().any(|n| n.name == mine))
+        },
+    )
+    .await;
+    let _ = eventually(
+        Duration::from_secs(20),
+        "room again",
+        || async {
+            namespaces
+                .create(
+                    &dry_run(),
+                    &labelled_namespace(&format!("{}-more", t.name), &t.name, &[]),
+                )
+                .await
+                .is_ok()
+        },
+        |ok| *ok,
+    )
+    .await;
 }

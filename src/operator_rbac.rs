@@ -184,6 +184,30 @@ pub const RULES: &[Rule] = &[
     },
     Rule {
         api_groups: &["rbac.authorization.k8s.io"],
+        resources: &["clusterroles", "clusterrolebindings"],
+        verbs: &["get", "list", "watch", "create", "patch", "delete"],
+        resource_names: ALL,
+        why: "each Tenant's owners' ClusterRole and ClusterRoleBinding palisade:owner:<tenant> (read their Tenant; with spec.maxNamespaces, create namespaces): the admission policy admits no other name, and RBAC lets Palisade grant only what it holds",
+        grant: Grant::Cluster,
+    },
+    Rule {
+        api_groups: &["palisade.dev"],
+        resources: &["tenants"],
+        verbs: &[crate::resources::rbac::CREATE_NAMESPACES_VERB],
+        resource_names: ALL,
+        why: "grant a tenant's owners the verb the namespace-create admission policy asks the authorizer about (not a Kubernetes verb: nothing else reads it)",
+        grant: Grant::Cluster,
+    },
+    Rule {
+        api_groups: &["palisade.dev"],
+        resources: &[crate::resources::rbac::OWNER_MARKER_RESOURCE],
+        verbs: &["create"],
+        resource_names: ALL,
+        why: "grant owners who may create namespaces the marker the namespace-create admission policy asks about (a resource that exists only to RBAC)",
+        grant: Grant::Cluster,
+    },
+    Rule {
+        api_groups: &["rbac.authorization.k8s.io"],
         resources: &["clusterroles"],
         verbs: &["bind"],
         resource_names: &[TENANT_NAMESPACE_ROLE],
@@ -425,8 +449,12 @@ pub fn release_namespace_rules() -> Vec<DocRule> {
 /// the match condition.
 pub const ADMISSION_VALIDATIONS: &[(&str, &str)] = &[
     (
-        "request.resource.resource == 'namespaces' || (namespaceObject != null && has(namespaceObject.metadata.labels) && 'app.kubernetes.io/managed-by' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['app.kubernetes.io/managed-by'] == 'palisade')",
+        "request.resource.resource in ['namespaces', 'clusterroles', 'clusterrolebindings'] || (namespaceObject != null && has(namespaceObject.metadata.labels) && 'app.kubernetes.io/managed-by' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['app.kubernetes.io/managed-by'] == 'palisade')",
         "Palisade's ServiceAccount may write only inside namespaces it manages (labelled app.kubernetes.io/managed-by=palisade)",
+    ),
+    (
+        "!(request.resource.resource in ['clusterroles', 'clusterrolebindings']) || (request.name.startsWith('palisade:owner:') && (request.resource.resource != 'clusterrolebindings' || request.operation == 'DELETE' || (object.roleRef.kind == 'ClusterRole' && object.roleRef.name == request.name)))",
+        "Palisade's ServiceAccount may write only the ClusterRoles and ClusterRoleBindings of tenant owners (palisade:owner:<tenant>, each binding its own role)",
     ),
     (
         "request.resource.resource != 'namespaces' || request.operation == 'CREATE' || (has(oldObject.metadata.labels) && 'palisade.dev/tenant' in oldObject.metadata.labels)",

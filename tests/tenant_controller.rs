@@ -62,6 +62,8 @@ fn assert_matches_render(server: &FakeApiServer, tenant: &Tenant) {
             "LimitRange" => "limitranges",
             "Role" => "roles.rbac.authorization.k8s.io",
             "RoleBinding" => "rolebindings.rbac.authorization.k8s.io",
+            "ClusterRole" => "clusterroles.rbac.authorization.k8s.io",
+            "ClusterRoleBinding" => "clusterrolebindings.rbac.authorization.k8s.io",
             other => panic!("unexpected kind {other}"),
         };
         let ns = desired
@@ -244,7 +246,6 @@ async fn heals_children_widened_by_hand() {
     .await;
 
     // Healed means converged: a resync writes nothing more.
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let writes = resync_writes(&server, &running).await;
     assert!(writes.is_empty(), "a healed tenant rests: {writes:#?}");
 }
@@ -864,4 +865,159 @@ async fn a_foreign_uid_namespace_is_kept_and_does_not_block_deletion() {
     wait_ready(&server, "acme").await;
     delete_tenant(&server, "acme").await;
     assert!(server.get_json("namespaces", None, "acme-old").is_some());
+}
+
+const SELF_SERVICE: &str = r#"
+apiVersion: palisade.dev/v1alpha1
+kind: Tenant
+metadata:
+  name: acme
+spec:
+  namespaces: [{name: acme-prod}]
+  owners: [{kind: User, name: alice}]
+  maxNamespaces: 2
+"#;
+
+/// The verbs of the owners' ClusterRole of `tenant`.
+fn owner_verbs(server: &FakeApiServer, tenant: &str) -> Vec<String> {
+    let role = server
+        .get_json(
+            "clusterroles.rbac.authorization.k8s.io",
+            None,
+            &format!("palisade:owner:{tenant}"),
+        )
+        .expect("owners' ClusterRole");
+    role["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["verbs"].as_array().cloned().unwrap_or_default())
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+async fn create_labelled_namespace(server: &FakeApiServer, name: &str, tenant: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(server.client());
+    let ns = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"palisade.dev/tenant": tenant}}
+    }))
+    .expect("namespace");
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+}
+
+fn status_namespace(server: &FakeApiServer, tenant: &str, ns: &str) -> Option<Value> {
+    let t = server.get_json("tenants.palisade.dev", None, tenant)?;
+    t["status"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|n| n["name"] == ns)
+        .cloned()
+}
+
+/// Issue #25 item 5: a namespace an owner creates with the tenant label is
+/// adopted (isolation, the owners' delete role, listed in status) and never
+/// pruned; one over maxNamespaces is refused in status and left alone; the
+/// owners' ClusterRole offers `create-namespaces` only while there is room.
+/// (The admission policy that lets only owners create them runs in the real
+/// API server: e2e/self_service.rs.)
+#[tokio::test]
+async fn owner_namespaces_are_adopted_and_refused_over_max() {
+    let server = server();
+    let running = start(&server, clock());
+    create(&server, SELF_SERVICE).await;
+    wait_ready(&server, "acme").await;
+    assert!(owner_verbs(&server, "acme").contains(&"create-namespaces".to_string()));
+
+    create_labelled_namespace(&server, "acme-feature", "acme").await;
+    server
+        .wait_for_json(
+            "networkpolicies.networking.k8s.io",
+            Some("acme-feature"),
+            DEFAULT_DENY,
+            WAIT,
+            |_| true,
+        )
+        .await
+        .expect("adopted: default-deny in the owner's namespace");
+    server
+        .wait_until(WAIT, |s| {
+            status_namespace(s, "acme", "acme-feature")
+                .is_some_and(|n| n["phase"] == "Ready" && n["createdByOwner"] == true)
+        })
+        .await
+        .expect("listed in status as the owner's");
+    wait_ready(&server, "acme").await;
+    let ns = server
+        .get_json("namespaces", None, "acme-feature")
+        .expect("namespace");
+    assert_eq!(
+        ns["metadata"]["labels"]["palisade.dev/created-by-owner"],
+        "true"
+    );
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    assert!(
+        server
+            .get_json(
+                "roles.rbac.authorization.k8s.io",
+                Some("acme-feature"),
+                "palisade:namespace-owner"
+            )
+            .is_some()
+    );
+    assert!(
+        server
+            .get_json(
+                "roles.rbac.authorization.k8s.io",
+                Some("acme-prod"),
+                "palisade:namespace-owner"
+            )
+            .is_none(),
+        "owners may not delete the namespaces the spec lists"
+    );
+    server
+        .wait_until(WAIT, |s| {
+            !owner_verbs(s, "acme").contains(&"create-namespaces".to_string())
+        })
+        .await
+        .expect("full (2 of 2): no more create-namespaces");
+
+    // One too many (the admission policy would have refused it unless two
+    // owners raced): refused in status, never managed.
+    create_labelled_namespace(&server, "acme-extra", "acme").await;
+    let c = wait_condition(
+        &server,
+        "acme",
+        "NamespacesReady",
+        "False",
+        Some("NamespaceConflict"),
+    )
+    .await;
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("maxNamespaces"),
+        "{c}"
+    );
+    let extra = server
+        .get_json("namespaces", None, "acme-extra")
+        .expect("namespace");
+    assert!(extra["metadata"]["labels"]["app.kubernetes.io/managed-by"].is_null());
+
+    // A resync keeps both (the adopted one is never pruned) and writes nothing.
+    let writes = resync_writes(&server, &running).await;
+    assert!(writes.is_empty(), "{writes:#?}");
+    assert!(status_namespace(&server, "acme", "acme-feature").is_some());
+
+    // The extra one goes: Ready again.
+    server
+        .delete_direct("namespaces", None, "acme-extra")
+        .expect("delete");
+    wait_ready(&server, "acme").await;
+    running.stop().await;
 }

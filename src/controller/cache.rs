@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Secret};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, DynamicObject};
 use kube::core::ApiResource;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -225,9 +225,23 @@ pub fn tenant_child_kinds() -> Vec<ApiResource> {
         ar::<LimitRange>(),
         ar::<Role>(),
         ar::<RoleBinding>(),
+        ar::<ClusterRole>(),
+        ar::<ClusterRoleBinding>(),
         ar::<Secret>(),
         ar::<ConfigMap>(),
     ]
+}
+
+/// Cluster-scoped kinds among [`tenant_child_kinds`].
+pub fn is_cluster_scoped(ar: &ApiResource) -> bool {
+    matches!(
+        (ar.group.as_str(), ar.kind.as_str()),
+        ("", "Namespace")
+            | (
+                "rbac.authorization.k8s.io",
+                "ClusterRole" | "ClusterRoleBinding"
+            )
+    )
 }
 
 /// Kinds watched per managed namespace rather than cluster-wide: tenant data
@@ -942,6 +956,26 @@ impl ChildCache {
     ) -> Option<String> {
         let entry = self.entry(self.kind_index(ar)?, &key_of(namespace, name))?;
         entry.tenant.as_deref().map(str::to_string)
+    }
+
+    /// The cached objects of kind `ar` managed for `tenant`, metadata only.
+    pub fn owned_of_kind(&self, tenant: &str, ar: &ApiResource) -> Vec<kube::api::ObjectMeta> {
+        let Some(kind) = self.kind_index(ar) else {
+            return Vec::new();
+        };
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        inner
+            .by_tenant
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| *k == kind)
+            .filter_map(|(_, key)| inner.kinds[kind].get(key))
+            .filter_map(|e| serde_json::from_str::<MetadataOnly>(&e.json).ok())
+            .map(|m| m.metadata)
+            .collect()
     }
 
     /// Every cached object of every kind managed for `tenant`, metadata only

@@ -14,7 +14,7 @@ use super::tenant::SubjectKind;
 /// operator's RoleBinding `palisade:operator`): a RolePolicy may neither define
 /// nor bind them. Refused at admission (a CEL rule on the names) and by
 /// validation (`ReservedRoleName`), for render, diff and older objects.
-pub const RESERVED_ROLE_NAMES: &[&str] = &["operator"];
+pub const RESERVED_ROLE_NAMES: &[&str] = &["operator", "namespace-owner"];
 
 /// Role `r` of a RolePolicy becomes the Role and RoleBinding
 /// `palisade:<r>` in each tenant namespace.

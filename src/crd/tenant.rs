@@ -48,6 +48,16 @@ pub struct TenantSpec {
     #[serde(default)]
     pub force_tenant_prefix: bool,
 
+    /// Owner self-service namespaces: when set, the tenant's owners may create
+    /// namespaces themselves (`kubectl create namespace <tenant>-<name>` with
+    /// the label palisade.dev/tenant=<tenant>), up to this many namespaces in
+    /// all (spec.namespaces included). Palisade adopts each within seconds
+    /// (isolation, quota share, RoleBindings) and lists it in status; owners
+    /// may delete the namespaces they created. Unset: only spec.namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 256))]
+    pub max_namespaces: Option<u32>,
+
     /// Pod Security Standard enforced (and warned and audited) in every tenant
     /// namespace. Default: restricted.
     #[serde(default)]
@@ -208,7 +218,7 @@ pub struct SelfServiceSpec {
 }
 
 /// One tenant namespace.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantNamespace {
     /// Namespace name (a DNS-1123 label).
@@ -224,6 +234,12 @@ pub struct TenantNamespace {
     /// Extra annotations for the namespace.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Created by an owner (spec.maxNamespaces) and adopted, not listed in
+    /// the spec: never read from or written to the API (see
+    /// `resources::tenant::with_owner_namespaces`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub created_by_owner: bool,
 }
 
 /// A Pod Security Standard level.
@@ -609,6 +625,10 @@ pub struct NamespaceStatus {
     /// Details for a phase other than Ready.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Created by an owner (spec.maxNamespaces), not listed in spec.namespaces;
+    /// owners may delete it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub created_by_owner: bool,
 }
 
 /// State of one managed secret across the tenant's namespaces: counts, and

@@ -48,6 +48,7 @@ impl Differ {
         let Ok(valid) = tenant::validate(&name, &t.spec) else {
             return Ok(()); // reported as a finding; the controller builds nothing
         };
+        let t = &self.with_owner_namespaces(t).await?;
         let (live, scan) = self.list_children(t).await?;
         let usage = self.quota_usage(&scan).await?;
         let plan = rolepolicy::plan_for(t, policies);
@@ -79,6 +80,27 @@ impl Differ {
         Ok(())
     }
 
+    /// `t` with the namespaces its owners created (spec.maxNamespaces),
+    /// decided as the controller decides them: adopted ones are the tenant's
+    /// like the listed ones (applied, never pruned).
+    async fn with_owner_namespaces(&self, t: &Tenant) -> Result<Tenant, DiffError> {
+        let name = t.name_any();
+        let labelled = self
+            .api(&ar_of::<Namespace>(), None)
+            .list_metadata(&ListParams::default().labels(&format!("{}={name}", labels::TENANT)))
+            .await
+            .map_err(api_err("list", "Namespace", &name))?;
+        let owner = tenant::owner_namespaces(
+            Who {
+                name: &name,
+                uid: t.metadata.uid.as_deref(),
+            },
+            &t.spec,
+            labelled.items.iter().map(|n| &n.metadata),
+        );
+        Ok(tenant::with_owner_namespaces(t, &owner.adopted))
+    }
+
     /// The tenant's children as they are, read as narrowly as the controller
     /// reads them: its namespaces (labelled or listed), then every kind
     /// inside them; metadata only, so no Secret value is ever read. Also the
@@ -91,11 +113,12 @@ impl Differ {
         let mut child_kinds = crate::controller::cache::tenant_child_kinds();
         child_kinds.sort_by_key(|ar| ar.kind != "Namespace"); // namespaces first
         for ar in child_kinds {
-            let namespaces: Vec<Option<String>> = if ar.kind == "Namespace" {
-                vec![None]
-            } else {
-                scan.iter().cloned().map(Some).collect()
-            };
+            let namespaces: Vec<Option<String>> =
+                if crate::controller::cache::is_cluster_scoped(&ar) {
+                    vec![None]
+                } else {
+                    scan.iter().cloned().map(Some).collect()
+                };
             for ns in namespaces {
                 let list = self
                     .api(&ar, ns.as_deref())
@@ -181,7 +204,12 @@ impl Differ {
         let key = ObjectKey::of(&value);
         let is_ns = key.kind == "Namespace";
         let ns = disposal::namespace_of(&key).to_string();
-        let state = p.states.get(&ns).cloned().unwrap_or(NsState::Absent);
+        let state = if !is_ns && ns.is_empty() {
+            // Cluster-scoped (the owners' ClusterRole): compared with what is there.
+            NsState::Owned
+        } else {
+            p.states.get(&ns).cloned().unwrap_or(NsState::Absent)
+        };
         match (&state, is_ns) {
             (NsState::Conflict(msg), true) => {
                 self.report.findings.push(Finding {

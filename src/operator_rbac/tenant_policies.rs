@@ -169,6 +169,13 @@ impl TenantPolicy {
             },
             "validations": self.validations,
         });
+        // A row over cluster-scoped objects (new namespaces) is not about
+        // what happens inside tenant namespaces: every request it names.
+        if self.resource_rules.iter().all(|r| r.scope == "Cluster") {
+            spec["matchConstraints"]
+                .as_object_mut()
+                .map(|m| m.remove("namespaceSelector"));
+        }
         if !self.match_conditions.is_empty() {
             spec["matchConditions"] = json!(self.match_conditions);
         }
@@ -662,6 +669,80 @@ fn self_service_network_policies() -> TenantPolicy {
     }
 }
 
+// --- Owners' own namespaces (spec.maxNamespaces) ----------------------------
+//
+// RBAC cannot say "create namespaces, but only these": the owners' ClusterRole
+// (`resources::rbac::owner_cluster_role`) grants `create` on namespaces, and
+// this row narrows it with the authorizer, so the decision stays in RBAC
+// (who owns which Tenant, whether it has room) and in the API server.
+
+/// The label a namespace names its Tenant with, in CEL.
+fn tenant_label() -> String {
+    format!(
+        "object.metadata.labels['{}']",
+        crate::resources::labels::TENANT
+    )
+}
+
+fn namespace_create() -> TenantPolicy {
+    use crate::resources::labels::TENANT;
+    use crate::resources::rbac::{CREATE_NAMESPACES_VERB, OWNER_MARKER_RESOURCE};
+    let p = privileged();
+    let labelled = format!("(has(object.metadata.labels) && '{TENANT}' in object.metadata.labels)");
+    let tenant = format!(
+        "authorizer.group('palisade.dev').resource('tenants').name({})",
+        tenant_label()
+    );
+    TenantPolicy {
+        name_suffix: "namespace-create",
+        why: format!(
+            "Tenant owners create namespaces only for their own Tenant (spec.maxNamespaces), labelled {TENANT}=<tenant> and named '<tenant>-...', while it has room."
+        ),
+        resource_rules: vec![ResourceRule {
+            scope: "Cluster".to_string(),
+            ..rule("", &["namespaces"], &["CREATE"])
+        }],
+        match_conditions: vec![],
+        validations: vec![
+            forbidden(
+                format!(
+                    "{p} || {labelled} || !authorizer.group('palisade.dev').resource('{OWNER_MARKER_RESOURCE}').check('create').allowed() || authorizer.group('').resource('namespaces').check('delete').allowed()"
+                ),
+                format!(
+                    "Tenant owners create namespaces only for their Tenant: label the namespace {TENANT}=<tenant> and name it '<tenant>-<name>'"
+                ),
+            ),
+            forbidden(
+                format!("{p} || !{labelled} || {tenant}.check('get').allowed()"),
+                format!(
+                    "only an owner of the Tenant the label {TENANT} names (its spec.owners) may create a namespace for it"
+                ),
+            ),
+            forbidden(
+                format!(
+                    "{p} || !{labelled} || {tenant}.check('{CREATE_NAMESPACES_VERB}').allowed()"
+                ),
+                "the Tenant has no room for another namespace: its spec.maxNamespaces is not set or is reached (status.namespaces lists them); delete one, or have an administrator raise maxNamespaces".to_string(),
+            ),
+            validation(
+                format!(
+                    "{p} || !{labelled} || object.metadata.name.startsWith({} + '-')",
+                    tenant_label()
+                ),
+                "a namespace created for a Tenant is named '<tenant>-<name>' (the Tenant's name, a dash, then any name)".to_string(),
+            ),
+            validation(
+                format!(
+                    "{p} || !{labelled} || (object.metadata.labels.all(k, k in ['{TENANT}', 'kubernetes.io/metadata.name']) && (!has(object.metadata.annotations) || object.metadata.annotations.all(k, !k.startsWith('palisade.dev/'))))"
+                ),
+                format!(
+                    "a namespace created for a Tenant carries only the label {TENANT} and no palisade.dev/ annotations: Palisade adds its labels (Pod Security, isolation settings) when it adopts it"
+                ),
+            ),
+        ],
+    }
+}
+
 /// Every tenant-namespace policy, in the order both manifests list them.
 pub fn tenant_policies() -> Vec<TenantPolicy> {
     vec![
@@ -741,6 +822,7 @@ pub fn tenant_policies() -> Vec<TenantPolicy> {
         managed_objects(),
         self_service_role_bindings(),
         self_service_network_policies(),
+        namespace_create(),
     ]
 }
 
@@ -872,9 +954,17 @@ mod tests {
             assert_eq!(policy["metadata"]["name"], name);
             let spec = &policy["spec"];
             assert_eq!(spec["failurePolicy"], "Fail");
+            // Rows over tenant namespaces match only them; the one over new
+            // namespaces (cluster-scoped) matches every such request.
+            let cluster = p.resource_rules.iter().all(|r| r.scope == "Cluster");
+            assert_eq!(cluster, p.name_suffix == "namespace-create");
             assert_eq!(
                 spec["matchConstraints"]["namespaceSelector"],
-                json!({"matchLabels": {"app.kubernetes.io/managed-by": "palisade"}})
+                if cluster {
+                    Value::Null
+                } else {
+                    json!({"matchLabels": {"app.kubernetes.io/managed-by": "palisade"}})
+                }
             );
             assert_eq!(
                 spec["variables"],

@@ -102,6 +102,11 @@ pub fn dispose(key: &ObjectKey, deleting: bool, foreign: bool, wants: &Wants<'_>
     if deleting || foreign || wants.objects.contains(key) || (is_ns && listed) {
         return Disposal::Keep;
     }
+    // Cluster-scoped (the owners' ClusterRole and binding): no namespace to
+    // go with, nothing to keep.
+    if !is_ns && key.namespace.is_empty() {
+        return Disposal::Delete;
+    }
     match (is_ns, listed, wants.policy) {
         (true, _, DeletionPolicy::Delete) => Disposal::Delete,
         (true, _, DeletionPolicy::Retain) => Disposal::ReleaseNamespace,

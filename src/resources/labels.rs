@@ -15,6 +15,11 @@ pub const TENANT_UID: &str = "palisade.dev/tenant-uid";
 /// Annotation release leaves on a namespace: the uid of the Tenant that released
 /// it (so that Tenant, and only it, may adopt it again).
 pub const RELEASED_BY_UID: &str = "palisade.dev/released-by-uid";
+/// Set (`"true"`) by Palisade on a namespace an owner created for a Tenant
+/// (`spec.maxNamespaces`) when it adopts it: such a namespace stays the
+/// tenant's without being listed in `spec.namespaces`, and its owners may
+/// delete it.
+pub const CREATED_BY_OWNER: &str = "palisade.dev/created-by-owner";
 /// Set on namespaces that a tenant let go of under `deletionPolicy: Retain`.
 pub const RELEASED: &str = "palisade.dev/released";
 /// The field manager of every server-side apply Palisade makes.

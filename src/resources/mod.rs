@@ -20,7 +20,7 @@ pub mod tokens;
 
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 
 /// Which object: kind, namespace (empty for cluster-scoped) and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -85,6 +85,9 @@ pub struct TenantObjects {
     pub limit_ranges: Vec<LimitRange>,
     pub roles: Vec<Role>,
     pub role_bindings: Vec<RoleBinding>,
+    /// The owners' cluster-wide grants (one each, when the tenant has owners).
+    pub cluster_roles: Vec<ClusterRole>,
+    pub cluster_role_bindings: Vec<ClusterRoleBinding>,
 }
 
 impl TenantObjects {
@@ -96,6 +99,8 @@ impl TenantObjects {
             + self.limit_ranges.len()
             + self.roles.len()
             + self.role_bindings.len()
+            + self.cluster_roles.len()
+            + self.cluster_role_bindings.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -126,6 +131,8 @@ impl TenantObjects {
         push(&mut out, &self.network_policies)?;
         push(&mut out, &self.roles)?;
         push(&mut out, &self.role_bindings)?;
+        push(&mut out, &self.cluster_roles)?;
+        push(&mut out, &self.cluster_role_bindings)?;
         Ok(out)
     }
 }

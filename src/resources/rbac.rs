@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::labels;
 
@@ -95,6 +97,134 @@ pub fn subject(kind: &str, name: &str, sa_namespace: Option<&str>, namespace: &s
         name: name.to_string(),
         api_group: (!is_sa).then(|| "rbac.authorization.k8s.io".to_string()),
         namespace: is_sa.then(|| sa_namespace.unwrap_or(namespace).to_string()),
+    }
+}
+
+/// The role (`palisade:namespace-owner`) that lets a tenant's owners read
+/// and delete a namespace they created (`spec.maxNamespaces`); to RBAC a
+/// namespace is its own namespace, so a Role in it reaches no other.
+pub const NAMESPACE_OWNER_ROLE: &str = "namespace-owner";
+
+fn rule(group: &str, resources: &[&str], verbs: &[&str], names: &[&str]) -> PolicyRule {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(strings(&[group])),
+        resources: Some(strings(resources)),
+        verbs: strings(verbs),
+        resource_names: (!names.is_empty()).then(|| strings(names)),
+        ..Default::default()
+    }
+}
+
+/// The Role and RoleBinding [`NAMESPACE_OWNER_ROLE`] in the owner-created
+/// namespace `namespace`, for `owners` (subjects).
+pub fn namespace_owner(tenant: &str, namespace: &str, owners: Vec<Subject>) -> (Role, RoleBinding) {
+    let rules = vec![rule("", &["namespaces"], &["get", "delete"], &[namespace])];
+    (
+        role(
+            labels::managed(tenant),
+            namespace,
+            NAMESPACE_OWNER_ROLE,
+            rules,
+        ),
+        role_binding(
+            labels::managed(tenant),
+            namespace,
+            NAMESPACE_OWNER_ROLE,
+            owners,
+        ),
+    )
+}
+
+/// The verb on `tenants/<name>` that the namespace-create admission policy
+/// asks the authorizer about: held by the tenant's owners while the tenant
+/// has room for another namespace (`spec.maxNamespaces`). Not a Kubernetes
+/// verb: nothing but that policy reads it.
+pub const CREATE_NAMESPACES_VERB: &str = "create-namespaces";
+
+/// A resource that exists only to RBAC (`palisade.dev/tenantnamespaces`,
+/// verb `create`): held, without names, by the owners of every Tenant that
+/// lets them create namespaces. The namespace-create policy refuses a
+/// namespace without the tenant label to a requester who holds it and may not
+/// delete namespaces in general (an owner, not an administrator).
+pub const OWNER_MARKER_RESOURCE: &str = "tenantnamespaces";
+
+/// `palisade:owner:<tenant>`: the ClusterRole (and ClusterRoleBinding) of a
+/// tenant's owners.
+pub fn owner_cluster_role_name(tenant: &str) -> String {
+    format!(
+        "{}owner:{tenant}",
+        crate::crd::role_policy::ROLE_NAME_PREFIX
+    )
+}
+
+/// Metadata of the owners' cluster-scoped objects: owned by the Tenant
+/// (`owner`, when its uid is known), so the garbage collector removes them
+/// with it even when its finalizer was taken off by hand.
+fn cluster_meta(tenant: &str, owner: Option<OwnerReference>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(owner_cluster_role_name(tenant)),
+        labels: Some(labels::managed(tenant)),
+        owner_references: owner.map(|o| vec![o]),
+        ..Default::default()
+    }
+}
+
+/// The cluster-wide grants of a tenant's owners: reading their Tenant; with
+/// `spec.maxNamespaces` (`self_service`), creating namespaces, which the
+/// namespace-create admission policy narrows to the tenant's own, while the
+/// tenant has `room`.
+pub fn owner_cluster_role(
+    tenant: &str,
+    owner: Option<OwnerReference>,
+    self_service: bool,
+    room: bool,
+) -> ClusterRole {
+    let mut rules = vec![rule(
+        "palisade.dev",
+        &["tenants"],
+        &["get", "list", "watch"],
+        &[tenant],
+    )];
+    if self_service {
+        rules.push(rule("", &["namespaces"], &["create"], &[]));
+        rules.push(rule(
+            "palisade.dev",
+            &[OWNER_MARKER_RESOURCE],
+            &["create"],
+            &[],
+        ));
+        if room {
+            rules.push(rule(
+                "palisade.dev",
+                &["tenants"],
+                &[CREATE_NAMESPACES_VERB],
+                &[tenant],
+            ));
+        }
+    }
+    ClusterRole {
+        metadata: cluster_meta(tenant, owner),
+        rules: Some(rules),
+        ..Default::default()
+    }
+}
+
+/// The ClusterRoleBinding of [`owner_cluster_role`] to the tenant's owners.
+pub fn owner_cluster_role_binding(
+    tenant: &str,
+    owner: Option<OwnerReference>,
+    owners: Vec<Subject>,
+) -> ClusterRoleBinding {
+    let name = owner_cluster_role_name(tenant);
+    ClusterRoleBinding {
+        metadata: cluster_meta(tenant, owner),
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_string(),
+            kind: "ClusterRole".to_string(),
+            name,
+        },
+        subjects: Some(owners),
     }
 }
 

@@ -180,6 +180,24 @@ fn check_namespaces<'a>(
             ));
         }
     }
+    // Adopted owner namespaces stay when maxNamespaces is lowered below
+    // them (never dropped): only the listed ones must fit.
+    let listed = spec
+        .namespaces
+        .iter()
+        .filter(|n| !n.created_by_owner)
+        .count();
+    if let Some(max) = spec.max_namespaces
+        && (max as usize) < listed
+    {
+        return Err(invalid(
+            "MaxNamespacesTooLow",
+            "spec.maxNamespaces",
+            format!(
+                "maxNamespaces ({max}) is below the {listed} namespaces spec.namespaces lists: it counts them too; raise it or list fewer"
+            ),
+        ));
+    }
     Ok(seen)
 }
 
@@ -328,6 +346,9 @@ fn namespace(
 ) -> Namespace {
     let mut l: BTreeMap<String, String> = ns.labels.clone();
     l.extend(labels::managed(name));
+    if ns.created_by_owner {
+        l.insert(labels::CREATED_BY_OWNER.to_string(), "true".to_string());
+    }
     if let Some(uid) = uid {
         l.insert(labels::TENANT_UID.to_string(), uid.to_string());
     }
@@ -361,10 +382,12 @@ fn namespace(
 /// - no uid, still managed and not released: created by a Palisade from before
 ///   the uid label for this same live Tenant (a Tenant's namespaces are released
 ///   before the Tenant goes away): ours, the apply adds the label;
+/// - no uid, never managed nor released: created with the tenant label by an
+///   owner (`spec.maxNamespaces`; the namespace-create admission policy admits
+///   the label only from the tenant's owners and administrators): ours;
 /// - no uid, released by this very Tenant (`palisade.dev/released-by-uid`): ours
 ///   again (the same tenant listing a released namespace adopts it);
-/// - otherwise (released by an earlier Tenant of the same name, or labelled by
-///   hand): refused.
+/// - otherwise (released by an earlier Tenant of the same name): refused.
 ///
 /// Offline (`uid` unknown) only the name can be compared.
 pub fn adoption(
@@ -377,8 +400,6 @@ pub fn adoption(
     let Some(uid) = uid else {
         return Ok(());
     };
-    let managed =
-        labels_.get(labels::MANAGED_BY).map(String::as_str) == Some(labels::MANAGED_BY_VALUE);
     let released = labels_.get(labels::RELEASED).map(String::as_str) == Some("true");
     let fix = format!(
         "to hand it to this Tenant, an administrator checks its contents and either deletes the namespace (Palisade then creates it afresh) or labels it deliberately: kubectl label namespace {namespace} {}={uid} --overwrite",
@@ -389,16 +410,133 @@ pub fn adoption(
         Some(other) => Err(format!(
             "namespace {namespace} belongs to another Tenant named {tenant} (uid {other}), not to this one (uid {uid}); {fix}"
         )),
-        None if managed && !released => Ok(()),
+        // Still managed (an older Palisade, before the uid label), or never
+        // managed: created with the tenant label, which the namespace-create
+        // admission policy admits only from the tenant's owners (and
+        // administrators).
+        None if !released => Ok(()),
         None if released
             && annotations.get(labels::RELEASED_BY_UID).map(String::as_str) == Some(uid) =>
         {
             Ok(())
         }
         None => Err(format!(
-            "namespace {namespace} was released by an earlier Tenant named {tenant} (or labelled by hand) and is not adopted by a new Tenant of the same name: its data is not this Tenant's; {fix}"
+            "namespace {namespace} was released by an earlier Tenant named {tenant} and is not adopted by a new Tenant of the same name: its data is not this Tenant's; {fix}"
         )),
     }
+}
+
+/// The namespaces owners created for a tenant (`spec.maxNamespaces`), as
+/// the controller and `palisade diff` both decide them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OwnerNamespaces {
+    /// Managed like the spec's namespaces: those adopted earlier (whatever
+    /// maxNamespaces says now: an adopted namespace is never dropped), then
+    /// new ones, oldest first, while the tenant has room.
+    pub adopted: Vec<String>,
+    /// Not adopted, each with why and how to fix it.
+    pub refused: Vec<(String, String)>,
+}
+
+/// Decides which of `candidates` (every namespace labelled
+/// `palisade.dev/tenant=<tenant>`, managed or not) are owner namespaces of
+/// `tenant`. One is when it is not in the spec, not being deleted, not
+/// released and not another Tenant's (uid), and either adopted before
+/// (labelled [`labels::CREATED_BY_OWNER`] by Palisade) or never managed:
+/// created with the tenant label, which the namespace-create admission
+/// policy admits only from the tenant's owners (and administrators), only
+/// named `<tenant>-…`.
+pub fn owner_namespaces<'a>(
+    tenant: Who<'_>,
+    spec: &TenantSpec,
+    candidates: impl IntoIterator<Item = &'a ObjectMeta>,
+) -> OwnerNamespaces {
+    let listed: BTreeSet<&str> = spec.namespaces.iter().map(|n| n.name.as_str()).collect();
+    let mut adopted = Vec::new();
+    let mut new: Vec<(
+        Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+        String,
+    )> = Vec::new();
+    for meta in candidates {
+        let Some(name) = meta.name.as_deref() else {
+            continue;
+        };
+        let l = meta.labels.clone().unwrap_or_default();
+        let is = |key: &str, value: &str| l.get(key).map(String::as_str) == Some(value);
+        let foreign = tenant
+            .uid
+            .zip(l.get(labels::TENANT_UID))
+            .is_some_and(|(uid, label)| uid != label);
+        if !is(labels::TENANT, tenant.name)
+            || listed.contains(name)
+            || meta.deletion_timestamp.is_some()
+            || is(labels::RELEASED, "true")
+            || foreign
+        {
+            continue;
+        }
+        if is(labels::CREATED_BY_OWNER, "true") {
+            adopted.push(name.to_string());
+        } else if !l.contains_key(labels::MANAGED_BY) {
+            new.push((meta.creation_timestamp.as_ref(), name.to_string()));
+        }
+    }
+    adopted.sort();
+    new.sort_by(|a, b| (a.0.map(|t| t.0), &a.1).cmp(&(b.0.map(|t| t.0), &b.1)));
+    let mut out = OwnerNamespaces {
+        adopted,
+        refused: Vec::new(),
+    };
+    let prefix = format!("{}-", tenant.name);
+    for (_, name) in new {
+        let count = listed.len() + out.adopted.len();
+        let refusal = match spec.max_namespaces {
+            _ if !name.starts_with(&prefix) || !is_dns_label(&name) => Some(format!(
+                "namespace {name} is labelled {}={} but an owner's namespace is named '{prefix}<name>': delete it and create it under that prefix",
+                labels::TENANT,
+                tenant.name
+            )),
+            None => Some(format!(
+                "namespace {name} is labelled {}={} but the Tenant does not let owners create namespaces (spec.maxNamespaces is not set): delete it, or set maxNamespaces",
+                labels::TENANT,
+                tenant.name
+            )),
+            Some(max) if count >= max as usize => Some(format!(
+                "namespace {name} is over the Tenant's spec.maxNamespaces ({max} in all, spec.namespaces included): delete it, or raise maxNamespaces"
+            )),
+            Some(_) => None,
+        };
+        match refusal {
+            Some(why) => out.refused.push((name, why)),
+            None => out.adopted.push(name),
+        }
+    }
+    out
+}
+
+/// `tenant` with its adopted owner namespaces appended to `spec.namespaces`
+/// (marked `created_by_owner`): what the builders, the prune rule and status
+/// work from, the same way for spec and owner namespaces.
+pub fn with_owner_namespaces(tenant: &Tenant, adopted: &[String]) -> Tenant {
+    let mut out = tenant.clone();
+    out.spec.namespaces.extend(
+        adopted
+            .iter()
+            .map(|name| crate::crd::tenant::TenantNamespace {
+                name: name.clone(),
+                created_by_owner: true,
+                ..Default::default()
+            }),
+    );
+    out
+}
+
+/// Whether owners may create one more namespace: `spec.maxNamespaces` is set
+/// and above the namespaces the tenant has (`spec` with its owner
+/// namespaces, see [`with_owner_namespaces`]).
+pub fn has_room(spec: &TenantSpec) -> bool {
+    spec.max_namespaces
+        .is_some_and(|max| spec.namespaces.len() < max as usize)
 }
 
 /// How a namespace the spec lists relates to a tenant.
@@ -505,8 +643,38 @@ pub fn objects(
         out.roles.extend(rbac::plan_roles(name, &ns.name, plan));
         out.role_bindings
             .extend(rbac::plan_bindings(name, &ns.name, plan));
+        if ns.created_by_owner && !spec.owners.is_empty() {
+            let (role, binding) =
+                rbac::namespace_owner(name, &ns.name, owner_subjects(spec, &ns.name));
+            out.roles.push(role);
+            out.role_bindings.push(binding);
+        }
+    }
+    if !spec.owners.is_empty() {
+        let owner = kube::Resource::owner_ref(tenant, &());
+        out.cluster_roles.push(rbac::owner_cluster_role(
+            name,
+            owner.clone(),
+            spec.max_namespaces.is_some(),
+            has_room(spec),
+        ));
+        out.cluster_role_bindings
+            .push(rbac::owner_cluster_role_binding(
+                name,
+                owner,
+                owner_subjects(spec, ""),
+            ));
     }
     out
+}
+
+/// The tenant's owners as RBAC subjects (ServiceAccount owners name their
+/// namespace; `namespace` is only the fallback of the subject builder).
+fn owner_subjects(spec: &TenantSpec, namespace: &str) -> Vec<k8s_openapi::api::rbac::v1::Subject> {
+    spec.owners
+        .iter()
+        .map(|o| rbac::subject(o.kind.as_str(), &o.name, o.namespace.as_deref(), namespace))
+        .collect()
 }
 
 /// The Secrets and JWKS ConfigMaps of `spec.secrets[]` as `palisade render`
@@ -577,6 +745,171 @@ mod tests {
     fn reason(name: &str, v: serde_json::Value) -> (String, String) {
         let e = validate(name, &spec(v)).expect_err("invalid");
         (e.reason.to_string(), e.field.clone())
+    }
+
+    fn ns_meta(name: &str, labels_: &[(&str, &str)], created: i64) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(
+                labels_
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(created).expect("time"),
+            )),
+            ..Default::default()
+        }
+    }
+
+    /// Issue #25 item 5: which namespaces labelled for a tenant are owners'
+    /// namespaces it adopts, and which it refuses (with why).
+    #[test]
+    fn owner_namespaces_are_adopted_within_max_and_never_dropped() {
+        let who = Who {
+            name: "acme",
+            uid: Some("u1"),
+        };
+        let t = (labels::TENANT, "acme");
+        let managed = (labels::MANAGED_BY, labels::MANAGED_BY_VALUE);
+        let adopted = (labels::CREATED_BY_OWNER, "true");
+        let candidates = [
+            // Listed in the spec: not an owner namespace.
+            ns_meta("acme-prod", &[t, managed], 1),
+            // Adopted earlier.
+            ns_meta("acme-old", &[t, managed, adopted], 2),
+            // New, oldest first.
+            ns_meta("acme-b", &[t], 10),
+            ns_meta("acme-a", &[t], 11),
+            ns_meta("acme-c", &[t], 12),
+            // Not named '<tenant>-...' (an administrator bypassed the policy).
+            ns_meta("other-x", &[t], 3),
+            // Another Tenant's (uid), released, or removed from the spec
+            // (managed, no owner mark): none of these.
+            ns_meta("acme-foreign", &[t, (labels::TENANT_UID, "u0")], 4),
+            ns_meta("acme-released", &[t, (labels::RELEASED, "true")], 5),
+            ns_meta("acme-removed", &[t, managed], 6),
+            // Someone else's tenant.
+            ns_meta("globex-x", &[(labels::TENANT, "globex")], 7),
+        ];
+        let s = spec(json!({"namespaces": [{"name": "acme-prod"}], "maxNamespaces": 4}));
+        let out = owner_namespaces(who, &s, &candidates);
+        assert_eq!(out.adopted, ["acme-old", "acme-b", "acme-a"]);
+        let refused: Vec<&str> = out.refused.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(refused, ["other-x", "acme-c"]);
+        assert!(
+            out.refused[0].1.contains("'acme-<name>'"),
+            "{:?}",
+            out.refused
+        );
+        assert!(
+            out.refused[1].1.contains("maxNamespaces (4"),
+            "{:?}",
+            out.refused
+        );
+        // Full now: no room for another.
+        let full = with_owner_namespaces(&Tenant::new("acme", s.clone()), &out.adopted);
+        assert!(!has_room(&full.spec));
+        assert!(validate("acme", &full.spec).is_ok());
+        // maxNamespaces unset (or lowered): adopted ones stay, new ones are refused.
+        let off = spec(json!({"namespaces": [{"name": "acme-prod"}]}));
+        let out = owner_namespaces(who, &off, &candidates);
+        assert_eq!(out.adopted, ["acme-old"]);
+        assert!(
+            out.refused
+                .iter()
+                .any(|(n, why)| n == "acme-b" && why.contains("maxNamespaces is not set")),
+            "{:?}",
+            out.refused
+        );
+        let lowered = spec(json!({"namespaces": [{"name": "acme-prod"}], "maxNamespaces": 1}));
+        let out = owner_namespaces(who, &lowered, &candidates);
+        assert_eq!(out.adopted, ["acme-old"]);
+        let kept = with_owner_namespaces(&Tenant::new("acme", lowered), &out.adopted);
+        assert!(
+            validate("acme", &kept.spec).is_ok(),
+            "an adopted namespace never invalidates the spec"
+        );
+        // The spec itself must fit.
+        assert_eq!(
+            reason(
+                "acme",
+                json!({"namespaces": [{"name": "acme-a"}, {"name": "acme-b"}], "maxNamespaces": 1})
+            ),
+            ("MaxNamespacesTooLow".into(), "spec.maxNamespaces".into())
+        );
+    }
+
+    /// Owner namespaces are built like listed ones, plus the mark and the
+    /// owners' right to delete them; the owners' ClusterRole follows the room.
+    #[test]
+    fn owner_namespaces_get_the_delete_role_and_owners_a_cluster_role() {
+        let s = spec(json!({
+            "namespaces": [{"name": "acme-prod"}],
+            "owners": [{"kind": "User", "name": "alice"}],
+            "maxNamespaces": 3
+        }));
+        let tenant = with_owner_namespaces(&Tenant::new("acme", s), &["acme-x".to_string()]);
+        let plan = super::super::rolepolicy::plan_for(&tenant, &[]);
+        let out = build(&tenant, &Usage::new(), &plan).expect("valid");
+        let marked: Vec<_> = out
+            .namespaces
+            .iter()
+            .filter(|n| {
+                n.metadata.labels.as_ref().is_some_and(|l| {
+                    l.get(labels::CREATED_BY_OWNER).map(String::as_str) == Some("true")
+                })
+            })
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        assert_eq!(marked, ["acme-x"]);
+        let owner_role = rbac::role_name(rbac::NAMESPACE_OWNER_ROLE);
+        let in_ns: Vec<_> = out
+            .roles
+            .iter()
+            .filter(|r| r.metadata.name.as_deref() == Some(owner_role.as_str()))
+            .filter_map(|r| r.metadata.namespace.clone())
+            .collect();
+        assert_eq!(in_ns, ["acme-x"], "only owner-created namespaces");
+        let rule = &out
+            .roles
+            .iter()
+            .find(|r| {
+                r.metadata.namespace.as_deref() == Some("acme-x")
+                    && r.metadata.name.as_deref() == Some(owner_role.as_str())
+            })
+            .expect("role")
+            .rules
+            .clone()
+            .unwrap_or_default()[0];
+        assert_eq!(
+            rule.resource_names.as_deref(),
+            Some(&["acme-x".to_string()][..])
+        );
+        assert_eq!(rule.verbs, ["get", "delete"]);
+        // Room left (2 of 3): the verb the admission policy asks about.
+        let verbs = |out: &TenantObjects| -> Vec<String> {
+            out.cluster_roles[0]
+                .rules
+                .iter()
+                .flatten()
+                .flat_map(|r| r.verbs.clone())
+                .collect()
+        };
+        assert_eq!(out.cluster_role_bindings.len(), 1);
+        assert!(verbs(&out).contains(&rbac::CREATE_NAMESPACES_VERB.to_string()));
+        let full = with_owner_namespaces(&tenant, &["acme-y".to_string()]);
+        let out = build(&full, &Usage::new(), &plan).expect("valid");
+        assert!(!verbs(&out).contains(&rbac::CREATE_NAMESPACES_VERB.to_string()));
+        assert!(verbs(&out).contains(&"create".to_string()));
+        // No maxNamespaces: owners only read their Tenant.
+        let plain = Tenant::new(
+            "acme",
+            spec(json!({"owners": [{"kind": "User", "name": "alice"}]})),
+        );
+        let out = build(&plain, &Usage::new(), &plan).expect("valid");
+        assert_eq!(verbs(&out), ["get", "list", "watch"]);
     }
 
     /// Issue #15: namespaces carry the Tenant's uid, and the intra-tenant policy
@@ -662,16 +995,18 @@ mod tests {
             adoption("acme", Some("old"), "acme-a", &released, &by_old),
             Ok(())
         );
-        // Labelled by hand with the tenant's name only.
-        assert!(
+        // Created with the tenant's label and never managed: an owner's
+        // namespace (the namespace-create policy admits the label only from
+        // the tenant's owners and administrators).
+        assert_eq!(
             adoption(
                 "acme",
                 Some("new"),
                 "acme-a",
                 &l(&[(labels::TENANT, "acme")]),
                 &none
-            )
-            .is_err()
+            ),
+            Ok(())
         );
     }
 

@@ -153,7 +153,13 @@ def test_chart_tenant_policies_are_the_kustomize_ones(values_file):
     for row in table:
         spec = chart[f"ValidatingAdmissionPolicy/palisade-{row['nameSuffix']}"]["spec"]
         assert spec["failurePolicy"] == "Fail"
-        assert spec["matchConstraints"]["namespaceSelector"] == {"matchLabels": {"app.kubernetes.io/managed-by": "palisade"}}
+        # Rows over tenant namespaces match only them; the one over new
+        # (cluster-scoped) namespaces matches every such request.
+        cluster = all(r["scope"] == "Cluster" for r in spec["matchConstraints"]["resourceRules"])
+        assert cluster == (row["nameSuffix"] == "namespace-create")
+        assert spec["matchConstraints"].get("namespaceSelector") == (
+            None if cluster else {"matchLabels": {"app.kubernetes.io/managed-by": "palisade"}})
+        assert spec["matchConstraints"] == row["spec"]["matchConstraints"]
         assert spec["variables"] == [{"name": "operator", "expression": f"'{user}'"}]
         assert spec["validations"] == row["spec"]["validations"]
         binding = chart[f"ValidatingAdmissionPolicyBinding/palisade-{row['nameSuffix']}"]["spec"]

@@ -148,12 +148,14 @@ pub fn writes_since(
         .collect()
 }
 
-/// Resyncs `running`, waits until it reconciled again and settled, and
-/// returns the writes that caused (none, for a converged tenant).
+/// The writes of one forced resync of every tenant, after the watches had
+/// time to deliver the controller's own writes (none, for a converged
+/// tenant).
 pub async fn resync_writes(
     server: &FakeApiServer,
     running: &Running,
 ) -> Vec<palisade_testkit::RequestRecord> {
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = running.ctx.reconciles();
     let mark = server.mark();
     running.resync();

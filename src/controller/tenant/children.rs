@@ -57,7 +57,9 @@ pub(super) async fn apply(ctx: &Context, values: Vec<Value>, ready: &BTreeSet<St
     }
     for value in values {
         let key = ObjectKey::of(&value);
-        if !ready.contains(&key.namespace) {
+        // Cluster-scoped children (the owners' ClusterRole and binding) have
+        // no namespace to wait for.
+        if !key.namespace.is_empty() && !ready.contains(&key.namespace) {
             continue;
         }
         let Some(kind) = ctx.cache.kinds.iter().find(|k| k.ar.kind == key.kind) else {
@@ -68,9 +70,8 @@ pub(super) async fn apply(ctx: &Context, values: Vec<Value>, ready: &BTreeSet<St
             warn!(kind = %key.kind, namespace = %key.namespace, name = %key.name, "not granted: the namespace's isolation is not in place");
             continue;
         }
-        let cached = ctx
-            .cache
-            .get_value(&kind.ar, Some(&key.namespace), &key.name);
+        let namespace = (!key.namespace.is_empty()).then_some(key.namespace.as_str());
+        let cached = ctx.cache.get_value(&kind.ar, namespace, &key.name);
         match ctx
             .applier
             .apply_seen(&kind.ar, value, cached.as_ref(), kind.seen_rv())

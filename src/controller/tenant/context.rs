@@ -5,15 +5,19 @@
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use super::gc;
 use crate::apply::{Applier, OwnWrites};
 use crate::controller::driver::Shared;
 use crate::controller::{ChildCache, Clock, Settings, parse_service_account_user};
 use crate::crd::{RolePolicy, Tenant};
+use crate::resources::labels;
+use crate::resources::tenant::{OwnerNamespaces, Who, owner_namespaces};
 
 /// The Tenant controller's context.
 pub struct Context {
@@ -23,17 +27,73 @@ pub struct Context {
     /// Shared garbage collection watches (started per kind on first use).
     pub gc: gc::GcWatches,
     /// Every RolePolicy: inputs of every Tenant's roles, not children.
-    pub policies: Store<RolePolicy>,
-    /// Taken by the controller to fill `policies` (see [`Context::policy_stream`]).
-    policy_writer: Mutex<Option<Writer<RolePolicy>>>,
-    /// True once the RolePolicy watch has listed.
-    policies_listed: tokio::sync::watch::Sender<bool>,
+    pub policies: Watched<RolePolicy>,
+    /// Namespaces labelled `palisade.dev/tenant` that Palisade does not
+    /// manage (yet): owners' new namespaces (`spec.maxNamespaces`), metadata
+    /// only.
+    pub owner_namespaces: Watched<PartialObjectMeta<Namespace>>,
     /// The ServiceAccount this process runs as (resolved once).
     identity: tokio::sync::OnceCell<Option<(String, String)>>,
     /// This process's own writes to Tenants (finalizer, status): their watch
     /// echoes need no reconcile, and a reconcile uses the freshest copy.
     pub own_writes: OwnWrites<Tenant>,
     reconciles: std::sync::atomic::AtomicU64,
+}
+
+/// A watched kind a decision reads that is not a child (RolePolicies, owners'
+/// new namespaces): its store, filled by the stream the controller takes once,
+/// and whether it has listed.
+pub struct Watched<K: kube::Resource + Clone + 'static>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    pub store: Store<K>,
+    writer: Mutex<Option<Writer<K>>>,
+    listed: tokio::sync::watch::Sender<bool>,
+}
+
+impl<K: kube::Resource + Clone + 'static> Default for Watched<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    fn default() -> Self {
+        let (store, writer) = reflector::store::<K>();
+        Self {
+            store,
+            writer: Mutex::new(Some(writer)),
+            listed: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl<K> Watched<K>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    /// The stream that fills the store from `watch` (once: `None` after the
+    /// first call); its items are the objects touched.
+    fn stream(
+        &self,
+        watch: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    ) -> Option<impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static> {
+        let writer = self.writer.lock().ok()?.take()?;
+        let listed = self.listed.clone();
+        Some(
+            reflector::reflector(writer, watch.default_backoff())
+                .inspect(move |event| {
+                    if matches!(event, Ok(watcher::Event::InitDone)) {
+                        listed.send_replace(true);
+                    }
+                })
+                .touched_objects(),
+        )
+    }
+
+    async fn wait_listed(&self) {
+        let mut listed = self.listed.subscribe();
+        let _ = listed.wait_for(|l| *l).await;
+    }
 }
 
 /// The chassis fields (`client`, `recorder`, `clock`, `metrics`, `settings`)
@@ -56,11 +116,9 @@ impl Context {
     }
 
     pub fn with_shared(shared: Shared, cache: ChildCache) -> Self {
-        let (policies, writer) = reflector::store::<RolePolicy>();
         Self {
-            policies,
-            policy_writer: Mutex::new(Some(writer)),
-            policies_listed: tokio::sync::watch::Sender::new(false),
+            policies: Watched::default(),
+            owner_namespaces: Watched::default(),
             applier: Applier::new(shared.client.clone()),
             gc: gc::GcWatches::new(shared.client.clone(), Some(cache.clone())),
             shared,
@@ -75,13 +133,14 @@ impl Context {
     /// controller must never act on what it cannot see yet).
     pub async fn wait_ready(&self) {
         self.cache.wait_ready().await;
-        let mut listed = self.policies_listed.subscribe();
-        let _ = listed.wait_for(|l| *l).await;
+        self.policies.wait_listed().await;
+        self.owner_namespaces.wait_listed().await;
     }
 
     /// Every cached RolePolicy.
     pub fn policies(&self) -> Vec<RolePolicy> {
         self.policies
+            .store
             .state()
             .iter()
             .map(|p| p.as_ref().clone())
@@ -94,21 +153,45 @@ impl Context {
         &self,
     ) -> Option<impl futures::Stream<Item = Result<RolePolicy, watcher::Error>> + Send + 'static>
     {
-        let writer = self.policy_writer.lock().ok()?.take()?;
-        let listed = self.policies_listed.clone();
         let api: Api<RolePolicy> = Api::all(self.client.clone());
-        Some(
-            reflector::reflector(
-                writer,
-                watcher(api, watcher::Config::default()).default_backoff(),
-            )
-            .inspect(move |event| {
-                if matches!(event, Ok(watcher::Event::InitDone)) {
-                    listed.send_replace(true);
-                }
-            })
-            .touched_objects(),
-        )
+        self.policies
+            .stream(watcher(api, watcher::Config::default()))
+    }
+
+    /// The metadata watch that fills [`Context::owner_namespaces`] (once).
+    pub(super) fn owner_namespace_stream(
+        &self,
+    ) -> Option<
+        impl futures::Stream<Item = Result<PartialObjectMeta<Namespace>, watcher::Error>>
+        + Send
+        + 'static,
+    > {
+        let api: Api<PartialObjectMeta<Namespace>> = Api::all(self.client.clone());
+        let selector = format!("{},!{}", labels::TENANT, labels::MANAGED_BY);
+        self.owner_namespaces
+            .stream(watcher(api, watcher::Config::default().labels(&selector)))
+    }
+
+    /// What the tenant's owners created that Palisade may adopt or refuses,
+    /// from the caches: the namespaces not managed yet and the ones adopted
+    /// earlier (see [`crate::resources::tenant::owner_namespaces`]).
+    pub fn owner_namespaces_of(&self, tenant: &Tenant) -> OwnerNamespaces {
+        let name = tenant.name_any();
+        let who = Who {
+            name: &name,
+            uid: tenant.metadata.uid.as_deref(),
+        };
+        let fresh: Vec<_> = self
+            .owner_namespaces
+            .store
+            .state()
+            .into_iter()
+            .filter(|n| n.labels().get(labels::TENANT) == Some(&name))
+            .map(|n| n.metadata.clone())
+            .collect();
+        let ns_ar = kube::core::ApiResource::erase::<Namespace>(&());
+        let managed = self.cache.owned_of_kind(&name, &ns_ar);
+        owner_namespaces(who, &tenant.spec, fresh.iter().chain(&managed))
     }
 
     /// The ServiceAccount this process runs as, `(namespace, name)`: the

@@ -107,8 +107,13 @@ pub async fn reconcile(ctx: &Context, tenant: &Tenant) -> Result<Action, Error> 
             return Ok(Action::await_change());
         }
     };
+    // Owners' own namespaces (spec.maxNamespaces) are the tenant's like the
+    // listed ones from here on: built, applied, never pruned, in status.
+    let owner = ctx.owner_namespaces_of(tenant);
+    let tenant = &builder::with_owner_namespaces(tenant, &owner.adopted);
     let mut facts = Facts {
         names: builder::namespace_names(&tenant.spec),
+        refused_namespaces: owner.refused,
         has_quota: tenant.spec.quota.is_some() || tenant.spec.cordoned,
         cordoned: tenant.spec.cordoned,
         ..Default::default()
@@ -170,12 +175,13 @@ async fn steps(
     let desired = desired::build(ctx, tenant, valid, &usable);
     facts.quota = desired.quota.clone();
 
-    let Some(ns) = namespaces::apply(ctx, who, &desired.objects.namespaces, states)
+    let Some(mut ns) = namespaces::apply(ctx, who, &desired.objects.namespaces, states)
         .await
         .map_err(at("apply namespaces"))?
     else {
         return Ok(Next::Again(Duration::from_secs(1)));
     };
+    ns.refuse(&facts.refused_namespaces);
     let (ready, terminating) = (ns.ready.clone(), !ns.terminating.is_empty());
     let conflicted = !ns.conflicts.is_empty();
     let created = ns.created.clone();
@@ -395,6 +401,20 @@ pub fn controller(
             c = c.watches_stream(policies, move |_: RolePolicy| driver::all(&store));
         }
         None => warn!("the RolePolicy watch was taken by an earlier controller of this context"),
+    }
+    // An owner's new namespace (not managed yet) wakes the Tenant its label
+    // names: adopted within seconds, or refused in status.
+    match ctx.owner_namespace_stream() {
+        Some(namespaces) => {
+            c = c.watches_stream(namespaces, |ns| {
+                ns.labels()
+                    .get(labels::TENANT)
+                    .map(|t| ObjectRef::<Tenant>::new(t))
+            });
+        }
+        None => {
+            warn!("the owner namespace watch was taken by an earlier controller of this context")
+        }
     }
     for (ar, stream) in child_streams {
         let echo_ctx = ctx.clone();

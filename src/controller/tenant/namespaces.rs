@@ -62,6 +62,23 @@ pub struct Applied {
     pub terminating: BTreeSet<String>,
 }
 
+impl Applied {
+    /// Reports owners' namespaces that are not adopted (see
+    /// [`crate::resources::tenant::owner_namespaces`]) as conflicts: someone
+    /// must delete them or let the tenant have them.
+    pub fn refuse(&mut self, refused: &[(String, String)]) {
+        for (name, why) in refused {
+            self.conflicts.push(why.clone());
+            self.statuses.push(NamespaceStatus {
+                name: name.clone(),
+                phase: "Conflict".to_string(),
+                message: why.clone(),
+                created_by_owner: true,
+            });
+        }
+    }
+}
+
 /// Creates or heals each desired namespace. `None`: a namespace vanished
 /// between the cache and the create; decide on the next pass.
 pub(super) async fn apply(
@@ -121,10 +138,16 @@ pub(super) async fn apply(
         if phase == "Ready" {
             out.ready.insert(name.clone());
         }
+        let created_by_owner = ns
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(labels::CREATED_BY_OWNER));
         out.statuses.push(NamespaceStatus {
             name,
             phase: phase.to_string(),
             message,
+            created_by_owner,
         });
     }
     Ok(Some(out))

@@ -22,8 +22,10 @@ use crate::resources::tenant::InvalidTenant;
 /// What one reconcile pass found and did; `None` for a step that did not run.
 #[derive(Default)]
 pub struct Facts {
-    /// The spec's namespaces.
+    /// The spec's namespaces, then the owners' adopted ones.
     pub names: Vec<String>,
+    /// Owners' namespaces not adopted, with why (reported as conflicts).
+    pub refused_namespaces: Vec<(String, String)>,
     pub namespaces: Option<namespaces::Applied>,
     /// Some namespace's Secret/ConfigMap watch has not listed yet.
     pub waiting_for_listing: bool,
