@@ -48,6 +48,21 @@ async fn edit_and_heal(
         .unwrap_or_else(|e| panic!("{resource} {ns}/{name} not healed: {e:?}"));
 }
 
+/// A server and the Tenant controller running against it.
+fn started() -> (FakeApiServer, Running) {
+    let server = server();
+    let running = start(&server, clock());
+    (server, running)
+}
+
+/// Waits until the quota of namespace `ns` satisfies `pred`.
+async fn wait_quota(server: &FakeApiServer, ns: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    server
+        .wait_for_json("resourcequotas", Some(ns), "palisade-quota", WAIT, pred)
+        .await
+        .unwrap_or_else(|e| panic!("quota of {ns}: {e:?}"))
+}
+
 /// Every object `palisade render` produces for the tenant exists on the server
 /// and contains what render says.
 fn assert_matches_render(server: &FakeApiServer, tenant: &Tenant) {
@@ -85,8 +100,7 @@ fn assert_matches_render(server: &FakeApiServer, tenant: &Tenant) {
 
 #[tokio::test]
 async fn creates_converges_and_resyncs_without_writes() {
-    let server = server();
-    let running = start(&server, clock());
+    let (server, running) = started();
     let tenant = create(&server, ACME).await;
     wait_ready(&server, "acme").await;
     assert_matches_render(&server, &tenant);
@@ -148,9 +162,7 @@ async fn creates_converges_and_resyncs_without_writes() {
 #[tokio::test]
 async fn heals_children_deleted_or_edited_by_hand() {
     let server = server();
-    let _running = start(&server, clock());
-    create(&server, ACME).await;
-    wait_ready(&server, "acme").await;
+    let _running = start_ready(&server, clock(), ACME).await;
 
     server
         .delete_direct(
@@ -304,9 +316,7 @@ async fn no_access_is_granted_before_a_namespace_is_isolated() {
 #[tokio::test]
 async fn spec_edits_reconverge_and_prune() {
     let server = server();
-    let _running = start(&server, clock());
-    create(&server, ACME).await;
-    wait_ready(&server, "acme").await;
+    let _running = start_ready(&server, clock(), ACME).await;
 
     let api: Api<Tenant> = Api::all(server.client());
     let patch = json!({"spec": {
@@ -348,8 +358,7 @@ async fn spec_edits_reconverge_and_prune() {
 
 #[tokio::test]
 async fn delete_policy_removes_namespaces_and_finalizer() {
-    let server = server();
-    let _running = start(&server, clock());
+    let (server, _running) = started();
     create(
         &server,
         &ACME.replace("owners:", "deletionPolicy: Delete\n  owners:"),
@@ -493,8 +502,7 @@ async fn retain_policy_keeps_namespaces_and_removes_policy_objects() {
 /// intra-tenant policy admits peers by uid.
 #[tokio::test]
 async fn same_tenant_readopts_and_migrates_and_peers_are_selected_by_uid() {
-    let server = server();
-    let _running = start(&server, clock());
+    let (server, _running) = started();
     // acme-dev as an older Palisade left it for this tenant: managed, no uid.
     server
         .put_json(
@@ -554,8 +562,7 @@ async fn same_tenant_readopts_and_migrates_and_peers_are_selected_by_uid() {
 
 #[tokio::test]
 async fn api_errors_are_retried_with_backoff_not_hot_looped() {
-    let server = server();
-    let _running = start(&server, clock());
+    let (server, _running) = started();
     // Every namespace write fails for a while.
     let fault = server.fail_when(500, None, |r| {
         r.resource == "namespaces" && r.verb.is_write()
@@ -680,8 +687,7 @@ async fn assert_invalid(server: &FakeApiServer, name: &str, reason: &str) {
 
 #[tokio::test]
 async fn invalid_tenants_report_a_specific_reason_and_event() {
-    let server = server();
-    let running = start(&server, clock());
+    let (server, running) = started();
 
     create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: badcidr}\nspec:\n  namespaces: [{name: badcidr-a}]\n  network: {allowEgressCidrs: [{cidr: 10.0.0.0/33}]}").await;
     assert_invalid(&server, "badcidr", "InvalidCidr").await;
@@ -735,8 +741,7 @@ async fn invalid_tenants_report_a_specific_reason_and_event() {
 
 #[tokio::test]
 async fn cordon_blocks_new_pods_and_tenant_scope_spreads_the_budget() {
-    let server = server();
-    let _running = start(&server, clock());
+    let (server, _running) = started();
     create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: shared}\nspec:\n  namespaces: [{name: shared-a}, {name: shared-b}]\n  quota: {scope: Tenant, hard: {pods: \"10\", requests.cpu: \"4\"}}").await;
     wait_ready(&server, "shared").await;
     let a = server
@@ -750,16 +755,7 @@ async fn cordon_blocks_new_pods_and_tenant_scope_spreads_the_budget() {
     a["status"] =
         json!({"hard": a["spec"]["hard"].clone(), "used": {"pods": "4", "requests.cpu": "1"}});
     server.put_json("resourcequotas", a).expect("usage");
-    server
-        .wait_for_json(
-            "resourcequotas",
-            Some("shared-b"),
-            "palisade-quota",
-            WAIT,
-            |q| q["spec"]["hard"]["pods"] == "3",
-        )
-        .await
-        .expect("headroom re-spread");
+    wait_quota(&server, "shared-b", |q| q["spec"]["hard"]["pods"] == "3").await;
     let a = server
         .get_json("resourcequotas", Some("shared-a"), "palisade-quota")
         .expect("quota");
@@ -780,16 +776,7 @@ async fn cordon_blocks_new_pods_and_tenant_scope_spreads_the_budget() {
     )
     .await
     .expect("cordon");
-    server
-        .wait_for_json(
-            "resourcequotas",
-            Some("shared-b"),
-            "palisade-quota",
-            WAIT,
-            |q| q["spec"]["hard"]["pods"] == "0",
-        )
-        .await
-        .expect("cordoned: pods 0");
+    wait_quota(&server, "shared-b", |q| q["spec"]["hard"]["pods"] == "0").await;
     wait_condition(&server, "shared", "QuotaEnforced", "True", Some("Cordoned")).await;
 }
 
@@ -845,8 +832,7 @@ async fn cold_start_reconciles_each_tenant_once_without_reads_or_events() {
 /// blocks the Tenant's deletion.
 #[tokio::test]
 async fn a_foreign_uid_namespace_is_kept_and_does_not_block_deletion() {
-    let server = server();
-    let _running = start(&server, clock());
+    let (server, _running) = started();
     server
         .put_json(
             "namespaces",
@@ -924,8 +910,7 @@ fn status_namespace(server: &FakeApiServer, tenant: &str, ns: &str) -> Option<Va
 /// API server: e2e/self_service.rs.)
 #[tokio::test]
 async fn owner_namespaces_are_adopted_and_refused_over_max() {
-    let server = server();
-    let running = start(&server, clock());
+    let (server, running) = started();
     create(&server, SELF_SERVICE).await;
     wait_ready(&server, "acme").await;
     assert!(owner_verbs(&server, "acme").contains(&"create-namespaces".to_string()));
