@@ -31,6 +31,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 mod backup_pod_labels;
+mod connections;
 mod diff_modes;
 mod fail_closed;
 mod fail_closed_policy;
