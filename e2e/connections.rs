@@ -130,8 +130,13 @@ async fn connections_do_not_grow_with_tenants() {
     }
     let settled = connections_to(pid, port);
     most = most.max(settled);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss: Vec<&str> = status
+        .lines()
+        .filter(|l| l.starts_with("VmRSS") || l.starts_with("RssAnon"))
+        .collect();
     println!(
-        "{TENANTS} tenants, {} namespaces: {settled} connections to the API server when converged, at most {most} while converging",
+        "{TENANTS} tenants, {} namespaces: {settled} connections to the API server when converged, at most {most} while converging; {rss:?}",
         2 * TENANTS
     );
     assert!(settled > 0, "the count sees the controller's connections");
