@@ -32,6 +32,7 @@ use tokio::sync::oneshot;
 
 mod backup_pod_labels;
 mod backup_schedule;
+mod connections;
 mod crds;
 mod diff;
 mod diff_modes;

@@ -140,10 +140,14 @@ impl TenantObjects {
 /// FNV-1a over the canonical JSON text (serde_json maps are sorted), so the
 /// hash is stable across processes and versions.
 pub fn stable_hash(value: &serde_json::Value) -> u64 {
-    let text = value.to_string();
+    fnv1a(value.to_string().as_bytes())
+}
+
+/// FNV-1a (64 bit): a hash that is the same in every process and version.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
+    for b in bytes {
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x100000001b3);
     }
     h

@@ -27,6 +27,8 @@ pub struct Process {
     pub admin_addr: SocketAddr,
     pub kube_qps: f64,
     pub kube_burst: u32,
+    /// HTTP/2 on a fixed pool of connections (see [`client::from_config`]).
+    pub http2: bool,
 }
 
 /// Why the controller process could not start.
@@ -79,6 +81,7 @@ pub async fn controller(
         metrics.clone(),
         process.kube_qps,
         process.kube_burst,
+        process.http2,
     )
     .map_err(StartError::Client)?;
     let health = Health::default();
