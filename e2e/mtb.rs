@@ -905,6 +905,47 @@ async fn mtb_pl1_cc_fns_2_configure_ns_object_quota() {
     }
 }
 
+/// MTB PL2 self-service: without `spec.selfService.<field>` (the sample as
+/// it is) the owner may not create `resource`; with it, it may every verb of
+/// `verbs` (`auth can-i`). Returns the tenant that opted in.
+async fn self_service_opt_in(
+    client: &Client,
+    field: &str,
+    resource: &str,
+    verbs: &[&str],
+    cleanup: &mut Cleanup,
+) -> TestTenant {
+    let plain = ready_tenant(client, "mtb", json!({}), cleanup).await;
+    let user = authenticated();
+    assert!(
+        !can_i(
+            client,
+            &plain.owner,
+            &user,
+            "create",
+            resource,
+            Some(&plain.ns),
+            None
+        )
+        .await,
+        "without spec.selfService.{field} the owner may create no {resource}"
+    );
+    let t = ready_tenant(
+        client,
+        "mtb",
+        json!({"selfService": {field: true}}),
+        cleanup,
+    )
+    .await;
+    for verb in verbs {
+        assert!(
+            can_i(client, &t.owner, &user, verb, resource, Some(&t.ns), None).await,
+            "the owner may not {verb} {resource}"
+        );
+    }
+    t
+}
+
 /// MTB-PL2-BC-OPS-3: with `spec.selfService.roleBindings`, the owner may
 /// create, change and delete RoleBindings (`auth can-i` yes for every verb)
 /// to the tenant's catalog Roles, and only to them: a ClusterRole, a Role
@@ -919,50 +960,22 @@ async fn mtb_pl2_bc_ops_3_create_role_bindings() {
     }
     let (client, _controller) = setup().await;
     let mut cleanup = Cleanup::default();
-    let plain = ready_tenant(&client, "mtb", json!({}), &mut cleanup).await;
-    assert!(
-        !can_i(
-            &client,
-            &plain.owner,
-            &authenticated(),
-            "create",
-            "rolebindings.rbac.authorization.k8s.io",
-            Some(&plain.ns),
-            None
-        )
-        .await,
-        "without spec.selfService.roleBindings the owner writes no RoleBinding"
-    );
-    let t = ready_tenant(
+    let t = self_service_opt_in(
         &client,
-        "mtb",
-        json!({"selfService": {"roleBindings": true}}),
+        "roleBindings",
+        "rolebindings.rbac.authorization.k8s.io",
+        &[
+            "get",
+            "list",
+            "create",
+            "update",
+            "patch",
+            "delete",
+            "deletecollection",
+        ],
         &mut cleanup,
     )
     .await;
-    for verb in [
-        "get",
-        "list",
-        "create",
-        "update",
-        "patch",
-        "delete",
-        "deletecollection",
-    ] {
-        assert!(
-            can_i(
-                &client,
-                &t.owner,
-                &authenticated(),
-                verb,
-                "rolebindings.rbac.authorization.k8s.io",
-                Some(&t.ns),
-                None
-            )
-            .await,
-            "the owner may not {verb} RoleBindings"
-        );
-    }
     for verb in ["create", "update", "delete"] {
         assert!(
             !can_i(
@@ -1097,49 +1110,21 @@ async fn mtb_pl2_bc_ops_4_create_network_policies() {
     }
     let (client, _controller) = setup().await;
     let mut cleanup = Cleanup::default();
-    let plain = ready_tenant(&client, "mtb", json!({}), &mut cleanup).await;
-    assert!(
-        !can_i(
-            &client,
-            &plain.owner,
-            &authenticated(),
-            "create",
-            "networkpolicies.networking.k8s.io",
-            Some(&plain.ns),
-            None
-        )
-        .await,
-        "without spec.selfService.networkPolicies the owner writes no NetworkPolicy"
-    );
-    let t = ready_tenant(
+    let t = self_service_opt_in(
         &client,
-        "mtb",
-        json!({"selfService": {"networkPolicies": true}}),
+        "networkPolicies",
+        "networkpolicies.networking.k8s.io",
+        &[
+            "get",
+            "create",
+            "update",
+            "patch",
+            "delete",
+            "deletecollection",
+        ],
         &mut cleanup,
     )
     .await;
-    for verb in [
-        "get",
-        "create",
-        "update",
-        "patch",
-        "delete",
-        "deletecollection",
-    ] {
-        assert!(
-            can_i(
-                &client,
-                &t.owner,
-                &authenticated(),
-                verb,
-                "networkpolicies.networking.k8s.io",
-                Some(&t.ns),
-                None
-            )
-            .await,
-            "the owner may not {verb} NetworkPolicies"
-        );
-    }
     let owner = impersonating(&t.owner).await;
     let nps: Api<NetworkPolicy> = Api::namespaced(owner.clone(), &t.ns);
     let allow = |name: &str| -> NetworkPolicy {
