@@ -743,6 +743,19 @@ fn namespace_create() -> TenantPolicy {
     }
 }
 
+/// Writes of the workload kinds with a pod template at `spec.template`.
+fn workload_rules() -> Vec<ResourceRule> {
+    vec![
+        rule(
+            "apps",
+            &["deployments", "replicasets", "statefulsets", "daemonsets"],
+            WRITE,
+        ),
+        rule("batch", &["jobs"], WRITE),
+        rule("", &["replicationcontrollers"], WRITE),
+    ]
+}
+
 /// Every tenant-namespace policy, in the order both manifests list them.
 pub fn tenant_policies() -> Vec<TenantPolicy> {
     vec![
@@ -750,15 +763,7 @@ pub fn tenant_policies() -> Vec<TenantPolicy> {
         backup_labels_ephemeral_containers(),
         backup_labels_template(
             "backup-labels-workloads",
-            vec![
-                rule(
-                    "apps",
-                    &["deployments", "replicasets", "statefulsets", "daemonsets"],
-                    WRITE,
-                ),
-                rule("batch", &["jobs"], WRITE),
-                rule("", &["replicationcontrollers"], WRITE),
-            ],
+            workload_rules(),
             "spec.template",
             "(request.resource.group == 'batch' && request.resource.resource == 'jobs' && request.userInfo.username == variables.operator)",
             "only Palisade's ServiceAccount may create a Job whose pod template carries it; no other workload may",
@@ -789,15 +794,7 @@ pub fn tenant_policies() -> Vec<TenantPolicy> {
         ),
         images_row(
             "images-workloads",
-            vec![
-                rule(
-                    "apps",
-                    &["deployments", "replicasets", "statefulsets", "daemonsets"],
-                    WRITE,
-                ),
-                rule("batch", &["jobs"], WRITE),
-                rule("", &["replicationcontrollers"], WRITE),
-            ],
+            workload_rules(),
             "object.spec.template.spec",
             Some("spec.template"),
             "a workload's pod template",
