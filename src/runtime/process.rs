@@ -61,7 +61,8 @@ impl StartError {
     }
 }
 
-/// Runs the controllers until shutdown (or lost leadership: exit code 1).
+/// Runs the controllers until shutdown (or, with `--exit-on-lost-leadership`,
+/// lost leadership; or caches that never sync: exit code 1).
 /// `settings` builds the runtime settings from the client's default namespace.
 pub async fn controller(
     process: Process,
@@ -74,13 +75,18 @@ pub async fn controller(
     if let Some(lease) = &settings.leader {
         lease.validate().map_err(StartError::Lease)?;
     }
-    let client = client::from_config(
+    // The Lease gets its own client without the rate limit: a renewal must
+    // never wait behind the controllers' writes.
+    let lease =
+        client::from_config(config.clone(), metrics.clone(), 0.0, 1).map_err(StartError::Client)?;
+    let api = client::from_config(
         config,
         metrics.clone(),
         process.kube_qps,
         process.kube_burst,
     )
     .map_err(StartError::Client)?;
+    let clients = super::Clients { api, lease };
     let health = Health::default();
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
@@ -94,7 +100,7 @@ pub async fn controller(
     let admin = tokio::spawn(admin.serve(health.clone(), metrics.clone(), admin_stop.clone()));
     tracing::info!(admin = %bound, "palisade controller starting; /livez, /readyz and /metrics served");
     let result = super::run(
-        client,
+        clients,
         metrics,
         health,
         Arc::new(SystemClock),
