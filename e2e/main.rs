@@ -34,6 +34,7 @@ mod backup_pod_labels;
 mod diff_modes;
 mod fail_closed;
 mod fail_closed_policy;
+mod faults;
 mod mtb;
 mod self_service;
 mod signals;

@@ -34,7 +34,7 @@ impl Drop for RestoreOperatorRbac {
 /// Polls `probe` every 100 ms until `done` holds for what it returns; fails
 /// (naming `what` and the last value) past `limit`. Returns that value and
 /// how long it took.
-async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+pub(super) async fn eventually<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
     limit: Duration,
     what: &str,
     mut probe: impl FnMut() -> F,
