@@ -934,7 +934,7 @@ fn report(rows: &[Run]) -> String {
     md.push_str("kube-controller-manager (`--cluster`: the local control plane of scripts/test-cluster.sh, or\n");
     md.push_str("`KUBECONFIG`). The floor applies the same rendered objects with a bare kube\n");
     md.push_str(&format!(
-        "client over the same transport at the same concurrency ({CONCURRENCY}), in the same run.\n\n"
+        "client over the same transport at the same concurrency ({CONCURRENCY}), in the same run. These rows run\nthe controller with `--kube-qps 0` (unlimited) as the kubeconfig's admin: the shipped\ndefault's row, as a ServiceAccount, is in \"The shipped rate limit\" below.\n\n"
     ));
     md.push_str(&format!(
         "Machine: {}. Date: {}.\n\n",
@@ -1841,7 +1841,9 @@ fn faults_report(
     let mut md = format!("{FAULTS_SECTION}\n\n");
     md.push_str("`make bench-faults` (`convergence_bench --cluster --faults`, on the local control plane of\n");
     md.push_str("scripts/test-cluster.sh, whose `restart-apiserver`/`restart-etcd` kill -9 the process and start it\n");
-    md.push_str("again): the controller with its **shipped defaults**, leader election on, as its ServiceAccount;\n");
+    md.push_str(
+        "again): the controller with the flags below, leader election on, as its ServiceAccount;\n",
+    );
     md.push_str(&format!("a fresh batch of {n} Tenants per scenario. *Recover* counts from the API answering again (or\n"));
     md.push_str("the kill, or the start) to every Tenant Ready (or /readyz 200). *Overhead* = recover − what the\n");
     md.push_str("no-fault run of the same run needed from the same number of Ready Tenants to all Ready.\n\n");
