@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PG_BIN ?= $(shell ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
 
-.PHONY: all build fmt lint test unit generate check-generated e2e cluster-up cluster-down bench bench-backup bench-gc bench-convergence bench-maxima render image clean
+.PHONY: all build fmt lint test unit generate check-generated e2e cluster-up cluster-down bench bench-backup bench-gc bench-convergence bench-rates bench-faults bench-maxima render image clean
 
 all: build
 
@@ -66,7 +66,7 @@ REPEAT ?= 3
 # incompressible data). SKIP= measures them too.
 SKIP ?= pg_dump_Fc
 TENANTS ?= 100,1000
-bench: bench-convergence bench-backup bench-gc
+bench: bench-convergence bench-faults bench-backup bench-gc
 
 ## Tenant convergence at scale: the release controller binary vs a bare client
 ## applying the same rendered objects, resync/restart writes, edit latency,
@@ -79,6 +79,28 @@ bench-convergence:
 	@if [ -z "$$KUBECONFIG" ]; then scripts/test-cluster.sh start; fi
 	@if [ -z "$$KUBECONFIG" ]; then eval "$$(scripts/test-cluster.sh env)"; fi; \
 	  target/release/examples/convergence_bench --cluster --tenants $(TENANTS) --binary target/release/palisade --out docs/PERFORMANCE.md
+	$(MAKE) bench-rates RATES=shipped,0:0
+
+## The client rate limit as shipped next to others (RATES: qps:burst, `shipped` =
+## no flags; 0:0 = unlimited), RATE_TENANTS per row, with the API server's
+## priority-and-fairness figures -> docs/PERFORMANCE.md, "The shipped rate limit".
+RATES ?= shipped,0:0,50:100,100:200,200:400
+RATE_TENANTS ?= 200
+bench-rates:
+	$(CARGO) build --release --bin palisade --example convergence_bench
+	@if [ -z "$$KUBECONFIG" ]; then scripts/test-cluster.sh start; fi
+	@if [ -z "$$KUBECONFIG" ]; then eval "$$(scripts/test-cluster.sh env)"; fi; \
+	  target/release/examples/convergence_bench --cluster --rates $(RATES) --tenants $(RATE_TENANTS) --binary target/release/palisade --out docs/PERFORMANCE.md
+
+## Faults mid-convergence on the local control plane (kube-apiserver killed 20 s,
+## etcd 15 s, the leader SIGKILLed with two replicas, SIGTERM + restart), the
+## controller with its shipped defaults -> docs/PERFORMANCE.md, "Faults".
+## Always scripts/test-cluster.sh's cluster: it restarts that cluster's processes.
+bench-faults:
+	$(CARGO) build --release --bin palisade --example convergence_bench
+	scripts/test-cluster.sh start
+	eval "$$(scripts/test-cluster.sh env)"; \
+	  target/release/examples/convergence_bench --cluster --faults --tenants $(RATE_TENANTS) --binary target/release/palisade --cluster-script scripts/test-cluster.sh --out docs/PERFORMANCE.md
 
 ## TTL garbage collection: 10,000 objects on the in-process API server
 ## (requests per collected object, RSS, idle traffic) -> docs/PERFORMANCE-GC.md.

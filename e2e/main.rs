@@ -38,6 +38,7 @@ mod diff;
 mod diff_modes;
 mod fail_closed;
 mod fail_closed_policy;
+mod faults;
 mod gc;
 mod kstatus;
 mod mtb;

@@ -17,8 +17,17 @@
 //! controller's own `palisade_api_requests_total`. Resource versions that only
 //! the cluster's quota controller moves (ResourceQuota status) are not counted.
 //!
+//! With `--rates shipped,0:0,…` (on a cluster; `qps:burst`, `shipped` = the
+//! controller's defaults) one batch of `--tenants` (default 200) per rate, with
+//! the API server's priority-and-fairness figures; with `--faults` the fault
+//! scenarios of issue #27 on the local control plane (scripts/test-cluster.sh
+//! restarts kube-apiserver and etcd). Each writes its own section of `--out`.
+//!
 //! Usage: convergence_bench [--tenants 100,1000] [--binary target/release/palisade]
 //!                          [--out docs/PERFORMANCE.md] [--edits 100] [--cluster]
+//!        convergence_bench --cluster --rates shipped,0:0 [--tenants 200] [--binary …]
+//!        convergence_bench --cluster --faults [--tenants 200] [--cluster-script scripts/test-cluster.sh]
+//!                          [--fault-flags "--kube-qps 50 --kube-burst 100"]
 //!        convergence_bench --serve-fake KUBECONFIG_OUT   (a fake cluster to try --cluster on)
 
 use std::collections::BTreeMap;
@@ -328,6 +337,14 @@ fn palisade_fingerprint(ar: &ApiResource, o: &DynamicObject) -> String {
 /// A fingerprint ([`palisade_fingerprint`]) of every object Palisade manages
 /// for the benchmark's tenants.
 async fn managed_rvs(client: &kube::Client) -> anyhow::Result<BTreeMap<String, String>> {
+    managed_rvs_of(client, &format!("pb{}-", run_id())).await
+}
+
+/// [`managed_rvs`] of the tenants whose names start with `prefix`.
+async fn managed_rvs_of(
+    client: &kube::Client,
+    prefix: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     let lp = ListParams::default().labels("app.kubernetes.io/managed-by=palisade");
     for ar in managed_kinds() {
@@ -336,7 +353,7 @@ async fn managed_rvs(client: &kube::Client) -> anyhow::Result<BTreeMap<String, S
             let ours = o
                 .labels()
                 .get("palisade.dev/tenant")
-                .is_some_and(|t| t.starts_with(&format!("pb{}-", run_id())));
+                .is_some_and(|t| t.starts_with(prefix));
             if ours {
                 out.insert(
                     format!(
@@ -472,27 +489,46 @@ struct Controller {
 
 impl Controller {
     async fn start(binary: &str, target: &Target, resync: &str) -> anyhow::Result<Self> {
+        let args = [
+            "--leader-election=false",
+            "--resync-interval",
+            resync,
+            "--kube-qps",
+            "0",
+        ];
+        Self::spawn(binary, &target.kubeconfig, &args, &[], None).await
+    }
+
+    /// `palisade controller` with `args` (after the admin address and log
+    /// format), `env`, and its stderr appended to `log` (else inherited).
+    async fn spawn(
+        binary: &str,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let admin = format!("127.0.0.1:{port}");
+        let stderr = match log {
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            None => Stdio::inherit(),
+        };
         let child = tokio::process::Command::new(binary)
-            .args([
-                "controller",
-                "--leader-election=false",
-                "--log-format",
-                "text",
-                "--admin-addr",
-                &admin,
-                "--resync-interval",
-                resync,
-                "--kube-qps",
-                "0",
-            ])
-            .env("KUBECONFIG", &target.kubeconfig)
+            .args(["controller", "--log-format", "text", "--admin-addr", &admin])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
             .env("PALISADE_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .context("starting the palisade binary (build it with `cargo build --release`)")?;
@@ -898,7 +934,7 @@ fn report(rows: &[Run]) -> String {
     md.push_str("kube-controller-manager (`--cluster`: the local control plane of scripts/test-cluster.sh, or\n");
     md.push_str("`KUBECONFIG`). The floor applies the same rendered objects with a bare kube\n");
     md.push_str(&format!(
-        "client over the same transport at the same concurrency ({CONCURRENCY}), in the same run.\n\n"
+        "client over the same transport at the same concurrency ({CONCURRENCY}), in the same run. These rows run\nthe controller with `--kube-qps 0` (unlimited) as the kubeconfig's admin: the shipped\ndefault's row, as a ServiceAccount, is in \"The shipped rate limit\" below.\n\n"
     ));
     md.push_str(&format!(
         "Machine: {}. Date: {}.\n\n",
@@ -993,6 +1029,941 @@ fn report(rows: &[Run]) -> String {
     md
 }
 
+// ---- #27: the shipped rate limit, and what a fault costs -----------------------------
+
+/// The operator's ServiceAccount the `--rates` and `--faults` runs use: in
+/// production Palisade runs as one, so the API server's priority and fairness
+/// puts its requests in the `service-accounts` flow schema (priority level
+/// `workload-low`), not in the `exempt` level of the kubeconfig's admin.
+const OPERATOR_NS: &str = "palisade-system";
+const OPERATOR_SA: &str = "palisade";
+
+/// Installs the operator's RBAC (`palisade rbac --yaml`) for
+/// `palisade-system/palisade` and writes a kubeconfig with a bound token of
+/// that ServiceAccount (`kubectl create token`) into `dir`.
+async fn operator_kubeconfig(
+    admin: &kube::Client,
+    admin_kubeconfig: &std::path::Path,
+    dir: &std::path::Path,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<PathBuf> {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let ssa = PatchParams::apply("palisade-bench").force();
+    let nss: Api<Namespace> = Api::all(admin.clone());
+    nss.patch(
+        namespace,
+        &ssa,
+        &Patch::Apply(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}),
+        ),
+    )
+    .await?;
+    let sas: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+    sas.patch(
+        name,
+        &ssa,
+        &Patch::Apply(
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}),
+        ),
+    )
+    .await?;
+    if namespace == OPERATOR_NS && name == OPERATOR_SA {
+        for doc in serde_yaml::Deserializer::from_str(&palisade::operator_rbac::to_kustomize_yaml())
+        {
+            let mut obj: DynamicObject = serde::Deserialize::deserialize(doc)?;
+            let types = obj.types.clone().context("apiVersion and kind")?;
+            let ar = ApiResource::from_gvk(&GroupVersionKind::try_from(&types)?);
+            let api: Api<DynamicObject> = if matches!(types.kind.as_str(), "Role" | "RoleBinding") {
+                obj.metadata.namespace = Some(namespace.to_string());
+                Api::namespaced_with(admin.clone(), namespace, &ar)
+            } else {
+                Api::all_with(admin.clone(), &ar)
+            };
+            api.patch(&obj.name_any(), &ssa, &Patch::Apply(&obj))
+                .await
+                .with_context(|| format!("applying {} {}", types.kind, obj.name_any()))?;
+        }
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(6 * 3600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let token = sas
+        .create_token_request(name, &PostParams::default(), &request)
+        .await?
+        .status
+        .context("token status")?
+        .token;
+    let mut kc = kube::config::Kubeconfig::read_from(admin_kubeconfig)?;
+    for a in &mut kc.auth_infos {
+        a.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.clone().into()),
+            ..Default::default()
+        });
+    }
+    let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+    std::fs::write(&path, serde_yaml::to_string(&kc)?)?;
+    Ok(path)
+}
+
+/// The sum of every series of `name` (a counter, gauge, or a histogram's
+/// `_sum`/`_count`) in Prometheus text whose labels contain `with`.
+fn prom_sum(text: &str, name: &str, with: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || (r.starts_with('{') && r.contains(with)))
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The API server's own /metrics (as the admin).
+async fn apiserver_metrics(client: &kube::Client) -> String {
+    let Ok(req) = http::Request::get("/metrics").body(Vec::new()) else {
+        return String::new();
+    };
+    client.request_text(req).await.unwrap_or_default()
+}
+
+/// API Priority and Fairness, from the API server's metrics between two scrapes.
+#[derive(Default, Clone, Copy)]
+struct Apf {
+    /// apiserver_flowcontrol_rejected_requests_total, all priority levels.
+    rejected: f64,
+    /// The most requests waiting in APF queues at one sample
+    /// (apiserver_flowcontrol_current_inqueue_requests, all levels).
+    max_inqueue: f64,
+    /// Mean queue wait of requests executed at `workload-low` (Palisade's
+    /// level) in ms (apiserver_flowcontrol_request_wait_duration_seconds).
+    mean_wait_ms: f64,
+}
+
+const WAIT_METRIC: &str = "apiserver_flowcontrol_request_wait_duration_seconds";
+
+fn apf_between(before: &str, after: &str, max_inqueue: f64) -> Apf {
+    let d = |name: &str, with: &str| prom_sum(after, name, with) - prom_sum(before, name, with);
+    let level = "priority_level=\"workload-low\"";
+    let sum = d(&format!("{WAIT_METRIC}_sum"), level);
+    let count = d(&format!("{WAIT_METRIC}_count"), level);
+    Apf {
+        rejected: d("apiserver_flowcontrol_rejected_requests_total", ""),
+        max_inqueue,
+        mean_wait_ms: if count > 0.0 {
+            sum / count * 1000.0
+        } else {
+            0.0
+        },
+    }
+}
+
+/// One batch of benchmark Tenants, named `<prefix>-<i>`.
+struct Batch {
+    prefix: String,
+    n: usize,
+}
+
+impl Batch {
+    fn new(kind: &str, k: usize, n: usize) -> Self {
+        Self {
+            prefix: format!("{kind}{}-{k}", run_id()),
+            n,
+        }
+    }
+
+    async fn create(&self, client: &kube::Client) -> anyhow::Result<()> {
+        let api: Api<Tenant> = Api::all(client.clone());
+        let created: Vec<anyhow::Result<()>> = stream::iter(0..self.n)
+            .map(|i| {
+                let api = api.clone();
+                async move {
+                    api.create(&PostParams::default(), &tenant(&self.prefix, i))
+                        .await?;
+                    Ok(())
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        created.into_iter().collect()
+    }
+
+    /// How many of the batch's Tenants are Ready.
+    async fn ready(&self, client: &kube::Client) -> usize {
+        let api: Api<Tenant> = Api::all(client.clone());
+        let lp = ListParams::default().labels(&format!("{BENCH_LABEL}=convergence"));
+        let Ok(list) = api.list(&lp).await else {
+            return 0;
+        };
+        let prefix = format!("{}-", self.prefix);
+        list.items
+            .iter()
+            .filter(|t| t.name_any().starts_with(&prefix))
+            .filter(|t| {
+                t.status
+                    .as_ref()
+                    .is_some_and(|s| palisade::crd::condition::is_true(&s.conditions, "Ready"))
+            })
+            .count()
+    }
+
+    /// Managed objects' fingerprints ([`palisade_fingerprint`]).
+    async fn rvs(&self, client: &kube::Client) -> anyhow::Result<BTreeMap<String, String>> {
+        managed_rvs_of(client, &format!("{}-", self.prefix)).await
+    }
+
+    /// Deletes the batch (a controller must run: `deletionPolicy: Delete`)
+    /// and waits until its Tenants are gone. Their namespaces are being
+    /// deleted then, by the cluster's namespace controller, which takes
+    /// minutes for 400 of them: the next batch starts meanwhile.
+    async fn delete(&self, client: &kube::Client) -> anyhow::Result<()> {
+        let api: Api<Tenant> = Api::all(client.clone());
+        for i in 0..self.n {
+            let _ = api
+                .delete(&format!("{}-{i:04}", self.prefix), &DeleteParams::default())
+                .await;
+        }
+        let prefix = format!("{}-", self.prefix);
+        wait_for(
+            "the batch's Tenants to be gone",
+            Duration::from_secs(900),
+            async || {
+                api.list_metadata(&ListParams::default())
+                    .await
+                    .is_ok_and(|l| !l.items.iter().any(|t| t.name_any().starts_with(&prefix)))
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Ready counts over time (seconds since the start, ready Tenants).
+#[derive(Default, Clone)]
+struct Timeline(Vec<(f64, usize)>);
+
+impl Timeline {
+    /// When at least `k` were first Ready.
+    fn when(&self, k: usize) -> Option<f64> {
+        self.0.iter().find(|(_, r)| *r >= k).map(|(t, _)| *t)
+    }
+}
+
+/// Polls the batch every 250 ms until all are Ready (or `timeout`), calling
+/// `at` with each count (to start a fault at the right moment).
+async fn watch_batch(
+    client: &kube::Client,
+    batch: &Batch,
+    start: Instant,
+    timeout: Duration,
+    timeline: &mut Timeline,
+) -> anyhow::Result<f64> {
+    while start.elapsed() < timeout {
+        let ready = batch.ready(client).await;
+        let t = start.elapsed().as_secs_f64();
+        timeline.0.push((t, ready));
+        if ready >= batch.n {
+            return Ok(t);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!(
+        "{} tenant(s) of {} not Ready after {timeout:?}",
+        batch.n - timeline.0.last().map_or(0, |p| p.1),
+        batch.prefix
+    )
+}
+
+/// One `--rates` row: `qps`/`burst` as flags (None: the shipped defaults).
+struct RateRow {
+    label: String,
+    n: usize,
+    converge_s: f64,
+    writes: u64,
+    apf: Apf,
+    probe_p50_ms: f64,
+    probe_p99_ms: f64,
+}
+
+/// A client of another ServiceAccount creating SelfSubjectReviews every
+/// 100 ms: what "other clients" see of the API server meanwhile (the same
+/// priority level as Palisade, another flow). Latencies in ms.
+fn spawn_probe(client: kube::Client) -> (tokio::task::JoinHandle<Vec<f64>>, CancellationFlag) {
+    let stop = CancellationFlag::default();
+    let flag = stop.clone();
+    let task = tokio::spawn(async move {
+        let api: Api<k8s_openapi::api::authentication::v1::SelfSubjectReview> = Api::all(client);
+        let mut out = Vec::new();
+        while !flag.is_set() {
+            let t0 = Instant::now();
+            if api
+                .create(&PostParams::default(), &Default::default())
+                .await
+                .is_ok()
+            {
+                out.push(t0.elapsed().as_secs_f64() * 1000.0);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        out
+    });
+    (task, stop)
+}
+
+#[derive(Default, Clone)]
+struct CancellationFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl CancellationFlag {
+    fn set(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values
+        .get(((values.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Writes in a controller's metrics (leases excluded).
+async fn controller_writes(c: &Controller) -> u64 {
+    split_traffic(&requests_from_metrics(&c.metrics().await))
+        .0
+        .values()
+        .sum()
+}
+
+/// What the `--rates` and `--faults` runs share: the admin client, the
+/// operator's kubeconfig, a probe client, a scratch dir for logs.
+struct Bench {
+    client: kube::Client,
+    operator: PathBuf,
+    probe: kube::Client,
+    binary: String,
+    dir: tempfile::TempDir,
+    n: usize,
+    /// Flags of every controller of the fault scenarios (`--fault-flags`;
+    /// empty: the shipped defaults).
+    fault_flags: Vec<String>,
+}
+
+impl Bench {
+    async fn new(binary: &str, n: usize) -> anyhow::Result<Self> {
+        let target = Target::cluster().await?;
+        let dir = tempfile::tempdir()?;
+        let operator = operator_kubeconfig(
+            &target.client,
+            &target.kubeconfig,
+            dir.path(),
+            OPERATOR_NS,
+            OPERATOR_SA,
+        )
+        .await?;
+        let probe_kc = operator_kubeconfig(
+            &target.client,
+            &target.kubeconfig,
+            dir.path(),
+            "default",
+            "default",
+        )
+        .await?;
+        let kc = kube::config::Kubeconfig::read_from(&probe_kc)?;
+        let probe = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?,
+        )?;
+        Ok(Self {
+            client: target.client,
+            operator,
+            probe,
+            binary: binary.to_string(),
+            dir,
+            n,
+            fault_flags: Vec::new(),
+        })
+    }
+
+    /// A controller of a fault scenario: [`Bench::controller`] with the
+    /// fault flags, then `args`.
+    async fn fault_controller(&self, identity: &str, args: &[&str]) -> anyhow::Result<Controller> {
+        let mut all: Vec<&str> = self.fault_flags.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        self.controller(identity, &all).await
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("controllers.log")
+    }
+
+    /// A controller as the operator's ServiceAccount with leader election on
+    /// (the Lease in palisade-system) and `args`.
+    async fn controller(&self, identity: &str, args: &[&str]) -> anyhow::Result<Controller> {
+        Controller::spawn(
+            &self.binary,
+            &self.operator,
+            args,
+            &[("POD_NAME", identity), ("POD_NAMESPACE", OPERATOR_NS)],
+            Some(&self.log()),
+        )
+        .await
+    }
+
+    /// Panics any controller of this run logged.
+    fn panics(&self) -> usize {
+        std::fs::read_to_string(self.log())
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("panicked") || l.contains("reason=Panic"))
+            .count()
+    }
+
+    /// Converges a fresh batch with `args`, measuring APF and the probe.
+    async fn rate_row(&self, k: usize, label: &str, args: &[&str]) -> anyhow::Result<RateRow> {
+        let batch = Batch::new("pr", k, self.n);
+        batch.create(&self.client).await?;
+        let before = apiserver_metrics(&self.client).await;
+        let (probe, stop_probe) = spawn_probe(self.probe.clone());
+        let c = self.controller(&format!("rate-{k}"), args).await?;
+        let start = Instant::now();
+        let max_inqueue = Arc::new(std::sync::Mutex::new(0.0f64));
+        let sampler = {
+            let (client, max) = (self.client.clone(), max_inqueue.clone());
+            tokio::spawn(async move {
+                loop {
+                    let text = apiserver_metrics(&client).await;
+                    let v = prom_sum(&text, "apiserver_flowcontrol_current_inqueue_requests", "");
+                    if let Ok(mut m) = max.lock() {
+                        *m = m.max(v);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        };
+        let mut timeline = Timeline::default();
+        let converged = watch_batch(
+            &self.client,
+            &batch,
+            start,
+            Duration::from_secs(1800),
+            &mut timeline,
+        )
+        .await;
+        sampler.abort();
+        let after = apiserver_metrics(&self.client).await;
+        stop_probe.set();
+        let mut probes = probe.await.unwrap_or_default();
+        let max_inqueue = max_inqueue.lock().map(|m| *m).unwrap_or_default();
+        let writes = controller_writes(&c).await;
+        let deleted = batch.delete(&self.client).await;
+        c.stop().await;
+        let converge_s = converged?;
+        deleted?;
+        Ok(RateRow {
+            label: label.to_string(),
+            n: self.n,
+            converge_s,
+            writes,
+            apf: apf_between(&before, &after, max_inqueue),
+            probe_p50_ms: percentile(&mut probes, 0.5),
+            probe_p99_ms: percentile(&mut probes, 0.99),
+        })
+    }
+}
+
+/// One row of the fault table.
+struct FaultRow {
+    scenario: String,
+    target: String,
+    /// Seconds from the API answering again (or the kill, or the start) to
+    /// the goal (all Ready, or /readyz).
+    recover_s: f64,
+    /// What the same remaining work took without the fault, in this run.
+    baseline_s: Option<f64>,
+    writes: String,
+    panics: usize,
+    met: bool,
+}
+
+impl FaultRow {
+    fn overhead(&self) -> Option<f64> {
+        self.baseline_s.map(|b| self.recover_s - b)
+    }
+}
+
+/// How the no-fault run converged: its ready timeline and total.
+struct Baseline {
+    timeline: Timeline,
+    total_s: f64,
+    writes: u64,
+}
+
+impl Baseline {
+    /// Seconds the no-fault run needed from `k` Ready to all Ready.
+    fn remaining_from(&self, k: usize) -> f64 {
+        self.total_s - self.timeline.when(k).unwrap_or(0.0)
+    }
+}
+
+/// The kubelet's first restart delay of a container that exited
+/// (CrashLoopBackOff starts at 10 s).
+const KUBELET_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Bench {
+    /// Waits until `c` leads (its `palisade_leader` is 1).
+    async fn leads(c: &Controller, within: Duration) -> anyhow::Result<Duration> {
+        wait_for("a controller to lead", within, async || {
+            c.metric("palisade_leader", "").await == 1
+        })
+        .await
+    }
+
+    async fn baseline(&self) -> anyhow::Result<Baseline> {
+        let batch = Batch::new("pq", 0, self.n);
+        batch.create(&self.client).await?;
+        let c = self.fault_controller("baseline", &[]).await?;
+        let start = Instant::now();
+        let mut timeline = Timeline::default();
+        let done = watch_batch(
+            &self.client,
+            &batch,
+            start,
+            Duration::from_secs(1800),
+            &mut timeline,
+        )
+        .await;
+        let writes = controller_writes(&c).await;
+        let deleted = batch.delete(&self.client).await;
+        c.stop().await;
+        let total_s = done?;
+        deleted?;
+        Ok(Baseline {
+            timeline,
+            total_s,
+            writes,
+        })
+    }
+
+    /// kube-apiserver or etcd (`what`) killed for `secs` once a quarter of a
+    /// fresh batch is Ready; `exit`: the controller runs with
+    /// --exit-on-lost-leadership and is restarted like a kubelet would.
+    async fn api_fault(
+        &self,
+        k: usize,
+        what: &str,
+        secs: u32,
+        exit: bool,
+        script: &str,
+        base: &Baseline,
+    ) -> anyhow::Result<FaultRow> {
+        let batch = Batch::new("pq", k, self.n);
+        batch.create(&self.client).await?;
+        let args: &[&str] = if exit {
+            &["--exit-on-lost-leadership=true"]
+        } else {
+            &[]
+        };
+        let identity = format!("fault-{k}");
+        let mut c = self.fault_controller(&identity, args).await?;
+        let start = Instant::now();
+        let mut timeline = Timeline::default();
+        // Until a quarter is Ready.
+        let ready_at_kill = loop {
+            let r = batch.ready(&self.client).await;
+            timeline.0.push((start.elapsed().as_secs_f64(), r));
+            if r >= self.n / 4 {
+                break r;
+            }
+            if start.elapsed() > Duration::from_secs(900) {
+                bail!("a quarter of the batch never got Ready");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        eprintln!("   {ready_at_kill} Ready: killing {what} for {secs} s");
+        let mut fault = tokio::process::Command::new(script)
+            .args([format!("restart-{what}"), secs.to_string()])
+            .kill_on_drop(true)
+            .spawn()
+            .context("running scripts/test-cluster.sh")?;
+        let mut exited_at: Option<Instant> = None;
+        let mut restarts = 0;
+        let mut back: Option<Instant> = None;
+        let deadline = start + Duration::from_secs(1800);
+        let result = loop {
+            if back.is_none()
+                && let Ok(Some(status)) = fault.try_wait()
+            {
+                if !status.success() {
+                    break Err(anyhow::anyhow!("test-cluster.sh restart-{what} failed"));
+                }
+                back = Some(Instant::now());
+            }
+            // The kubelet: an exited container is started again after its back-off.
+            if let Ok(Some(_)) = c.child.try_wait() {
+                let at = *exited_at.get_or_insert_with(Instant::now);
+                if at.elapsed() >= KUBELET_BACKOFF {
+                    c = self.fault_controller(&identity, args).await?;
+                    exited_at = None;
+                    restarts += 1;
+                }
+            }
+            if let Some(back) = back {
+                let r = batch.ready(&self.client).await;
+                if r >= self.n {
+                    break Ok(back.elapsed().as_secs_f64());
+                }
+            }
+            if Instant::now() > deadline {
+                break Err(anyhow::anyhow!(
+                    "the batch did not converge after the fault"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        let _ = fault.wait().await;
+        let writes = controller_writes(&c).await;
+        let deleted = batch.delete(&self.client).await;
+        c.stop().await;
+        let recover_s = result?;
+        deleted?;
+        let baseline_s = base.remaining_from(ready_at_kill);
+        let mode = if exit {
+            format!(
+                "exit and restart after the kubelet's {} s back-off ({restarts} restart(s))",
+                KUBELET_BACKOFF.as_secs()
+            )
+        } else {
+            "re-campaign in-process (default)".to_string()
+        };
+        Ok(FaultRow {
+            scenario: format!(
+                "{what} killed for {secs} s at {ready_at_kill}/{} Ready, one replica: {mode}",
+                self.n
+            ),
+            target: "all Ready ≤ 10 s after the API answers again; overhead ≤ 10 s".into(),
+            recover_s,
+            baseline_s: Some(baseline_s),
+            writes: if exit {
+                format!("{writes} (last process only)")
+            } else {
+                format!("{writes} (no fault: {})", base.writes)
+            },
+            panics: self.panics(),
+            met: recover_s - baseline_s <= 10.0,
+        })
+    }
+
+    /// Two replicas; the leader SIGKILLed once a quarter is Ready; then 60 s
+    /// of quiet; then SIGTERM + restart of the converged leader.
+    async fn leader_faults(
+        &self,
+        k: usize,
+        base: &Baseline,
+        lease_s: f64,
+    ) -> anyhow::Result<Vec<FaultRow>> {
+        let batch = Batch::new("pq", k, self.n);
+        batch.create(&self.client).await?;
+        let mut a = self.fault_controller("bench-a", &[]).await?;
+        let start = Instant::now();
+        Self::leads(&a, Duration::from_secs(60)).await?;
+        let b = self.fault_controller("bench-b", &[]).await?;
+        b.wait_ready().await?;
+        let ready_at_kill = loop {
+            let r = batch.ready(&self.client).await;
+            if r >= self.n / 4 {
+                break r;
+            }
+            if start.elapsed() > Duration::from_secs(900) {
+                bail!("a quarter of the batch never got Ready");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        eprintln!("   {ready_at_kill} Ready: SIGKILL to the leader");
+        a.child.start_kill()?;
+        let killed = Instant::now();
+        let _ = a.child.wait().await;
+        let takeover = Self::leads(&b, Duration::from_secs(120)).await?;
+        let mut timeline = Timeline::default();
+        let converged = watch_batch(
+            &self.client,
+            &batch,
+            killed,
+            Duration::from_secs(1800),
+            &mut timeline,
+        )
+        .await?;
+        let mut rows = vec![FaultRow {
+            scenario: format!(
+                "leader SIGKILLed at {ready_at_kill}/{} Ready, two replicas: the standby leads after",
+                self.n
+            ),
+            target: format!("≤ lease + 2 s = {:.0} s", lease_s + 2.0),
+            recover_s: takeover.as_secs_f64(),
+            baseline_s: None,
+            writes: "-".into(),
+            panics: self.panics(),
+            met: takeover.as_secs_f64() <= lease_s + 2.0,
+        }];
+        let baseline_s = base.remaining_from(ready_at_kill);
+        rows.push(FaultRow {
+            scenario: "… and all Ready after the kill".into(),
+            target: "overhead ≤ lease + 10 s".into(),
+            recover_s: converged,
+            baseline_s: Some(baseline_s),
+            writes: format!("{} (standby's)", controller_writes(&b).await),
+            panics: self.panics(),
+            met: converged - baseline_s <= lease_s + 10.0,
+        });
+        // 60 s of quiet: no managed object changes.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = batch.rvs(&self.client).await?;
+        let w0 = controller_writes(&b).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let changed_rvs = changed(&before, &batch.rvs(&self.client).await?);
+        let w1 = controller_writes(&b).await;
+        rows.push(FaultRow {
+            scenario: "… then 60 s converged: changed resourceVersions of managed objects".into(),
+            target: "0 changed, 0 writes".into(),
+            recover_s: 0.0,
+            baseline_s: None,
+            writes: format!("{} writes, {changed_rvs} changed", w1 - w0),
+            panics: self.panics(),
+            met: changed_rvs == 0 && w1 == w0,
+        });
+        // SIGTERM + restart on the converged cluster.
+        let before = batch.rvs(&self.client).await?;
+        b.stop().await;
+        let c = self.fault_controller("bench-c", &[]).await?;
+        let t0 = Instant::now();
+        c.wait_ready().await?;
+        let ready_s = t0.elapsed().as_secs_f64();
+        wait_for(
+            "the restarted controller to reconcile every tenant",
+            Duration::from_secs(600),
+            async || c.reconciles().await >= self.n as u64,
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let writes = controller_writes(&c).await;
+        let changed_rvs = changed(&before, &batch.rvs(&self.client).await?);
+        rows.push(FaultRow {
+            scenario: "SIGTERM + restart on the converged cluster: /readyz 200 after the start"
+                .into(),
+            target: "ready ≤ 10 s, 0 writes, 0 changed".into(),
+            recover_s: ready_s,
+            baseline_s: None,
+            writes: format!("{writes} writes, {changed_rvs} changed"),
+            panics: self.panics(),
+            met: ready_s <= 10.0 && writes == 0 && changed_rvs == 0,
+        });
+        batch.delete(&self.client).await?;
+        c.stop().await;
+        Ok(rows)
+    }
+}
+
+/// Replaces (or appends) the section that starts at `heading` (up to the
+/// next `## `) in `md`.
+fn put_section(md: &str, heading: &str, section: &str) -> String {
+    let section = format!("{}\n", section.trim_end());
+    match md.find(heading) {
+        Some(i) => {
+            let rest = &md[i + heading.len()..];
+            let end = rest.find("\n## ").map(|j| i + heading.len() + j + 1);
+            match end {
+                Some(end) => format!("{}{section}\n{}", &md[..i], &md[end..]),
+                None => format!("{}{section}", &md[..i]),
+            }
+        }
+        None => format!("{}\n\n{section}", md.trim_end()),
+    }
+}
+
+const RATES_SECTION: &str = "## The shipped rate limit";
+const FAULTS_SECTION: &str = "## Faults";
+
+fn rates_report(rows: &[RateRow]) -> String {
+    let mut md = format!("{RATES_SECTION}\n\n");
+    md.push_str("`make bench-rates` (`convergence_bench --cluster --rates …`): one batch of Tenants per row,\n");
+    md.push_str("converged by the controller with leader election on, **as its ServiceAccount** (so API Priority\n");
+    md.push_str("and Fairness puts it in the `workload-low` priority level, as in production), with the flags of\n");
+    md.push_str("the row; each batch is deleted before the next. APF figures are read from the API server's\n");
+    md.push_str("`/metrics` (admin client): rejected = `apiserver_flowcontrol_rejected_requests_total` (all\n");
+    md.push_str("levels), in queue = the most `apiserver_flowcontrol_current_inqueue_requests` in one 1 s sample,\n");
+    md.push_str("wait = mean `apiserver_flowcontrol_request_wait_duration_seconds` at `workload-low`. The probe is\n");
+    md.push_str("another ServiceAccount (`default/default`, same priority level, another flow) creating a\n");
+    md.push_str("SelfSubjectReview every 100 ms: what other clients see meanwhile.\n\n");
+    md.push_str(&format!(
+        "Machine: {}. Date: {}. Binary: the one `--binary` named.\n\n",
+        machine(),
+        k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d")
+    ));
+    md.push_str("| flags | tenants | converge (s) | ÷ unlimited | writes | writes/s | APF rejected | APF in queue (max) | APF wait, workload-low (ms, mean) | probe p50 / p99 (ms) |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    let unlimited = rows
+        .iter()
+        .find(|r| r.label.contains("--kube-qps 0 "))
+        .map(|r| r.converge_s);
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.0} / {:.0} |\n",
+            r.label,
+            r.n,
+            r.converge_s,
+            unlimited.map_or("-".into(), |u| format!("{:.2}", r.converge_s / u)),
+            r.writes,
+            r.writes as f64 / r.converge_s,
+            r.apf.rejected,
+            r.apf.max_inqueue,
+            r.apf.mean_wait_ms,
+            r.probe_p50_ms,
+            r.probe_p99_ms,
+        ));
+    }
+    md
+}
+
+fn faults_report(
+    rows: &[FaultRow],
+    base: &Baseline,
+    n: usize,
+    binary: &str,
+    flags: &str,
+) -> String {
+    let mut md = format!("{FAULTS_SECTION}\n\n");
+    md.push_str("`make bench-faults` (`convergence_bench --cluster --faults`, on the local control plane of\n");
+    md.push_str("scripts/test-cluster.sh, whose `restart-apiserver`/`restart-etcd` kill -9 the process and start it\n");
+    md.push_str(
+        "again): the controller with the flags below, leader election on, as its ServiceAccount;\n",
+    );
+    md.push_str(&format!("a fresh batch of {n} Tenants per scenario. *Recover* counts from the API answering again (or\n"));
+    md.push_str("the kill, or the start) to every Tenant Ready (or /readyz 200). *Overhead* = recover − what the\n");
+    md.push_str("no-fault run of the same run needed from the same number of Ready Tenants to all Ready.\n\n");
+    md.push_str(&format!(
+        "Machine: {}. Date: {}. Binary: `{binary}`, flags: {flags}. No-fault baseline: {n} Tenants Ready in {:.1} s, {} writes.\n\n",
+        machine(),
+        k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d"),
+        base.total_s,
+        base.writes,
+    ));
+    md.push_str("| scenario | target | recover (s) | no-fault, same work (s) | overhead (s) | writes | panics | met |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} | {} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.target,
+            r.recover_s,
+            r.baseline_s.map_or("-".into(), |b| format!("{b:.1}")),
+            r.overhead().map_or("-".into(), |o| format!("{o:.1}")),
+            r.writes,
+            r.panics,
+            if r.met && r.panics == 0 {
+                "yes"
+            } else {
+                "**no**"
+            },
+        ));
+    }
+    md
+}
+
+/// `--rates 50:100,0:0,…` (qps:burst; `shipped` = no flags) or `--faults`.
+async fn rates_and_faults(
+    args: &[String],
+    binary: &str,
+    out: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    let arg = |k: &str| {
+        args.iter()
+            .position(|a| a == k)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let mut bench = Bench::new(binary, n).await?;
+    if let Some(flags) = arg("--fault-flags") {
+        bench.fault_flags = flags.split_whitespace().map(String::from).collect();
+    }
+    let mut md = std::fs::read_to_string(out).unwrap_or_default();
+    if let Some(rates) = arg("--rates") {
+        let mut rows = Vec::new();
+        for (k, spec) in rates.split(',').enumerate() {
+            let (label, flags): (String, Vec<String>) = match spec.split_once(':') {
+                Some((q, b)) => (
+                    format!("--kube-qps {q} --kube-burst {b} "),
+                    vec![
+                        "--kube-qps".into(),
+                        q.into(),
+                        "--kube-burst".into(),
+                        b.into(),
+                    ],
+                ),
+                None => ("shipped defaults (no flags)".into(), vec![]),
+            };
+            eprintln!("== {n} tenants, {label}");
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            let row = bench.rate_row(k, label.trim(), &flags).await?;
+            eprintln!(
+                "   {:.1} s, {} writes, APF rejected {:.0}, in queue ≤ {:.0}, probe p99 {:.0} ms",
+                row.converge_s, row.writes, row.apf.rejected, row.apf.max_inqueue, row.probe_p99_ms
+            );
+            rows.push(row);
+        }
+        md = put_section(&md, RATES_SECTION, &rates_report(&rows));
+    }
+    if args.iter().any(|a| a == "--faults") {
+        let script = arg("--cluster-script").unwrap_or_else(|| "scripts/test-cluster.sh".into());
+        let lease_s = 15.0;
+        eprintln!("== faults: no-fault baseline, {n} tenants");
+        let base = bench.baseline().await?;
+        eprintln!("   {:.1} s", base.total_s);
+        let mut rows = Vec::new();
+        for (k, (what, secs, exit)) in [
+            ("apiserver", 20, false),
+            ("etcd", 15, false),
+            ("apiserver", 20, true),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            eprintln!("== faults: {what} for {secs} s (exit: {exit})");
+            let row = bench
+                .api_fault(k + 1, what, secs, exit, &script, &base)
+                .await?;
+            eprintln!(
+                "   recovered in {:.1} s, overhead {:.1} s",
+                row.recover_s,
+                row.overhead().unwrap_or_default()
+            );
+            rows.push(row);
+        }
+        eprintln!("== faults: leader SIGKILL, quiet, SIGTERM + restart");
+        rows.extend(bench.leader_faults(9, &base, lease_s).await?);
+        let flags = if bench.fault_flags.is_empty() {
+            "the shipped defaults (no flags)".to_string()
+        } else {
+            format!("`{}`", bench.fault_flags.join(" "))
+        };
+        md = put_section(
+            &md,
+            FAULTS_SECTION,
+            &faults_report(&rows, &base, n, binary, &flags),
+        );
+    }
+    std::fs::write(out, &md)?;
+    println!("{md}");
+    Ok(())
+}
+
 /// Serves a fake API server with Palisade's CRDs until killed, writing its
 /// kubeconfig to `path`: a stand-in cluster to try `--cluster` on.
 async fn serve_fake(path: &str) -> anyhow::Result<()> {
@@ -1029,6 +2000,13 @@ async fn main() -> anyhow::Result<()> {
     let out = arg("--out", "docs/PERFORMANCE.md");
     let edits: usize = arg("--edits", "100").parse()?;
     let cluster = args.iter().any(|a| a == "--cluster");
+    if args.iter().any(|a| a == "--rates" || a == "--faults") {
+        let n = arg("--tenants", "200")
+            .split(',')
+            .find_map(|s| s.parse().ok())
+            .unwrap_or(200);
+        return rates_and_faults(&args, &binary, &out, n).await;
+    }
     let mut rows = Vec::new();
     for on_cluster in [false, true] {
         if on_cluster && !cluster {
@@ -1066,10 +2044,17 @@ async fn main() -> anyhow::Result<()> {
             rows.push(r);
         }
     }
-    // The section `make bench-maxima` fills is kept across regenerations.
+    // The sections `--rates`, `--faults` and `make bench-maxima` fill are
+    // kept across regenerations.
     let kept = std::fs::read_to_string(&out)
         .ok()
-        .and_then(|old| old.find(MAXIMA_SECTION).map(|i| old[i..].to_string()))
+        .and_then(|old| {
+            [RATES_SECTION, FAULTS_SECTION, MAXIMA_SECTION]
+                .iter()
+                .filter_map(|h| old.find(h))
+                .min()
+                .map(|i| old[i..].to_string())
+        })
         .unwrap_or_default();
     let md = if kept.is_empty() {
         report(&rows)

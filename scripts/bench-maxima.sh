@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One Tenant at the documented maxima (256 namespaces x 64 Random secrets) on
 # the local control plane (or the cluster of KUBECONFIG), with the controller's
-# shipped defaults (--kube-qps 50 --kube-burst 100). Prints a Markdown table:
+# shipped defaults (--kube-qps 200 --kube-burst 400 since #27). Prints a Markdown table:
 # time to Ready, the passes it took, the status size, time until the Tenant is
 # gone (deletionPolicy Delete) and until its namespaces are.
 #

@@ -7,6 +7,12 @@
 #   scripts/test-cluster.sh env     print `export KUBECONFIG=… PATH=…` for a shell
 #   scripts/test-cluster.sh stop    stop the processes this script started
 #   scripts/test-cluster.sh status  exit 0 when the started cluster answers
+#   scripts/test-cluster.sh restart-apiserver SECONDS   kill -9 kube-apiserver, wait, start it
+#   scripts/test-cluster.sh restart-etcd SECONDS        the same for etcd (the fault scenarios
+#                                   of docs/PERFORMANCE.md); kill-X / start-X (X: apiserver,
+#                                   etcd) do one half each. Only this state dir's processes, by
+#                                   their pid files; restart-X starts the process again also
+#                                   when interrupted.
 #
 # Binaries: $KUBEBUILDER_ASSETS (envtest's convention) when it holds etcd,
 # kube-apiserver and kube-controller-manager; otherwise they are built from Go
@@ -161,31 +167,33 @@ api() { # path
     --key "$STATE/pki/admin.key" "https://127.0.0.1:$(cat "$STATE/apiserver-port")$1"
 }
 
-start() {
-  if running && api /readyz >/dev/null 2>&1; then
-    log "already running (KUBECONFIG=$STATE/kubeconfig)"
-    return
-  fi
-  stop >/dev/null 2>&1 || true
-  local bin t0=$SECONDS
-  bin=$(bin_dir)
-  rm -rf "$STATE"
-  mkdir -p "$STATE/logs"
-  chmod 700 "$STATE"
-  certs
+# One process of the control plane, started in the background; its pid goes
+# to $STATE/<name>.pid (and $STATE/pids lists them all, for stop/running).
+spawn() { # name command...
+  local name="$1"; shift
+  "$@" >>"$STATE/logs/$name.log" 2>&1 &
+  echo $! >"$STATE/$name.pid"
+  cat "$STATE"/*.pid >"$STATE/pids"
+}
+
+start_etcd() {
+  local bin; bin=$(cat "$STATE/bin-dir")
   local etcd_port etcd_peer
-  etcd_port=$(free_port); etcd_peer=$(free_port); APISERVER_PORT=$(free_port)
-  echo "$APISERVER_PORT" >"$STATE/apiserver-port"
-  "$bin/etcd" --data-dir "$STATE/etcd" --name palisade-test \
+  read -r etcd_port etcd_peer <"$STATE/etcd-ports"
+  spawn etcd "$bin/etcd" --data-dir "$STATE/etcd" --name palisade-test \
     --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
     --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
     --initial-cluster "palisade-test=http://127.0.0.1:$etcd_peer" \
-    --unsafe-no-fsync --quota-backend-bytes=8589934592 --log-level=warn \
-    >"$STATE/logs/etcd.log" 2>&1 &
-  echo $! >"$STATE/pids"
-  "$bin/kube-apiserver" \
+    --unsafe-no-fsync --quota-backend-bytes=8589934592 --log-level=warn
+}
+
+start_apiserver() {
+  local bin; bin=$(cat "$STATE/bin-dir")
+  local etcd_port
+  read -r etcd_port _ <"$STATE/etcd-ports"
+  spawn kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
+    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$(cat "$STATE/apiserver-port")" \
     --cert-dir "$STATE/pki" \
     --tls-cert-file "$STATE/pki/serving.crt" --tls-private-key-file "$STATE/pki/serving.key" \
     --client-ca-file "$STATE/pki/ca.crt" \
@@ -197,18 +205,12 @@ start() {
     --endpoint-reconciler-type none \
     --allow-privileged=true \
     --max-requests-inflight 2000 --max-mutating-requests-inflight 1000 \
-    --v=1 >"$STATE/logs/kube-apiserver.log" 2>&1 &
-  echo $! >>"$STATE/pids"
-  kubeconfig "$STATE/kubeconfig" palisade-test-admin admin
-  kubeconfig "$STATE/kcm.kubeconfig" system:kube-controller-manager kcm
-  local i
-  for i in $(seq 1 120); do
-    api /readyz >/dev/null 2>&1 && break
-    running || { tail -n 30 "$STATE"/logs/*.log >&2; die "a control-plane process exited during start"; }
-    sleep 0.5
-  done
-  api /readyz >/dev/null || { tail -n 30 "$STATE"/logs/*.log >&2; die "kube-apiserver not ready after 60 s"; }
-  "$bin/kube-controller-manager" \
+    --v=1
+}
+
+start_kcm() {
+  local bin; bin=$(cat "$STATE/bin-dir")
+  spawn kube-controller-manager "$bin/kube-controller-manager" \
     --kubeconfig "$STATE/kcm.kubeconfig" \
     --authentication-kubeconfig "$STATE/kcm.kubeconfig" \
     --authorization-kubeconfig "$STATE/kcm.kubeconfig" \
@@ -220,8 +222,47 @@ start() {
     --leader-elect=false \
     --resource-quota-sync-period 15s \
     --kube-api-qps 200 --kube-api-burst 400 \
-    --v=1 >"$STATE/logs/kube-controller-manager.log" 2>&1 &
-  echo $! >>"$STATE/pids"
+    --v=1
+}
+
+# Waits (up to 60 s) until kube-apiserver answers /readyz.
+wait_apiserver() {
+  local i
+  for i in $(seq 1 120); do
+    api /readyz >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  api /readyz >/dev/null || { tail -n 30 "$STATE/logs/kube-apiserver.log" >&2; die "kube-apiserver not ready after 60 s"; }
+}
+
+start() {
+  if running && api /readyz >/dev/null 2>&1; then
+    log "already running (KUBECONFIG=$STATE/kubeconfig)"
+    return
+  fi
+  stop >/dev/null 2>&1 || true
+  local bin t0=$SECONDS
+  bin=$(bin_dir)
+  rm -rf "$STATE"
+  mkdir -p "$STATE/logs"
+  chmod 700 "$STATE"
+  echo "$bin" >"$STATE/bin-dir"
+  certs
+  echo "$(free_port) $(free_port)" >"$STATE/etcd-ports"
+  APISERVER_PORT=$(free_port)
+  echo "$APISERVER_PORT" >"$STATE/apiserver-port"
+  start_etcd
+  start_apiserver
+  kubeconfig "$STATE/kubeconfig" palisade-test-admin admin
+  kubeconfig "$STATE/kcm.kubeconfig" system:kube-controller-manager kcm
+  local i
+  for i in $(seq 1 120); do
+    api /readyz >/dev/null 2>&1 && break
+    running || { tail -n 30 "$STATE"/logs/*.log >&2; die "a control-plane process exited during start"; }
+    sleep 0.5
+  done
+  api /readyz >/dev/null || { tail -n 30 "$STATE"/logs/*.log >&2; die "kube-apiserver not ready after 60 s"; }
+  start_kcm
   # Ready when the ServiceAccount controller has made `default` in `default`:
   # proof that the controller manager runs and is authorized.
   for i in $(seq 1 120); do
@@ -231,8 +272,66 @@ start() {
   done
   api /api/v1/namespaces/default/serviceaccounts/default >/dev/null ||
     { tail -n 30 "$STATE/logs/kube-controller-manager.log" >&2; die "kube-controller-manager did not start its controllers within 60 s"; }
-  echo "$bin" >"$STATE/bin-dir"
   log "ready in $((SECONDS - t0)) s: KUBECONFIG=$STATE/kubeconfig (logs in $STATE/logs)"
+}
+
+# The process name of a fault target: apiserver -> kube-apiserver, etcd -> etcd.
+fault_target() {
+  case "$1" in
+    apiserver|kube-apiserver) echo kube-apiserver ;;
+    etcd) echo etcd ;;
+    *) die "unknown process $1 (apiserver or etcd)" ;;
+  esac
+}
+
+# kill -9 one process of this cluster, by its pid file (never by name).
+kill_one() { # name
+  local name pidfile pid
+  name=$(fault_target "$1")
+  pidfile="$STATE/$name.pid"
+  [ -f "$pidfile" ] || die "no $pidfile: is the cluster in $STATE running?"
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -9 "$pid"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    log "killed $name (pid $pid)"
+  else
+    log "$name (pid $pid) was not running"
+  fi
+}
+
+# Starts one process again (no-op if it runs) and waits until the API answers.
+start_one() { # name
+  local name pid
+  name=$(fault_target "$1")
+  [ -f "$STATE/bin-dir" ] || die "the cluster in $STATE was never started"
+  pid=$(cat "$STATE/$name.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    log "$name runs (pid $pid)"
+  else
+    case "$name" in
+      kube-apiserver) start_apiserver ;;
+      etcd) start_etcd ;;
+    esac
+    log "started $name (pid $(cat "$STATE/$name.pid"))"
+  fi
+  wait_apiserver
+  log "the API answers again"
+}
+
+# kill -9, wait SECONDS, start again: always, also on INT/TERM or an error.
+FAULT_NAME=
+restart_one() { # name seconds
+  FAULT_NAME="$1"
+  local seconds="${2:-}"
+  [[ "$seconds" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "usage: $0 restart-$FAULT_NAME SECONDS"
+  trap 'start_one "$FAULT_NAME"' EXIT
+  trap 'exit 130' INT TERM
+  kill_one "$FAULT_NAME"
+  sleep "$seconds" &
+  wait $!
+  trap - EXIT INT TERM
+  start_one "$FAULT_NAME"
 }
 
 stop() {
@@ -247,7 +346,7 @@ stop() {
     sleep 0.2
   done
   for pid in $pids; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -f "$STATE/pids"
+  rm -f "$STATE/pids" "$STATE"/*.pid
   log "stopped"
 }
 
@@ -256,10 +355,16 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   status) running && api /readyz >/dev/null ;;
+  kill-apiserver) kill_one apiserver ;;
+  kill-etcd) kill_one etcd ;;
+  start-apiserver) start_one apiserver ;;
+  start-etcd) start_one etcd ;;
+  restart-apiserver) restart_one apiserver "${2:-}" ;;
+  restart-etcd) restart_one etcd "${2:-}" ;;
   env)
     running || die "not running: scripts/test-cluster.sh start"
     echo "export KUBECONFIG=$STATE/kubeconfig"
     echo "export PATH=$(cat "$STATE/bin-dir"):\$PATH"
     ;;
-  *) echo "usage: $0 build|start|stop|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 build|start|stop|status|env|restart-apiserver SECONDS|restart-etcd SECONDS|kill-apiserver|start-apiserver|kill-etcd|start-etcd" >&2; exit 2 ;;
 esac

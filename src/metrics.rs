@@ -13,6 +13,7 @@
 //! | `palisade_writes_per_reconcile` | histogram | `controller` |
 //! | `palisade_api_requests_total` | counter | `verb`, `result`, `resource` |
 //! | `palisade_leader` | gauge | |
+//! | `palisade_leadership_lost_total` | counter | |
 //! | `palisade_tenants` | gauge | `ready` |
 //! | `palisade_cached_objects` | gauge | |
 //! | `palisade_cache_bytes` | gauge | |
@@ -44,6 +45,7 @@ pub const NAMES: &[&str] = &[
     "palisade_writes_per_reconcile",
     "palisade_api_requests_total",
     "palisade_leader",
+    "palisade_leadership_lost_total",
     "palisade_tenants",
     "palisade_cached_objects",
     "palisade_cache_bytes",
@@ -157,6 +159,7 @@ pub struct Metrics {
     writes_per_reconcile: Family<ControllerLabels, Histogram, fn() -> Histogram>,
     api_requests: Family<RequestLabels, Counter>,
     leader: Gauge,
+    leadership_lost: Counter,
     tenants: Family<ReadyLabels, Gauge>,
     backup_last_success: Family<ScheduleLabels, TimestampGauge>,
     backup_last_failure: Family<ScheduleLabels, TimestampGauge>,
@@ -194,6 +197,7 @@ impl Metrics {
             writes_per_reconcile: Family::new_with_constructor(writes_histogram),
             api_requests: Family::default(),
             leader: Gauge::default(),
+            leadership_lost: Counter::default(),
             tenants: Family::default(),
             backup_last_success: Family::default(),
             backup_last_failure: Family::default(),
@@ -242,6 +246,11 @@ impl Metrics {
             "palisade_leader",
             "1 while this replica holds the leader lease and runs the controllers",
             Declared(m.leader.clone()),
+        );
+        r.register(
+            "palisade_leadership_lost",
+            "Times this replica lost the leader lease (could not renew in time, or taken over) and stopped its controllers",
+            Declared(m.leadership_lost.clone()),
         );
         r.register(
             "palisade_tenants",
@@ -376,6 +385,15 @@ impl Metrics {
 
     pub fn leader(&self) -> bool {
         self.leader.get() == 1
+    }
+
+    /// Counts one lost leadership (the controllers were stopped).
+    pub fn lost_leadership(&self) {
+        self.leadership_lost.inc();
+    }
+
+    pub fn leadership_lost(&self) -> u64 {
+        self.leadership_lost.get()
     }
 
     /// Last successful backup of `schedule` in `namespace` (unix seconds).

@@ -208,6 +208,10 @@ struct Instance {
 }
 
 fn start_instance(server: &FakeApiServer, identity: &str) -> Instance {
+    start_instance_with(server, identity, false)
+}
+
+fn start_instance_with(server: &FakeApiServer, identity: &str, exit_on_lost: bool) -> Instance {
     let metrics = Arc::new(Metrics::new());
     let health = Health::default();
     let shutdown = CancellationToken::new();
@@ -217,6 +221,7 @@ fn start_instance(server: &FakeApiServer, identity: &str) -> Instance {
         leader: Some(lease(identity)),
         shutdown_timeout: Duration::from_secs(5),
         sync_timeout: Duration::from_secs(300),
+        exit_on_lost_leadership: exit_on_lost,
     };
     let task = tokio::spawn(runtime::run(
         server.client(),
@@ -300,9 +305,9 @@ async fn two_controller_instances_one_active_standby_takes_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_instance_that_loses_leadership_stops_and_fails() {
+async fn with_exit_on_lost_leadership_an_instance_that_loses_it_stops_and_fails() {
     let server = server();
-    let a = start_instance(&server, "a");
+    let a = start_instance_with(&server, "a", true);
     assert!(eventually(WAIT, || a.metrics.leader()).await);
     server.fail_when(500, None, |r| r.resource == "leases");
     let result = tokio::time::timeout(WAIT, a.task)
@@ -315,4 +320,96 @@ async fn an_instance_that_loses_leadership_stops_and_fails() {
     );
     assert!(!a.metrics.leader());
     assert!(!a.health.live());
+}
+
+/// Writes to anything but the Lease since `mark`.
+fn writes_since(server: &FakeApiServer, mark: palisade_testkit::LogMark) -> usize {
+    server
+        .log_since(mark)
+        .iter()
+        .filter(|r| r.is_write() && r.resource != "leases")
+        .count()
+}
+
+/// #27: a leader that cannot renew (the API server or etcd is away) stops
+/// every controller before its Lease could pass to another replica, stays
+/// live, and campaigns again in-process: when the API answers again one
+/// replica leads (never two at once) and the work goes on, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_stops_then_campaigns_again_in_process() {
+    let server = server();
+    let a = start_instance(&server, "a");
+    assert!(eventually(WAIT, || a.metrics.leader()).await, "a never led");
+    let b = start_instance(&server, "b");
+    assert!(eventually(WAIT, || b.health.ready()).await, "b never ready");
+    create_tenant(&server, "first").await;
+    wait_ready(&server, "first").await;
+
+    // Never two leaders, sampled all along.
+    let both = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (am, bm, both) = (a.metrics.clone(), b.metrics.clone(), both.clone());
+        tokio::spawn(async move {
+            loop {
+                if am.leader() && bm.leader() {
+                    both.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+
+    // The Lease cannot be written or read: a stops its controllers within
+    // the renew deadline and stays live (no exit, no restart).
+    let fault = server.fail_when(500, None, |r| r.resource == "leases");
+    let cut = Instant::now();
+    assert!(
+        eventually(WAIT, || !a.metrics.leader()).await,
+        "a kept leading"
+    );
+    assert!(
+        cut.elapsed() < LEASE,
+        "a stopped after {:?}, later than its lease could expire",
+        cut.elapsed()
+    );
+    assert_eq!(a.metrics.leadership_lost(), 1);
+    assert!(a.health.live(), "a re-campaigning replica is live");
+    assert!(!a.task.is_finished(), "a exited");
+
+    // Nobody leads while the Lease is unreachable: a Tenant waits, unwritten.
+    create_tenant(&server, "second").await;
+    let mark = server.mark();
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(
+        writes_since(&server, mark),
+        0,
+        "a controller wrote while no replica held the lease"
+    );
+    assert!(!a.health.ready() && !b.health.ready());
+
+    // The API answers again: one replica leads and converges the new Tenant.
+    server.clear_fault(fault);
+    assert!(
+        eventually(WAIT, || a.metrics.leader() || b.metrics.leader()).await,
+        "nobody leads again"
+    );
+    wait_ready(&server, "second").await;
+    assert!(
+        eventually(WAIT, || a.health.ready() && b.health.ready()).await,
+        "leader and standby are ready again"
+    );
+    sampler.abort();
+    assert!(
+        !both.load(std::sync::atomic::Ordering::SeqCst),
+        "two replicas led at once"
+    );
+    a.shutdown.cancel();
+    b.shutdown.cancel();
+    for task in [a.task, b.task] {
+        let r = tokio::time::timeout(WAIT, task)
+            .await
+            .expect("stopped")
+            .expect("task");
+        assert!(r.is_ok(), "{r:?}");
+    }
 }

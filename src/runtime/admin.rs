@@ -2,14 +2,19 @@
 //! (default `0.0.0.0:8080`).
 //!
 //! * `/livez` is 200 while the process runs its loops; 503 once it has decided
-//!   to exit (lost leadership, shutting down, or caches that did not sync
-//!   within `--sync-timeout`, default 5m), so a wedged process is restarted.
-//! * `/readyz` is 200 when this replica does what it should: a **standby** is
-//!   ready once it has reached the API server and read the Lease (it serves
-//!   metrics, with `palisade_leader 0`); the **leader** (or the only replica,
-//!   without leader election) is ready once every cache (the Tenant store and
-//!   every child cache) has synced and the controllers run. Right after a
-//!   takeover the new leader is briefly not ready while its caches sync.
+//!   to exit (shutting down, caches that did not sync within `--sync-timeout`,
+//!   default 5m, or lost leadership with `--exit-on-lost-leadership`), so a
+//!   wedged process is restarted. A leader that lost its Lease stops its
+//!   controllers and campaigns again in-process: it stays live.
+//! * `/readyz` is 200 when this replica does what it should: "leading and
+//!   synced", or "standing by, healthy". A **standby** (also a former leader
+//!   campaigning again) is ready once it has reached the API server and read
+//!   the Lease (it serves metrics, with `palisade_leader 0`); the **leader**
+//!   (or the only replica, without leader election) is ready once every cache
+//!   (the Tenant store and every child cache) has synced and the controllers
+//!   run. Right after a takeover the new leader is briefly not ready while its
+//!   caches sync (their lists skip the client rate limit, 16 at a time, so
+//!   that takes as long as the API server needs to answer them).
 //! * `/metrics` is the Prometheus text format of [`Metrics`].
 
 use std::convert::Infallible;

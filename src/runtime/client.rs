@@ -28,9 +28,10 @@ pub fn layered<S>(
 }
 
 /// Builds a client from a kube config with Palisade's layers: over HTTP/2 on
-/// [`CONNECTIONS`] connections ([`multiplexed`]) when `http2` and the API
-/// server is reached over TLS (it then always offers h2), else kube's own
-/// stack (HTTP/1.1, one connection per watch). A kubeconfig whose
+/// `http2_connections` connections ([`multiplexed`]; the controllers use
+/// [`CONNECTIONS`], the leader Lease one of its own) when that is not 0 and
+/// the API server is reached over TLS (it then always offers h2), else kube's
+/// own stack (HTTP/1.1, one connection per watch). A kubeconfig whose
 /// credentials come from an exec plugin also keeps kube's stack: only it
 /// knows when an exec-issued client certificate expires.
 pub fn from_config(
@@ -38,13 +39,13 @@ pub fn from_config(
     metrics: Arc<Metrics>,
     qps: f64,
     burst: u32,
-    http2: bool,
+    http2_connections: usize,
 ) -> Result<kube::Client, kube::Error> {
     let tls = config.cluster_url.scheme_str() == Some("https");
-    if !http2 || !tls || config.auth_info.exec.is_some() {
+    if http2_connections == 0 || !tls || config.auth_info.exec.is_some() {
         return Ok(layered(ClientBuilder::try_from(config)?, metrics, qps, burst).build());
     }
-    Ok(layered(multiplexed(config, CONNECTIONS)?, metrics, qps, burst).build())
+    Ok(layered(multiplexed(config, http2_connections)?, metrics, qps, burst).build())
 }
 
 // ---- HTTP/2 over a fixed pool of connections ------------------------------------------
@@ -366,12 +367,14 @@ impl TokenBucket {
 #[derive(Clone)]
 pub struct RateLimitLayer {
     bucket: Arc<TokenBucket>,
+    lists: Arc<tokio::sync::Semaphore>,
 }
 
 impl RateLimitLayer {
     pub fn new(qps: f64, burst: u32) -> Self {
         Self {
             bucket: Arc::new(TokenBucket::new(qps, burst)),
+            lists: Arc::new(tokio::sync::Semaphore::new(LIST_CONCURRENCY)),
         }
     }
 }
@@ -382,19 +385,36 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit {
             inner,
             bucket: self.bucket.clone(),
-            reserved: false,
-            sleep: None,
+            lists: self.lists.clone(),
         }
     }
 }
 
-/// Waits for a token in `poll_ready` (kube's client puts a buffer in front, so
-/// requests queue there), then calls the inner service.
+/// Lists in flight at once (see [`RateLimit`]).
+pub const LIST_CONCURRENCY: usize = 16;
+
+/// Paces requests by the bucket. The wait is in the response future, not in
+/// `poll_ready`: kube's client puts one buffer worker in front, and a wait
+/// there would hold every request behind the one waiting, including the
+/// requests the bucket does not pace. Reservations are taken in call order,
+/// so waiting stays fair (FIFO). The inner futures (hyper, kube's layers) do
+/// nothing until polled, so a delayed poll is a delayed request.
+///
+/// Lists, what a cache needs to sync, are not paced by the bucket: queued
+/// behind bulk writes they kept a restarted controller's caches from syncing
+/// (one list and one watch per tenant namespace and per-namespace kind: 1,600
+/// requests for 200 tenants, 32 s at the former default of 50 QPS, all in one
+/// FIFO with the writes), so nothing was reconciled and /readyz stayed 503
+/// meanwhile. They are bounded by concurrency instead ([`LIST_CONCURRENCY`] in
+/// flight): that is what the API server's priority and fairness counts
+/// (seats), so a thousand namespaces listed at start-up queue here, not in the
+/// server's queues for this flow, where they would be refused (429). Watches
+/// take a token, as in client-go: a cache is synced by its list, and its
+/// watch resumes from the list's resourceVersion whenever it starts.
 pub struct RateLimit<S> {
     inner: S,
     bucket: Arc<TokenBucket>,
-    reserved: bool,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    lists: Arc<tokio::sync::Semaphore>,
 }
 
 impl<S: Clone> Clone for RateLimit<S> {
@@ -402,40 +422,60 @@ impl<S: Clone> Clone for RateLimit<S> {
         Self {
             inner: self.inner.clone(),
             bucket: self.bucket.clone(),
-            reserved: false,
-            sleep: None,
+            lists: self.lists.clone(),
         }
     }
 }
 
-impl<S, Req> Service<Req> for RateLimit<S>
+/// How the client paces one request (see [`RateLimit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// A token of the bucket.
+    Bucket,
+    /// A slot among the lists in flight.
+    ListSlot,
+}
+
+/// The pacing of a request by its verb.
+pub fn pacing_of(method: &Method, uri: &http::Uri) -> Pacing {
+    match verb_of(method, uri) {
+        "list" => Pacing::ListSlot,
+        _ => Pacing::Bucket,
+    }
+}
+
+impl<S, B> Service<Request<B>> for RateLimit<S>
 where
-    S: Service<Req>,
+    S: Service<Request<B>>,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        if !self.reserved {
-            self.reserved = true;
-            let wait = self.bucket.reserve();
-            if !wait.is_zero() {
-                self.sleep = Some(Box::pin(tokio::time::sleep(wait)));
-            }
-        }
-        if let Some(sleep) = self.sleep.as_mut() {
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.sleep = None;
-        }
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.reserved = false;
-        self.inner.call(req)
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let pacing = pacing_of(req.method(), req.uri());
+        let wait = match pacing {
+            Pacing::Bucket => self.bucket.reserve(),
+            Pacing::ListSlot => Duration::ZERO,
+        };
+        let lists = (pacing == Pacing::ListSlot).then(|| self.lists.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            // Held until the list has been answered; never closed.
+            let _slot = match lists {
+                Some(lists) => lists.acquire_owned().await.ok(),
+                None => None,
+            };
+            fut.await
+        })
     }
 }
 
@@ -559,6 +599,70 @@ mod tests {
         // A second later the debt is paid and 8 tokens saved (capped at burst 3).
         let later = t0 + Duration::from_secs(1);
         assert_eq!(b.reserve_at(later), Duration::ZERO);
+    }
+
+    #[test]
+    fn lists_take_a_slot_the_rest_a_token() {
+        let p = |m: Method, u: &str| pacing_of(&m, &u.parse().expect("uri"));
+        assert_eq!(
+            p(
+                Method::GET,
+                "/api/v1/namespaces/a/secrets?watch=true&resourceVersion=1"
+            ),
+            Pacing::Bucket
+        );
+        assert_eq!(
+            p(Method::GET, "/api/v1/namespaces/a/secrets"),
+            Pacing::ListSlot
+        );
+        assert_eq!(
+            p(Method::GET, "/api/v1/namespaces/a/secrets/s"),
+            Pacing::Bucket
+        );
+        assert_eq!(
+            p(Method::PATCH, "/api/v1/namespaces/a/secrets/s"),
+            Pacing::Bucket
+        );
+        assert_eq!(p(Method::POST, "/api/v1/namespaces"), Pacing::Bucket);
+    }
+
+    /// Lists are bounded by concurrency, not by the bucket: 48 of them with
+    /// a bucket of 1 QPS take well under a second, never more than
+    /// `LIST_CONCURRENCY` at once.
+    #[tokio::test]
+    async fn lists_are_bounded_by_concurrency_not_by_the_bucket() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tower::ServiceExt as _;
+        let (now, max) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (n, m) = (now.clone(), max.clone());
+        let inner = tower::service_fn(move |_: Request<()>| {
+            let (n, m) = (n.clone(), m.clone());
+            async move {
+                let at = n.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(at, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                n.fetch_sub(1, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(Response::new(()))
+            }
+        });
+        let svc = RateLimitLayer::new(1.0, 1).layer(inner);
+        let start = Instant::now();
+        let calls = (0..48).map(|_| {
+            let req = Request::get("/api/v1/namespaces/a/secrets")
+                .body(())
+                .expect("request");
+            let mut svc = svc.clone();
+            async move { svc.ready().await.expect("ready").call(req).await }
+        });
+        for r in futures::future::join_all(calls).await {
+            r.expect("response");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(max.load(Ordering::SeqCst), LIST_CONCURRENCY);
     }
 
     #[test]

@@ -249,9 +249,13 @@ impl LeaderElector {
             if left.is_zero() {
                 return LostLeadership::RenewDeadline(s.renew_deadline);
             }
+            // The Lease says `renewTime` = when the attempt began: count from
+            // then, not from the answer, or a slow answer would stretch this
+            // replica's term past what the others read in the Lease.
+            let attempt = Instant::now();
             match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
                 Ok(Ok(Attempt::Leading)) => {
-                    last_renewed = Instant::now();
+                    last_renewed = attempt;
                     wait = s.renew_interval();
                 }
                 Ok(Ok(Attempt::Standby { holder })) => {

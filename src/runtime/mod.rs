@@ -40,13 +40,38 @@ pub struct RuntimeSettings {
     /// How long the caches may take to sync once leading; past it the
     /// replica is not live, gives its Lease up and stops (zero: no limit).
     pub sync_timeout: Duration,
+    /// After losing leadership (the Lease could not be renewed in time, or
+    /// was taken over): stop and return the error (the process exits and is
+    /// restarted) instead of stopping the controllers and campaigning again
+    /// in-process (the default).
+    pub exit_on_lost_leadership: bool,
+}
+
+/// The clients the runtime uses: one for the controllers (rate-limited),
+/// one for the leader Lease, which must never queue behind bulk work: a
+/// renewal that waits for reconcile writes to drain can miss the renew
+/// deadline of a perfectly healthy leader.
+#[derive(Clone)]
+pub struct Clients {
+    pub api: kube::Client,
+    pub lease: kube::Client,
+}
+
+/// One client for both (tests, and a client without a rate limit).
+impl From<kube::Client> for Clients {
+    fn from(client: kube::Client) -> Self {
+        Self {
+            api: client.clone(),
+            lease: client,
+        }
+    }
 }
 
 /// Why the runtime stopped other than by a requested shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The controllers were stopped; the process should exit non-zero and be
-    /// restarted as a standby.
+    /// The controllers were stopped and `exit_on_lost_leadership` is set: the
+    /// process should exit non-zero and be restarted as a standby.
     #[error(transparent)]
     LostLeadership(#[from] LostLeadership),
     /// The caches did not sync in time (the API server refuses a list, or
@@ -75,33 +100,73 @@ pub fn resync_ticks(interval: Duration) -> BoxStream<'static, ()> {
 
 /// Standby until this replica leads (if leader election is on), then runs the
 /// controllers until `shutdown` fires (then drains in-flight reconciles,
-/// releases the Lease and returns `Ok`) or leadership is lost (then stops the
-/// controllers at once and returns the error).
+/// releases the Lease and returns `Ok`) or leadership is lost. Losing it
+/// stops the controllers at once (before the Lease could pass to another
+/// replica: `renew_deadline < lease_duration`); then the replica stands by
+/// and campaigns again in this process, with fresh caches and no backoff
+/// left over, or with `exit_on_lost_leadership` returns the error.
 pub async fn run(
-    client: kube::Client,
+    clients: impl Into<Clients>,
     metrics: Arc<Metrics>,
     health: Health,
     clock: Arc<dyn Clock>,
     settings: RuntimeSettings,
     shutdown: CancellationToken,
 ) -> Result<(), RuntimeError> {
+    let clients = clients.into();
     metrics.set_leader(false);
     let elector = settings
         .leader
         .clone()
-        .map(|l| LeaderElector::new(client.clone(), l, clock.clone()));
-    if let Some(elector) = &elector {
-        let h = health.clone();
-        let acquired = elector
-            .acquire(&shutdown, |attempt| h.set_ready(attempt.is_ok()))
-            .await;
-        if !acquired {
+        .map(|l| LeaderElector::new(clients.lease.clone(), l, clock.clone()));
+    loop {
+        if let Some(elector) = &elector {
+            let h = health.clone();
+            let acquired = elector
+                .acquire(&shutdown, |attempt| h.set_ready(attempt.is_ok()))
+                .await;
+            if !acquired {
+                health.set_ready(false);
+                return Ok(());
+            }
+            // Not ready again until the caches have synced.
             health.set_ready(false);
-            return Ok(());
         }
-        // Not ready again until the caches have synced.
-        health.set_ready(false);
+        let led = lead(
+            clients.api.clone(),
+            &metrics,
+            &health,
+            &clock,
+            &settings,
+            &shutdown,
+            elector.as_ref(),
+        )
+        .await;
+        match led {
+            Err(RuntimeError::LostLeadership(lost)) if !settings.exit_on_lost_leadership => {
+                metrics.lost_leadership();
+                warn!(error = %lost, "lost leadership: controllers stopped; standing by and campaigning again");
+            }
+            Err(e) => {
+                health.set_live(false);
+                return Err(e);
+            }
+            Ok(()) => return Ok(()),
+        }
     }
+}
+
+/// One term as leader (or the only replica): the controllers run until
+/// `shutdown` or until leadership is lost; they have stopped when this returns.
+async fn lead(
+    client: kube::Client,
+    metrics: &Arc<Metrics>,
+    health: &Health,
+    clock: &Arc<dyn Clock>,
+    settings: &RuntimeSettings,
+    shutdown: &CancellationToken,
+    elector: Option<&LeaderElector>,
+) -> Result<(), RuntimeError> {
     metrics.set_leader(true);
     info!("leading: starting the controllers");
 
@@ -209,7 +274,7 @@ pub async fn run(
             () = unsynced_wait.cancelled() => true,
         }
     };
-    let (lost, gave_up) = match &elector {
+    let (lost, gave_up) = match elector {
         Some(elector) => tokio::select! {
             gave_up = drained => (None, gave_up),
             lost = elector.hold() => (Some(lost), false),
@@ -227,16 +292,14 @@ pub async fn run(
     metrics.set_leader(false);
     if let Some(lost) = lost {
         error!(error = %lost, "lost leadership: controllers stopped");
-        health.set_live(false);
         return Err(lost.into());
     }
-    if let Some(elector) = &elector
+    if let Some(elector) = elector
         && let Err(e) = elector.release().await
     {
         warn!(error = %e, "could not release the leader lease; a standby takes over when it expires");
     }
     if gave_up {
-        health.set_live(false);
         return Err(RuntimeError::NotSynced(settings.sync_timeout));
     }
     info!("controllers stopped");

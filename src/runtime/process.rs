@@ -63,7 +63,8 @@ impl StartError {
     }
 }
 
-/// Runs the controllers until shutdown (or lost leadership: exit code 1).
+/// Runs the controllers until shutdown (or, with `--exit-on-lost-leadership`,
+/// lost leadership; or caches that never sync: exit code 1).
 /// `settings` builds the runtime settings from the client's default namespace.
 pub async fn controller(
     process: Process,
@@ -76,14 +77,22 @@ pub async fn controller(
     if let Some(lease) = &settings.leader {
         lease.validate().map_err(StartError::Lease)?;
     }
-    let client = client::from_config(
+    // The Lease gets its own client without the rate limit: a renewal must
+    // never wait behind the controllers' writes.
+    // Over HTTP/2 it also has its own connection: a renewal never waits for
+    // a stream on a connection the watches fill.
+    let connections = |n: usize| if process.http2 { n } else { 0 };
+    let lease = client::from_config(config.clone(), metrics.clone(), 0.0, 1, connections(1))
+        .map_err(StartError::Client)?;
+    let api = client::from_config(
         config,
         metrics.clone(),
         process.kube_qps,
         process.kube_burst,
-        process.http2,
+        connections(client::CONNECTIONS),
     )
     .map_err(StartError::Client)?;
+    let clients = super::Clients { api, lease };
     let health = Health::default();
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
@@ -97,7 +106,7 @@ pub async fn controller(
     let admin = tokio::spawn(admin.serve(health.clone(), metrics.clone(), admin_stop.clone()));
     tracing::info!(admin = %bound, "palisade controller starting; /livez, /readyz and /metrics served");
     let result = super::run(
-        client,
+        clients,
         metrics,
         health,
         Arc::new(SystemClock),
