@@ -1,7 +1,8 @@
-//! Issue #24: the controller's TCP connections to the API server do not grow
-//! with the number of tenants. Before, every watch was its own HTTP/1.1
-//! connection (two per managed namespace); the controller binary now speaks
-//! HTTP/2 over a fixed pool of connections (`runtime::client`).
+//! Issue #24: with `--http2` the controller's TCP connections to the API
+//! server do not grow with the number of tenants. Over HTTP/1.1 (still the
+//! default, see `--http2`) every watch is its own connection (two per
+//! managed namespace); with `--http2` the controller binary speaks HTTP/2 over
+//! a fixed pool of connections (`runtime::client`).
 //!
 //! Measured on the real binary (`palisade controller`, as the kubeconfig's
 //! user), by its open sockets: `/proc/<pid>/fd` matched against
@@ -72,7 +73,7 @@ pub(super) fn connections_to(pid: u32, port: u16) -> usize {
 }
 
 /// 30 tenants (60 namespaces, 120 per-namespace watches besides the
-/// cluster-wide ones) converge under the controller binary with at most 50
+/// cluster-wide ones) converge under the controller binary (`--http2`) with at most 50
 /// connections to the API server (issue #24's bound, at any size); over
 /// HTTP/1.1 it was one per watch.
 #[tokio::test]
@@ -96,6 +97,7 @@ async fn connections_do_not_grow_with_tenants() {
             "text",
             "--admin-addr",
             "127.0.0.1:0",
+            "--http2",
         ])
         .env("PALISADE_LOG", "warn")
         .stdout(std::process::Stdio::null())

@@ -188,11 +188,12 @@ pub struct ControllerArgs {
     /// Kubernetes API requests allowed in a burst above --kube-qps.
     #[arg(long, env = "PALISADE_KUBE_BURST", default_value_t = 400)]
     pub kube_burst: u32,
-    /// Talk to the API server over HTTP/1.1, one connection per watch, instead
-    /// of HTTP/2 on a fixed pool of 32 connections: for an API server or proxy
-    /// that does not speak HTTP/2 (client-go's DISABLE_HTTP2).
-    #[arg(long, env = "PALISADE_DISABLE_HTTP2", default_value_t = false)]
-    pub disable_http2: bool,
+    /// Talk to the API server over HTTP/2 on a fixed pool of 32 connections
+    /// instead of HTTP/1.1 with one connection per watch (two per managed
+    /// namespace). Off by default: an e2e test that deletes a Tenant right
+    /// after forced rotations misses the deletion over HTTP/2 (issue #24).
+    #[arg(long, env = "PALISADE_HTTP2", default_value_t = false)]
+    pub http2: bool,
     /// How long a graceful shutdown waits for in-flight reconciles.
     #[arg(long, env = "PALISADE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -288,7 +289,7 @@ impl ControllerArgs {
             admin_addr: self.admin_addr,
             kube_qps: self.kube_qps,
             kube_burst: self.kube_burst,
-            http2: !self.disable_http2,
+            http2: self.http2,
         }
     }
 
