@@ -156,6 +156,60 @@ pub async fn run(
     }
 }
 
+/// The Tenant gauges (Ready and not) from the controller's Tenant store.
+fn count_tenants(metrics: &Metrics, store: kube::runtime::reflector::Store<crate::crd::Tenant>) {
+    metrics.set_tenant_counter(Box::new(move || {
+        let tenants = store.state();
+        let ready = tenants
+            .iter()
+            .filter(|t| {
+                t.status
+                    .as_ref()
+                    .is_some_and(|s| crate::crd::condition::is_true(&s.conditions, "Ready"))
+            })
+            .count();
+        let ready = i64::try_from(ready).unwrap_or(i64::MAX);
+        let all = i64::try_from(tenants.len()).unwrap_or(i64::MAX);
+        (ready, all - ready)
+    }));
+}
+
+/// Marks the replica ready once the Tenant store and every cache have
+/// listed; past `sync_timeout` (unless zero) it is no longer live and
+/// `unsynced` fires (the leader gives up).
+async fn await_sync(
+    store: kube::runtime::reflector::Store<crate::crd::Tenant>,
+    ctx: Arc<Context>,
+    health: Health,
+    sync_timeout: Duration,
+    unsynced: CancellationToken,
+) {
+    // The Controller waits on this store too, and kube's
+    // `wait_until_ready` wakes only its last poller: ask again
+    // every 200ms rather than sleep on a wake-up that may go to the
+    // Controller instead.
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+            Ok(Ok(())) => break,
+            Ok(Err(_)) => return,
+            Err(_) => continue,
+        }
+    }
+    let synced = async {
+        ctx.wait_ready().await;
+    };
+    if sync_timeout.is_zero() {
+        synced.await;
+    } else if tokio::time::timeout(sync_timeout, synced).await.is_err() {
+        error!(timeout = ?sync_timeout, "caches did not sync in time: not live, giving up leadership");
+        health.set_live(false);
+        unsynced.cancel();
+        return;
+    }
+    info!(objects = ctx.cache.len(), "caches synced; ready");
+    health.set_ready(true);
+}
+
 /// One term as leader (or the only replica): the controllers run until
 /// `shutdown` or until leadership is lost; they have stopped when this returns.
 async fn lead(
@@ -206,49 +260,14 @@ async fn lead(
         async move { stop_signal.cancelled().await },
         resync_ticks(settings.resync_interval),
         move |store| {
-            let counted = store.clone();
-            m.set_tenant_counter(Box::new(move || {
-                let tenants = counted.state();
-                let ready = tenants
-                    .iter()
-                    .filter(|t| {
-                        t.status
-                            .as_ref()
-                            .is_some_and(|s| crate::crd::condition::is_true(&s.conditions, "Ready"))
-                    })
-                    .count();
-                let ready = i64::try_from(ready).unwrap_or(i64::MAX);
-                let all = i64::try_from(tenants.len()).unwrap_or(i64::MAX);
-                (ready, all - ready)
-            }));
-            let task = tokio::spawn(async move {
-                // The Controller waits on this store too, and kube's
-                // `wait_until_ready` wakes only its last poller: ask again
-                // every 200ms rather than sleep on a wake-up that may go to the
-                // Controller instead.
-                loop {
-                    match tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready())
-                        .await
-                    {
-                        Ok(Ok(())) => break,
-                        Ok(Err(_)) => return,
-                        Err(_) => continue,
-                    }
-                }
-                let synced = async {
-                    ready_ctx.wait_ready().await;
-                };
-                if sync_timeout.is_zero() {
-                    synced.await;
-                } else if tokio::time::timeout(sync_timeout, synced).await.is_err() {
-                    error!(timeout = ?sync_timeout, "caches did not sync in time: not live, giving up leadership");
-                    h.set_live(false);
-                    unsynced_signal.cancel();
-                    return;
-                }
-                info!(objects = ready_ctx.cache.len(), "caches synced; ready");
-                h.set_ready(true);
-            });
+            count_tenants(&m, store.clone());
+            let task = tokio::spawn(await_sync(
+                store,
+                ready_ctx,
+                h,
+                sync_timeout,
+                unsynced_signal,
+            ));
             if let Ok(mut slot) = readiness_slot.lock() {
                 *slot = Some(task);
             }
