@@ -67,6 +67,15 @@ struct MetadataOnly {
     metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 }
 
+/// The metadata of a cached entry (its JSON parsed for `metadata` only).
+fn metadata_of(
+    entry: &Entry,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta> {
+    serde_json::from_str::<MetadataOnly>(&entry.json)
+        .ok()
+        .map(|m| m.metadata)
+}
+
 /// One cached object.
 struct Entry {
     /// The object as compact JSON.
@@ -963,6 +972,15 @@ impl ChildCache {
         let Some(kind) = self.kind_index(ar) else {
             return Vec::new();
         };
+        self.tenant_entries(tenant, Some(kind))
+            .into_iter()
+            .filter_map(|(_, e)| metadata_of(&e))
+            .collect()
+    }
+
+    /// The cached entries managed for `tenant` (of kind index `only`, or of
+    /// every kind), taken under the lock; parsed by the caller outside it.
+    fn tenant_entries(&self, tenant: &str, only: Option<usize>) -> Vec<(usize, Arc<Entry>)> {
         let Ok(inner) = self.inner.read() else {
             return Vec::new();
         };
@@ -971,10 +989,8 @@ impl ChildCache {
             .get(tenant)
             .into_iter()
             .flatten()
-            .filter(|(k, _)| *k == kind)
-            .filter_map(|(_, key)| inner.kinds[kind].get(key))
-            .filter_map(|e| serde_json::from_str::<MetadataOnly>(&e.json).ok())
-            .map(|m| m.metadata)
+            .filter(|(kind, _)| only.is_none_or(|o| o == *kind))
+            .filter_map(|(kind, key)| Some((*kind, inner.kinds[*kind].get(key)?.clone())))
             .collect()
     }
 
@@ -982,23 +998,13 @@ impl ChildCache {
     /// (`data` is null): enough to prune, delete with a uid precondition or
     /// release, without building every object's JSON tree.
     pub fn owned_by(&self, tenant: &str) -> Vec<(ApiResource, Arc<DynamicObject>)> {
-        let entries: Vec<(usize, Arc<Entry>)> = match self.inner.read() {
-            Ok(inner) => inner
-                .by_tenant
-                .get(tenant)
-                .into_iter()
-                .flatten()
-                .filter_map(|(kind, key)| Some((*kind, inner.kinds[*kind].get(key)?.clone())))
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        let mut out: Vec<(ApiResource, Arc<DynamicObject>)> = entries
+        let mut out: Vec<(ApiResource, Arc<DynamicObject>)> = self
+            .tenant_entries(tenant, None)
             .into_iter()
             .filter_map(|(kind, e)| {
-                let meta: MetadataOnly = serde_json::from_str(&e.json).ok()?;
                 let ar = self.kinds[kind].ar.clone();
                 let mut obj = DynamicObject::new("", &ar);
-                obj.metadata = meta.metadata;
+                obj.metadata = metadata_of(&e)?;
                 Some((ar, Arc::new(obj)))
             })
             .collect();
