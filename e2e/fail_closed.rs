@@ -211,19 +211,11 @@ async fn retain_keeps_generated_secrets_and_jwks() {
     let (secret_b, jwks_b) = data_of(&client, &ns_b).await;
 
     // The namespace leaves the tenant.
-    let t = tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"namespaces": [{"name": ns_a}]}})),
-        )
-        .await
-        .expect("drop b");
-    wait(await_condition(
-        tenants.clone(),
+    edit_ready(
+        &tenants,
         &name,
-        tenant_ready(t.meta().generation),
-    ))
+        json!({"spec": {"namespaces": [{"name": ns_a}]}}),
+    )
     .await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
     wait(await_condition(
@@ -257,19 +249,11 @@ async fn retain_keeps_generated_secrets_and_jwks() {
     );
 
     // Listed again: adopted back with the same values (no new version).
-    let t = tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"namespaces": [{"name": ns_a}, {"name": ns_b}]}})),
-        )
-        .await
-        .expect("list b again");
-    wait(await_condition(
-        tenants.clone(),
+    edit_ready(
+        &tenants,
         &name,
-        tenant_ready(t.meta().generation),
-    ))
+        json!({"spec": {"namespaces": [{"name": ns_a}, {"name": ns_b}]}}),
+    )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns_b);
     let adopted = wait(await_condition(

@@ -546,6 +546,22 @@ async fn create_ready(tenants: &Api<Tenant>, tenant: &Tenant) {
     wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
 }
 
+/// Merge-patches Tenant `name` with `patch` and waits until it is Ready at
+/// the generation the patch made.
+async fn edit_ready(tenants: &Api<Tenant>, name: &str, patch: serde_json::Value) -> Tenant {
+    let t = tenants
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("edit tenant");
+    wait(await_condition(
+        tenants.clone(),
+        name,
+        tenant_ready(t.meta().generation),
+    ))
+    .await;
+    t
+}
+
 async fn delete_tenant(client: &Client, name: &str) {
     let api: Api<Tenant> = Api::all(client.clone());
     let uid = api.get(name).await.ok().and_then(|t| t.uid());

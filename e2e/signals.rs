@@ -121,20 +121,11 @@ async fn watches_never_403_on_the_happy_path_and_recover_without_restart() {
     );
     // The Tenant watch is not starved meanwhile: a change to the first
     // Tenant is still seen and acted on.
-    tenants
-        .patch(
-            &first,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"quota": {"hard": {"pods": "11"}}}})),
-        )
-        .await
-        .expect("edit");
-    let generation = tenants.get(&first).await.expect("get").metadata.generation;
-    wait(await_condition(
-        tenants.clone(),
+    edit_ready(
+        &tenants,
         &first,
-        tenant_ready(generation),
-    ))
+        json!({"spec": {"quota": {"hard": {"pods": "11"}}}}),
+    )
     .await;
 
     // The permission comes back: no restart, Ready within 30 s.

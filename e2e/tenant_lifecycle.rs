@@ -68,19 +68,11 @@ async fn tenant_converges_heals_and_deletes() {
     .await;
 
     // Spec edit: a namespace removed from the spec is deleted (Delete policy).
-    let t = tenants
-        .patch(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"namespaces": [{"name": ns_a}]}})),
-        )
-        .await
-        .expect("edit");
-    wait(await_condition(
-        tenants.clone(),
+    edit_ready(
+        &tenants,
         &name,
-        tenant_ready(t.meta().generation),
-    ))
+        json!({"spec": {"namespaces": [{"name": ns_a}]}}),
+    )
     .await;
     let ns_b = format!("{name}-b");
     let gone = namespaces.get_opt(&ns_b).await.expect("get");
