@@ -306,15 +306,12 @@ async fn gc_rules_apply_whatever_the_tenant_writes_on_its_objects() {
         return;
     }
     let (client, _controller) = setup().await;
-    let name = unique("e2t");
     let mut cleanup = Cleanup::default();
-    cleanup.tenant(&name);
-    let ns = format!("{name}-a");
-    let tenant: Tenant = serde_json::from_value(json!({
-        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
-        "spec": {
-            "namespaces": [{"name": ns}],
-            "deletionPolicy": "Delete",
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let (name, ns) = one_namespace_ready(
+        &tenants,
+        "e2t",
+        json!({
             "secrets": [{"name": "db", "type": "Random", "rotateEvery": "720h"}],
             "garbageCollection": {
                 "rules": [
@@ -323,15 +320,10 @@ async fn gc_rules_apply_whatever_the_tenant_writes_on_its_objects() {
                      "selector": {"matchLabels": {"app.kubernetes.io/managed-by": "palisade"}}, "maxAge": "3s"}
                 ]
             }
-        }
-    }))
-    .expect("tenant");
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &tenant)
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+        }),
+        &mut cleanup,
+    )
+    .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let rotated = secrets.get("db").await.expect("Palisade's rotated Secret");
     assert_eq!(

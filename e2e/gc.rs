@@ -10,30 +10,22 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
     use k8s_openapi::api::batch::v1::Job;
     use k8s_openapi::api::core::v1::ConfigMap;
     let (client, _controller) = setup().await;
-    let name = unique("e2g");
     let mut cleanup = Cleanup::default();
-    cleanup.tenant(&name);
-    let ns = format!("{name}-a");
-    let tenant: Tenant = serde_json::from_value(json!({
-        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
-        "spec": {
-            "namespaces": [{"name": ns}],
-            "deletionPolicy": "Delete",
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let (name, ns) = one_namespace_ready(
+        &tenants,
+        "e2g",
+        json!({
             "garbageCollection": {
                 "rules": [
                     {"name": "finished-jobs", "kinds": ["Job"], "maxAge": "5s", "ageFrom": "Completion"},
                     {"name": "scratch", "kinds": ["ConfigMap"], "selector": {"matchLabels": {"e2e": "scratch"}}, "maxAge": "8s"}
                 ]
             }
-        }
-    }))
-    .expect("tenant");
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &tenant)
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+        }),
+        &mut cleanup,
+    )
+    .await;
 
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let expires = k8s_openapi::jiff::Timestamp::now()

@@ -546,6 +546,31 @@ async fn create_ready(tenants: &Api<Tenant>, tenant: &Tenant) {
     wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
 }
 
+/// Creates Tenant `<prefix>-<unique>` with one namespace `<name>-a`,
+/// `deletionPolicy: Delete` and the fields of `extra` in its spec (the Tenant
+/// goes with `cleanup`), and waits until it is Ready: `(name, namespace)`.
+async fn one_namespace_ready(
+    tenants: &Api<Tenant>,
+    prefix: &str,
+    extra: serde_json::Value,
+    cleanup: &mut Cleanup,
+) -> (String, String) {
+    let name = unique(prefix);
+    cleanup.tenant(&name);
+    let ns = format!("{name}-a");
+    let mut spec = json!({"namespaces": [{"name": ns}], "deletionPolicy": "Delete"});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("tenant");
+    create_ready(tenants, &tenant).await;
+    (name, ns)
+}
+
 /// Merge-patches Tenant `name` with `patch` and waits until it is Ready at
 /// the generation the patch made.
 async fn edit_ready(tenants: &Api<Tenant>, name: &str, patch: serde_json::Value) -> Tenant {

@@ -9,28 +9,20 @@ async fn secrets_are_created_rotated_on_demand_and_published_as_jwks() {
     }
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
     let (client, _controller) = setup().await;
-    let name = unique("e2k");
     let mut cleanup = Cleanup::default();
-    cleanup.tenant(&name);
-    let ns = format!("{name}-a");
-    let tenant: Tenant = serde_json::from_value(json!({
-        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
-        "spec": {
-            "namespaces": [{"name": ns}],
-            "deletionPolicy": "Delete",
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let (name, ns) = one_namespace_ready(
+        &tenants,
+        "e2k",
+        json!({
             "secrets": [
                 {"name": "api-key", "type": "Random", "rotateEvery": "720h"},
                 {"name": "signing", "type": "JwtSigningKey", "algorithm": "EdDSA", "rotateEvery": "720h", "keepPrevious": 1}
             ]
-        }
-    }))
-    .expect("tenant");
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &tenant)
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+        }),
+        &mut cleanup,
+    )
+    .await;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let version = |s: &Secret| {
