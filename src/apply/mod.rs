@@ -59,6 +59,26 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
+    /// `verb` on `name` of `ar`'s kind failed at the API server.
+    fn api(ar: &ApiResource, name: &str, verb: &'static str) -> impl FnOnce(kube::Error) -> Self {
+        move |source| ApplyError::Api {
+            verb,
+            kind: ar.kind.clone(),
+            name: name.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    /// `name` of `ar`'s kind is not an object this module can send.
+    fn malformed(ar: &ApiResource, name: &str) -> Self {
+        ApplyError::Malformed {
+            kind: ar.kind.clone(),
+            name: name.to_string(),
+        }
+    }
+}
+
+impl ApplyError {
     /// Bounded reason for conditions, Events and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -330,15 +350,9 @@ impl Applier {
     /// `desired` as every write sends it: with apiVersion and kind of `ar` and
     /// the [`APPLIED_HASH`] annotation; also its hash, name and namespace.
     /// (`palisade diff` dry-runs exactly this.)
-    pub fn prepare(
-        ar: &ApiResource,
-        mut desired: Value,
-    ) -> Result<(Value, u64, String, Option<String>), ApplyError> {
+    pub fn prepare(ar: &ApiResource, mut desired: Value) -> Result<Prepared, ApplyError> {
         let name = desired_name(&desired);
-        let malformed = || ApplyError::Malformed {
-            kind: ar.kind.clone(),
-            name: name.clone(),
-        };
+        let malformed = || ApplyError::malformed(ar, &name);
         if name.is_empty() {
             return Err(malformed());
         }
@@ -359,28 +373,25 @@ impl Applier {
         if let Some(a) = annotations.as_object_mut() {
             a.insert(APPLIED_HASH.into(), format!("{hash:016x}").into());
         }
-        Ok((desired, hash, name, ns))
+        Ok(Prepared {
+            desired,
+            hash,
+            name,
+            ns,
+        })
     }
 
-    fn matches(
-        &self,
-        ar: &ApiResource,
-        desired: &Value,
-        hash: u64,
-        name: &str,
-        ns: Option<&str>,
-        actual: &Value,
-    ) -> bool {
+    fn matches(&self, ar: &ApiResource, p: &Prepared, actual: &Value) -> bool {
         if actual.pointer("/metadata/deletionTimestamp").is_some() {
             return false;
         }
-        if let Some((rv, h)) = self.journal.recent_write(ar, ns, name)
+        if let Some((rv, h)) = self.journal.recent_write(ar, p.ns(), &p.name)
             && rv > value_rv(actual)
         {
             // Our own write has not reached the cache yet.
-            return h == hash;
+            return h == p.hash;
         }
-        holds(actual, desired) && !(owns_content(ar) && widened(actual, desired))
+        holds(actual, &p.desired) && !(owns_content(ar) && widened(actual, &p.desired))
     }
 
     /// Server-side applies `desired` unless `actual` (the object as JSON, from
@@ -405,25 +416,24 @@ impl Applier {
         actual: Option<&Value>,
         cache_seen_rv: u64,
     ) -> Result<Outcome, ApplyError> {
-        let (desired, hash, name, ns) = Self::prepare(ar, desired)?;
+        let p = Self::prepare(ar, desired)?;
         match actual {
-            Some(actual) if self.matches(ar, &desired, hash, &name, ns.as_deref(), actual) => {
+            Some(actual) if self.matches(ar, &p, actual) => {
                 return Ok(Outcome::Unchanged);
             }
-            Some(actual) if owns_content(ar) && widened(actual, &desired) => {
-                return self.revert(ar, &desired, hash, &name, ns.as_deref()).await;
+            Some(actual) if owns_content(ar) && widened(actual, &p.desired) => {
+                return self.revert(ar, &p).await;
             }
             None if self
                 .journal
-                .recent_write(ar, ns.as_deref(), &name)
-                .is_some_and(|(rv, h)| rv > cache_seen_rv && h == hash) =>
+                .recent_write(ar, p.ns(), &p.name)
+                .is_some_and(|(rv, h)| rv > cache_seen_rv && h == p.hash) =>
             {
                 return Ok(Outcome::Unchanged);
             }
             _ => {}
         }
-        self.server_side_apply(ar, &desired, hash, &name, ns.as_deref(), actual.is_some())
-            .await
+        self.server_side_apply(ar, &p, actual.is_some()).await
     }
 
     /// Puts the live object back to exactly `desired`'s content: reads it
@@ -432,44 +442,24 @@ impl Applier {
     /// wrote in between: the reconcile is retried from fresh state). If the
     /// live object turns out not to be widened after all (the cache was
     /// behind), nothing is sent here and the caller's apply goes on.
-    async fn revert(
-        &self,
-        ar: &ApiResource,
-        desired: &Value,
-        hash: u64,
-        name: &str,
-        ns: Option<&str>,
-    ) -> Result<Outcome, ApplyError> {
+    async fn revert(&self, ar: &ApiResource, p: &Prepared) -> Result<Outcome, ApplyError> {
+        let (name, ns) = (p.name.as_str(), p.ns());
         let api = self.api(ar, ns);
-        let err = |verb: &'static str| {
-            move |source: kube::Error| ApplyError::Api {
-                verb,
-                kind: ar.kind.clone(),
-                name: name.to_string(),
-                source: Box::new(source),
+        let live = match api
+            .get_opt(name)
+            .await
+            .map_err(ApplyError::api(ar, name, "get"))?
+        {
+            Some(live) => {
+                serde_json::to_value(live).map_err(|_| ApplyError::malformed(ar, name))?
             }
+            None => return self.server_side_apply(ar, p, false).await,
         };
-        let live = match api.get_opt(name).await.map_err(err("get"))? {
-            Some(live) => serde_json::to_value(live).map_err(|_| ApplyError::Malformed {
-                kind: ar.kind.clone(),
-                name: name.to_string(),
-            })?,
-            None => {
-                return self
-                    .server_side_apply(ar, desired, hash, name, ns, false)
-                    .await;
-            }
-        };
-        if !widened(&live, desired) {
-            return self
-                .server_side_apply(ar, desired, hash, name, ns, true)
-                .await;
+        if !widened(&live, &p.desired) {
+            return self.server_side_apply(ar, p, true).await;
         }
         let changed_by = other_managers(&live);
-        let patch = revert_patch(&live, desired).map_err(|_| ApplyError::Malformed {
-            kind: ar.kind.clone(),
-            name: name.to_string(),
-        })?;
+        let patch = revert_patch(&live, &p.desired).map_err(|_| ApplyError::malformed(ar, name))?;
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
@@ -478,8 +468,8 @@ impl Applier {
         let written = api
             .patch(name, &pp, &Patch::<()>::Json(patch))
             .await
-            .map_err(err("revert"))?;
-        self.journal.remember(ar, &written, hash);
+            .map_err(ApplyError::api(ar, name, "revert"))?;
+        self.journal.remember(ar, &written, p.hash);
         Ok(Outcome::Reverted { changed_by })
     }
 
@@ -488,25 +478,17 @@ impl Applier {
     async fn server_side_apply(
         &self,
         ar: &ApiResource,
-        desired: &Value,
-        hash: u64,
-        name: &str,
-        ns: Option<&str>,
+        p: &Prepared,
         existed: bool,
     ) -> Result<Outcome, ApplyError> {
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        let _in_flight = self.journal.in_flight(ar, ns, name);
+        let _in_flight = self.journal.in_flight(ar, p.ns(), &p.name);
         let written = self
-            .api(ar, ns)
-            .patch(name, &pp, &Patch::Apply(desired))
+            .api(ar, p.ns())
+            .patch(&p.name, &pp, &Patch::Apply(&p.desired))
             .await
-            .map_err(|source| ApplyError::Api {
-                verb: "apply",
-                kind: ar.kind.clone(),
-                name: name.to_string(),
-                source: Box::new(source),
-            })?;
-        self.journal.remember(ar, &written, hash);
+            .map_err(ApplyError::api(ar, &p.name, "apply"))?;
+        self.journal.remember(ar, &written, p.hash);
         Ok(if existed {
             Outcome::Updated
         } else {
@@ -545,7 +527,12 @@ impl Applier {
         desired: Value,
         current: Option<&DynamicObject>,
     ) -> Result<DynamicObject, ApplyError> {
-        let (mut desired, hash, name, ns) = Self::prepare(ar, desired)?;
+        let Prepared {
+            mut desired,
+            hash,
+            name,
+            ns,
+        } = Self::prepare(ar, desired)?;
         if let Some(current) = current
             && let Some(meta) = desired
                 .pointer_mut("/metadata")
@@ -557,10 +544,7 @@ impl Applier {
             );
         }
         let obj: DynamicObject =
-            serde_json::from_value(desired).map_err(|_| ApplyError::Malformed {
-                kind: ar.kind.clone(),
-                name: name.clone(),
-            })?;
+            serde_json::from_value(desired).map_err(|_| ApplyError::malformed(ar, &name))?;
         let pp = PostParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
@@ -571,12 +555,7 @@ impl Applier {
             None => ("create", api.create(&pp, &obj).await),
             Some(_) => ("replace", api.replace(&name, &pp, &obj).await),
         };
-        let written = result.map_err(|source| ApplyError::Api {
-            verb,
-            kind: ar.kind.clone(),
-            name,
-            source: Box::new(source),
-        })?;
+        let written = result.map_err(ApplyError::api(ar, &name, verb))?;
         self.journal.remember(ar, &written, hash);
         Ok(written)
     }
@@ -594,12 +573,7 @@ impl Applier {
             .api(ar, ns)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|source| ApplyError::Api {
-                verb: "patch",
-                kind: ar.kind.clone(),
-                name: name.to_string(),
-                source: Box::new(source),
-            })?;
+            .map_err(ApplyError::api(ar, name, "patch"))?;
         self.journal.count();
         Ok(written)
     }
@@ -624,13 +598,26 @@ impl Applier {
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-            Err(source) => Err(ApplyError::Api {
-                verb: "delete",
-                kind: ar.kind.clone(),
-                name,
-                source: Box::new(source),
-            }),
+            Err(source) => Err(ApplyError::api(ar, &name, "delete")(source)),
         }
+    }
+}
+
+/// A desired object as every write sends it ([`Applier::prepare`]).
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The object, with apiVersion, kind and the [`APPLIED_HASH`] annotation.
+    pub desired: Value,
+    /// Its [`stable_hash`] (the value of the annotation).
+    pub hash: u64,
+    pub name: String,
+    /// `None` for a cluster-scoped object.
+    pub ns: Option<String>,
+}
+
+impl Prepared {
+    fn ns(&self) -> Option<&str> {
+        self.ns.as_deref()
     }
 }
 

@@ -465,7 +465,12 @@ impl Differ {
         source: &str,
         new_namespace: bool,
     ) -> Result<(String, String), DiffError> {
-        let (value, _, name, namespace) = Applier::prepare(ar, desired)
+        let crate::apply::Prepared {
+            desired: value,
+            name,
+            ns: namespace,
+            ..
+        } = Applier::prepare(ar, desired)
             .map_err(|e| DiffError::Serialize(format!("a {} built for {source}: {e}", ar.kind)))?;
         let key = (namespace.clone().unwrap_or_default(), name.clone());
         let t = Target {

@@ -41,7 +41,11 @@ impl Differ {
             (ar_of::<NetworkPolicy>(), policy),
         ] {
             if new {
-                let (_, _, name, namespace) = Applier::prepare(&ar, value).map_err(|e| {
+                let crate::apply::Prepared {
+                    name,
+                    ns: namespace,
+                    ..
+                } = Applier::prepare(&ar, value).map_err(|e| {
                     DiffError::Serialize(format!("a {} built for {source}: {e}", ar.kind))
                 })?;
                 let t = Target {

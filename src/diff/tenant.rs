@@ -248,9 +248,11 @@ impl Differ {
         );
         let (child_ns, child_name) = if is_ns && new_namespace {
             // Created, never applied over an existing one.
-            let (_, _, n, _) = Applier::prepare(ar, value).map_err(|e| {
-                DiffError::Serialize(format!("a Namespace built for {}: {e}", p.source))
-            })?;
+            let n = Applier::prepare(ar, value)
+                .map_err(|e| {
+                    DiffError::Serialize(format!("a Namespace built for {}: {e}", p.source))
+                })?
+                .name;
             let t = Target {
                 ar,
                 namespace: None,
