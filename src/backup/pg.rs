@@ -167,25 +167,12 @@ impl PgConn {
                 message: redact(&message, self.password.as_deref()),
             }
         };
-        let client = if self.ssl_mode == SslMode::Disable {
-            let (client, connection) = cfg.connect(NoTls).await.map_err(connect_err)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres connection closed");
-                }
-            });
-            client
+        if self.ssl_mode == SslMode::Disable {
+            connect_with(&cfg, NoTls).await.map_err(connect_err)
         } else {
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.tls_config()?);
-            let (client, connection) = cfg.connect(tls).await.map_err(connect_err)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "postgres connection closed");
-                }
-            });
-            client
-        };
-        Ok(client)
+            connect_with(&cfg, tls).await.map_err(connect_err)
+        }
     }
 
     /// The rustls client configuration for this `sslmode` and CA.
@@ -248,6 +235,26 @@ impl PgConn {
             None => cmd.env_remove("PGPASSWORD"),
         };
     }
+}
+
+/// Connects over `tls`; the connection task runs on the current runtime.
+async fn connect_with<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+) -> Result<Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as tokio_postgres::tls::TlsConnect<tokio_postgres::Socket>>::Future: Send,
+{
+    let (client, connection) = cfg.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
 }
 
 fn load_roots(path: &Path) -> Result<RootCertStore, PgError> {
