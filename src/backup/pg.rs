@@ -182,7 +182,7 @@ impl PgConn {
             Some(path) => Some(load_roots(path)?),
             None => None,
         };
-        let verifier: Arc<dyn ServerCertVerifier> = match (self.ssl_mode, roots) {
+        let chain = match (self.ssl_mode, roots) {
             (SslMode::VerifyCa | SslMode::VerifyFull, None) => {
                 return Err(PgError::Tls(format!(
                     "sslmode {} needs the CA certificate (--ssl-root-cert, or \
@@ -190,23 +190,23 @@ impl PgConn {
                     self.ssl_mode.as_libpq()
                 )));
             }
-            (SslMode::Allow | SslMode::Prefer, _) | (SslMode::Require, None) => {
-                Arc::new(Unverified(provider.clone()))
+            (SslMode::Allow | SslMode::Prefer, _) | (SslMode::Require | SslMode::Disable, None) => {
+                None
             }
-            (mode, Some(roots)) => {
-                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            (_, Some(roots)) => Some(
+                rustls::client::WebPkiServerVerifier::builder_with_provider(
                     Arc::new(roots),
                     provider.clone(),
                 )
                 .build()
-                .map_err(|e| PgError::Tls(format!("CA certificate: {e}")))?;
-                Arc::new(ChainVerifier {
-                    inner: webpki,
-                    check_name: mode == SslMode::VerifyFull,
-                })
-            }
-            (SslMode::Disable, None) => Arc::new(Unverified(provider.clone())),
+                .map_err(|e| PgError::Tls(format!("CA certificate: {e}")))?,
+            ),
         };
+        let verifier = Arc::new(Verifier {
+            signatures: provider.signature_verification_algorithms,
+            chain,
+            check_name: self.ssl_mode == SslMode::VerifyFull,
+        });
         Ok(rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| PgError::Tls(e.to_string()))?
@@ -277,64 +277,18 @@ fn load_roots(path: &Path) -> Result<RootCertStore, PgError> {
     Ok(roots)
 }
 
-/// `allow` / `prefer` / `require` without a CA: encrypted, any certificate (as libpq).
+/// The server certificate check: none without a CA chain (`allow` / `prefer` /
+/// `require` without a CA: encrypted, any certificate, as libpq); with one, the chain
+/// (`verify-ca`, and `require` with a CA) and the host name (`verify-full`). The
+/// handshake signatures are verified either way.
 #[derive(Debug)]
-struct Unverified(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca` (chain only) and `verify-full` (chain and host name), and `require` with
-/// a CA.
-#[derive(Debug)]
-struct ChainVerifier {
-    inner: Arc<rustls::client::WebPkiServerVerifier>,
+struct Verifier {
+    signatures: rustls::crypto::WebPkiSupportedAlgorithms,
+    chain: Option<Arc<rustls::client::WebPkiServerVerifier>>,
     check_name: bool,
 }
 
-impl ServerCertVerifier for ChainVerifier {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -343,13 +297,10 @@ impl ServerCertVerifier for ChainVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) if !self.check_name => Ok(ServerCertVerified::assertion()),
@@ -363,7 +314,7 @@ impl ServerCertVerifier for ChainVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.signatures)
     }
 
     fn verify_tls13_signature(
@@ -372,11 +323,11 @@ impl ServerCertVerifier for ChainVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.signatures)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.signatures.supported_schemes()
     }
 }
 
