@@ -96,6 +96,22 @@ impl ChildGuard {
         self.0.as_mut()
     }
 
+    /// The pipe `take` takes from `program`'s child, and the tail of its stderr.
+    fn pipes<P>(
+        &mut self,
+        program: &str,
+        take: impl FnOnce(&mut Child) -> Option<P>,
+    ) -> Result<(P, StderrTail), EngineError> {
+        let (pipe, stderr) = match self.child() {
+            Some(c) => (take(c), c.stderr.take()),
+            None => (None, None),
+        };
+        let (Some(pipe), Some(stderr)) = (pipe, stderr) else {
+            return Err(EngineError::Pipe(format!("{program} pipes missing")));
+        };
+        Ok((pipe, StderrTail::spawn(stderr)))
+    }
+
     fn kill(&mut self) {
         if let Some(c) = self.0.as_mut() {
             let _ = c.kill();
@@ -455,14 +471,7 @@ async fn start_dump(opts: &RunOptions, progress: &Progress) -> Result<Dump, Engi
     let database = pg::database_info(&exported.client).await?;
 
     let mut child = ChildGuard(Some(pg::spawn_pg_dump(&pg_dump, &opts.pg, &exported.name)?));
-    let (stdout, stderr) = match child.child() {
-        Some(c) => (c.stdout.take(), c.stderr.take()),
-        None => (None, None),
-    };
-    let (Some(stdout), Some(stderr)) = (stdout, stderr) else {
-        return Err(EngineError::Pipe("pg_dump pipes missing".into()));
-    };
-    let stderr = StderrTail::spawn(stderr);
+    let (stdout, stderr) = child.pipes("pg_dump", |c| c.stdout.take())?;
     Ok(Dump {
         child,
         stdout,
@@ -729,14 +738,7 @@ pub async fn restore(
     progress: Arc<Progress>,
 ) -> Result<RestoreReport, EngineError> {
     let t0 = Instant::now();
-    let manifest = catalog::resolve(
-        storage,
-        opts.snapshot.as_deref(),
-        &opts.keys,
-        opts.allow_unauthenticated,
-    )
-    .await?;
-    check_keys(&manifest, &opts.keys, opts.allow_unencrypted)?;
+    let manifest = resolve(storage, opts).await?;
 
     let admin = opts.target.with_database("postgres").connect().await?;
     let exists = pg::database_exists(&admin, &opts.target.database).await?;
@@ -782,9 +784,23 @@ pub async fn restore(
     })
 }
 
+/// The manifest of the snapshot `opts` restore (`--snapshot`, else the newest), once it
+/// is known that the keys can open it.
+pub async fn resolve(storage: &Storage, opts: &RestoreOptions) -> Result<Manifest, EngineError> {
+    let manifest = catalog::resolve(
+        storage,
+        opts.snapshot.as_deref(),
+        &opts.keys,
+        opts.allow_unauthenticated,
+    )
+    .await?;
+    check_keys(&manifest, &opts.keys, opts.allow_unencrypted)?;
+    Ok(manifest)
+}
+
 /// Fails early when the snapshot's key is not among `keys`, and refuses an unencrypted
 /// snapshot while keys are configured unless `allow_unencrypted`.
-pub fn check_keys(
+fn check_keys(
     manifest: &Manifest,
     keys: &[EncryptionKey],
     allow_unencrypted: bool,
@@ -1207,14 +1223,7 @@ async fn restore_streamed(
         args,
         None,
     )?));
-    let (stdin, stderr) = match child.child() {
-        Some(c) => (c.stdin.take(), c.stderr.take()),
-        None => (None, None),
-    };
-    let (Some(stdin), Some(stderr)) = (stdin, stderr) else {
-        return Err(EngineError::Pipe("pg_restore pipes missing".into()));
-    };
-    let stderr = StderrTail::spawn(stderr);
+    let (stdin, stderr) = child.pipes("pg_restore", |c| c.stdin.take())?;
     let sink = (stdin, "pg_restore's input".to_string());
     let (decoded, stdin_left) = decode(reader, manifest, &opts.keys, sink, progress).await?;
     if decoded.is_err() {
@@ -1263,10 +1272,7 @@ async fn restore_spooled(
         args,
         Some(&spool.0),
     )?));
-    let Some(stderr) = child.child().and_then(|c| c.stderr.take()) else {
-        return Err(EngineError::Pipe("pg_restore pipes missing".into()));
-    };
-    let stderr = StderrTail::spawn(stderr);
+    let ((), stderr) = child.pipes("pg_restore", |_| Some(()))?;
     let status = child.wait().await?;
     drop(spool);
     let stderr_text = stderr.finish(opts.target.password.as_deref());

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use super::catalog;
 use super::destination::Storage;
 use super::engine::{self, Progress, RestoreOptions};
 use super::error::EngineError;
@@ -54,6 +53,27 @@ pub struct VerifyOptions {
     pub allow_unencrypted: bool,
     /// Accept a manifest without a MAC (format 1) when `snapshot` names it explicitly.
     pub allow_unauthenticated: bool,
+}
+
+impl VerifyOptions {
+    /// The restore this test runs: of `snapshot` into `target`, with the test's
+    /// keys, binaries and restore settings.
+    fn restore_options(&self, target: PgConn, snapshot: Option<String>) -> RestoreOptions {
+        RestoreOptions {
+            target,
+            pg_bin: self.pg_bin.clone(),
+            keys: self.keys.clone(),
+            snapshot,
+            force: false,
+            create: false,
+            no_owner: self.no_owner,
+            allow_unencrypted: self.allow_unencrypted,
+            allow_unauthenticated: self.allow_unauthenticated,
+            jobs: self.jobs,
+            scratch_dir: self.scratch_dir.clone(),
+            allow_encoding_change: false,
+        }
+    }
 }
 
 /// Result of `backup verify`.
@@ -183,20 +203,7 @@ async fn test_in_scratch(
     mismatches: &mut BTreeMap<String, (i64, i64)>,
 ) -> Result<(), EngineError> {
     let scratch = opts.server.with_database(&opts.scratch_database);
-    let ropts = RestoreOptions {
-        target: scratch.clone(),
-        pg_bin: opts.pg_bin.clone(),
-        keys: opts.keys.clone(),
-        snapshot: Some(manifest.id.clone()),
-        force: false,
-        create: false,
-        no_owner: opts.no_owner,
-        allow_unencrypted: opts.allow_unencrypted,
-        allow_unauthenticated: opts.allow_unauthenticated,
-        jobs: opts.jobs,
-        scratch_dir: opts.scratch_dir.clone(),
-        allow_encoding_change: false,
-    };
+    let ropts = opts.restore_options(scratch.clone(), Some(manifest.id.clone()));
     if let Err(e) = engine::restore_into(
         storage,
         manifest,
@@ -246,14 +253,11 @@ async fn test_in_scratch(
 /// `record.passed == false`.
 pub async fn verify(storage: &Storage, opts: &VerifyOptions) -> Result<VerifyReport, EngineError> {
     let t0 = Instant::now();
-    let manifest = catalog::resolve(
+    let manifest = engine::resolve(
         storage,
-        opts.snapshot.as_deref(),
-        &opts.keys,
-        opts.allow_unauthenticated,
+        &opts.restore_options(opts.server.clone(), opts.snapshot.clone()),
     )
     .await?;
-    engine::check_keys(&manifest, &opts.keys, opts.allow_unencrypted)?;
     let admin = opts.server.connect().await?;
     let now = Utc::now();
     let slack = chrono::Duration::from_std(opts.timeout)
