@@ -147,12 +147,26 @@ fn fold_kind(observed: &Observed, kind: RunKind, mut out: Folded) -> Folded {
         let ok = run.finished == Some(Finished::Succeeded)
             && report.unauthenticated.is_none()
             && report.result.as_ref().is_none_or(|r| r.ok);
-        let logs = format!("kubectl logs -n {} job/{}", observed.namespace(), run.name);
-        let (status, condition, event) = match kind {
-            RunKind::Backup => fold_backup(out.status, run, &report, ok, &logs),
-            RunKind::Verify => fold_verify(out.status, run, &report, ok, &logs),
+        let done = Done {
+            run,
+            report: &report,
+            ok,
+            logs: format!("kubectl logs -n {} job/{}", observed.namespace(), run.name),
         };
-        out.status = status;
+        let (says, folded) = match kind {
+            RunKind::Backup => (&BACKUP, done.fold_backup(&mut out.status)),
+            RunKind::Verify => (&RESTORE_TEST, done.fold_verify(&mut out.status)),
+        };
+        let (condition, event) = match folded {
+            Ok(msg) => (
+                Observation::new(says.condition, true, says.succeeded, msg.clone()),
+                Note::normal(says.succeeded_event, msg),
+            ),
+            Err(msg) => (
+                Observation::new(says.condition, false, says.failed, msg.clone()),
+                Note::warning(says.failed, msg),
+            ),
+        };
         out.conditions = with(out.conditions, condition);
         out.events.push(event);
         out.metrics.push(RunMetric {
@@ -201,82 +215,95 @@ fn failure(run: &Run, report: &Report) -> (String, String) {
     }
 }
 
-fn fold_backup(
-    mut status: BackupScheduleStatus,
-    run: &Run,
-    report: &Report,
-    ok: bool,
-    logs: &str,
-) -> (BackupScheduleStatus, Observation, Note) {
-    status.last_backup_job = Some(run.name.clone());
-    if !ok {
-        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
-        let (reason, summary) = failure(run, report);
-        let msg = format!(
-            "backup Job {} failed ({reason}): {summary}; {} failure(s) in a row; see `{logs}`",
-            run.name, status.consecutive_failures
-        );
-        let condition = Observation::new(LAST_BACKUP_SUCCEEDED, false, "BackupFailed", msg.clone());
-        return (status, condition, Note::warning("BackupFailed", msg));
-    }
-    status.consecutive_failures = 0;
-    let record = report.result.as_ref().and_then(JobResult::backup_record);
-    if let Some(r) = &report.result {
-        status.snapshot_count = r.snapshot_count.or(status.snapshot_count);
-        status.total_bytes = r.total_bytes.or(status.total_bytes);
-    }
-    let msg = match &record {
-        Some(b) => format!(
-            "snapshot {} ({} bytes, {}) stored at {} by Job {}",
-            b.id, b.bytes, b.duration, b.key, run.name
-        ),
-        None => format!("Job {} succeeded but reported no result", run.name),
-    };
-    if record.is_some() {
-        status.last_successful_backup = record;
-    }
-    let condition = Observation::new(LAST_BACKUP_SUCCEEDED, true, "Succeeded", msg.clone());
-    (status, condition, Note::normal("BackupSucceeded", msg))
+/// What a folded run of one kind says: its condition type, and the reasons of a
+/// failure (condition and Event) and of a success (condition, Event).
+struct Says {
+    condition: &'static str,
+    failed: &'static str,
+    succeeded: &'static str,
+    succeeded_event: &'static str,
 }
 
-fn fold_verify(
-    mut status: BackupScheduleStatus,
-    run: &Run,
-    report: &Report,
+const BACKUP: Says = Says {
+    condition: LAST_BACKUP_SUCCEEDED,
+    failed: "BackupFailed",
+    succeeded: "Succeeded",
+    succeeded_event: "BackupSucceeded",
+};
+
+const RESTORE_TEST: Says = Says {
+    condition: LAST_RESTORE_TEST_SUCCEEDED,
+    failed: "RestoreTestFailed",
+    succeeded: "Passed",
+    succeeded_event: "RestoreTestPassed",
+};
+
+/// A finished run with its report, and the command that shows its logs.
+struct Done<'a> {
+    run: &'a Run,
+    report: &'a Report,
     ok: bool,
-    logs: &str,
-) -> (BackupScheduleStatus, Observation, Note) {
-    status.last_restore_test_job = Some(run.name.clone());
-    let record = report.result.as_ref().and_then(JobResult::restore_record);
-    if record.is_some() {
-        status.last_restore_test = record.clone();
+    logs: String,
+}
+
+impl Done<'_> {
+    /// Folds a backup run into `status`; the message of its success or failure.
+    fn fold_backup(&self, status: &mut BackupScheduleStatus) -> Result<String, String> {
+        let (run, report) = (self.run, self.report);
+        status.last_backup_job = Some(run.name.clone());
+        if !self.ok {
+            status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+            let (reason, summary) = failure(run, report);
+            return Err(format!(
+                "backup Job {} failed ({reason}): {summary}; {} failure(s) in a row; see `{}`",
+                run.name, status.consecutive_failures, self.logs
+            ));
+        }
+        status.consecutive_failures = 0;
+        let record = report.result.as_ref().and_then(JobResult::backup_record);
+        if let Some(r) = &report.result {
+            status.snapshot_count = r.snapshot_count.or(status.snapshot_count);
+            status.total_bytes = r.total_bytes.or(status.total_bytes);
+        }
+        let msg = match &record {
+            Some(b) => format!(
+                "snapshot {} ({} bytes, {}) stored at {} by Job {}",
+                b.id, b.bytes, b.duration, b.key, run.name
+            ),
+            None => format!("Job {} succeeded but reported no result", run.name),
+        };
+        if record.is_some() {
+            status.last_successful_backup = record;
+        }
+        Ok(msg)
     }
-    if !ok {
-        let (reason, summary) = failure(run, report);
-        let msg = format!(
-            "restore test Job {} failed ({reason}): {summary}; see `{logs}`",
-            run.name
-        );
-        let condition = Observation::new(
-            LAST_RESTORE_TEST_SUCCEEDED,
-            false,
-            "RestoreTestFailed",
-            msg.clone(),
-        );
-        return (status, condition, Note::warning("RestoreTestFailed", msg));
+
+    /// Folds a restore-test run into `status`; the message of its success or failure.
+    fn fold_verify(&self, status: &mut BackupScheduleStatus) -> Result<String, String> {
+        let (run, report) = (self.run, self.report);
+        status.last_restore_test_job = Some(run.name.clone());
+        let record = report.result.as_ref().and_then(JobResult::restore_record);
+        if record.is_some() {
+            status.last_restore_test = record.clone();
+        }
+        if !self.ok {
+            let (reason, summary) = failure(run, report);
+            return Err(format!(
+                "restore test Job {} failed ({reason}): {summary}; see `{}`",
+                run.name, self.logs
+            ));
+        }
+        Ok(match &record {
+            Some(t) => format!(
+                "snapshot {} restored and passed {} check(s) in {} (Job {})",
+                t.snapshot,
+                t.checks.len(),
+                t.duration,
+                run.name
+            ),
+            None => format!("Job {} succeeded but reported no result", run.name),
+        })
     }
-    let msg = match &record {
-        Some(t) => format!(
-            "snapshot {} restored and passed {} check(s) in {} (Job {})",
-            t.snapshot,
-            t.checks.len(),
-            t.duration,
-            run.name
-        ),
-        None => format!("Job {} succeeded but reported no result", run.name),
-    };
-    let condition = Observation::new(LAST_RESTORE_TEST_SUCCEEDED, true, "Passed", msg.clone());
-    (status, condition, Note::normal("RestoreTestPassed", msg))
 }
 
 #[cfg(test)]
