@@ -65,8 +65,15 @@ impl Shared {
     }
 }
 
-/// One kind's reconcile, as the driver runs it.
-pub trait Reconcile: Send + Sync + Sized + 'static {
+/// A failure with a bounded reason: the metric label, log field, condition and
+/// Event reason.
+pub trait Reason {
+    fn reason(&self) -> &'static str;
+}
+
+/// One kind's reconcile, as the driver runs it. The chassis fields
+/// ([`Shared`]) read as the context's own.
+pub trait Reconcile: std::ops::Deref<Target = Shared> + Send + Sync + Sized + 'static {
     type Object: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
@@ -74,21 +81,16 @@ pub trait Reconcile: Send + Sync + Sized + 'static {
         + Send
         + Sync
         + 'static;
-    type Error: std::error::Error + Send + Sync + 'static;
+    type Error: std::error::Error + Reason + Send + Sync + 'static;
 
     /// The metric label and log name of the kind (`tenant`, …).
     const NAME: &'static str;
-
-    fn shared(&self) -> &Shared;
 
     /// One reconcile of one object.
     fn reconcile(
         self: Arc<Self>,
         obj: Arc<Self::Object>,
     ) -> impl Future<Output = Result<Action, Self::Error>> + Send + 'static;
-
-    /// The bounded reason of a failure (metric label, log field).
-    fn reason(error: &Self::Error) -> &'static str;
 
     /// Writes this controller has made so far (the writes-per-reconcile histogram).
     fn writes(&self) -> u64 {
@@ -140,11 +142,7 @@ impl<R: Reconcile> Driver<R> {
             }
             Err(_) => 1,
         };
-        self.inner
-            .shared()
-            .settings
-            .backoff
-            .delay(n, rand::random::<f64>())
+        self.inner.settings.backoff.delay(n, rand::random::<f64>())
     }
 
     fn reset(&self, key: &str) {
@@ -175,10 +173,7 @@ async fn reconcile<R: Reconcile>(
 ) -> Result<Action, Failure<R::Error>> {
     let inner = driver.inner.clone();
     let writes = inner.clone();
-    let _timer = inner
-        .shared()
-        .metrics
-        .reconcile(R::NAME, move || writes.writes());
+    let _timer = inner.metrics.reconcile(R::NAME, move || writes.writes());
     let (namespace, name) = (obj.namespace(), obj.name_any());
     let span = info_span!("reconcile", kind = R::NAME, namespace = namespace.as_deref().unwrap_or_default(), name = %name);
     let mut task = AbortOnDrop(tokio::spawn(
@@ -209,14 +204,10 @@ fn error_policy<R: Reconcile>(
     let (namespace, name) = (obj.namespace(), obj.name_any());
     let delay = driver.backoff_for(&key(namespace.as_deref(), &name));
     let reason = match error {
-        Failure::Reconcile(e) => R::reason(e),
+        Failure::Reconcile(e) => e.reason(),
         Failure::Panicked(_) => "Panic",
     };
-    driver
-        .inner
-        .shared()
-        .metrics
-        .reconcile_failure(R::NAME, reason);
+    driver.inner.metrics.reconcile_failure(R::NAME, reason);
     warn!(kind = R::NAME, namespace = namespace.as_deref().unwrap_or_default(), %name, reason, error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -245,7 +236,7 @@ pub async fn run<R: Reconcile>(
     inner: Arc<R>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let concurrency = inner.shared().settings.concurrency;
+    let concurrency = inner.settings.concurrency;
     let driver = Arc::new(Driver::new(inner));
     let forget = driver.clone();
     controller

@@ -32,9 +32,9 @@ pub enum Error {
     Serialize(&'static str, #[source] serde_json::Error),
 }
 
-impl Error {
-    /// Bounded reason for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+/// Bounded reason for logs and metrics.
+impl crate::controller::driver::Reason for Error {
+    fn reason(&self) -> &'static str {
         match self {
             Error::Apply(e) => e.reason(),
             Error::Kube(..) => "ApiError",

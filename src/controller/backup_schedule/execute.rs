@@ -10,6 +10,7 @@
 //! started, so the retry starts it. The next reconcile that gets through
 //! writes the plan's `Ready` over it.
 
+use crate::controller::driver::Reason;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::networking::v1::NetworkPolicy;

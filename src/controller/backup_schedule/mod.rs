@@ -81,14 +81,6 @@ impl Reconcile for BackupContext {
     type Error = Error;
     const NAME: &'static str = "backupschedule";
 
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
-
-    fn reason(error: &Error) -> &'static str {
-        error.reason()
-    }
-
     fn writes(&self) -> u64 {
         self.applier.writes()
     }

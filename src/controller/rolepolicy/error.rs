@@ -5,8 +5,8 @@
 #[error("updating RolePolicy status: {}", crate::apply::api_message(.0))]
 pub struct Error(#[source] pub(super) Box<kube::Error>);
 
-impl Error {
-    pub fn reason(&self) -> &'static str {
+impl crate::controller::driver::Reason for Error {
+    fn reason(&self) -> &'static str {
         "StatusUpdateFailed"
     }
 }

@@ -35,18 +35,17 @@ pub struct PolicyContext {
     pub policies: Store<RolePolicy>,
 }
 
+impl std::ops::Deref for PolicyContext {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
 impl Reconcile for PolicyContext {
     type Object = RolePolicy;
     type Error = Error;
     const NAME: &'static str = "rolepolicy";
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
-
-    fn reason(error: &Error) -> &'static str {
-        error.reason()
-    }
 
     async fn reconcile(self: Arc<Self>, policy: Arc<RolePolicy>) -> Result<Action, Error> {
         let all: Vec<RolePolicy> = self

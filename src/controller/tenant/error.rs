@@ -3,6 +3,7 @@
 //! without importing the Tenant controller that calls them.
 
 use crate::apply::ApplyError;
+use crate::controller::driver::Reason;
 
 /// A reconcile step that failed; the reconcile is retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +25,9 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// Bounded reason for conditions, Events and metric labels.
-    pub fn reason(&self) -> &'static str {
+/// Bounded reason for conditions, Events and metric labels.
+impl Reason for Error {
+    fn reason(&self) -> &'static str {
         match self {
             Error::Apply(e) => e.reason(),
             Error::Kube { source, .. } => match source.as_ref() {
@@ -37,7 +38,9 @@ impl Error {
             Error::Serialize { .. } => "SerializeFailed",
         }
     }
+}
 
+impl Error {
     /// The HTTP status code, when the API server answered.
     pub fn code(&self) -> Option<u16> {
         match self {

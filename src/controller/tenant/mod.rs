@@ -42,7 +42,7 @@ pub use context::Context;
 use status::Facts;
 
 use super::cache::{ChildCache, ChildStream};
-use super::driver::{self, Reconcile, Shared};
+use super::driver::{self, Reconcile};
 use super::events::event;
 use crate::crd::RolePolicy;
 use crate::crd::tenant::Tenant;
@@ -64,14 +64,6 @@ impl Reconcile for Context {
     type Object = Tenant;
     type Error = Error;
     const NAME: &'static str = "tenant";
-
-    fn shared(&self) -> &Shared {
-        &self.shared
-    }
-
-    fn reason(error: &Error) -> &'static str {
-        error.reason()
-    }
 
     fn writes(&self) -> u64 {
         self.applier.writes()
