@@ -362,10 +362,12 @@ fn check_resource(rule: &PolicyRule, resource: &str, field: &str) -> Result<(), 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
+    /// A rule of `verbs` on `resources` in `groups` (tests of this module and of
+    /// RolePolicy validation).
+    pub(crate) fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
         PolicyRule {
             api_groups: groups.iter().map(|s| s.to_string()).collect(),
             resources: resources.iter().map(|s| s.to_string()).collect(),

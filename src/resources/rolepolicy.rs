@@ -422,15 +422,7 @@ mod tests {
     use super::*;
     use crate::crd::role_policy::{RoleBindingSpec, RoleDefinition, TokenSpec};
     use crate::crd::tenant::SubjectKind;
-
-    fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
-        PolicyRule {
-            api_groups: groups.iter().map(|s| s.to_string()).collect(),
-            resources: resources.iter().map(|s| s.to_string()).collect(),
-            resource_names: vec![],
-            verbs: verbs.iter().map(|s| s.to_string()).collect(),
-        }
-    }
+    use crate::resources::grants::tests::rule;
 
     fn policy_with_rule(r: PolicyRule) -> RolePolicySpec {
         RolePolicySpec {
@@ -548,8 +540,11 @@ mod tests {
         assert!(validate(&spec).is_ok());
     }
 
+    /// Every refused rule is refused with its reason, naming the rule, and
+    /// accepted with allowPrivileged: the escalation patterns, then the refused
+    /// rules of issue #30.
     #[test]
-    fn every_escalation_pattern_is_rejected_naming_the_rule() {
+    fn refused_rules_name_their_reason_and_need_allow_privileged() {
         let table = [
             (rule(&[""], &["pods"], &["*"]), "WildcardVerb"),
             (rule(&[""], &["*"], &["get"]), "WildcardResource"),
@@ -588,74 +583,7 @@ mod tests {
                 "ClusterScopedResource",
             ),
             (rule(&[""], &["secrets"], &["*"]), "WildcardVerb"),
-        ];
-        for (r, reason) in table {
-            let err = validate(&policy_with_rule(r.clone())).expect_err(reason);
-            assert_eq!(err.reason, reason, "{r:?}");
-            assert_eq!(err.field, "spec.roles[0].rules[0]");
-            let mut privileged = policy_with_rule(r);
-            privileged.allow_privileged = true;
-            assert!(
-                validate(&privileged).is_ok(),
-                "allowPrivileged accepts {reason}"
-            );
-        }
-        assert!(
-            validate(&policy_with_rule(rule(
-                &["palisade.dev"],
-                &["backupschedules"],
-                &["get", "list"]
-            )))
-            .is_ok()
-        );
-        assert!(
-            validate(&policy_with_rule(rule(
-                &["apps"],
-                &["deployments/scale"],
-                &["patch"]
-            )))
-            .is_ok()
-        );
-    }
-
-    /// Issue #30: a role named `operator` would become `palisade:operator`, the
-    /// operator's own RoleBinding; refused whatever allowPrivileged says.
-    #[test]
-    fn reserved_role_names_are_refused_even_when_privileged() {
-        let table = [
-            (
-                json_spec(
-                    serde_json::json!({"roles": [{"name": "operator", "permissions": ["config:read"]}]}),
-                ),
-                "spec.roles[0].name",
-            ),
-            (
-                json_spec(
-                    serde_json::json!({"bindings": [{"role": "operator", "subjects": [{"kind": "User", "name": "a"}]}]}),
-                ),
-                "spec.bindings[0].role",
-            ),
-        ];
-        for (mut spec, field) in table {
-            for privileged in [false, true] {
-                spec.allow_privileged = privileged;
-                let e = validate(&spec).expect_err("reserved");
-                assert_eq!((e.reason, e.field.as_str()), ("ReservedRoleName", field));
-                assert!(e.message.contains("palisade:operator"), "{}", e.message);
-            }
-        }
-        assert!(validate(&json_spec(serde_json::json!({"roles": [{"name": "operators", "permissions": ["config:read"]}]}))).is_ok());
-    }
-
-    fn json_spec(v: serde_json::Value) -> RolePolicySpec {
-        serde_json::from_value(v).expect("spec")
-    }
-
-    /// Issue #30: the refused rules of the issue, each with its reason; all
-    /// accepted with allowPrivileged.
-    #[test]
-    fn the_issues_refused_rules_need_allow_privileged() {
-        let table = [
+            // Issue #30.
             (
                 rule(&[""], &["serviceaccounts/token"], &["create"]),
                 "SensitiveResource",
@@ -713,6 +641,55 @@ mod tests {
                 "allowPrivileged accepts {reason}"
             );
         }
+        assert!(
+            validate(&policy_with_rule(rule(
+                &["palisade.dev"],
+                &["backupschedules"],
+                &["get", "list"]
+            )))
+            .is_ok()
+        );
+        assert!(
+            validate(&policy_with_rule(rule(
+                &["apps"],
+                &["deployments/scale"],
+                &["patch"]
+            )))
+            .is_ok()
+        );
+    }
+
+    /// Issue #30: a role named `operator` would become `palisade:operator`, the
+    /// operator's own RoleBinding; refused whatever allowPrivileged says.
+    #[test]
+    fn reserved_role_names_are_refused_even_when_privileged() {
+        let table = [
+            (
+                json_spec(
+                    serde_json::json!({"roles": [{"name": "operator", "permissions": ["config:read"]}]}),
+                ),
+                "spec.roles[0].name",
+            ),
+            (
+                json_spec(
+                    serde_json::json!({"bindings": [{"role": "operator", "subjects": [{"kind": "User", "name": "a"}]}]}),
+                ),
+                "spec.bindings[0].role",
+            ),
+        ];
+        for (mut spec, field) in table {
+            for privileged in [false, true] {
+                spec.allow_privileged = privileged;
+                let e = validate(&spec).expect_err("reserved");
+                assert_eq!((e.reason, e.field.as_str()), ("ReservedRoleName", field));
+                assert!(e.message.contains("palisade:operator"), "{}", e.message);
+            }
+        }
+        assert!(validate(&json_spec(serde_json::json!({"roles": [{"name": "operators", "permissions": ["config:read"]}]}))).is_ok());
+    }
+
+    fn json_spec(v: serde_json::Value) -> RolePolicySpec {
+        serde_json::from_value(v).expect("spec")
     }
 
     #[test]
