@@ -459,6 +459,19 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    /// [`select`] by `rules` alone (no kind limits, nothing managed) in namespace
+    /// `a`, at `now` seconds.
+    fn select_by_rules(objs: &[Candidate], rules: &[Rule], now: i64) -> Selection {
+        select(
+            objs,
+            rules,
+            &BTreeSet::new(),
+            &ns(&["a"]),
+            &NONE_MANAGED,
+            t(now),
+        )
+    }
+
     fn due_names(objs: &[Candidate], s: &Selection) -> Vec<String> {
         s.due.iter().map(|d| objs[d.index].name.clone()).collect()
     }
@@ -467,18 +480,17 @@ mod tests {
     fn max_age_is_due_exactly_at_the_deadline() {
         let objs = vec![obj(CM, "a", "x", 0)];
         let rules = vec![rule("{name: old, kinds: [ConfigMap], maxAge: 1h}", &[CM])];
-        let none = BTreeSet::new();
         let table = [
             (3599, vec![], Some(t(3600))),
             (3600, vec!["x"], None),
             (9999, vec!["x"], None),
         ];
         for (now, due, next) in table {
-            let s = select(&objs, &rules, &none, &ns(&["a"]), &NONE_MANAGED, t(now));
+            let s = select_by_rules(&objs, &rules, now);
             assert_eq!(due_names(&objs, &s), due, "now +{now}s");
             assert_eq!(s.next_expiry, next, "now +{now}s");
         }
-        let s = select(&objs, &rules, &none, &ns(&["a"]), &NONE_MANAGED, t(3600));
+        let s = select_by_rules(&objs, &rules, 3600);
         assert_eq!(
             s.due[0].why,
             Why::MaxAge {
@@ -654,14 +666,7 @@ mod tests {
             with_label(obj(CM, "a", "config", 0), "kind", "config"),
             with_label(obj(JOB, "a", "job", 0), "kind", "run"),
         ];
-        let s = select(
-            &objs,
-            &rules,
-            &BTreeSet::new(),
-            &ns(&["a"]),
-            &NONE_MANAGED,
-            t(100),
-        );
+        let s = select_by_rules(&objs, &rules, 100);
         assert_eq!(due_names(&objs, &s), vec!["run"]);
     }
 
@@ -675,24 +680,10 @@ mod tests {
         done.completed = Some(t(1800));
         let running = obj(JOB, "a", "running", 0);
         let objs = vec![done, running];
-        let s = select(
-            &objs,
-            &rules,
-            &BTreeSet::new(),
-            &ns(&["a"]),
-            &NONE_MANAGED,
-            t(3600),
-        );
+        let s = select_by_rules(&objs, &rules, 3600);
         assert!(s.due.is_empty());
         assert_eq!(s.next_expiry, Some(t(5400)));
-        let s = select(
-            &objs,
-            &rules,
-            &BTreeSet::new(),
-            &ns(&["a"]),
-            &NONE_MANAGED,
-            t(5400),
-        );
+        let s = select_by_rules(&objs, &rules, 5400);
         assert_eq!(due_names(&objs, &s), vec!["done"]);
     }
 
