@@ -44,13 +44,12 @@ pub fn policy_findings(policy: &RolePolicy) -> Vec<Finding> {
     }
 }
 
-/// The Tenant controller's verdict on a tenant spec.
-pub fn tenant_findings(t: &Tenant) -> Vec<Finding> {
+/// The Tenant controller's verdict on a tenant spec: the proof that it is valid
+/// (what the controller builds from), or the finding that it is rejected.
+pub fn validate_tenant(t: &Tenant) -> Result<tenant::Valid, Box<Finding>> {
     let name = t.metadata.name.as_deref().unwrap_or_default();
-    match tenant::validate(name, &t.spec) {
-        Err(e) => vec![finding(Severity::Rejected, "Tenant", name, e)],
-        Ok(_) => Vec::new(),
-    }
+    tenant::validate(name, &t.spec)
+        .map_err(|e| Box::new(finding(Severity::Rejected, "Tenant", name, e)))
 }
 
 /// The RolePolicies a Tenant controller would see once the input is applied:

@@ -33,7 +33,7 @@ mod schedule;
 mod tenant;
 
 pub use fields::{classify, field_changes, mask, normalize};
-pub use findings::{merged_policies, policy_findings, tenant_findings};
+pub use findings::{merged_policies, policy_findings, validate_tenant};
 pub use report::{Action, FieldChange, Finding, ObjectDiff, Report, Severity};
 
 use std::collections::{BTreeSet, HashMap};
@@ -570,8 +570,11 @@ pub async fn diff(client: Client, docs: &[Document], opts: &Options) -> Result<R
             .items;
         let policies = merged_policies(live, &input_policies);
         for t in &tenants {
-            differ.report.findings.extend(tenant_findings(t));
-            differ.tenant_children(t, &policies).await?;
+            match validate_tenant(t) {
+                Ok(valid) => differ.tenant_children(t, &valid, &policies).await?,
+                // The controller builds nothing for it.
+                Err(rejected) => differ.report.findings.push(*rejected),
+            }
         }
     }
     for bs in &schedules {

@@ -38,21 +38,21 @@ impl Differ {
     /// What the Tenant controller would apply and prune for `t`, phase by
     /// phase as the controller decides: the children as they are, the
     /// desired ones (the same builders), the generated ones, then the prune
-    /// rule ([`disposal::plan`]).
+    /// rule ([`disposal::plan`]). `valid` is the proof that `t` was
+    /// validated once ([`super::validate_tenant`]), as the controller's
+    /// builders take it.
     pub(super) async fn tenant_children(
         &mut self,
         t: &Tenant,
+        valid: &Valid,
         policies: &[RolePolicy],
     ) -> Result<(), DiffError> {
         let name = t.name_any();
-        let Ok(valid) = tenant::validate(&name, &t.spec) else {
-            return Ok(()); // reported as a finding; the controller builds nothing
-        };
         let t = &self.with_owner_namespaces(t).await?;
         let (live, scan) = self.list_children(t).await?;
         let usage = self.quota_usage(&scan).await?;
         let plan = rolepolicy::plan_for(t, policies);
-        let values = tenant::objects(t, &valid, &usage, &plan)
+        let values = tenant::objects(t, valid, &usage, &plan)
             .to_values()
             .map_err(ser_err("tenant objects"))?;
         let names = tenant::namespace_names(&t.spec);
@@ -75,7 +75,7 @@ impl Differ {
                 p.wanted.insert(key);
             }
         }
-        self.generated_children(&mut p, &valid, &plan);
+        self.generated_children(&mut p, valid, &plan);
         self.prune_preview(&p);
         Ok(())
     }
