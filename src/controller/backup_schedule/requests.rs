@@ -302,18 +302,21 @@ mod tests {
         JobState::Missing
     }
 
+    /// [`decide`] for schedule `orders`, startable, with or without a restore test.
+    fn decide_ok(
+        restore_test: bool,
+        request: &BackupRun,
+        job: impl Fn(&str) -> JobState,
+        now: Timestamp,
+    ) -> Option<Decision> {
+        decide("orders", restore_test, Ok(()), request, job, now)
+    }
+
     #[test]
     fn a_new_request_claims_the_job_of_its_creation_minute() {
         let now = at("2026-03-01T01:02:00Z");
-        let d = decide(
-            "orders",
-            false,
-            Ok(()),
-            &request(BackupRunType::Backup, None),
-            missing,
-            now,
-        )
-        .expect("decision");
+        let d = decide_ok(false, &request(BackupRunType::Backup, None), missing, now)
+            .expect("decision");
         let minute = at("2026-03-01T01:00:00Z");
         assert_eq!(d.create, Some((RunKind::Backup, minute)));
         assert_eq!(d.status.phase, Some(BackupRunPhase::Running));
@@ -325,23 +328,16 @@ mod tests {
         // The same request once accepted, Job seen running: nothing to do.
         let accepted = request(BackupRunType::Backup, Some(d.status.clone()));
         assert_eq!(
-            decide(
-                "orders",
-                false,
-                Ok(()),
-                &accepted,
-                |_| JobState::Running,
-                now
-            ),
+            decide_ok(false, &accepted, |_| JobState::Running, now),
             None
         );
         // Job not seen yet right after: create again (idempotent), no status write.
-        let again = decide("orders", false, Ok(()), &accepted, missing, now).expect("retry");
+        let again = decide_ok(false, &accepted, missing, now).expect("retry");
         assert_eq!(again.status, d.status);
         assert_eq!(again.create, d.create);
         // Long gone: failed, with a reason.
         let later = at("2026-03-01T02:00:00Z");
-        let gone = decide("orders", false, Ok(()), &accepted, missing, later).expect("gone");
+        let gone = decide_ok(false, &accepted, missing, later).expect("gone");
         assert_eq!(gone.status.phase, Some(BackupRunPhase::Failed));
         assert_eq!(gone.status.conditions[0].reason, "JobMissing");
         assert!(gone.create.is_none());
@@ -350,10 +346,8 @@ mod tests {
     #[test]
     fn outcomes_are_recorded_once() {
         let now = at("2026-03-01T01:02:00Z");
-        let d = decide(
-            "orders",
+        let d = decide_ok(
             true,
-            Ok(()),
             &request(BackupRunType::RestoreTest, None),
             missing,
             now,
@@ -361,10 +355,8 @@ mod tests {
         .expect("decision");
         assert_eq!(d.create.map(|c| c.0), Some(RunKind::Verify));
         let accepted = request(BackupRunType::RestoreTest, Some(d.status));
-        let ok = decide(
-            "orders",
+        let ok = decide_ok(
             true,
-            Ok(()),
             &accepted,
             |_| JobState::Succeeded { at: Some(now) },
             now,
@@ -373,14 +365,9 @@ mod tests {
         assert_eq!(ok.status.phase, Some(BackupRunPhase::Succeeded));
         assert_eq!(ok.status.conditions[0].status, "True");
         let done = request(BackupRunType::RestoreTest, Some(ok.status));
-        assert_eq!(
-            decide("orders", true, Ok(()), &done, |_| JobState::Running, now),
-            None
-        );
-        let failed = decide(
-            "orders",
+        assert_eq!(decide_ok(true, &done, |_| JobState::Running, now), None);
+        let failed = decide_ok(
             true,
-            Ok(()),
             &accepted,
             |_| JobState::Failed {
                 at: None,
@@ -422,10 +409,8 @@ mod tests {
             ),
             None
         );
-        let refused = decide(
-            "orders",
+        let refused = decide_ok(
             false,
-            Ok(()),
             &request(BackupRunType::RestoreTest, None),
             missing,
             now,
