@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
 /// `app.kubernetes.io/managed-by`, value [`MANAGED_BY_VALUE`], on every managed object.
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "palisade";
@@ -40,6 +42,16 @@ pub fn managed(tenant: &str) -> BTreeMap<String, String> {
         (MANAGED_BY.to_string(), MANAGED_BY_VALUE.to_string()),
         (TENANT.to_string(), tenant.to_string()),
     ])
+}
+
+/// The metadata of the object `name` managed for `tenant` in `namespace`.
+pub fn managed_meta(tenant: &str, namespace: &str, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: Some(namespace.to_string()),
+        labels: Some(managed(tenant)),
+        ..Default::default()
+    }
 }
 
 /// Selector for everything managed for `tenant`.

@@ -6,7 +6,7 @@ use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{Invalid, invalid, labels};
@@ -48,12 +48,7 @@ fn policy(
     let ingress = ingress.filter(|r| !r.is_empty());
     let egress = egress.filter(|r| !r.is_empty());
     NetworkPolicy {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(namespace.to_string()),
-            labels: Some(labels::managed(tenant)),
-            ..Default::default()
-        },
+        metadata: labels::managed_meta(tenant, namespace, name),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector::default()),
             policy_types: Some(types),

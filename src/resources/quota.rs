@@ -7,7 +7,6 @@ use k8s_openapi::api::core::v1::{
     LimitRange, LimitRangeItem, LimitRangeSpec, ResourceQuota, ResourceQuotaSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::labels;
 use super::{Invalid, invalid};
@@ -302,12 +301,7 @@ pub fn resource_quota(
         hard.insert("pods".to_string(), Quantity("0".to_string()));
     }
     ResourceQuota {
-        metadata: ObjectMeta {
-            name: Some(QUOTA_NAME.to_string()),
-            namespace: Some(namespace.to_string()),
-            labels: Some(labels::managed(tenant)),
-            ..Default::default()
-        },
+        metadata: labels::managed_meta(tenant, namespace, QUOTA_NAME),
         spec: Some(ResourceQuotaSpec {
             hard: Some(hard),
             ..Default::default()
@@ -342,12 +336,7 @@ pub fn limit_range(tenant: &str, namespace: &str, limits: &LimitsSpec) -> LimitR
     let limits = effective_limits(limits);
     let opt = |m: &BTreeMap<String, Quantity>| (!m.is_empty()).then(|| m.clone());
     LimitRange {
-        metadata: ObjectMeta {
-            name: Some(LIMITS_NAME.to_string()),
-            namespace: Some(namespace.to_string()),
-            labels: Some(labels::managed(tenant)),
-            ..Default::default()
-        },
+        metadata: labels::managed_meta(tenant, namespace, LIMITS_NAME),
         spec: Some(LimitRangeSpec {
             limits: vec![LimitRangeItem {
                 type_: "Container".to_string(),
