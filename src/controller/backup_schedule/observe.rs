@@ -361,15 +361,19 @@ async fn check_secrets(ctx: &BackupContext, bs: &BackupSchedule) -> Result<(), I
             };
             seen.insert(name.clone(), got);
         }
+        // Refused until the Secret is created or changed: a watch wakes the schedule.
+        let wait_for = |until: super::waits::Until, reason: &'static str, message: String| {
+            ctx.secret_waits.wait(&ns, &name, until, this.clone());
+            Invalid { reason, message }
+        };
         let Some(secret) = seen.get(&name).and_then(Option::as_ref) else {
-            ctx.secret_waits
-                .wait(&ns, &name, super::waits::Until::Created, this);
-            return Err(Invalid {
-                reason: "SecretNotFound",
-                message: format!(
+            return Err(wait_for(
+                super::waits::Until::Created,
+                "SecretNotFound",
+                format!(
                     "Secret {name} does not exist in namespace {ns}; create it or fix the reference in spec"
                 ),
-            });
+            ));
         };
         let has_key = secret.data.as_ref().is_some_and(|d| d.contains_key(&key))
             || secret
@@ -377,14 +381,11 @@ async fn check_secrets(ctx: &BackupContext, bs: &BackupSchedule) -> Result<(), I
                 .as_ref()
                 .is_some_and(|d| d.contains_key(&key));
         if !has_key {
-            ctx.secret_waits
-                .wait(&ns, &name, super::waits::Until::Changed, this);
-            return Err(Invalid {
-                reason: "SecretKeyMissing",
-                message: format!(
-                    "Secret {ns}/{name} has no key {key:?}; add it or fix the key in spec"
-                ),
-            });
+            return Err(wait_for(
+                super::waits::Until::Changed,
+                "SecretKeyMissing",
+                format!("Secret {ns}/{name} has no key {key:?}; add it or fix the key in spec"),
+            ));
         }
     }
     Ok(())
