@@ -271,6 +271,15 @@ pub fn requeue_at(deadline: Option<Timestamp>, now: Timestamp) -> Action {
     }
 }
 
+/// Every object in `store`, cloned out of it.
+pub fn cloned<K>(store: &Store<K>) -> Vec<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.state().iter().map(|o| o.as_ref().clone()).collect()
+}
+
 /// The reference of every object in `store` (a change that concerns them all).
 pub fn all<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> Vec<ObjectRef<K>> {
     store

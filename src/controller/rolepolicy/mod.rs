@@ -48,18 +48,8 @@ impl Reconcile for PolicyContext {
     const NAME: &'static str = "rolepolicy";
 
     async fn reconcile(self: Arc<Self>, policy: Arc<RolePolicy>) -> Result<Action, Error> {
-        let all: Vec<RolePolicy> = self
-            .policies
-            .state()
-            .iter()
-            .map(|p| p.as_ref().clone())
-            .collect();
-        let tenants: Vec<Tenant> = self
-            .tenants
-            .state()
-            .iter()
-            .map(|t| t.as_ref().clone())
-            .collect();
+        let all = driver::cloned(&self.policies);
+        let tenants = driver::cloned(&self.tenants);
         let (mut status, observed) = desired_status(&policy, &all, &tenants);
         let previous = policy.status.clone().unwrap_or_default();
         status.observed_generation = policy.metadata.generation;

@@ -139,12 +139,7 @@ impl Context {
 
     /// Every cached RolePolicy.
     pub fn policies(&self) -> Vec<RolePolicy> {
-        self.policies
-            .store
-            .state()
-            .iter()
-            .map(|p| p.as_ref().clone())
-            .collect()
+        crate::controller::driver::cloned(&self.policies.store)
     }
 
     /// The RolePolicy watch that fills [`Context::policies`] (once: `None` after
