@@ -230,6 +230,32 @@ impl Context {
             .flatten()
     }
 
+    /// One write by this process to `tenant` itself (finalizer, status):
+    /// `write` sends it through the API it is given, for the tenant's name,
+    /// while the write is in flight; the object written is noted, so that its
+    /// watch echo needs no reconcile. `what` names a failure.
+    pub(super) async fn write_own<W, F>(
+        &self,
+        tenant: &Tenant,
+        what: &'static str,
+        write: W,
+    ) -> Result<(), super::error::Error>
+    where
+        W: FnOnce(Api<Tenant>, String) -> F,
+        F: std::future::Future<Output = kube::Result<Tenant>>,
+    {
+        let name = tenant.name_any();
+        let _in_flight = self
+            .applier
+            .journal()
+            .in_flight(&super::tenant_ar(), None, &name);
+        let written = write(Api::all(self.client.clone()), name)
+            .await
+            .map_err(super::error::kube_err(what))?;
+        self.own_writes.note(written);
+        Ok(())
+    }
+
     /// Forgets a Tenant that is gone: its remembered writes and metric series.
     pub fn forget_tenant(&self, name: &str) {
         self.own_writes.forget(name);

@@ -28,27 +28,17 @@ pub(super) async fn ensure_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(
     {
         return Ok(());
     }
-    let api: Api<Tenant> = Api::all(ctx.client.clone());
     let patch = if tenant.meta().finalizers.is_none() {
         json!([{ "op": "add", "path": "/metadata/finalizers", "value": [labels::TENANT_FINALIZER] }])
     } else {
         json!([{ "op": "add", "path": "/metadata/finalizers/-", "value": labels::TENANT_FINALIZER }])
     };
     let patch = finalizer_patch(patch)?;
-    let _in_flight = ctx
-        .applier
-        .journal()
-        .in_flight(&super::tenant_ar(), None, &tenant.name_any());
-    let written = api
-        .patch(
-            &tenant.name_any(),
-            &PatchParams::default(),
-            &Patch::<()>::Json(patch),
-        )
-        .await
-        .map_err(kube_err("add finalizer"))?;
-    ctx.own_writes.note(written);
-    Ok(())
+    ctx.write_own(tenant, "add finalizer", |api, name| async move {
+        api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(patch))
+            .await
+    })
+    .await
 }
 
 async fn remove_finalizer(ctx: &Context, tenant: &Tenant) -> Result<(), Error> {

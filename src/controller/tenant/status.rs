@@ -8,11 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use kube::api::{Api, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
+use kube::Resource;
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use super::error::{Error, Failed, kube_err};
+use super::error::{Error, Failed};
 use super::{Context, children, gc, namespaces, secrets, tokens};
 use crate::crd::ConditionStatus;
 use crate::crd::condition::{Observed, merge_conditions, progress};
@@ -311,21 +311,12 @@ pub(super) async fn write(
         &status.conditions,
     )
     .await;
-    let api: Api<Tenant> = Api::all(ctx.client.clone());
-    let _in_flight = ctx
-        .applier
-        .journal()
-        .in_flight(&super::tenant_ar(), None, &tenant.name_any());
-    let written = api
-        .patch_status(
-            &tenant.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .map_err(kube_err("update tenant status"))?;
-    ctx.own_writes.note(written);
-    Ok(())
+    ctx.write_own(tenant, "update tenant status", |api, name| async move {
+        let patch = Patch::Merge(json!({ "status": status }));
+        api.patch_status(&name, &PatchParams::default(), &patch)
+            .await
+    })
+    .await
 }
 
 /// The status of a Tenant whose spec is invalid: nothing is applied until it
