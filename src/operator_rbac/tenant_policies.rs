@@ -876,6 +876,11 @@ mod tests {
             .expect("policy")
     }
 
+    /// The CEL expression of validation `i` of the policy named by `suffix`.
+    fn expression(suffix: &str, i: usize) -> String {
+        by_suffix(suffix).validations[i].expression.clone()
+    }
+
     fn resources(p: &TenantPolicy) -> Vec<(String, String)> {
         p.resource_rules
             .iter()
@@ -1039,24 +1044,18 @@ mod tests {
             v.contains("'palisade.dev/backup-schedule' in object.spec.template.metadata.labels")
         );
         for never in ["backup-labels-cronjobs", "backup-labels-podtemplates"] {
-            assert!(
-                by_suffix(never).validations[0]
-                    .expression
-                    .ends_with(" || false")
-            );
+            assert!(expression(never, 0).ends_with(" || false"));
         }
         assert!(
-            by_suffix("backup-labels-cronjobs").validations[0]
-                .expression
+            expression("backup-labels-cronjobs", 0)
                 .contains("in object.spec.jobTemplate.spec.template.metadata.labels")
         );
         assert!(
-            by_suffix("backup-labels-podtemplates").validations[0]
-                .expression
+            expression("backup-labels-podtemplates", 0)
                 .contains("in object.template.metadata.labels")
         );
         assert_eq!(
-            by_suffix("backup-labels-ephemeral-containers").validations[0].expression,
+            expression("backup-labels-ephemeral-containers", 0),
             "!(has(object.metadata) && has(object.metadata.labels) && 'palisade.dev/backup-schedule' in object.metadata.labels)"
         );
     }
@@ -1134,9 +1133,7 @@ mod tests {
         let pods = by_suffix("images-pods");
         for c in ["containers", "initContainers", "ephemeralContainers"] {
             assert!(
-                pods.validations[0]
-                    .expression
-                    .contains(&format!("object.spec.{c}.all(c, has(c.imagePullPolicy) && c.imagePullPolicy == 'Always')")),
+                pods.validations[0].expression.contains(&format!("object.spec.{c}.all(c, has(c.imagePullPolicy) && c.imagePullPolicy == 'Always')")),
                 "{c}"
             );
         }
@@ -1147,8 +1144,7 @@ mod tests {
         );
         // Templates: only a changed template is checked on update.
         assert!(
-            by_suffix("images-workloads").validations[0]
-                .expression
+            expression("images-workloads", 0)
                 .starts_with("request.userInfo.username == variables.operator || (request.operation == 'UPDATE' && object.spec.template == oldObject.spec.template) || ")
         );
     }
