@@ -277,9 +277,10 @@ mod tests {
 
     #[test]
     fn dst_spring_forward_runs_once() {
+        // 02:30 on the day 02:00-03:00 local is skipped: one run a day.
+        let daily_0230 = |tz, from, to| runs("30 2 * * *", tz, from, to);
         // 2026-03-08: New York skips 02:00-03:00 local.
-        let got = runs(
-            "30 2 * * *",
+        let got = daily_0230(
             "America/New_York",
             "2026-03-07T12:00:00Z",
             "2026-03-09T12:00:00Z",
@@ -289,8 +290,7 @@ mod tests {
         assert_eq!(got[0], "2026-03-08T07:00:00Z");
         assert_eq!(got[1], "2026-03-09T06:30:00Z"); // 02:30 EDT
         // Europe: 2026-03-29 skips 02:00-03:00 in Berlin.
-        let got = runs(
-            "30 2 * * *",
+        let got = daily_0230(
             "Europe/Berlin",
             "2026-03-28T12:00:00Z",
             "2026-03-30T12:00:00Z",
