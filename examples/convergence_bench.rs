@@ -678,6 +678,23 @@ impl Run {
     }
 }
 
+/// Creates the Tenants `prefix-0000` … of `n`, [`CONCURRENCY`] at a time.
+async fn create_tenants(api: &Api<Tenant>, prefix: &str, n: usize) -> anyhow::Result<()> {
+    let created: Vec<anyhow::Result<()>> = stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                api.create(&PostParams::default(), &tenant(prefix, i))
+                    .await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+    created.into_iter().collect()
+}
+
 async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyhow::Result<Run> {
     let api: Api<Tenant> = Api::all(target.client.clone());
     let mut run = Run {
@@ -693,21 +710,7 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
     run.idle = mem_of(idle.pid());
     idle.stop().await;
 
-    let created: Vec<anyhow::Result<()>> = stream::iter(0..n)
-        .map(|i| {
-            let api = api.clone();
-            async move {
-                api.create(&PostParams::default(), &tenant(&operator_prefix(n), i))
-                    .await?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .collect()
-        .await;
-    for r in created {
-        r?;
-    }
+    create_tenants(&api, &operator_prefix(n), n).await?;
     let mark = target.fake.as_ref().map(FakeApiServer::mark);
     let resync_every = Duration::from_secs(if n >= 1000 { 60 } else { 20 });
     let controller =
@@ -1177,20 +1180,7 @@ impl Batch {
     }
 
     async fn create(&self, client: &kube::Client) -> anyhow::Result<()> {
-        let api: Api<Tenant> = Api::all(client.clone());
-        let created: Vec<anyhow::Result<()>> = stream::iter(0..self.n)
-            .map(|i| {
-                let api = api.clone();
-                async move {
-                    api.create(&PostParams::default(), &tenant(&self.prefix, i))
-                        .await?;
-                    Ok(())
-                }
-            })
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        created.into_iter().collect()
+        create_tenants(&Api::all(client.clone()), &self.prefix, self.n).await
     }
 
     /// How many of the batch's Tenants are Ready.
@@ -1254,15 +1244,15 @@ impl Timeline {
     }
 }
 
-/// Polls the batch every 250 ms until all are Ready (or `timeout`), calling
+/// Polls the batch every 250 ms until all are Ready (or 30 minutes), calling
 /// `at` with each count (to start a fault at the right moment).
 async fn watch_batch(
     client: &kube::Client,
     batch: &Batch,
     start: Instant,
-    timeout: Duration,
     timeline: &mut Timeline,
 ) -> anyhow::Result<f64> {
+    let timeout = Duration::from_secs(1800);
     while start.elapsed() < timeout {
         let ready = batch.ready(client).await;
         let t = start.elapsed().as_secs_f64();
@@ -1449,14 +1439,7 @@ impl Bench {
             })
         };
         let mut timeline = Timeline::default();
-        let converged = watch_batch(
-            &self.client,
-            &batch,
-            start,
-            Duration::from_secs(1800),
-            &mut timeline,
-        )
-        .await;
+        let converged = watch_batch(&self.client, &batch, start, &mut timeline).await;
         sampler.abort();
         let after = apiserver_metrics(&self.client).await;
         stop_probe.set();
@@ -1532,14 +1515,7 @@ impl Bench {
         let c = self.fault_controller("baseline", &[]).await?;
         let start = Instant::now();
         let mut timeline = Timeline::default();
-        let done = watch_batch(
-            &self.client,
-            &batch,
-            start,
-            Duration::from_secs(1800),
-            &mut timeline,
-        )
-        .await;
+        let done = watch_batch(&self.client, &batch, start, &mut timeline).await;
         let writes = controller_writes(&c).await;
         let deleted = batch.delete(&self.client).await;
         c.stop().await;
@@ -1692,14 +1668,7 @@ impl Bench {
         let _ = a.child.wait().await;
         let takeover = Self::leads(&b, Duration::from_secs(120)).await?;
         let mut timeline = Timeline::default();
-        let converged = watch_batch(
-            &self.client,
-            &batch,
-            killed,
-            Duration::from_secs(1800),
-            &mut timeline,
-        )
-        .await?;
+        let converged = watch_batch(&self.client, &batch, killed, &mut timeline).await?;
         let mut rows = vec![FaultRow {
             scenario: format!(
                 "leader SIGKILLed at {ready_at_kill}/{} Ready, two replicas: the standby leads after",
