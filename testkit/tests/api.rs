@@ -32,6 +32,19 @@ pub struct TenantStatus {
     pub phase: String,
 }
 
+/// Merge-patches `name`, through `/status` when `status`.
+async fn merge<K>(api: &Api<K>, name: &str, status: bool, patch: serde_json::Value) -> K
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let (pp, patch) = (PatchParams::default(), Patch::Merge(patch));
+    match status {
+        false => api.patch(name, &pp, &patch).await,
+        true => api.patch_status(name, &pp, &patch).await,
+    }
+    .unwrap()
+}
+
 fn cm(name: &str, data: &[(&str, &str)]) -> ConfigMap {
     ConfigMap {
         metadata: kube::api::ObjectMeta {
@@ -163,75 +176,45 @@ async fn noop_writes_keep_resource_version_and_generation_rules() {
 
     // identical merge patch: no new resourceVersion, no event
     let rv0 = server.resource_version();
-    let same = tenants
-        .patch(
-            "t1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"owner": "alice"}})),
-        )
-        .await
-        .unwrap();
+    let same = merge(&tenants, "t1", false, json!({"spec": {"owner": "alice"}})).await;
     assert_eq!(rv(&same), rv(&created));
     assert_eq!(server.resource_version(), rv0);
 
     // metadata-only change: rv bumps, generation does not
-    let labelled = tenants
-        .patch(
-            "t1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
-        )
-        .await
-        .unwrap();
+    let labelled = merge(
+        &tenants,
+        "t1",
+        false,
+        json!({"metadata": {"labels": {"a": "b"}}}),
+    )
+    .await;
     assert!(rv(&labelled) > rv(&created));
     assert_eq!(labelled.metadata.generation, Some(1));
 
     // spec change bumps generation
-    let changed = tenants
-        .patch(
-            "t1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"owner": "bob"}})),
-        )
-        .await
-        .unwrap();
+    let changed = merge(&tenants, "t1", false, json!({"spec": {"owner": "bob"}})).await;
     assert_eq!(changed.metadata.generation, Some(2));
 
     // status through the main resource is ignored
-    let ignored = tenants
-        .patch(
-            "t1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Ready"}})),
-        )
-        .await
-        .unwrap();
+    let ignored = merge(&tenants, "t1", false, json!({"status": {"phase": "Ready"}})).await;
     assert!(ignored.status.is_none());
     assert_eq!(rv(&ignored), rv(&changed));
 
     // status through /status changes only status, and not the generation
-    let st = tenants
-        .patch_status(
-            "t1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"owner": "mallory"}, "status": {"phase": "Ready"}})),
-        )
-        .await
-        .unwrap();
+    let st = merge(
+        &tenants,
+        "t1",
+        true,
+        json!({"spec": {"owner": "mallory"}, "status": {"phase": "Ready"}}),
+    )
+    .await;
     assert_eq!(st.status.as_ref().unwrap().phase, "Ready");
     assert_eq!(st.spec.owner, "bob");
     assert_eq!(st.metadata.generation, Some(2));
 
     // the same status again is a no-op
     let before = server.resource_version();
-    let again = tenants
-        .patch_status(
-            "t1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Ready"}})),
-        )
-        .await
-        .unwrap();
+    let again = merge(&tenants, "t1", true, json!({"status": {"phase": "Ready"}})).await;
     assert_eq!(rv(&again), rv(&st));
     assert_eq!(server.resource_version(), before);
 
@@ -575,13 +558,7 @@ async fn server_side_apply() {
     )
     .await
     .unwrap();
-    cms.patch(
-        "ssa",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"m": "1"}})),
-    )
-    .await
-    .unwrap();
+    merge(&cms, "ssa", false, json!({"data": {"m": "1"}})).await;
     let pruned = cms
         .patch("ssa", &pp, &Patch::Apply(cfg(json!({"a": "1"}), json!({}))))
         .await
