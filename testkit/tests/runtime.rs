@@ -47,6 +47,24 @@ where
     }
 }
 
+/// Creates the ConfigMap `name` with `v: v`.
+async fn create_cm(cms: &Api<ConfigMap>, name: &str, v: &str) {
+    cms.create(&PostParams::default(), &cm(name, v))
+        .await
+        .unwrap();
+}
+
+/// The next events of `w` are `want` (as [`describe`] words them), in order.
+async fn expect_events<S, K>(w: &mut S, want: &[&str])
+where
+    S: futures::Stream<Item = Result<Event<K>, watcher::Error>> + Unpin,
+    K: ResourceExt,
+{
+    for want in want {
+        assert_eq!(describe(&next(w).await), *want);
+    }
+}
+
 fn describe<K: ResourceExt>(ev: &Event<K>) -> String {
     match ev {
         Event::Init => "init".into(),
@@ -61,17 +79,11 @@ fn describe<K: ResourceExt>(ev: &Event<K>) -> String {
 async fn watcher_sees_changes_and_relists_after_410() {
     let server = FakeApiServer::new();
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
-    cms.create(&PostParams::default(), &cm("pre", "0"))
-        .await
-        .unwrap();
+    create_cm(&cms, "pre", "0").await;
     let mut w = watcher::watcher(cms.clone(), watcher::Config::default()).boxed();
-    assert_eq!(describe(&next(&mut w).await), "init");
-    assert_eq!(describe(&next(&mut w).await), "initapply:pre");
-    assert_eq!(describe(&next(&mut w).await), "initdone");
+    expect_events(&mut w, &["init", "initapply:pre", "initdone"]).await;
 
-    cms.create(&PostParams::default(), &cm("a", "1"))
-        .await
-        .unwrap();
+    create_cm(&cms, "a", "1").await;
     assert_eq!(describe(&next(&mut w).await), "apply:a");
     cms.patch(
         "a",
@@ -99,9 +111,7 @@ async fn watcher_sees_changes_and_relists_after_410() {
     // compact the history. Resuming from its resourceVersion gets 410 Gone and
     // the watcher re-lists.
     server.close_watches();
-    cms.create(&PostParams::default(), &cm("missed", "1"))
-        .await
-        .unwrap();
+    create_cm(&cms, "missed", "1").await;
     server.compact_history();
     let mark = server.mark();
     assert_eq!(describe(&next(&mut w).await), "init");
@@ -116,9 +126,7 @@ async fn watcher_sees_changes_and_relists_after_410() {
     assert_eq!(seen, ["initapply:missed", "initapply:pre"]);
     let verbs: Vec<Verb> = server.log_since(mark).iter().map(|r| r.verb).collect();
     assert_eq!(verbs[..2], [Verb::Watch, Verb::List], "{verbs:?}");
-    cms.create(&PostParams::default(), &cm("after", "1"))
-        .await
-        .unwrap();
+    create_cm(&cms, "after", "1").await;
     assert_eq!(describe(&next(&mut w).await), "apply:after");
 }
 
@@ -126,21 +134,13 @@ async fn watcher_sees_changes_and_relists_after_410() {
 async fn expire_watches_forces_relist_of_up_to_date_watchers() {
     let server = FakeApiServer::new();
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
-    cms.create(&PostParams::default(), &cm("x", "0"))
-        .await
-        .unwrap();
+    create_cm(&cms, "x", "0").await;
     let mut w = watcher::watcher(cms.clone(), watcher::Config::default()).boxed();
-    for want in ["init", "initapply:x", "initdone"] {
-        assert_eq!(describe(&next(&mut w).await), want);
-    }
+    expect_events(&mut w, &["init", "initapply:x", "initdone"]).await;
     server.expire_watches();
-    for want in ["init", "initapply:x", "initdone"] {
-        assert_eq!(describe(&next(&mut w).await), want);
-    }
+    expect_events(&mut w, &["init", "initapply:x", "initdone"]).await;
     // after the re-list the watch resumes normally (no 410 loop)
-    cms.create(&PostParams::default(), &cm("y", "0"))
-        .await
-        .unwrap();
+    create_cm(&cms, "y", "0").await;
     assert_eq!(describe(&next(&mut w).await), "apply:y");
 }
 
@@ -149,11 +149,8 @@ async fn label_filtered_watch_turns_label_changes_into_add_delete() {
     let server = FakeApiServer::new();
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
     let mut w = watcher::watcher(cms.clone(), watcher::Config::default().labels("app=x")).boxed();
-    assert_eq!(describe(&next(&mut w).await), "init");
-    assert_eq!(describe(&next(&mut w).await), "initdone");
-    cms.create(&PostParams::default(), &cm("c", "1"))
-        .await
-        .unwrap();
+    expect_events(&mut w, &["init", "initdone"]).await;
+    create_cm(&cms, "c", "1").await;
     let lbl = |v: Option<&str>| Patch::Merge(json!({"metadata": {"labels": {"app": v}}}));
     cms.patch("c", &PatchParams::default(), &lbl(Some("x")))
         .await
@@ -169,17 +166,11 @@ async fn label_filtered_watch_turns_label_changes_into_add_delete() {
 async fn metadata_watcher_and_streaming_list() {
     let server = FakeApiServer::new();
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
-    cms.create(&PostParams::default(), &cm("m1", "1"))
-        .await
-        .unwrap();
+    create_cm(&cms, "m1", "1").await;
     #[allow(deprecated)]
     let mut w = watcher::metadata_watcher(cms.clone(), watcher::Config::default()).boxed();
-    assert_eq!(describe(&next(&mut w).await), "init");
-    assert_eq!(describe(&next(&mut w).await), "initapply:m1");
-    assert_eq!(describe(&next(&mut w).await), "initdone");
-    cms.create(&PostParams::default(), &cm("m2", "1"))
-        .await
-        .unwrap();
+    expect_events(&mut w, &["init", "initapply:m1", "initdone"]).await;
+    create_cm(&cms, "m2", "1").await;
     match next(&mut w).await {
         Event::Apply(o) => {
             assert_eq!(o.name_any(), "m2");
@@ -512,9 +503,7 @@ async fn raw_watch_bookmarks_and_timeout() {
 async fn concurrent_optimistic_updates_never_lose_writes() {
     let server = FakeApiServer::new();
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
-    cms.create(&PostParams::default(), &cm("counter", "0"))
-        .await
-        .unwrap();
+    create_cm(&cms, "counter", "0").await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let cms = cms.clone();
