@@ -248,12 +248,7 @@ impl FakeApiServer {
     /// plural unique across groups), namespace and name.
     pub fn get_json(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
         let rt = self.resolve(resource).ok()?;
-        let key = ObjectKey::new(
-            &rt.group,
-            &rt.plural,
-            namespace.filter(|_| rt.namespaced),
-            name,
-        );
+        let key = key_of(&rt, namespace, name);
         self.with_store(|s| s.get(&key).cloned())
     }
 
@@ -294,12 +289,7 @@ impl FakeApiServer {
         name: &str,
     ) -> Result<Option<Value>, ApiError> {
         let rt = self.resolve(resource)?;
-        let key = ObjectKey::new(
-            &rt.group,
-            &rt.plural,
-            namespace.filter(|_| rt.namespaced),
-            name,
-        );
+        let key = key_of(&rt, namespace, name);
         match self.with_store_mut(|s| s.delete(&rt, &key, &DeleteOptions::default()))? {
             store::Deleted::Marked(v) => Ok(Some(v)),
             store::Deleted::Removed(_) => Ok(None),
@@ -315,12 +305,7 @@ impl FakeApiServer {
         name: &str,
     ) -> Result<Option<Value>, ApiError> {
         let rt = self.resolve(resource)?;
-        let key = ObjectKey::new(
-            &rt.group,
-            &rt.plural,
-            namespace.filter(|_| rt.namespaced),
-            name,
-        );
+        let key = key_of(&rt, namespace, name);
         self.with_store_mut(|s| {
             let Some(mut obj) = s.get(&key).cloned() else {
                 return Err(ApiError::not_found(&rt.group, &rt.plural, name));
@@ -340,12 +325,7 @@ impl FakeApiServer {
         K: kube::Resource<DynamicType = ()> + DeserializeOwned,
     {
         let rt = self.typed_rt::<K>()?;
-        let key = ObjectKey::new(
-            &rt.group,
-            &rt.plural,
-            namespace.filter(|_| rt.namespaced),
-            name,
-        );
+        let key = key_of(&rt, namespace, name);
         let v = self.with_store(|s| s.get(&key).cloned())?;
         serde_json::from_value(v).ok()
     }
@@ -624,4 +604,14 @@ where
             Ok(response)
         })
     }
+}
+
+/// The store key of `name` of `rt` (`namespace` ignored for a cluster-scoped type).
+fn key_of(rt: &ResourceType, namespace: Option<&str>, name: &str) -> ObjectKey {
+    ObjectKey::new(
+        &rt.group,
+        &rt.plural,
+        namespace.filter(|_| rt.namespaced),
+        name,
+    )
 }
