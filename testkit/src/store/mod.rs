@@ -776,31 +776,24 @@ impl Store {
         let Some(obj) = self.objects.get(key) else {
             return Err(ApiError::not_found(&rt.group, &rt.plural, &key.name));
         };
-        if let Some(uid) = &opts.precondition_uid
-            && meta_str(obj, "uid") != Some(uid.as_str())
-        {
-            return Err(ApiError::conflict(
-                &rt.group,
-                &rt.plural,
-                &key.name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta_str(obj, "uid").unwrap_or("")
-                ),
-            ));
-        }
-        if let Some(rv) = &opts.precondition_rv
-            && meta_str(obj, "resourceVersion") != Some(rv.as_str())
-        {
-            return Err(ApiError::conflict(
-                &rt.group,
-                &rt.plural,
-                &key.name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    meta_str(obj, "resourceVersion").unwrap_or("")
-                ),
-            ));
+        // As the API server words a failed precondition.
+        for (field, label, want) in [
+            ("uid", "UID", &opts.precondition_uid),
+            ("resourceVersion", "ResourceVersion", &opts.precondition_rv),
+        ] {
+            if let Some(want) = want
+                && meta_str(obj, field) != Some(want.as_str())
+            {
+                return Err(ApiError::conflict(
+                    &rt.group,
+                    &rt.plural,
+                    &key.name,
+                    &format!(
+                        "Precondition failed: {label} in precondition: {want}, {label} in object meta: {}",
+                        meta_str(obj, field).unwrap_or("")
+                    ),
+                ));
+            }
         }
         Ok(self.delete_internal(key, opts.propagation.unwrap_or(Propagation::Background)))
     }
