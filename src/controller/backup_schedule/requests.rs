@@ -76,6 +76,24 @@ fn to_time(t: Timestamp) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(t.as_second(), 0)
 }
 
+/// Ends a request: `phase` at `at` with `msg` in `next`; the Complete condition
+/// (reason `reasons.0`) and the Event (reason `reasons.1`, a warning unless the
+/// run succeeded).
+fn end(
+    next: &mut BackupRunStatus,
+    phase: BackupRunPhase,
+    at: Timestamp,
+    reasons: (&'static str, &'static str),
+    msg: String,
+) -> (Observed, Option<(bool, &'static str, String)>) {
+    let ok = phase == BackupRunPhase::Succeeded;
+    next.phase = Some(phase);
+    next.completion_time = to_time(at);
+    next.message = Some(msg.clone());
+    let observed = Observed::new(COMPLETE, ok, reasons.0, msg.clone());
+    (observed, Some((!ok, reasons.1, msg)))
+}
+
 /// The minute a BackupRun's Job runs for: the minute it was created (so every
 /// retry and replica names the same Job).
 fn requested_minute(request: &BackupRun, now: Timestamp) -> i64 {
@@ -117,11 +135,8 @@ pub fn decide(
             let msg = format!(
                 "BackupSchedule {schedule} has no spec.restoreTest, so it has no restore test to run; ask whoever manages the schedule to configure one, or request type Backup"
             );
-            next.phase = Some(BackupRunPhase::Failed);
-            next.completion_time = to_time(now);
-            next.message = Some(msg.clone());
-            observed = Observed::new(COMPLETE, false, "RestoreTestNotConfigured", msg.clone());
-            event = Some((true, "RestoreTestNotConfigured", msg));
+            let reasons = ("RestoreTestNotConfigured", "RestoreTestNotConfigured");
+            (observed, event) = end(&mut next, BackupRunPhase::Failed, now, reasons, msg);
         }
         None => match startable {
             Err(why) => {
@@ -166,11 +181,8 @@ pub fn decide(
                 let msg = format!(
                     "{what} Job {name} completed; its result is in BackupSchedule {schedule}'s status"
                 );
-                next.phase = Some(BackupRunPhase::Succeeded);
-                next.completion_time = to_time(at.unwrap_or(now));
-                next.message = Some(msg.clone());
-                observed = Observed::new(COMPLETE, true, "Succeeded", msg.clone());
-                event = Some((false, "RunSucceeded", msg));
+                let (phase, at) = (BackupRunPhase::Succeeded, at.unwrap_or(now));
+                (observed, event) = end(&mut next, phase, at, ("Succeeded", "RunSucceeded"), msg);
             }
             JobState::Failed {
                 at,
@@ -180,11 +192,8 @@ pub fn decide(
                 let msg = format!(
                     "{what} Job {name} failed ({reason}: {message}); see its Pod's log and BackupSchedule {schedule}'s status"
                 );
-                next.phase = Some(BackupRunPhase::Failed);
-                next.completion_time = to_time(at.unwrap_or(now));
-                next.message = Some(msg.clone());
-                observed = Observed::new(COMPLETE, false, "JobFailed", msg.clone());
-                event = Some((true, "RunFailed", msg));
+                let (phase, at) = (BackupRunPhase::Failed, at.unwrap_or(now));
+                (observed, event) = end(&mut next, phase, at, ("JobFailed", "RunFailed"), msg);
             }
             JobState::Missing => {
                 let accepted = prev.start_time.map(|t| t.timestamp()).unwrap_or(i64::MIN);
@@ -205,11 +214,8 @@ pub fn decide(
                     let msg = format!(
                         "{what} Job {name} no longer exists: it was deleted before it finished; create a new BackupRun to run again"
                     );
-                    next.phase = Some(BackupRunPhase::Failed);
-                    next.completion_time = to_time(now);
-                    next.message = Some(msg.clone());
-                    observed = Observed::new(COMPLETE, false, "JobMissing", msg.clone());
-                    event = Some((true, "RunFailed", msg));
+                    let reasons = ("JobMissing", "RunFailed");
+                    (observed, event) = end(&mut next, BackupRunPhase::Failed, now, reasons, msg);
                 }
             }
         },
