@@ -1244,6 +1244,30 @@ impl Timeline {
     }
 }
 
+/// Polls the batch of `n` every 250 ms until a quarter is Ready (at most 15 minutes
+/// after `start`), recording each count in `timeline` when given; the count reached.
+async fn quarter_ready(
+    client: &kube::Client,
+    batch: &Batch,
+    n: usize,
+    start: Instant,
+    mut timeline: Option<&mut Timeline>,
+) -> anyhow::Result<usize> {
+    loop {
+        let r = batch.ready(client).await;
+        if let Some(timeline) = timeline.as_mut() {
+            timeline.0.push((start.elapsed().as_secs_f64(), r));
+        }
+        if r >= n / 4 {
+            return Ok(r);
+        }
+        if start.elapsed() > Duration::from_secs(900) {
+            bail!("a quarter of the batch never got Ready");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Polls the batch every 250 ms until all are Ready (or 30 minutes), calling
 /// `at` with each count (to start a fault at the right moment).
 async fn watch_batch(
@@ -1552,17 +1576,8 @@ impl Bench {
         let start = Instant::now();
         let mut timeline = Timeline::default();
         // Until a quarter is Ready.
-        let ready_at_kill = loop {
-            let r = batch.ready(&self.client).await;
-            timeline.0.push((start.elapsed().as_secs_f64(), r));
-            if r >= self.n / 4 {
-                break r;
-            }
-            if start.elapsed() > Duration::from_secs(900) {
-                bail!("a quarter of the batch never got Ready");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let ready_at_kill =
+            quarter_ready(&self.client, &batch, self.n, start, Some(&mut timeline)).await?;
         eprintln!("   {ready_at_kill} Ready: killing {what} for {secs} s");
         let mut fault = tokio::process::Command::new(script)
             .args([format!("restart-{what}"), secs.to_string()])
@@ -1652,16 +1667,7 @@ impl Bench {
         Self::leads(&a, Duration::from_secs(60)).await?;
         let b = self.fault_controller("bench-b", &[]).await?;
         b.wait_ready().await?;
-        let ready_at_kill = loop {
-            let r = batch.ready(&self.client).await;
-            if r >= self.n / 4 {
-                break r;
-            }
-            if start.elapsed() > Duration::from_secs(900) {
-                bail!("a quarter of the batch never got Ready");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        };
+        let ready_at_kill = quarter_ready(&self.client, &batch, self.n, start, None).await?;
         eprintln!("   {ready_at_kill} Ready: SIGKILL to the leader");
         a.child.start_kill()?;
         let killed = Instant::now();
