@@ -142,6 +142,31 @@ mod tests {
         }
     }
 
+    /// The one validation of a Tenant in `palisade diff`: the proof the builders
+    /// take, or the controller's rejection as a finding.
+    #[test]
+    fn a_tenant_is_valid_or_a_rejected_finding() {
+        let tenant = |name: &str| -> Tenant {
+            serde_json::from_value(json!({
+                "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant",
+                "metadata": {"name": name},
+                "spec": {"namespaces": [{"name": format!("{name}-prod")}]},
+            }))
+            .expect("tenant")
+        };
+        assert!(validate_tenant(&tenant("acme")).is_ok());
+        let f = validate_tenant(&tenant("Acme")).expect_err("invalid name");
+        assert_eq!(
+            (
+                f.severity,
+                f.kind.as_str(),
+                f.name.as_str(),
+                f.reason.as_str()
+            ),
+            (Severity::Rejected, "Tenant", "Acme", "InvalidTenantName")
+        );
+    }
+
     #[test]
     fn input_policies_replace_live_specs_and_keep_their_order_keys() {
         let mut live = policy(json!({"tenants": ["a"]}));
