@@ -425,6 +425,14 @@ pub mod fixtures {
     use super::*;
     use serde_json::{Value, json};
 
+    /// The secrets check's verdict on a schedule whose Secret `db` is missing.
+    pub fn missing_secret() -> Invalid {
+        Invalid {
+            reason: "SecretNotFound",
+            message: "Secret db does not exist".into(),
+        }
+    }
+
     pub fn at(s: &str) -> Timestamp {
         s.parse().expect("time")
     }

@@ -1055,10 +1055,7 @@ mod tests {
     fn invalid_specs_start_nothing_and_say_why_once() {
         let now = at("2026-03-01T03:00:05Z");
         // (spec, secrets) -> (reason, wake)
-        let missing = Invalid {
-            reason: "SecretNotFound",
-            message: "Secret db does not exist".into(),
-        };
+        let missing = missing_secret();
         let cases = [
             (
                 json!({"schedule": "every night"}),

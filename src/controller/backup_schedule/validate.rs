@@ -120,10 +120,7 @@ mod tests {
     #[test]
     fn the_first_problem_wins() {
         let now = at("2026-03-02T00:00:00Z");
-        let missing = Invalid {
-            reason: "SecretNotFound",
-            message: "Secret db does not exist".into(),
-        };
+        let missing = missing_secret();
         // (spec, older schedules, secrets check) -> reason (None: valid)
         let cases: Vec<(
             serde_json::Value,
