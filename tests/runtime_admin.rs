@@ -8,10 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::Api;
-use kube::api::PostParams;
 use kube::client::ClientBuilder;
 use palisade::controller::SystemClock;
-use palisade::crd::Tenant;
 use palisade::metrics::{Metrics, NAMES};
 use palisade::runtime::admin::{AdminServer, Health};
 use palisade::runtime::leader::LeaseSettings;
@@ -137,16 +135,6 @@ impl Process {
     }
 }
 
-async fn create_tenant(server: &FakeApiServer, name: &str) {
-    let yaml = format!(
-        "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata:\n  name: {name}\nspec:\n  namespaces: [{{name: {name}-app}}]\n"
-    );
-    let api: Api<Tenant> = Api::all(server.client());
-    api.create(&PostParams::default(), &tenant_from_yaml(&yaml))
-        .await
-        .expect("create tenant");
-}
-
 #[tokio::test]
 async fn readyz_waits_for_every_cache_to_sync() {
     let server = server();
@@ -229,7 +217,7 @@ async fn metrics_are_exposed_with_the_documented_names() {
     let server = server();
     let p = start(&server, None).await;
     eventually_status(p.addr, "/readyz", 200).await;
-    create_tenant(&server, "acme").await;
+    create_app_tenant(&server, "acme").await;
     wait_ready(&server, "acme").await;
 
     let start = Instant::now();
@@ -274,7 +262,7 @@ async fn metrics_are_exposed_with_the_documented_names() {
     server.fail_when(500, Some(3), |r| {
         r.is_write() && r.namespace.as_deref() == Some("globex-app")
     });
-    create_tenant(&server, "globex").await;
+    create_app_tenant(&server, "globex").await;
     wait_ready(&server, "globex").await;
     let (_, text) = get(p.addr, "/metrics").await;
     assert!(

@@ -6,10 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::Api;
-use kube::api::PostParams;
 use palisade::controller::SystemClock;
-use palisade::crd::Tenant;
 use palisade::metrics::Metrics;
 use palisade::runtime::admin::Health;
 use palisade::runtime::leader::{Attempt, LeaderElector, LeaseSettings, LostLeadership};
@@ -239,16 +236,6 @@ fn start_instance_with(server: &FakeApiServer, identity: &str, exit_on_lost: boo
     }
 }
 
-async fn create_tenant(server: &FakeApiServer, name: &str) {
-    let yaml = format!(
-        "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata:\n  name: {name}\nspec:\n  namespaces: [{{name: {name}-app}}]\n"
-    );
-    let api: Api<Tenant> = Api::all(server.client());
-    api.create(&PostParams::default(), &tenant_from_yaml(&yaml))
-        .await
-        .expect("create tenant");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_controller_instances_one_active_standby_takes_over() {
     let server = server();
@@ -262,7 +249,7 @@ async fn two_controller_instances_one_active_standby_takes_over() {
         "standby b never ready"
     );
     assert!(!b.metrics.leader());
-    create_tenant(&server, "first").await;
+    create_app_tenant(&server, "first").await;
     wait_ready(&server, "first").await;
     assert!(
         eventually(WAIT, || a.health.ready()).await,
@@ -287,7 +274,7 @@ async fn two_controller_instances_one_active_standby_takes_over() {
         eventually(WAIT, || b.metrics.leader()).await,
         "b never took over"
     );
-    create_tenant(&server, "second").await;
+    create_app_tenant(&server, "second").await;
     wait_ready(&server, "second").await;
 
     // b crashes (no release): a new replica c takes over after the lease expires.
@@ -297,7 +284,7 @@ async fn two_controller_instances_one_active_standby_takes_over() {
         eventually(WAIT, || c.metrics.leader()).await,
         "c never took over"
     );
-    create_tenant(&server, "third").await;
+    create_app_tenant(&server, "third").await;
     wait_ready(&server, "third").await;
     c.shutdown.cancel();
     let _ = tokio::time::timeout(WAIT, c.task).await;
@@ -342,7 +329,7 @@ async fn a_leader_that_cannot_renew_stops_then_campaigns_again_in_process() {
     assert!(eventually(WAIT, || a.metrics.leader()).await, "a never led");
     let b = start_instance(&server, "b");
     assert!(eventually(WAIT, || b.health.ready()).await, "b never ready");
-    create_tenant(&server, "first").await;
+    create_app_tenant(&server, "first").await;
     wait_ready(&server, "first").await;
 
     // Never two leaders, sampled all along.
@@ -377,7 +364,7 @@ async fn a_leader_that_cannot_renew_stops_then_campaigns_again_in_process() {
     assert!(!a.task.is_finished(), "a exited");
 
     // Nobody leads while the Lease is unreachable: a Tenant waits, unwritten.
-    create_tenant(&server, "second").await;
+    create_app_tenant(&server, "second").await;
     let mark = server.mark();
     tokio::time::sleep(LEASE * 2).await;
     assert_eq!(

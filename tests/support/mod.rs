@@ -248,6 +248,14 @@ pub fn tenant_from_yaml(yaml: &str) -> Tenant {
     serde_yaml::from_str(yaml).expect("test tenant YAML")
 }
 
+/// Creates the Tenant `name` with one namespace, `<name>-app`.
+pub async fn create_app_tenant(server: &FakeApiServer, name: &str) -> Tenant {
+    let yaml = format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata:\n  name: {name}\nspec:\n  namespaces: [{{name: {name}-app}}]\n"
+    );
+    create_tenant(server, &yaml).await
+}
+
 /// A manual clock for tests.
 pub struct ManualClock(pub std::sync::Mutex<k8s_openapi::jiff::Timestamp>);
 
