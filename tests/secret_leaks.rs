@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -13,19 +11,6 @@ use kube::Api;
 use kube::api::PostParams;
 use palisade::crd::Tenant;
 use support::*;
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("capture").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn rotations_never_leak_material() {
@@ -110,7 +95,7 @@ spec:
         needles.len()
     );
 
-    let logs = String::from_utf8_lossy(&capture.0.lock().expect("capture")).into_owned();
+    let logs = capture.text();
     assert!(
         logs.contains("secrets rotated"),
         "the capture saw the controller's logs"

@@ -256,6 +256,27 @@ pub async fn create_app_tenant(server: &FakeApiServer, name: &str) -> Tenant {
     create_tenant(server, &yaml).await
 }
 
+/// A writer that keeps everything written to it (a log subscriber's output).
+#[derive(Clone, Default)]
+pub struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("capture").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Capture {
+    /// What was written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("capture")).into_owned()
+    }
+}
+
 /// A manual clock for tests.
 pub struct ManualClock(pub std::sync::Mutex<k8s_openapi::jiff::Timestamp>);
 
