@@ -417,7 +417,15 @@ async fn operator_client(admin: &Client) -> Client {
         token: Some(token.into()),
         ..Default::default()
     };
-    let client = Client::try_from(config).expect("operator client");
+    // `PALISADE_E2E_HTTP2=1` runs the operator's client over HTTP/2 on
+    // Palisade's connection pool (`--http2`), as the controller binary does.
+    let client = if std::env::var_os("PALISADE_E2E_HTTP2").is_some() {
+        palisade::runtime::client::multiplexed(config, palisade::runtime::client::CONNECTIONS)
+            .expect("HTTP/2 operator client")
+            .build()
+    } else {
+        Client::try_from(config).expect("operator client")
+    };
     // RBAC just applied reaches the authorizer within moments.
     let who = wait(async {
         loop {
