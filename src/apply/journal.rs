@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DynamicObject;
 use kube::core::ApiResource;
 use kube::{Resource, ResourceExt};
@@ -163,6 +164,16 @@ impl Journal {
     }
 }
 
+/// True when `after` differs from `before` in what a controller's own write
+/// to its object never changes but its reconcile decides from: the spec
+/// (`generation`), a deletion, labels, annotations.
+fn changed_by_others(before: &ObjectMeta, after: &ObjectMeta) -> bool {
+    before.generation != after.generation
+        || before.deletion_timestamp != after.deletion_timestamp
+        || before.labels != after.labels
+        || before.annotations != after.annotations
+}
+
 /// A controller's recent writes to its own objects (by name).
 pub struct OwnWrites<K> {
     by_name: Mutex<HashMap<String, Written<K>>>,
@@ -184,8 +195,17 @@ impl<K> Default for OwnWrites<K> {
 }
 
 impl<K: Resource> OwnWrites<K> {
-    /// Records our own write of an object (as the server returned it).
-    pub fn note(&self, written: K) {
+    /// Records our own write of an object: `read` is the object the writer
+    /// decided from, `written` the object as the server returned it.
+    ///
+    /// The written version's watch event is an echo only when nobody else
+    /// changed the object in between: a write that changed nothing (a status
+    /// already as wanted) answers with the object as it stands, and when
+    /// someone else has just changed it (deleted it, edited its spec or
+    /// annotations) that version is theirs, not ours. Its event must
+    /// reconcile: treating it as an echo lost a Tenant's deletion (the
+    /// finalizer was never removed) when a no-op status write crossed it.
+    pub fn note(&self, read: &K, written: K) {
         if let Ok(mut m) = self.by_name.lock() {
             let entry = m
                 .entry(written.meta().name.clone().unwrap_or_default())
@@ -193,7 +213,9 @@ impl<K: Resource> OwnWrites<K> {
                     rvs: Vec::new(),
                     latest: None,
                 });
-            if let Some(rv) = resource_version(&written) {
+            if let Some(rv) = resource_version(&written)
+                .filter(|_| !changed_by_others(read.meta(), written.meta()))
+            {
                 // A reconcile writes the finalizer, then the status: both echo.
                 entry.rvs.push(rv);
                 let excess = entry.rvs.len().saturating_sub(4);
@@ -254,6 +276,7 @@ impl<K: Resource> OwnWrites<K> {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn cm(name: &str, rv: &str) -> ConfigMap {
         let mut c = ConfigMap::default();
@@ -265,8 +288,8 @@ mod tests {
     #[test]
     fn own_writes_are_echoes_and_the_freshest_copy_wins_until_cached() {
         let w = OwnWrites::<ConfigMap>::default();
-        w.note(cm("a", "5"));
-        w.note(cm("a", "7"));
+        w.note(&cm("a", "4"), cm("a", "5"));
+        w.note(&cm("a", "5"), cm("a", "7"));
         assert!(w.is_echo("a", Some("5")));
         assert!(!w.is_echo("a", Some("6")));
         assert!(!w.is_echo("b", Some("5")));
@@ -279,5 +302,34 @@ mod tests {
         assert_eq!(fresh.metadata.resource_version.as_deref(), Some("7"));
         w.forget("a");
         assert!(!w.is_echo("a", Some("7")));
+    }
+
+    /// A status write that changed nothing answers with the object as it
+    /// stands; when someone deleted (or edited) it just before, that version
+    /// is theirs and its event must reconcile.
+    #[test]
+    fn a_write_answered_with_someone_elses_change_is_no_echo() {
+        let w = OwnWrites::<ConfigMap>::default();
+        let read = cm("a", "5");
+        let others: [fn(&mut ObjectMeta); 4] = [
+            |m| m.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)),
+            |m| m.generation = Some(2),
+            |m| m.labels = Some([("k".to_string(), "v".to_string())].into()),
+            |m| m.annotations = Some([("k".to_string(), "v".to_string())].into()),
+        ];
+        for (i, change) in others.iter().enumerate() {
+            let mut written = cm("a", &format!("{}", 6 + i));
+            change(&mut written.metadata);
+            w.note(&read, written);
+            assert!(!w.is_echo("a", Some(&format!("{}", 6 + i))), "change {i}");
+        }
+        // Our own change (the finalizer, the status) is an echo.
+        let mut written = cm("a", "20");
+        written.metadata.finalizers = Some(vec!["f".into()]);
+        w.note(&read, written);
+        // Every answer is still the freshest copy for the next reconcile.
+        let fresh = w.freshest(Arc::new(cm("a", "5")));
+        assert_eq!(fresh.metadata.resource_version.as_deref(), Some("20"));
+        assert!(w.is_echo("a", Some("20")));
     }
 }

@@ -252,7 +252,7 @@ impl Context {
         let written = write(Api::all(self.client.clone()), name)
             .await
             .map_err(super::error::kube_err(what))?;
-        self.own_writes.note(written);
+        self.own_writes.note(tenant, written);
         Ok(())
     }
 
