@@ -87,7 +87,12 @@ fn expand(rest: &str) -> Vec<String> {
 /// The production code of a file: comments and the trailing `#[cfg(test)]`
 /// module left out (a test may check one layer against another).
 fn code_without_comments(text: &str) -> String {
-    let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or(text);
+    let text = [
+        "#[cfg(test)]\nmod tests",
+        "#[cfg(test)]\npub(crate) mod tests",
+    ]
+    .iter()
+    .fold(text, |t, m| t.split(m).next().unwrap_or(t));
     text.lines()
         .filter(|l| !l.trim_start().starts_with("//"))
         .collect::<Vec<_>>()
@@ -374,7 +379,11 @@ fn long_functions(max: usize) -> BTreeMap<String, usize> {
                 && all[i + 1..]
                     .iter()
                     .find(|l| !l.starts_with("#["))
-                    .is_some_and(|l| l.starts_with("mod "))
+                    .is_some_and(|l| {
+                        l.trim_start_matches("pub(crate) ")
+                            .trim_start_matches("pub ")
+                            .starts_with("mod ")
+                    })
         });
         let lines = &all[..tests.unwrap_or(all.len())];
         let module = module_of(&src, &f).join("/");
