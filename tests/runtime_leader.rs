@@ -400,3 +400,62 @@ async fn a_leader_that_cannot_renew_stops_then_campaigns_again_in_process() {
         assert!(r.is_ok(), "{r:?}");
     }
 }
+
+/// #27: a replica that leads again after a lost term starts its controllers
+/// on the caches it kept: the namespaces it already watched are not listed
+/// again (one list per namespace and kind is what made a new term slow), and
+/// it still converges new work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_leads_again_keeps_its_caches() {
+    let server = server();
+    let a = start_instance(&server, "a");
+    assert!(eventually(WAIT, || a.metrics.leader()).await, "a never led");
+    create_app_tenant(&server, "first").await;
+    wait_ready(&server, "first").await;
+    assert!(eventually(WAIT, || a.health.ready()).await, "a never ready");
+
+    let fault = server.fail_when(500, None, |r| r.resource == "leases");
+    assert!(
+        eventually(WAIT, || !a.metrics.leader()).await,
+        "a kept leading"
+    );
+    let mark = server.mark();
+    server.clear_fault(fault);
+    assert!(
+        eventually(WAIT, || a.metrics.leader()).await,
+        "a never led again"
+    );
+    assert!(
+        eventually(WAIT, || a.health.ready()).await,
+        "a never ready again"
+    );
+    create_app_tenant(&server, "second").await;
+    wait_ready(&server, "second").await;
+    assert_eq!(a.metrics.leadership_lost(), 1);
+
+    let cached: std::collections::HashSet<String> =
+        palisade::controller::cache::tenant_child_kinds()
+            .into_iter()
+            .map(|ar| ar.plural)
+            .collect();
+    let relisted: Vec<String> = server
+        .log_since(mark)
+        .iter()
+        .filter(|r| r.verb == palisade_testkit::Verb::List && cached.contains(&r.resource))
+        .filter(|r| r.namespace.as_deref() != Some("second-app"))
+        .map(|r| format!("{} in {:?}", r.resource, r.namespace))
+        .collect();
+    // The one Namespace list is the Tenant controller's own watch of owners'
+    // new namespaces (it starts with each term); no cached kind is listed.
+    assert_eq!(
+        relisted,
+        ["namespaces in None"],
+        "the new term listed cached kinds again"
+    );
+    a.shutdown.cancel();
+    let r = tokio::time::timeout(WAIT, a.task)
+        .await
+        .expect("stopped")
+        .expect("task");
+    assert!(r.is_ok(), "{r:?}");
+}

@@ -464,9 +464,39 @@ fn is_forbidden(e: &watcher::Error) -> bool {
 
 /// Retry delays of a failing watch, on top of kube's own (which restarts at
 /// under a second on every relist, so a 403 would be retried every second
-/// forever). The cap bounds how long a fixed permission goes unnoticed.
-const RETRY_MIN: std::time::Duration = std::time::Duration::from_secs(1);
-const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(8);
+/// forever). The cap bounds how long the API coming back (or a fixed
+/// permission) goes unnoticed: the caches outlive leadership terms, so after
+/// an outage they resume instead of being listed again, within seconds.
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// kube's retry of a cache's watch: [`RETRY_MIN`] doubling to [`RETRY_MAX`],
+/// each delay jittered down by up to half so that hundreds of watches do not
+/// retry in step. kube's default grows to 30 s: a watch that failed through
+/// a 20 s outage could wait 15 s more before it looked again.
+struct WatchRetry(std::time::Duration);
+
+impl WatchRetry {
+    fn new() -> Self {
+        Self(RETRY_MIN)
+    }
+}
+
+impl Iterator for WatchRetry {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let d = self.0;
+        self.0 = (d * 2).min(RETRY_MAX);
+        Some(d.mul_f64(1.0 - rand::random::<f64>() / 2.0))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchRetry {
+    fn reset(&mut self) {
+        self.0 = RETRY_MIN;
+    }
+}
 
 /// How the cache's watches fare: how many fail right now, and every error
 /// by HTTP status (0: no status, e.g. a connection error) since start.
@@ -668,7 +698,7 @@ impl PerNamespace {
             listing: None,
             health: self.health.clone(),
         };
-        let events = watcher(api, cfg).default_backoff().boxed();
+        let events = watcher(api, cfg).backoff(WatchRetry::new()).boxed();
         let what = feed.describe(&self.ar);
         tokio::spawn(feed.pump(
             what,
@@ -867,20 +897,14 @@ impl ChildCache {
                     listing: None,
                     health: health.clone(),
                 };
-                let events = watcher(api, cfg).default_backoff().boxed();
+                let events = watcher(api, cfg).backoff(WatchRetry::new()).boxed();
                 tokio::spawn(feed.pump(ar.kind.clone(), events, tx, None::<fn()>));
             }
-            let stream =
-                futures::stream::unfold(
-                    rx,
-                    |mut rx| async move { rx.recv().await.map(|t| (t, rx)) },
-                )
-                .boxed();
             cached.push(CachedKind {
                 ar: ar.clone(),
                 seen_rv,
             });
-            streams.push((ar, stream as ChildStream));
+            streams.push((ar, trigger_stream(rx)));
         }
         (
             Self {
@@ -1057,10 +1081,84 @@ impl ChildCache {
     }
 }
 
+/// Keeps a [`ChildCache`]'s watch streams polled for the life of the
+/// process and hands their triggers to whichever controller is attached:
+/// a replica that loses its leadership term stops its controllers but keeps
+/// its caches, so a new term starts on warm caches (no list of every
+/// namespace's Secrets and ConfigMaps again) and triggers in between are
+/// dropped (a new term reconciles every Tenant anyway).
+pub struct Relay {
+    slots: Vec<(ApiResource, Arc<Mutex<Option<TriggerSender>>>)>,
+}
+
+type TriggerSender = tokio::sync::mpsc::Sender<Result<DynamicObject, watcher::Error>>;
+
+/// The controller's side of a kind's trigger channel.
+fn trigger_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<DynamicObject, watcher::Error>>,
+) -> ChildStream {
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|t| (t, rx)) }).boxed()
+}
+
+impl Relay {
+    /// Takes over `streams` (from [`ChildCache::new`]); each is polled on a
+    /// task of its own from now on.
+    pub fn new(streams: Vec<(ApiResource, ChildStream)>) -> Self {
+        let slots = streams
+            .into_iter()
+            .map(|(ar, mut stream)| {
+                let slot: Arc<Mutex<Option<TriggerSender>>> = Arc::default();
+                let to = slot.clone();
+                tokio::spawn(async move {
+                    while let Some(item) = stream.next().await {
+                        let tx = to.lock().ok().and_then(|s| s.clone());
+                        if let Some(tx) = tx {
+                            // A closed receiver is a term that ended.
+                            let _ = tx.send(item).await;
+                        }
+                    }
+                });
+                (ar, slot)
+            })
+            .collect();
+        Self { slots }
+    }
+
+    /// Fresh trigger streams for a new controller; the previous ones end.
+    pub fn attach(&self) -> Vec<(ApiResource, ChildStream)> {
+        self.slots
+            .iter()
+            .map(|(ar, slot)| {
+                let (tx, rx) = tokio::sync::mpsc::channel(TRIGGER_BUFFER);
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(tx);
+                }
+                (ar.clone(), trigger_stream(rx))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A cache's watch looks again within 2 s however long it has failed,
+    /// and after a success starts over at half a second.
+    #[test]
+    fn watch_retry_is_bounded_jittered_and_resets() {
+        use kube::runtime::utils::Backoff;
+        let mut r = WatchRetry::new();
+        let delays: Vec<_> = (&mut r).take(8).collect();
+        let nominal = [500, 1000, 2000, 2000, 2000, 2000, 2000, 2000];
+        for (d, n) in delays.iter().zip(nominal) {
+            let n = std::time::Duration::from_millis(n);
+            assert!(*d <= n && *d >= n / 2, "{d:?} outside [{:?}, {n:?}]", n / 2);
+        }
+        r.reset();
+        assert!(r.next().expect("delay") <= RETRY_MIN);
+    }
 
     fn obj(ns: &str, name: &str, tenant: Option<&str>, rv: u64) -> DynamicObject {
         let mut labels = serde_json::Map::new();

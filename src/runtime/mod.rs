@@ -20,6 +20,7 @@ use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::controller::cache::{ChildCache, Relay};
 use crate::controller::driver::Shared;
 use crate::controller::tenant::{self, Context};
 use crate::controller::{Clock, Settings};
@@ -103,7 +104,7 @@ pub fn resync_ticks(interval: Duration) -> BoxStream<'static, ()> {
 /// releases the Lease and returns `Ok`) or leadership is lost. Losing it
 /// stops the controllers at once (before the Lease could pass to another
 /// replica: `renew_deadline < lease_duration`); then the replica stands by
-/// and campaigns again in this process, with fresh caches and no backoff
+/// and campaigns again in this process, with its caches kept and no backoff
 /// left over, or with `exit_on_lost_leadership` returns the error.
 pub async fn run(
     clients: impl Into<Clients>,
@@ -119,6 +120,9 @@ pub async fn run(
         .leader
         .clone()
         .map(|l| LeaderElector::new(clients.lease.clone(), l, clock.clone()));
+    // The child caches, once a first term has started them: kept across
+    // terms (see `Relay`).
+    let mut caches = None;
     loop {
         if let Some(elector) = &elector {
             let h = health.clone();
@@ -140,6 +144,7 @@ pub async fn run(
             &settings,
             &shutdown,
             elector.as_ref(),
+            &mut caches,
         )
         .await;
         match led {
@@ -220,11 +225,18 @@ async fn lead(
     settings: &RuntimeSettings,
     shutdown: &CancellationToken,
     elector: Option<&LeaderElector>,
+    caches: &mut Option<(ChildCache, Relay)>,
 ) -> Result<(), RuntimeError> {
     metrics.set_leader(true);
-    info!("leading: starting the controllers");
-
-    let (cache, streams) = tenant::child_cache(&client);
+    info!(
+        warm_caches = caches.is_some(),
+        "leading: starting the controllers"
+    );
+    let (cache, relay) = caches.get_or_insert_with(|| {
+        let (cache, streams) = tenant::child_cache(&client);
+        (cache, Relay::new(streams))
+    });
+    let (cache, streams) = (cache.clone(), relay.attach());
     let counted = cache.clone();
     metrics.set_cache_counter(Box::new(move || {
         let objects = i64::try_from(counted.len()).unwrap_or(i64::MAX);
