@@ -20,7 +20,7 @@ use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::controller::cache::{ChildCache, Relay};
+use crate::controller::cache::{ChildCache, ChildStream, Relay};
 use crate::controller::driver::Shared;
 use crate::controller::tenant::{self, Context};
 use crate::controller::{Clock, Settings};
@@ -120,9 +120,10 @@ pub async fn run(
         .leader
         .clone()
         .map(|l| LeaderElector::new(clients.lease.clone(), l, clock.clone()));
-    // The child caches, once a first term has started them: kept across
-    // terms (see `Relay`).
-    let mut caches = None;
+    let mut api = Api {
+        client: clients.api.clone(),
+        caches: None,
+    };
     loop {
         if let Some(elector) = &elector {
             let h = health.clone();
@@ -137,14 +138,13 @@ pub async fn run(
             health.set_ready(false);
         }
         let led = lead(
-            clients.api.clone(),
+            &mut api,
             &metrics,
             &health,
             &clock,
             &settings,
             &shutdown,
             elector.as_ref(),
-            &mut caches,
         )
         .await;
         match led {
@@ -215,28 +215,43 @@ async fn await_sync(
     health.set_ready(true);
 }
 
+/// The controllers' API client and the child caches, once a first term has
+/// started them: kept across terms (see [`Relay`]).
+struct Api {
+    client: kube::Client,
+    caches: Option<(ChildCache, Relay)>,
+}
+
+impl Api {
+    /// The child caches and fresh trigger streams for a new term.
+    fn term_caches(&mut self) -> (ChildCache, Vec<(kube::core::ApiResource, ChildStream)>) {
+        let client = &self.client;
+        let (cache, relay) = self.caches.get_or_insert_with(|| {
+            let (cache, streams) = tenant::child_cache(client);
+            (cache, Relay::new(streams))
+        });
+        (cache.clone(), relay.attach())
+    }
+}
+
 /// One term as leader (or the only replica): the controllers run until
 /// `shutdown` or until leadership is lost; they have stopped when this returns.
 async fn lead(
-    client: kube::Client,
+    api: &mut Api,
     metrics: &Arc<Metrics>,
     health: &Health,
     clock: &Arc<dyn Clock>,
     settings: &RuntimeSettings,
     shutdown: &CancellationToken,
     elector: Option<&LeaderElector>,
-    caches: &mut Option<(ChildCache, Relay)>,
 ) -> Result<(), RuntimeError> {
     metrics.set_leader(true);
     info!(
-        warm_caches = caches.is_some(),
+        warm_caches = api.caches.is_some(),
         "leading: starting the controllers"
     );
-    let (cache, relay) = caches.get_or_insert_with(|| {
-        let (cache, streams) = tenant::child_cache(&client);
-        (cache, Relay::new(streams))
-    });
-    let (cache, streams) = (cache.clone(), relay.attach());
+    let client = api.client.clone();
+    let (cache, streams) = api.term_caches();
     let counted = cache.clone();
     metrics.set_cache_counter(Box::new(move || {
         let objects = i64::try_from(counted.len()).unwrap_or(i64::MAX);
