@@ -780,6 +780,37 @@ async fn cordon_blocks_new_pods_and_tenant_scope_spreads_the_budget() {
     wait_condition(&server, "shared", "QuotaEnforced", "True", Some("Cordoned")).await;
 }
 
+/// A Tenant-scoped budget moves from one namespace to another by lowering
+/// the one first and raising the other after: never open in both at once.
+#[tokio::test]
+async fn a_tenant_budget_moves_lower_first_then_raise() {
+    let (server, _running) = started();
+    create(&server, "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: moves}\nspec:\n  namespaces: [{name: moves-a}, {name: moves-b}]\n  quota: {scope: Tenant, hard: {pods: \"6\"}}").await;
+    wait_ready(&server, "moves").await;
+    let mut a = server
+        .get_json("resourcequotas", Some("moves-a"), "palisade-quota")
+        .expect("quota");
+    assert_eq!(a["spec"]["hard"]["pods"], "3");
+
+    // moves-a fills up: its limit rises to 5 and moves-b's falls to 1.
+    let mark = server.mark();
+    a["status"] = json!({"hard": a["spec"]["hard"].clone(), "used": {"pods": "3"}});
+    server.put_json("resourcequotas", a).expect("usage");
+    wait_quota(&server, "moves-a", |q| q["spec"]["hard"]["pods"] == "5").await;
+    wait_quota(&server, "moves-b", |q| q["spec"]["hard"]["pods"] == "1").await;
+    let writes: Vec<String> = server
+        .log_since(mark)
+        .iter()
+        .filter(|r| r.resource == "resourcequotas" && r.is_write() && r.field_manager.is_some())
+        .map(|r| r.namespace.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        writes,
+        ["moves-b", "moves-a"],
+        "lowered first, raised after"
+    );
+}
+
 /// Cold start of many tenants: each is reconciled once (the watch echoes of
 /// the controller's own writes trigger nothing, even when they overtake the
 /// write's response), new namespaces are created without a read

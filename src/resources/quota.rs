@@ -289,6 +289,45 @@ fn remainder_units<'a>(
     order.into_iter().take(count).collect()
 }
 
+/// The first of two writes that move one namespace's quota from `current` to
+/// `wanted` hard limits: every limit that goes down (or appears), none that
+/// goes up; `None` when nothing goes down.
+///
+/// A `scope: Tenant` budget moves between namespaces: one namespace's limit
+/// is raised by what another's is lowered. Raised first, both would admit
+/// for a moment; lowered from a stale view of the usage, the namespace may
+/// already hold more than its new limit. So every namespace is lowered first,
+/// the lowered quotas' usage is read back ([`exceeds`]), and only then is
+/// anything raised.
+pub fn lowered_first(
+    current: &BTreeMap<String, Quantity>,
+    wanted: &BTreeMap<String, Quantity>,
+) -> Option<BTreeMap<String, Quantity>> {
+    let milli = |q: &Quantity| Milli::parse(&q.0).ok();
+    let mut stage = current.clone();
+    let mut lowered = false;
+    for (resource, want) in wanted {
+        let down = match current.get(resource) {
+            None => true,
+            Some(now) => matches!((milli(now), milli(want)), (Some(n), Some(w)) if w < n),
+        };
+        if down {
+            stage.insert(resource.clone(), want.clone());
+            lowered = true;
+        }
+    }
+    lowered.then_some(stage)
+}
+
+/// True when a quota's `used` is over its `hard` for some resource: the
+/// limits were lowered from a stale view of the usage.
+pub fn exceeds(used: &BTreeMap<String, Quantity>, hard: &BTreeMap<String, Quantity>) -> bool {
+    hard.iter().any(|(resource, limit)| {
+        let used = used.get(resource).and_then(|q| Milli::parse(&q.0).ok());
+        matches!((used, Milli::parse(&limit.0).ok()), (Some(u), Some(l)) if u > l)
+    })
+}
+
 /// The ResourceQuota for one namespace. Cordoned tenants get `pods: 0`.
 pub fn resource_quota(
     tenant: &str,
@@ -353,6 +392,56 @@ pub fn limit_range(tenant: &str, namespace: &str, limits: &LimitsSpec) -> LimitR
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hard(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+            .collect()
+    }
+
+    /// Lowered now, raised later: a first write holds every limit that goes
+    /// down (or appears) and keeps every one that goes up at its current value.
+    #[test]
+    fn quota_moves_lower_first_and_raise_after() {
+        let current = hard(&[("pods", "2"), ("requests.cpu", "1"), ("services", "3")]);
+        let wanted = hard(&[
+            ("pods", "1"),
+            ("requests.cpu", "1500m"),
+            ("secrets", "4"),
+            ("services", "3"),
+        ]);
+        assert_eq!(
+            lowered_first(&current, &wanted),
+            Some(hard(&[
+                ("pods", "1"),
+                ("requests.cpu", "1"),
+                ("secrets", "4"),
+                ("services", "3")
+            ]))
+        );
+        // Only raises (or the same amount spelled otherwise): one write.
+        assert_eq!(
+            lowered_first(&current, &hard(&[("pods", "3"), ("requests.cpu", "1000m")])),
+            None
+        );
+        assert_eq!(lowered_first(&current, &current), None);
+    }
+
+    #[test]
+    fn usage_over_a_lowered_limit_is_seen() {
+        let limit = hard(&[("pods", "1"), ("requests.cpu", "500m")]);
+        assert!(exceeds(&hard(&[("pods", "2")]), &limit));
+        assert!(exceeds(
+            &hard(&[("pods", "1"), ("requests.cpu", "0.6")]),
+            &limit
+        ));
+        assert!(!exceeds(
+            &hard(&[("pods", "1"), ("requests.cpu", "500m")]),
+            &limit
+        ));
+        assert!(!exceeds(&hard(&[("services", "9")]), &limit));
+    }
 
     fn q(s: &str) -> Quantity {
         Quantity(s.to_string())

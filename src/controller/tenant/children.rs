@@ -8,19 +8,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::core::v1::ResourceQuota;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
-use kube::api::DynamicObject;
+use kube::api::{Api, DynamicObject};
 use kube::core::ApiResource;
 use kube::runtime::events::EventType;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::error::{Error, Failed};
+use super::error::{Error, Failed, kube_err};
 use super::{Context, ObjectKey, namespaces};
 use crate::apply::Outcome;
 use crate::controller::events::event;
 use crate::crd::tenant::Tenant;
 use crate::resources::disposal::{self, Disposal, Wants};
+use crate::resources::quota;
 
 /// What applying the children did.
 #[derive(Debug, Default)]
@@ -35,6 +38,9 @@ pub struct Applied {
     /// added), put back to exactly the desired content, with the field
     /// managers that had changed them.
     pub reverted: Vec<(ObjectKey, Vec<String>)>,
+    /// A Tenant-scoped budget was split from usage older than the API
+    /// server's: nothing was raised; the split is made again shortly.
+    pub quota_stale: bool,
 }
 
 /// Kinds that isolate a namespace: in place before anyone is granted access.
@@ -55,6 +61,7 @@ pub(super) async fn apply(ctx: &Context, values: Vec<Value>, ready: &BTreeSet<St
     for ns in ready {
         out.wanted.insert(ObjectKey::new("Namespace", "", ns));
     }
+    let raise_quotas = lower_quotas_first(ctx, &values, ready, &mut out).await;
     for value in values {
         let key = ObjectKey::of(&value);
         // Cluster-scoped children (the owners' ClusterRole and binding) have
@@ -66,6 +73,9 @@ pub(super) async fn apply(ctx: &Context, values: Vec<Value>, ready: &BTreeSet<St
             continue;
         };
         out.wanted.insert(key.clone());
+        if key.kind == "ResourceQuota" && !raise_quotas {
+            continue;
+        }
         if ACCESS.contains(&key.kind.as_str()) && unisolated.contains(&key.namespace) {
             warn!(kind = %key.kind, namespace = %key.namespace, name = %key.name, "not granted: the namespace's isolation is not in place");
             continue;
@@ -97,6 +107,76 @@ pub(super) async fn apply(ctx: &Context, values: Vec<Value>, ready: &BTreeSet<St
         }
     }
     out
+}
+
+/// Writes every ResourceQuota limit that goes down before any that goes up
+/// ([`quota::lowered_first`]), then reads the lowered quotas back: true when
+/// the quotas may now be raised. False when a lowering failed (the failure
+/// is in `out`) or a lowered namespace already uses more than its new limit
+/// (the usage the split was computed from was stale: `out.quota_stale`, the
+/// reconcile looks again in a second, with the usage the cache has by then).
+/// A Tenant's budget is never open in two namespaces at once.
+async fn lower_quotas_first(
+    ctx: &Context,
+    values: &[Value],
+    ready: &BTreeSet<String>,
+    out: &mut Applied,
+) -> bool {
+    let ar = ApiResource::erase::<ResourceQuota>(&());
+    let Some(kind) = ctx.cache.kinds.iter().find(|k| k.ar == ar) else {
+        return true;
+    };
+    let hard_of = |v: &Value| -> BTreeMap<String, Quantity> {
+        serde_json::from_value(v.pointer("/spec/hard").cloned().unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let mut lowered = Vec::new();
+    for value in values.iter().filter(|v| v["kind"] == "ResourceQuota") {
+        let key = ObjectKey::of(value);
+        if !ready.contains(&key.namespace) {
+            continue;
+        }
+        // A new quota only limits: nothing to lower first.
+        let Some(cached) = ctx.cache.get_value(&ar, Some(&key.namespace), &key.name) else {
+            continue;
+        };
+        let Some(stage) = quota::lowered_first(&hard_of(&cached), &hard_of(value)) else {
+            continue;
+        };
+        let mut staged = value.clone();
+        staged["spec"]["hard"] = serde_json::json!(stage);
+        if let Err(e) = ctx
+            .applier
+            .apply_seen(&ar, staged, Some(&cached), kind.seen_rv())
+            .await
+        {
+            let e = Error::Apply(e);
+            let failed = Failed::new("apply ResourceQuota".to_string(), &e);
+            out.failed.entry(key.kind.clone()).or_insert(failed);
+            out.error.get_or_insert(e);
+            return false;
+        }
+        lowered.push((key, stage));
+    }
+    for (key, stage) in lowered {
+        let api: Api<ResourceQuota> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        let used = match api.get(&key.name).await {
+            Ok(q) => q.status.and_then(|s| s.used).unwrap_or_default(),
+            Err(e) => {
+                let e = kube_err("read back a lowered ResourceQuota")(e);
+                let failed = Failed::new("apply ResourceQuota".to_string(), &e);
+                out.failed.entry(key.kind.clone()).or_insert(failed);
+                out.error.get_or_insert(e);
+                return false;
+            }
+        };
+        if quota::exceeds(&used, &stage) {
+            info!(namespace = %key.namespace, "quota usage was newer than the cache: the budget is split again before any namespace gets more");
+            out.quota_stale = true;
+            return false;
+        }
+    }
+    true
 }
 
 /// Deletes or releases what `tenant` owns and no longer wants, by the one

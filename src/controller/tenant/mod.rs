@@ -209,6 +209,7 @@ async fn steps(
         .collect();
     let applied = children::apply(ctx, values, &ready).await;
     announce_reverts(ctx, tenant, &applied.reverted).await;
+    let quota_stale = applied.quota_stale;
     let mut wanted = applied.wanted.clone();
     facts.children = Some(applied);
 
@@ -240,7 +241,7 @@ async fn steps(
     Ok(Next::Wake(if more_secrets {
         // The status written after this pass says how far it got.
         Action::requeue(Duration::from_millis(100))
-    } else if facts.waiting_for_listing {
+    } else if facts.waiting_for_listing || quota_stale {
         Action::requeue(Duration::from_secs(1))
     } else if terminating {
         // Namespace deletion completes without an event for our label selector
