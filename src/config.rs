@@ -190,8 +190,9 @@ pub struct ControllerArgs {
     pub kube_burst: u32,
     /// Talk to the API server over HTTP/2 on a fixed pool of 32 connections
     /// instead of HTTP/1.1 with one connection per watch (two per managed
-    /// namespace). Off by default: an e2e test that deletes a Tenant right
-    /// after forced rotations misses the deletion over HTTP/2 (issue #24).
+    /// namespace). Off by default: each watch holds a stream, and at
+    /// kube-apiserver's default of 100 streams per connection the pool
+    /// carries about 1,500 namespaces (docs/SCALING.md).
     #[arg(long, env = "PALISADE_HTTP2", default_value_t = false)]
     pub http2: bool,
     /// How long a graceful shutdown waits for in-flight reconciles.
