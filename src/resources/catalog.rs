@@ -16,17 +16,26 @@ const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollectio
 /// status is the controller's.
 const BACKUP_RUN: &[&str] = &["create", "get", "list", "watch"];
 
+/// (apiGroups, resources, verbs) of one rule of a permission.
+type Rule = (
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+/// Requesting BackupRuns of a BackupSchedule that stays read-only: what both
+/// backups:run and backups:restore grant (a restore test is a BackupRun too).
+const RUN_REQUESTS: &[Rule] = &[
+    (&["palisade.dev"], &["backupschedules"], READ),
+    (&["palisade.dev"], &["backupruns"], BACKUP_RUN),
+];
+
 /// One named permission.
 #[derive(Debug, Clone, Copy)]
 pub struct Permission {
     pub name: &'static str,
     pub description: &'static str,
-    /// (apiGroups, resources, verbs)
-    pub rules: &'static [(
-        &'static [&'static str],
-        &'static [&'static str],
-        &'static [&'static str],
-    )],
+    pub rules: &'static [Rule],
 }
 
 const WORKLOAD_RESOURCES: &[(&[&str], &[&str])] = &[
@@ -77,18 +86,12 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         name: "backups:restore",
         description: "Request restore tests (a BackupRun of type RestoreTest) and read the BackupSchedule they test; restores into a live database are an admin's `palisade backup restore`, never an arbitrary Job",
-        rules: &[
-            (&["palisade.dev"], &["backupschedules"], READ),
-            (&["palisade.dev"], &["backupruns"], BACKUP_RUN),
-        ],
+        rules: RUN_REQUESTS,
     },
     Permission {
         name: "backups:run",
         description: "Trigger backups and restore tests: create a BackupRun naming a BackupSchedule (the schedule itself stays read-only)",
-        rules: &[
-            (&["palisade.dev"], &["backupschedules"], READ),
-            (&["palisade.dev"], &["backupruns"], BACKUP_RUN),
-        ],
+        rules: RUN_REQUESTS,
     },
     Permission {
         name: "config:read",
