@@ -8,7 +8,7 @@ mod backup_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backup_support::{PgServer, S3Server, checksum, seed};
+use backup_support::{PgServer, S3Server, checksum, restore_options, seed};
 use palisade::backup::catalog;
 use palisade::backup::destination::Storage;
 use palisade::backup::engine::{self, Progress, RestoreOptions, RunOptions};
@@ -97,18 +97,8 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
 
     // Round trip: restore into a new database, identical content.
     let restore_opts = |db: &str, keys: Vec<EncryptionKey>, force: bool| RestoreOptions {
-        target: pg.conn(db),
-        pg_bin: Some(pg.bin.clone()),
-        keys,
-        snapshot: None,
         force,
-        create: true,
-        no_owner: false,
-        allow_unencrypted: false,
-        allow_unauthenticated: false,
-        jobs: None,
-        scratch_dir: None,
-        allow_encoding_change: false,
+        ..restore_options(&pg, pg.conn(db), keys)
     };
     engine::restore(
         &storage,
