@@ -441,14 +441,7 @@ async fn retain_policy_keeps_namespaces_and_removes_policy_objects() {
     // released namespaces and their data.
     let second = create(&server, ACME).await;
     let uid = second.metadata.uid.clone().expect("uid");
-    let c = wait_condition(
-        &server,
-        "acme",
-        "NamespacesReady",
-        "False",
-        Some("NamespaceConflict"),
-    )
-    .await;
+    let c = namespace_conflict(&server).await;
     let msg = c["message"].as_str().unwrap_or_default();
     assert!(
         msg.contains("acme-prod") && msg.contains("released by an earlier Tenant"),
@@ -974,14 +967,7 @@ async fn owner_namespaces_are_adopted_and_refused_over_max() {
     // One too many (the admission policy would have refused it unless two
     // owners raced): refused in status, never managed.
     create_labelled_namespace(&server, "acme-extra", "acme").await;
-    let c = wait_condition(
-        &server,
-        "acme",
-        "NamespacesReady",
-        "False",
-        Some("NamespaceConflict"),
-    )
-    .await;
+    let c = namespace_conflict(&server).await;
     assert!(
         c["message"]
             .as_str()
@@ -1005,4 +991,16 @@ async fn owner_namespaces_are_adopted_and_refused_over_max() {
         .expect("delete");
     wait_ready(&server, "acme").await;
     running.stop().await;
+}
+
+/// Waits until acme's NamespacesReady is False for a NamespaceConflict: that condition.
+async fn namespace_conflict(server: &FakeApiServer) -> Value {
+    wait_condition(
+        server,
+        "acme",
+        "NamespacesReady",
+        "False",
+        Some("NamespaceConflict"),
+    )
+    .await
 }
