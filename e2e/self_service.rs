@@ -8,7 +8,7 @@
 
 use super::mtb::{
     admitted, authenticated, dry_run, eventually_refused, impersonating, probe, ready_tenant,
-    refused, refused_saying, service,
+    refused, refused_saying, service, user_may,
 };
 use super::signals::eventually;
 use super::*;
@@ -297,14 +297,12 @@ async fn rolepolicy_writes_on_managed_kinds_are_rejected() {
         valid.message
     );
     assert!(
-        !can_i(
+        !user_may(
             &client,
             "mallory@example.com",
-            &authenticated(),
             "delete",
             "networkpolicies.networking.k8s.io",
-            Some(&t.ns),
-            None
+            &t.ns
         )
         .await,
         "the rejected role reached the tenant"
