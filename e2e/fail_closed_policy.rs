@@ -9,18 +9,6 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::Role;
 use palisade::crd::RolePolicy;
 
-/// Starts the RolePolicy controller as the operator; dropping the sender stops it.
-fn start_policy_controller(operator: &Client) -> oneshot::Sender<()> {
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(palisade::controller::rolepolicy::run(
-        operator_shared(operator),
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    tx
-}
-
 fn condition_is(
     type_: &'static str,
     status: &'static str,
@@ -61,11 +49,7 @@ async fn rolepolicy_guard_refuses_what_is_not_known_safe() {
     cleanup.tenant(&name);
     let ns = format!("{name}-a");
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("tenant");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
 
     let refused: &[(&str, &str, &str, &str)] = &[
         ("", "serviceaccounts/token", "create", "SensitiveResource"),
@@ -218,11 +202,7 @@ async fn rolepolicy_reserved_role_name_is_refused_at_admission() {
     cleanup.tenant(&name).policy(&name);
     let ns = format!("{name}-a");
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("tenant");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
     let before = bindings
         .get(palisade::resources::rbac::OPERATOR_BINDING)

@@ -501,6 +501,19 @@ fn start_backup_controller(operator: &Client) -> Controller {
     Controller { stop: Some(tx) }
 }
 
+/// Starts the RolePolicy controller in this process, as the operator's
+/// ServiceAccount; it stops when the returned guard is dropped.
+fn start_policy_controller(operator: &Client) -> Controller {
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(palisade::controller::rolepolicy::run(
+        operator_shared(operator),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    Controller { stop: Some(tx) }
+}
+
 /// The chassis of the RolePolicy and BackupSchedule controllers, as the operator.
 fn operator_shared(operator: &Client) -> palisade::controller::driver::Shared {
     palisade::controller::driver::Shared::new(
@@ -602,6 +615,25 @@ async fn delete_tenant(client: &Client, name: &str) {
     if let Some(uid) = uid {
         wait(await_condition(api, name, conditions::is_deleted(&uid))).await;
     }
+}
+
+/// [`managed_rvs`] once the cluster's quota controller has written each
+/// namespace's quota status (it does so once): from then on only Palisade
+/// could move a resourceVersion.
+async fn settled_rvs(
+    client: &Client,
+    namespaces: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    for ns in namespaces {
+        let rq: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+        wait(await_condition(
+            rq,
+            "palisade-quota",
+            |q: Option<&ResourceQuota>| q.and_then(|q| q.status.as_ref()?.used.as_ref()).is_some(),
+        ))
+        .await;
+    }
+    managed_rvs(client, namespaces).await
 }
 
 /// resourceVersions of every object Palisade manages in `namespaces`.

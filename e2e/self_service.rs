@@ -249,14 +249,7 @@ async fn rolepolicy_writes_on_managed_kinds_are_rejected() {
     }
     let (client, operator) = clients().await;
     let (_tenants, _) = start_controller(&operator);
-    let (tx, rx) = oneshot::channel::<()>();
-    let _policies = Controller { stop: Some(tx) };
-    tokio::spawn(palisade::controller::rolepolicy::run(
-        operator_shared(&operator),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let _policies = start_policy_controller(&operator);
     let mut cleanup = Cleanup::default();
     let t = ready_tenant(&client, "ssr", json!({}), &mut cleanup).await;
     cleanup.policy(&t.name);
