@@ -3,6 +3,7 @@
 //! tenant-written label or annotation never exempts an object from the
 //! Tenant's garbage collection rules.
 
+use super::gc::create_cm;
 use super::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -285,11 +286,7 @@ async fn gc_rules_apply_whatever_the_tenant_writes_on_its_objects() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    let (name, ns) = one_namespace_ready(
-        &tenants,
+    let (client, (name, ns), _running) = one_namespace_ready(
         "e2t",
         json!({
             "secrets": [{"name": "db", "type": "Random", "rotateEvery": "720h"}],
@@ -301,7 +298,6 @@ async fn gc_rules_apply_whatever_the_tenant_writes_on_its_objects() {
                 ]
             }
         }),
-        &mut cleanup,
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -339,16 +335,7 @@ async fn gc_rules_apply_whatever_the_tenant_writes_on_its_objects() {
             json!({}),
         ),
     ] {
-        let cm: ConfigMap = serde_json::from_value(json!({
-            "metadata": {"name": cm_name, "labels": labels, "annotations": annotations},
-            "data": {"k": "v"},
-        }))
-        .expect("configmap");
-        let cm = cms
-            .create(&PostParams::default(), &cm)
-            .await
-            .expect("create cm");
-        created.push((cm_name, cm.uid().expect("uid")));
+        created.push((cm_name, create_cm(&cms, cm_name, labels, annotations).await));
     }
     for (cm_name, uid) in &created {
         wait(await_condition(

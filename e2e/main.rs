@@ -567,15 +567,18 @@ async fn create_ready(tenants: &Api<Tenant>, tenant: &Tenant) {
     wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
 }
 
-/// Creates Tenant `<prefix>-<unique>` with one namespace `<name>-a`,
-/// `deletionPolicy: Delete` and the fields of `extra` in its spec (the Tenant
-/// goes with `cleanup`), and waits until it is Ready: `(name, namespace)`.
+/// Starts the Tenant controller ([`setup`]), creates Tenant
+/// `<prefix>-<unique>` with one namespace `<name>-a`, `deletionPolicy: Delete`
+/// and the fields of `extra` in its spec, and waits until it is Ready: the
+/// admin client, `(name, namespace)`, and the cleanup that deletes the Tenant
+/// and the controller, both kept until dropped.
 async fn one_namespace_ready(
-    tenants: &Api<Tenant>,
     prefix: &str,
     extra: serde_json::Value,
-    cleanup: &mut Cleanup,
-) -> (String, String) {
+) -> (Client, (String, String), (Cleanup, Controller)) {
+    let (client, controller) = setup().await;
+    let mut cleanup = Cleanup::default();
+    let tenants: Api<Tenant> = Api::all(client.clone());
     let name = unique(prefix);
     cleanup.tenant(&name);
     let ns = format!("{name}-a");
@@ -588,8 +591,8 @@ async fn one_namespace_ready(
         "spec": spec,
     }))
     .expect("tenant");
-    create_ready(tenants, &tenant).await;
-    (name, ns)
+    create_ready(&tenants, &tenant).await;
+    (client, (name, ns), (cleanup, controller))
 }
 
 /// Merge-patches Tenant `name` with `patch` and waits until it is Ready at

@@ -840,34 +840,33 @@ async fn mtb_pl1_cc_fns_2_configure_ns_object_quota() {
 }
 
 /// MTB PL2 self-service: without `spec.selfService.<field>` (the sample as
-/// it is) the owner may not create `resource`; with it, it may every verb of
-/// `verbs` (`auth can-i`). Returns the tenant that opted in.
+/// it is, [`mtb_tenant`]) the owner may not create `resource`; with it, it may
+/// every verb of `verbs` (space-separated; `auth can-i`). Returns the admin
+/// client and the tenant that opted in, with what keeps both.
 async fn self_service_opt_in(
-    client: &Client,
     field: &str,
     resource: &str,
-    verbs: &[&str],
-    cleanup: &mut Cleanup,
-) -> TestTenant {
-    let plain = ready_tenant(client, "mtb", json!({}), cleanup).await;
+    verbs: &str,
+) -> (Client, TestTenant, (Cleanup, Controller)) {
+    let (client, plain, (mut cleanup, controller)) = mtb_tenant().await;
     assert!(
-        !user_may(client, &plain.owner, "create", resource, &plain.ns).await,
+        !user_may(&client, &plain.owner, "create", resource, &plain.ns).await,
         "without spec.selfService.{field} the owner may create no {resource}"
     );
     let t = ready_tenant(
-        client,
+        &client,
         "mtb",
         json!({"selfService": {field: true}}),
-        cleanup,
+        &mut cleanup,
     )
     .await;
-    for verb in verbs {
+    for verb in verbs.split_whitespace() {
         assert!(
-            user_may(client, &t.owner, verb, resource, &t.ns).await,
+            user_may(&client, &t.owner, verb, resource, &t.ns).await,
             "the owner may not {verb} {resource}"
         );
     }
-    t
+    (client, t, (cleanup, controller))
 }
 
 /// MTB-PL2-BC-OPS-3: with `spec.selfService.roleBindings`, the owner may
@@ -882,22 +881,10 @@ async fn mtb_pl2_bc_ops_3_create_role_bindings() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = self_service_opt_in(
-        &client,
+    let (client, t, _running) = self_service_opt_in(
         "roleBindings",
         "rolebindings.rbac.authorization.k8s.io",
-        &[
-            "get",
-            "list",
-            "create",
-            "update",
-            "patch",
-            "delete",
-            "deletecollection",
-        ],
-        &mut cleanup,
+        "get list create update patch delete deletecollection",
     )
     .await;
     for verb in ["create", "update", "delete"] {
@@ -1030,21 +1017,10 @@ async fn mtb_pl2_bc_ops_4_create_network_policies() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = self_service_opt_in(
-        &client,
+    let (client, t, _running) = self_service_opt_in(
         "networkPolicies",
         "networkpolicies.networking.k8s.io",
-        &[
-            "get",
-            "create",
-            "update",
-            "patch",
-            "delete",
-            "deletecollection",
-        ],
-        &mut cleanup,
+        "get create update patch delete deletecollection",
     )
     .await;
     let owner = impersonating(&t.owner).await;
