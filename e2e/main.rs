@@ -272,6 +272,20 @@ struct Controller {
     stop: Option<oneshot::Sender<()>>,
 }
 
+impl Controller {
+    /// A guard and the shutdown signal of the controller it keeps running: the
+    /// signal fires when the guard is dropped.
+    fn new() -> (
+        Self,
+        impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    ) {
+        let (tx, rx) = oneshot::channel::<()>();
+        (Controller { stop: Some(tx) }, async move {
+            let _ = rx.await;
+        })
+    }
+}
+
 impl Drop for Controller {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
@@ -476,42 +490,36 @@ fn start_controller(client: &Client) -> (Controller, Arc<Context>) {
             ..Settings::default()
         },
     ));
-    let (tx, rx) = oneshot::channel::<()>();
+    let (guard, stop) = Controller::new();
     tokio::spawn(tenant::run(
         ctx.clone(),
         streams,
-        async move {
-            let _ = rx.await;
-        },
+        stop,
         futures::stream::pending(),
     ));
-    (Controller { stop: Some(tx) }, ctx)
+    (guard, ctx)
 }
 
 /// Starts the BackupSchedule controller in this process, as the operator's
 /// ServiceAccount; it stops when the returned guard is dropped.
 fn start_backup_controller(operator: &Client) -> Controller {
-    let (tx, rx) = oneshot::channel::<()>();
+    let (guard, stop) = Controller::new();
     tokio::spawn(palisade::controller::backup_schedule::run(
         operator_shared(operator),
-        async move {
-            let _ = rx.await;
-        },
+        stop,
     ));
-    Controller { stop: Some(tx) }
+    guard
 }
 
 /// Starts the RolePolicy controller in this process, as the operator's
 /// ServiceAccount; it stops when the returned guard is dropped.
 fn start_policy_controller(operator: &Client) -> Controller {
-    let (tx, rx) = oneshot::channel::<()>();
+    let (guard, stop) = Controller::new();
     tokio::spawn(palisade::controller::rolepolicy::run(
         operator_shared(operator),
-        async move {
-            let _ = rx.await;
-        },
+        stop,
     ));
-    Controller { stop: Some(tx) }
+    guard
 }
 
 /// The chassis of the RolePolicy and BackupSchedule controllers, as the operator.
