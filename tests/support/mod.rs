@@ -342,3 +342,16 @@ pub const LEADER_LEASE: &str = "palisade-leader";
 pub fn leader_lease(server: &FakeApiServer) -> Option<Value> {
     server.get_json("leases.coordination.k8s.io", Some("default"), LEADER_LEASE)
 }
+
+/// Merge-patches Tenant `name` with `patch`, as a client other than the
+/// controller would.
+pub async fn patch_tenant(server: &FakeApiServer, name: &str, patch: Value) {
+    kube::Api::<Tenant>::all(server.client())
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("patch tenant");
+}
