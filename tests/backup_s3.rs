@@ -25,6 +25,23 @@ fn progress() -> Arc<Progress> {
     Arc::new(Progress::default())
 }
 
+/// Verifies the newest snapshot with `key` and no checks: the test fails in its
+/// restore check, whose message this returns.
+async fn failed_restore(storage: &Storage, pg: &PgServer, key: &EncryptionKey) -> String {
+    let rep = verify::verify(storage, &verify_opts(pg, vec![key.clone()], vec![]))
+        .await
+        .expect("verify runs");
+    assert!(!rep.record.passed);
+    let restore = rep
+        .record
+        .checks
+        .iter()
+        .find(|c| c.name == "restore")
+        .expect("restore check");
+    assert!(!restore.passed, "{restore:?}");
+    restore.message.clone().unwrap_or_default()
+}
+
 fn verify_opts(pg: &PgServer, keys: Vec<EncryptionKey>, checks: Vec<SqlCheck>) -> VerifyOptions {
     VerifyOptions {
         server: pg.conn("postgres"),
@@ -308,39 +325,12 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
     let mid = tampered.len() / 2;
     tampered[mid] ^= 0x40;
     std::fs::write(&object_path, &tampered).expect("tamper");
-    let rep = verify::verify(&storage, &verify_opts(&pg, vec![k1.clone()], vec![]))
-        .await
-        .expect("verify runs");
-    assert!(!rep.record.passed);
-    let restore_check = rep
-        .record
-        .checks
-        .iter()
-        .find(|c| c.name == "restore")
-        .expect("restore check");
-    assert!(!restore_check.passed);
-    assert!(
-        restore_check
-            .message
-            .as_deref()
-            .unwrap_or("")
-            .contains("DecryptionFailed"),
-        "{restore_check:?}"
-    );
+    let msg = failed_restore(&storage, &pg, &k1).await;
+    assert!(msg.contains("DecryptionFailed"), "{msg}");
 
     // Truncated object: the final chunk is gone.
     std::fs::write(&object_path, &pristine[..pristine.len() - 1000]).expect("truncate");
-    let rep = verify::verify(&storage, &verify_opts(&pg, vec![k1.clone()], vec![]))
-        .await
-        .expect("verify runs");
-    assert!(!rep.record.passed);
-    let msg = rep
-        .record
-        .checks
-        .iter()
-        .find(|c| c.name == "restore")
-        .and_then(|c| c.message.clone())
-        .unwrap_or_default();
+    let msg = failed_restore(&storage, &pg, &k1).await;
     assert!(
         msg.contains("Truncated") || msg.contains("SizeMismatch"),
         "{msg}"
