@@ -210,7 +210,7 @@ pub fn compile(owners: &[Owner], policies: &[PolicyInput<'_>]) -> RbacPlan {
     for r in catalog::BUILTIN_ROLES {
         rules.insert(
             r.name.to_string(),
-            catalog::rules_for(r.permissions.iter().copied()).unwrap_or_default(),
+            catalog::rules_for(r.all_permissions()).unwrap_or_default(),
         );
     }
     let mut custom_owner: BTreeMap<String, (String, Vec<K8sPolicyRule>, BTreeSet<String>)> =
