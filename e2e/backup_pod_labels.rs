@@ -5,11 +5,12 @@
 //! pod was admitted, and with a host name in the schedule the pod got TCP
 //! 5432/443 to anywhere despite `allowInternetEgress: false`.
 
+use super::backup_schedule::create_db_secret;
 use super::*;
 use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use palisade::operator_rbac::tenant_policies;
 use palisade::resources::backup_jobs::SCHEDULE_LABEL;
 
@@ -165,14 +166,7 @@ async fn only_backup_jobs_may_label_pods_for_backup_egress() {
     let (client, operator) = clients().await;
     assert_policies_type_check(&client).await;
     let (_tenants, _) = start_controller(&operator);
-    let (tx, rx) = oneshot::channel::<()>();
-    let _policies = Controller { stop: Some(tx) };
-    tokio::spawn(palisade::controller::rolepolicy::run(
-        operator_shared(&operator),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let _policies = start_policy_controller(&operator);
     let _backups = start_backup_controller(&operator);
 
     let name = unique("e2l");
@@ -180,11 +174,7 @@ async fn only_backup_jobs_may_label_pods_for_backup_egress() {
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name).policy(&name);
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("create tenant");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
     let owner = "e2e-owner@example.com".to_string();
     let editor = format!("{name}-editor@example.com");
     let policy: palisade::crd::RolePolicy = serde_json::from_value(json!({
@@ -298,17 +288,7 @@ async fn only_backup_jobs_may_label_pods_for_backup_egress() {
 
     // Palisade's own backup: the operator creates the Job (its template
     // labelled), the real Job controller creates the labelled Pod.
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "db"}, "stringData": {"password": "e2e-password"}
-            }))
-            .expect("secret"),
-        )
-        .await
-        .expect("create secret");
+    create_db_secret(&client, &ns).await;
     let schedule: palisade::crd::BackupSchedule = serde_json::from_value(json!({
         "apiVersion": "palisade.dev/v1alpha1", "kind": "BackupSchedule",
         "metadata": {"name": "nightly",

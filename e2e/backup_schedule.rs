@@ -1,6 +1,23 @@
 //! A BackupSchedule's Job spec and a simulated completion.
 
 use super::*;
+use k8s_openapi::api::core::v1::Secret;
+
+/// Creates the Secret `db` (its `password`) that the BackupSchedules of these
+/// tests read in `ns`.
+pub(super) async fn create_db_secret(client: &Client, ns: &str) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "db"}, "stringData": {"password": "e2e-password"}
+            }))
+            .expect("secret"),
+        )
+        .await
+        .expect("create secret");
+}
 
 /// BackupSchedule: a due schedule becomes a Job with the right spec; when its
 /// Pod terminates with the JSON result (reported as the kubelet would) and the
@@ -13,7 +30,6 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     }
     use futures::TryStreamExt;
     use k8s_openapi::api::batch::v1::Job;
-    use k8s_openapi::api::core::v1::Secret;
     use kube::runtime::{WatchStreamExt, watcher};
     use palisade::crd::BackupSchedule;
 
@@ -27,23 +43,9 @@ async fn backup_schedule_job_spec_and_simulated_completion() {
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("create tenant");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "db"}, "stringData": {"password": "e2e-password"}
-            }))
-            .expect("secret"),
-        )
-        .await
-        .expect("create secret");
+    create_db_secret(&client, &ns).await;
     let schedules: Api<BackupSchedule> = Api::namespaced(client.clone(), &ns);
     let bs: BackupSchedule = serde_json::from_value(json!({
         "apiVersion": "palisade.dev/v1alpha1", "kind": "BackupSchedule",

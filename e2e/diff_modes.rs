@@ -262,8 +262,7 @@ async fn diff_shows_a_gitops_sync_reverting_a_hand_edit() {
     if !enabled() {
         return;
     }
-    let (client, operator) = clients().await;
-    let (_controller, _) = start_controller(&operator);
+    let (client, _controller) = setup().await;
     let tenants: Api<Tenant> = Api::all(client.clone());
     let scratch = tempfile::tempdir().expect("tmp");
     let mut cleanup = Cleanup::default();
@@ -311,8 +310,7 @@ async fn a_namespace_of_another_tenant_uid_is_never_pruned_nor_reported() {
     if !enabled() {
         return;
     }
-    let (client, operator) = clients().await;
-    let (_controller, _) = start_controller(&operator);
+    let (client, _controller) = setup().await;
     let tenants: Api<Tenant> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let scratch = tempfile::tempdir().expect("tmp");

@@ -432,16 +432,7 @@ async fn invalid_specs_change_nothing() {
     cleanup.tenant(&name);
     create_ready(&tenants, &sample(&name, "Delete")).await;
     let names = vec![format!("{name}-a"), format!("{name}-b")];
-    for ns in &names {
-        let rq: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
-        wait(await_condition(
-            rq,
-            "palisade-quota",
-            |q: Option<&ResourceQuota>| q.and_then(|q| q.status.as_ref()?.used.as_ref()).is_some(),
-        ))
-        .await;
-    }
-    let before = managed_rvs(&client, &names).await;
+    let before = settled_rvs(&client, &names).await;
     tenants
         .patch(
             &name,

@@ -3,23 +3,12 @@
 //! tenant-written label or annotation never exempts an object from the
 //! Tenant's garbage collection rules.
 
+use super::gc::create_cm;
 use super::*;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::Role;
 use palisade::crd::RolePolicy;
-
-/// Starts the RolePolicy controller as the operator; dropping the sender stops it.
-fn start_policy_controller(operator: &Client) -> oneshot::Sender<()> {
-    let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(palisade::controller::rolepolicy::run(
-        operator_shared(operator),
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    tx
-}
 
 fn condition_is(
     type_: &'static str,
@@ -61,11 +50,7 @@ async fn rolepolicy_guard_refuses_what_is_not_known_safe() {
     cleanup.tenant(&name);
     let ns = format!("{name}-a");
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("tenant");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
 
     let refused: &[(&str, &str, &str, &str)] = &[
         ("", "serviceaccounts/token", "create", "SensitiveResource"),
@@ -218,11 +203,7 @@ async fn rolepolicy_reserved_role_name_is_refused_at_admission() {
     cleanup.tenant(&name).policy(&name);
     let ns = format!("{name}-a");
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("tenant");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
     let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
     let before = bindings
         .get(palisade::resources::rbac::OPERATOR_BINDING)
@@ -305,11 +286,7 @@ async fn gc_rules_apply_whatever_the_tenant_writes_on_its_objects() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    let (name, ns) = one_namespace_ready(
-        &tenants,
+    let (client, (name, ns), _running) = one_namespace_ready(
         "e2t",
         json!({
             "secrets": [{"name": "db", "type": "Random", "rotateEvery": "720h"}],
@@ -321,7 +298,6 @@ async fn gc_rules_apply_whatever_the_tenant_writes_on_its_objects() {
                 ]
             }
         }),
-        &mut cleanup,
     )
     .await;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
@@ -359,16 +335,7 @@ async fn gc_rules_apply_whatever_the_tenant_writes_on_its_objects() {
             json!({}),
         ),
     ] {
-        let cm: ConfigMap = serde_json::from_value(json!({
-            "metadata": {"name": cm_name, "labels": labels, "annotations": annotations},
-            "data": {"k": "v"},
-        }))
-        .expect("configmap");
-        let cm = cms
-            .create(&PostParams::default(), &cm)
-            .await
-            .expect("create cm");
-        created.push((cm_name, cm.uid().expect("uid")));
+        created.push((cm_name, create_cm(&cms, cm_name, labels, annotations).await));
     }
     for (cm_name, uid) in &created {
         wait(await_condition(

@@ -1,6 +1,27 @@
 //! TTL garbage collection of ConfigMaps and finished Jobs.
 
 use super::*;
+use k8s_openapi::api::core::v1::ConfigMap;
+
+/// Creates ConfigMap `name` (data `k: v`) with `labels` and `annotations`:
+/// its uid.
+pub(super) async fn create_cm(
+    cms: &Api<ConfigMap>,
+    name: &str,
+    labels: serde_json::Value,
+    annotations: serde_json::Value,
+) -> String {
+    let cm: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "data": {"k": "v"},
+    }))
+    .expect("configmap");
+    let cm = cms
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create cm");
+    cm.uid().expect("uid")
+}
 
 #[tokio::test]
 async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
@@ -8,12 +29,7 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
         return;
     }
     use k8s_openapi::api::batch::v1::Job;
-    use k8s_openapi::api::core::v1::ConfigMap;
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    let (name, ns) = one_namespace_ready(
-        &tenants,
+    let (client, (name, ns), _running) = one_namespace_ready(
         "e2g",
         json!({
             "garbageCollection": {
@@ -23,7 +39,6 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
                 ]
             }
         }),
-        &mut cleanup,
     )
     .await;
 
@@ -49,16 +64,7 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
         ("invalid", json!({}), json!({"palisade.dev/ttl": "soon"})),
         ("plain", json!({}), json!({})),
     ] {
-        let cm: ConfigMap = serde_json::from_value(json!({
-            "metadata": {"name": cm_name, "labels": labels, "annotations": annotations},
-            "data": {"k": "v"},
-        }))
-        .expect("configmap");
-        let cm = cms
-            .create(&PostParams::default(), &cm)
-            .await
-            .expect("create cm");
-        created.push((cm_name, cm.uid().expect("uid")));
+        created.push((cm_name, create_cm(&cms, cm_name, labels, annotations).await));
     }
 
     // A Job (restricted Pod Security profile) whose Pod this test reports as
@@ -111,7 +117,7 @@ async fn ttl_garbage_collection_of_configmaps_and_finished_jobs() {
         );
     }
     wait(await_condition(
-        tenants.clone(),
+        Api::<Tenant>::all(client.clone()),
         &name,
         |t: Option<&Tenant>| {
             t.and_then(|t| t.status.as_ref()?.garbage_collection.as_ref())

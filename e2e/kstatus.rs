@@ -87,11 +87,7 @@ async fn kstatus_reads_current_in_progress_and_failed() {
     let name = unique("e2k");
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
     wait_kstatus(&client, &name, "Current").await;
 
     // `kubectl wait --for=condition=Ready` works on a Tenant.

@@ -272,6 +272,20 @@ struct Controller {
     stop: Option<oneshot::Sender<()>>,
 }
 
+impl Controller {
+    /// A guard and the shutdown signal of the controller it keeps running: the
+    /// signal fires when the guard is dropped.
+    fn new() -> (
+        Self,
+        impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    ) {
+        let (tx, rx) = oneshot::channel::<()>();
+        (Controller { stop: Some(tx) }, async move {
+            let _ = rx.await;
+        })
+    }
+}
+
 impl Drop for Controller {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
@@ -476,29 +490,36 @@ fn start_controller(client: &Client) -> (Controller, Arc<Context>) {
             ..Settings::default()
         },
     ));
-    let (tx, rx) = oneshot::channel::<()>();
+    let (guard, stop) = Controller::new();
     tokio::spawn(tenant::run(
         ctx.clone(),
         streams,
-        async move {
-            let _ = rx.await;
-        },
+        stop,
         futures::stream::pending(),
     ));
-    (Controller { stop: Some(tx) }, ctx)
+    (guard, ctx)
 }
 
 /// Starts the BackupSchedule controller in this process, as the operator's
 /// ServiceAccount; it stops when the returned guard is dropped.
 fn start_backup_controller(operator: &Client) -> Controller {
-    let (tx, rx) = oneshot::channel::<()>();
+    let (guard, stop) = Controller::new();
     tokio::spawn(palisade::controller::backup_schedule::run(
         operator_shared(operator),
-        async move {
-            let _ = rx.await;
-        },
+        stop,
     ));
-    Controller { stop: Some(tx) }
+    guard
+}
+
+/// Starts the RolePolicy controller in this process, as the operator's
+/// ServiceAccount; it stops when the returned guard is dropped.
+fn start_policy_controller(operator: &Client) -> Controller {
+    let (guard, stop) = Controller::new();
+    tokio::spawn(palisade::controller::rolepolicy::run(
+        operator_shared(operator),
+        stop,
+    ));
+    guard
 }
 
 /// The chassis of the RolePolicy and BackupSchedule controllers, as the operator.
@@ -554,15 +575,18 @@ async fn create_ready(tenants: &Api<Tenant>, tenant: &Tenant) {
     wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
 }
 
-/// Creates Tenant `<prefix>-<unique>` with one namespace `<name>-a`,
-/// `deletionPolicy: Delete` and the fields of `extra` in its spec (the Tenant
-/// goes with `cleanup`), and waits until it is Ready: `(name, namespace)`.
+/// Starts the Tenant controller ([`setup`]), creates Tenant
+/// `<prefix>-<unique>` with one namespace `<name>-a`, `deletionPolicy: Delete`
+/// and the fields of `extra` in its spec, and waits until it is Ready: the
+/// admin client, `(name, namespace)`, and the cleanup that deletes the Tenant
+/// and the controller, both kept until dropped.
 async fn one_namespace_ready(
-    tenants: &Api<Tenant>,
     prefix: &str,
     extra: serde_json::Value,
-    cleanup: &mut Cleanup,
-) -> (String, String) {
+) -> (Client, (String, String), (Cleanup, Controller)) {
+    let (client, controller) = setup().await;
+    let mut cleanup = Cleanup::default();
+    let tenants: Api<Tenant> = Api::all(client.clone());
     let name = unique(prefix);
     cleanup.tenant(&name);
     let ns = format!("{name}-a");
@@ -575,8 +599,8 @@ async fn one_namespace_ready(
         "spec": spec,
     }))
     .expect("tenant");
-    create_ready(tenants, &tenant).await;
-    (name, ns)
+    create_ready(&tenants, &tenant).await;
+    (client, (name, ns), (cleanup, controller))
 }
 
 /// Merge-patches Tenant `name` with `patch` and waits until it is Ready at
@@ -602,6 +626,25 @@ async fn delete_tenant(client: &Client, name: &str) {
     if let Some(uid) = uid {
         wait(await_condition(api, name, conditions::is_deleted(&uid))).await;
     }
+}
+
+/// [`managed_rvs`] once the cluster's quota controller has written each
+/// namespace's quota status (it does so once): from then on only Palisade
+/// could move a resourceVersion.
+async fn settled_rvs(
+    client: &Client,
+    namespaces: &[String],
+) -> std::collections::BTreeMap<String, String> {
+    for ns in namespaces {
+        let rq: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
+        wait(await_condition(
+            rq,
+            "palisade-quota",
+            |q: Option<&ResourceQuota>| q.and_then(|q| q.status.as_ref()?.used.as_ref()).is_some(),
+        ))
+        .await;
+    }
+    managed_rvs(client, namespaces).await
 }
 
 /// resourceVersions of every object Palisade manages in `namespaces`.

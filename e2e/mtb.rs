@@ -44,6 +44,26 @@ pub(super) fn dry_patch() -> PatchParams {
     }
 }
 
+/// Whether the authenticated `user` may `verb` a `resource` in `ns` ([`can_i`]).
+pub(super) async fn user_may(
+    client: &Client,
+    user: &str,
+    verb: &str,
+    resource: &str,
+    ns: &str,
+) -> bool {
+    can_i(
+        client,
+        user,
+        &authenticated(),
+        verb,
+        resource,
+        Some(ns),
+        None,
+    )
+    .await
+}
+
 /// The groups an authenticated user has (what a SubjectAccessReview must
 /// name to ask what `kubectl auth can-i` as that user would).
 pub(super) fn authenticated() -> Vec<String> {
@@ -198,17 +218,20 @@ fn pod(v: serde_json::Value) -> Pod {
     serde_json::from_value(v).expect("pod")
 }
 
+/// The admin client and a Ready [`sample_tenant`] `mtb-…`, with the controller
+/// that keeps it so and the cleanup that deletes it when dropped: what most
+/// checks start from.
+async fn mtb_tenant() -> (Client, TestTenant, (Cleanup, Controller)) {
+    let (client, controller) = setup().await;
+    let mut cleanup = Cleanup::default();
+    let t = ready_tenant(&client, "mtb", json!({}), &mut cleanup).await;
+    (client, t, (cleanup, controller))
+}
+
 /// Admits the unchanged probe, then asserts the changed one is refused by
 /// Pod Security with `expect` in the message.
-async fn pod_check(
-    id: &str,
-    change: impl Fn(&mut serde_json::Value),
-    expect: &str,
-    extra: serde_json::Value,
-) {
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = ready_tenant(&client, "mtb", extra, &mut cleanup).await;
+async fn pod_check(id: &str, change: impl Fn(&mut serde_json::Value), expect: &str) {
+    let (_client, t, _running) = mtb_tenant().await;
     let pods: Api<Pod> = Api::namespaced(impersonating(&t.owner).await, &t.ns);
     admitted(
         &format!("{id}: the restricted probe"),
@@ -232,152 +255,111 @@ fn container(v: &mut serde_json::Value) -> &mut serde_json::Value {
     &mut v["spec"]["containers"][0]
 }
 
-/// MTB-PL1-BC-CPI-3: a container that adds capabilities is refused.
-#[tokio::test]
-async fn mtb_pl1_bc_cpi_3_block_add_capabilities() {
-    if !enabled() {
-        return;
-    }
-    pod_check(
-        "MTB-PL1-BC-CPI-3",
-        |p| container(p)["securityContext"]["capabilities"]["add"] = json!(["SYS_ADMIN"]),
-        "unrestricted capabilities",
-        json!({}),
-    )
-    .await;
+/// The Pod checks, one test per check id: each test sends the probe changed as
+/// each of its cases says ([`pod_check`]: `(id, change, what the refusal names)`).
+macro_rules! pod_checks {
+    ($($(#[doc = $doc:expr])* $name:ident: [$(($id:expr, $change:expr, $expect:expr $(,)?)),+ $(,)?];)+) => {
+        $(
+            $(#[doc = $doc])*
+            #[tokio::test]
+            async fn $name() {
+                if !enabled() {
+                    return;
+                }
+                $(pod_check($id, $change, $expect).await;)+
+            }
+        )+
+    };
 }
 
-/// MTB-PL1-BC-CPI-4: a pod that does not set runAsNonRoot is refused, and
-/// so is one that runs as uid 0 (both cases of the check).
-#[tokio::test]
-async fn mtb_pl1_bc_cpi_4_require_run_as_non_root_user() {
-    if !enabled() {
-        return;
-    }
-    pod_check(
-        "MTB-PL1-BC-CPI-4 (runAsNonRoot unset)",
-        |p| {
-            p["spec"]["securityContext"]
-                .as_object_mut()
-                .expect("securityContext")
-                .remove("runAsNonRoot");
-        },
-        "runAsNonRoot",
-        json!({}),
-    )
-    .await;
-    pod_check(
-        "MTB-PL1-BC-CPI-4 (runAsUser 0)",
-        |p| container(p)["securityContext"]["runAsUser"] = json!(0),
-        "runAsUser=0",
-        json!({}),
-    )
-    .await;
-}
+pod_checks! {
+    /// MTB-PL1-BC-CPI-3: a container that adds capabilities is refused.
+    mtb_pl1_bc_cpi_3_block_add_capabilities: [
+        (
+            "MTB-PL1-BC-CPI-3",
+            |p| container(p)["securityContext"]["capabilities"]["add"] = json!(["SYS_ADMIN"]),
+            "unrestricted capabilities",
+        ),
+    ];
 
-/// MTB-PL1-BC-CPI-5: a privileged container is refused. (The API server
-/// itself refuses privileged with allowPrivilegeEscalation: false, so the
-/// probe leaves allowPrivilegeEscalation unset: the least it can change.)
-#[tokio::test]
-async fn mtb_pl1_bc_cpi_5_block_privileged_containers() {
-    if !enabled() {
-        return;
-    }
-    pod_check(
-        "MTB-PL1-BC-CPI-5",
-        |p| {
-            let sc = &mut container(p)["securityContext"];
-            sc["privileged"] = json!(true);
-            sc.as_object_mut()
-                .expect("securityContext")
-                .remove("allowPrivilegeEscalation");
-        },
-        "privileged",
-        json!({}),
-    )
-    .await;
-}
+    /// MTB-PL1-BC-CPI-4: a pod that does not set runAsNonRoot is refused, and
+    /// so is one that runs as uid 0 (both cases of the check).
+    mtb_pl1_bc_cpi_4_require_run_as_non_root_user: [
+        (
+            "MTB-PL1-BC-CPI-4 (runAsNonRoot unset)",
+            |p| {
+                p["spec"]["securityContext"]
+                    .as_object_mut()
+                    .expect("securityContext")
+                    .remove("runAsNonRoot");
+            },
+            "runAsNonRoot",
+        ),
+        (
+            "MTB-PL1-BC-CPI-4 (runAsUser 0)",
+            |p| container(p)["securityContext"]["runAsUser"] = json!(0),
+            "runAsUser=0",
+        ),
+    ];
 
-/// MTB-PL1-BC-CPI-6: allowPrivilegeEscalation: true is refused.
-#[tokio::test]
-async fn mtb_pl1_bc_cpi_6_block_privilege_escalation() {
-    if !enabled() {
-        return;
-    }
-    pod_check(
-        "MTB-PL1-BC-CPI-6",
-        |p| container(p)["securityContext"]["allowPrivilegeEscalation"] = json!(true),
-        "allowPrivilegeEscalation != false",
-        json!({}),
-    )
-    .await;
-}
+    /// MTB-PL1-BC-CPI-5: a privileged container is refused. (The API server
+    /// itself refuses privileged with allowPrivilegeEscalation: false, so the
+    /// probe leaves allowPrivilegeEscalation unset: the least it can change.)
+    mtb_pl1_bc_cpi_5_block_privileged_containers: [
+        (
+            "MTB-PL1-BC-CPI-5",
+            |p| {
+                let sc = &mut container(p)["securityContext"];
+                sc["privileged"] = json!(true);
+                sc.as_object_mut()
+                    .expect("securityContext")
+                    .remove("allowPrivilegeEscalation");
+            },
+            "privileged",
+        ),
+    ];
 
-/// MTB-PL1-BC-HI-1 (block_use_of_host_path): a hostPath volume is refused.
-#[tokio::test]
-async fn mtb_pl1_bc_hi_1_block_use_of_host_path() {
-    if !enabled() {
-        return;
-    }
-    pod_check(
-        "MTB-PL1-BC-HI-1 (host path)",
-        |p| p["spec"]["volumes"] = json!([{"name": "host", "hostPath": {"path": "/etc"}}]),
-        "restricted volume type \"hostPath\"",
-        json!({}),
-    )
-    .await;
-}
+    /// MTB-PL1-BC-CPI-6: allowPrivilegeEscalation: true is refused.
+    mtb_pl1_bc_cpi_6_block_privilege_escalation: [
+        (
+            "MTB-PL1-BC-CPI-6",
+            |p| container(p)["securityContext"]["allowPrivilegeEscalation"] = json!(true),
+            "allowPrivilegeEscalation != false",
+        ),
+    ];
 
-/// MTB-PL1-BC-HI-3: a host port is refused, and so is the host network.
-#[tokio::test]
-async fn mtb_pl1_bc_hi_3_block_use_of_host_networking_and_ports() {
-    if !enabled() {
-        return;
-    }
-    pod_check(
-        "MTB-PL1-BC-HI-3 (hostPort)",
-        |p| container(p)["ports"] = json!([{"containerPort": 8080, "hostPort": 8080}]),
-        "hostPort",
-        json!({}),
-    )
-    .await;
-    pod_check(
-        "MTB-PL1-BC-HI-3 (hostNetwork)",
-        |p| p["spec"]["hostNetwork"] = json!(true),
-        "hostNetwork=true",
-        json!({}),
-    )
-    .await;
-}
+    /// MTB-PL1-BC-HI-1 (block_use_of_host_path): a hostPath volume is refused.
+    mtb_pl1_bc_hi_1_block_use_of_host_path: [
+        (
+            "MTB-PL1-BC-HI-1 (host path)",
+            |p| p["spec"]["volumes"] = json!([{"name": "host", "hostPath": {"path": "/etc"}}]),
+            "restricted volume type \"hostPath\"",
+        ),
+    ];
 
-/// MTB-PL1-BC-HI-4: hostPID is refused.
-#[tokio::test]
-async fn mtb_pl1_bc_hi_4_block_use_of_host_pid() {
-    if !enabled() {
-        return;
-    }
-    pod_check(
-        "MTB-PL1-BC-HI-4",
-        |p| p["spec"]["hostPID"] = json!(true),
-        "hostPID=true",
-        json!({}),
-    )
-    .await;
-}
+    /// MTB-PL1-BC-HI-3: a host port is refused, and so is the host network.
+    mtb_pl1_bc_hi_3_block_use_of_host_networking_and_ports: [
+        (
+            "MTB-PL1-BC-HI-3 (hostPort)",
+            |p| container(p)["ports"] = json!([{"containerPort": 8080, "hostPort": 8080}]),
+            "hostPort",
+        ),
+        (
+            "MTB-PL1-BC-HI-3 (hostNetwork)",
+            |p| p["spec"]["hostNetwork"] = json!(true),
+            "hostNetwork=true",
+        ),
+    ];
 
-/// MTB-PL1-BC-HI-5: hostIPC is refused.
-#[tokio::test]
-async fn mtb_pl1_bc_hi_5_block_use_of_host_ipc() {
-    if !enabled() {
-        return;
-    }
-    pod_check(
-        "MTB-PL1-BC-HI-5",
-        |p| p["spec"]["hostIPC"] = json!(true),
-        "hostIPC=true",
-        json!({}),
-    )
-    .await;
+    /// MTB-PL1-BC-HI-4: hostPID is refused.
+    mtb_pl1_bc_hi_4_block_use_of_host_pid: [
+        ("MTB-PL1-BC-HI-4", |p| p["spec"]["hostPID"] = json!(true), "hostPID=true"),
+    ];
+
+    /// MTB-PL1-BC-HI-5: hostIPC is refused.
+    mtb_pl1_bc_hi_5_block_use_of_host_ipc: [
+        ("MTB-PL1-BC-HI-5", |p| p["spec"]["hostIPC"] = json!(true), "hostIPC=true"),
+    ];
 }
 
 /// A Service of `type_` for the probe's pods.
@@ -399,9 +381,7 @@ async fn mtb_pl1_bc_hi_1_block_use_of_nodeport_services() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = ready_tenant(&client, "mtb", json!({}), &mut cleanup).await;
+    let (_client, t, _running) = mtb_tenant().await;
     let services: Api<Service> = Api::namespaced(impersonating(&t.owner).await, &t.ns);
     let status = eventually_refused("MTB-PL1-BC-HI-1 (NodePort)", || async {
         services
@@ -447,9 +427,7 @@ async fn mtb_pl1_cc_di_1_require_always_pull_image() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = ready_tenant(&client, "mtb", json!({}), &mut cleanup).await;
+    let (client, t, _running) = mtb_tenant().await;
     let owner = impersonating(&t.owner).await;
     let pods: Api<Pod> = Api::namespaced(owner.clone(), &t.ns);
     let with = |change: &dyn Fn(&mut serde_json::Value)| {
@@ -510,14 +488,12 @@ async fn mtb_pl1_cc_di_1_require_always_pull_image() {
     // add any (RBAC), and the policy holds for whoever may, administrators
     // included.
     assert!(
-        !can_i(
+        !user_may(
             &client,
             &t.owner,
-            &authenticated(),
             "patch",
             "pods/ephemeralcontainers",
-            Some(&t.ns),
-            None
+            &t.ns
         )
         .await
     );
@@ -628,9 +604,7 @@ async fn mtb_pl1_cc_cpi_1_block_access_to_cluster_resources() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = ready_tenant(&client, "mtb", json!({}), &mut cleanup).await;
+    let (client, t, _running) = mtb_tenant().await;
     let self_reviews = [
         "selfsubjectaccessreviews",
         "selfsubjectrulesreviews",
@@ -715,9 +689,7 @@ async fn mtb_pl1_bc_cpi_2_block_multitenant_resources() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = ready_tenant(&client, "mtb", json!({}), &mut cleanup).await;
+    let (client, t, _running) = mtb_tenant().await;
     let owner = impersonating(&t.owner).await;
     // The managed-objects policy, installed moments ago, is active.
     let secrets: Api<Secret> = Api::namespaced(owner.clone(), &t.ns);
@@ -765,22 +737,11 @@ async fn mtb_pl1_cc_ti_1_block_ns_quota() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = ready_tenant(&client, "mtb", json!({}), &mut cleanup).await;
+    let (client, t, _running) = mtb_tenant().await;
     for ns in &t.namespaces {
         for verb in ["create", "update", "patch", "delete", "deletecollection"] {
             assert!(
-                !can_i(
-                    &client,
-                    &t.owner,
-                    &authenticated(),
-                    verb,
-                    "resourcequotas",
-                    Some(ns),
-                    None
-                )
-                .await,
+                !user_may(&client, &t.owner, verb, "resourcequotas", ns).await,
                 "the owner may {verb} quotas in {ns}"
             );
         }
@@ -804,17 +765,7 @@ async fn mtb_pl1_cc_ti_2_block_other_tenant_resources() {
         for (group, plural) in &resources {
             for verb in VERBS {
                 let r = resource(group, plural);
-                if can_i(
-                    &client,
-                    &a.owner,
-                    &authenticated(),
-                    verb,
-                    &r,
-                    Some(ns),
-                    None,
-                )
-                .await
-                {
+                if user_may(&client, &a.owner, verb, &r, ns).await {
                     allowed.push(format!("{verb} {r} in {ns}"));
                 }
             }
@@ -822,18 +773,21 @@ async fn mtb_pl1_cc_ti_2_block_other_tenant_resources() {
     }
     assert!(allowed.is_empty(), "tenant a's owner may: {allowed:?}");
     // And it may in its own (so the question was a real one).
-    assert!(
-        can_i(
-            &client,
-            &a.owner,
-            &authenticated(),
-            "create",
-            "pods",
-            Some(&a.ns),
-            None
-        )
-        .await
-    );
+    assert!(user_may(&client, &a.owner, "create", "pods", &a.ns).await);
+}
+
+/// On a new tenant: each namespace has, as its owner reads it, a quota key
+/// that `names` each of `wants`.
+async fn quotas_on(wants: &[&str], names: impl Fn(&str, &str) -> bool) {
+    let (_client, t, _running) = mtb_tenant().await;
+    for (ns, keys) in owner_quotas(&t).await {
+        for want in wants {
+            assert!(
+                keys.iter().any(|k| names(k, want)),
+                "{ns}: no quota on {want}: {keys:?}"
+            );
+        }
+    }
 }
 
 /// The quota of each namespace, as the owner reads it (`kubectl describe quota`).
@@ -870,17 +824,7 @@ async fn mtb_pl1_cc_fns_1_configure_ns_quotas() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = ready_tenant(&client, "mtb", json!({}), &mut cleanup).await;
-    for (ns, keys) in owner_quotas(&t).await {
-        for want in ["cpu", "memory", "storage"] {
-            assert!(
-                keys.iter().any(|k| k.ends_with(want)),
-                "{ns}: no quota on {want}: {keys:?}"
-            );
-        }
-    }
+    quotas_on(&["cpu", "memory", "storage"], |k, want| k.ends_with(want)).await;
 }
 
 /// MTB-PL1-CC-FNS-2: each tenant namespace has object-count quotas (pods,
@@ -892,58 +836,37 @@ async fn mtb_pl1_cc_fns_2_configure_ns_object_quota() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = ready_tenant(&client, "mtb", json!({}), &mut cleanup).await;
-    for (ns, keys) in owner_quotas(&t).await {
-        for want in ["pods", "persistentvolumeclaims"] {
-            assert!(
-                keys.iter().any(|k| k == want),
-                "{ns}: no object quota on {want}: {keys:?}"
-            );
-        }
-    }
+    quotas_on(&["pods", "persistentvolumeclaims"], |k, want| k == want).await;
 }
 
 /// MTB PL2 self-service: without `spec.selfService.<field>` (the sample as
-/// it is) the owner may not create `resource`; with it, it may every verb of
-/// `verbs` (`auth can-i`). Returns the tenant that opted in.
+/// it is, [`mtb_tenant`]) the owner may not create `resource`; with it, it may
+/// every verb of `verbs` (space-separated; `auth can-i`). Returns the admin
+/// client and the tenant that opted in, with what keeps both.
 async fn self_service_opt_in(
-    client: &Client,
     field: &str,
     resource: &str,
-    verbs: &[&str],
-    cleanup: &mut Cleanup,
-) -> TestTenant {
-    let plain = ready_tenant(client, "mtb", json!({}), cleanup).await;
-    let user = authenticated();
+    verbs: &str,
+) -> (Client, TestTenant, (Cleanup, Controller)) {
+    let (client, plain, (mut cleanup, controller)) = mtb_tenant().await;
     assert!(
-        !can_i(
-            client,
-            &plain.owner,
-            &user,
-            "create",
-            resource,
-            Some(&plain.ns),
-            None
-        )
-        .await,
+        !user_may(&client, &plain.owner, "create", resource, &plain.ns).await,
         "without spec.selfService.{field} the owner may create no {resource}"
     );
     let t = ready_tenant(
-        client,
+        &client,
         "mtb",
         json!({"selfService": {field: true}}),
-        cleanup,
+        &mut cleanup,
     )
     .await;
-    for verb in verbs {
+    for verb in verbs.split_whitespace() {
         assert!(
-            can_i(client, &t.owner, &user, verb, resource, Some(&t.ns), None).await,
+            user_may(&client, &t.owner, verb, resource, &t.ns).await,
             "the owner may not {verb} {resource}"
         );
     }
-    t
+    (client, t, (cleanup, controller))
 }
 
 /// MTB-PL2-BC-OPS-3: with `spec.selfService.roleBindings`, the owner may
@@ -958,34 +881,20 @@ async fn mtb_pl2_bc_ops_3_create_role_bindings() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = self_service_opt_in(
-        &client,
+    let (client, t, _running) = self_service_opt_in(
         "roleBindings",
         "rolebindings.rbac.authorization.k8s.io",
-        &[
-            "get",
-            "list",
-            "create",
-            "update",
-            "patch",
-            "delete",
-            "deletecollection",
-        ],
-        &mut cleanup,
+        "get list create update patch delete deletecollection",
     )
     .await;
     for verb in ["create", "update", "delete"] {
         assert!(
-            !can_i(
+            !user_may(
                 &client,
                 &t.owner,
-                &authenticated(),
                 verb,
                 "roles.rbac.authorization.k8s.io",
-                Some(&t.ns),
-                None
+                &t.ns
             )
             .await,
             "the owner may {verb} Roles"
@@ -1108,21 +1017,10 @@ async fn mtb_pl2_bc_ops_4_create_network_policies() {
     if !enabled() {
         return;
     }
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let t = self_service_opt_in(
-        &client,
+    let (client, t, _running) = self_service_opt_in(
         "networkPolicies",
         "networkpolicies.networking.k8s.io",
-        &[
-            "get",
-            "create",
-            "update",
-            "patch",
-            "delete",
-            "deletecollection",
-        ],
-        &mut cleanup,
+        "get create update patch delete deletecollection",
     )
     .await;
     let owner = impersonating(&t.owner).await;

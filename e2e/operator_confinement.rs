@@ -19,11 +19,7 @@ async fn operator_is_confined_to_tenant_namespaces() {
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
     let tenant_ns = format!("{name}-a");
 
     let user = palisade::operator_rbac::service_account_user(OPERATOR_NS, OPERATOR_SA);

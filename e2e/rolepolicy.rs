@@ -12,26 +12,13 @@ async fn rolepolicy_grants_exactly_what_it_says() {
     use palisade::crd::RolePolicy;
     let (client, operator) = clients().await;
     let (_controller, _) = start_controller(&operator);
-    let stop = {
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(palisade::controller::rolepolicy::run(
-            operator_shared(&operator),
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        tx
-    };
+    let stop = start_policy_controller(&operator);
     let name = unique("e2p");
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name).policy(&name);
     let ns = format!("{name}-a");
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("tenant");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
     let user = format!("{name}-deployer@example.com");
     let policy: RolePolicy = serde_json::from_value(json!({
         "apiVersion": "palisade.dev/v1alpha1", "kind": "RolePolicy", "metadata": {"name": name},
@@ -99,5 +86,5 @@ async fn rolepolicy_grants_exactly_what_it_says() {
     );
     let _ = policies.delete(&name, &DeleteParams::default()).await;
     delete_tenant(&client, &name).await;
-    let _ = stop.send(());
+    drop(stop);
 }

@@ -8,11 +8,7 @@ async fn secrets_are_created_rotated_on_demand_and_published_as_jwks() {
         return;
     }
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-    let (client, _controller) = setup().await;
-    let mut cleanup = Cleanup::default();
-    let tenants: Api<Tenant> = Api::all(client.clone());
-    let (name, ns) = one_namespace_ready(
-        &tenants,
+    let (client, (name, ns), _running) = one_namespace_ready(
         "e2k",
         json!({
             "secrets": [
@@ -20,7 +16,6 @@ async fn secrets_are_created_rotated_on_demand_and_published_as_jwks() {
                 {"name": "signing", "type": "JwtSigningKey", "algorithm": "EdDSA", "rotateEvery": "720h", "keepPrevious": 1}
             ]
         }),
-        &mut cleanup,
     )
     .await;
 

@@ -8,7 +8,7 @@
 
 use super::mtb::{
     admitted, authenticated, dry_run, eventually_refused, impersonating, probe, ready_tenant,
-    refused, refused_saying, service,
+    refused, refused_saying, service, user_may,
 };
 use super::signals::eventually;
 use super::*;
@@ -249,14 +249,7 @@ async fn rolepolicy_writes_on_managed_kinds_are_rejected() {
     }
     let (client, operator) = clients().await;
     let (_tenants, _) = start_controller(&operator);
-    let (tx, rx) = oneshot::channel::<()>();
-    let _policies = Controller { stop: Some(tx) };
-    tokio::spawn(palisade::controller::rolepolicy::run(
-        operator_shared(&operator),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let _policies = start_policy_controller(&operator);
     let mut cleanup = Cleanup::default();
     let t = ready_tenant(&client, "ssr", json!({}), &mut cleanup).await;
     cleanup.policy(&t.name);
@@ -297,14 +290,12 @@ async fn rolepolicy_writes_on_managed_kinds_are_rejected() {
         valid.message
     );
     assert!(
-        !can_i(
+        !user_may(
             &client,
             "mallory@example.com",
-            &authenticated(),
             "delete",
             "networkpolicies.networking.k8s.io",
-            Some(&t.ns),
-            None
+            &t.ns
         )
         .await,
         "the rejected role reached the tenant"

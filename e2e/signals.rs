@@ -179,8 +179,7 @@ async fn rotation_events_are_about_each_secret_and_never_merge() {
         return;
     }
     use k8s_openapi::api::core::v1::Secret;
-    let (client, operator) = clients().await;
-    let (_controller, _ctx) = start_controller(&operator);
+    let (client, _controller) = setup().await;
     let name = unique("sev");
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);
@@ -266,8 +265,7 @@ async fn a_namespace_conflict_resolves_by_itself_after_the_hand_over() {
     if !enabled() {
         return;
     }
-    let (client, operator) = clients().await;
-    let (_controller, _ctx) = start_controller(&operator);
+    let (client, _controller) = setup().await;
     let tenants: Api<Tenant> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let name = unique("sho");
@@ -347,8 +345,7 @@ async fn a_tampered_signing_key_is_restored() {
     }
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
-    let (client, operator) = clients().await;
-    let (_controller, _ctx) = start_controller(&operator);
+    let (client, _controller) = setup().await;
     let name = unique("skey");
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);

@@ -36,11 +36,7 @@ async fn tenant_budget_hands_out_every_unit_under_concurrent_creation() {
         }
     }))
     .expect("tenant");
-    tenants
-        .create(&PostParams::default(), &tenant)
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &tenant).await;
 
     let hard_sum = || {
         let client = client.clone();

@@ -12,11 +12,7 @@ async fn tenant_converges_heals_and_deletes() {
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
 
     let ns_a = format!("{name}-a");
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -103,24 +99,9 @@ async fn restarted_controller_changes_nothing() {
     let mut cleanup = Cleanup::default();
     cleanup.tenant(&name);
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Delete"))
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Delete")).await;
     let namespaces = vec![format!("{name}-a"), format!("{name}-b")];
-    // The cluster's quota controller writes each quota's status once: wait
-    // for it, so only Palisade could move a resourceVersion afterwards.
-    for ns in &namespaces {
-        let rq: Api<ResourceQuota> = Api::namespaced(client.clone(), ns);
-        wait(await_condition(
-            rq,
-            "palisade-quota",
-            |q: Option<&ResourceQuota>| q.and_then(|q| q.status.as_ref()?.used.as_ref()).is_some(),
-        ))
-        .await;
-    }
-    let before = managed_rvs(&client, &namespaces).await;
+    let before = settled_rvs(&client, &namespaces).await;
     assert!(before.len() >= 2 * 10, "managed objects: {before:#?}");
     drop(controller);
 
@@ -162,11 +143,7 @@ async fn retain_policy_keeps_namespaces() {
         .namespace(&format!("{name}-a"))
         .namespace(&format!("{name}-b"));
     let tenants: Api<Tenant> = Api::all(client.clone());
-    tenants
-        .create(&PostParams::default(), &sample(&name, "Retain"))
-        .await
-        .expect("create");
-    wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    create_ready(&tenants, &sample(&name, "Retain")).await;
     delete_tenant(&client, &name).await;
 
     let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -9,7 +9,7 @@ mod backup_support;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-use backup_support::{PgServer, cli, seed};
+use backup_support::{PgServer, argv, cli, seed};
 use serde_json::Value;
 
 const KEY: &str = "a-tenant-rotated-random-secret-value";
@@ -156,14 +156,9 @@ async fn planted_plaintext_snapshot_is_never_restored() {
     assert_eq!(ver["snapshot"], "real-1");
 
     // Asking for it by name: refused before touching the target.
-    let (out, res) = e.keyed(&[
-        "restore",
-        "--snapshot",
-        "planted",
-        "--target-database",
-        "victim",
-        "--create",
-    ]);
+    let (out, res) = e.keyed(&argv(
+        "restore --snapshot planted --target-database victim --create",
+    ));
     assert_eq!(out.status.code(), Some(1), "{res}");
     assert_eq!(res["reason"], "Unauthenticated", "{res}");
     assert!(!e.db_exists("victim").await, "nothing restored");
@@ -172,15 +167,9 @@ async fn planted_plaintext_snapshot_is_never_restored() {
     assert_eq!(ver["reason"], "Unauthenticated", "{ver}");
     // Even the explicit escape hatch for MAC-less (format 1) manifests does not admit
     // an unencrypted snapshot while a key is configured.
-    let (out, res) = e.keyed(&[
-        "restore",
-        "--snapshot",
-        "planted",
-        "--allow-unauthenticated",
-        "--target-database",
-        "victim",
-        "--create",
-    ]);
+    let (out, res) = e.keyed(&argv(
+        "restore --snapshot planted --allow-unauthenticated --target-database victim --create",
+    ));
     assert_eq!(out.status.code(), Some(1), "{res}");
     assert_eq!(res["reason"], "Unencrypted", "{res}");
     assert!(!e.db_exists("victim").await, "nothing restored");
@@ -191,26 +180,15 @@ async fn planted_plaintext_snapshot_is_never_restored() {
     assert!(out.status.success(), "{plain}");
     assert_eq!(plain["encrypted"], false);
     assert!(e.manifest("plain-1")["mac"].is_string());
-    let (out, res) = e.keyed(&[
-        "restore",
-        "--snapshot",
-        "plain-1",
-        "--target-database",
-        "copy",
-        "--create",
-    ]);
+    let (out, res) = e.keyed(&argv(
+        "restore --snapshot plain-1 --target-database copy --create",
+    ));
     assert_eq!(out.status.code(), Some(1), "{res}");
     assert_eq!(res["reason"], "Unencrypted", "{res}");
     assert!(!e.db_exists("copy").await);
-    let (out, res) = e.keyed(&[
-        "restore",
-        "--snapshot",
-        "plain-1",
-        "--allow-unencrypted",
-        "--target-database",
-        "copy",
-        "--create",
-    ]);
+    let (out, res) = e.keyed(&argv(
+        "restore --snapshot plain-1 --allow-unencrypted --target-database copy --create",
+    ));
     assert!(out.status.success(), "{res}");
 }
 
@@ -278,14 +256,9 @@ async fn traversal_names_in_manifests_are_refused() {
         }
         // Without the key the store's signatures cannot be checked: pruning anyway
         // must be asked for (#26), and still deletes nothing outside the directory.
-        let (out, pruned) = run(&[
-            "prune",
-            "--keep-last",
-            "0",
-            "--max-age",
-            "1s",
-            "--allow-unauthenticated",
-        ]);
+        let (out, pruned) = run(&argv(
+            "prune --keep-last 0 --max-age 1s --allow-unauthenticated",
+        ));
         assert!(out.status.success(), "{pruned}");
     }
     assert_eq!(
@@ -349,14 +322,9 @@ async fn swapped_snapshots_and_forged_metadata_are_refused() {
 
     // Swap only the data: the stream names day-1 in its authenticated header.
     std::fs::write(e.dir.join("day-2.snap"), &day1).expect("swap");
-    let (out, res) = e.keyed(&[
-        "restore",
-        "--snapshot",
-        "day-2",
-        "--target-database",
-        "rolled-back",
-        "--create",
-    ]);
+    let (out, res) = e.keyed(&argv(
+        "restore --snapshot day-2 --target-database rolled-back --create",
+    ));
     assert_eq!(out.status.code(), Some(1), "{res}");
     assert_eq!(res["reason"], "SnapshotMismatch", "{res}");
     // Nothing committed: the database the failed `--create` made is dropped again.

@@ -7,7 +7,7 @@ mod backup_support;
 
 use std::process::Command;
 
-use backup_support::{PG_PASSWORD, PgServer, checksum, cli as palisade, seed};
+use backup_support::{PG_PASSWORD, PgServer, argv, checksum, cli as palisade, seed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filesystem_cli_round_trip_verify_list_prune() {
@@ -22,21 +22,16 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
     let key_file = tmp.path().join("key");
     std::fs::write(&key_file, "a-tenant-rotated-random-secret-value\n").expect("key");
     let key_arg = format!("v7={}", key_file.display());
+    // `palisade backup ARGS --key-file v7=KEY`.
+    let keyed = |args: &[&str]| {
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["--key-file", &key_arg]);
+        palisade(&pg, &dir, &args)
+    };
+    let verify = |check: &str| keyed(&["verify", "--database", "app", "--check", check]);
 
     // Encrypted run.
-    let (out, run) = palisade(
-        &pg,
-        &dir,
-        &[
-            "run",
-            "--database",
-            "app",
-            "--key-file",
-            &key_arg,
-            "--compression-level",
-            "1",
-        ],
-    );
+    let (out, run) = keyed(&argv("run --database app --compression-level 1"));
     assert!(out.status.success(), "{run}");
     assert_eq!(run["ok"], true);
     assert_eq!(run["encrypted"], true);
@@ -49,20 +44,9 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
     );
 
     // Restore into a new database, identical content.
-    let (out, res) = palisade(
-        &pg,
-        &dir,
-        &[
-            "restore",
-            "--database",
-            "app",
-            "--target-database",
-            "copy",
-            "--create",
-            "--key-file",
-            &key_arg,
-        ],
-    );
+    let (out, res) = keyed(&argv(
+        "restore --database app --target-database copy --create",
+    ));
     assert!(out.status.success(), "{res}");
     assert_eq!(checksum(&pg.client("copy").await).await, expected);
 
@@ -70,55 +54,20 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
     let (out, res) = palisade(
         &pg,
         &dir,
-        &[
-            "restore",
-            "--database",
-            "app",
-            "--target-database",
-            "copy2",
-            "--create",
-        ],
+        &argv("restore --database app --target-database copy2 --create"),
     );
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(res["reason"], "MissingKey");
 
     // Verify: passes; a false check fails with exit code 1.
-    let (out, ver) = palisade(
-        &pg,
-        &dir,
-        &[
-            "verify",
-            "--database",
-            "app",
-            "--key-file",
-            &key_arg,
-            "--check",
-            "orders=SELECT count(*) > 0 FROM shop.orders",
-        ],
-    );
+    let (out, ver) = verify("orders=SELECT count(*) > 0 FROM shop.orders");
     assert!(out.status.success(), "{ver}");
     assert_eq!(ver["result"], "Passed");
-    let (out, ver) = palisade(
-        &pg,
-        &dir,
-        &[
-            "verify",
-            "--database",
-            "app",
-            "--key-file",
-            &key_arg,
-            "--check",
-            "nope=SELECT false",
-        ],
-    );
+    let (out, ver) = verify("nope=SELECT false");
     assert_eq!(out.status.code(), Some(1), "{ver}");
     assert_eq!(ver["result"], "Failed");
     // Passing again so it is the newest verified snapshot.
-    let (out, _) = palisade(
-        &pg,
-        &dir,
-        &["verify", "--database", "app", "--key-file", &key_arg],
-    );
+    let (out, _) = keyed(&["verify", "--database", "app"]);
     assert!(out.status.success());
 
     // An unencrypted snapshot, round trip, then tamper with it.
@@ -129,16 +78,7 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
     let (out, res) = palisade(
         &pg,
         &dir,
-        &[
-            "restore",
-            "--database",
-            "app",
-            "--snapshot",
-            "plain-1",
-            "--target-database",
-            "copy3",
-            "--create",
-        ],
+        &argv("restore --database app --snapshot plain-1 --target-database copy3 --create"),
     );
     assert!(out.status.success(), "{res}");
     assert_eq!(checksum(&pg.client("copy3").await).await, expected);
@@ -168,35 +108,18 @@ async fn filesystem_cli_round_trip_verify_list_prune() {
     assert_eq!(snaps[1]["verified"], "passed");
 
     // Prune keepLast 1: the newest verified snapshot survives anyway.
+    // Without the key, a store with signed manifests is pruned only on request.
     let (out, dry) = palisade(
         &pg,
         &dir,
-        &[
-            "prune",
-            "--database",
-            "app",
-            "--keep-last",
-            "1",
-            "--dry-run",
-            // Without the key, a store with signed manifests is pruned only on request.
-            "--allow-unauthenticated",
-        ],
+        &argv("prune --database app --keep-last 1 --dry-run --allow-unauthenticated"),
     );
     assert!(out.status.success());
     assert_eq!(dry["deletedCount"], 0, "{dry}");
     let (out, pruned) = palisade(
         &pg,
         &dir,
-        &[
-            "prune",
-            "--database",
-            "app",
-            "--keep-last",
-            "0",
-            "--max-age",
-            "1s",
-            "--allow-unauthenticated",
-        ],
+        &argv("prune --database app --keep-last 0 --max-age 1s --allow-unauthenticated"),
     );
     assert!(out.status.success(), "{pruned}");
     assert_eq!(

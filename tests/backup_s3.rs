@@ -8,7 +8,7 @@ mod backup_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backup_support::{PgServer, S3Server, checksum, seed};
+use backup_support::{PgServer, S3Server, checksum, restore_options, seed};
 use palisade::backup::catalog;
 use palisade::backup::destination::Storage;
 use palisade::backup::engine::{self, Progress, RestoreOptions, RunOptions};
@@ -23,6 +23,23 @@ fn key(material: &str, id: &str) -> EncryptionKey {
 
 fn progress() -> Arc<Progress> {
     Arc::new(Progress::default())
+}
+
+/// Verifies the newest snapshot with `key` and no checks: the test fails in its
+/// restore check, whose message this returns.
+async fn failed_restore(storage: &Storage, pg: &PgServer, key: &EncryptionKey) -> String {
+    let rep = verify::verify(storage, &verify_opts(pg, vec![key.clone()], vec![]))
+        .await
+        .expect("verify runs");
+    assert!(!rep.record.passed);
+    let restore = rep
+        .record
+        .checks
+        .iter()
+        .find(|c| c.name == "restore")
+        .expect("restore check");
+    assert!(!restore.passed, "{restore:?}");
+    restore.message.clone().unwrap_or_default()
 }
 
 fn verify_opts(pg: &PgServer, keys: Vec<EncryptionKey>, checks: Vec<SqlCheck>) -> VerifyOptions {
@@ -97,18 +114,8 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
 
     // Round trip: restore into a new database, identical content.
     let restore_opts = |db: &str, keys: Vec<EncryptionKey>, force: bool| RestoreOptions {
-        target: pg.conn(db),
-        pg_bin: Some(pg.bin.clone()),
-        keys,
-        snapshot: None,
         force,
-        create: true,
-        no_owner: false,
-        allow_unencrypted: false,
-        allow_unauthenticated: false,
-        jobs: None,
-        scratch_dir: None,
-        allow_encoding_change: false,
+        ..restore_options(&pg, pg.conn(db), keys)
     };
     engine::restore(
         &storage,
@@ -318,39 +325,12 @@ async fn s3_encrypted_round_trip_verify_and_failures() {
     let mid = tampered.len() / 2;
     tampered[mid] ^= 0x40;
     std::fs::write(&object_path, &tampered).expect("tamper");
-    let rep = verify::verify(&storage, &verify_opts(&pg, vec![k1.clone()], vec![]))
-        .await
-        .expect("verify runs");
-    assert!(!rep.record.passed);
-    let restore_check = rep
-        .record
-        .checks
-        .iter()
-        .find(|c| c.name == "restore")
-        .expect("restore check");
-    assert!(!restore_check.passed);
-    assert!(
-        restore_check
-            .message
-            .as_deref()
-            .unwrap_or("")
-            .contains("DecryptionFailed"),
-        "{restore_check:?}"
-    );
+    let msg = failed_restore(&storage, &pg, &k1).await;
+    assert!(msg.contains("DecryptionFailed"), "{msg}");
 
     // Truncated object: the final chunk is gone.
     std::fs::write(&object_path, &pristine[..pristine.len() - 1000]).expect("truncate");
-    let rep = verify::verify(&storage, &verify_opts(&pg, vec![k1.clone()], vec![]))
-        .await
-        .expect("verify runs");
-    assert!(!rep.record.passed);
-    let msg = rep
-        .record
-        .checks
-        .iter()
-        .find(|c| c.name == "restore")
-        .and_then(|c| c.message.clone())
-        .unwrap_or_default();
+    let msg = failed_restore(&storage, &pg, &k1).await;
     assert!(
         msg.contains("Truncated") || msg.contains("SizeMismatch"),
         "{msg}"

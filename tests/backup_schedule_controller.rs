@@ -184,6 +184,18 @@ fn finish(s: &FakeApiServer, job: &str, succeeded: bool, message: &str, at: Time
 
 /// Moves the clock to `due`, lets the controller start that minute's backup Job and
 /// returns its name.
+/// [`start_due_run`] at the next time the default schedule (daily at 03:00) is due:
+/// that time and the Job's name.
+async fn start_next_run(
+    s: &FakeApiServer,
+    c: &Controller,
+    clock: &ManualClock,
+    schedule: &str,
+) -> (Timestamp, String) {
+    let due = next_due(clock, "0 3 * * *");
+    (due, start_due_run(s, c, clock, schedule, due).await)
+}
+
 async fn start_due_run(
     s: &FakeApiServer,
     c: &Controller,
@@ -193,6 +205,11 @@ async fn start_due_run(
 ) -> String {
     set_clock(clock, due);
     c.resync();
+    run_job(s, schedule, due).await
+}
+
+/// Waits for the Job of `schedule`'s run due at `due`: its name.
+async fn run_job(s: &FakeApiServer, schedule: &str, due: Timestamp) -> String {
     let name = format!("{schedule}-{}", due.as_second() / 60);
     s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
         .await
@@ -303,10 +320,7 @@ async fn run_is_created_at_the_scheduled_minute_and_only_once() {
         Timestamp::from_second(due.as_second() + 5).expect("t"),
     );
     c.resync();
-    let name = format!("nightly-{}", due.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
-        .await
-        .expect("job created");
+    let name = run_job(&s, "nightly", due).await;
     wait(&s, "lastScheduleTime", |s| {
         status(s, "nightly")["lastScheduleTime"] == json!(due.to_string())
     })
@@ -340,30 +354,14 @@ async fn run_is_created_at_the_scheduled_minute_and_only_once() {
 #[tokio::test]
 async fn only_the_jobs_own_pod_reports_its_result() {
     let (s, clock, c) = start_schedule("orders", json!({}));
-    let due = next_due(&clock, "0 3 * * *");
-    let name = start_due_run(&s, &c, &clock, "orders", due).await;
+    let (due, name) = start_next_run(&s, &c, &clock, "orders").await;
     let uid = job_uid(&s, &name);
     // Anyone who can create Pods can copy the run's labels, and report later than the
     // real Pod; without the Job's controller reference it is not heard.
     let later = Timestamp::from_second(due.as_second() + 60).expect("time");
-    pod_terminated(
-        &s,
-        &name,
-        "impostor",
-        None,
-        true,
-        &run_result("snap-forged"),
-        later,
-    );
-    pod_terminated(
-        &s,
-        &name,
-        "impostor-2",
-        Some("not-the-job-uid"),
-        true,
-        &run_result("snap-forged"),
-        later,
-    );
+    for (pod, uid) in [("impostor", None), ("impostor-2", Some("not-the-job-uid"))] {
+        pod_terminated(&s, &name, pod, uid, true, &run_result("snap-forged"), later);
+    }
     pod_terminated(
         &s,
         &name,
@@ -410,7 +408,6 @@ async fn results_must_be_signed_with_the_schedules_key() {
         json!({"encryption": {"keySecretRef": {"name": "bk", "key": "key"}, "keyId": "v1"}}),
     );
     let c = Controller::start(&s, clock.clone());
-    let mut due = next_due(&clock, "0 3 * * *");
     let signed = |id: &str, run: &str| {
         let line = run_result(id).replacen('{', &format!("{{\"run\":\"{run}\","), 1);
         sign_line(&line, &key)
@@ -421,7 +418,7 @@ async fn results_must_be_signed_with_the_schedules_key() {
         v.to_string()
     };
     for attempt in ["unsigned", "forged MAC", "replayed"] {
-        let name = start_due_run(&s, &c, &clock, "orders", due).await;
+        let (due, name) = start_next_run(&s, &c, &clock, "orders").await;
         let line = match attempt {
             "unsigned" => run_result("snap-unsigned"),
             "forged MAC" => forged_mac(&name),
@@ -443,9 +440,8 @@ async fn results_must_be_signed_with_the_schedules_key() {
             "{c}"
         );
         assert!(status(&s, "orders")["lastSuccessfulBackup"].is_null());
-        due = next_due(&clock, "0 3 * * *");
     }
-    let name = start_due_run(&s, &c, &clock, "orders", due).await;
+    let (due, name) = start_next_run(&s, &c, &clock, "orders").await;
     finish(&s, &name, true, &signed("snap-genuine", &name), due);
     wait(&s, "genuine result", |s| {
         status(s, "orders")["lastSuccessfulBackup"]["id"] == "snap-genuine"
@@ -462,8 +458,7 @@ async fn completed_job_result_updates_status() {
         cond(&s, "orders", "LastBackupSucceeded")["reason"],
         "NoRunYet"
     );
-    let due = next_due(&clock, "0 3 * * *");
-    let name = start_due_run(&s, &c, &clock, "orders", due).await;
+    let (due, name) = start_next_run(&s, &c, &clock, "orders").await;
 
     finish(&s, &name, true, &run_result("snap-1"), due);
     wait(&s, "lastSuccessfulBackup", |s| {
@@ -492,8 +487,7 @@ async fn completed_job_result_updates_status() {
 #[tokio::test]
 async fn failed_job_sets_the_failure_condition() {
     let (s, clock, c) = start_schedule("flaky", json!({}));
-    let due = next_due(&clock, "0 3 * * *");
-    let name = start_due_run(&s, &c, &clock, "flaky", due).await;
+    let (due, name) = start_next_run(&s, &c, &clock, "flaky").await;
     finish(
         &s,
         &name,
@@ -542,10 +536,7 @@ async fn forbid_skips_while_a_run_is_active() {
 
     // When it finishes, the waiting run starts (no startingDeadlineSeconds).
     finish(&s, &first_name, true, &run_result("snap-a"), second);
-    let second_name = format!("busy-{}", second.as_second() / 60);
-    s.wait_for_json(JOBS, Some(NS), &second_name, WAIT, |_| true)
-        .await
-        .expect("second job");
+    run_job(&s, "busy", second).await;
     assert_eq!(jobs_of(&s, "busy").len(), 2);
     c.stop().await;
 }
@@ -621,10 +612,7 @@ async fn history_limits_delete_old_finished_jobs() {
         let mut bs = s.get_json(BS, Some(NS), "hist").expect("bs");
         bs["metadata"]["annotations"] = json!({"palisade.dev/run-now": "x"});
         s.put_json(BS, bs).expect("annotate");
-        let name = format!("hist-{}", clock.now().as_second() / 60);
-        s.wait_for_json(JOBS, Some(NS), &name, WAIT, |_| true)
-            .await
-            .expect("manual run");
+        let name = run_job(&s, "hist", clock.now()).await;
         // Wait for the annotation to be cleared before the next one.
         wait(&s, "cleared", |s| {
             s.get_json(BS, Some(NS), "hist").is_some_and(|b| {

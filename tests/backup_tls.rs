@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use backup_support::{PgServer, ServerTls, checksum, seed};
+use backup_support::{PgServer, ServerTls, checksum, restore_options, seed};
 use palisade::backup::destination::Storage;
-use palisade::backup::engine::{self, Progress, RestoreOptions, RunOptions};
+use palisade::backup::engine::{self, Progress, RunOptions};
 use palisade::backup::format::{DEFAULT_CHUNK_SIZE, EncryptionKey};
 use palisade::backup::pg::PgConn;
 use palisade::crd::backup_schedule::SslMode;
@@ -227,23 +227,14 @@ async fn sslmodes_against_a_tls_only_server() {
     assert_eq!(run.manifest.row_counts.get("shop.orders"), Some(&5_000));
     engine::restore(
         &storage,
-        &RestoreOptions {
-            target: PgConn {
+        &restore_options(
+            &pg,
+            PgConn {
                 database: "copy".into(),
                 ..src.clone()
             },
-            pg_bin: Some(pg.bin.clone()),
-            keys: vec![k],
-            snapshot: None,
-            force: false,
-            create: true,
-            no_owner: false,
-            allow_unencrypted: false,
-            allow_unauthenticated: false,
-            jobs: None,
-            scratch_dir: None,
-            allow_encoding_change: false,
-        },
+            vec![k],
+        ),
         Arc::new(Progress::default()),
     )
     .await

@@ -9,7 +9,7 @@ mod backup_support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use backup_support::{PgServer, cli, palisade_command, seed};
+use backup_support::{PgServer, argv, cli, palisade_command, seed};
 use serde_json::Value;
 
 const KEY: &str = "a-tenant-rotated-random-secret-value";
@@ -39,6 +39,27 @@ fn restore_new(pg: &PgServer, dir: &Path, target: &str, extra: &[&str]) -> (Outp
     ];
     args.extend_from_slice(extra);
     cli(pg, dir, &args)
+}
+
+/// A restore of app into the new database `copy` fails naming `why`, and verify fails
+/// as that restore does: its first check, the restore, failed naming `why`. Returns
+/// that check's message.
+fn restore_and_verify_fail(pg: &PgServer, dir: &Path, why: &str) -> String {
+    let (out, res) = restore_new(pg, dir, "copy", &[]);
+    assert_eq!(out.status.code(), Some(1), "{res}");
+    assert!(res["error"].as_str().expect("error").contains(why), "{res}");
+    let (out, ver) = cli(pg, dir, &["verify", "--database", "app"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "verify must fail as restore does: {ver}"
+    );
+    let restore = &ver["checks"][0];
+    assert_eq!(restore["name"], "restore");
+    assert_eq!(restore["passed"], false);
+    let msg = restore["message"].as_str().expect("message");
+    assert!(msg.contains(why), "{ver}");
+    msg.to_string()
 }
 
 fn read_json(p: &Path) -> Value {
@@ -204,15 +225,7 @@ async fn a_full_disk_while_metadata_is_written_fails_and_keeps_the_previous_reco
     let first = ok(cli(
         &pg,
         &dir,
-        &[
-            "run",
-            "--database",
-            "app",
-            "--id",
-            "first",
-            "--compression-level",
-            "3",
-        ],
+        &argv("run --database app --id first --compression-level 3"),
     ));
     let stored = first["bytes"].as_u64().expect("bytes");
     ok(cli(&pg, &dir, &["verify", "--database", "app"]));
@@ -239,15 +252,7 @@ async fn a_full_disk_while_metadata_is_written_fails_and_keeps_the_previous_reco
     let (out, run) = cli(
         &pg,
         &dir,
-        &[
-            "run",
-            "--database",
-            "app",
-            "--id",
-            "second",
-            "--compression-level",
-            "3",
-        ],
+        &argv("run --database app --id second --compression-level 3"),
     );
     eprintln!("second run on a full disk: {run}");
     assert_ne!(out.status.code(), Some(0), "{run}");
@@ -332,15 +337,7 @@ async fn two_runs_with_one_id_at_once_never_corrupt_the_snapshot() {
     };
     let (_tmp, dir) = store();
     std::fs::create_dir_all(&dir).expect("dir");
-    let args = [
-        "run",
-        "--database",
-        "app",
-        "--id",
-        "same",
-        "--compression-level",
-        "1",
-    ];
+    let args = argv("run --database app --id same --compression-level 1");
     let a = spawn(&pg, &dir, &args);
     let b = spawn(&pg, &dir, &args);
     let (a, b) = (
@@ -402,29 +399,7 @@ async fn verify_fails_like_restore_when_the_owner_role_is_missing() {
         .expect("reown");
     admin.batch_execute("DROP ROLE ghost").await.expect("drop");
 
-    let (out, res) = restore_new(&pg, &dir, "copy", &[]);
-    assert_eq!(out.status.code(), Some(1), "{res}");
-    assert!(
-        res["error"].as_str().expect("error").contains("--no-owner"),
-        "{res}"
-    );
-
-    let (out, ver) = cli(&pg, &dir, &["verify", "--database", "app"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "verify must fail as restore does: {ver}"
-    );
-    let restore = &ver["checks"][0];
-    assert_eq!(restore["name"], "restore");
-    assert_eq!(restore["passed"], false);
-    assert!(
-        restore["message"]
-            .as_str()
-            .expect("message")
-            .contains("--no-owner"),
-        "{ver}"
-    );
+    restore_and_verify_fail(&pg, &dir, "--no-owner");
     // The restore a user can actually run: tested, and it works.
     ok(cli(
         &pg,
@@ -452,26 +427,8 @@ async fn verify_fails_like_restore_when_large_objects_exhaust_the_lock_table() {
     let (_tmp, dir) = store();
     ok(cli(&pg, &dir, &["run", "--database", "app"]));
 
-    let (out, res) = restore_new(&pg, &dir, "copy", &[]);
-    assert_eq!(out.status.code(), Some(1), "{res}");
-    assert!(
-        res["error"]
-            .as_str()
-            .expect("error")
-            .contains("max_locks_per_transaction"),
-        "{res}"
-    );
-    let (out, ver) = cli(&pg, &dir, &["verify", "--database", "app"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "verify must fail as restore does: {ver}"
-    );
-    let msg = ver["checks"][0]["message"].as_str().expect("message");
-    assert!(
-        msg.contains("max_locks_per_transaction") && msg.contains("--jobs"),
-        "{ver}"
-    );
+    let msg = restore_and_verify_fail(&pg, &dir, "max_locks_per_transaction");
+    assert!(msg.contains("--jobs"), "{msg}");
     ok(cli(
         &pg,
         &dir,
@@ -685,14 +642,7 @@ async fn errors_say_what_is_wrong() {
     ok(cli(
         &pg,
         &dir,
-        &[
-            "prune",
-            "--database",
-            "app",
-            "--keep-last",
-            "1",
-            "--allow-unauthenticated",
-        ],
+        &argv("prune --database app --keep-last 1 --allow-unauthenticated"),
     ));
 
     let Some(fs) = Tmpfs::mount(&tmp.path().join("scratch"), "256k") else {
@@ -761,17 +711,9 @@ async fn restore_create_keeps_the_source_encoding_and_locale() {
         .await
         .expect("ascii tables");
     let out = Command::new(pg.bin.join("psql"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "ascii",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-        ])
+        .args(argv(
+            "-h 127.0.0.1 -U postgres -d ascii -v ON_ERROR_STOP=1 -c",
+        ))
         .arg("INSERT INTO s SELECT convert_from('\\xff41'::bytea, 'SQL_ASCII')")
         .args(["-p", &pg.port.to_string()])
         .env("PGPASSWORD", backup_support::PG_PASSWORD)
@@ -827,15 +769,7 @@ async fn restore_create_keeps_the_source_encoding_and_locale() {
     // Into an existing UTF8 database: refused unless asked for.
     pg.create_db("utf").await;
     let restore_into_utf = |extra: &'static [&'static str]| {
-        let mut args = vec![
-            "restore",
-            "--database",
-            "ascii",
-            "--snapshot",
-            "ascii-1",
-            "--target-database",
-            "utf",
-        ];
+        let mut args = argv("restore --database ascii --snapshot ascii-1 --target-database utf");
         args.extend_from_slice(extra);
         cli(&pg, &dir, &args)
     };
@@ -991,21 +925,13 @@ impl Drop for Proxy {
 /// `endpoint`.
 fn s3_command(pg: &PgServer, endpoint: &str, creds: &Path, args: &[&str]) -> Command {
     let mut cmd = palisade_command(pg, args);
-    cmd.args([
-        "--output",
-        "json",
-        "--s3-bucket",
-        "snapshots",
-        "--s3-prefix",
-        "prod/",
-    ])
+    cmd.args(argv(
+        "--output json --s3-bucket snapshots --s3-prefix prod/",
+    ))
     .args(["--s3-endpoint", endpoint, "--s3-region", "us-east-1"])
-    .args([
-        "--s3-force-path-style",
-        "--s3-max-attempts",
-        "1",
-        "--s3-credentials-file",
-    ])
+    .args(argv(
+        "--s3-force-path-style --s3-max-attempts 1 --s3-credentials-file",
+    ))
     .arg(creds)
     .env_remove("PALISADE_BACKUP_KEY");
     cmd
@@ -1041,15 +967,7 @@ async fn two_s3_runs_with_one_id_at_once_never_corrupt_the_snapshot() {
     s3.create_bucket("snapshots");
     let tmp = tempfile::tempdir().expect("tmp");
     let creds = s3_creds(tmp.path());
-    let args = [
-        "run",
-        "--database",
-        "app",
-        "--id",
-        "same",
-        "--compression-level",
-        "1",
-    ];
+    let args = argv("run --database app --id same --compression-level 1");
     let spawn = || {
         s3_command(&pg, &s3.endpoint, &creds, &args)
             .stdout(std::process::Stdio::piped())
@@ -1126,15 +1044,9 @@ async fn s3_ids_records_and_dropped_downloads() {
         s3_cli(&pg, &ep, &creds, &all)
     };
 
-    let r = ok(s3cli(&[
-        "run",
-        "--database",
-        "app",
-        "--id",
-        "nightly",
-        "--compression-level",
-        "1",
-    ]));
+    let r = ok(s3cli(&argv(
+        "run --database app --id nightly --compression-level 1",
+    )));
     assert!(r["bytes"].as_u64().expect("bytes") > 2 << 20, "{r}");
     let (out, r) = s3cli(&["run", "--database", "other", "--id", "nightly"]);
     assert_eq!(out.status.code(), Some(1), "{r}");
@@ -1154,14 +1066,9 @@ async fn s3_ids_records_and_dropped_downloads() {
     assert!(!String::from_utf8_lossy(&record).contains(SSN));
 
     proxy.arm(1 << 20);
-    let (out, res) = s3cli(&[
-        "restore",
-        "--database",
-        "app",
-        "--target-database",
-        "copy",
-        "--create",
-    ]);
+    let (out, res) = s3cli(&argv(
+        "restore --database app --target-database copy --create",
+    ));
     assert_eq!(out.status.code(), Some(1), "{res}");
     assert_eq!(res["reason"], "DownloadFailed", "{res}");
     assert!(

@@ -326,28 +326,24 @@ fn token_verify_accepts_valid_tokens_and_rejects_others() {
     std::fs::write(&jwks, serde_json::json!({"keys": [jwk]}).to_string()).expect("write");
     let jwks = jwks.to_str().expect("utf-8");
 
-    let out = palisade(&[
-        "token",
-        "verify",
-        "--jwks",
-        jwks,
-        "--audience",
-        "acme",
-        token.expose(),
-    ]);
+    // `palisade token verify` of the token for `audience`.
+    let verify_for = |audience: &str| {
+        palisade(&[
+            "token",
+            "verify",
+            "--jwks",
+            jwks,
+            "--audience",
+            audience,
+            token.expose(),
+        ])
+    };
+    let out = verify_for("acme");
     assert!(out.status.success(), "{}", text(&out.stderr));
     let claims: serde_json::Value = serde_json::from_slice(&out.stdout).expect("claims JSON");
     assert_eq!(claims["scope"], "vault:read");
 
-    let out = palisade(&[
-        "token",
-        "verify",
-        "--jwks",
-        jwks,
-        "--audience",
-        "other",
-        token.expose(),
-    ]);
+    let out = verify_for("other");
     assert!(!out.status.success(), "wrong audience is rejected");
 
     let mut tampered = token.expose().to_string();
@@ -406,59 +402,50 @@ fn diff_in(files: &[(&str, &str)], env: &[(&str, &str)]) -> (Option<i32>, String
 
 #[test]
 fn diff_errors_exit_2_and_say_why() {
-    // A broken file is reported before any cluster is needed.
-    let (code, err) = diff_in(
-        &[(
-            "bad.yaml",
-            "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t\n",
-        )],
-        &[],
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("bad.yaml") && err.contains("malformed YAML"),
-        "{err}"
-    );
-
-    let (code, err) = diff_in(
-        &[(
-            "t.yaml",
-            "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\nspec:\n  podSecurity: strict\n",
-        )],
-        &[],
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("t.yaml") && err.contains("spec.podSecurity"),
-        "{err}"
-    );
-
-    // Any kind is accepted as input, but a list is not an object.
-    let (code, err) = diff_in(&[("l.yaml", "- a\n- b\n")], &[]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("l.yaml") && err.contains("not a Kubernetes object"),
-        "{err}"
-    );
-
-    // No kubeconfig at all.
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
-    let (code, err) = diff_in(
-        &[("cm.yaml", cm)],
-        &[("KUBECONFIG", "{dir}/missing-kubeconfig")],
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("no cluster to compare with"), "{err}");
-
-    // A kubeconfig whose server does not answer.
     let kubeconfig = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n";
-    let (code, err) = diff_in(
-        &[("cm.yaml", cm), ("kubeconfig", kubeconfig)],
-        &[("KUBECONFIG", "{dir}/kubeconfig")],
-    );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("cannot reach the API server at https://127.0.0.1:1"),
-        "{err}"
-    );
+    type Files<'a> = &'a [(&'a str, &'a str)];
+    // (files, environment, what the error says)
+    let cases: [(Files, Files, &[&str]); 5] = [
+        // A broken file is reported before any cluster is needed.
+        (
+            &[(
+                "bad.yaml",
+                "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t\n",
+            )],
+            &[],
+            &["bad.yaml", "malformed YAML"],
+        ),
+        (
+            &[(
+                "t.yaml",
+                "apiVersion: palisade.dev/v1alpha1\nkind: Tenant\nmetadata: {name: t}\nspec:\n  podSecurity: strict\n",
+            )],
+            &[],
+            &["t.yaml", "spec.podSecurity"],
+        ),
+        // Any kind is accepted as input, but a list is not an object.
+        (
+            &[("l.yaml", "- a\n- b\n")],
+            &[],
+            &["l.yaml", "not a Kubernetes object"],
+        ),
+        // No kubeconfig at all.
+        (
+            &[("cm.yaml", cm)],
+            &[("KUBECONFIG", "{dir}/missing-kubeconfig")],
+            &["no cluster to compare with"],
+        ),
+        // A kubeconfig whose server does not answer.
+        (
+            &[("cm.yaml", cm), ("kubeconfig", kubeconfig)],
+            &[("KUBECONFIG", "{dir}/kubeconfig")],
+            &["cannot reach the API server at https://127.0.0.1:1"],
+        ),
+    ];
+    for (files, env, says) in cases {
+        let (code, err) = diff_in(files, env);
+        assert_eq!(code, Some(2), "{err}");
+        assert!(says.iter().all(|s| err.contains(s)), "{err}");
+    }
 }

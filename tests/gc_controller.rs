@@ -56,12 +56,7 @@ fn exists(server: &FakeApiServer, resource: &str, ns: &str, name: &str) -> bool 
 
 /// Resyncs and waits for a reconcile to run and settle.
 async fn resync_and_settle(server: &FakeApiServer, running: &Running) {
-    let before = running.ctx.reconciles();
-    running.resync();
-    server
-        .wait_until(WAIT, |_| running.ctx.reconciles() > before)
-        .await
-        .expect("a reconcile after resync");
+    running.resync_and_wait(server).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 

@@ -131,14 +131,12 @@ async fn compiles_for_selected_tenants_and_follows_selection_changes() {
     assert_eq!(p["status"]["tenants"][0]["roles"], 2);
 
     // The bronze tenant is promoted: it converges without touching the policy.
-    Api::<Tenant>::all(server.client())
-        .patch(
-            "bronze1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"tier": "gold"}}})),
-        )
-        .await
-        .expect("relabel");
+    patch_tenant(
+        &server,
+        "bronze1",
+        json!({"metadata": {"labels": {"tier": "gold"}}}),
+    )
+    .await;
     server
         .wait_for_json(RB, Some("bronze1-a"), "palisade:deployer", WAIT, |_| true)
         .await
@@ -151,30 +149,24 @@ async fn compiles_for_selected_tenants_and_follows_selection_changes() {
         .expect("policy status follows");
 
     // A namespace added to a tenant gets the roles too.
-    Api::<Tenant>::all(server.client())
-        .patch(
-            "gold1",
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"spec": {"namespaces": [{"name": "gold1-a"}, {"name": "gold1-b"}]}}),
-            ),
-        )
-        .await
-        .expect("add namespace");
+    patch_tenant(
+        &server,
+        "gold1",
+        json!({"spec": {"namespaces": [{"name": "gold1-a"}, {"name": "gold1-b"}]}}),
+    )
+    .await;
     server
         .wait_for_json(ROLES, Some("gold1-b"), "palisade:deployer", WAIT, |_| true)
         .await
         .expect("role in the new namespace");
 
     // Deselected again: its custom roles and bindings are pruned.
-    Api::<Tenant>::all(server.client())
-        .patch(
-            "bronze1",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"labels": {"tier": "bronze"}}})),
-        )
-        .await
-        .expect("relabel");
+    patch_tenant(
+        &server,
+        "bronze1",
+        json!({"metadata": {"labels": {"tier": "bronze"}}}),
+    )
+    .await;
     server
         .wait_for_absent(ROLES, Some("bronze1-a"), "palisade:deployer", WAIT)
         .await
@@ -421,19 +413,11 @@ async fn tokens_are_issued_refreshed_and_follow_key_rotation() {
 }
 
 fn verify_signature(token: &str, jwks: &str) -> bool {
-    use jsonwebtoken::{DecodingKey, Validation, jwk::JwkSet};
-    let set: JwkSet = serde_json::from_str(jwks).expect("jwks");
-    let Ok(header) = jsonwebtoken::decode_header(token) else {
-        return false;
-    };
-    let Some(jwk) = header.kid.as_deref().and_then(|k| set.find(k)) else {
-        return false;
-    };
-    let Ok(key) = DecodingKey::from_jwk(jwk) else {
-        return false;
-    };
-    let mut v = Validation::new(header.alg);
-    v.validate_exp = false;
-    v.set_audience(&["apps"]);
-    jsonwebtoken::decode::<Value>(token, &key, &v).is_ok()
+    let set = serde_json::from_str(jwks).expect("jwks");
+    jwt_verifies(token, &set, |alg| {
+        let mut v = jsonwebtoken::Validation::new(alg);
+        v.validate_exp = false;
+        v.set_audience(&["apps"]);
+        v
+    })
 }

@@ -96,7 +96,7 @@ async fn start_with(
         controller: fast_settings(),
         resync_interval: Duration::ZERO,
         leader: leader.map(|id| LeaseSettings {
-            name: "palisade-leader".into(),
+            name: LEADER_LEASE.into(),
             namespace: "default".into(),
             identity: id.into(),
             lease_duration: Duration::from_millis(300),
@@ -176,23 +176,14 @@ async fn a_leader_that_cannot_sync_gives_up_its_lease() {
     let server = server();
     let _fault = server.fail_when(500, None, |r| r.resource == "roles");
     let p = start_with(&server, Some("a"), Duration::from_secs(1)).await;
-    let result = tokio::time::timeout(WAIT, p.runtime)
-        .await
-        .expect("the runtime gives up")
-        .expect("joined");
+    let result = joined(p.runtime, "the runtime gives up").await;
     assert!(
         matches!(result, Err(RuntimeError::NotSynced(_))),
         "{result:?}"
     );
     let (live, _) = get(p.addr, "/livez").await;
     assert_eq!(live, 503);
-    let lease = server
-        .get_json(
-            "leases.coordination.k8s.io",
-            Some("default"),
-            "palisade-leader",
-        )
-        .expect("lease");
+    let lease = leader_lease(&server).expect("lease");
     assert_ne!(lease["spec"]["holderIdentity"], "a", "{lease}");
     p.admin_stop.cancel();
 }

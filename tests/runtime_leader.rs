@@ -23,7 +23,7 @@ const RETRY: Duration = Duration::from_millis(50);
 
 fn lease(identity: &str) -> LeaseSettings {
     LeaseSettings {
-        name: "palisade-leader".into(),
+        name: LEADER_LEASE.into(),
         namespace: "default".into(),
         identity: identity.into(),
         lease_duration: LEASE,
@@ -41,17 +41,11 @@ fn elector(server: &FakeApiServer, identity: &str) -> Arc<LeaderElector> {
 }
 
 fn holder(server: &FakeApiServer) -> Option<String> {
-    server
-        .get_json(
-            "leases.coordination.k8s.io",
-            Some("default"),
-            "palisade-leader",
-        )
-        .and_then(|l| {
-            l.pointer("/spec/holderIdentity")?
-                .as_str()
-                .map(String::from)
-        })
+    leader_lease(server).and_then(|l| {
+        l.pointer("/spec/holderIdentity")?
+            .as_str()
+            .map(String::from)
+    })
 }
 
 /// Polls `cond` until it holds (true) or `within` passes (false).
@@ -135,13 +129,7 @@ async fn one_leads_release_hands_over_at_once_and_expiry_hands_over_later() {
         takeover >= LEASE - RETRY * 2,
         "c took over after {takeover:?}, before b's lease expired"
     );
-    let lease = server
-        .get_json(
-            "leases.coordination.k8s.io",
-            Some("default"),
-            "palisade-leader",
-        )
-        .expect("lease");
+    let lease = leader_lease(&server).expect("lease");
     assert_eq!(lease["spec"]["leaseTransitions"], json!(2), "{lease:#}");
     c_stop.cancel();
     let _ = c_task.await;
@@ -153,13 +141,7 @@ async fn a_leader_that_loses_the_lease_says_so() {
     let a = elector(&server, "a");
     assert_eq!(a.try_acquire_or_renew().await.expect("a"), Attempt::Leading);
     // Someone else writes the lease (e.g. a replica with a skewed clock).
-    let mut l = server
-        .get_json(
-            "leases.coordination.k8s.io",
-            Some("default"),
-            "palisade-leader",
-        )
-        .expect("lease");
+    let mut l = leader_lease(&server).expect("lease");
     l["spec"]["holderIdentity"] = json!("intruder");
     l["spec"]["renewTime"] = json!("2999-01-01T00:00:00.000000Z");
     server
@@ -184,10 +166,7 @@ async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
     assert!(eventually(WAIT, || holder(&server).as_deref() == Some("a")).await);
     server.fail_when(500, None, |r| r.resource == "leases");
     let started = Instant::now();
-    let lost = tokio::time::timeout(WAIT, task)
-        .await
-        .expect("leader gave up")
-        .expect("task");
+    let lost = joined(task, "leader gave up").await;
     assert_eq!(lost, Some(LostLeadership::RenewDeadline(RENEW_DEADLINE)));
     assert!(
         started.elapsed() < LEASE,
@@ -264,10 +243,7 @@ async fn two_controller_instances_one_active_standby_takes_over() {
 
     // SIGTERM to a: it drains, releases the lease and exits cleanly; b leads.
     a.shutdown.cancel();
-    let exited = tokio::time::timeout(WAIT, a.task)
-        .await
-        .expect("a stopped")
-        .expect("a task");
+    let exited = joined(a.task, "a stopped").await;
     assert!(exited.is_ok(), "{exited:?}");
     assert!(!a.metrics.leader());
     assert!(
@@ -297,10 +273,7 @@ async fn with_exit_on_lost_leadership_an_instance_that_loses_it_stops_and_fails(
     let a = start_instance_with(&server, "a", true);
     assert!(eventually(WAIT, || a.metrics.leader()).await);
     server.fail_when(500, None, |r| r.resource == "leases");
-    let result = tokio::time::timeout(WAIT, a.task)
-        .await
-        .expect("a stopped")
-        .expect("a task");
+    let result = joined(a.task, "a stopped").await;
     assert!(
         matches!(result, Err(RuntimeError::LostLeadership(_))),
         "{result:?}"
@@ -393,10 +366,7 @@ async fn a_leader_that_cannot_renew_stops_then_campaigns_again_in_process() {
     a.shutdown.cancel();
     b.shutdown.cancel();
     for task in [a.task, b.task] {
-        let r = tokio::time::timeout(WAIT, task)
-            .await
-            .expect("stopped")
-            .expect("task");
+        let r = joined(task, "stopped").await;
         assert!(r.is_ok(), "{r:?}");
     }
 }

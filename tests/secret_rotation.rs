@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, Validation};
 use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
@@ -80,18 +80,11 @@ fn sign(private_pem: &str, kid: &str) -> String {
 
 /// Verifies a token against a JWKS the way a service would: by `kid`.
 fn verifies(token: &str, set: &JwkSet) -> bool {
-    let Ok(header) = jsonwebtoken::decode_header(token) else {
-        return false;
-    };
-    let Some(jwk) = header.kid.as_deref().and_then(|k| set.find(k)) else {
-        return false;
-    };
-    let Ok(key) = DecodingKey::from_jwk(jwk) else {
-        return false;
-    };
-    let mut v = Validation::new(Algorithm::ES256);
-    v.set_audience(&["keys"]);
-    jsonwebtoken::decode::<Value>(token, &key, &v).is_ok()
+    jwt_verifies(token, set, |_| {
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_audience(&["keys"]);
+        v
+    })
 }
 
 #[tokio::test]
@@ -163,12 +156,7 @@ async fn creation_rotation_at_deadline_overlap_and_restart_safety() {
     // One second before the deadline nothing rotates.
     clock.advance(Duration::from_secs(3599));
     let mark = server.mark();
-    let before = running.ctx.reconciles();
-    running.resync();
-    server
-        .wait_until(WAIT, |_| running.ctx.reconciles() > before)
-        .await
-        .expect("resync");
+    running.resync_and_wait(&server).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(data(&secret(&server, "keys-a", "api-key"), "version"), "v1");
     assert_eq!(server.writes_since(mark), 0, "no write before the deadline");
@@ -431,12 +419,7 @@ async fn cordoned_tenants_do_not_rotate() {
     .await;
     clock.advance(Duration::from_secs(7200));
     let mark = server.mark();
-    let before = running.ctx.reconciles();
-    running.resync();
-    server
-        .wait_until(WAIT, |_| running.ctx.reconciles() > before)
-        .await
-        .expect("resync");
+    running.resync_and_wait(&server).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(server.writes_since(mark), 0);
     assert_eq!(data(&secret(&server, "keys-a", "api-key"), "version"), "v1");

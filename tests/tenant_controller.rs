@@ -5,7 +5,7 @@ mod support;
 use std::time::Duration;
 
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use palisade::crd::Tenant;
 use palisade::resources::network::DEFAULT_DENY;
 use palisade::resources::quota::Usage;
@@ -318,16 +318,13 @@ async fn spec_edits_reconverge_and_prune() {
     let server = server();
     let _running = start_ready(&server, clock(), ACME).await;
 
-    let api: Api<Tenant> = Api::all(server.client());
     let patch = json!({"spec": {
         "namespaces": [{"name": "acme-prod"}, {"name": "acme-stage"}],
         "network": {"allowEgressCidrs": [], "allowInternetEgress": true},
         "quota": {"hard": {"pods": "20"}},
         "deletionPolicy": "Delete",
     }});
-    api.patch("acme", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("edit");
+    patch_tenant(&server, "acme", patch).await;
     wait_ready(&server, "acme").await;
 
     assert!(
@@ -441,14 +438,7 @@ async fn retain_policy_keeps_namespaces_and_removes_policy_objects() {
     // released namespaces and their data.
     let second = create(&server, ACME).await;
     let uid = second.metadata.uid.clone().expect("uid");
-    let c = wait_condition(
-        &server,
-        "acme",
-        "NamespacesReady",
-        "False",
-        Some("NamespaceConflict"),
-    )
-    .await;
+    let c = namespace_conflict(&server).await;
     let msg = c["message"].as_str().unwrap_or_default();
     assert!(
         msg.contains("acme-prod") && msg.contains("released by an earlier Tenant"),
@@ -486,14 +476,12 @@ async fn retain_policy_keeps_namespaces_and_removes_policy_objects() {
         ns["metadata"]["labels"]["palisade.dev/tenant-uid"] = json!(uid);
         server.put_json("namespaces", ns).expect("relabel");
     }
-    let api: Api<Tenant> = Api::all(server.client());
-    api.patch(
+    patch_tenant(
+        &server,
         "acme",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
+        json!({"metadata": {"annotations": {"touch": "1"}}}),
     )
-    .await
-    .expect("touch");
+    .await;
     wait_ready(&server, "acme").await;
 }
 
@@ -536,11 +524,8 @@ async fn same_tenant_readopts_and_migrates_and_peers_are_selected_by_uid() {
     }
 
     // Released by this tenant (removed from its list), then listed again.
-    let api: Api<Tenant> = Api::all(server.client());
     let only_prod = json!({"spec": {"namespaces": [{"name": "acme-prod"}]}});
-    api.patch("acme", &PatchParams::default(), &Patch::Merge(&only_prod))
-        .await
-        .expect("edit");
+    patch_tenant(&server, "acme", only_prod).await;
     server
         .wait_until(WAIT, |s| {
             s.get_json("namespaces", None, "acme-dev")
@@ -549,9 +534,7 @@ async fn same_tenant_readopts_and_migrates_and_peers_are_selected_by_uid() {
         .await
         .expect("released");
     let both = json!({"spec": {"namespaces": [{"name": "acme-prod"}, {"name": "acme-dev"}]}});
-    api.patch("acme", &PatchParams::default(), &Patch::Merge(&both))
-        .await
-        .expect("edit");
+    patch_tenant(&server, "acme", both).await;
     wait_ready(&server, "acme").await;
     let ns = server.get_json("namespaces", None, "acme-dev").expect("ns");
     assert_eq!(
@@ -725,16 +708,12 @@ async fn invalid_tenants_report_a_specific_reason_and_event() {
     );
 
     // Fixing the spec recovers without a restart.
-    let api: Api<Tenant> = Api::all(server.client());
-    api.patch(
+    patch_tenant(
+        &server,
         "badcidr",
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"spec": {"network": {"allowEgressCidrs": [{"cidr": "10.0.0.0/16"}]}}}),
-        ),
+        json!({"spec": {"network": {"allowEgressCidrs": [{"cidr": "10.0.0.0/16"}]}}}),
     )
-    .await
-    .expect("fix");
+    .await;
     wait_ready(&server, "badcidr").await;
     drop(running);
 }
@@ -768,14 +747,7 @@ async fn cordon_blocks_new_pods_and_tenant_scope_spreads_the_budget() {
         .expect("aggregate usage in status");
     assert_eq!(t["status"]["quota"]["hard"]["pods"], "10");
 
-    let api: Api<Tenant> = Api::all(server.client());
-    api.patch(
-        "shared",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"cordoned": true}})),
-    )
-    .await
-    .expect("cordon");
+    patch_tenant(&server, "shared", json!({"spec": {"cordoned": true}})).await;
     wait_quota(&server, "shared-b", |q| q["spec"]["hard"]["pods"] == "0").await;
     wait_condition(&server, "shared", "QuotaEnforced", "True", Some("Cordoned")).await;
 }
@@ -1005,14 +977,7 @@ async fn owner_namespaces_are_adopted_and_refused_over_max() {
     // One too many (the admission policy would have refused it unless two
     // owners raced): refused in status, never managed.
     create_labelled_namespace(&server, "acme-extra", "acme").await;
-    let c = wait_condition(
-        &server,
-        "acme",
-        "NamespacesReady",
-        "False",
-        Some("NamespaceConflict"),
-    )
-    .await;
+    let c = namespace_conflict(&server).await;
     assert!(
         c["message"]
             .as_str()
@@ -1036,4 +1001,16 @@ async fn owner_namespaces_are_adopted_and_refused_over_max() {
         .expect("delete");
     wait_ready(&server, "acme").await;
     running.stop().await;
+}
+
+/// Waits until acme's NamespacesReady is False for a NamespaceConflict: that condition.
+async fn namespace_conflict(server: &FakeApiServer) -> Value {
+    wait_condition(
+        server,
+        "acme",
+        "NamespacesReady",
+        "False",
+        Some("NamespaceConflict"),
+    )
+    .await
 }

@@ -16,17 +16,26 @@ const WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollectio
 /// status is the controller's.
 const BACKUP_RUN: &[&str] = &["create", "get", "list", "watch"];
 
+/// (apiGroups, resources, verbs) of one rule of a permission.
+type Rule = (
+    &'static [&'static str],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+/// Requesting BackupRuns of a BackupSchedule that stays read-only: what both
+/// backups:run and backups:restore grant (a restore test is a BackupRun too).
+const RUN_REQUESTS: &[Rule] = &[
+    (&["palisade.dev"], &["backupschedules"], READ),
+    (&["palisade.dev"], &["backupruns"], BACKUP_RUN),
+];
+
 /// One named permission.
 #[derive(Debug, Clone, Copy)]
 pub struct Permission {
     pub name: &'static str,
     pub description: &'static str,
-    /// (apiGroups, resources, verbs)
-    pub rules: &'static [(
-        &'static [&'static str],
-        &'static [&'static str],
-        &'static [&'static str],
-    )],
+    pub rules: &'static [Rule],
 }
 
 const WORKLOAD_RESOURCES: &[(&[&str], &[&str])] = &[
@@ -77,18 +86,12 @@ pub const PERMISSIONS: &[Permission] = &[
     Permission {
         name: "backups:restore",
         description: "Request restore tests (a BackupRun of type RestoreTest) and read the BackupSchedule they test; restores into a live database are an admin's `palisade backup restore`, never an arbitrary Job",
-        rules: &[
-            (&["palisade.dev"], &["backupschedules"], READ),
-            (&["palisade.dev"], &["backupruns"], BACKUP_RUN),
-        ],
+        rules: RUN_REQUESTS,
     },
     Permission {
         name: "backups:run",
         description: "Trigger backups and restore tests: create a BackupRun naming a BackupSchedule (the schedule itself stays read-only)",
-        rules: &[
-            (&["palisade.dev"], &["backupschedules"], READ),
-            (&["palisade.dev"], &["backupruns"], BACKUP_RUN),
-        ],
+        rules: RUN_REQUESTS,
     },
     Permission {
         name: "config:read",
@@ -166,7 +169,26 @@ pub const PERMISSIONS: &[Permission] = &[
 pub struct BuiltinRole {
     pub name: &'static str,
     pub description: &'static str,
+    /// The built-in role whose every permission this one has too.
+    pub extends: Option<&'static str>,
+    /// Its permissions beyond those of `extends`.
     pub permissions: &'static [&'static str],
+}
+
+impl BuiltinRole {
+    /// Every permission of the role, those of the role it extends included,
+    /// sorted.
+    pub fn all_permissions(&self) -> Vec<&'static str> {
+        let mut all = self
+            .extends
+            .and_then(builtin_role)
+            .map(BuiltinRole::all_permissions)
+            .unwrap_or_default();
+        all.extend_from_slice(self.permissions);
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
 }
 
 /// The five roles present in every tenant namespace.
@@ -174,39 +196,19 @@ pub const BUILTIN_ROLES: &[BuiltinRole] = &[
     BuiltinRole {
         name: "admin",
         description: "Tenant owner: everything editor can do, plus audit, backups and restores",
-        permissions: &[
-            "audit:read",
-            "backups:read",
-            "backups:restore",
-            "backups:run",
-            "config:read",
-            "config:write",
-            "network:read",
-            "network:write",
-            "secrets:read",
-            "secrets:write",
-            "storage:read",
-            "storage:write",
-            "workloads:exec",
-            "workloads:read",
-            "workloads:write",
-        ],
+        extends: Some("editor"),
+        permissions: &["audit:read", "backups:restore", "backups:run"],
     },
     BuiltinRole {
         name: "auditor",
         description: "Read everything but Secrets",
-        permissions: &[
-            "audit:read",
-            "backups:read",
-            "config:read",
-            "network:read",
-            "storage:read",
-            "workloads:read",
-        ],
+        extends: Some("viewer"),
+        permissions: &["audit:read"],
     },
     BuiltinRole {
         name: "backup-operator",
         description: "Run backups, restore tests and restores; read workloads",
+        extends: None,
         permissions: &[
             "backups:read",
             "backups:restore",
@@ -217,24 +219,21 @@ pub const BUILTIN_ROLES: &[BuiltinRole] = &[
     BuiltinRole {
         name: "editor",
         description: "Deploy and operate workloads, config, secrets and storage",
+        extends: Some("viewer"),
         permissions: &[
-            "backups:read",
-            "config:read",
             "config:write",
-            "network:read",
             "network:write",
             "secrets:read",
             "secrets:write",
-            "storage:read",
             "storage:write",
             "workloads:exec",
-            "workloads:read",
             "workloads:write",
         ],
     },
     BuiltinRole {
         name: "viewer",
         description: "Read workloads, config, network and storage (no Secrets)",
+        extends: None,
         permissions: &[
             "backups:read",
             "config:read",
@@ -375,7 +374,7 @@ pub fn describe() -> String {
             "\n{} ({}): {}",
             r.name,
             r.description,
-            r.permissions.join(", ")
+            r.all_permissions().join(", ")
         );
     }
     out
@@ -388,9 +387,27 @@ mod tests {
     #[test]
     fn every_builtin_role_composes_from_known_permissions() {
         for role in BUILTIN_ROLES {
-            let rules = rules_for(role.permissions.iter().copied())
+            let rules = rules_for(role.all_permissions())
                 .unwrap_or_else(|p| panic!("role {} names unknown permission {p}", role.name));
             assert!(!rules.is_empty(), "{} grants nothing", role.name);
+        }
+    }
+
+    #[test]
+    fn a_role_extends_a_builtin_role_and_has_its_every_permission() {
+        for role in BUILTIN_ROLES {
+            let Some(base) = role.extends else { continue };
+            let base = builtin_role(base)
+                .unwrap_or_else(|| panic!("{} extends unknown role {base}", role.name));
+            assert!(
+                base.extends != Some(role.name),
+                "{} extends itself",
+                role.name
+            );
+            let all = role.all_permissions();
+            for p in base.all_permissions() {
+                assert!(all.contains(&p), "{} lacks {p} of {}", role.name, base.name);
+            }
         }
     }
 
@@ -407,7 +424,7 @@ mod tests {
     fn viewer_and_auditor_cannot_read_secrets() {
         for role in ["viewer", "auditor"] {
             let r = builtin_role(role).expect("builtin");
-            let rules = rules_for(r.permissions.iter().copied()).expect("known");
+            let rules = rules_for(r.all_permissions()).expect("known");
             assert!(
                 rules.iter().all(|rule| !rule
                     .resources
@@ -422,7 +439,7 @@ mod tests {
     #[test]
     fn no_builtin_grants_wildcards_or_escalation_verbs() {
         for role in BUILTIN_ROLES {
-            for rule in rules_for(role.permissions.iter().copied()).expect("known") {
+            for rule in rules_for(role.all_permissions()).expect("known") {
                 for verb in &rule.verbs {
                     assert!(!["*", "escalate", "bind", "impersonate"].contains(&verb.as_str()));
                 }
@@ -462,9 +479,8 @@ mod tests {
         // `create` on Jobs or Pods: the roles without workloads:write have none.
         for role in BUILTIN_ROLES {
             let backups = role
-                .permissions
-                .iter()
-                .copied()
+                .all_permissions()
+                .into_iter()
                 .filter(|p| p.starts_with("backups:"));
             for rule in rules_for(backups).expect("known") {
                 let creates = rule.verbs.iter().any(|v| v == "create");
@@ -477,7 +493,7 @@ mod tests {
             }
         }
         let backup_operator = builtin_role("backup-operator").expect("builtin");
-        let rules = rules_for(backup_operator.permissions.iter().copied()).expect("known");
+        let rules = rules_for(backup_operator.all_permissions()).expect("known");
         let can = |resource: &str, verb: &str| {
             rules.iter().any(|r| {
                 r.resources.iter().flatten().any(|x| x == resource)

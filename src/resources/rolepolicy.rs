@@ -210,7 +210,7 @@ pub fn compile(owners: &[Owner], policies: &[PolicyInput<'_>]) -> RbacPlan {
     for r in catalog::BUILTIN_ROLES {
         rules.insert(
             r.name.to_string(),
-            catalog::rules_for(r.permissions.iter().copied()).unwrap_or_default(),
+            catalog::rules_for(r.all_permissions()).unwrap_or_default(),
         );
     }
     let mut custom_owner: BTreeMap<String, (String, Vec<K8sPolicyRule>, BTreeSet<String>)> =
@@ -545,89 +545,35 @@ mod tests {
     /// rules of issue #30.
     #[test]
     fn refused_rules_name_their_reason_and_need_allow_privileged() {
+        // (apiGroup, resource, verb, reason): one row a line.
+        #[rustfmt::skip]
         let table = [
-            (rule(&[""], &["pods"], &["*"]), "WildcardVerb"),
-            (rule(&[""], &["*"], &["get"]), "WildcardResource"),
-            (rule(&["*"], &["pods"], &["get"]), "WildcardResource"),
-            (
-                rule(&["rbac.authorization.k8s.io"], &["roles"], &["escalate"]),
-                "EscalationVerb",
-            ),
-            (
-                rule(&["rbac.authorization.k8s.io"], &["rolebindings"], &["bind"]),
-                "EscalationVerb",
-            ),
-            (
-                rule(&[""], &["serviceaccounts"], &["impersonate"]),
-                "EscalationVerb",
-            ),
-            (rule(&[""], &["nodes"], &["get"]), "ClusterScopedResource"),
-            (
-                rule(&[""], &["namespaces"], &["list"]),
-                "ClusterScopedResource",
-            ),
-            (
-                rule(
-                    &["rbac.authorization.k8s.io"],
-                    &["clusterrolebindings"],
-                    &["create"],
-                ),
-                "ClusterScopedResource",
-            ),
-            (
-                rule(&["palisade.dev"], &["backupschedules"], &["update"]),
-                "PalisadeWrite",
-            ),
-            (
-                rule(&["palisade.dev"], &["tenants"], &["get"]),
-                "ClusterScopedResource",
-            ),
-            (rule(&[""], &["secrets"], &["*"]), "WildcardVerb"),
+            ("", "pods", "*", "WildcardVerb"),
+            ("", "*", "get", "WildcardResource"),
+            ("*", "pods", "get", "WildcardResource"),
+            ("rbac.authorization.k8s.io", "roles", "escalate", "EscalationVerb"),
+            ("rbac.authorization.k8s.io", "rolebindings", "bind", "EscalationVerb"),
+            ("", "serviceaccounts", "impersonate", "EscalationVerb"),
+            ("", "nodes", "get", "ClusterScopedResource"),
+            ("", "namespaces", "list", "ClusterScopedResource"),
+            ("rbac.authorization.k8s.io", "clusterrolebindings", "create", "ClusterScopedResource"),
+            ("palisade.dev", "backupschedules", "update", "PalisadeWrite"),
+            ("palisade.dev", "tenants", "get", "ClusterScopedResource"),
+            ("", "secrets", "*", "WildcardVerb"),
             // Issue #30.
-            (
-                rule(&[""], &["serviceaccounts/token"], &["create"]),
-                "SensitiveResource",
-            ),
-            (rule(&[""], &["configmaps"], &["CREATE"]), "UnknownVerb"),
-            (rule(&[""], &["events"], &["delete"]), "SensitiveResource"),
-            (
-                rule(&["policy"], &["podsecuritypolicies"], &["use"]),
-                "UnknownVerb",
-            ),
-            (
-                rule(
-                    &["admissionregistration.k8s.io"],
-                    &["validatingadmissionpolicybindings"],
-                    &["get"],
-                ),
-                "ClusterScopedResource",
-            ),
-            (
-                rule(&["networking.k8s.io"], &["networkpolicies"], &["create"]),
-                "ManagedKindWrite",
-            ),
-            (
-                rule(&[""], &["resourcequotas"], &["patch"]),
-                "ManagedKindWrite",
-            ),
-            (
-                rule(&[""], &["limitranges"], &["delete"]),
-                "ManagedKindWrite",
-            ),
-            (
-                rule(&["rbac.authorization.k8s.io"], &["roles"], &["update"]),
-                "ManagedKindWrite",
-            ),
-            (
-                rule(
-                    &["rbac.authorization.k8s.io"],
-                    &["rolebindings"],
-                    &["create"],
-                ),
-                "ManagedKindWrite",
-            ),
+            ("", "serviceaccounts/token", "create", "SensitiveResource"),
+            ("", "configmaps", "CREATE", "UnknownVerb"),
+            ("", "events", "delete", "SensitiveResource"),
+            ("policy", "podsecuritypolicies", "use", "UnknownVerb"),
+            ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "get", "ClusterScopedResource"),
+            ("networking.k8s.io", "networkpolicies", "create", "ManagedKindWrite"),
+            ("", "resourcequotas", "patch", "ManagedKindWrite"),
+            ("", "limitranges", "delete", "ManagedKindWrite"),
+            ("rbac.authorization.k8s.io", "roles", "update", "ManagedKindWrite"),
+            ("rbac.authorization.k8s.io", "rolebindings", "create", "ManagedKindWrite"),
         ];
-        for (r, reason) in table {
+        for (group, resource, verb, reason) in table {
+            let r = rule(&[group], &[resource], &[verb]);
             let e = validate(&policy_with_rule(r.clone())).expect_err(reason);
             assert_eq!(
                 (e.reason, e.field.as_str()),
@@ -694,42 +640,23 @@ mod tests {
 
     #[test]
     fn unknown_permissions_roles_and_long_tokens_are_rejected() {
-        let spec = RolePolicySpec {
-            roles: vec![RoleDefinition {
-                name: "x".into(),
-                permissions: vec!["pods:everything".into()],
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        assert_eq!(
-            validate(&spec).expect_err("unknown").reason,
-            "UnknownPermission"
-        );
-        let spec = RolePolicySpec {
-            bindings: vec![RoleBindingSpec {
-                role: "ghost".into(),
-                subjects: vec![],
-                token: None,
-            }],
-            ..Default::default()
-        };
-        assert_eq!(
-            validate(&spec).expect_err("unknown role").reason,
-            "UnknownRole"
-        );
-        let spec = RolePolicySpec {
-            bindings: vec![RoleBindingSpec {
-                role: "viewer".into(),
-                subjects: vec![],
-                token: Some(TokenSpec {
-                    ttl: Some("25h".into()),
-                    ..Default::default()
-                }),
-            }],
-            ..Default::default()
-        };
-        assert_eq!(validate(&spec).expect_err("ttl").reason, "InvalidToken");
+        let table = [
+            (
+                serde_json::json!({"roles": [{"name": "x", "permissions": ["pods:everything"]}]}),
+                "UnknownPermission",
+            ),
+            (
+                serde_json::json!({"bindings": [{"role": "ghost", "subjects": []}]}),
+                "UnknownRole",
+            ),
+            (
+                serde_json::json!({"bindings": [{"role": "viewer", "subjects": [], "token": {"ttl": "25h"}}]}),
+                "InvalidToken",
+            ),
+        ];
+        for (spec, reason) in table {
+            assert_eq!(validate(&json_spec(spec)).expect_err(reason).reason, reason);
+        }
     }
 
     fn sa(name: &str) -> Subject {
@@ -781,19 +708,15 @@ mod tests {
             name: "alice".into(),
             namespace: None,
         }];
-        let plan = compile(
-            &owners,
-            &[
-                PolicyInput {
-                    name: "a",
-                    spec: &first,
-                },
-                PolicyInput {
-                    name: "b",
-                    spec: &second,
-                },
-            ],
-        );
+        // The policies in this order of names: compile takes them as given.
+        let in_order = |names: [&'static str; 2]| {
+            let inputs = names.map(|name| PolicyInput {
+                name,
+                spec: if name == "a" { &first } else { &second },
+            });
+            compile(&owners, &inputs)
+        };
+        let plan = in_order(["a", "b"]);
         assert_eq!(plan.conflicts["b"].reason, "RoleConflict");
         assert!(
             !plan.contributions.contains_key("b"),
@@ -823,34 +746,10 @@ mod tests {
             BTreeSet::from(["deploy:run".to_string()])
         );
         // Same inputs, same plan.
-        let again = compile(
-            &owners,
-            &[
-                PolicyInput {
-                    name: "a",
-                    spec: &first,
-                },
-                PolicyInput {
-                    name: "b",
-                    spec: &second,
-                },
-            ],
-        );
+        let again = in_order(["a", "b"]);
         assert_eq!(plan, again);
         // In the other order, the other one wins.
-        let swapped = compile(
-            &owners,
-            &[
-                PolicyInput {
-                    name: "b",
-                    spec: &second,
-                },
-                PolicyInput {
-                    name: "a",
-                    spec: &first,
-                },
-            ],
-        );
+        let swapped = in_order(["b", "a"]);
         assert_eq!(swapped.conflicts["a"].reason, "RoleConflict");
     }
 

@@ -244,11 +244,22 @@ impl FakeApiServer {
             .ok_or_else(|| ApiError::bad_request(format!("unknown resource {resource:?}")))
     }
 
+    /// The resource type of `resource` and the store key of `name` in it.
+    fn locate(
+        &self,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(ResourceType, ObjectKey), ApiError> {
+        let rt = self.resolve(resource)?;
+        let key = key_of(&rt, namespace, name);
+        Ok((rt, key))
+    }
+
     /// An object by resource (`"configmaps"`, `"tenants.palisade.dev"`, or a
     /// plural unique across groups), namespace and name.
     pub fn get_json(&self, resource: &str, namespace: Option<&str>, name: &str) -> Option<Value> {
-        let rt = self.resolve(resource).ok()?;
-        let key = key_of(&rt, namespace, name);
+        let (_, key) = self.locate(resource, namespace, name).ok()?;
         self.with_store(|s| s.get(&key).cloned())
     }
 
@@ -288,8 +299,7 @@ impl FakeApiServer {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Option<Value>, ApiError> {
-        let rt = self.resolve(resource)?;
-        let key = key_of(&rt, namespace, name);
+        let (rt, key) = self.locate(resource, namespace, name)?;
         match self.with_store_mut(|s| s.delete(&rt, &key, &DeleteOptions::default()))? {
             store::Deleted::Marked(v) => Ok(Some(v)),
             store::Deleted::Removed(_) => Ok(None),
@@ -304,8 +314,7 @@ impl FakeApiServer {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Option<Value>, ApiError> {
-        let rt = self.resolve(resource)?;
-        let key = key_of(&rt, namespace, name);
+        let (rt, key) = self.locate(resource, namespace, name)?;
         self.with_store_mut(|s| {
             let Some(mut obj) = s.get(&key).cloned() else {
                 return Err(ApiError::not_found(&rt.group, &rt.plural, name));

@@ -60,6 +60,11 @@ fn cm(name: &str, data: &[(&str, &str)]) -> ConfigMap {
     }
 }
 
+/// The status code of the API error `call` ends in.
+async fn error_code<T: std::fmt::Debug>(call: impl Future<Output = kube::Result<T>>) -> u16 {
+    code(call.await.unwrap_err())
+}
+
 fn code(err: kube::Error) -> u16 {
     match err {
         kube::Error::Api(s) => s.code,
@@ -86,7 +91,7 @@ async fn crud_and_error_codes() {
     assert!(created.metadata.uid.is_some());
     assert!(created.metadata.creation_timestamp.is_some());
     assert_eq!(created.metadata.namespace.as_deref(), Some("default"));
-    assert_eq!(code(cms.create(&pp, &cm("a", &[])).await.unwrap_err()), 409);
+    assert_eq!(error_code(cms.create(&pp, &cm("a", &[]))).await, 409);
 
     let got = cms.get("a").await.unwrap();
     assert_eq!(got.data.unwrap()["k"], "v");
@@ -105,7 +110,7 @@ async fn crud_and_error_codes() {
     upd.data = Some(BTreeMap::from([("k".into(), "v2".into())]));
     let replaced = cms.replace("a", &pp, &upd).await.unwrap();
     assert!(rv(&replaced) > rv(&created));
-    assert_eq!(code(cms.replace("a", &pp, &upd).await.unwrap_err()), 409);
+    assert_eq!(error_code(cms.replace("a", &pp, &upd)).await, 409);
 
     let list = cms.list(&ListParams::default()).await.unwrap();
     assert_eq!(list.items.len(), 1);
@@ -113,15 +118,12 @@ async fn crud_and_error_codes() {
 
     // creating in a missing namespace is refused
     let other: Api<ConfigMap> = Api::namespaced(server.client(), "nope");
-    assert_eq!(
-        code(other.create(&pp, &cm("x", &[])).await.unwrap_err()),
-        404
-    );
+    assert_eq!(error_code(other.create(&pp, &cm("x", &[]))).await, 404);
 
     let res = cms.delete("a", &DeleteParams::default()).await.unwrap();
     assert!(res.is_right(), "removed objects return a Status");
     assert_eq!(
-        code(cms.delete("a", &DeleteParams::default()).await.unwrap_err()),
+        error_code(cms.delete("a", &DeleteParams::default())).await,
         404
     );
     assert!(
@@ -273,11 +275,7 @@ async fn json_patch_and_finalizer_flow() {
     assert_eq!(with_fin.finalizers(), ["palisade.dev/cleanup"]);
     // the same patch now fails its test
     assert_eq!(
-        code(
-            cms.patch("f", &PatchParams::default(), &Patch::Json::<()>(p))
-                .await
-                .unwrap_err()
-        ),
+        error_code(cms.patch("f", &PatchParams::default(), &Patch::Json::<()>(p))).await,
         422
     );
 
@@ -332,7 +330,7 @@ async fn delete_preconditions() {
         }),
         ..Default::default()
     };
-    assert_eq!(code(cms.delete("p", &bad_uid).await.unwrap_err()), 409);
+    assert_eq!(error_code(cms.delete("p", &bad_uid)).await, 409);
     let bad_rv = DeleteParams {
         preconditions: Some(Preconditions {
             uid: None,
@@ -340,7 +338,7 @@ async fn delete_preconditions() {
         }),
         ..Default::default()
     };
-    assert_eq!(code(cms.delete("p", &bad_rv).await.unwrap_err()), 409);
+    assert_eq!(error_code(cms.delete("p", &bad_rv)).await, 409);
     let good = DeleteParams {
         preconditions: Some(Preconditions {
             uid: c.metadata.uid.clone(),
@@ -449,11 +447,7 @@ async fn namespace_cascade() {
     );
     // no new content in a terminating namespace
     assert_eq!(
-        code(
-            cms.create(&PostParams::default(), &cm("new", &[]))
-                .await
-                .unwrap_err()
-        ),
+        error_code(cms.create(&PostParams::default(), &cm("new", &[]))).await,
         403
     );
 
@@ -494,7 +488,7 @@ async fn selectors() {
     );
     let f = ListParams::default().fields("metadata.name=b,metadata.namespace=default");
     assert_eq!(names(cms.list(&f).await.unwrap()), ["b"]);
-    assert_eq!(code(cms.list(&q("tier in web")).await.unwrap_err()), 400);
+    assert_eq!(error_code(cms.list(&q("tier in web"))).await, 400);
 
     // paging
     let page = cms.list(&ListParams::default().limit(2)).await.unwrap();
@@ -515,11 +509,7 @@ async fn server_side_apply() {
     let obj = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": {"a": "1"}});
     // fieldManager is required
     assert_eq!(
-        code(
-            cms.patch("ssa", &PatchParams::default(), &Patch::Apply(&obj))
-                .await
-                .unwrap_err()
-        ),
+        error_code(cms.patch("ssa", &PatchParams::default(), &Patch::Apply(&obj))).await,
         400
     );
     let pp = PatchParams::apply("palisade").force();
@@ -598,13 +588,9 @@ async fn fault_injection_and_request_log() {
     let server = FakeApiServer::new();
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
     server.fail_next(2, 500);
-    assert_eq!(code(cms.get_opt("x").await.unwrap_err()), 500);
+    assert_eq!(error_code(cms.get_opt("x")).await, 500);
     assert_eq!(
-        code(
-            cms.create(&PostParams::default(), &cm("x", &[]))
-                .await
-                .unwrap_err()
-        ),
+        error_code(cms.create(&PostParams::default(), &cm("x", &[]))).await,
         500
     );
     cms.create(&PostParams::default(), &cm("x", &[]))
@@ -616,19 +602,11 @@ async fn fault_injection_and_request_log() {
     });
     let p = Patch::Merge(json!({"data": {"a": "b"}}));
     assert_eq!(
-        code(
-            cms.patch("x", &PatchParams::default(), &p)
-                .await
-                .unwrap_err()
-        ),
+        error_code(cms.patch("x", &PatchParams::default(), &p)).await,
         409
     );
     assert_eq!(
-        code(
-            cms.patch("x", &PatchParams::default(), &p)
-                .await
-                .unwrap_err()
-        ),
+        error_code(cms.patch("x", &PatchParams::default(), &p)).await,
         409
     );
     server.clear_fault(id);
@@ -653,11 +631,7 @@ async fn fault_injection_and_request_log() {
     server.fail_next_writes(1, 503);
     cms.get_opt("y").await.unwrap();
     assert_eq!(
-        code(
-            cms.create(&PostParams::default(), &cm("y", &[]))
-                .await
-                .unwrap_err()
-        ),
+        error_code(cms.create(&PostParams::default(), &cm("y", &[]))).await,
         503
     );
 }
@@ -846,12 +820,7 @@ async fn secret_string_data_and_uid_precondition_on_update() {
     let mut other = created.clone();
     other.metadata.uid = Some("00000000-0000-4000-8000-000000000000".into());
     assert_eq!(
-        code(
-            secrets
-                .replace("s", &PostParams::default(), &other)
-                .await
-                .unwrap_err()
-        ),
+        error_code(secrets.replace("s", &PostParams::default(), &other)).await,
         409
     );
 }
@@ -870,7 +839,7 @@ async fn malformed_requests_get_status_errors() {
     };
     let status = |r: http::Request<Vec<u8>>| {
         let client = client.clone();
-        async move { code(client.request::<serde_json::Value>(r).await.unwrap_err()) }
+        async move { error_code(client.request::<serde_json::Value>(r)).await }
     };
     let cms = "/api/v1/namespaces/default/configmaps";
     assert_eq!(

@@ -47,6 +47,13 @@ where
     }
 }
 
+/// A fake API server and its ConfigMaps in `default`.
+fn configmaps() -> (FakeApiServer, Api<ConfigMap>) {
+    let server = FakeApiServer::new();
+    let cms = Api::namespaced(server.client(), "default");
+    (server, cms)
+}
+
 /// Creates the ConfigMap `name` with `v: v`.
 async fn create_cm(cms: &Api<ConfigMap>, name: &str, v: &str) {
     cms.create(&PostParams::default(), &cm(name, v))
@@ -77,33 +84,21 @@ fn describe<K: ResourceExt>(ev: &Event<K>) -> String {
 
 #[tokio::test]
 async fn watcher_sees_changes_and_relists_after_410() {
-    let server = FakeApiServer::new();
-    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let (server, cms) = configmaps();
     create_cm(&cms, "pre", "0").await;
     let mut w = watcher::watcher(cms.clone(), watcher::Config::default()).boxed();
     expect_events(&mut w, &["init", "initapply:pre", "initdone"]).await;
 
     create_cm(&cms, "a", "1").await;
     assert_eq!(describe(&next(&mut w).await), "apply:a");
-    cms.patch(
-        "a",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"v": "2"}})),
-    )
-    .await
-    .unwrap();
+    let v2 = Patch::Merge(json!({"data": {"v": "2"}}));
+    cms.patch("a", &PatchParams::default(), &v2).await.unwrap();
     match next(&mut w).await {
         Event::Apply(o) => assert_eq!(o.data.unwrap()["v"], "2"),
         other => panic!("{}", describe(&other)),
     }
     // a no-op write produces no event: the next event is the delete
-    cms.patch(
-        "a",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"data": {"v": "2"}})),
-    )
-    .await
-    .unwrap();
+    cms.patch("a", &PatchParams::default(), &v2).await.unwrap();
     cms.delete("a", &DeleteParams::default()).await.unwrap();
     assert_eq!(describe(&next(&mut w).await), "delete:a");
 
@@ -132,8 +127,7 @@ async fn watcher_sees_changes_and_relists_after_410() {
 
 #[tokio::test]
 async fn expire_watches_forces_relist_of_up_to_date_watchers() {
-    let server = FakeApiServer::new();
-    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let (server, cms) = configmaps();
     create_cm(&cms, "x", "0").await;
     let mut w = watcher::watcher(cms.clone(), watcher::Config::default()).boxed();
     expect_events(&mut w, &["init", "initapply:x", "initdone"]).await;
@@ -146,8 +140,7 @@ async fn expire_watches_forces_relist_of_up_to_date_watchers() {
 
 #[tokio::test]
 async fn label_filtered_watch_turns_label_changes_into_add_delete() {
-    let server = FakeApiServer::new();
-    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let (_server, cms) = configmaps();
     let mut w = watcher::watcher(cms.clone(), watcher::Config::default().labels("app=x")).boxed();
     expect_events(&mut w, &["init", "initdone"]).await;
     create_cm(&cms, "c", "1").await;
@@ -164,8 +157,7 @@ async fn label_filtered_watch_turns_label_changes_into_add_delete() {
 
 #[tokio::test]
 async fn metadata_watcher_and_streaming_list() {
-    let server = FakeApiServer::new();
-    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let (server, cms) = configmaps();
     create_cm(&cms, "m1", "1").await;
     #[allow(deprecated)]
     let mut w = watcher::metadata_watcher(cms.clone(), watcher::Config::default()).boxed();
@@ -187,17 +179,19 @@ async fn metadata_watcher_and_streaming_list() {
     // the non-deprecated form: a watcher over Api<PartialObjectMeta<K>>
     let pom: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(server.client(), "default");
     let mut w2 = watcher::watcher(pom, watcher::Config::default()).boxed();
-    assert_eq!(describe(&next(&mut w2).await), "init");
-    assert_eq!(describe(&next(&mut w2).await), "initapply:m1");
-    assert_eq!(describe(&next(&mut w2).await), "initapply:m2");
-    assert_eq!(describe(&next(&mut w2).await), "initdone");
+    expect_events(
+        &mut w2,
+        &["init", "initapply:m1", "initapply:m2", "initdone"],
+    )
+    .await;
 
     // streaming lists (sendInitialEvents + initial-events-end bookmark)
     let mut s = watcher::watcher(cms.clone(), watcher::Config::default().streaming_lists()).boxed();
-    assert_eq!(describe(&next(&mut s).await), "init");
-    assert_eq!(describe(&next(&mut s).await), "initapply:m1");
-    assert_eq!(describe(&next(&mut s).await), "initapply:m2");
-    assert_eq!(describe(&next(&mut s).await), "initdone");
+    expect_events(
+        &mut s,
+        &["init", "initapply:m1", "initapply:m2", "initdone"],
+    )
+    .await;
     cms.delete("m1", &DeleteParams::default()).await.unwrap();
     assert_eq!(describe(&next(&mut s).await), "delete:m1");
 }
@@ -501,8 +495,7 @@ async fn raw_watch_bookmarks_and_timeout() {
 
 #[tokio::test]
 async fn concurrent_optimistic_updates_never_lose_writes() {
-    let server = FakeApiServer::new();
-    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let (_server, cms) = configmaps();
     create_cm(&cms, "counter", "0").await;
     let mut tasks = Vec::new();
     for _ in 0..8 {

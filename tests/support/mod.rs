@@ -40,6 +40,16 @@ impl Running {
         let _ = self.resync.send(());
     }
 
+    /// [`Running::resync`], then waits until a reconcile has run.
+    pub async fn resync_and_wait(&self, server: &FakeApiServer) {
+        let before = self.ctx.reconciles();
+        self.resync();
+        server
+            .wait_until(WAIT, |_| self.ctx.reconciles() > before)
+            .await
+            .expect("resync reconciled the tenant");
+    }
+
     /// Stops the controller and waits for it to finish.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
@@ -156,13 +166,8 @@ pub async fn resync_writes(
     running: &Running,
 ) -> Vec<palisade_testkit::RequestRecord> {
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = running.ctx.reconciles();
     let mark = server.mark();
-    running.resync();
-    server
-        .wait_until(WAIT, |_| running.ctx.reconciles() > before)
-        .await
-        .expect("resync reconciled the tenant");
+    running.resync_and_wait(server).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     writes_since(server, mark)
 }
@@ -300,4 +305,53 @@ impl Clock for ManualClock {
 
 pub fn clock() -> Arc<ManualClock> {
     ManualClock::new(k8s_openapi::jiff::Timestamp::from_second(1_800_000_000).expect("time"))
+}
+
+/// Whether `token` verifies with the key of `set` its header's `kid` names (as a
+/// service picks it), under the validation `rules` give for the header's algorithm.
+pub fn jwt_verifies(
+    token: &str,
+    set: &jsonwebtoken::jwk::JwkSet,
+    rules: impl FnOnce(jsonwebtoken::Algorithm) -> jsonwebtoken::Validation,
+) -> bool {
+    let Ok(header) = jsonwebtoken::decode_header(token) else {
+        return false;
+    };
+    let Some(jwk) = header.kid.as_deref().and_then(|k| set.find(k)) else {
+        return false;
+    };
+    let Ok(key) = jsonwebtoken::DecodingKey::from_jwk(jwk) else {
+        return false;
+    };
+    jsonwebtoken::decode::<Value>(token, &key, &rules(header.alg)).is_ok()
+}
+
+/// Awaits a task that must finish within [`WAIT`] (`what` names it when it does
+/// not) and returns what it returned.
+pub async fn joined<T>(task: JoinHandle<T>, what: &str) -> T {
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect(what)
+        .expect("joined")
+}
+
+/// The name of the leader-election Lease the runtime tests use.
+pub const LEADER_LEASE: &str = "palisade-leader";
+
+/// The leader-election Lease ([`LEADER_LEASE`] in `default`), if there is one.
+pub fn leader_lease(server: &FakeApiServer) -> Option<Value> {
+    server.get_json("leases.coordination.k8s.io", Some("default"), LEADER_LEASE)
+}
+
+/// Merge-patches Tenant `name` with `patch`, as a client other than the
+/// controller would.
+pub async fn patch_tenant(server: &FakeApiServer, name: &str, patch: Value) {
+    kube::Api::<Tenant>::all(server.client())
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("patch tenant");
 }

@@ -638,57 +638,60 @@ mod tests {
         wake: Option<&'static str>,
     }
 
+    /// A row's defaults: the daily 03:00 backup schedule, no runs, nothing
+    /// started, replaced or reported, Ready=True (Scheduled).
+    impl Default for Case {
+        fn default() -> Self {
+            Case {
+                name: "",
+                spec: json!({}),
+                now: "",
+                runs: vec![],
+                start: vec![],
+                replace: 0,
+                events: vec![],
+                ready: ("True", "Scheduled"),
+                ready_says: "",
+                wake: None,
+            }
+        }
+    }
+
     #[test]
     fn scheduled_runs_table() {
         let backup = RunKind::Backup;
         let cases = vec![
             Case {
                 name: "not due yet",
-                spec: json!({}),
                 now: "2026-03-01T02:59:00Z",
-                runs: vec![],
-                start: vec![],
-                replace: 0,
-                events: vec![],
-                ready: ("True", "Scheduled"),
                 ready_says: "next backup at 2026-03-01T03:00:00+00:00",
                 wake: Some("2026-03-01T03:00:00Z"),
+                ..Case::default()
             },
             Case {
                 name: "due",
-                spec: json!({}),
                 now: "2026-03-01T03:00:05Z",
-                runs: vec![],
                 start: vec![(backup, "2026-03-01T03:00:00Z")],
-                replace: 0,
-                events: vec![],
-                ready: ("True", "Scheduled"),
                 ready_says: "next backup at 2026-03-02T03:00:00+00:00",
                 wake: Some("2026-03-02T03:00:00Z"),
+                ..Case::default()
             },
             Case {
                 name: "started already (its Job says so)",
-                spec: json!({}),
                 now: "2026-03-01T03:00:30Z",
                 runs: vec![(backup, "2026-03-01T03:00:00Z", None)],
-                start: vec![],
-                replace: 0,
-                events: vec![],
-                ready: ("True", "Scheduled"),
                 ready_says: "next backup at 2026-03-02T03:00:00+00:00",
                 wake: Some("2026-03-02T03:00:00Z"),
+                ..Case::default()
             },
             Case {
                 name: "Forbid: due while the last one runs",
                 spec: json!({"schedule": "*/5 * * * *"}),
                 now: "2026-03-01T03:05:10Z",
                 runs: vec![(backup, "2026-03-01T03:00:00Z", None)],
-                start: vec![],
-                replace: 0,
-                events: vec![],
-                ready: ("True", "Scheduled"),
                 ready_says: "waits: Job orders-29538900 is still running (concurrencyPolicy Forbid)",
                 wake: Some("2026-03-01T03:10:00Z"),
+                ..Case::default()
             },
             Case {
                 name: "Forbid: the last one finished",
@@ -696,11 +699,10 @@ mod tests {
                 now: "2026-03-01T03:05:10Z",
                 runs: vec![(backup, "2026-03-01T03:00:00Z", Some(true))],
                 start: vec![(backup, "2026-03-01T03:05:00Z")],
-                replace: 0,
                 events: vec!["BackupSucceeded"],
-                ready: ("True", "Scheduled"),
                 ready_says: "next backup at 2026-03-01T03:10:00+00:00",
                 wake: Some("2026-03-01T03:10:00Z"),
+                ..Case::default()
             },
             Case {
                 name: "Replace stops the active run",
@@ -709,10 +711,9 @@ mod tests {
                 runs: vec![(backup, "2026-03-01T03:00:00Z", None)],
                 start: vec![(backup, "2026-03-01T03:05:00Z")],
                 replace: 1,
-                events: vec![],
-                ready: ("True", "Scheduled"),
                 ready_says: "next backup",
                 wake: Some("2026-03-01T03:10:00Z"),
+                ..Case::default()
             },
             Case {
                 name: "Allow starts beside the active run",
@@ -720,35 +721,27 @@ mod tests {
                 now: "2026-03-01T03:05:10Z",
                 runs: vec![(backup, "2026-03-01T03:00:00Z", None)],
                 start: vec![(backup, "2026-03-01T03:05:00Z")],
-                replace: 0,
-                events: vec![],
-                ready: ("True", "Scheduled"),
                 ready_says: "next backup",
                 wake: Some("2026-03-01T03:10:00Z"),
+                ..Case::default()
             },
             Case {
                 name: "missed the starting deadline after downtime",
                 spec: json!({"schedule": "*/10 * * * *", "startingDeadlineSeconds": 60}),
                 now: "2026-03-01T00:35:00Z",
-                runs: vec![],
-                start: vec![],
-                replace: 0,
                 events: vec!["MissedSchedule"],
-                ready: ("True", "Scheduled"),
                 ready_says: "next backup at 2026-03-01T00:40:00+00:00",
                 wake: Some("2026-03-01T00:40:00Z"),
+                ..Case::default()
             },
             Case {
                 name: "suspended",
                 spec: json!({"suspend": true}),
                 now: "2026-03-01T03:00:05Z",
-                runs: vec![],
-                start: vec![],
-                replace: 0,
-                events: vec![],
                 ready: ("True", "Suspended"),
                 ready_says: "spec.suspend is true",
                 wake: None,
+                ..Case::default()
             },
             Case {
                 name: "restore test after the snapshot",
@@ -756,23 +749,20 @@ mod tests {
                 now: "2026-03-01T04:00:10Z",
                 runs: vec![(backup, "2026-03-01T03:00:00Z", Some(true))],
                 start: vec![(RunKind::Verify, "2026-03-01T04:00:00Z")],
-                replace: 0,
                 events: vec!["BackupSucceeded"],
-                ready: ("True", "Scheduled"),
                 ready_says: "next backup at 2026-03-02T03:00:00+00:00",
                 wake: Some("2026-03-02T03:00:00Z"),
+                ..Case::default()
             },
             Case {
                 name: "a failed backup makes the schedule not Ready",
-                spec: json!({}),
                 now: "2026-03-01T03:30:00Z",
                 runs: vec![(backup, "2026-03-01T03:00:00Z", Some(false))],
-                start: vec![],
-                replace: 0,
                 events: vec!["BackupFailed"],
                 ready: ("False", "BackupFailing"),
                 ready_says: "(BackoffLimitExceeded)",
                 wake: Some("2026-03-02T03:00:00Z"),
+                ..Case::default()
             },
         ];
         for c in cases {

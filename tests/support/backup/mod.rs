@@ -9,6 +9,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use palisade::backup::engine::RestoreOptions;
+use palisade::backup::format::EncryptionKey;
 use palisade::backup::pg::PgConn;
 use palisade::crd::backup_schedule::SslMode;
 
@@ -118,15 +120,9 @@ impl PgServer {
         let out = as_postgres(root, &bin.join("initdb"))
             .arg("-D")
             .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth=scram-sha-256",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--locale=C",
-            ])
+            .args(argv(
+                "-U postgres --auth=scram-sha-256 -E UTF8 --no-sync --locale=C",
+            ))
             .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .expect("run initdb");
@@ -354,6 +350,31 @@ impl Drop for S3Server {
     }
 }
 
+/// Options of a restore of the newest snapshot into `target` (created when missing)
+/// with `pg`'s client programs and `keys`, nothing else asked for.
+pub fn restore_options(pg: &PgServer, target: PgConn, keys: Vec<EncryptionKey>) -> RestoreOptions {
+    RestoreOptions {
+        target,
+        pg_bin: Some(pg.bin.clone()),
+        keys,
+        snapshot: None,
+        force: false,
+        create: true,
+        no_owner: false,
+        allow_unencrypted: false,
+        allow_unauthenticated: false,
+        jobs: None,
+        scratch_dir: None,
+        allow_encoding_change: false,
+    }
+}
+
+/// The words of a command line without quotes (`"run --database app"`), as
+/// arguments.
+pub fn argv(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// The run name every test command reports (`PALISADE_RUN`).
 pub const TEST_RUN: &str = "test-run-1";
 
@@ -368,14 +389,7 @@ pub fn palisade_command_with(pg: &PgServer, pg_bin: &Path, args: &[&str]) -> Com
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_palisade"));
     cmd.arg("backup")
         .args(args)
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--user",
-            "postgres",
-            "--sslmode",
-            "disable",
-        ])
+        .args(argv("--host 127.0.0.1 --user postgres --sslmode disable"))
         .args(["--port", &pg.port.to_string()])
         .arg("--pg-bin")
         .arg(pg_bin)
