@@ -30,6 +30,9 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 mod backup_pod_labels;
 mod backup_schedule;
 mod connections;
@@ -470,14 +473,31 @@ async fn operator_client(admin: &Client) -> Client {
     client
 }
 
+/// Every warning and error the in-process controllers (and kube under them)
+/// log in this process, as an operator's alerts would see them; unless
+/// `PALISADE_LOG=palisade=debug` sends the log to stderr instead, for a test
+/// that needs tracing.
+fn warnings() -> &'static support::Capture {
+    use palisade::runtime::telemetry;
+    static CAPTURE: std::sync::OnceLock<support::Capture> = std::sync::OnceLock::new();
+    CAPTURE.get_or_init(|| {
+        let capture = support::Capture::default();
+        if std::env::var_os(telemetry::CLI_LOG_ENV).is_some() {
+            let _ = telemetry::init_stderr();
+        } else {
+            let to = capture.clone();
+            let s = telemetry::subscriber(telemetry::LogFormat::Text, "warn", move || to.clone())
+                .expect("log subscriber");
+            let _ = tracing::subscriber::set_global_default(s);
+        }
+        capture
+    })
+}
+
 /// Starts the Tenant controller in this process, as the operator's
 /// ServiceAccount (`client` must come from [`operator_client`]).
 fn start_controller(client: &Client) -> (Controller, Arc<Context>) {
-    // `PALISADE_LOG=palisade=debug` shows the in-process controller's log
-    // (stderr, redacted as in production) when a test needs tracing.
-    if std::env::var_os(palisade::runtime::telemetry::CLI_LOG_ENV).is_some() {
-        let _ = palisade::runtime::telemetry::init_stderr();
-    }
+    warnings();
     let (cache, streams) = tenant::child_cache(client);
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -512,3 +512,48 @@ async fn a_backup_schedule_sees_its_secret_at_once_and_says_where_it_cannot_run(
     .await;
     delete_tenant(&client, &name).await;
 }
+
+/// #26 item 5: installed as shipped (as its ServiceAccount, with the
+/// RoleBinding it grants itself in each namespace), new namespaces are
+/// watched without one 403 in the operator's log: alerts fire on those.
+#[tokio::test]
+async fn no_forbidden_in_the_operator_log_on_the_happy_path() {
+    if !enabled() {
+        return;
+    }
+    let log = warnings();
+    let (client, operator) = clients().await;
+    let (_controller, _ctx) = start_controller(&operator);
+    // The capture sees what the controllers log (or this test could not fail).
+    let from = log.text().len();
+    tracing::warn!("capture check");
+    assert!(
+        log.text()[from..].contains("capture check") || std::env::var_os("PALISADE_LOG").is_some(),
+        "warnings are not captured"
+    );
+    let from = log.text().len();
+    let name = unique("nof");
+    let mut cleanup = Cleanup::default();
+    cleanup.tenant(&name);
+    let namespaces: Vec<_> = ["a", "b", "c", "d", "e", "f", "g", "h"]
+        .iter()
+        .map(|s| json!({"name": format!("{name}-{s}")}))
+        .collect();
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {
+            "namespaces": namespaces,
+            "deletionPolicy": "Delete",
+            "secrets": [{"name": "one", "type": "Random", "rotateEvery": "720h"}]
+        }
+    }))
+    .expect("tenant");
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    create_ready(&tenants, &tenant).await;
+    delete_tenant(&client, &name).await;
+    let logged = log.text()[from..].to_string();
+    assert!(
+        !logged.contains("403") && !logged.to_lowercase().contains("forbidden"),
+        "the operator logged a refusal on the happy path:\n{logged}"
+    );
+}

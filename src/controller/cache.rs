@@ -498,6 +498,27 @@ impl kube::runtime::utils::Backoff for WatchRetry {
     }
 }
 
+/// Waits (at most [`BINDING_GRACE`]) until this replica may list `api`'s
+/// kind in its namespace. Palisade's RoleBinding in a new namespace reaches
+/// the API server's authorizer a moment after it reaches the cache; a watch
+/// started in between fails its first list with a 403, which kube's watcher
+/// logs as a warning (alerts fire on those). A one-item list of our own is
+/// the probe: its 403 is expected and not logged.
+async fn authorized(api: &Api<DynamicObject>) {
+    let started = std::time::Instant::now();
+    let lp = kube::api::ListParams::default()
+        .limit(1)
+        .labels(labels::MANAGED_SELECTOR);
+    while started.elapsed() < BINDING_GRACE {
+        match api.list_metadata(&lp).await {
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            _ => return,
+        }
+    }
+}
+
 /// How the cache's watches fare: how many fail right now, and every error
 /// by HTTP status (0: no status, e.g. a connection error) since start.
 #[derive(Default)]
@@ -670,13 +691,17 @@ struct PerNamespace {
 }
 
 impl PerNamespace {
+    /// Watches `namespace` on a task of its own; with `probe` (Palisade's
+    /// RoleBinding there is new) only once [`authorized`] says it may.
     fn watch(
         &self,
         namespace: &str,
+        probe: bool,
         settled: tokio::sync::mpsc::UnboundedSender<String>,
     ) -> tokio::task::JoinHandle<()> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, &self.ar);
+        let probed = probe.then(|| api.clone());
         let cfg = watcher::Config::default().labels(labels::MANAGED_SELECTOR);
         let (listed, ns) = (self.listed.clone(), namespace.to_string());
         let settled_err = settled.clone();
@@ -700,17 +725,25 @@ impl PerNamespace {
         };
         let events = watcher(api, cfg).backoff(WatchRetry::new()).boxed();
         let what = feed.describe(&self.ar);
-        tokio::spawn(feed.pump(
-            what,
-            events,
-            self.tx.clone(),
-            // A namespace that cannot be listed yet (its RoleBinding is not in
-            // place) must not hold back the whole cache: it counts as settled
-            // for startup, stays unlisted, and its watch keeps retrying.
-            Some(move || {
-                let _ = settled_err.send(ns_err);
-            }),
-        ))
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            if let Some(api) = probed {
+                authorized(&api).await;
+            }
+            feed.pump(
+                what,
+                events,
+                tx,
+                // A namespace that cannot be listed yet (its RoleBinding is not
+                // in place) must not hold back the whole cache: it counts as
+                // settled for startup, stays unlisted, and its watch keeps
+                // retrying.
+                Some(move || {
+                    let _ = settled_err.send(ns_err);
+                }),
+            )
+            .await;
+        })
     }
 
     fn forget(&self, namespace: &str) {
@@ -736,7 +769,11 @@ impl PerNamespace {
         let mut watches: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         let mut settled: HashSet<String> = HashSet::new();
         let mut reported = false;
+        // The namespaces bound when this cache first saw them: their bindings
+        // are long known to the authorizer. One bound later is probed first.
+        let mut known: Option<HashSet<String>> = None;
         loop {
+            let gated = *gate.borrow() == Some(true);
             let wanted: Option<Vec<String>> =
                 match (&*namespaces.borrow_and_update(), *gate.borrow_and_update()) {
                     (Some(managed), Some(gated)) => Some(
@@ -749,6 +786,7 @@ impl PerNamespace {
                     _ => None,
                 };
             if let Some(names) = &wanted {
+                let known = known.get_or_insert_with(|| names.iter().cloned().collect());
                 let keep: HashSet<&str> = names.iter().map(String::as_str).collect();
                 watches.retain(|ns, task| {
                     let kept = keep.contains(ns.as_str());
@@ -760,7 +798,8 @@ impl PerNamespace {
                 });
                 for ns in names {
                     if !watches.contains_key(ns) {
-                        watches.insert(ns.clone(), self.watch(ns, settled_tx.clone()));
+                        let probe = gated && !known.contains(ns);
+                        watches.insert(ns.clone(), self.watch(ns, probe, settled_tx.clone()));
                     }
                 }
                 if !reported && names.iter().all(|n| settled.contains(n)) {
