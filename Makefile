@@ -79,7 +79,7 @@ bench-convergence:
 	@if [ -z "$$KUBECONFIG" ]; then scripts/test-cluster.sh start; fi
 	@if [ -z "$$KUBECONFIG" ]; then eval "$$(scripts/test-cluster.sh env)"; fi; \
 	  target/release/examples/convergence_bench --cluster --tenants $(TENANTS) --binary target/release/palisade --out docs/PERFORMANCE.md
-	$(MAKE) bench-rates RATES=shipped,0:0
+	$(MAKE) bench-rates
 
 ## The client rate limit as shipped next to others (RATES: qps:burst, `shipped` =
 ## no flags; 0:0 = unlimited), RATE_TENANTS per row, with the API server's

@@ -2054,7 +2054,7 @@ async fn main() -> anyhow::Result<()> {
     let md = if kept.is_empty() {
         report(&rows)
     } else {
-        format!("{}\n{kept}", report(&rows).trim_end())
+        format!("{}\n\n{kept}", report(&rows).trim_end())
     };
     std::fs::create_dir_all(
         std::path::Path::new(&out)
