@@ -773,18 +773,17 @@ impl PerNamespace {
         // are long known to the authorizer. One bound later is probed first.
         let mut known: Option<HashSet<String>> = None;
         loop {
-            let gated = *gate.borrow() == Some(true);
-            let wanted: Option<Vec<String>> =
-                match (&*namespaces.borrow_and_update(), *gate.borrow_and_update()) {
-                    (Some(managed), Some(gated)) => Some(
-                        managed
-                            .iter()
-                            .filter(|(_, bound)| *bound || !gated)
-                            .map(|(ns, _)| ns.clone())
-                            .collect(),
-                    ),
-                    _ => None,
-                };
+            let gate_now = *gate.borrow_and_update();
+            let wanted: Option<Vec<String>> = match (&*namespaces.borrow_and_update(), gate_now) {
+                (Some(managed), Some(gated)) => Some(
+                    managed
+                        .iter()
+                        .filter(|(_, bound)| *bound || !gated)
+                        .map(|(ns, _)| ns.clone())
+                        .collect(),
+                ),
+                _ => None,
+            };
             if let Some(names) = &wanted {
                 let known = known.get_or_insert_with(|| names.iter().cloned().collect());
                 let keep: HashSet<&str> = names.iter().map(String::as_str).collect();
@@ -798,7 +797,7 @@ impl PerNamespace {
                 });
                 for ns in names {
                     if !watches.contains_key(ns) {
-                        let probe = gated && !known.contains(ns);
+                        let probe = gate_now == Some(true) && !known.contains(ns);
                         watches.insert(ns.clone(), self.watch(ns, probe, settled_tx.clone()));
                     }
                 }

@@ -43,6 +43,16 @@ pub struct Applied {
     pub quota_stale: bool,
 }
 
+impl Applied {
+    /// Records that applying a `kind` failed: the first failure per kind for
+    /// status, the first error of the step for the reconcile's result.
+    fn fail(&mut self, kind: &str, e: Error) {
+        let failed = Failed::new(format!("apply {kind}"), &e);
+        self.failed.entry(kind.to_string()).or_insert(failed);
+        self.error.get_or_insert(e);
+    }
+}
+
 /// Kinds that isolate a namespace: in place before anyone is granted access.
 const ISOLATION: &[&str] = &["NetworkPolicy", "ResourceQuota", "LimitRange"];
 /// Kinds that grant access to a namespace.
@@ -99,10 +109,7 @@ pub(super) async fn apply(ctx: &Context, values: Vec<Value>, ready: &BTreeSet<St
                 if ISOLATION.contains(&key.kind.as_str()) {
                     unisolated.insert(key.namespace.clone());
                 }
-                let e = Error::Apply(e);
-                let failed = Failed::new(format!("apply {}", key.kind), &e);
-                out.failed.entry(key.kind.clone()).or_insert(failed);
-                out.error.get_or_insert(e);
+                out.fail(&key.kind, Error::Apply(e));
             }
         }
     }
@@ -150,10 +157,7 @@ async fn lower_quotas_first(
             .apply_seen(&ar, staged, Some(&cached), kind.seen_rv())
             .await
         {
-            let e = Error::Apply(e);
-            let failed = Failed::new("apply ResourceQuota".to_string(), &e);
-            out.failed.entry(key.kind.clone()).or_insert(failed);
-            out.error.get_or_insert(e);
+            out.fail(&key.kind, Error::Apply(e));
             return false;
         }
         lowered.push((key, stage));
@@ -163,10 +167,7 @@ async fn lower_quotas_first(
         let used = match api.get(&key.name).await {
             Ok(q) => q.status.and_then(|s| s.used).unwrap_or_default(),
             Err(e) => {
-                let e = kube_err("read back a lowered ResourceQuota")(e);
-                let failed = Failed::new("apply ResourceQuota".to_string(), &e);
-                out.failed.entry(key.kind.clone()).or_insert(failed);
-                out.error.get_or_insert(e);
+                out.fail(&key.kind, kube_err("read back a lowered ResourceQuota")(e));
                 return false;
             }
         };
