@@ -85,3 +85,60 @@ async fn secrets_are_created_rotated_on_demand_and_published_as_jwks() {
     );
     delete_tenant(&client, &name).await;
 }
+
+/// Issue #24: Secrets and ConfigMaps are watched only in the namespaces
+/// where Palisade generates some (`palisade.dev/secrets-watched`); a secret
+/// moved to another namespace is created there, pruned where it left, and
+/// only then is the namespace it left no longer watched.
+#[tokio::test]
+async fn secrets_are_watched_only_where_they_are_generated() {
+    if !enabled() {
+        return;
+    }
+    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    let (client, _controller) = setup().await;
+    let mut cleanup = Cleanup::default();
+    let tenants: Api<Tenant> = Api::all(client.clone());
+    let name = unique("e2w");
+    cleanup.tenant(&name);
+    let (a, b) = (format!("{name}-a"), format!("{name}-b"));
+    let secret_in = |ns: &str| json!([{"name": "api-key", "type": "Random", "rotateEvery": "720h", "namespaces": [ns]}]);
+    let tenant: Tenant = serde_json::from_value(json!({
+        "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant", "metadata": {"name": name},
+        "spec": {"namespaces": [{"name": a}, {"name": b}], "deletionPolicy": "Delete",
+                 "secrets": secret_in(&a)},
+    }))
+    .expect("tenant");
+    create_ready(&tenants, &tenant).await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let watched = |ns: Option<&Namespace>| {
+        ns.and_then(|n| n.annotations().get("palisade.dev/secrets-watched").cloned())
+    };
+    let annotation = async |ns: &str| watched(Some(&namespaces.get(ns).await.expect("namespace")));
+    assert_eq!(annotation(&a).await.as_deref(), Some("true"));
+    assert_eq!(annotation(&b).await.as_deref(), Some("false"));
+    Api::<Secret>::namespaced(client.clone(), &a)
+        .get("api-key")
+        .await
+        .expect("the secret where the spec puts it");
+
+    edit_ready(&tenants, &name, json!({"spec": {"secrets": secret_in(&b)}})).await;
+    Api::<Secret>::namespaced(client.clone(), &b)
+        .get("api-key")
+        .await
+        .expect("the secret where it moved");
+    wait(await_condition(
+        Api::<Secret>::namespaced(client.clone(), &a),
+        "api-key",
+        |s: Option<&Secret>| s.is_none(),
+    ))
+    .await;
+    wait(await_condition(
+        namespaces.clone(),
+        &a,
+        move |n: Option<&Namespace>| watched(n).as_deref() == Some("false"),
+    ))
+    .await;
+    assert_eq!(annotation(&b).await.as_deref(), Some("true"));
+    delete_tenant(&client, &name).await;
+}

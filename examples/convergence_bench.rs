@@ -45,7 +45,7 @@ use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Pos
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::{Api, ResourceExt};
 use palisade::crd::{BackupSchedule, RolePolicy, Tenant};
-use palisade_testkit::{FakeApiServer, ResourceType};
+use palisade_testkit::{FakeApiServer, ResourceType, procfs};
 use serde_json::{Value, json};
 
 const CONCURRENCY: usize = 16;
@@ -107,6 +107,8 @@ fn fake_server() -> FakeApiServer {
 /// Where the benchmark runs: a fresh in-process API server, or a cluster.
 struct Target {
     label: String,
+    /// The API server's port: the controller's connections to it are counted.
+    api_port: u16,
     client: kube::Client,
     /// Kubeconfig file for the controller process.
     kubeconfig: PathBuf,
@@ -126,6 +128,7 @@ impl Target {
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
         Ok(Self {
             label: "in-process API server".into(),
+            api_port: addr.port(),
             client: kube::Client::try_from(config)?,
             kubeconfig,
             fake: Some(server),
@@ -139,6 +142,7 @@ impl Target {
             .into();
         let config = kube::Config::infer().await?;
         let label = format!("cluster {}", config.cluster_url);
+        let api_port = config.cluster_url.port_u16().unwrap_or(443);
         let client = kube::Client::try_from(config)?;
         install_crds(&client).await?;
         let tenants: Api<Tenant> = Api::all(client.clone());
@@ -176,6 +180,7 @@ impl Target {
         }
         Ok(Self {
             label,
+            api_port,
             client,
             kubeconfig,
             fake: None,
@@ -653,6 +658,10 @@ struct Run {
     reconciles: u64,
     idle: Mem,
     peak_rss_kib: u64,
+    /// Established TCP connections from the controller to the API server:
+    /// the most seen while converging, and once converged.
+    peak_connections: u64,
+    connections: u64,
     steady: Mem,
     converge_cpu_s: f64,
     cached_objects: u64,
@@ -730,11 +739,18 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
     let started = Instant::now();
     let cpu_at_start = cpu_seconds(pid);
     let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let peak_connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let sampler = {
-        let peak = peak.clone();
+        let (peak, peak_connections) = (peak.clone(), peak_connections.clone());
+        let port = target.api_port;
         tokio::spawn(async move {
-            loop {
+            for i in 0u64.. {
                 peak.fetch_max(mem_of(pid).peak, std::sync::atomic::Ordering::Relaxed);
+                // Reading the socket tables costs more than /proc status.
+                if i % 4 == 0 {
+                    let n = procfs::established_to(pid, port) as u64;
+                    peak_connections.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
@@ -751,6 +767,10 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
     };
     run.reconciles = controller.reconciles().await;
     run.steady = mem_of(pid);
+    run.connections = procfs::established_to(pid, target.api_port) as u64;
+    run.peak_connections = peak_connections
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(run.connections);
     run.converge_cpu_s = cpu_at_ready;
     run.cached_objects = controller.metric("palisade_cached_objects", "").await;
     run.cache_bytes = controller.metric("palisade_cache_bytes", "").await;
@@ -955,13 +975,13 @@ fn report(rows: &[Run]) -> String {
         machine(),
         k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d")
     ));
-    md.push_str("Each Tenant: 2 namespaces, default-deny + intra-tenant + DNS policies, quota, limits, the five\nbuilt-in roles, one owner (24 managed objects). Targets are from issue #9.\n\n");
-    md.push_str("| target | tenants | managed objects | floor (s) | converge (s) | converge ÷ floor (≤ 1.25) | writes | writes ÷ (objects + 1 status/tenant) (≤ 1.05) | reconciles/tenant (≤ 1.3) | edit p50 / p99 (ms) (p99 ≤ 1000) | resync writes / RV changes (0 / 0) | restart writes / RV changes (0 / 0) |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str("Each Tenant: 2 namespaces, default-deny + intra-tenant + DNS policies, quota, limits, the five\nbuilt-in roles, one owner (24 managed objects), no generated Secret: its namespaces are annotated\n`palisade.dev/secrets-watched: \"false\"` and cost no Secret or ConfigMap watch (a namespace with\ngenerated Secrets costs two, see docs/SCALING.md). Connections are the controller's established TCP\nconnections to the API server (/proc), over HTTP/1.1 (the default). Targets are from issues #9 and #24.\n\n");
+    md.push_str("| target | tenants | managed objects | floor (s) | converge (s) | converge ÷ floor (≤ 1.25) | writes | writes ÷ (objects + 1 status/tenant) (≤ 1.05) | reconciles/tenant (≤ 1.3) | edit p50 / p99 (ms) (p99 ≤ 1000) | resync writes / RV changes (0 / 0) | restart writes / RV changes (0 / 0) | connections to the API server: converging peak / converged (≤ 50) |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let writes: u64 = r.writes.values().sum();
         md.push_str(&format!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.3} | {:.2} | {:.0} / {:.0} | {} / {} | {} / {} |\n",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.3} | {:.2} | {:.0} / {:.0} | {} / {} | {} / {} | {} / {} |\n",
             r.target,
             r.n,
             r.floor_objects,
@@ -977,6 +997,8 @@ fn report(rows: &[Run]) -> String {
             r.resync_rv_changes,
             r.restart_writes,
             r.restart_rv_changes,
+            r.peak_connections,
+            r.connections,
         ));
     }
     md.push_str("\n## Memory\n\n");

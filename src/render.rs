@@ -321,7 +321,7 @@ pub fn render_input(
             let invalid = |e| invalid_field(path, doc, "Tenant", t.metadata.name.as_deref(), e);
             let valid = tenant::validate(t.metadata.name.as_deref().unwrap_or_default(), &t.spec)
                 .map_err(invalid)?;
-            let objects = tenant::objects(t, &valid, &Usage::new(), &plan);
+            let objects = tenant::objects(t, &valid, &Usage::new(), &plan, &Default::default());
             let mut values = objects
                 .to_values()
                 .map_err(|e| RenderError::Output(e.to_string()))?;

@@ -474,3 +474,153 @@ async fn many_secrets_are_written_in_passes_with_progress_in_status() {
     );
     assert_eq!(server.list_json("secrets").len(), 550);
 }
+
+/// The `palisade.dev/secrets-watched` annotation of a namespace.
+fn secrets_watched(server: &FakeApiServer, ns: &str) -> Option<String> {
+    server.get_json("namespaces", None, ns)?["metadata"]["annotations"]
+        ["palisade.dev/secrets-watched"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Lists and watches of Secrets or ConfigMaps in `ns` since `mark`.
+fn data_reads_in(
+    server: &FakeApiServer,
+    mark: palisade_testkit::LogMark,
+    ns: &str,
+) -> Vec<palisade_testkit::RequestRecord> {
+    server
+        .log_since(mark)
+        .into_iter()
+        .filter(|r| {
+            matches!(r.resource.as_str(), "secrets" | "configmaps")
+                && r.namespace.as_deref() == Some(ns)
+                && matches!(
+                    r.verb,
+                    palisade_testkit::Verb::List | palisade_testkit::Verb::Watch
+                )
+        })
+        .collect()
+}
+
+/// A namespace where Palisade generates nothing costs no Secret or ConfigMap
+/// watch (nor list): the annotation says which are watched, follows the spec,
+/// and stays `"true"` until what the spec no longer wants there is pruned.
+#[tokio::test]
+async fn secrets_are_watched_only_where_palisade_generates_them() {
+    let server = server();
+    let start = server.mark();
+    let running = start_ready(
+        &server,
+        clock(),
+        r#"
+apiVersion: palisade.dev/v1alpha1
+kind: Tenant
+metadata: {name: quiet}
+spec:
+  namespaces: [{name: quiet-a}, {name: quiet-b}]
+  secrets:
+    - {name: api-key, type: Random, rotateEvery: 1h, namespaces: [quiet-a]}
+"#,
+    )
+    .await;
+    secret(&server, "quiet-a", "api-key");
+    assert_eq!(secrets_watched(&server, "quiet-a").as_deref(), Some("true"));
+    assert_eq!(
+        secrets_watched(&server, "quiet-b").as_deref(),
+        Some("false")
+    );
+    assert!(!data_reads_in(&server, start, "quiet-a").is_empty());
+    let reads = data_reads_in(&server, start, "quiet-b");
+    assert!(
+        reads.is_empty(),
+        "quiet-b holds nothing of Palisade's: never listed nor watched, got {reads:?}"
+    );
+
+    // The secret moves: created in quiet-b once its watch has listed, pruned
+    // from quiet-a, and only then quiet-a is no longer watched.
+    patch_tenant(
+        &server,
+        "quiet",
+        json!({"spec": {"secrets": [{"name": "api-key", "type": "Random", "rotateEvery": "1h", "namespaces": ["quiet-b"]}]}}),
+    )
+    .await;
+    server
+        .wait_for_json("secrets", Some("quiet-b"), "api-key", WAIT, |_| true)
+        .await
+        .expect("the secret is created where it moved");
+    server
+        .wait_for_absent("secrets", Some("quiet-a"), "api-key", WAIT)
+        .await
+        .expect("the secret is pruned where it left");
+    server
+        .wait_until(WAIT, |s| {
+            secrets_watched(s, "quiet-a").as_deref() == Some("false")
+        })
+        .await
+        .expect("quiet-a, empty now, is no longer watched");
+    assert_eq!(secrets_watched(&server, "quiet-b").as_deref(), Some("true"));
+    wait_ready(&server, "quiet").await;
+
+    // Watches that end are restarted only where the annotation says so.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mark = server.mark();
+    server.close_watches();
+    server
+        .wait_until(WAIT, |s| !data_reads_in(s, mark, "quiet-b").is_empty())
+        .await
+        .expect("quiet-b's watch comes back");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let reads = data_reads_in(&server, mark, "quiet-a");
+    assert!(reads.is_empty(), "quiet-a is watched again: {reads:?}");
+    let writes = resync_writes(&server, &running).await;
+    assert!(writes.is_empty(), "a resync wrote: {writes:?}");
+    running.stop().await;
+}
+
+/// A namespace from before the annotation (none: watched) is listed, what
+/// the spec does not want there is pruned, and then it is left unwatched.
+#[tokio::test]
+async fn a_namespace_from_before_the_annotation_is_pruned_then_unwatched() {
+    let server = server();
+    let labels = json!({"app.kubernetes.io/managed-by": "palisade", "palisade.dev/tenant": "old"});
+    server
+        .put_json(
+            "namespaces",
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "old-a", "labels": labels}}),
+        )
+        .expect("namespace");
+    server
+        .put_json(
+            "secrets",
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "stale", "namespace": "old-a", "labels": labels},
+                   "data": {"value": "c3RhbGU="}}),
+        )
+        .expect("secret");
+    let running = start_ready(
+        &server,
+        clock(),
+        r#"
+apiVersion: palisade.dev/v1alpha1
+kind: Tenant
+metadata: {name: old}
+spec:
+  namespaces: [{name: old-a}]
+"#,
+    )
+    .await;
+    server
+        .wait_for_absent("secrets", Some("old-a"), "stale", WAIT)
+        .await
+        .expect("the stale secret is pruned");
+    server
+        .wait_until(WAIT, |s| {
+            secrets_watched(s, "old-a").as_deref() == Some("false")
+        })
+        .await
+        .expect("old-a, empty now, is no longer watched");
+    let writes = resync_writes(&server, &running).await;
+    assert!(writes.is_empty(), "a resync wrote: {writes:?}");
+    running.stop().await;
+}

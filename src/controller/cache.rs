@@ -13,8 +13,12 @@
 //! Secrets and ConfigMaps are watched per managed namespace (one watch each,
 //! started when the namespace appears in the Namespace cache, stopped when it
 //! leaves): Palisade holds no cluster-wide access to them (see
-//! [`crate::operator_rbac`]). Every other kind is one cluster-wide,
-//! label-selected watch.
+//! [`crate::operator_rbac`]). Only namespaces annotated
+//! `palisade.dev/secrets-watched` other than `"false"` are watched: the
+//! Tenant controller sets `"false"` where it generates nothing and holds
+//! nothing, so a namespace without generated Secrets costs no watch, no list
+//! and no connection. Every other kind is one cluster-wide, label-selected
+//! watch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -82,6 +86,9 @@ struct Entry {
     json: Box<str>,
     /// `palisade.dev/tenant` when the object is managed by Palisade.
     tenant: Option<Box<str>>,
+    /// Namespaces: whether their Secrets and ConfigMaps are watched
+    /// ([`labels::SECRETS_WATCHED`]); read on every Namespace event.
+    secrets_watched: bool,
 }
 
 impl Entry {
@@ -284,6 +291,7 @@ fn entry_of(obj: &DynamicObject) -> Option<(Box<str>, Arc<Entry>)> {
         Arc::new(Entry {
             json: json.into_boxed_str(),
             tenant,
+            secrets_watched: labels::secrets_watched(obj.metadata.annotations.as_ref()),
         }),
     ))
 }
@@ -819,8 +827,10 @@ impl PerNamespace {
     }
 }
 
-/// The managed namespaces and whether Palisade's RoleBinding is in each, once
-/// the Namespace kind (and the RoleBinding kind, when cached) have listed.
+/// The managed namespaces whose Secrets and ConfigMaps are watched
+/// ([`labels::SECRETS_WATCHED`]) and whether Palisade's RoleBinding is in
+/// each, once the Namespace kind (and the RoleBinding kind, when cached) have
+/// listed.
 fn managed_namespaces(
     inner: &Inner,
     namespace_kind: usize,
@@ -832,8 +842,9 @@ fn managed_namespaces(
         return None;
     }
     let mut out: Vec<(String, bool)> = inner.kinds[namespace_kind]
-        .keys()
-        .map(|ns| {
+        .iter()
+        .filter(|(_, entry)| entry.secrets_watched)
+        .map(|(ns, _)| {
             let bound = binding_kind.is_some_and(|k| {
                 inner.kinds[k].contains_key(key_of(Some(ns), rbac::OPERATOR_BINDING).as_str())
             });
@@ -964,6 +975,30 @@ impl ChildCache {
     /// per-namespace watches wait (and the cache is not ready).
     pub fn grant_gate(&self, bound: bool) {
         self.gate.send_replace(Some(bound));
+    }
+
+    /// Whether the Secrets and ConfigMaps of the managed namespace `namespace`
+    /// are watched, by its annotation; `None` when it is not cached.
+    pub fn secrets_watched(&self, namespace: &str) -> Option<bool> {
+        let kind = self
+            .kinds
+            .iter()
+            .position(|k| k.ar.kind == "Namespace" && k.ar.group.is_empty())?;
+        Some(self.entry(kind, namespace)?.secrets_watched)
+    }
+
+    /// Whether the cache holds a Secret or ConfigMap managed for `tenant` in
+    /// `namespace` (true when the cache cannot be read: keep watching).
+    pub fn holds_data(&self, tenant: &str, namespace: &str) -> bool {
+        let Ok(inner) = self.inner.read() else {
+            return true;
+        };
+        let prefix = format!("{namespace}/");
+        inner.by_tenant.get(tenant).is_some_and(|set| {
+            set.iter().any(|(kind, key)| {
+                is_watched_per_namespace(&self.kinds[*kind].ar) && key.starts_with(&prefix)
+            })
+        })
     }
 
     /// True once every per-namespace kind has listed `namespace` (always true

@@ -52,7 +52,8 @@ impl Differ {
         let (live, scan) = self.list_children(t).await?;
         let usage = self.quota_usage(&scan).await?;
         let plan = rolepolicy::plan_for(t, policies);
-        let values = tenant::objects(t, valid, &usage, &plan)
+        let holding = live.holding(&tenant::namespace_names(&t.spec));
+        let values = tenant::objects(t, valid, &usage, &plan, &holding)
             .to_values()
             .map_err(ser_err("tenant objects"))?;
         let names = tenant::namespace_names(&t.spec);
@@ -120,6 +121,15 @@ impl Differ {
                     scan.iter().cloned().map(Some).collect()
                 };
             for ns in namespaces {
+                // Where the controller watches no Secrets and ConfigMaps, it
+                // sees none: neither does its preview.
+                if crate::controller::cache::is_watched_per_namespace(&ar)
+                    && ns
+                        .as_ref()
+                        .is_some_and(|ns| !live.secrets_watched.contains(ns))
+                {
+                    continue;
+                }
                 let list = self
                     .api(&ar, ns.as_deref())
                     .list_metadata(&selector)
@@ -298,7 +308,7 @@ impl Differ {
                 .names
                 .iter()
                 .filter(|ns| req.sa_namespace.as_ref().is_none_or(|n| n == *ns))
-                .filter(|ns| ready(ns) && tokens::key_published_in(key, ns))
+                .filter(|ns| ready(ns) && crate::resources::secrets::lands_in(key, ns))
             {
                 let key = ObjectKey::new("Secret", ns, &tokens::secret_name(&req.service_account));
                 let found = p.live.exists(&key);
@@ -344,6 +354,9 @@ impl Differ {
 struct Listed {
     children: Vec<(ObjectKey, ApiResource, bool)>,
     namespaces: disposal::Namespaces,
+    /// The listed namespaces whose Secrets and ConfigMaps the controller
+    /// watches ([`labels::secrets_watched`]).
+    secrets_watched: BTreeSet<String>,
 }
 
 impl Listed {
@@ -352,6 +365,9 @@ impl Listed {
         let name = meta.name.clone().unwrap_or_default();
         if ar.kind == "Namespace" {
             self.namespaces.note(&name, meta, tenant_uid);
+            if labels::secrets_watched(meta.annotations.as_ref()) {
+                self.secrets_watched.insert(name.clone());
+            }
         }
         let key = ObjectKey::new(
             &ar.kind,
@@ -364,6 +380,22 @@ impl Listed {
 
     fn exists(&self, key: &ObjectKey) -> bool {
         self.children.iter().any(|(k, _, _)| k == key)
+    }
+
+    /// Of `names`, the namespaces the controller keeps watching for the
+    /// Secrets and ConfigMaps left in them ([`tenant::still_holds_data`]:
+    /// this listing is complete, so it has always "listed").
+    fn holding(&self, names: &[String]) -> BTreeSet<String> {
+        names
+            .iter()
+            .filter(|ns| {
+                let held = self.children.iter().any(|(k, ar, _)| {
+                    k.namespace == **ns && crate::controller::cache::is_watched_per_namespace(ar)
+                });
+                tenant::still_holds_data(self.secrets_watched.contains(*ns), Some(held))
+            })
+            .cloned()
+            .collect()
     }
 
     /// What the controller's prune would do to each listed child, by

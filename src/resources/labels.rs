@@ -24,6 +24,14 @@ pub const RELEASED_BY_UID: &str = "palisade.dev/released-by-uid";
 pub const CREATED_BY_OWNER: &str = "palisade.dev/created-by-owner";
 /// Set on namespaces that a tenant let go of under `deletionPolicy: Retain`.
 pub const RELEASED: &str = "palisade.dev/released";
+/// Annotation on each tenant namespace: `"true"` while Palisade watches the
+/// namespace's Secrets and ConfigMaps (it generates some there, or some of
+/// its own are still there to prune), `"false"` when it holds none there and
+/// watches none. Absent counts as `"true"` (namespaces from before the
+/// annotation are watched until a reconcile has seen them empty). Two watches
+/// per namespace are what a thousand tenants cost in connections and lists;
+/// most namespaces hold no generated Secret.
+pub const SECRETS_WATCHED: &str = "palisade.dev/secrets-watched";
 /// The field manager of every server-side apply Palisade makes.
 pub const FIELD_MANAGER: &str = "palisade";
 /// Finalizer on Tenants.
@@ -52,6 +60,14 @@ pub fn managed_meta(tenant: &str, namespace: &str, name: &str) -> ObjectMeta {
         labels: Some(managed(tenant)),
         ..Default::default()
     }
+}
+
+/// Whether a namespace with these annotations has its Secrets and ConfigMaps
+/// watched ([`SECRETS_WATCHED`]): everything but an explicit `"false"`.
+pub fn secrets_watched(annotations: Option<&BTreeMap<String, String>>) -> bool {
+    annotations
+        .and_then(|a| a.get(SECRETS_WATCHED))
+        .is_none_or(|v| v != "false")
 }
 
 /// Selector for everything managed for `tenant`.

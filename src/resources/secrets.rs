@@ -32,6 +32,13 @@ use crate::crd::tenant::{Alphabet, ManagedSecret, SecretPending, SecretStatus, S
 pub const VERSIONS: &str = "palisade.dev/versions";
 pub const ROTATED_AT: &str = "palisade.dev/rotated-at";
 pub const NEXT_ROTATION: &str = "palisade.dev/next-rotation";
+/// Whether the Secret of `spec` (and its JWKS) lands in tenant namespace
+/// `ns`: the namespaces it names, or every tenant namespace when it names
+/// none. Also where a JwtSigningKey is published for tokens.
+pub fn lands_in(spec: &crate::crd::tenant::ManagedSecret, ns: &str) -> bool {
+    spec.namespaces.is_empty() || spec.namespaces.iter().any(|n| n == ns)
+}
+
 /// Set on a managed Secret (any value) to force a rotation now; cleared by it.
 /// Honoured at most once per [`MIN_FORCED_ROTATION_INTERVAL`]: earlier, it stays
 /// on the Secret and is honoured when the interval has passed.

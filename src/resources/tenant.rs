@@ -343,6 +343,7 @@ fn namespace(
     uid: Option<&str>,
     spec: &TenantSpec,
     ns: &crate::crd::tenant::TenantNamespace,
+    secrets_watched: bool,
 ) -> Namespace {
     let mut l: BTreeMap<String, String> = ns.labels.clone();
     l.extend(labels::managed(name));
@@ -363,11 +364,15 @@ fn namespace(
     let (settings, mut annotations) = super::admission::namespace_metadata(spec);
     l.extend(settings);
     annotations.extend(ns.annotations.clone());
+    annotations.insert(
+        labels::SECRETS_WATCHED.to_string(),
+        secrets_watched.to_string(),
+    );
     Namespace {
         metadata: ObjectMeta {
             name: Some(ns.name.clone()),
             labels: Some(l),
-            annotations: (!annotations.is_empty()).then_some(annotations),
+            annotations: Some(annotations),
             ..Default::default()
         },
         ..Default::default()
@@ -593,6 +598,29 @@ pub fn classify_namespace(tenant: Who<'_>, name: &str, meta: &ObjectMeta) -> NsS
     }
 }
 
+/// Whether Palisade must keep watching the Secrets and ConfigMaps of a tenant
+/// namespace the spec puts none in ([`labels::SECRETS_WATCHED`]): while the
+/// namespace is watched and its watch has not shown it empty of the tenant's
+/// (`held`: `None` until it has listed). The prune that removes what is left
+/// there can only see it through that watch; once it is empty, watching
+/// stops. The controller answers from its caches, `palisade diff` from its
+/// listing: the same rule.
+pub fn still_holds_data(watched: bool, held: Option<bool>) -> bool {
+    watched && held != Some(false)
+}
+
+/// The namespaces whose Secrets and ConfigMaps Palisade watches: those a
+/// `spec.secrets[]` entry lands in (application tokens go only where a
+/// signing key is), and those in `holding` (see [`still_holds_data`]).
+pub fn secrets_watched(spec: &TenantSpec, holding: &BTreeSet<String>) -> BTreeSet<String> {
+    namespace_names(spec)
+        .into_iter()
+        .filter(|ns| {
+            holding.contains(ns) || spec.secrets.iter().any(|s| super::secrets::lands_in(s, ns))
+        })
+        .collect()
+}
+
 /// [`validate`], then [`objects`]: for callers that have not validated the
 /// spec yet (tests, benchmarks). The controller, `render` and `diff` validate
 /// once and call [`objects`].
@@ -603,21 +631,25 @@ pub fn build(
 ) -> Result<TenantObjects, InvalidTenant> {
     let name = tenant.metadata.name.as_deref().unwrap_or_default();
     let valid = validate(name, &tenant.spec)?;
-    Ok(objects(tenant, &valid, usage, plan))
+    Ok(objects(tenant, &valid, usage, plan, &BTreeSet::new()))
 }
 
 /// The objects a Tenant becomes, its spec checked by [`validate`] (`_valid`).
 /// `usage` is each namespace's current quota usage (only read for
-/// `scope: Tenant`; empty offline).
+/// `scope: Tenant`; empty offline); `holding` the namespaces that still
+/// hold generated data the spec no longer puts there ([`still_holds_data`];
+/// empty offline).
 pub fn objects(
     tenant: &Tenant,
     _valid: &Valid,
     usage: &Usage,
     plan: &super::rolepolicy::RbacPlan,
+    holding: &BTreeSet<String>,
 ) -> TenantObjects {
     let name = tenant.metadata.name.as_deref().unwrap_or_default();
     let spec = &tenant.spec;
     let names = namespace_names(spec);
+    let watched = secrets_watched(spec, holding);
     let hard = spec
         .quota
         .as_ref()
@@ -625,7 +657,8 @@ pub fn objects(
     let mut out = TenantObjects::default();
     for ns in &spec.namespaces {
         let uid = tenant.metadata.uid.as_deref();
-        out.namespaces.push(namespace(name, uid, spec, ns));
+        out.namespaces
+            .push(namespace(name, uid, spec, ns, watched.contains(&ns.name)));
         out.network_policies
             .extend(network::policies(name, uid, &ns.name, &spec.network));
         let ns_hard = hard.as_ref().and_then(|h| h.get(&ns.name).cloned());
@@ -761,6 +794,75 @@ mod tests {
             )),
             ..Default::default()
         }
+    }
+
+    /// Which namespaces have their Secrets and ConfigMaps watched: where a
+    /// secret lands (every namespace when it names none), and where some are
+    /// still held; never elsewhere. Objects carry the decision as
+    /// `palisade.dev/secrets-watched` on every namespace.
+    #[test]
+    fn secrets_are_watched_where_they_land_or_are_still_held() {
+        let names = json!([{"name": "t-a"}, {"name": "t-b"}, {"name": "t-c"}]);
+        let none = BTreeSet::new();
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let plain = spec(json!({"namespaces": names}));
+        assert_eq!(secrets_watched(&plain, &none), set(&[]));
+        assert_eq!(secrets_watched(&plain, &set(&["t-b"])), set(&["t-b"]));
+        let one = spec(json!({"namespaces": names, "secrets": [
+            {"name": "k", "type": "Random", "rotateEvery": "1h", "namespaces": ["t-a"]}]}));
+        assert_eq!(secrets_watched(&one, &none), set(&["t-a"]));
+        assert_eq!(secrets_watched(&one, &set(&["t-c"])), set(&["t-a", "t-c"]));
+        let every = spec(json!({"namespaces": names, "secrets": [
+            {"name": "k", "type": "Random", "rotateEvery": "1h"}]}));
+        assert_eq!(secrets_watched(&every, &none), set(&["t-a", "t-b", "t-c"]));
+        // Only namespaces of the tenant: a held name it no longer lists is not one.
+        assert_eq!(secrets_watched(&plain, &set(&["gone"])), set(&[]));
+
+        let tenant: Tenant = serde_json::from_value(json!({
+            "apiVersion": "palisade.dev/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "t"}, "spec": one.clone()}))
+        .expect("tenant");
+        let valid = validate("t", &one).expect("valid");
+        let objects = objects(&tenant, &valid, &Usage::new(), &Default::default(), &none);
+        let marks: Vec<(String, String)> = objects
+            .namespaces
+            .iter()
+            .map(|n| {
+                let a = n.metadata.annotations.as_ref().expect("annotations");
+                (
+                    n.metadata.name.clone().unwrap_or_default(),
+                    a[labels::SECRETS_WATCHED].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            marks,
+            [("t-a", "true"), ("t-b", "false"), ("t-c", "false")]
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+    }
+
+    /// Watching stops only once the watch has shown a namespace empty of the
+    /// tenant's Secrets and ConfigMaps; absent or any other value than
+    /// "false" is watched.
+    #[test]
+    fn a_namespace_stays_watched_until_seen_empty() {
+        assert!(still_holds_data(true, None));
+        assert!(still_holds_data(true, Some(true)));
+        assert!(!still_holds_data(true, Some(false)));
+        assert!(!still_holds_data(false, None));
+        assert!(!still_holds_data(false, Some(true)));
+        let a = |v: &str| {
+            Some(BTreeMap::from([(
+                labels::SECRETS_WATCHED.to_string(),
+                v.to_string(),
+            )]))
+        };
+        assert!(labels::secrets_watched(None));
+        assert!(labels::secrets_watched(Some(&BTreeMap::new())));
+        assert!(labels::secrets_watched(a("true").as_ref()));
+        assert!(labels::secrets_watched(a("yes").as_ref()));
+        assert!(!labels::secrets_watched(a("false").as_ref()));
     }
 
     /// Issue #25 item 5: which namespaces labelled for a tenant are owners'

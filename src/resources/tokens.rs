@@ -233,11 +233,6 @@ pub fn signing_key<'a>(
     }
 }
 
-/// True when a key secret is published (kept) in namespace `ns`.
-pub fn key_published_in(key: &crate::crd::tenant::ManagedSecret, ns: &str) -> bool {
-    key.namespaces.is_empty() || key.namespaces.iter().any(|n| n == ns)
-}
-
 /// `<serviceaccount>-palisade-token`.
 pub fn secret_name(service_account: &str) -> String {
     format!("{service_account}-palisade-token")

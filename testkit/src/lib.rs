@@ -81,6 +81,7 @@ mod faults;
 mod http;
 mod log;
 mod patch;
+pub mod procfs;
 mod registry;
 mod selectors;
 mod serve;

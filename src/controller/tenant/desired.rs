@@ -2,7 +2,7 @@
 //! and their contents, the RBAC its RolePolicies compile to, and (for a
 //! `scope: Tenant` quota) the budget spread by each namespace's use.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::ResourceQuota;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -23,6 +23,9 @@ pub struct Desired {
     pub plan: RbacPlan,
     /// `status.quota` of a `scope: Tenant` quota.
     pub quota: Option<QuotaStatus>,
+    /// The namespaces whose Secrets and ConfigMaps are to be watched
+    /// ([`builder::secrets_watched`]).
+    pub secrets_watched: BTreeSet<String>,
 }
 
 /// Builds the desired state of a validated tenant from the caches (quota
@@ -30,7 +33,9 @@ pub struct Desired {
 pub(super) fn build(ctx: &Context, tenant: &Tenant, valid: &Valid, usable: &[String]) -> Desired {
     let usage = quota_usage(ctx, usable);
     let plan = plan_for(tenant, &ctx.policies());
-    let objects = builder::objects(tenant, valid, &usage, &plan);
+    let holding = holding(ctx, tenant, usable);
+    let objects = builder::objects(tenant, valid, &usage, &plan, &holding);
+    let secrets_watched = builder::secrets_watched(&tenant.spec, &holding);
     let quota = tenant
         .spec
         .quota
@@ -47,7 +52,26 @@ pub(super) fn build(ctx: &Context, tenant: &Tenant, valid: &Valid, usable: &[Str
         objects,
         plan,
         quota,
+        secrets_watched,
     }
+}
+
+/// The tenant's namespaces that are watched and not yet seen empty of its
+/// Secrets and ConfigMaps ([`builder::still_holds_data`], from the caches).
+fn holding(ctx: &Context, tenant: &Tenant, namespaces: &[String]) -> BTreeSet<String> {
+    let name = tenant.metadata.name.as_deref().unwrap_or_default();
+    namespaces
+        .iter()
+        .filter(|ns| {
+            let watched = ctx.cache.secrets_watched(ns) == Some(true);
+            // Asked only of watched namespaces: an unlisted one wakes the
+            // tenant when it lists.
+            let held =
+                (watched && ctx.cache.namespace_listed(ns)).then(|| ctx.cache.holds_data(name, ns));
+            builder::still_holds_data(watched, held)
+        })
+        .cloned()
+        .collect()
 }
 
 fn quota_usage(ctx: &Context, namespaces: &[String]) -> Usage {

@@ -190,9 +190,10 @@ async fn steps(
         return Ok(Next::Again(Duration::from_secs(1)));
     }
     // Secrets and ConfigMaps are watched per namespace: decide about them only
-    // where that watch has listed (never re-create what is not seen yet), or
-    // in a namespace created by this very pass (nothing of ours in it yet).
-    let listed = namespaces::listed(ctx, &ready, &created);
+    // where that watch has listed (never re-create what is not seen yet), in
+    // a namespace created by this very pass, or in one known to hold nothing
+    // of ours and left unwatched (see namespaces::listed).
+    let listed = namespaces::listed(ctx, &ready, &created, &desired.secrets_watched);
     facts.waiting_for_listing = listed.len() < ready.len();
 
     let values = desired

@@ -337,15 +337,23 @@ pub(super) fn usable(states: &BTreeMap<String, NsState>) -> Vec<String> {
 
 /// The ready namespaces where Secrets and ConfigMaps may be decided about:
 /// those whose per-namespace watch has listed (never re-create what is not
-/// seen yet), or created by this very pass (nothing of ours in them yet).
+/// seen yet); created by this very pass (nothing of ours in them yet); or
+/// not watched and staying so (`palisade.dev/secrets-watched: "false"` is
+/// only ever set on a namespace seen empty of ours, and nothing is generated
+/// there until its watch has listed again).
 pub(super) fn listed(
     ctx: &Context,
     ready: &BTreeSet<String>,
     created: &BTreeSet<String>,
+    watched: &BTreeSet<String>,
 ) -> BTreeSet<String> {
     ready
         .iter()
-        .filter(|ns| created.contains(*ns) || ctx.cache.namespace_listed(ns))
+        .filter(|ns| {
+            created.contains(*ns)
+                || (!watched.contains(*ns) && ctx.cache.secrets_watched(ns) == Some(false))
+                || ctx.cache.namespace_listed(ns)
+        })
         .cloned()
         .collect()
 }

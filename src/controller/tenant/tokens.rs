@@ -148,7 +148,7 @@ async fn in_namespace(
         .and_then(|o| to_secret(&o))
         .and_then(|s| secret_model::parse_state(key_spec, &s).ok())
     else {
-        if model::key_published_in(key_spec, ns) {
+        if secret_model::lands_in(key_spec, ns) {
             return Ok(InNamespace::KeyPending);
         }
         return Ok(InNamespace::Problem(format!(
