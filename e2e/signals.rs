@@ -61,6 +61,16 @@ async fn within(limit: Duration, what: &str, check: impl Fn() -> bool) -> Durati
         .1
 }
 
+/// `tenant` with a rotated Secret in every namespace: Palisade watches
+/// Secrets and ConfigMaps only where it generates some.
+fn with_generated_secret(mut tenant: Tenant) -> Tenant {
+    tenant.spec.secrets = serde_json::from_value(json!([
+        {"name": "api-key", "type": "Random", "rotateEvery": "720h"}
+    ]))
+    .expect("secrets");
+    tenant
+}
+
 #[tokio::test]
 async fn watches_never_403_on_the_happy_path_and_recover_without_restart() {
     if !enabled() {
@@ -71,10 +81,11 @@ async fn watches_never_403_on_the_happy_path_and_recover_without_restart() {
     let tenants: Api<Tenant> = Api::all(client.clone());
     let mut cleanup = Cleanup::default();
 
-    // Happy path: two namespaces appear, each watched once it may be listed.
+    // Happy path: two namespaces appear, each watched once it may be listed
+    // (its Secrets are watched because Palisade generates one there).
     let first = unique("sig");
     cleanup.tenant(&first);
-    create_ready(&tenants, &sample(&first, "Delete")).await;
+    create_ready(&tenants, &with_generated_secret(sample(&first, "Delete"))).await;
     assert_eq!(
         ctx.cache.health.errors(403),
         0,
@@ -106,7 +117,10 @@ async fn watches_never_403_on_the_happy_path_and_recover_without_restart() {
     let second = unique("sig");
     cleanup.tenant(&second);
     tenants
-        .create(&PostParams::default(), &sample(&second, "Delete"))
+        .create(
+            &PostParams::default(),
+            &with_generated_secret(sample(&second, "Delete")),
+        )
         .await
         .expect("create");
     // Its Secret watches are refused and retried; the Tenant waits for them.

@@ -483,6 +483,19 @@ fn secrets_watched(server: &FakeApiServer, ns: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Waits until Secret `name` in `ns` is pruned, then until `ns` is no
+/// longer watched.
+async fn pruned_then_unwatched(server: &FakeApiServer, ns: &str, name: &str) {
+    server
+        .wait_for_absent("secrets", Some(ns), name, WAIT)
+        .await
+        .unwrap_or_else(|_| panic!("{ns}/{name} is pruned"));
+    server
+        .wait_until(WAIT, |s| secrets_watched(s, ns).as_deref() == Some("false"))
+        .await
+        .unwrap_or_else(|_| panic!("{ns}, empty now, is no longer watched"));
+}
+
 /// Lists and watches of Secrets or ConfigMaps in `ns` since `mark`.
 fn data_reads_in(
     server: &FakeApiServer,
@@ -549,16 +562,7 @@ spec:
         .wait_for_json("secrets", Some("quiet-b"), "api-key", WAIT, |_| true)
         .await
         .expect("the secret is created where it moved");
-    server
-        .wait_for_absent("secrets", Some("quiet-a"), "api-key", WAIT)
-        .await
-        .expect("the secret is pruned where it left");
-    server
-        .wait_until(WAIT, |s| {
-            secrets_watched(s, "quiet-a").as_deref() == Some("false")
-        })
-        .await
-        .expect("quiet-a, empty now, is no longer watched");
+    pruned_then_unwatched(&server, "quiet-a", "api-key").await;
     assert_eq!(secrets_watched(&server, "quiet-b").as_deref(), Some("true"));
     wait_ready(&server, "quiet").await;
 
@@ -610,16 +614,7 @@ spec:
 "#,
     )
     .await;
-    server
-        .wait_for_absent("secrets", Some("old-a"), "stale", WAIT)
-        .await
-        .expect("the stale secret is pruned");
-    server
-        .wait_until(WAIT, |s| {
-            secrets_watched(s, "old-a").as_deref() == Some("false")
-        })
-        .await
-        .expect("old-a, empty now, is no longer watched");
+    pruned_then_unwatched(&server, "old-a", "stale").await;
     let writes = resync_writes(&server, &running).await;
     assert!(writes.is_empty(), "a resync wrote: {writes:?}");
     running.stop().await;
