@@ -1014,3 +1014,36 @@ async fn namespace_conflict(server: &FakeApiServer) -> Value {
     )
     .await
 }
+
+/// Issue #24 item 3: a reconcile that failed because the API server was
+/// unavailable (here every write answered 503 for 8 s) is retried within
+/// `UNAVAILABLE_RETRY` (2 s, jittered), not after the doubling per-object
+/// backoff (0.5 s … 300 s), which had reached 8 s by the end of the outage
+/// and would retry 7.5 s after it.
+#[tokio::test]
+async fn an_outage_is_retried_soon_after_it_ends_whatever_the_backoff() {
+    let server = server();
+    create_tenant(
+        &server,
+        r#"
+apiVersion: palisade.dev/v1alpha1
+kind: Tenant
+metadata: {name: outage}
+spec:
+  namespaces: [{name: outage-a}]
+"#,
+    )
+    .await;
+    let outage = server.fail_when(503, None, |r| r.is_write());
+    let running = start_with(&server, clock(), palisade::controller::Settings::default());
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    server.clear_fault(outage);
+    let back = std::time::Instant::now();
+    wait_ready(&server, "outage").await;
+    let took = back.elapsed();
+    assert!(
+        took <= palisade::controller::driver::UNAVAILABLE_RETRY + Duration::from_millis(500),
+        "Ready {took:?} after the API server answered again"
+    );
+    running.stop().await;
+}

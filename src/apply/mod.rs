@@ -78,6 +78,21 @@ impl ApplyError {
     }
 }
 
+/// Whether `e` says the API server (or etcd behind it) was unavailable
+/// rather than that the request was wrong: no connection, a broken stream,
+/// 429 or a 5xx. Such a failure ends when the server is back, not when the
+/// object changes.
+pub fn unavailable(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_)
+        | kube::Error::Service(_)
+        | kube::Error::ReadEvents(_)
+        | kube::Error::HttpError(_) => true,
+        _ => false,
+    }
+}
+
 impl ApplyError {
     /// Bounded reason for conditions, Events and metric labels.
     pub fn reason(&self) -> &'static str {
@@ -91,6 +106,11 @@ impl ApplyError {
             },
             ApplyError::Malformed { .. } => "Malformed",
         }
+    }
+
+    /// Whether the API server was unavailable ([`unavailable`]).
+    pub fn unavailable(&self) -> bool {
+        matches!(self, ApplyError::Api { source, .. } if unavailable(source))
     }
 
     /// The HTTP status code, when the API server answered.

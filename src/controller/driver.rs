@@ -69,7 +69,21 @@ impl Shared {
 /// Event reason.
 pub trait Reason {
     fn reason(&self) -> &'static str;
+
+    /// The API server was unavailable ([`crate::apply::unavailable`]): the
+    /// retry is not backed off past [`UNAVAILABLE_RETRY`].
+    fn unavailable(&self) -> bool {
+        false
+    }
 }
+
+/// The longest retry of a reconcile that failed because the API server was
+/// unavailable. Per-object backoff guards the API server against objects
+/// that fail again and again; an outage is not one: every object failed
+/// because of it, and doubling delays through a 20 s outage left Tenants
+/// waiting up to 16 s more after it ended. Retries stay bounded by the
+/// controller's concurrency and client rate limit; each is jittered.
+pub const UNAVAILABLE_RETRY: Duration = Duration::from_secs(2);
 
 /// One kind's reconcile, as the driver runs it. The chassis fields
 /// ([`Shared`]) read as the context's own.
@@ -203,6 +217,12 @@ fn error_policy<R: Reconcile>(
 ) -> Action {
     let (namespace, name) = (obj.namespace(), obj.name_any());
     let delay = driver.backoff_for(&key(namespace.as_deref(), &name));
+    let delay = match error {
+        Failure::Reconcile(e) if e.unavailable() && delay > UNAVAILABLE_RETRY => {
+            UNAVAILABLE_RETRY.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+        }
+        _ => delay,
+    };
     let reason = match error {
         Failure::Reconcile(e) => e.reason(),
         Failure::Panicked(_) => "Panic",

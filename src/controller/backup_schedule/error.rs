@@ -42,4 +42,12 @@ impl crate::controller::driver::Reason for Error {
             Error::Serialize(..) => "SerializeFailed",
         }
     }
+
+    fn unavailable(&self) -> bool {
+        match self {
+            Error::Apply(e) => e.unavailable(),
+            Error::Kube(_, e) => crate::apply::unavailable(e),
+            Error::Config(_) | Error::Serialize(..) => false,
+        }
+    }
 }

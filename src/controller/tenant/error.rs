@@ -38,6 +38,14 @@ impl Reason for Error {
             Error::Serialize { .. } => "SerializeFailed",
         }
     }
+
+    fn unavailable(&self) -> bool {
+        match self {
+            Error::Apply(e) => e.unavailable(),
+            Error::Kube { source, .. } => crate::apply::unavailable(source),
+            Error::Serialize { .. } => false,
+        }
+    }
 }
 
 impl Error {
