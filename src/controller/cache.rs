@@ -980,10 +980,7 @@ impl ChildCache {
     /// Whether the Secrets and ConfigMaps of the managed namespace `namespace`
     /// are watched, by its annotation; `None` when it is not cached.
     pub fn secrets_watched(&self, namespace: &str) -> Option<bool> {
-        let kind = self
-            .kinds
-            .iter()
-            .position(|k| k.ar.kind == "Namespace" && k.ar.group.is_empty())?;
+        let kind = self.kind_index(&ar::<Namespace>())?;
         Some(self.entry(kind, namespace)?.secrets_watched)
     }
 
