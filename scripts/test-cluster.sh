@@ -221,6 +221,7 @@ start_kcm() {
     --root-ca-file "$STATE/pki/ca.crt" \
     --leader-elect=false \
     --resource-quota-sync-period 15s \
+    --concurrent-namespace-syncs 40 \
     --kube-api-qps 200 --kube-api-burst 400 \
     --v=1
 }
