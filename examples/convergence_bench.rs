@@ -27,6 +27,7 @@
 //!                          [--out docs/PERFORMANCE.md] [--edits 100] [--cluster]
 //!        convergence_bench --cluster --rates shipped,0:0 [--tenants 200] [--binary …]
 //!        convergence_bench --cluster --faults [--tenants 200] [--cluster-script scripts/test-cluster.sh]
+//!                          [--only apiserver,etcd,exit,leader] [--keep-logs FILE]
 //!                          [--fault-flags "--kube-qps 50 --kube-burst 100"]
 //!        convergence_bench --serve-fake KUBECONFIG_OUT   (a fake cluster to try --cluster on)
 
@@ -877,28 +878,60 @@ async fn operator(target: &Target, n: usize, binary: &str, edits: usize) -> anyh
     Ok(run)
 }
 
+/// How long a cleanup of `n` Tenants' objects may take: the namespace
+/// controller deletes about 10 namespaces a second here (2 cores).
+fn patience(n: usize) -> Duration {
+    Duration::from_secs(900.max(n as u64))
+}
+
+/// Deletes what the floor applied (its namespaces, and its ClusterRoles and
+/// ClusterRoleBindings, which nothing else would remove) and waits until its
+/// namespaces are gone: the controller is then measured on the cluster the
+/// floor had, not one also holding the floor's objects.
+async fn remove_floor(target: &Target, n: usize) -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let floor = ListParams::default().labels("app.kubernetes.io/managed-by=palisade-bench-floor");
+    let all = DeleteParams::background();
+    Api::<ClusterRole>::all(target.client.clone())
+        .delete_collection(&all, &floor)
+        .await?;
+    Api::<ClusterRoleBinding>::all(target.client.clone())
+        .delete_collection(&all, &floor)
+        .await?;
+    let ns: Api<Namespace> = Api::all(target.client.clone());
+    for n in ns.list_metadata(&floor).await? {
+        let _ = ns.delete(&n.name_any(), &all).await;
+    }
+    wait_for_every(
+        "the floor's namespaces to be gone",
+        patience(n),
+        Duration::from_secs(2),
+        async || {
+            ns.list_metadata(&floor)
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
 /// Removes what this run made on a cluster (Tenants are deleted with
 /// `deletionPolicy: Delete`, so a controller takes their namespaces) and waits
-/// until every namespace of the run is gone. The namespace controller deletes
-/// about 10 namespaces a second here (2 cores), so the waits grow with `n`:
-/// 5,000 Tenants leave 20,000 namespaces, the floor's and the controller's.
+/// until every namespace of the run is gone.
 async fn clean_cluster(target: &Target, binary: &str, n: usize) -> anyhow::Result<()> {
+    remove_floor(target, n).await?;
     let ns: Api<Namespace> = Api::all(target.client.clone());
-    let floor = ListParams::default().labels("app.kubernetes.io/managed-by=palisade-bench-floor");
-    for n in ns.list_metadata(&floor).await? {
-        let _ = ns.delete(&n.name_any(), &DeleteParams::background()).await;
-    }
     let api: Api<Tenant> = Api::all(target.client.clone());
     let lp = ListParams::default().labels(&format!("{BENCH_LABEL}=convergence"));
     let controller = Controller::start(binary, target, "10h").await?;
     for t in api.list_metadata(&lp).await? {
         let _ = api.delete(&t.name_any(), &DeleteParams::default()).await;
     }
-    let patience = Duration::from_secs(900.max(n as u64));
     let every = Duration::from_secs(2);
     let gone = wait_for_every(
         "the benchmark's Tenants to be deleted",
-        patience,
+        patience(n),
         every,
         async || {
             api.list_metadata(&lp)
@@ -912,7 +945,7 @@ async fn clean_cluster(target: &Target, binary: &str, n: usize) -> anyhow::Resul
     let ours = [format!("pb{}-", run_id()), format!("pf{}-", run_id())];
     wait_for_every(
         "the benchmark's namespaces to be gone",
-        patience * 2,
+        patience(n),
         every,
         async || {
             ns.list_metadata(&ListParams::default())
@@ -1568,6 +1601,10 @@ struct FaultRow {
     recover_s: f64,
     /// What the same remaining work took without the fault, in this run.
     baseline_s: Option<f64>,
+    /// Seconds from the API answering again (`/readyz`) to the first write
+    /// that succeeds: after etcd's restart the API server reconnects to it
+    /// first, and nothing can be Ready before that.
+    writable_s: Option<f64>,
     writes: String,
     panics: usize,
     met: bool,
@@ -1577,6 +1614,27 @@ impl FaultRow {
     fn overhead(&self) -> Option<f64> {
         self.baseline_s.map(|b| self.recover_s - b)
     }
+}
+
+/// Seconds until a write through the API server succeeds (a ConfigMap in
+/// `default` patched, each try bounded to 1 s), at most 5 minutes.
+async fn first_write(client: kube::Client) -> anyhow::Result<f64> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(client, "default");
+    let start = Instant::now();
+    let apply = PatchParams::apply("palisade-bench").force();
+    while start.elapsed() < Duration::from_secs(300) {
+        let probe = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "palisade-bench-write-probe"},
+            "data": {"at": format!("{:?}", start.elapsed())}});
+        let probe = Patch::Apply(probe);
+        let write = api.patch("palisade-bench-write-probe", &apply, &probe);
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), write).await {
+            return Ok(start.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("no write succeeded within 5 minutes of the API answering again")
 }
 
 /// How the no-fault run converged: its ready timeline and total.
@@ -1660,6 +1718,7 @@ impl Bench {
         let mut exited_at: Option<Instant> = None;
         let mut restarts = 0;
         let mut back: Option<Instant> = None;
+        let mut writable = None;
         let deadline = start + Duration::from_secs(1800);
         let result = loop {
             if back.is_none()
@@ -1669,6 +1728,7 @@ impl Bench {
                     break Err(anyhow::anyhow!("test-cluster.sh restart-{what} failed"));
                 }
                 back = Some(Instant::now());
+                writable = Some(tokio::spawn(first_write(self.client.clone())));
             }
             // The kubelet: an exited container is started again after its back-off.
             if let Ok(Some(_)) = c.child.try_wait() {
@@ -1693,6 +1753,10 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(250)).await;
         };
         let _ = fault.wait().await;
+        let writable_s = match writable {
+            Some(task) => Some(task.await??),
+            None => None,
+        };
         let writes = controller_writes(&c).await;
         let deleted = batch.delete(&self.client).await;
         c.stop().await;
@@ -1715,6 +1779,7 @@ impl Bench {
             target: "all Ready ≤ 10 s after the API answers again; overhead ≤ 10 s".into(),
             recover_s,
             baseline_s: Some(baseline_s),
+            writable_s,
             writes: if exit {
                 format!("{writes} (last process only)")
             } else {
@@ -1756,6 +1821,7 @@ impl Bench {
             target: format!("≤ lease + 2 s = {:.0} s", lease_s + 2.0),
             recover_s: takeover.as_secs_f64(),
             baseline_s: None,
+            writable_s: None,
             writes: "-".into(),
             panics: self.panics(),
             met: takeover.as_secs_f64() <= lease_s + 2.0,
@@ -1766,6 +1832,7 @@ impl Bench {
             target: "overhead ≤ lease + 10 s".into(),
             recover_s: converged,
             baseline_s: Some(baseline_s),
+            writable_s: None,
             writes: format!("{} (standby's)", controller_writes(&b).await),
             panics: self.panics(),
             met: converged - baseline_s <= lease_s + 10.0,
@@ -1782,6 +1849,7 @@ impl Bench {
             target: "0 changed, 0 writes".into(),
             recover_s: 0.0,
             baseline_s: None,
+            writable_s: None,
             writes: format!("{} writes, {changed_rvs} changed", w1 - w0),
             panics: self.panics(),
             met: changed_rvs == 0 && w1 == w0,
@@ -1815,6 +1883,7 @@ impl Bench {
             target: "ready ≤ 10 s, 0 writes, 0 changed".into(),
             recover_s: ready_s,
             baseline_s: None,
+            writable_s: None,
             writes: if which.is_empty() {
                 format!("0 writes, {changed_rvs} changed")
             } else {
@@ -1905,7 +1974,11 @@ fn faults_report(
     );
     md.push_str(&format!("a fresh batch of {n} Tenants per scenario. *Recover* counts from the API answering again (or\n"));
     md.push_str("the kill, or the start) to every Tenant Ready (or /readyz 200). *Overhead* = recover − what the\n");
-    md.push_str("no-fault run of the same run needed from the same number of Ready Tenants to all Ready.\n\n");
+    md.push_str(
+        "no-fault run of the same run needed from the same number of Ready Tenants to all Ready.\n",
+    );
+    md.push_str("*Writable* = from the API answering again (`/readyz`) to the first write through it that\n");
+    md.push_str("succeeds (a probe, not the controller): the part of the recovery that is the API server's.\n\n");
     md.push_str(&format!(
         "Machine: {}. Date: {}. Binary: `{binary}`, flags: {flags}. No-fault baseline: {n} Tenants Ready in {:.1} s, {} writes.\n\n",
         machine(),
@@ -1913,14 +1986,15 @@ fn faults_report(
         base.total_s,
         base.writes,
     ));
-    md.push_str("| scenario | target | recover (s) | no-fault, same work (s) | overhead (s) | writes | panics | met |\n");
-    md.push_str("|---|---|---|---|---|---|---|---|\n");
+    md.push_str("| scenario | target | recover (s) | writable (s) | no-fault, same work (s) | overhead (s) | writes | panics | met |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         md.push_str(&format!(
-            "| {} | {} | {:.1} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.1} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario,
             r.target,
             r.recover_s,
+            r.writable_s.map_or("-".into(), |w| format!("{w:.1}")),
             r.baseline_s.map_or("-".into(), |b| format!("{b:.1}")),
             r.overhead().map_or("-".into(), |o| format!("{o:.1}")),
             r.writes,
@@ -1986,6 +2060,13 @@ async fn rates_and_faults(
         let base = bench.baseline().await?;
         eprintln!("   {:.1} s", base.total_s);
         let mut rows = Vec::new();
+        // `--only etcd,leader` (apiserver, etcd, exit, leader): a subset, to
+        // look into one scenario; the report then has only those rows.
+        let only = arg("--only");
+        let wanted = |name: &str| {
+            only.as_ref()
+                .is_none_or(|o| o.split(',').any(|x| x == name))
+        };
         for (k, (what, secs, exit)) in [
             ("apiserver", 20, false),
             ("etcd", 15, false),
@@ -1994,6 +2075,9 @@ async fn rates_and_faults(
         .into_iter()
         .enumerate()
         {
+            if !wanted(if exit { "exit" } else { what }) {
+                continue;
+            }
             eprintln!("== faults: {what} for {secs} s (exit: {exit})");
             let row = bench
                 .api_fault(k + 1, what, secs, exit, &script, &base)
@@ -2005,8 +2089,15 @@ async fn rates_and_faults(
             );
             rows.push(row);
         }
-        eprintln!("== faults: leader SIGKILL, quiet, SIGTERM + restart");
-        rows.extend(bench.leader_faults(9, &base, lease_s).await?);
+        if wanted("leader") {
+            eprintln!("== faults: leader SIGKILL, quiet, SIGTERM + restart");
+            rows.extend(bench.leader_faults(9, &base, lease_s).await?);
+        }
+        // `--keep-logs FILE`: the controllers' logs of every scenario.
+        if let Some(keep) = arg("--keep-logs") {
+            std::fs::copy(bench.log(), &keep)
+                .with_context(|| format!("keeping the logs in {keep}"))?;
+        }
         let flags = if bench.fault_flags.is_empty() {
             "the shipped defaults (no flags)".to_string()
         } else {
@@ -2081,6 +2172,10 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("== {n} tenants on {}: floor", target.label);
                 let f = floor(&target.for_floor().await?, n).await?;
                 eprintln!("   floor: {} objects in {:.2}s", f.objects, f.seconds);
+                if on_cluster {
+                    eprintln!("   removing the floor's objects");
+                    remove_floor(&target, n).await?;
+                }
                 eprintln!("== {n} tenants on {}: palisade controller", target.label);
                 let mut r = operator(&target, n, &binary, edits).await?;
                 r.floor_s = f.seconds;
