@@ -585,14 +585,36 @@ fn sample(name: &str, policy: &str) -> Tenant {
     .expect("tenant")
 }
 
-/// Creates `tenant` and waits until it is Ready.
+/// Creates `tenant` and waits until it is Ready and kube-controller-manager
+/// has given each of its namespaces the `default` ServiceAccount: until then
+/// the API server refuses every Pod there (`serviceaccount "default" not
+/// found`), which a test creating Pods right away would take for a refusal
+/// of its own (on a freshly started control plane that takes a moment).
 async fn create_ready(tenants: &Api<Tenant>, tenant: &Tenant) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
     let name = tenant.name_any();
     tenants
         .create(&PostParams::default(), tenant)
         .await
         .expect("create");
     wait(await_condition(tenants.clone(), &name, tenant_ready(None))).await;
+    let client = tenants.clone().into_client();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ours = kube::api::ListParams::default()
+        .labels(&format!("{}={name}", palisade::resources::labels::TENANT));
+    for ns in namespaces
+        .list_metadata(&ours)
+        .await
+        .expect("list namespaces")
+    {
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.name_any());
+        wait(await_condition(
+            accounts,
+            "default",
+            |a: Option<&ServiceAccount>| a.is_some(),
+        ))
+        .await;
+    }
 }
 
 /// Starts the Tenant controller ([`setup`]), creates Tenant
