@@ -540,22 +540,26 @@ impl Controller {
             .local_addr()?
             .port();
         let admin = format!("127.0.0.1:{port}");
-        let stderr = match log {
-            Some(path) => Stdio::from(
-                std::fs::OpenOptions::new()
+        // Logs (stdout) and panics (stderr) into `log`, if given.
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file = std::fs::OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .open(path)?,
-            ),
-            None => Stdio::inherit(),
+                    .open(path)?;
+                (Stdio::from(file.try_clone()?), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
         };
+        // `PALISADE_LOG=info convergence_bench …` to look into a run.
+        let level = std::env::var("PALISADE_LOG").unwrap_or_else(|_| "warn".into());
         let child = tokio::process::Command::new(binary)
             .args(["controller", "--log-format", "text", "--admin-addr", &admin])
             .args(args)
             .env("KUBECONFIG", kubeconfig)
-            .env("PALISADE_LOG", "warn")
+            .env("PALISADE_LOG", &level)
             .envs(env.iter().copied())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
@@ -1312,9 +1316,10 @@ impl Batch {
     }
 
     /// Deletes the batch (a controller must run: `deletionPolicy: Delete`)
-    /// and waits until its Tenants are gone. Their namespaces are being
-    /// deleted then, by the cluster's namespace controller, which takes
-    /// minutes for 400 of them: the next batch starts meanwhile.
+    /// and waits until its Tenants and their namespaces are gone, so that the
+    /// next scenario runs on a cluster as quiet as the baseline's. (Starting
+    /// it while the namespace controller still deleted 400 namespaces made
+    /// its requests twice as slow as the baseline's: measured, 2026-12-07.)
     async fn delete(&self, client: &kube::Client) -> anyhow::Result<()> {
         let api: Api<Tenant> = Api::all(client.clone());
         for i in 0..self.n {
@@ -1323,13 +1328,28 @@ impl Batch {
                 .await;
         }
         let prefix = format!("{}-", self.prefix);
-        wait_for(
+        let every = Duration::from_millis(500);
+        wait_for_every(
             "the batch's Tenants to be gone",
             Duration::from_secs(900),
+            every,
             async || {
                 api.list_metadata(&ListParams::default())
                     .await
                     .is_ok_and(|l| !l.items.iter().any(|t| t.name_any().starts_with(&prefix)))
+            },
+        )
+        .await?;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        wait_for_every(
+            "the batch's namespaces to be gone",
+            Duration::from_secs(900),
+            every,
+            async || {
+                namespaces
+                    .list_metadata(&ListParams::default())
+                    .await
+                    .is_ok_and(|l| !l.items.iter().any(|n| n.name_any().starts_with(&prefix)))
             },
         )
         .await
