@@ -390,6 +390,13 @@ fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) 
         .count()
 }
 
+/// A Tenant's `Ready` condition is True.
+fn tenant_ready(t: &Tenant) -> bool {
+    t.status
+        .as_ref()
+        .is_some_and(|s| palisade::crd::condition::is_true(&s.conditions, "Ready"))
+}
+
 fn is_ready(t: &Value) -> bool {
     t["status"]["conditions"].as_array().is_some_and(|c| {
         c.iter()
@@ -447,11 +454,7 @@ async fn watch_all_ready(target: &Target, n: usize, timeout: Duration) -> anyhow
             // The watcher re-lists after its backoff; the next event says more.
             Ok(Some(Err(e))) => eprintln!("   watching Tenants: {e}"),
             Ok(Some(Ok(t))) => {
-                let ready = t
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| palisade::crd::condition::is_true(&s.conditions, "Ready"));
-                if ready {
+                if tenant_ready(&t) {
                     pending.remove(&t.name_any());
                 }
             }
@@ -925,7 +928,6 @@ async fn remove_floor(target: &Target, n: usize) -> anyhow::Result<()> {
 /// until every namespace of the run is gone.
 async fn clean_cluster(target: &Target, binary: &str, n: usize) -> anyhow::Result<()> {
     remove_floor(target, n).await?;
-    let ns: Api<Namespace> = Api::all(target.client.clone());
     let api: Api<Tenant> = Api::all(target.client.clone());
     let lp = ListParams::default().labels(&format!("{BENCH_LABEL}=convergence"));
     let controller = Controller::start(binary, target, "10h").await?;
@@ -947,20 +949,30 @@ async fn clean_cluster(target: &Target, binary: &str, n: usize) -> anyhow::Resul
     controller.stop().await;
     gone?;
     let ours = [format!("pb{}-", run_id()), format!("pf{}-", run_id())];
-    wait_for_every(
-        "the benchmark's namespaces to be gone",
-        patience(n),
-        every,
-        async || {
-            ns.list_metadata(&ListParams::default())
-                .await
-                .is_ok_and(|l| {
-                    !l.items
+    namespaces_gone(&target.client, &ours, patience(n), every).await
+}
+
+/// Waits until no namespace's name starts with one of `prefixes`, listing
+/// them every `every`.
+async fn namespaces_gone(
+    client: &kube::Client,
+    prefixes: &[String],
+    timeout: Duration,
+    every: Duration,
+) -> anyhow::Result<()> {
+    let ns: Api<Namespace> = Api::all(client.clone());
+    let what = format!("the namespaces {prefixes:?}* to be gone");
+    wait_for_every(&what, timeout, every, async || {
+        ns.list_metadata(&ListParams::default())
+            .await
+            .is_ok_and(|l| {
+                !l.items.iter().any(|n| {
+                    prefixes
                         .iter()
-                        .any(|n| ours.iter().any(|p| n.name_any().starts_with(p.as_str())))
+                        .any(|p| n.name_any().starts_with(p.as_str()))
                 })
-        },
-    )
+            })
+    })
     .await
     .map(|_| ())
 }
@@ -1301,12 +1313,7 @@ impl Batch {
         let prefix = format!("{}-", self.prefix);
         list.items
             .iter()
-            .filter(|t| t.name_any().starts_with(&prefix))
-            .filter(|t| {
-                t.status
-                    .as_ref()
-                    .is_some_and(|s| palisade::crd::condition::is_true(&s.conditions, "Ready"))
-            })
+            .filter(|t| t.name_any().starts_with(&prefix) && tenant_ready(t))
             .count()
     }
 
@@ -1340,20 +1347,7 @@ impl Batch {
             },
         )
         .await?;
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        wait_for_every(
-            "the batch's namespaces to be gone",
-            Duration::from_secs(900),
-            every,
-            async || {
-                namespaces
-                    .list_metadata(&ListParams::default())
-                    .await
-                    .is_ok_and(|l| !l.items.iter().any(|n| n.name_any().starts_with(&prefix)))
-            },
-        )
-        .await
-        .map(|_| ())
+        namespaces_gone(client, &[prefix], Duration::from_secs(900), every).await
     }
 }
 

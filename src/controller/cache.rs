@@ -496,7 +496,7 @@ impl Iterator for WatchRetry {
     fn next(&mut self) -> Option<Self::Item> {
         let d = self.0;
         self.0 = (d * 2).min(RETRY_MAX);
-        Some(d.mul_f64(1.0 - rand::random::<f64>() / 2.0))
+        Some(crate::controller::jittered(d))
     }
 }
 

@@ -219,7 +219,7 @@ fn error_policy<R: Reconcile>(
     let delay = driver.backoff_for(&key(namespace.as_deref(), &name));
     let delay = match error {
         Failure::Reconcile(e) if e.unavailable() && delay > UNAVAILABLE_RETRY => {
-            UNAVAILABLE_RETRY.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+            crate::controller::jittered(UNAVAILABLE_RETRY)
         }
         _ => delay,
     };

@@ -58,6 +58,12 @@ impl Backoff {
     }
 }
 
+/// `d` shortened by a random part of up to half, so retries that failed
+/// together do not come back together.
+pub(crate) fn jittered(d: Duration) -> Duration {
+    d.mul_f64(1.0 - rand::random::<f64>() / 2.0)
+}
+
 /// Settings every controller shares.
 #[derive(Debug, Clone)]
 pub struct Settings {
