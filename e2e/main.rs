@@ -434,12 +434,16 @@ async fn operator_client(admin: &Client) -> Client {
         token: Some(token.into()),
         ..Default::default()
     };
-    // `PALISADE_E2E_HTTP2=1` runs the operator's client over HTTP/2 on
-    // Palisade's connection pool (`--http2`), as the controller binary does.
-    let client = if std::env::var_os("PALISADE_E2E_HTTP2").is_some() {
-        palisade::runtime::client::multiplexed(config, palisade::runtime::client::CONNECTIONS)
-            .expect("HTTP/2 operator client")
-            .build()
+    // The operator's client speaks HTTP/2 on Palisade's connection pool, as
+    // the controller binary does by default; `PALISADE_E2E_HTTP1=1` runs it
+    // over kube's HTTP/1.1 stack instead (`--http2=false`).
+    let client = if std::env::var_os("PALISADE_E2E_HTTP1").is_none() {
+        palisade::runtime::client::multiplexed(
+            config,
+            palisade::runtime::client::STREAMS_PER_CONNECTION,
+        )
+        .expect("HTTP/2 operator client")
+        .build()
     } else {
         Client::try_from(config).expect("operator client")
     };

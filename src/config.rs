@@ -188,12 +188,21 @@ pub struct ControllerArgs {
     /// Kubernetes API requests allowed in a burst above --kube-qps.
     #[arg(long, env = "PALISADE_KUBE_BURST", default_value_t = 400)]
     pub kube_burst: u32,
-    /// Talk to the API server over HTTP/2 on a fixed pool of 32 connections
-    /// instead of HTTP/1.1 with one connection per watch (two per managed
-    /// namespace). Off by default: each watch holds a stream, and at
-    /// kube-apiserver's default of 100 streams per connection the pool
-    /// carries about 1,500 namespaces (docs/SCALING.md).
-    #[arg(long, env = "PALISADE_HTTP2", default_value_t = false)]
+    /// Talk to the API server over HTTP/2 (the default), 90 requests or
+    /// watches at most per connection (kube-apiserver allows 100 streams per
+    /// connection by default), opening connections only as the streams in
+    /// flight need: one for the cluster-wide watches and requests, one more
+    /// per about 45 namespaces where Palisade generates Secrets.
+    /// `--http2=false` speaks HTTP/1.1: one connection per watch, two per such
+    /// namespace (docs/SCALING.md).
+    #[arg(
+        long,
+        env = "PALISADE_HTTP2",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub http2: bool,
     /// How long a graceful shutdown waits for in-flight reconciles.
     #[arg(long, env = "PALISADE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
@@ -306,6 +315,26 @@ impl ControllerArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// HTTP/2 is the default; `--http2` alone still means on, and
+    /// `--http2=false` (or PALISADE_HTTP2=false) turns it off.
+    #[test]
+    fn http2_is_the_default_and_can_be_turned_off() {
+        use clap::Parser;
+        let http2 = |args: &[&str]| {
+            let cli =
+                Cli::try_parse_from(["palisade", "controller"].iter().chain(args)).expect("flags");
+            match cli.command {
+                Command::Controller(c) => c.http2,
+                _ => unreachable!("parsed as controller"),
+            }
+        };
+        assert!(http2(&[]));
+        assert!(http2(&["--http2"]));
+        assert!(http2(&["--http2=true"]));
+        assert!(!http2(&["--http2=false"]));
+        assert!(!http2(&["--http2", "false"]));
+    }
 
     #[test]
     fn gc_kinds_parse_and_refuse_wildcards() {

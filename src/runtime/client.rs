@@ -27,38 +27,48 @@ pub fn layered<S>(
         .with_layer(&ApiMetricsLayer::new(metrics))
 }
 
-/// Builds a client from a kube config with Palisade's layers: over HTTP/2 on
-/// `http2_connections` connections ([`multiplexed`]; the controllers use
-/// [`CONNECTIONS`], the leader Lease one of its own) when that is not 0 and
-/// the API server is reached over TLS (it then always offers h2), else kube's
-/// own stack (HTTP/1.1, one connection per watch). A kubeconfig whose
-/// credentials come from an exec plugin also keeps kube's stack: only it
-/// knows when an exec-issued client certificate expires.
+/// Builds a client from a kube config with Palisade's layers: over HTTP/2
+/// ([`multiplexed`]) when `http2` is set and the API server is reached over
+/// TLS (it then always offers h2), else kube's own stack (HTTP/1.1, one
+/// connection per watch). A kubeconfig whose credentials come from an exec
+/// plugin, or that names a proxy, also keeps kube's stack: only it knows when
+/// an exec-issued client certificate expires, and only it speaks to proxies.
 pub fn from_config(
     config: kube::Config,
     metrics: Arc<Metrics>,
     qps: f64,
     burst: u32,
-    http2_connections: usize,
+    http2: bool,
 ) -> Result<kube::Client, kube::Error> {
     let tls = config.cluster_url.scheme_str() == Some("https");
-    if http2_connections == 0 || !tls || config.auth_info.exec.is_some() {
+    if !http2 || !tls || config.auth_info.exec.is_some() || config.proxy_url.is_some() {
         return Ok(layered(ClientBuilder::try_from(config)?, metrics, qps, burst).build());
     }
-    Ok(layered(multiplexed(config, http2_connections)?, metrics, qps, burst).build())
+    Ok(layered(
+        multiplexed(config, STREAMS_PER_CONNECTION)?,
+        metrics,
+        qps,
+        burst,
+    )
+    .build())
 }
 
-// ---- HTTP/2 over a fixed pool of connections ------------------------------------------
+// ---- HTTP/2 on as few connections as the streams need ---------------------------------
 
-/// How many connections the controller spreads its requests over. Every
-/// watch is a stream: two per managed namespace (Secrets and ConfigMaps are
-/// watched per namespace, never cluster-wide). kube-apiserver allows 1,000
-/// concurrent streams per HTTP/2 connection (`--http2-max-streams-per-connection`,
-/// the recommended options' default), and hyper waits for a free stream
-/// rather than opening another connection; 32 connections carry 10,000
-/// namespaces at ~625 streams each. Over HTTP/1.1 every watch was a
-/// connection of its own (154 for 30 tenants, `e2e/connections.rs`).
-pub const CONNECTIONS: usize = 32;
+/// How many requests (streams) the client keeps in flight on one HTTP/2
+/// connection before it opens another. Every watch holds a stream for as long
+/// as it lives: two per namespace where Palisade generates Secrets (Secrets
+/// and ConfigMaps are watched per namespace, never cluster-wide), plus the
+/// cluster-wide watches. kube-apiserver allows 100 concurrent streams per
+/// connection unless started with `--http2-max-streams-per-connection`
+/// (v1.34.4 advertises 100 in its SETTINGS frame; 1,000 is only the aggregated
+/// API servers' default), and past it hyper would wait for a free stream
+/// instead of opening a connection: a request queued behind watches that
+/// last up to 290 s. 90 leaves room for streams the server still counts after
+/// the client let them go. So connections = streams in flight ÷ 90, rounded
+/// up: one for the cluster-wide watches and requests, one more per ≈ 45
+/// namespaces with generated Secrets (docs/SCALING.md).
+pub const STREAMS_PER_CONNECTION: usize = 90;
 
 /// How often an idle HTTP/2 connection is pinged, and how long an answer
 /// may take before the connection (and every watch on it) is given up: a
@@ -71,15 +81,18 @@ type Connection =
 use hyper_util::client::legacy::connect::HttpConnector;
 use kube::client::{Body, ConfigExt};
 
-/// One HTTP/2 connection: kube's rustls connector with h2 in ALPN, and
-/// HTTP/2 only, so that concurrent first requests wait for the one
-/// connection being made instead of each opening their own (with ALPN left to
-/// decide, hyper cannot know a connection will be shared: 112 connections
-/// for 30 tenants while converging, measured).
-fn connection(config: &kube::Config) -> Result<Connection, kube::Error> {
+/// kube's rustls connector with h2 in ALPN, for [`connection`].
+fn connector(
+    config: &kube::Config,
+) -> Result<hyper_rustls::HttpsConnector<HttpConnector>, kube::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(config.connect_timeout);
+    // One connection carries many requests whose frames are written
+    // separately: with Nagle's algorithm a frame waited for the ACK of the
+    // last one, up to the peer's 40 ms delayed ACK (edit p50 75 ms, 32 ms
+    // over HTTP/1.1; measured, 100 tenants).
+    http.set_nodelay(true);
     let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config.rustls_client_config()?)
         .https_or_http();
@@ -92,29 +105,38 @@ fn connection(config: &kube::Config) -> Result<Connection, kube::Error> {
         builder =
             builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
     }
-    let https = builder.enable_http2().wrap_connector(http);
-    Ok(
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .http2_only(true)
-            .timer(hyper_util::rt::TokioTimer::new())
-            .http2_keep_alive_interval(KEEP_ALIVE.0)
-            .http2_keep_alive_timeout(KEEP_ALIVE.1)
-            .http2_keep_alive_while_idle(true)
-            .build(https),
-    )
+    Ok(builder.enable_http2().wrap_connector(http))
 }
 
+/// One HTTP/2 connection (a hyper pool of its own), opened on first use,
+/// HTTP/2 only, so that concurrent first requests wait for the one
+/// connection being made instead of each opening their own (with ALPN left to
+/// decide, hyper cannot know a connection will be shared: 112 connections
+/// for 30 tenants while converging, measured).
+fn connection(https: hyper_rustls::HttpsConnector<HttpConnector>) -> Connection {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .http2_keep_alive_interval(KEEP_ALIVE.0)
+        .http2_keep_alive_timeout(KEEP_ALIVE.1)
+        .http2_keep_alive_while_idle(true)
+        .build(https)
+}
+
+/// A response from [`multiplexed`]'s pool: it holds its stream until dropped.
+pub type PooledResponse = Response<Held<hyper::body::Incoming>>;
+
 /// kube's client stack (base URI, retries of server errors, authentication,
-/// extra headers) over [`Spread`] of `connections` HTTP/2 connections
-/// (each its own hyper pool, opened on first use).
+/// extra headers) over a [`Pool`] of HTTP/2 connections, each carrying up to
+/// `streams` requests at once.
 pub fn multiplexed(
     config: kube::Config,
-    connections: usize,
+    streams: usize,
 ) -> Result<
     ClientBuilder<
         impl Service<
             Request<Body>,
-            Response = Response<hyper::body::Incoming>,
+            Response = PooledResponse,
             Error = tower::BoxError,
             Future = impl Send,
         > + Clone
@@ -123,9 +145,7 @@ pub fn multiplexed(
     >,
     kube::Error,
 > {
-    let connections = (0..connections.max(1))
-        .map(|_| connection(&config))
-        .collect::<Result<Vec<_>, _>>()?;
+    let https = connector(&config)?;
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
         .option_layer(config.default_retry.then(|| {
@@ -134,43 +154,121 @@ pub fn multiplexed(
         .option_layer(config.auth_layer()?)
         .layer(config.extra_headers_layer()?)
         .map_err(tower::BoxError::from)
-        .service(Spread::new(connections));
+        .service(Pool::new(streams, move || connection(https.clone())));
     Ok(ClientBuilder::new(service, config.default_namespace))
 }
 
-/// Routes each request to one of its services (connections) by the
-/// namespace it addresses (else its path): a namespace's watches and
-/// requests share a connection, and namespaces spread evenly.
-#[derive(Clone)]
-pub struct Spread<S> {
-    services: Arc<[S]>,
-}
+/// A request's place on its connection, given back when dropped.
+struct Slot(Arc<std::sync::atomic::AtomicUsize>);
 
-impl<S> Spread<S> {
-    pub fn new(services: Vec<S>) -> Self {
-        Self {
-            services: services.into(),
-        }
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
-/// The index among `n` a request for `uri` goes to.
-pub fn route(uri: &http::Uri, n: usize) -> usize {
-    let path = uri.path();
-    let key = path
-        .split_once("/namespaces/")
-        .map(|(_, rest)| rest.split('/').next().unwrap_or(rest))
-        .unwrap_or(path);
-    (crate::resources::fnv1a(key.as_bytes()) % n.max(1) as u64) as usize
+/// A response body that holds its request's [`Slot`] until the body is
+/// dropped: a watch keeps its stream for as long as it is read.
+pub struct Held<B> {
+    body: B,
+    _slot: Slot,
 }
 
-impl<S, B> Service<Request<B>> for Spread<S>
+impl<B: http_body::Body + Unpin> http_body::Body for Held<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Connections opened on demand: each request goes to the open connection
+/// with the fewest requests in flight, and a new connection is opened only
+/// when every open one already carries `streams` of them. A request holds
+/// its place until its response body is dropped (or it fails), so watches
+/// count for as long as they run and short requests only briefly.
+/// Connections are never closed by the pool (hyper reconnects a broken one),
+/// so their number is the peak of streams in flight ÷ `streams`.
+#[derive(Clone)]
+pub struct Pool<S> {
+    shared: Arc<PoolShared<S>>,
+}
+
+type Open<S> = Box<dyn Fn() -> S + Send + Sync>;
+
+struct PoolShared<S> {
+    open: Open<S>,
+    streams: usize,
+    connections: Mutex<Vec<(S, Arc<std::sync::atomic::AtomicUsize>)>>,
+}
+
+impl<S: Clone> Pool<S> {
+    pub fn new(streams: usize, open: impl Fn() -> S + Send + Sync + 'static) -> Self {
+        Self {
+            shared: Arc::new(PoolShared {
+                open: Box::new(open),
+                streams: streams.max(1),
+                connections: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// How many connections the pool has opened.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.lock().map_or(0, |c| c.len())
+    }
+
+    /// The connection for the next request, with its place taken.
+    fn pick(&self) -> (S, Slot) {
+        use std::sync::atomic::Ordering;
+        let mut open = self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let least = open
+            .iter()
+            .enumerate()
+            .map(|(i, (_, n))| (i, n.load(Ordering::Acquire)))
+            .min_by_key(|&(_, n)| n);
+        let i = match least {
+            Some((i, n)) if n < self.shared.streams => i,
+            _ => {
+                open.push((
+                    (self.shared.open)(),
+                    Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+                ));
+                open.len() - 1
+            }
+        };
+        let (service, count) = &open[i];
+        count.fetch_add(1, Ordering::AcqRel);
+        (service.clone(), Slot(count.clone()))
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Pool<S>
 where
-    S: Service<Request<B>> + Clone,
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    RB: 'static,
 {
-    type Response = S::Response;
+    type Response = Response<Held<RB>>;
     type Error = S::Error;
-    type Future = tower::util::Oneshot<S, Request<B>>;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Each call readies the connection it picks (`oneshot`).
@@ -178,8 +276,11 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let i = route(req.uri(), self.services.len());
-        tower::ServiceExt::oneshot(self.services[i].clone(), req)
+        let (service, slot) = self.pick();
+        Box::pin(async move {
+            let response = tower::ServiceExt::oneshot(service, req).await?;
+            Ok(response.map(|body| Held { body, _slot: slot }))
+        })
     }
 }
 
@@ -483,37 +584,96 @@ where
 mod tests {
     use super::*;
 
-    /// A namespace's watches and requests share one connection; namespaces
-    /// spread over all of them, none far above the mean (10,000 namespaces,
-    /// two watches each, must stay under 1,000 streams per connection).
-    #[test]
-    fn requests_route_by_namespace_and_spread_evenly() {
-        let uri = |p: &str| p.parse::<http::Uri>().expect("uri");
-        let n = CONNECTIONS;
-        let secrets = route(&uri("/api/v1/namespaces/acme-a/secrets?watch=true"), n);
-        assert_eq!(
-            route(&uri("/api/v1/namespaces/acme-a/configmaps?watch=1"), n),
-            secrets
-        );
-        assert_eq!(route(&uri("/api/v1/namespaces/acme-a"), n), secrets);
-        assert_eq!(
-            route(
-                &uri("/apis/networking.k8s.io/v1/namespaces/acme-a/networkpolicies/x"),
-                n
-            ),
-            secrets
-        );
-        let mut per = vec![0usize; n];
-        for i in 0..10_000 {
-            per[route(
-                &uri(&format!("/api/v1/namespaces/tenant-{i}-ns/secrets")),
-                n,
-            )] += 2;
+    /// A connection that answers at once with its own number, or fails on
+    /// the path `/fail`.
+    #[derive(Clone)]
+    struct FakeConnection(usize);
+
+    impl Service<Request<()>> for FakeConnection {
+        type Response = Response<usize>;
+        type Error = &'static str;
+        type Future = std::future::Ready<Result<Response<usize>, &'static str>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
         }
-        let most = per.iter().max().copied().unwrap_or_default();
-        let mean = 20_000 / n;
-        assert!(most < 1000 && most < mean * 5 / 4, "{per:?}");
-        assert!(route(&uri("/apis/palisade.dev/v1alpha1/tenants"), n) < n);
+
+        fn call(&mut self, req: Request<()>) -> Self::Future {
+            std::future::ready(if req.uri().path() == "/fail" {
+                Err("refused")
+            } else {
+                Ok(Response::new(self.0))
+            })
+        }
+    }
+
+    type Fake = Pool<FakeConnection>;
+
+    fn fake_pool(streams: usize) -> Fake {
+        let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        Pool::new(streams, move || {
+            FakeConnection(opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+        })
+    }
+
+    async fn send(pool: &mut Fake, path: &str) -> Result<Response<Held<usize>>, &'static str> {
+        pool.call(Request::builder().uri(path).body(()).expect("request"))
+            .await
+    }
+
+    /// Connections follow the streams in flight: a new one only when every
+    /// open one carries `streams` requests; a dropped response or a failed
+    /// request gives its place back, and the least busy connection is used.
+    #[tokio::test]
+    async fn pool_opens_connections_only_for_streams_in_flight() {
+        let mut pool = fake_pool(2);
+        assert_eq!(pool.connections(), 0, "opened before the first request");
+        let a = send(&mut pool, "/a").await.expect("a");
+        let b = send(&mut pool, "/b").await.expect("b");
+        assert_eq!((a.body().body, b.body().body), (0, 0));
+        assert_eq!(pool.connections(), 1);
+        // Both places of connection 0 are held: the third request opens connection 1.
+        let c = send(&mut pool, "/c").await.expect("c");
+        assert_eq!((c.body().body, pool.connections()), (1, 2));
+        // A dropped response frees its place on connection 0.
+        drop(a);
+        let d = send(&mut pool, "/d").await.expect("d");
+        assert_eq!((d.body().body, pool.connections()), (0, 2));
+        drop((b, d));
+        // Failed requests give their places back: connection 0 stays empty.
+        for _ in 0..5 {
+            assert!(send(&mut pool, "/fail").await.is_err());
+        }
+        let held: Vec<_> = futures::future::join_all((0..4).map(|_| {
+            let mut pool = pool.clone();
+            async move { send(&mut pool, "/x").await.expect("x") }
+        }))
+        .await;
+        let on: Vec<usize> = held.iter().map(|r| r.body().body).collect();
+        // Connection 0 takes two, connection 1 (holding c) one; the last opens 2.
+        assert_eq!(on.iter().filter(|&&i| i == 0).count(), 2, "{on:?}");
+        assert_eq!(on.iter().filter(|&&i| i == 1).count(), 1, "{on:?}");
+        assert_eq!(on.iter().filter(|&&i| i == 2).count(), 1, "{on:?}");
+        assert_eq!(pool.connections(), 3);
+        drop(c);
+    }
+
+    /// A held body passes the inner body's frames through unchanged.
+    #[tokio::test]
+    async fn held_body_passes_frames_through() {
+        use http_body_util::BodyExt;
+        let slot = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let held = Held {
+            body: http_body_util::Full::new(bytes::Bytes::from_static(b"watch events")),
+            _slot: Slot(slot.clone()),
+        };
+        let bytes = held.collect().await.expect("body").to_bytes();
+        assert_eq!(&bytes[..], b"watch events");
+        assert_eq!(
+            slot.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "place kept after the body"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct Process {
     pub admin_addr: SocketAddr,
     pub kube_qps: f64,
     pub kube_burst: u32,
-    /// HTTP/2 on a fixed pool of connections (see [`client::from_config`]).
+    /// HTTP/2 on as few connections as the streams need (see [`client::from_config`]).
     pub http2: bool,
 }
 
@@ -81,15 +81,14 @@ pub async fn controller(
     // never wait behind the controllers' writes.
     // Over HTTP/2 it also has its own connection: a renewal never waits for
     // a stream on a connection the watches fill.
-    let connections = |n: usize| if process.http2 { n } else { 0 };
-    let lease = client::from_config(config.clone(), metrics.clone(), 0.0, 1, connections(1))
+    let lease = client::from_config(config.clone(), metrics.clone(), 0.0, 1, process.http2)
         .map_err(StartError::Client)?;
     let api = client::from_config(
         config,
         metrics.clone(),
         process.kube_qps,
         process.kube_burst,
-        connections(client::CONNECTIONS),
+        process.http2,
     )
     .map_err(StartError::Client)?;
     let clients = super::Clients { api, lease };
