@@ -1062,8 +1062,7 @@ fn report(rows: &[Run]) -> String {
         machine(),
         k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%d")
     ));
-    md.push_str("Each Tenant: 2 namespaces, default-deny + intra-tenant + DNS policies, quota, limits, the five\nbuilt-in roles, one owner (24 managed objects), no generated Secret: its namespaces are annotated\n`palisade.dev/secrets-watched: \"false\"` and cost no Secret or ConfigMap watch (a namespace with\ngenerated Secrets costs two, see docs/SCALING.md). Connections are the controller's established TCP\nconnections to the API server (/proc), over HTTP/2 (the default; `PALISADE_HTTP2=false` in the
-benchmark's environment measures HTTP/1.1). Targets are from issues #9 and #24.\n\n");
+    md.push_str("Each Tenant: 2 namespaces, default-deny + intra-tenant + DNS policies, quota, limits, the five\nbuilt-in roles, one owner (24 managed objects), no generated Secret: its namespaces are annotated\n`palisade.dev/secrets-watched: \"false\"` and cost no Secret or ConfigMap watch (a namespace with\ngenerated Secrets costs two, see docs/SCALING.md). Connections are the controller's established TCP\nconnections to the API server (/proc), over HTTP/2 (the default; `PALISADE_HTTP2=false` in the\nbenchmark's environment measures HTTP/1.1). Targets are from issues #9 and #24.\n\n");
     md.push_str("| target | tenants | managed objects | floor (s) | converge (s) | converge ÷ floor (≤ 1.25) | writes | writes ÷ (objects + 1 status/tenant) (≤ 1.05) | reconciles/tenant (≤ 1.3) | edit p50 / p99 (ms) (p99 ≤ 1000) | resync writes / RV changes (0 / 0) | restart writes / RV changes (0 / 0) | connections to the API server: converging peak / converged (≤ 50) |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {

@@ -226,7 +226,8 @@ impl<S: Clone> Pool<S> {
     }
 
     /// How many connections the pool has opened.
-    pub fn connections(&self) -> usize {
+    #[cfg(test)]
+    fn connections(&self) -> usize {
         self.shared.connections.lock().map_or(0, |c| c.len())
     }
 
