@@ -468,6 +468,20 @@ struct Floor {
     objects: usize,
 }
 
+/// The floor on `target`; on a cluster its objects are removed after it,
+/// also when it failed, so the next phase meets the cluster it had before.
+async fn floor_on(target: &Target, n: usize, on_cluster: bool) -> anyhow::Result<Floor> {
+    let f = floor(&target.for_floor().await?, n).await;
+    if let Ok(f) = &f {
+        eprintln!("   floor: {} objects in {:.2}s", f.objects, f.seconds);
+    }
+    if on_cluster {
+        eprintln!("   removing the floor's objects");
+        remove_floor(target, n).await?;
+    }
+    f
+}
+
 async fn floor(target: &Target, n: usize) -> anyhow::Result<Floor> {
     let mut values = Vec::new();
     for i in 0..n {
@@ -2206,12 +2220,7 @@ async fn main() -> anyhow::Result<()> {
             };
             let result = async {
                 eprintln!("== {n} tenants on {}: floor", target.label);
-                let f = floor(&target.for_floor().await?, n).await?;
-                eprintln!("   floor: {} objects in {:.2}s", f.objects, f.seconds);
-                if on_cluster {
-                    eprintln!("   removing the floor's objects");
-                    remove_floor(&target, n).await?;
-                }
+                let f = floor_on(&target, n, on_cluster).await?;
                 eprintln!("== {n} tenants on {}: palisade controller", target.label);
                 let mut r = operator(&target, n, &binary, edits).await?;
                 r.floor_s = f.seconds;
@@ -2246,15 +2255,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if on_cluster && let Some(r) = rows.last_mut() {
                 eprintln!("== {n} tenants on {}: floor again", target.label);
-                // A failed floor still leaves its objects to remove.
-                let f = floor(&target.for_floor().await?, n).await;
-                eprintln!("   removing the floor's objects");
-                remove_floor(&target, n).await?;
-                let f = f?;
-                r.floor_after_s = Some(f.seconds);
+                r.floor_after_s = Some(floor_on(&target, n, true).await?.seconds);
                 eprintln!(
-                    "   floor: {:.2}s; converge {:.2}s = {:.2}x the floors' mean",
-                    f.seconds,
+                    "   converge {:.2}s = {:.2}x the floors' mean",
                     r.converge_s,
                     r.converge_s / r.floor_mean()
                 );
