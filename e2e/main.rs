@@ -434,19 +434,17 @@ async fn operator_client(admin: &Client) -> Client {
         token: Some(token.into()),
         ..Default::default()
     };
-    // The operator's client speaks HTTP/2 on Palisade's connection pool, as
-    // the controller binary does by default; `PALISADE_E2E_HTTP1=1` runs it
-    // over kube's HTTP/1.1 stack instead (`--http2=false`).
-    let client = if std::env::var_os("PALISADE_E2E_HTTP1").is_none() {
-        palisade::runtime::client::multiplexed(
-            config,
-            palisade::runtime::client::STREAMS_PER_CONNECTION,
-        )
-        .expect("HTTP/2 operator client")
-        .build()
-    } else {
-        Client::try_from(config).expect("operator client")
-    };
+    // Built as the controller binary builds its client (unlimited rate):
+    // HTTP/2 on Palisade's connection pool by default; `PALISADE_E2E_HTTP1=1`
+    // runs it over kube's HTTP/1.1 stack instead (`--http2=false`).
+    let client = palisade::runtime::client::from_config(
+        config,
+        Arc::new(palisade::metrics::Metrics::new()),
+        0.0,
+        1,
+        std::env::var_os("PALISADE_E2E_HTTP1").is_none(),
+    )
+    .expect("operator client");
     // RBAC just applied reaches the authorizer within moments.
     let who = wait(async {
         loop {

@@ -68,7 +68,7 @@ pub fn from_config(
 /// the client let them go. So connections = streams in flight ÷ 90, rounded
 /// up: one for the cluster-wide watches and requests, one more per ≈ 45
 /// namespaces with generated Secrets (docs/SCALING.md).
-pub const STREAMS_PER_CONNECTION: usize = 90;
+const STREAMS_PER_CONNECTION: usize = 90;
 
 /// How often an idle HTTP/2 connection is pinged, and how long an answer
 /// may take before the connection (and every watch on it) is given up: a
@@ -129,7 +129,7 @@ pub type PooledResponse = Response<Held<hyper::body::Incoming>>;
 /// kube's client stack (base URI, retries of server errors, authentication,
 /// extra headers) over a [`Pool`] of HTTP/2 connections, each carrying up to
 /// `streams` requests at once.
-pub fn multiplexed(
+fn multiplexed(
     config: kube::Config,
     streams: usize,
 ) -> Result<
